@@ -1,0 +1,68 @@
+"""Backend switch between the fused C++/CUDA kernels and the pure-PyTorch reference.
+
+``with invflow.backend("reference"): ...`` and ``with invflow.backend("fused"): ...`` switch
+every layer inside the block.  The default is "fused" when the extension ``invflow._C`` is
+built and "reference" otherwise (with one warning).  Asking for "fused" explicitly when the
+extension is missing raises RuntimeError: an explicit request is never served silently by
+the reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import warnings
+from typing import Iterator
+
+BACKENDS = ("fused", "reference")
+
+_active: contextvars.ContextVar[str | None] = contextvars.ContextVar("invflow_backend", default=None)
+_warned = False
+
+
+def fused_available() -> bool:
+    """Whether the compiled extension ``invflow._C`` is importable (its ops are registered)."""
+    from .ops import fused
+
+    return fused.AVAILABLE
+
+
+def current_backend() -> str:
+    """Name of the backend the layers use right now ("fused" or "reference")."""
+    global _warned
+    name = _active.get()
+    if name is not None:
+        return name
+    if fused_available():
+        return "fused"
+    if not _warned:
+        _warned = True
+        from .ops import fused
+
+        warnings.warn(
+            "invflow: the compiled extension invflow._C is not available "
+            f"({fused.IMPORT_ERROR}); using the pure-PyTorch reference backend. "
+            "Build it with `pip install -e . --no-build-isolation`.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return "reference"
+
+
+@contextlib.contextmanager
+def backend(name: str) -> Iterator[str]:
+    """Context manager selecting the kernel backend for every invflow layer inside it."""
+    if name not in BACKENDS:
+        raise ValueError(f"invflow.backend: expected one of {BACKENDS}, got {name!r}")
+    if name == "fused" and not fused_available():
+        from .ops import fused
+
+        raise RuntimeError(
+            "invflow.backend('fused') was requested but the extension invflow._C is not built "
+            f"({fused.IMPORT_ERROR}); run `pip install -e . --no-build-isolation`"
+        )
+    token = _active.set(name)
+    try:
+        yield name
+    finally:
+        _active.reset(token)

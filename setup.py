@@ -1,0 +1,47 @@
+"""Builds the extension invflow._C from csrc/.
+
+CPU kernels are always built (CppExtension, -O3 -fopenmp at compile and link time so that
+at::parallel_for really runs in parallel).  The CUDA kernels in csrc/cuda/*.cu are added
+(CUDAExtension) only when torch was built with CUDA and nvcc is found; TORCH_CUDA_ARCH_LIST
+is respected and defaults to include sm_90.
+"""
+
+import glob
+import os
+
+from setuptools import setup
+
+import torch
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def sources(pattern):
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def extension():
+    cpp = sources("csrc/*.cpp") + sources("csrc/cpu/*.cpp")
+    cu = sources("csrc/cuda/*.cu")
+    cxx_flags = ["-O3", "-fopenmp"]
+    link_flags = ["-fopenmp"]
+    with_cuda = bool(cu) and torch.version.cuda is not None and CUDA_HOME is not None
+    if os.environ.get("INVFLOW_NO_CUDA"):
+        with_cuda = False
+    if with_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;8.6;9.0")
+        return CUDAExtension(
+            "invflow._C",
+            cpp + cu,
+            define_macros=[("INVFLOW_WITH_CUDA", "1")],
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
+            extra_link_args=link_flags,
+        )
+    return CppExtension("invflow._C", cpp, extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)
+
+
+setup(
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)

@@ -1,0 +1,30 @@
+"""Shared fixtures: devices (CUDA skips cleanly without a GPU), backends, helpers.
+
+Tests run in float64 unless they say otherwise (exactness first)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import invflow
+
+CUDA = torch.cuda.is_available()
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="needs a CUDA device"))]
+BACKENDS = ["reference", "fused"]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return torch.device(request.param)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    with invflow.backend(request.param):
+        yield request.param
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

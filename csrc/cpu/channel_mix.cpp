@@ -8,6 +8,7 @@
 
 #include "../ops.h"
 #include "utils.h"
+#include "vec_math.h"
 
 namespace invflow {
 namespace cpu {
@@ -16,6 +17,60 @@ namespace {
 
 constexpr int64_t kDirectMaxChannels = 64;
 constexpr int64_t kTile = 256;  // pixels per task in the direct kernel
+
+// One tile of `len` pixels of one sample: y[o, t] = sum_i w[o, i] x[i, t].
+template <typename scalar_t, typename acc_t>
+INVFLOW_ALWAYS_INLINE void mix_tile(const scalar_t* xb, const acc_t* w, scalar_t* yb, acc_t* buf, int64_t C,
+                                    int64_t N, int64_t len) {
+  for (int64_t o = 0; o < C; ++o) {
+    const acc_t* wo = w + o * C;
+    for (int64_t t = 0; t < len; ++t) buf[t] = 0;
+    for (int64_t i = 0; i < C; ++i) {
+      const acc_t wv = wo[i];
+      const scalar_t* xi = xb + i * N;
+#pragma omp simd
+      for (int64_t t = 0; t < len; ++t) buf[t] += wv * acc_t(xi[t]);
+    }
+    scalar_t* yo = yb + o * N;
+    for (int64_t t = 0; t < len; ++t) yo[t] = static_cast<scalar_t>(buf[t]);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void mix_tile_any(const scalar_t* xb, const acc_t* w, scalar_t* yb, acc_t* buf, int64_t C, int64_t N,
+                  int64_t len) {
+  mix_tile(xb, w, yb, buf, C, N, len);
+}
+
+INVFLOW_MULTIVERSION void mix_tile_any(const float* xb, const float* w, float* yb, float* buf, int64_t C,
+                                       int64_t N, int64_t len) {
+  mix_tile(xb, w, yb, buf, C, N, len);
+}
+
+// acc[o, i] += sum_n g[o, n] x[i, n] for one sample.
+template <typename scalar_t, typename acc_t>
+INVFLOW_ALWAYS_INLINE void outer_accumulate(const scalar_t* gb, const scalar_t* xb, acc_t* acc, int64_t C,
+                                            int64_t N) {
+  for (int64_t o = 0; o < C; ++o) {
+    const scalar_t* go = gb + o * N;
+    for (int64_t i = 0; i < C; ++i) {
+      const scalar_t* xi = xb + i * N;
+      acc_t dot = 0;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t n = 0; n < N; ++n) dot += acc_t(go[n]) * acc_t(xi[n]);
+      acc[o * C + i] += dot;
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void outer_accumulate_any(const scalar_t* gb, const scalar_t* xb, acc_t* acc, int64_t C, int64_t N) {
+  outer_accumulate(gb, xb, acc, C, N);
+}
+
+INVFLOW_MULTIVERSION void outer_accumulate_any(const float* gb, const float* xb, float* acc, int64_t C, int64_t N) {
+  outer_accumulate(gb, xb, acc, C, N);
+}
 
 template <typename scalar_t>
 void mix_direct(const scalar_t* x, const scalar_t* w, scalar_t* y, int64_t B, int64_t C, int64_t N) {
@@ -29,20 +84,7 @@ void mix_direct(const scalar_t* x, const scalar_t* w, scalar_t* y, int64_t B, in
       const int64_t b = task / tiles;
       const int64_t t0 = (task % tiles) * kTile;
       const int64_t len = std::min(kTile, N - t0);
-      const scalar_t* xb = x + b * C * N + t0;
-      scalar_t* yb = y + b * C * N + t0;
-      for (int64_t o = 0; o < C; ++o) {
-        const acc_t* wo = wa.data() + o * C;
-        for (int64_t t = 0; t < len; ++t) buf[t] = 0;
-        for (int64_t i = 0; i < C; ++i) {
-          const acc_t wv = wo[i];
-          const scalar_t* xi = xb + i * N;
-#pragma omp simd
-          for (int64_t t = 0; t < len; ++t) buf[t] += wv * acc_t(xi[t]);
-        }
-        scalar_t* yo = yb + o * N;
-        for (int64_t t = 0; t < len; ++t) yo[t] = static_cast<scalar_t>(buf[t]);
-      }
+      mix_tile_any(x + b * C * N + t0, wa.data(), y + b * C * N + t0, buf, C, N, len);
     }
   });
 }
@@ -60,18 +102,7 @@ void weight_grad_direct(const scalar_t* g, const scalar_t* x, scalar_t* gw, int6
     for (int64_t blk = begin; blk < end; ++blk) {
       acc_t* acc = partial.data() + blk * C * C;
       for (int64_t b = blk * kBlock; b < std::min(B, (blk + 1) * kBlock); ++b) {
-        const scalar_t* gb = g + b * C * N;
-        const scalar_t* xb = x + b * C * N;
-        for (int64_t o = 0; o < C; ++o) {
-          const scalar_t* go = gb + o * N;
-          for (int64_t i = 0; i < C; ++i) {
-            const scalar_t* xi = xb + i * N;
-            acc_t dot = 0;
-#pragma omp simd reduction(+ : dot)
-            for (int64_t n = 0; n < N; ++n) dot += acc_t(go[n]) * acc_t(xi[n]);
-            acc[o * C + i] += dot;
-          }
-        }
+        outer_accumulate_any(g + b * C * N, x + b * C * N, acc, C, N);
       }
     }
   });

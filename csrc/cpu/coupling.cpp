@@ -5,84 +5,205 @@
 //   logdet[b] = sum over transformed entries of log s(raw)
 //
 // h = [raw, t] stacks the st-net output along channels: h is [B, 2C, ...] for x [B, C, ...]
-// (raw = h[:, :C], t = h[:, C:]).  The scale functions are in csrc/common/scale.h.
+// (raw = h[:, :C], t = h[:, C:]).  The scale functions are in csrc/common/scale.h; float32
+// rows take a vectorised path (vec_math.h), other dtypes the shared scalar math.
 #include <vector>
 
 #include "../common/scale.h"
 #include "../ops.h"
 #include "utils.h"
+#include "vec_math.h"
 
 namespace invflow {
 namespace cpu {
 
 namespace {
 
-struct Geometry {
+// ------------------------------------------------------------- float32 vectorised rows
+template <ScaleKind K>
+INVFLOW_ALWAYS_INLINE ScaleTerms<float> fast_scale(float r, float clamp) {
+  if constexpr (K == ScaleKind::kSigmoid) {
+    const float z = r + 2.0f;
+    const float e = vmath::exp(z < 0.0f ? z : -z);  // exp(-|z|)
+    const float l = vmath::log1p_unit(e);
+    const float inv = 1.0f / (1.0f + e);
+    const float s = z >= 0.0f ? inv : e * inv;
+    return {s, z >= 0.0f ? -l : z - l, 1.0f - s};
+  } else if constexpr (K == ScaleKind::kExp) {
+    return {vmath::exp(r), r, 1.0f};
+  } else {
+    const float th = vmath::tanh(r / clamp);
+    return {vmath::exp(clamp * th), clamp * th, 1.0f - th * th};
+  }
+}
+
+template <ScaleKind K, bool Invert, bool Masked>
+INVFLOW_ALWAYS_INLINE float apply_row(const float* in, const float* raw, const float* shift, const float* m,
+                                      float* out, int64_t N, float clamp) {
+  float ld = 0.0f;
+#pragma omp simd reduction(+ : ld)
+  for (int64_t n = 0; n < N; ++n) {
+    const ScaleTerms<float> st = fast_scale<K>(raw[n], clamp);
+    const float v = in[n];
+    const float o = Invert ? (v - shift[n]) / st.s : st.s * v + shift[n];
+    const bool keep = !Masked || m[n] != 0.0f;
+    out[n] = keep ? o : v;
+    ld += keep ? st.log_s : 0.0f;
+  }
+  return ld;
+}
+
+template <ScaleKind K, bool Masked>
+INVFLOW_ALWAYS_INLINE void grad_row(const float* gy, float gl, const float* x, const float* raw, const float* m,
+                                    float* gx, float* graw, float* gshift, int64_t N, float clamp) {
+#pragma omp simd
+  for (int64_t n = 0; n < N; ++n) {
+    const ScaleTerms<float> st = fast_scale<K>(raw[n], clamp);
+    const float g = gy[n];
+    const bool keep = !Masked || m[n] != 0.0f;
+    gx[n] = keep ? g * st.s : g;
+    graw[n] = keep ? (g * x[n] * st.s + gl) * st.dlog : 0.0f;
+    gshift[n] = keep ? g : 0.0f;
+  }
+}
+
+#define INVFLOW_SCALE_SWITCH(kind, ...)                    \
+  switch (kind) {                                          \
+    case ScaleKind::kSigmoid: {                            \
+      constexpr ScaleKind K = ScaleKind::kSigmoid;         \
+      __VA_ARGS__;                                         \
+    }                                                      \
+    case ScaleKind::kExp: {                                \
+      constexpr ScaleKind K = ScaleKind::kExp;             \
+      __VA_ARGS__;                                         \
+    }                                                      \
+    default: {                                             \
+      constexpr ScaleKind K = ScaleKind::kTanh;            \
+      __VA_ARGS__;                                         \
+    }                                                      \
+  }
+
+// One (b, c) row of forward / inverse; returns the row's sum of log s.
+INVFLOW_MULTIVERSION float apply_row_f32(const float* in, const float* raw, const float* shift, const float* m,
+                                         float* out, int64_t N, ScaleKind kind, float clamp, bool invert) {
+  if (invert) {
+    if (m) {
+      INVFLOW_SCALE_SWITCH(kind, return (apply_row<K, true, true>(in, raw, shift, m, out, N, clamp)))
+    }
+    INVFLOW_SCALE_SWITCH(kind, return (apply_row<K, true, false>(in, raw, shift, m, out, N, clamp)))
+  }
+  if (m) {
+    INVFLOW_SCALE_SWITCH(kind, return (apply_row<K, false, true>(in, raw, shift, m, out, N, clamp)))
+  }
+  INVFLOW_SCALE_SWITCH(kind, return (apply_row<K, false, false>(in, raw, shift, m, out, N, clamp)))
+}
+
+INVFLOW_MULTIVERSION void grad_row_f32(const float* gy, float gl, const float* x, const float* raw, const float* m,
+                                       float* gx, float* graw, float* gshift, int64_t N, ScaleKind kind,
+                                       float clamp) {
+  if (m) {
+    INVFLOW_SCALE_SWITCH(kind, grad_row<K, true>(gy, gl, x, raw, m, gx, graw, gshift, N, clamp); return)
+  }
+  INVFLOW_SCALE_SWITCH(kind, grad_row<K, false>(gy, gl, x, raw, m, gx, graw, gshift, N, clamp); return)
+}
+
+// ------------------------------------------------------------------ generic dtype rows
+// (double, half, bfloat16: the scalar math of csrc/common/scale.h, accumulated in opmath)
+template <typename scalar_t>
+at::opmath_type<scalar_t> apply_row_generic(const scalar_t* in, const scalar_t* raw, const scalar_t* shift,
+                                            const scalar_t* m, scalar_t* out, int64_t N, ScaleKind kind,
+                                            at::opmath_type<scalar_t> clamp, bool invert) {
+  using acc_t = at::opmath_type<scalar_t>;
+  acc_t ld = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    if (m && m[n] == scalar_t(0)) {
+      out[n] = in[n];
+      continue;
+    }
+    acc_t log_s;
+    const acc_t v = acc_t(in[n]), r = acc_t(raw[n]), t = acc_t(shift[n]);
+    const acc_t o = invert ? coupling_unapply<acc_t>(v, r, t, kind, clamp, &log_s)
+                           : coupling_apply<acc_t>(v, r, t, kind, clamp, &log_s);
+    out[n] = static_cast<scalar_t>(o);
+    ld += log_s;
+  }
+  return ld;
+}
+
+template <typename scalar_t>
+void grad_row_generic(const scalar_t* gy, at::opmath_type<scalar_t> gl, const scalar_t* x, const scalar_t* raw,
+                      const scalar_t* m, scalar_t* gx, scalar_t* graw, scalar_t* gshift, int64_t N,
+                      ScaleKind kind, at::opmath_type<scalar_t> clamp) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t n = 0; n < N; ++n) {
+    if (m && m[n] == scalar_t(0)) {
+      gx[n] = gy[n];
+      graw[n] = scalar_t(0);
+      gshift[n] = scalar_t(0);
+      continue;
+    }
+    acc_t g, r;
+    coupling_grad<acc_t>(acc_t(gy[n]), gl, acc_t(x[n]), acc_t(raw[n]), kind, clamp, &g, &r);
+    gx[n] = static_cast<scalar_t>(g);
+    graw[n] = static_cast<scalar_t>(r);
+    gshift[n] = gy[n];
+  }
+}
+
+// float32 rows take the vectorised path: these overloads beat the templates above.
+float apply_row_generic(const float* in, const float* raw, const float* shift, const float* m, float* out,
+                        int64_t N, ScaleKind kind, float clamp, bool invert) {
+  return apply_row_f32(in, raw, shift, m, out, N, kind, clamp, invert);
+}
+
+void grad_row_generic(const float* gy, float gl, const float* x, const float* raw, const float* m, float* gx,
+                      float* graw, float* gshift, int64_t N, ScaleKind kind, float clamp) {
+  grad_row_f32(gy, gl, x, raw, m, gx, graw, gshift, N, kind, clamp);
+}
+
+// --------------------------------------------------------------------------- drivers
+struct Rows {
   int64_t B, C, N;
+  int64_t count() const { return B * C; }
+  int64_t offset(int64_t r) const { return r * N; }                                // in x
+  int64_t h_offset(int64_t r) const { return ((r / C) * 2 * C + r % C) * N; }     // raw in h
 };
 
-Geometry geometry(const at::Tensor& x) { return {x.size(0), x.size(1), inner_size(x)}; }
-
-// Applies `row_fn(b, c, n_begin...)` over all (b, c) rows in parallel and returns the
-// per-sample sum of the per-row values it reports.
-template <typename acc_t, typename RowFn>
-std::vector<acc_t> for_rows(const Geometry& g, RowFn row_fn) {
-  std::vector<acc_t> row_sum(g.B * g.C);
-  at::parallel_for(0, g.B * g.C, row_grain(g.N), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) row_sum[r] = row_fn(r / g.C, r % g.C);
-  });
-  std::vector<acc_t> per_sample(g.B, acc_t(0));
-  for (int64_t b = 0; b < g.B; ++b)
-    for (int64_t c = 0; c < g.C; ++c) per_sample[b] += row_sum[b * g.C + c];
-  return per_sample;
-}
-
-template <typename scalar_t, typename acc_t>
-void write_logdet(at::Tensor& logdet, const std::vector<acc_t>& v, acc_t sign) {
-  scalar_t* p = logdet.data_ptr<scalar_t>();
-  for (size_t b = 0; b < v.size(); ++b) p[b] = static_cast<scalar_t>(sign * v[b]);
-}
+Rows rows_of(const at::Tensor& x) { return {x.size(0), x.size(1), inner_size(x)}; }
 
 // Shared body of forward (invert = false) and inverse (invert = true).
-template <bool invert>
-std::tuple<at::Tensor, at::Tensor> coupling_apply_all(const at::Tensor& in, const at::Tensor& h,
-                                                      const c10::optional<at::Tensor>& mask,
-                                                      const std::string& scale, double clamp) {
+std::tuple<at::Tensor, at::Tensor> apply_all(const at::Tensor& in, const at::Tensor& h,
+                                             const c10::optional<at::Tensor>& mask, const std::string& scale,
+                                             double clamp, bool invert) {
   check_coupling_args(in, h, mask);
   const ScaleKind kind = static_cast<ScaleKind>(parse_scale_kind(scale));
   const at::Tensor ic = in.contiguous(), hc = h.contiguous();
   const at::Tensor mc = mask.has_value() ? mask->contiguous() : at::Tensor();
-  const Geometry g = geometry(in);
+  const Rows g = rows_of(in);
   at::Tensor out = at::empty_like(ic);
   at::Tensor logdet = at::empty({g.B}, in.options());
-  INVFLOW_DISPATCH_FLOATING(in.scalar_type(), invert ? "coupling_inverse" : "coupling_forward", [&] {
+  INVFLOW_DISPATCH_FLOATING(in.scalar_type(), "coupling_apply", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* ip = ic.data_ptr<scalar_t>();
     const scalar_t* hp = hc.data_ptr<scalar_t>();
     const scalar_t* mp = mc.defined() ? mc.data_ptr<scalar_t>() : nullptr;
     scalar_t* op = out.data_ptr<scalar_t>();
-    const acc_t cl = static_cast<acc_t>(clamp);
-    auto per_sample = for_rows<acc_t>(g, [&](int64_t b, int64_t c) {
-      const int64_t off = (b * g.C + c) * g.N;
-      const scalar_t* raw = hp + (b * 2 * g.C + c) * g.N;
-      const scalar_t* shift = raw + g.C * g.N;
-      const scalar_t* m = mp ? mp + c * g.N : nullptr;
-      acc_t ld = 0;
-      for (int64_t n = 0; n < g.N; ++n) {
-        const acc_t v = acc_t(ip[off + n]);
-        if (m && m[n] == scalar_t(0)) {
-          op[off + n] = ip[off + n];
-          continue;
-        }
-        acc_t log_s;
-        const acc_t r = invert ? coupling_unapply<acc_t>(v, acc_t(raw[n]), acc_t(shift[n]), kind, cl, &log_s)
-                               : coupling_apply<acc_t>(v, acc_t(raw[n]), acc_t(shift[n]), kind, cl, &log_s);
-        op[off + n] = static_cast<scalar_t>(r);
-        ld += log_s;
+    std::vector<acc_t> row_ld(g.count());
+    at::parallel_for(0, g.count(), row_grain(g.N), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const scalar_t* raw = hp + g.h_offset(r);
+        const scalar_t* shift = raw + g.C * g.N;
+        const scalar_t* m = mp ? mp + (r % g.C) * g.N : nullptr;
+        row_ld[r] = apply_row_generic(ip + g.offset(r), raw, shift, m, op + g.offset(r), g.N, kind,
+                                      static_cast<acc_t>(clamp), invert);
       }
-      return ld;
     });
-    write_logdet<scalar_t, acc_t>(logdet, per_sample, invert ? acc_t(-1) : acc_t(1));
+    scalar_t* ld = logdet.data_ptr<scalar_t>();
+    for (int64_t b = 0; b < g.B; ++b) {
+      acc_t sum = 0;
+      for (int64_t c = 0; c < g.C; ++c) sum += row_ld[b * g.C + c];
+      ld[b] = static_cast<scalar_t>(invert ? -sum : sum);
+    }
   });
   return {out, logdet};
 }
@@ -92,13 +213,13 @@ std::tuple<at::Tensor, at::Tensor> coupling_apply_all(const at::Tensor& in, cons
 std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x, const at::Tensor& h,
                                                     const c10::optional<at::Tensor>& mask,
                                                     const std::string& scale, double clamp) {
-  return coupling_apply_all<false>(x, h, mask, scale, clamp);
+  return apply_all(x, h, mask, scale, clamp, /*invert=*/false);
 }
 
 std::tuple<at::Tensor, at::Tensor> coupling_inverse(const at::Tensor& y, const at::Tensor& h,
                                                     const c10::optional<at::Tensor>& mask,
                                                     const std::string& scale, double clamp) {
-  return coupling_apply_all<true>(y, h, mask, scale, clamp);
+  return apply_all(y, h, mask, scale, clamp, /*invert=*/true);
 }
 
 // grad_x = gy * s, grad_raw = (gy * x * s + gl[b]) * dlog s/draw, grad_t = gy on transformed
@@ -113,7 +234,7 @@ std::tuple<at::Tensor, at::Tensor> coupling_backward(
   const at::Tensor gc = grad_y.contiguous(), xc = x.contiguous(), hc = h.contiguous();
   const at::Tensor mc = mask.has_value() ? mask->contiguous() : at::Tensor();
   const at::Tensor glc = grad_logdet.has_value() ? grad_logdet->contiguous() : at::Tensor();
-  const Geometry g = geometry(x);
+  const Rows g = rows_of(x);
   TORCH_CHECK(!glc.defined() || glc.numel() == g.B, "invflow: grad_logdet must have shape [B]");
   at::Tensor grad_x = at::empty_like(xc);
   at::Tensor grad_h = at::empty_like(hc);
@@ -126,31 +247,15 @@ std::tuple<at::Tensor, at::Tensor> coupling_backward(
     const scalar_t* glp = glc.defined() ? glc.data_ptr<scalar_t>() : nullptr;
     scalar_t* gxp = grad_x.data_ptr<scalar_t>();
     scalar_t* ghp = grad_h.data_ptr<scalar_t>();
-    const acc_t cl = static_cast<acc_t>(clamp);
-    at::parallel_for(0, g.B * g.C, row_grain(g.N), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, g.count(), row_grain(g.N), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
-        const int64_t b = r / g.C, c = r % g.C;
-        const int64_t off = r * g.N;
-        const int64_t hoff = (b * 2 * g.C + c) * g.N;
-        const scalar_t* raw = hp + hoff;
+        const int64_t off = g.offset(r), hoff = g.h_offset(r);
+        const scalar_t* m = mp ? mp + (r % g.C) * g.N : nullptr;
+        const acc_t gl = glp ? acc_t(glp[r / g.C]) : acc_t(0);
         scalar_t* graw = ghp + hoff;
         scalar_t* gshift = graw + g.C * g.N;
-        const scalar_t* m = mp ? mp + c * g.N : nullptr;
-        const acc_t gl = glp ? acc_t(glp[b]) : acc_t(0);
-        for (int64_t n = 0; n < g.N; ++n) {
-          const scalar_t gy = gp[off + n];
-          if (m && m[n] == scalar_t(0)) {
-            gxp[off + n] = gy;
-            graw[n] = scalar_t(0);
-            gshift[n] = scalar_t(0);
-            continue;
-          }
-          acc_t gx, gr;
-          coupling_grad<acc_t>(acc_t(gy), gl, acc_t(xp[off + n]), acc_t(raw[n]), kind, cl, &gx, &gr);
-          gxp[off + n] = static_cast<scalar_t>(gx);
-          graw[n] = static_cast<scalar_t>(gr);
-          gshift[n] = gy;
-        }
+        grad_row_generic(gp + off, gl, xp + off, hp + hoff, m, gxp + off, graw, gshift, g.N, kind,
+                         static_cast<acc_t>(clamp));
       }
     });
   });

@@ -1,0 +1,60 @@
+# invflow: `make test` and `make demo` each do their own idempotent set-up on a fresh machine.
+#
+#   make demo    set-up + the project's main job (python -m detectors demo)
+#   make test    set-up + the full test suite
+#   make bench   set-up + the benchmark suites and the side-by-side comparison
+#   make data    installs the offline datasets (Debian dataset-fashion-mnist)
+#
+# Set-up: a venv in .venv; torch==2.13.0 (the CPU wheel from /opt/wheels when present)
+# only when the venv has no torch -- never an unpinned torch, which resolves to a 3 GB CUDA
+# build; then `pip install -e . --no-build-isolation`, which compiles invflow._C.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+WHEELS ?= /opt/wheels
+FIND_LINKS := $(if $(wildcard $(WHEELS)/torch-*),--find-links $(WHEELS))
+STAMP := $(VENV)/.invflow-installed
+CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' 2>/dev/null)
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+PYTEST_ARGS ?=
+
+.PHONY: all setup build test demo bench data clean
+
+all: test
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml setup.py | $(PY)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install $(FIND_LINKS) "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install $(FIND_LINKS) "setuptools>=64" wheel ninja
+	$(PY) -m pip install $(FIND_LINKS) -e ".[test,data]" --no-build-isolation
+	touch $@
+
+setup: $(STAMP)
+
+# Incremental rebuild of the extension when a C++/CUDA source changed since the install.
+invflow/.build-stamp: $(STAMP) $(CSRC) setup.py
+	$(PY) setup.py -q build_ext --inplace
+	touch $@
+
+build: invflow/.build-stamp
+
+test: build
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+demo: build
+	$(PY) -m detectors demo
+
+bench: build
+	$(PY) -m pytest -q bench --benchmark-only --benchmark-columns=median,iqr,rounds --benchmark-sort=name
+
+data:
+	@if [ -d $(FMNIST_DIR) ]; then echo "Fashion-MNIST present in $(FMNIST_DIR)"; \
+	else apt-get update && apt-get install -y dataset-fashion-mnist; fi
+
+clean:
+	rm -rf build invflow/_C*.so invflow/.build-stamp *.egg-info

@@ -1,0 +1,124 @@
+"""Fused kernels vs the eager PyTorch reference, side by side in one process.
+
+Cases (CPU always, CUDA when present), at the foundation issue's shape [64, 12, 16, 16]:
+each op (actnorm, LU 1x1 conv, affine coupling) forward and forward+backward, and a Glow
+step (actnorm -> LU 1x1 -> affine coupling with a small GlowNet st-net) forward+backward
+and the double-backward step (log p plus the norm of d log p / dx, seed 004's penalty).
+
+Run ``make bench`` (or ``python -m pytest bench --benchmark-only``); ``python
+bench/ratios.py RESULTS.json`` prints the fused/reference ratio per group from
+``--benchmark-json RESULTS.json``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import invflow
+from invflow import masks
+from invflow.data import standard_normal_log_prob
+
+from conftest import allocator_settings
+
+SHAPE = (64, 12, 16, 16)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+IMPLS = ["fused", "reference"]
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def make_layer(kind: str, device: str, hidden: int = 64) -> invflow.Flow:
+    c = SHAPE[1]
+    torch.manual_seed(0)
+    layer = {
+        "actnorm": lambda: invflow.ActNorm(c),
+        "invconv": lambda: invflow.InvConv1x1(c, lu=True),
+        "coupling": lambda: invflow.AffineCoupling(c, masks.Checkerboard(0), net=_identity_params),
+        "glow_step": lambda: invflow.Sequential(
+            invflow.ActNorm(c), invflow.InvConv1x1(c), invflow.AffineCoupling(c, masks.Channel(0), hidden=hidden)
+        ),
+    }[kind]()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return layer.to(device).eval()
+
+
+class _ParamsFromInput(torch.nn.Module):
+    """A free st-net: h = [x, x] * w. Isolates the coupling's elementwise part in the op benchmark."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.full((1, 2 * channels, 1, 1), 0.1))
+
+    def forward(self, x):
+        return torch.cat([x, x], dim=1) * self.w
+
+
+def _identity_params(i, o):
+    return _ParamsFromInput(i)
+
+
+def _record(benchmark, impl, device, group):
+    benchmark.group = f"{group} [{device}]"
+    benchmark.extra_info.update(impl=impl, device=device, shape=list(SHAPE), **allocator_settings())
+
+
+def _run(benchmark, impl, device, fn):
+    with invflow.backend(impl):
+        fn()  # warm-up (and data-dependent paths)
+
+        def timed():
+            fn()
+            sync(device)
+
+        benchmark(timed)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("kind", ["actnorm", "invconv", "coupling"])
+def test_op_forward(benchmark, kind, impl, device):
+    layer = make_layer(kind, device)
+    x = torch.randn(SHAPE, device=device)
+    _record(benchmark, impl, device, f"{kind} forward")
+    with torch.no_grad():
+        _run(benchmark, impl, device, lambda: layer(x))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("kind", ["actnorm", "invconv", "coupling", "glow_step"])
+def test_forward_backward(benchmark, kind, impl, device):
+    layer = make_layer(kind, device)
+    x = torch.randn(SHAPE, device=device, requires_grad=True)
+
+    def step():
+        y, logdet = layer(x)
+        loss = -(standard_normal_log_prob(y) + logdet).mean()
+        loss.backward()
+
+    _record(benchmark, impl, device, f"{kind} forward+backward")
+    _run(benchmark, impl, device, step)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_glow_step_double_backward(benchmark, impl, device):
+    """Training step of the approximate-mass objective: -log p + ||d log p / dx|| (seed 004 Eq. 2)."""
+    layer = make_layer("glow_step", device)
+    x = torch.randn(SHAPE, device=device, requires_grad=True)
+
+    def step():
+        y, logdet = layer(x)
+        log_p = standard_normal_log_prob(y) + logdet
+        (g,) = torch.autograd.grad(log_p.sum(), x, create_graph=True)
+        loss = -log_p.mean() + 2.0 * g.flatten(1).norm(dim=1).mean()
+        loss.backward()
+
+    _record(benchmark, impl, device, "glow_step double-backward")
+    _run(benchmark, impl, device, step)

@@ -7,7 +7,8 @@
 #
 # Set-up: a venv in .venv; torch==2.13.0 (the CPU wheel from /opt/wheels when present)
 # only when the venv has no torch -- never an unpinned torch, which resolves to a 3 GB CUDA
-# build; then `pip install -e . --no-build-isolation`, which compiles invflow._C.
+# build; then `pip install -e . --no-build-isolation` (Python packages), and the extension
+# invflow._C is compiled by the incremental `setup.py build_ext --inplace` below.
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -30,13 +31,13 @@ $(PY):
 
 $(STAMP): pyproject.toml setup.py | $(PY)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install $(FIND_LINKS) "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install $(FIND_LINKS) "setuptools>=64" wheel ninja
-	$(PY) -m pip install $(FIND_LINKS) -e ".[test,data]" --no-build-isolation
+	$(PY) -m pip install $(FIND_LINKS) "setuptools>=77" wheel ninja
+	INVFLOW_SKIP_EXT=1 $(PY) -m pip install $(FIND_LINKS) -e ".[test,data]" --no-build-isolation
 	touch $@
 
 setup: $(STAMP)
 
-# Incremental rebuild of the extension when a C++/CUDA source changed since the install.
+# Compiles invflow._C, and recompiles what changed when a C++/CUDA source is edited.
 invflow/.build-stamp: $(STAMP) $(CSRC) setup.py
 	$(PY) setup.py -q build_ext --inplace
 	touch $@

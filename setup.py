@@ -43,7 +43,10 @@ def extension():
     return CppExtension("invflow._C", cpp, extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)
 
 
+# INVFLOW_SKIP_EXT=1: install the Python packages only; the Makefile then compiles the
+# extension once with the incremental `setup.py build_ext --inplace` (ninja keeps its
+# objects in build/, so later rebuilds recompile only what changed).
 setup(
-    ext_modules=[extension()],
+    ext_modules=[] if os.environ.get("INVFLOW_SKIP_EXT") else [extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

@@ -62,59 +62,44 @@ void backward_rows(const scalar_t* g, const scalar_t* xp, scalar_t* gx, const sc
   });
 }
 
+// Forward y = (x + b) * exp(log_s), or inverse x = y * exp(-log_s) - b, with the log-det.
+std::tuple<at::Tensor, at::Tensor> apply(const at::Tensor& in, const at::Tensor& bias, const at::Tensor& log_scale,
+                                         bool invert) {
+  check_actnorm_args(in, bias, log_scale);
+  const at::Tensor ic = in.contiguous();
+  const int64_t B = in.size(0), C = in.size(1), N = inner_size(in);
+  at::Tensor out = at::empty_like(ic);
+  at::Tensor logdet = at::empty({B}, in.options());
+  INVFLOW_DISPATCH_FLOATING(in.scalar_type(), "actnorm_apply", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const at::Tensor bc = bias.contiguous(), lc = log_scale.contiguous();
+    const scalar_t* bp = bc.data_ptr<scalar_t>();
+    const scalar_t* lp = lc.data_ptr<scalar_t>();
+    const acc_t sign = invert ? acc_t(-1) : acc_t(1);
+    std::vector<acc_t> shift(C), mult(C);
+    acc_t sum_log = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      shift[c] = sign * acc_t(bp[c]);
+      mult[c] = std::exp(sign * acc_t(lp[c]));
+      sum_log += acc_t(lp[c]);
+    }
+    affine_rows<scalar_t>(ic.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), shift, mult, B * C, C, N,
+                          /*shift_first=*/!invert);
+    logdet.fill_(static_cast<double>(sign * sum_log) * static_cast<double>(N));
+  });
+  return {out, logdet};
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> actnorm_forward(const at::Tensor& x, const at::Tensor& bias,
                                                    const at::Tensor& log_scale) {
-  check_actnorm_args(x, bias, log_scale);
-  const at::Tensor xc = x.contiguous();
-  const int64_t B = x.size(0), C = x.size(1), N = inner_size(x);
-  at::Tensor y = at::empty_like(xc);
-  at::Tensor logdet = at::empty({B}, x.options());
-  INVFLOW_DISPATCH_FLOATING(x.scalar_type(), "actnorm_forward", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const at::Tensor bc = bias.contiguous(), lc = log_scale.contiguous();
-    const scalar_t* bp = bc.data_ptr<scalar_t>();
-    const scalar_t* lp = lc.data_ptr<scalar_t>();
-    std::vector<acc_t> shift(C), mult(C);
-    acc_t sum_log = 0;
-    for (int64_t c = 0; c < C; ++c) {
-      shift[c] = acc_t(bp[c]);
-      mult[c] = std::exp(acc_t(lp[c]));
-      sum_log += acc_t(lp[c]);
-    }
-    affine_rows<scalar_t>(xc.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), shift, mult, B * C, C, N,
-                          /*shift_first=*/true);
-    logdet.fill_(static_cast<double>(sum_log) * static_cast<double>(N));
-  });
-  return {y, logdet};
+  return apply(x, bias, log_scale, /*invert=*/false);
 }
 
 std::tuple<at::Tensor, at::Tensor> actnorm_inverse(const at::Tensor& y, const at::Tensor& bias,
                                                    const at::Tensor& log_scale) {
-  check_actnorm_args(y, bias, log_scale);
-  const at::Tensor yc = y.contiguous();
-  const int64_t B = y.size(0), C = y.size(1), N = inner_size(y);
-  at::Tensor x = at::empty_like(yc);
-  at::Tensor logdet = at::empty({B}, y.options());
-  INVFLOW_DISPATCH_FLOATING(y.scalar_type(), "actnorm_inverse", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const at::Tensor bc = bias.contiguous(), lc = log_scale.contiguous();
-    const scalar_t* bp = bc.data_ptr<scalar_t>();
-    const scalar_t* lp = lc.data_ptr<scalar_t>();
-    std::vector<acc_t> shift(C), mult(C);
-    acc_t sum_log = 0;
-    for (int64_t c = 0; c < C; ++c) {
-      shift[c] = -acc_t(bp[c]);
-      mult[c] = std::exp(-acc_t(lp[c]));
-      sum_log += acc_t(lp[c]);
-    }
-    // x = y * exp(-log_s) - b
-    affine_rows<scalar_t>(yc.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), shift, mult, B * C, C, N,
-                          /*shift_first=*/false);
-    logdet.fill_(-static_cast<double>(sum_log) * static_cast<double>(N));
-  });
-  return {x, logdet};
+  return apply(y, bias, log_scale, /*invert=*/true);
 }
 
 // dL/dx = g * s;  dL/db[c] = s[c] * sum g;  dL/dlog_s[c] = s[c] * sum g * (x + b) + N * sum_b gl[b].

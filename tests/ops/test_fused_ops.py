@@ -206,3 +206,17 @@ def test_extreme_scales_stay_finite():
     assert torch.isfinite(ld).all()
     torch.testing.assert_close(ld, want[1])
     torch.testing.assert_close(y, want[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("scale", SCALES)
+def test_low_precision_matches_float32_reference(dtype, scale):
+    """Half types are computed in float32 internally (opmath) and rounded once at the end."""
+    a = make_args((2, 5, 6, 4), "cpu", torch.float32, masked=True)
+    low = {k: (v.to(dtype) if v is not None else None) for k, v in a.items()}
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=2e-3, atol=2e-3)
+    exact = {k: (v.float() if v is not None else None) for k, v in low.items()}  # same rounded inputs
+    for (name, call), (_, call_ref) in zip(op_pairs(low, scale), op_pairs(exact, scale)):
+        for got, want in zip(call(fused), call_ref(reference)):
+            assert got.dtype == dtype, name
+            torch.testing.assert_close(got.float(), want, **tol, msg=lambda m: f"{name}: {m}")

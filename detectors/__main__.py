@@ -15,11 +15,12 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--steps", type=int, default=4, help="Glow steps per level (2 levels)")
     demo.add_argument("--hidden", type=int, default=64, help="st-net width")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--lr", type=float, default=5e-3, help="Adamax learning rate after warm-up")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import run
 
-        run(seconds=args.seconds, batch=args.batch, steps=args.steps, hidden=args.hidden, seed=args.seed)
+        run(seconds=args.seconds, batch=args.batch, steps=args.steps, hidden=args.hidden, seed=args.seed, lr=args.lr)
     return 0
 
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..ops.reference import inner_size
+from ..ops.reference import inner_size, per_sample
 from .base import Flow, check_input
 
 
@@ -54,9 +54,9 @@ class InvConv1x1(Flow):
     def forward(self, x):
         check_input(x, "InvConv1x1", self.num_channels)
         w, logdet = self.weight_and_logdet()
-        return ops.channel_mix(x, w), (logdet * inner_size(x)).repeat(x.shape[0])
+        return ops.channel_mix(x, w), per_sample(logdet * inner_size(x), x.shape[0])
 
     def inverse(self, y):
         check_input(y, "InvConv1x1.inverse", self.num_channels)
         w, logdet = self.weight_and_logdet()
-        return ops.channel_mix(y, torch.linalg.inv(w)), (-logdet * inner_size(y)).repeat(y.shape[0])
+        return ops.channel_mix(y, torch.linalg.inv(w)), per_sample(-logdet * inner_size(y), y.shape[0])

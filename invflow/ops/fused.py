@@ -61,7 +61,7 @@ def _actnorm_bwd_backward(ctx, u_x, u_b, u_ls):
     d_gy = common
     d_gl = None
     if ctx.has_grad_logdet:
-        d_gl = (u_ls.sum() * ref.inner_size(x)).repeat(x.shape[0])
+        d_gl = ref.per_sample(u_ls.sum() * ref.inner_size(x), x.shape[0])
     d_x = uls_v * gy * s
     d_b = _sum_except_channel(d_x)
     d_ls = _sum_except_channel(gy * common)

@@ -39,6 +39,11 @@ def reduce_dims(x: torch.Tensor) -> list[int]:
     return [0] + list(range(2, x.dim()))
 
 
+def per_sample(value: torch.Tensor, batch: int) -> torch.Tensor:
+    """A scalar log-det term as a [batch] vector (differentiable; cheaper than ``repeat``)."""
+    return value.expand(batch).clone()
+
+
 def scale_terms(raw: torch.Tensor, scale: str, clamp: float):
     """Returns (s, log s, d log s / d raw, d^2 log s / d raw^2) of csrc/common/scale.h."""
     if scale == "sigmoid":
@@ -58,13 +63,13 @@ def scale_terms(raw: torch.Tensor, scale: str, clamp: float):
 
 def actnorm_forward(x, bias, log_scale):
     y = (x + channel_view(bias, x)) * channel_view(torch.exp(log_scale), x)
-    logdet = (log_scale.sum() * inner_size(x)).repeat(x.shape[0])
+    logdet = per_sample(log_scale.sum() * inner_size(x), x.shape[0])
     return y, logdet
 
 
 def actnorm_inverse(y, bias, log_scale):
     x = y * channel_view(torch.exp(-log_scale), y) - channel_view(bias, y)
-    logdet = (-log_scale.sum() * inner_size(y)).repeat(y.shape[0])
+    logdet = per_sample(-log_scale.sum() * inner_size(y), y.shape[0])
     return x, logdet
 
 

@@ -22,7 +22,7 @@ CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' 2>/dev/nu
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
 
-.PHONY: all setup build test demo bench data clean
+.PHONY: all setup build cuda-check test demo bench data clean
 
 all: test
 
@@ -44,7 +44,16 @@ invflow/.build-stamp: $(STAMP) $(CSRC) setup.py
 
 build: invflow/.build-stamp
 
-test: build
+# nvcc compile check of every csrc/cuda/*.cu against the installed torch headers (no GPU
+# needed); reruns only when a CUDA or shared header changes.
+CUDA_SRC := $(wildcard csrc/cuda/*.cu csrc/cuda/*.cuh csrc/common/*.h csrc/ops.h)
+build/.cuda-check: $(CUDA_SRC) tools/cuda_compile_check.sh | $(STAMP)
+	PY=$(PY) tools/cuda_compile_check.sh
+	@mkdir -p build && touch $@
+
+cuda-check: build/.cuda-check
+
+test: build cuda-check
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 demo: build

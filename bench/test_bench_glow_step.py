@@ -108,19 +108,28 @@ def test_op_forward_backward(benchmark, kind, impl, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", IMPLS + ["compile"])
 def test_glow_step_forward_backward(benchmark, impl, device):
-    """A maximum-likelihood training step through one Glow step (st-net GlowNet, hidden 64)."""
+    """A maximum-likelihood training step through one Glow step (st-net GlowNet, hidden 64).
+
+    impl "compile" is torch.compile of the reference step (first order only: torch.compile
+    refuses double backward, so it has no double-backward row)."""
     layer = make_layer("glow_step", device)
     x = torch.randn(SHAPE, device=device, requires_grad=True)
+    backend = "reference" if impl == "compile" else impl
+
+    def nll(x):
+        with invflow.backend(backend):
+            y, logdet = layer(x)
+        return -(standard_normal_log_prob(y) + logdet).mean()
+
+    loss_fn = torch.compile(nll) if impl == "compile" else nll
 
     def step():
-        y, logdet = layer(x)
-        loss = -(standard_normal_log_prob(y) + logdet).mean()
-        loss.backward()
+        loss_fn(x).backward()
 
     _record(benchmark, impl, device, "glow_step forward+backward")
-    _run(benchmark, impl, device, step)
+    _run(benchmark, backend, device, step)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -19,30 +19,39 @@ void check_channel_mix_args(const at::Tensor& x, const at::Tensor& weight);
 void check_coupling_args(const at::Tensor& x, const at::Tensor& h,
                          const c10::optional<at::Tensor>& mask);
 
+// Every backend implements the same kernels with the same signatures.
+#define INVFLOW_DECLARE_KERNELS \
+  std::tuple<at::Tensor, at::Tensor> actnorm_forward(const at::Tensor& x, const at::Tensor& bias, \
+                                                     const at::Tensor& log_scale); \
+  std::tuple<at::Tensor, at::Tensor> actnorm_inverse(const at::Tensor& y, const at::Tensor& bias, \
+                                                     const at::Tensor& log_scale); \
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward( \
+      const at::Tensor& grad_y, const c10::optional<at::Tensor>& grad_logdet, const at::Tensor& x, \
+      const at::Tensor& bias, const at::Tensor& log_scale); \
+  \
+  at::Tensor channel_mix(const at::Tensor& x, const at::Tensor& weight); \
+  std::tuple<at::Tensor, at::Tensor> channel_mix_backward(const at::Tensor& grad_y, \
+                                                          const at::Tensor& x, \
+                                                          const at::Tensor& weight); \
+  \
+  std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x, const at::Tensor& h, \
+                                                      const c10::optional<at::Tensor>& mask, \
+                                                      const std::string& scale, double clamp); \
+  std::tuple<at::Tensor, at::Tensor> coupling_inverse(const at::Tensor& y, const at::Tensor& h, \
+                                                      const c10::optional<at::Tensor>& mask, \
+                                                      const std::string& scale, double clamp); \
+  std::tuple<at::Tensor, at::Tensor> coupling_backward( \
+      const at::Tensor& grad_y, const c10::optional<at::Tensor>& grad_logdet, const at::Tensor& x, \
+      const at::Tensor& h, const c10::optional<at::Tensor>& mask, const std::string& scale, \
+      double clamp);
+
 namespace cpu {
-std::tuple<at::Tensor, at::Tensor> actnorm_forward(const at::Tensor& x, const at::Tensor& bias,
-                                                   const at::Tensor& log_scale);
-std::tuple<at::Tensor, at::Tensor> actnorm_inverse(const at::Tensor& y, const at::Tensor& bias,
-                                                   const at::Tensor& log_scale);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward(
-    const at::Tensor& grad_y, const c10::optional<at::Tensor>& grad_logdet, const at::Tensor& x,
-    const at::Tensor& bias, const at::Tensor& log_scale);
-
-at::Tensor channel_mix(const at::Tensor& x, const at::Tensor& weight);
-std::tuple<at::Tensor, at::Tensor> channel_mix_backward(const at::Tensor& grad_y,
-                                                        const at::Tensor& x,
-                                                        const at::Tensor& weight);
-
-std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x, const at::Tensor& h,
-                                                    const c10::optional<at::Tensor>& mask,
-                                                    const std::string& scale, double clamp);
-std::tuple<at::Tensor, at::Tensor> coupling_inverse(const at::Tensor& y, const at::Tensor& h,
-                                                    const c10::optional<at::Tensor>& mask,
-                                                    const std::string& scale, double clamp);
-std::tuple<at::Tensor, at::Tensor> coupling_backward(
-    const at::Tensor& grad_y, const c10::optional<at::Tensor>& grad_logdet, const at::Tensor& x,
-    const at::Tensor& h, const c10::optional<at::Tensor>& mask, const std::string& scale,
-    double clamp);
+INVFLOW_DECLARE_KERNELS
 }  // namespace cpu
+
+// CUDA kernels (csrc/cuda/*.cu), built only when torch has CUDA and nvcc is found.
+namespace cuda {
+INVFLOW_DECLARE_KERNELS
+}  // namespace cuda
 
 }  // namespace invflow

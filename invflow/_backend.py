@@ -10,13 +10,15 @@ the reference.
 from __future__ import annotations
 
 import contextlib
-import contextvars
+import threading
 import warnings
 from typing import Iterator
 
 BACKENDS = ("fused", "reference")
 
-_active: contextvars.ContextVar[str | None] = contextvars.ContextVar("invflow_backend", default=None)
+# A per-thread stack of explicit choices.  threading.local (unlike a ContextVar) is
+# traceable by torch.compile, so compiled code honours the backend without graph breaks.
+_state = threading.local()
 _warned = False
 
 
@@ -30,9 +32,9 @@ def fused_available() -> bool:
 def current_backend() -> str:
     """Name of the backend the layers use right now ("fused" or "reference")."""
     global _warned
-    name = _active.get()
-    if name is not None:
-        return name
+    stack = getattr(_state, "stack", None)
+    if stack:
+        return stack[-1]
     if fused_available():
         return "fused"
     if not _warned:
@@ -61,8 +63,11 @@ def backend(name: str) -> Iterator[str]:
             "invflow.backend('fused') was requested but the extension invflow._C is not built "
             f"({fused.IMPORT_ERROR}); run `pip install -e . --no-build-isolation`"
         )
-    token = _active.set(name)
+    stack = getattr(_state, "stack", None)
+    if stack is None:
+        stack = _state.stack = []
+    stack.append(name)
     try:
         yield name
     finally:
-        _active.reset(token)
+        stack.pop()

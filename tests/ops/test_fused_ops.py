@@ -53,7 +53,10 @@ def assert_fused_matches_reference(a, scale, dtype):
             torch.testing.assert_close(got, want, **tol, msg=lambda m: f"{name} ({scale}): {m}")
 
 
-AWKWARD = [(1, 1, 1, 1), (1, 3, 5, 2), (2, 5, 3, 7), (3, 7, 1, 4), (4, 12, 16, 16), (2, 6), (5, 3, 9)]
+# B = 1, odd C, H != W, vectors and 3-D; channel counts in every bucket of the fused CUDA
+# 1x1-conv kernel (<= 4, 8, 16, 32) and above it (BLAS path).
+AWKWARD = [(1, 1, 1, 1), (1, 3, 5, 2), (2, 5, 3, 7), (3, 7, 1, 4), (4, 12, 16, 16), (2, 24, 5, 3), (2, 6), (5, 3, 9),
+           (2, 33, 3, 3)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -220,3 +223,41 @@ def test_low_precision_matches_float32_reference(dtype, scale):
         for got, want in zip(call(fused), call_ref(reference)):
             assert got.dtype == dtype, name
             torch.testing.assert_close(got.float(), want, **tol, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_batch_beyond_one_grid(dtype):
+    """More than 65535 blocks' worth of elements: every kernel's grid-stride loop must wrap."""
+    shape = (1100, 4, 64, 64)  # 18M entries > 65535 * 256
+    a = make_args(shape, "cuda", dtype, masked=True)
+    assert a["x"].numel() > 65535 * 256
+    assert_fused_matches_reference(a, "sigmoid", dtype)
+    gy = torch.randn_like(a["x"])
+    gl = torch.randn(shape[0], device="cuda", dtype=dtype)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else {}
+    for got, want in zip(OP.coupling_backward(gy, gl, a["x"], a["h"], a["mask"], "exp", 2.0),
+                         OP.coupling_backward(gy.cpu(), gl.cpu(), a["x"].cpu(), a["h"].cpu(), a["mask"].cpu(),
+                                              "exp", 2.0)):
+        torch.testing.assert_close(got.cpu(), want, **tol)
+    for got, want in zip(OP.actnorm_backward(gy, gl, a["x"], a["bias"], a["log_scale"]),
+                         OP.actnorm_backward(gy.cpu(), gl.cpu(), a["x"].cpu(), a["bias"].cpu(), a["log_scale"].cpu())):
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-3 if dtype == torch.float32 else 1e-7, atol=1e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_ops_match_cpu_kernels():
+    """The CUDA and CPU kernels (not only the reference) agree, including backward ops."""
+    a = make_args((3, 6, 7, 5), "cpu", torch.float64, masked=True)
+    gy = torch.randn_like(a["x"])
+    gl = torch.randn(3, dtype=torch.float64)
+    cases = [
+        (OP.actnorm_backward, (gy, gl, a["x"], a["bias"], a["log_scale"])),
+        (OP.channel_mix_backward, (gy, a["x"], a["weight"])),
+        (OP.coupling_backward, (gy, gl, a["x"], a["h"], a["mask"], "tanh", 1.5)),
+        (OP.coupling_inverse, (a["x"], a["h"], None, "sigmoid", 2.0)),
+    ]
+    for op, args in cases:
+        cuda_args = tuple(t.cuda() if isinstance(t, torch.Tensor) else t for t in args)
+        for got, want in zip(op(*cuda_args), op(*args)):
+            torch.testing.assert_close(got.cpu(), want)

@@ -1,0 +1,15 @@
+// CUDA implementations of the TORCH_LIBRARY(invflow) schemas (defined in registration.cpp).
+#include <torch/library.h>
+
+#include "../ops.h"
+
+TORCH_LIBRARY_IMPL(invflow, CUDA, m) {
+  m.impl("actnorm_forward", &invflow::cuda::actnorm_forward);
+  m.impl("actnorm_inverse", &invflow::cuda::actnorm_inverse);
+  m.impl("actnorm_backward", &invflow::cuda::actnorm_backward);
+  m.impl("channel_mix", &invflow::cuda::channel_mix);
+  m.impl("channel_mix_backward", &invflow::cuda::channel_mix_backward);
+  m.impl("coupling_forward", &invflow::cuda::coupling_forward);
+  m.impl("coupling_inverse", &invflow::cuda::coupling_inverse);
+  m.impl("coupling_backward", &invflow::cuda::coupling_backward);
+}

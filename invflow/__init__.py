@@ -12,9 +12,11 @@
 See DESIGN.md for the contract; ``invflow.backend("fused" | "reference")`` switches kernels.
 """
 
-from . import masks, nets, ops
+from . import checkpoint, data, masks, models, nets, ops, priors
 from ._backend import backend, current_backend, fused_available
-from .layers import ActNorm, AffineCoupling, Flow, InvConv1x1, Sequential, Squeeze
+from .checkpoint import load, save
+from .layers import ActNorm, AdditiveCoupling, AffineCoupling, FixedLinear, Flow, InvConv1x1, Sequential, Squeeze
+from .models import DenseGlow, FlowModel, FlowOutput, Glow, PatchGlow, RealNVP, VectorFlow
 
 __version__ = "0.1.0"
 
@@ -24,9 +26,24 @@ __all__ = [
     "ActNorm",
     "InvConv1x1",
     "AffineCoupling",
+    "AdditiveCoupling",
+    "FixedLinear",
     "Squeeze",
+    "Glow",
+    "RealNVP",
+    "PatchGlow",
+    "DenseGlow",
+    "VectorFlow",
+    "FlowModel",
+    "FlowOutput",
+    "save",
+    "load",
     "masks",
     "nets",
+    "priors",
+    "data",
+    "models",
+    "checkpoint",
     "ops",
     "backend",
     "current_backend",

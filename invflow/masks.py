@@ -1,9 +1,11 @@
 """Coupling masks: which entries an affine coupling transforms and which condition it.
 
 A mask answers ``transformed(shape)``: a bool tensor of the input's per-sample shape
-[C, ...], True where the coupling transforms the entry and False where the entry is passed
-through unchanged and fed to the st-net.  Channel masks also give ``channel_split``, which
-lets the coupling run its st-net on the conditioning channels only (no wasted compute).
+[C, ...], True where the coupling transforms the entry; and ``conditioning(shape)``: True
+where the entry is fed to the st-net.  The two sets are disjoint; entries in neither pass
+through unchanged and unseen (the cycle-mask).  By default the conditioning set is the
+complement of the transformed one.  Channel masks also give ``channel_split``, which lets
+the coupling run its st-net on the conditioning channels only (no wasted compute).
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ class Mask(abc.ABC):
     @abc.abstractmethod
     def transformed(self, shape: Sequence[int], device=None) -> torch.Tensor:
         """Bool tensor of ``shape`` ([C, ...], no batch) that is True on transformed entries."""
+
+    def conditioning(self, shape: Sequence[int], device=None) -> torch.Tensor:
+        """Bool tensor of ``shape`` that is True on the entries the st-net sees."""
+        return ~self.transformed(shape, device)
 
     def channel_split(self, channels: int) -> tuple[slice, slice] | None:
         """(conditioning, transformed) channel slices for channel-wise masks, else None."""
@@ -74,3 +80,64 @@ class Checkerboard(Mask):
         i = torch.arange(h, device=device).view(h, 1)
         j = torch.arange(w, device=device).view(1, w)
         return ((i + j) % 2 == self.parity).expand(c, h, w).clone()
+
+
+def _spatial_shape(shape, name: str) -> tuple[int, int, int]:
+    if len(shape) != 3:
+        raise ValueError(f"{name} mask needs [C, H, W] inputs, got per-sample shape {list(shape)}")
+    return tuple(shape)
+
+
+class Horizontal(Mask):
+    """Horizontal mask (Kirichenko et al. 2020, Sec. 6.2): parity 0 transforms the bottom half
+    of the image conditioned on the top half, parity 1 the top half conditioned on the bottom
+    (rows [0, H // 2) are the top half)."""
+
+    def __init__(self, parity: int = 0):
+        self.parity = _check_parity(parity)
+
+    def transformed(self, shape, device=None):
+        c, h, w = _spatial_shape(shape, "Horizontal")
+        if h < 2:
+            raise ValueError(f"Horizontal mask needs height >= 2, got {h}")
+        bottom = (torch.arange(h, device=device) >= h // 2).view(1, h, 1)
+        m = bottom if self.parity == 0 else ~bottom
+        return m.expand(c, h, w).clone()
+
+
+class Cycle(Mask):
+    """Cycle-mask (Kirichenko et al. 2020, App. I.1, Fig. 13): the image is cut into four
+    quadrants, numbered clockwise 0 = top-left, 1 = top-right, 2 = bottom-right,
+    3 = bottom-left (the top / left halves are rows / columns below H // 2 / W // 2).  Step k
+    transforms quadrant (k + 1) mod 4 conditioned on quadrant k mod 4 only, so information
+    from a quadrant passes through four couplings before it reaches that quadrant again.
+    The other two quadrants pass through unchanged."""
+
+    def __init__(self, step: int = 0):
+        if not isinstance(step, int) or step < 0:
+            raise ValueError(f"Cycle mask step must be a non-negative int, got {step!r}")
+        self.step = step
+
+    def __repr__(self) -> str:
+        return f"Cycle({self.step})"
+
+    @staticmethod
+    def quadrants(shape, device=None) -> torch.Tensor:
+        """Long tensor [H, W] holding each pixel's quadrant number."""
+        _, h, w = _spatial_shape(shape, "Cycle")
+        if h < 2 or w < 2:
+            raise ValueError(f"Cycle mask needs height and width >= 2, got {h} x {w}")
+        bottom = (torch.arange(h, device=device) >= h // 2).view(h, 1)
+        right = (torch.arange(w, device=device) >= w // 2).view(1, w)
+        # TL 0, TR 1, BR 2, BL 3
+        return torch.where(bottom, torch.where(right, 2, 3), torch.where(right, 1, 0))
+
+    def _quadrant_mask(self, shape, q, device):
+        c = shape[0]
+        return (self.quadrants(shape, device) == q).expand(c, *shape[1:]).clone()
+
+    def transformed(self, shape, device=None):
+        return self._quadrant_mask(shape, (self.step + 1) % 4, device)
+
+    def conditioning(self, shape, device=None):
+        return self._quadrant_mask(shape, self.step % 4, device)

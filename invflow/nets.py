@@ -2,11 +2,26 @@
 the parameters h = [raw scale, shift] of the transformed part (2 x its channels).
 
 Every network's last layer starts at zero, so a fresh coupling is the identity up to the
-constant initial scale (sigmoid(2) for Glow's scale function; Glow Sec. 3.3)."""
+constant initial scale (sigmoid(2) for Glow's scale function; Glow Sec. 3.3).
+
+    GlowNet(in, out, hidden=512, actnorm=False)   Glow (Kingma & Dhariwal 2018, Sec. 3.3)
+    ResNet(in, out, hidden=64, blocks=8)          RealNVP (Dinh et al. 2017; seed 003 App. C)
+    Bottleneck(in, out, image_size, ...)          seed 003 Sec. 7, "st-networks with bottleneck"
+    MLP(in, out, hidden=512, layers=2)            vectors [B, D]
+
+Helpers: ``zero_init``, ``ActNorm2d`` (activation normalisation inside a net, not a flow)
+and ``ZeroConv2d`` (Glow's zero-initialised, learned-scale output conv).  No network
+uses BatchNorm: an st-net's output must not depend on the other samples of a batch.
+"""
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Sequence
+
+import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 def zero_init(layer: nn.Module) -> nn.Module:
@@ -16,18 +31,215 @@ def zero_init(layer: nn.Module) -> nn.Module:
     return layer
 
 
+def _conv3x3(cin: int, cout: int, bias: bool = True, weight_norm: bool = False) -> nn.Module:
+    conv = nn.Conv2d(cin, cout, 3, padding=1, bias=bias)
+    return nn.utils.parametrizations.weight_norm(conv) if weight_norm else conv
+
+
+class ActNorm2d(nn.Module):
+    """Activation normalisation for hidden layers of an st-net (Glow, Sec. 3.1 and the
+    st-net of Sec. 3.3): y = (x + bias) * exp(logs) per channel (dim 1).
+
+    Data-dependent initialisation: the first forward in training mode (or an explicit
+    ``initialize(x)``) sets bias = -mean, logs = -log(std + eps) per channel, so that the
+    output of that batch has zero mean and unit variance per channel.  Afterwards both are
+    ordinary learned parameters.  Returns only the tensor: this is a network layer, not an
+    ``invflow.Flow`` (see ``invflow.ActNorm`` for the invertible one)."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6):
+        super().__init__()
+        if num_channels < 1:
+            raise ValueError(f"ActNorm2d: num_channels must be >= 1, got {num_channels}")
+        self.num_channels = num_channels
+        self.eps = eps
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.logs = nn.Parameter(torch.zeros(num_channels))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}"
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.dim() < 2 or x.shape[1] != self.num_channels:
+            raise ValueError(
+                f"ActNorm2d: expected [B, {self.num_channels}, ...] input, got shape {tuple(x.shape)}"
+            )
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor) -> None:
+        """Sets bias = -mean(x) and logs = -log(std(x) + eps) per channel."""
+        self._check(x)
+        dims = [0] + list(range(2, x.dim()))
+        self.bias.copy_(-x.mean(dim=dims))
+        self.logs.copy_(-torch.log(x.std(dim=dims, unbiased=False) + self.eps))
+        self.initialized.fill_(True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        if self.training and not bool(self.initialized):
+            self.initialize(x)
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        return (x + self.bias.view(view)) * torch.exp(self.logs).view(view)
+
+
+class ZeroConv2d(nn.Conv2d):
+    """Glow's output layer of the st-net ("Conv2DZeros", Glow Sec. 3.3 / official code):
+    a 3x3 conv with zero-initialised weight and bias whose output is multiplied by
+    exp(logscale_factor * logs), with a learned per-channel ``logs`` initialised at 0.
+    The output is exactly zero at initialisation."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        padding: int = 1,
+        logscale_factor: float = 3.0,
+    ):
+        super().__init__(in_channels, out_channels, kernel_size, padding=padding)
+        zero_init(self)
+        self.logscale_factor = logscale_factor
+        self.logs = nn.Parameter(torch.zeros(out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = torch.exp(self.logs * self.logscale_factor).view(1, -1, 1, 1)
+        return super().forward(x) * scale
+
+
 class GlowNet(nn.Sequential):
     """Glow's st-net (Kingma & Dhariwal 2018, Sec. 3.3 / Table 4): 3x3 conv -> ReLU ->
-    1x1 conv -> ReLU -> zero-initialised 3x3 conv, on [B, C, H, W]."""
+    1x1 conv -> ReLU -> ``ZeroConv2d`` (zero-initialised 3x3 conv, output scaled by
+    exp(3 * logs)), on [B, C, H, W].
 
-    def __init__(self, in_channels: int, out_channels: int, hidden: int = 512):
-        super().__init__(
-            nn.Conv2d(in_channels, hidden, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(hidden, hidden, 1),
-            nn.ReLU(),
-            zero_init(nn.Conv2d(hidden, out_channels, 3, padding=1)),
+    ``actnorm=True`` puts an ``ActNorm2d`` after each of the first two convs (which then
+    have no bias), as in Glow's official code: conv -> actnorm -> ReLU, twice."""
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: int = 512, actnorm: bool = False):
+        bias = not actnorm
+        mods: list[nn.Module] = [nn.Conv2d(in_channels, hidden, 3, padding=1, bias=bias)]
+        if actnorm:
+            mods.append(ActNorm2d(hidden))
+        mods += [nn.ReLU(), nn.Conv2d(hidden, hidden, 1, bias=bias)]
+        if actnorm:
+            mods.append(ActNorm2d(hidden))
+        mods += [nn.ReLU(), ZeroConv2d(hidden, out_channels)]
+        super().__init__(*mods)
+
+
+class ResidualBlock(nn.Module):
+    """Pre-activation residual block without normalisation:
+    x + conv3x3(ReLU(conv3x3(ReLU(x)))) (He et al. 2016; the RealNVP block of Dinh et al.
+    2017 without its batch norm)."""
+
+    def __init__(self, channels: int, weight_norm: bool = False):
+        super().__init__()
+        self.conv1 = _conv3x3(channels, channels, weight_norm=weight_norm)
+        self.conv2 = _conv3x3(channels, channels, weight_norm=weight_norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+
+
+class ResNet(nn.Module):
+    """Residual st-net of RealNVP (Dinh et al. 2017, Sec. 4.1: 8 residual blocks with 64
+    feature maps on CIFAR-10; seed 003 App. C: 8 blocks on CIFAR-10 / CelebA / SVHN, 6 on
+    grayscale images): 3x3 conv in -> ``blocks`` x ``ResidualBlock`` -> ReLU ->
+    zero-initialised 3x3 conv out, on [B, C, H, W].
+
+    No BatchNorm (the output must not depend on the batch at evaluation); set
+    ``weight_norm=True`` for weight-normalised hidden convs as in Dinh et al."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden: int = 64,
+        blocks: int = 8,
+        weight_norm: bool = False,
+    ):
+        super().__init__()
+        if blocks < 0:
+            raise ValueError(f"ResNet: blocks must be >= 0, got {blocks}")
+        self.in_conv = _conv3x3(in_channels, hidden, weight_norm=weight_norm)
+        self.blocks = nn.Sequential(*[ResidualBlock(hidden, weight_norm) for _ in range(blocks)])
+        self.out_conv = zero_init(nn.Conv2d(hidden, out_channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_conv(F.relu(self.blocks(self.in_conv(x))))
+
+
+def _pair(image_size: int | Sequence[int]) -> tuple[int, int]:
+    try:
+        size = (image_size, image_size) if not isinstance(image_size, Sequence) else tuple(image_size)
+        size = tuple(operator.index(s) for s in size)
+    except TypeError:
+        size = ()
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(
+            f"Bottleneck: image_size must be an int or (H, W) of positive ints, got {image_size!r}"
         )
+    return size  # type: ignore[return-value]
+
+
+class Bottleneck(nn.Module):
+    """st-net with a bottleneck (seed 003, Kirichenko et al. 2020, Sec. 7 "st-networks with
+    bottleneck"): "a pair of fully-connected layers projecting to a space of dimension l and
+    back to the original input dimension", inserted "after the middle layer of the
+    st-network", so that the net cannot copy local pixel correlations to its output.
+
+    Layout (the ResNet above with the bottleneck in the middle, as in the authors' code):
+    3x3 conv in -> blocks // 2 residual blocks -> flatten -> Linear(hidden*H*W, latent_dim)
+    (``project``) -> Linear(latent_dim, hidden*H*W) (``unproject``) -> reshape ->
+    remaining residual blocks -> ReLU -> zero-initialised 3x3 conv out.  The two linear
+    layers have no nonlinearity between them (a rank-``latent_dim`` map), so all information
+    from input to output passes through ``latent_dim`` numbers per sample.
+
+    ``image_size`` = (H, W) (or an int for square inputs) of the input feature map; other
+    spatial sizes raise ValueError.  seed 003 uses l in {10, 50, 100} (FashionMNIST) and
+    {30, 80, 150} (CelebA)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        image_size: int | Sequence[int],
+        hidden: int = 64,
+        latent_dim: int = 50,
+        blocks: int = 8,
+        weight_norm: bool = False,
+    ):
+        super().__init__()
+        self.image_size = _pair(image_size)
+        if latent_dim < 1:
+            raise ValueError(f"Bottleneck: latent_dim must be >= 1, got {latent_dim}")
+        if blocks < 0:
+            raise ValueError(f"Bottleneck: blocks must be >= 0, got {blocks}")
+        self.in_channels, self.hidden, self.latent_dim = in_channels, hidden, latent_dim
+        h, w = self.image_size
+        flat = hidden * h * w
+        self.in_conv = _conv3x3(in_channels, hidden, weight_norm=weight_norm)
+        self.blocks_in = nn.Sequential(*[ResidualBlock(hidden, weight_norm) for _ in range(blocks // 2)])
+        self.project = nn.Linear(flat, latent_dim)
+        self.unproject = nn.Linear(latent_dim, flat)
+        n_out = blocks - blocks // 2
+        self.blocks_out = nn.Sequential(*[ResidualBlock(hidden, weight_norm) for _ in range(n_out)])
+        self.out_conv = zero_init(nn.Conv2d(hidden, out_channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            h, w = self.image_size
+            raise ValueError(
+                f"Bottleneck: expected input [B, {self.in_channels}, {h}, {w}], got shape {tuple(x.shape)}"
+            )
+        if tuple(x.shape[2:]) != self.image_size:
+            raise ValueError(
+                f"Bottleneck: expected spatial size (H, W) = {self.image_size} (set by image_size), "
+                f"got {tuple(x.shape[2:])}"
+            )
+        h = self.blocks_in(self.in_conv(x))
+        u = self.project(h.flatten(1))
+        h = self.unproject(u).view_as(h)
+        return self.out_conv(F.relu(self.blocks_out(h)))
 
 
 class MLP(nn.Sequential):

@@ -23,7 +23,8 @@ class AffineCoupling(Flow):
     s = exp(raw)) or "tanh" (s = exp(clamp * tanh(raw / clamp)), the bounded form of
     flows_ood / FrEIA).  ``mask`` is an ``invflow.masks.Mask``: channel masks feed only
     the conditioning channels to the net (which outputs 2 x the transformed channels);
-    spatial masks (checkerboard, ...) feed x * (1 - mask) and the net outputs 2C channels.
+    spatial masks (checkerboard, horizontal, cycle) feed x * conditioning-mask and the net
+    outputs 2C channels.
 
     ``net`` is an ``nn.Module``, a factory ``net(in_channels, out_channels)``, or None for
     ``invflow.nets.GlowNet(in, out, hidden)``.
@@ -52,9 +53,9 @@ class AffineCoupling(Flow):
         self.split = mask.channel_split(num_channels)
         if self.split is not None:
             cond, trans = self.split
-            in_ch, self.out_channels = cond.stop - cond.start, 2 * (trans.stop - trans.start)
+            in_ch, self.out_channels = cond.stop - cond.start, self.params_per_entry * (trans.stop - trans.start)
         else:
-            in_ch, self.out_channels = num_channels, 2 * num_channels
+            in_ch, self.out_channels = num_channels, self.params_per_entry * num_channels
         if net is None:
             net = nets.GlowNet(in_ch, self.out_channels, hidden)
         elif not isinstance(net, nn.Module):
@@ -62,8 +63,14 @@ class AffineCoupling(Flow):
         self.net = net
         self._mask_cache: dict = {}
 
+    params_per_entry = 2  # the st-net predicts [raw scale, shift] per transformed entry
+
     def extra_repr(self) -> str:
         return f"{self.num_channels}, mask={self.mask!r}, scale={self.scale!r}"
+
+    def _transform(self, x, h, mask, inverse: bool):
+        """The elementwise part: the fused / reference coupling op."""
+        return ops.coupling(x, h, mask, self.scale, self.clamp, inverse=inverse)
 
     def _params(self, cond: torch.Tensor, batch: int) -> torch.Tensor:
         h = self.net(cond)
@@ -74,26 +81,31 @@ class AffineCoupling(Flow):
             )
         return h
 
-    def _spatial_mask(self, x: torch.Tensor) -> torch.Tensor:
+    def _spatial_masks(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(transformed, conditioning) masks as 0/1 tensors of x's dtype, cached per shape."""
         key = (tuple(x.shape[1:]), x.device, x.dtype)
-        m = self._mask_cache.get(key)
-        if m is None:
-            m = self.mask.transformed(x.shape[1:], device=x.device).to(x.dtype)
-            self._mask_cache = {key: m}
-        return m
+        masks = self._mask_cache.get(key)
+        if masks is None:
+            shape = x.shape[1:]
+            masks = (
+                self.mask.transformed(shape, device=x.device).to(x.dtype),
+                self.mask.conditioning(shape, device=x.device).to(x.dtype),
+            )
+            self._mask_cache = {key: masks}
+        return masks
 
     def _check(self, x, where):
         check_input(x, where, self.num_channels, ranks=(2, 3, 4) if self.split else (4,))
 
     def _run(self, x: torch.Tensor, inverse: bool):
         if self.split is None:
-            m = self._spatial_mask(x)
-            h = self._params(x * (1 - m), x.shape[0])
-            return ops.coupling(x, h, m, self.scale, self.clamp, inverse=inverse)
+            trans, cond = self._spatial_masks(x)
+            h = self._params(x * cond, x.shape[0])
+            return self._transform(x, h, trans, inverse)
         cond_idx, trans_idx = self.split
         cond, trans = x[:, cond_idx], x[:, trans_idx]
         h = self._params(cond, x.shape[0])
-        out, logdet = ops.coupling(trans, h, None, self.scale, self.clamp, inverse=inverse)
+        out, logdet = self._transform(trans, h, None, inverse)
         parts = (cond, out) if cond_idx.start == 0 else (out, cond)
         return torch.cat(parts, dim=1), logdet
 
@@ -104,3 +116,22 @@ class AffineCoupling(Flow):
     def inverse(self, y):
         self._check(y, "AffineCoupling.inverse")
         return self._run(y, inverse=True)
+
+
+class AdditiveCoupling(AffineCoupling):
+    """Additive coupling (NICE, Dinh et al. 2015, Eq. 5): y_trans = x_trans + t(x_cond), a
+    volume-preserving map (log|det| = 0).  Same masks and st-net options as
+    ``AffineCoupling``; the st-net outputs one shift per transformed entry."""
+
+    params_per_entry = 1
+
+    def __init__(self, num_channels: int, mask: Mask, net=None, hidden: int = 512):
+        super().__init__(num_channels, mask, net=net, hidden=hidden)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}, mask={self.mask!r}"
+
+    def _transform(self, x, t, mask, inverse: bool):
+        if mask is not None:
+            t = t * mask
+        return (x - t if inverse else x + t), x.new_zeros(x.shape[0])

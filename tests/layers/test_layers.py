@@ -32,6 +32,11 @@ LAYERS = [
     ("coupling_channel1_exp", lambda: invflow.AffineCoupling(3, masks.Channel(1), net=small_net, scale="exp"), (2, 3, 2, 3)),
     ("coupling_checker_tanh", lambda: invflow.AffineCoupling(3, masks.Checkerboard(1), net=small_net, scale="tanh"), (2, 3, 4, 2)),
     ("coupling_vec_mlp", lambda: invflow.AffineCoupling(5, masks.Channel(0), net=mlp_net, scale="exp"), (3, 5)),
+    ("coupling_horizontal_exp", lambda: invflow.AffineCoupling(2, masks.Horizontal(0), net=small_net, scale="exp"), (2, 2, 4, 3)),
+    ("coupling_cycle", lambda: invflow.AffineCoupling(2, masks.Cycle(1), net=small_net), (2, 2, 4, 4)),
+    ("additive_channel", lambda: invflow.AdditiveCoupling(3, masks.Channel(1), net=small_net), (2, 3, 2, 3)),
+    ("additive_checker", lambda: invflow.AdditiveCoupling(2, masks.Checkerboard(0), net=small_net), (2, 2, 2, 4)),
+    ("fixed_linear", lambda: invflow.FixedLinear(4, seed=3), (2, 4, 2, 2)),
     ("squeeze", lambda: invflow.Squeeze(), (2, 3, 4, 2)),
     (
         "glow_step",
@@ -167,7 +172,11 @@ def test_st_net_with_wrong_output_shape_is_reported():
         layer(torch.randn(2, 4, 3, 3))
 
 
-@pytest.mark.parametrize("mask", [masks.Channel(0), masks.Channel(1), masks.Checkerboard(0), masks.Checkerboard(1)])
+PARITY_MASKS = [masks.Channel(0), masks.Channel(1), masks.Checkerboard(0), masks.Checkerboard(1),
+                masks.Horizontal(0), masks.Horizontal(1)]
+
+
+@pytest.mark.parametrize("mask", PARITY_MASKS, ids=repr)
 @pytest.mark.parametrize("channels", [2, 3, 5])
 def test_mask_parities_are_complementary(mask, channels):
     shape = (channels, 3, 4)
@@ -175,6 +184,47 @@ def test_mask_parities_are_complementary(mask, channels):
     a, b = mask.transformed(shape), other.transformed(shape)
     assert not (a & b).any() and (a | b).all()
     assert a.any() and (~a).any()
+
+
+@pytest.mark.parametrize("mask", PARITY_MASKS + [masks.Cycle(k) for k in range(4)], ids=repr)
+def test_transformed_and_conditioning_sets_are_disjoint(mask):
+    shape = (3, 4, 6)
+    t, c = mask.transformed(shape), mask.conditioning(shape)
+    assert t.shape == c.shape == shape
+    assert not (t & c).any() and t.any() and c.any()
+    if not isinstance(mask, masks.Cycle):
+        assert (t | c).all()  # the two sets cover the input
+
+
+def test_horizontal_mask_transforms_bottom_half_first():
+    t = masks.Horizontal(0).transformed((1, 4, 3))[0]
+    assert not t[:2].any() and t[2:].all()
+
+
+def test_cycle_of_four_couplings_visits_every_quadrant_once():
+    """seed 003 App. I.1: step k transforms quadrant k+1 from quadrant k; after four steps every
+    quadrant has been transformed once, conditioned on its predecessor."""
+    shape = (2, 4, 6)
+    quadrant = masks.Cycle.quadrants(shape)
+    transformed = [masks.Cycle(k).transformed(shape) for k in range(4)]
+    assert torch.stack(transformed).sum(0).eq(1).all()  # each entry transformed exactly once
+    for k in range(4):
+        cond = masks.Cycle(k).conditioning(shape)[0]
+        trans = transformed[k][0]
+        assert quadrant[cond].unique().tolist() == [k % 4]
+        assert quadrant[trans].unique().tolist() == [(k + 1) % 4]
+
+
+def test_cycle_coupling_ignores_the_two_other_quadrants(backend):
+    """Changing a quadrant that is neither conditioning nor transformed changes nothing else."""
+    layer = perturb_(invflow.AffineCoupling(1, masks.Cycle(0), net=small_net).double())
+    x = torch.randn(1, 1, 4, 4, dtype=torch.float64)
+    x2 = x.clone()
+    x2[0, 0, 2:, :] += 1.0  # quadrants 2 and 3 (bottom)
+    y, ld = layer(x)
+    y2, ld2 = layer(x2)
+    torch.testing.assert_close(y[0, 0, :2, :], y2[0, 0, :2, :])
+    torch.testing.assert_close(ld, ld2)
 
 
 def test_coupling_leaves_conditioning_entries_unchanged(backend):

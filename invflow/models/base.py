@@ -1,0 +1,159 @@
+"""The model contract (DESIGN.md): multi-scale wholes, as opposed to layers.
+
+    out = model(x)                  # x preprocessed into [-0.5, 0.5] (invflow.data)
+    out.log_prob                    # [B]
+    out.per_scale                   # [B, L]: c_i(x) of Schirrmeister et al. 2020, Eq. 3
+    out.latents                     # [z_1, ..., z_L]
+    model.log_prob(x)               # == model(x).log_prob
+    x = model.inverse(out.latents)  # reconstructs x
+    x = model.sample(n, temperature=1.0)
+
+``out.per_scale.sum(-1) == out.log_prob`` exactly (the constant of Eq. 3 is zero here):
+c_i(x) = log p(z_i) + log|det dy_i / dh_{i-1}|, the latent's log density plus the
+log-determinants of the layers of scale i.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+
+@dataclass
+class FlowOutput:
+    """What a model's forward returns (see the module docstring)."""
+
+    log_prob: torch.Tensor
+    per_scale: torch.Tensor
+    latents: list[torch.Tensor]
+
+
+def split_latent(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multi-scale split: the first half of the channels (dim 1) continues, the rest is z_i."""
+    keep = h.shape[1] // 2
+    return h[:, :keep], h[:, keep:].contiguous()
+
+
+def flow_output(per_scale: list[torch.Tensor], latents: list[torch.Tensor]) -> FlowOutput:
+    """FlowOutput from the per-scale contributions c_i (each [B]) and the latents."""
+    stacked = torch.stack(per_scale, dim=1)
+    return FlowOutput(log_prob=stacked.sum(1), per_scale=stacked, latents=latents)
+
+
+def as_size(image_size) -> tuple[int, int]:
+    if isinstance(image_size, int):
+        return (image_size, image_size)
+    h, w = image_size
+    return (int(h), int(w))
+
+
+class FlowModel(nn.Module, metaclass=abc.ABCMeta):
+    """Base class of invflow models: input validation, ``log_prob``, ``sample``, config.
+
+    Subclasses set ``self.input_shape`` (per-sample shape, e.g. (C, H, W) or (D,)) and
+    ``self._config`` (JSON-serialisable constructor arguments), and implement
+    ``_forward(x) -> FlowOutput``, ``_inverse(latents) -> x`` and ``latent_shapes()``.
+    """
+
+    input_shape: tuple[int, ...]
+    _config: dict
+
+    # -- contract --------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> FlowOutput:
+        self.check_input(x)
+        return self._forward(x)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x).log_prob
+
+    def inverse(self, latents: Sequence[torch.Tensor]) -> torch.Tensor:
+        shapes = self.latent_shapes()
+        if not isinstance(latents, (list, tuple)) or len(latents) != len(shapes):
+            raise ValueError(f"{self._name}.inverse: expected a list of {len(shapes)} latents with per-sample "
+                             f"shapes {shapes}")
+        for i, (z, s) in enumerate(zip(latents, shapes)):
+            if not isinstance(z, torch.Tensor) or tuple(z.shape[1:]) != tuple(s):
+                got = list(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+                raise ValueError(f"{self._name}.inverse: latent {i} must have shape [B, {', '.join(map(str, s))}], got {got}")
+        return self._inverse(list(latents))
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n samples x = f^{-1}(z) with z_i ~ N(0, temperature^2 I) (Glow Sec. 5 'temperature')."""
+        if n < 1:
+            raise ValueError(f"{self._name}.sample: n must be >= 1, got {n}")
+        p = self._any_param()
+        latents = [temperature * torch.randn((n, *s), generator=generator, device=p.device, dtype=p.dtype)
+                   for s in self.latent_shapes()]
+        return self._inverse(latents)
+
+    @abc.abstractmethod
+    def latent_shapes(self) -> list[tuple[int, ...]]:
+        """Per-sample shapes of the latents z_1 .. z_L."""
+
+    @abc.abstractmethod
+    def _forward(self, x: torch.Tensor) -> FlowOutput:
+        """Forward pass on validated input."""
+
+    @abc.abstractmethod
+    def _inverse(self, latents: list[torch.Tensor]) -> torch.Tensor:
+        """x from validated latents."""
+
+    # -- checkpoints (invflow.save / invflow.load) ---------------------------------------
+    def config(self) -> dict:
+        """Constructor arguments; ``type(self).from_config(self.config())`` rebuilds the model."""
+        return dict(self._config)
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls(**config)
+
+    # -- helpers -----------------------------------------------------------------------
+    @property
+    def _name(self) -> str:
+        return type(self).__name__
+
+    def _any_param(self) -> torch.Tensor:
+        for t in self.parameters():
+            return t
+        for t in self.buffers():
+            return t
+        return torch.zeros(())
+
+    def bits_per_dim(self, x: torch.Tensor) -> torch.Tensor:
+        """bits/dim of 8-bit data for preprocessed x (invflow.data conventions)."""
+        d = math.prod(self.input_shape)
+        return (-self.log_prob(x) + d * math.log(256)) / (d * math.log(2))
+
+    def check_input(self, x) -> None:
+        """DESIGN.md error rules: TypeError for non-tensors, integer dtypes and a dtype other
+        than the parameters'; ValueError for wrong rank, channels or size, mixed devices and
+        non-finite values.  No input is altered."""
+        name = self._name
+        expected = "[B, " + ", ".join(map(str, self.input_shape)) + "]"
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor of shape {expected}, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name}: expected floating inputs preprocessed into [-0.5, 0.5] "
+                            f"(invflow.data.preprocess), got dtype {x.dtype}")
+        p = self._any_param()
+        if x.dtype != p.dtype:
+            raise TypeError(f"{name}: input dtype {x.dtype} differs from the model's {p.dtype}; "
+                            f"convert one of them (model.to(dtype) or x.to(dtype))")
+        if x.device != p.device:
+            raise ValueError(f"{name}: input on {x.device} but the model is on {p.device}")
+        if x.dim() != len(self.input_shape) + 1:
+            raise ValueError(f"{name}: expected input of shape {expected}, got {list(x.shape)}")
+        if tuple(x.shape[1:]) != tuple(self.input_shape):
+            what = "channels" if x.shape[1] != self.input_shape[0] else "size"
+            raise ValueError(f"{name}: wrong {what}: expected input of shape {expected}, got {list(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{name}: empty batch")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name}: input contains NaN or Inf")

@@ -1,0 +1,107 @@
+"""Fully-connected flows: the vector flow for features / tabular data (Schmier et al., seed
+002, A.1) and the fully-connected ("dense") Glow of Schirrmeister et al. (seed 000, S2.2)."""
+
+from __future__ import annotations
+
+
+import torch
+from torch import nn
+
+from .. import masks, nets
+from ..data import standard_normal_log_prob
+from ..layers import ActNorm, AffineCoupling, FixedLinear, Sequential
+from .base import FlowModel, FlowOutput, as_size, flow_output, split_latent
+from .memory import memory_free_applies, run_memory_free
+
+
+def dense_step(dim: int, k: int, hidden: int, scale: str, clamp: float, seed: int) -> Sequential:
+    """actnorm -> fixed random rotation -> affine coupling with an MLP st-net, on [B, dim]."""
+    return Sequential(
+        ActNorm(dim),
+        FixedLinear(dim, seed=seed),
+        AffineCoupling(dim, masks.Channel(k % 2), net=lambda i, o: nets.MLP(i, o, hidden=hidden), scale=scale,
+                       clamp=clamp),
+    )
+
+
+class VectorFlow(FlowModel):
+    """Flow on vectors [B, dim] (seed 002 A.1): ``blocks`` coupling blocks, each actnorm, a
+    fixed soft permutation and an affine coupling with an MLP st-net of width ``hidden``
+    and soft-clamped scales (s = exp(clamp * tanh(raw / clamp)), clamp 3).  One scale:
+    per_scale is [B, 1]."""
+
+    def __init__(self, dim: int, blocks: int = 8, hidden: int = 512, clamp: float = 3.0, scale: str = "tanh",
+                 memory_free: bool = False, seed: int = 0):
+        super().__init__()
+        if dim < 2 or blocks < 1:
+            raise ValueError(f"VectorFlow: needs dim >= 2 and blocks >= 1, got dim={dim}, blocks={blocks}")
+        self._config = dict(dim=dim, blocks=blocks, hidden=hidden, clamp=clamp, scale=scale,
+                            memory_free=memory_free, seed=seed)
+        self.input_shape = (dim,)
+        self.memory_free = memory_free
+        self.flow = Sequential(*[dense_step(dim, k, hidden, scale, clamp, seed * 1000 + k) for k in range(blocks)])
+
+    def latent_shapes(self):
+        return [self.input_shape]
+
+    def _forward(self, x):
+        z, logdet = run_memory_free(self.flow.flows, x) if memory_free_applies(self, x) else self.flow(x)
+        per_scale = (standard_normal_log_prob(z) + logdet).unsqueeze(1)
+        return FlowOutput(log_prob=per_scale[:, 0], per_scale=per_scale, latents=[z])
+
+    def _inverse(self, latents):
+        return self.flow.inverse(latents[0])[0]
+
+
+class DenseGlow(FlowModel):
+    """Fully-connected Glow (seed 000 S2.2): the image is flattened; each of ``levels`` scales
+    is ``steps`` steps of actnorm, a fixed random invertible linear map and an affine
+    coupling whose MLP st-net maps half of the dimensions through two hidden layers of width
+    ``hidden`` (1536 -> 512 -> 512 -> 3072 for 3 x 32 x 32 images); after every scale but the
+    last, half of the dimensions leave as z_i."""
+
+    def __init__(self, in_channels: int, image_size, levels: int = 3, steps: int = 8, hidden: int = 512,
+                 scale: str = "sigmoid", memory_free: bool = False, seed: int = 0):
+        super().__init__()
+        h, w = as_size(image_size)
+        dim = in_channels * h * w
+        if levels < 1 or steps < 1 or dim >> (levels - 1) < 2:
+            raise ValueError(f"DenseGlow: {levels} levels need at least 2**levels input dimensions, got {dim}")
+        self._config = dict(in_channels=in_channels, image_size=[h, w], levels=levels, steps=steps, hidden=hidden,
+                            scale=scale, memory_free=memory_free, seed=seed)
+        self.input_shape = (in_channels, h, w)
+        self.memory_free = memory_free
+        self.scales = nn.ModuleList()
+        self._latent_shapes = []
+        for i in range(levels):
+            self.scales.append(Sequential(*[dense_step(dim, k, hidden, scale, 2.0, seed * 1000 + 100 * i + k)
+                                            for k in range(steps)]))
+            if i < levels - 1:
+                self._latent_shapes.append((dim - dim // 2,))
+                dim //= 2
+            else:
+                self._latent_shapes.append((dim,))
+
+    def latent_shapes(self):
+        return list(self._latent_shapes)
+
+    def _forward(self, x):
+        h, per_scale, latents = x.flatten(1), [], []
+        free = memory_free_applies(self, x)
+        for i, seq in enumerate(self.scales):
+            h, logdet = run_memory_free(seq.flows, h) if free else seq(h)
+            if i < len(self.scales) - 1:
+                h, z = split_latent(h)
+            else:
+                z = h
+            latents.append(z)
+            per_scale.append(standard_normal_log_prob(z) + logdet)
+        return flow_output(per_scale, latents)
+
+    def _inverse(self, latents):
+        h = latents[-1]
+        for i in reversed(range(len(self.scales))):
+            if i < len(self.scales) - 1:
+                h = torch.cat([h, latents[i]], dim=1)
+            h, _ = self.scales[i].inverse(h)
+        return h.view(h.shape[0], *self.input_shape)

@@ -1,0 +1,163 @@
+"""Multi-scale Glow (Kingma & Dhariwal 2018) in the configuration of Schirrmeister et al.
+2020 (seed 000), S1.1 / S1.3: L scales, each a squeeze followed by K steps of
+actnorm -> LU 1x1 conv -> affine coupling (scale sigmoid(raw + 2)); after every scale but
+the last, half of the channels leave as the latent z_i.  By default every z_i is an
+independent standard normal (seed 000 S1.3: "we directly evaluate z_1 under a
+standard-normal gaussian"), which makes the per-scale contributions c_i(x) of Eq. 3 clean;
+``split_prior=True`` instead learns p(z_i | h_i) = N(mu(h_i), sigma(h_i)^2) as in the
+original Glow code.
+
+For 3 x 32 x 32 inputs with the defaults the scales process 12 x 16 x 16, 24 x 8 x 8 and
+48 x 4 x 4 representations with 32 steps each and st-nets of width 512, as in seed 000.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .. import masks, nets
+from ..data import standard_normal_log_prob
+from ..layers import ActNorm, AffineCoupling, InvConv1x1, Sequential, Squeeze
+from .base import FlowModel, as_size, flow_output, split_latent
+from .memory import memory_free_applies, run_memory_free
+
+
+def make_st_net(kind: str | Callable, hidden: int) -> Callable[[int, int], nn.Module]:
+    """st-net factory for a coupling: "glow" (GlowNet), "resnet" (ResNet) or a callable."""
+    if callable(kind):
+        return kind
+    if kind == "glow":
+        return lambda i, o: nets.GlowNet(i, o, hidden)
+    if kind == "resnet":
+        return lambda i, o: nets.ResNet(i, o, hidden)
+    raise ValueError(f"st-net must be 'glow', 'resnet' or a callable (in, out) -> nn.Module, got {kind!r}")
+
+
+def glow_step(channels: int, k: int, net, scale: str, lu: bool) -> Sequential:
+    """One Glow step: actnorm -> invertible 1x1 conv -> affine coupling (Glow Fig. 2a)."""
+    return Sequential(
+        ActNorm(channels),
+        InvConv1x1(channels, lu=lu),
+        AffineCoupling(channels, masks.Channel(k % 2), net=net, scale=scale),
+    )
+
+
+class _SplitPrior(nn.Module):
+    """p(z | h) = N(mu(h), exp(log_sigma(h))^2) from a zero-initialised 3x3 conv (Glow code)."""
+
+    def __init__(self, h_channels: int, z_channels: int):
+        super().__init__()
+        self.conv = nets.zero_init(nn.Conv2d(h_channels, 2 * z_channels, 3, padding=1))
+
+    def forward(self, h):
+        mean, log_sigma = self.conv(h).chunk(2, dim=1)
+        return mean, log_sigma
+
+    def log_prob(self, z, h):
+        mean, log_sigma = self(h)
+        return standard_normal_log_prob((z - mean) * torch.exp(-log_sigma)) - log_sigma.flatten(1).sum(1)
+
+
+class Glow(FlowModel):
+    """Multi-scale Glow; see the module docstring.
+
+    Args:
+        in_channels, image_size: input [B, C, H, W]; H and W divisible by 2**levels.
+        levels: number of scales L; steps: Glow steps K per scale; hidden: st-net width.
+        scale: coupling scale function ("sigmoid" as in Glow, "exp", "tanh").
+        lu: LU-parameterised 1x1 convolutions.
+        split_prior: learned conditional prior for the split latents instead of N(0, I).
+        memory_free: recompute activations in backward instead of storing them (see
+            invflow.models.memory; falls back to standard autograd when x requires grad).
+        net: st-net, "glow" or "resnet".
+    """
+
+    def __init__(self, in_channels: int, image_size, levels: int = 3, steps: int = 32, hidden: int = 512,
+                 scale: str = "sigmoid", lu: bool = True, split_prior: bool = False, memory_free: bool = False,
+                 net: str = "glow"):
+        super().__init__()
+        h, w = as_size(image_size)
+        if in_channels < 1 or levels < 1 or steps < 1 or hidden < 1:
+            raise ValueError("Glow: in_channels, levels, steps and hidden must be >= 1")
+        if h % 2**levels or w % 2**levels:
+            raise ValueError(f"Glow: image size {h}x{w} is not divisible by 2**levels = {2**levels}; "
+                             f"pad the images or use fewer levels")
+        self._config = dict(in_channels=in_channels, image_size=[h, w], levels=levels, steps=steps, hidden=hidden,
+                            scale=scale, lu=lu, split_prior=split_prior, memory_free=memory_free, net=net)
+        self.input_shape = (in_channels, h, w)
+        self.memory_free = memory_free
+        factory = make_st_net(net, hidden)
+        self.squeeze = Squeeze()
+        self.scales = nn.ModuleList()
+        self.priors = nn.ModuleList()
+        self._latent_shapes = []
+        c = in_channels
+        for i in range(levels):
+            c, h, w = c * 4, h // 2, w // 2
+            self.scales.append(Sequential(*[glow_step(c, k, factory, scale, lu) for k in range(steps)]))
+            if i < levels - 1:
+                self._latent_shapes.append((c - c // 2, h, w))
+                if split_prior:
+                    self.priors.append(_SplitPrior(c // 2, c - c // 2))
+                c = c // 2
+            else:
+                self._latent_shapes.append((c, h, w))
+        self.split_prior = split_prior
+
+    def latent_shapes(self):
+        return list(self._latent_shapes)
+
+    def _run_scale(self, i: int, h: torch.Tensor, free: bool):
+        return run_memory_free(self.scales[i].flows, h) if free else self.scales[i](h)
+
+    def _latent_log_prob(self, i: int, z: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
+        if self.split_prior and h is not None:
+            return self.priors[i].log_prob(z, h)
+        return standard_normal_log_prob(z)
+
+    def _forward(self, x):
+        h, per_scale, latents = x, [], []
+        last = len(self.scales) - 1
+        free = memory_free_applies(self, x)
+        for i in range(len(self.scales)):
+            h, _ = self.squeeze(h)
+            h, logdet = self._run_scale(i, h, free)
+            if i < last:
+                h, z = split_latent(h)
+                log_pz = self._latent_log_prob(i, z, h)
+            else:
+                z, log_pz = h, self._latent_log_prob(i, h, None)
+            latents.append(z)
+            per_scale.append(log_pz + logdet)
+        return flow_output(per_scale, latents)
+
+    def _inverse(self, latents):
+        h = latents[-1]
+        for i in reversed(range(len(self.scales))):
+            if i < len(self.scales) - 1:
+                h = torch.cat([h, latents[i]], dim=1)
+            h, _ = self.scales[i].inverse(h)
+            h, _ = self.squeeze.inverse(h)
+        return h
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+        if not self.split_prior:
+            return super().sample(n, temperature, generator)
+        if n < 1:
+            raise ValueError(f"Glow.sample: n must be >= 1, got {n}")
+        p = self._any_param()
+        g = dict(generator=generator, device=p.device, dtype=p.dtype)
+        shapes = self.latent_shapes()
+        h = temperature * torch.randn((n, *shapes[-1]), **g)
+        for i in reversed(range(len(self.scales))):
+            if i < len(self.scales) - 1:
+                mean, log_sigma = self.priors[i](h)
+                z = mean + temperature * torch.exp(log_sigma) * torch.randn(mean.shape, **g)
+                h = torch.cat([h, z], dim=1)
+            h, _ = self.scales[i].inverse(h)
+            h, _ = self.squeeze.inverse(h)
+        return h

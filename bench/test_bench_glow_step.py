@@ -24,6 +24,8 @@ from conftest import allocator_settings
 SHAPE = (64, 12, 16, 16)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 IMPLS = ["fused", "reference"]
+# Glow-step cases run at batch 64 everywhere and also at a large batch on CUDA.
+STEP_CASES = [(d, b) for d in DEVICES for b in ([64, 1024] if d == "cuda" else [64])]
 
 
 def sync(device):
@@ -63,9 +65,10 @@ def _identity_params(i, o):
     return _ParamsFromInput(i)
 
 
-def _record(benchmark, impl, device, group):
-    benchmark.group = f"{group} [{device}]"
-    benchmark.extra_info.update(impl=impl, device=device, shape=list(SHAPE), **allocator_settings())
+def _record(benchmark, impl, device, group, batch=SHAPE[0]):
+    shape = [batch, *SHAPE[1:]]
+    benchmark.group = f"{group} [{device}]" if batch == SHAPE[0] else f"{group} [{device}, batch {batch}]"
+    benchmark.extra_info.update(impl=impl, device=device, shape=shape, **allocator_settings())
 
 
 def _run(benchmark, impl, device, fn):
@@ -107,15 +110,15 @@ def test_op_forward_backward(benchmark, kind, impl, device):
     _run(benchmark, impl, device, step)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device,batch", STEP_CASES)
 @pytest.mark.parametrize("impl", IMPLS + ["compile"])
-def test_glow_step_forward_backward(benchmark, impl, device):
+def test_glow_step_forward_backward(benchmark, impl, device, batch):
     """A maximum-likelihood training step through one Glow step (st-net GlowNet, hidden 64).
 
     impl "compile" is torch.compile of the reference step (first order only: torch.compile
     refuses double backward, so it has no double-backward row)."""
     layer = make_layer("glow_step", device)
-    x = torch.randn(SHAPE, device=device, requires_grad=True)
+    x = torch.randn((batch, *SHAPE[1:]), device=device, requires_grad=True)
     backend = "reference" if impl == "compile" else impl
 
     def nll(x):
@@ -128,16 +131,16 @@ def test_glow_step_forward_backward(benchmark, impl, device):
     def step():
         loss_fn(x).backward()
 
-    _record(benchmark, impl, device, "glow_step forward+backward")
+    _record(benchmark, impl, device, "glow_step forward+backward", batch)
     _run(benchmark, backend, device, step)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device,batch", STEP_CASES)
 @pytest.mark.parametrize("impl", IMPLS)
-def test_glow_step_double_backward(benchmark, impl, device):
+def test_glow_step_double_backward(benchmark, impl, device, batch):
     """Training step of the approximate-mass objective: -log p + ||d log p / dx|| (seed 004 Eq. 2)."""
     layer = make_layer("glow_step", device)
-    x = torch.randn(SHAPE, device=device, requires_grad=True)
+    x = torch.randn((batch, *SHAPE[1:]), device=device, requires_grad=True)
 
     def step():
         y, logdet = layer(x)
@@ -146,5 +149,5 @@ def test_glow_step_double_backward(benchmark, impl, device):
         loss = -log_p.mean() + 2.0 * g.flatten(1).norm(dim=1).mean()
         loss.backward()
 
-    _record(benchmark, impl, device, "glow_step double-backward")
+    _record(benchmark, impl, device, "glow_step double-backward", batch)
     _run(benchmark, impl, device, step)

@@ -26,11 +26,12 @@ from .memory import memory_free_applies, run_memory_free
 
 
 def make_st_net(kind: str | Callable, hidden: int) -> Callable[[int, int], nn.Module]:
-    """st-net factory for a coupling: "glow" (GlowNet), "resnet" (ResNet) or a callable."""
+    """st-net factory for a coupling: "glow" (GlowNet with actnorm, as in Glow's code),
+    "resnet" (ResNet) or a callable (in_channels, out_channels) -> nn.Module."""
     if callable(kind):
         return kind
     if kind == "glow":
-        return lambda i, o: nets.GlowNet(i, o, hidden)
+        return lambda i, o: nets.GlowNet(i, o, hidden, actnorm=True)
     if kind == "resnet":
         return lambda i, o: nets.ResNet(i, o, hidden)
     raise ValueError(f"st-net must be 'glow', 'resnet' or a callable (in, out) -> nn.Module, got {kind!r}")

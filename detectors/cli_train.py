@@ -1,0 +1,63 @@
+"""``python -m detectors train``: trains a flow with invflow.train.Trainer from the command line."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import invflow
+from invflow.train import Trainer
+
+from .datasets import load_mnist_5k
+
+
+def load_images(spec: str) -> torch.Tensor:
+    """uint8 images [N, C, H, W] from 'mnist' or an .npz file (key 'images')."""
+    if spec == "mnist":
+        return load_mnist_5k()[0]
+    if not os.path.exists(spec):
+        raise FileNotFoundError(f"--data: {spec!r} is neither 'mnist' nor an existing .npz file")
+    with np.load(spec) as f:
+        if "images" not in f:
+            raise ValueError(f"--data: {spec} has no array 'images' (keys: {sorted(f.keys())})")
+        images = torch.from_numpy(f["images"])
+    if images.dtype != torch.uint8:
+        raise ValueError(f"--data: images must be uint8, got {images.dtype}")
+    return images.unsqueeze(1) if images.dim() == 3 else images
+
+
+def run_train(args) -> dict:
+    distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+    if distributed:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    torch.manual_seed(args.seed)
+    images = load_images(args.data)
+    c, h, w = images.shape[1:]
+    if args.model == "glow":
+        pad = (-h) % 2**args.levels
+        model = invflow.Glow(c, (h + pad, w + (-w) % 2**args.levels), levels=args.levels, steps=args.depth,
+                             hidden=args.hidden, memory_free=args.memory_free)
+    else:
+        pad = (-h) % 2 ** (args.levels - 1)
+        model = invflow.RealNVP(c, (h + pad, w + (-w) % 2 ** (args.levels - 1)), levels=args.levels,
+                                blocks=args.depth, hidden=args.hidden, memory_free=args.memory_free)
+    _, mh, mw = model.input_shape
+    if (mh, mw) != (h, w):  # pad with the background value so the size fits the scales
+        images = torch.nn.functional.pad(images, (0, mw - w, 0, mh - h))
+        print(f"padded images from {h}x{w} to {mh}x{mw} to fit {args.levels} scales")
+    trainer = Trainer(model.to(device), images, out_dir=args.out, steps=args.steps, batch_size=args.batch,
+                      lr=args.lr, checkpoint_every=args.checkpoint_every, seed=args.seed)
+    if trainer.rank == 0:
+        print(f"training {args.model} ({sum(p.numel() for p in model.parameters()):,} parameters) on "
+              f"{len(images)} images, {trainer.world} process(es); output in {args.out}")
+    summary = trainer.fit(resume=args.resume)
+    if distributed:
+        dist.destroy_process_group()
+    return summary

@@ -215,6 +215,19 @@ def test_gradient_clipping_is_applied_and_logged(tmp_path):
     assert total.item() <= 1e-3 * (1 + 1e-6)
 
 
+def test_finetuning_starts_from_another_models_weights(tmp_path):
+    """seed 000: in-distribution models start from the general-distribution model's weights."""
+    general = tiny(tmp_path / "general", steps=3)
+    general.fit()
+    path = os.path.join(general.latest_dir(), "model.safetensors")
+    torch.manual_seed(123)  # a differently initialised model of the same architecture
+    model = invflow.Glow(1, 4, levels=1, steps=1, hidden=4).double()
+    Trainer(model, torch.zeros(4, 1, 4, 4, dtype=torch.uint8), out_dir=str(tmp_path / "ft"), finetune_from=path,
+            steps=1, progress=False)
+    for k, v in general.model.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
 def test_bad_options_are_rejected(tmp_path):
     with pytest.raises(TypeError, match="unknown option"):
         tiny(tmp_path, learning_rate=1)

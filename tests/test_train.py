@@ -56,8 +56,8 @@ def run_script(tmp_path, out, steps, resume=False, env=None, nproc=1, wait=True)
     script.write_text(SCRIPT)
     args = [str(script), str(out), str(steps), "resume" if resume else "fresh"]
     if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_port", str(29500 + os.getpid() % 1000), *args]
+        # --standalone: a local rendezvous on a free port (no fixed port to collide on)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
     else:
         cmd = [sys.executable, *args]
     full_env = {**os.environ, "PYTHONPATH": ROOT, **(env or {})}
@@ -78,7 +78,7 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path):
     run_script(tmp_path, reference, steps)
 
     interrupted = tmp_path / "interrupted"
-    proc = run_script(tmp_path, interrupted, steps, env={"STEP_DELAY": "0.25"}, wait=False)
+    proc = run_script(tmp_path, interrupted, steps, env={"STEP_DELAY": "0.5"}, wait=False)
     deadline = time.time() + 120
     latest = interrupted / "latest"
     while time.time() < deadline and not (latest.exists() and latest.read_text().strip() >= "step-0000006"):

@@ -75,7 +75,7 @@ def test_fused_equals_reference_large(shape, device):
     assert_fused_matches_reference(a, "sigmoid", torch.float64)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, deadline=None, derandomize=True)  # same examples in CI as locally
 @given(
     b=st.integers(1, 3),
     c=st.integers(1, 6),

@@ -23,6 +23,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import ops
+from .layers.actnorm import data_init
+
 
 def zero_init(layer: nn.Module) -> nn.Module:
     nn.init.zeros_(layer.weight)
@@ -38,7 +41,8 @@ def _conv3x3(cin: int, cout: int, bias: bool = True, weight_norm: bool = False) 
 
 class ActNorm2d(nn.Module):
     """Activation normalisation for hidden layers of an st-net (Glow, Sec. 3.1 and the
-    st-net of Sec. 3.3): y = (x + bias) * exp(logs) per channel (dim 1).
+    st-net of Sec. 3.3): y = (x + bias) * exp(logs) per channel (dim 1), computed by the
+    same actnorm op (fused kernel or reference) and initialisation as ``invflow.ActNorm``.
 
     Data-dependent initialisation: the first forward in training mode (or an explicit
     ``initialize(x)``) sets bias = -mean, logs = -log(std + eps) per channel, so that the
@@ -69,17 +73,16 @@ class ActNorm2d(nn.Module):
     def initialize(self, x: torch.Tensor) -> None:
         """Sets bias = -mean(x) and logs = -log(std(x) + eps) per channel."""
         self._check(x)
-        dims = [0] + list(range(2, x.dim()))
-        self.bias.copy_(-x.mean(dim=dims))
-        self.logs.copy_(-torch.log(x.std(dim=dims, unbiased=False) + self.eps))
+        bias, logs = data_init(x, self.eps)
+        self.bias.copy_(bias)
+        self.logs.copy_(logs)
         self.initialized.fill_(True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
         if self.training and not bool(self.initialized):
             self.initialize(x)
-        view = (1, -1) + (1,) * (x.dim() - 2)
-        return (x + self.bias.view(view)) * torch.exp(self.logs).view(view)
+        return ops.actnorm(x, self.bias, self.logs)[0]
 
 
 class ZeroConv2d(nn.Conv2d):

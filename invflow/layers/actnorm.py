@@ -9,6 +9,15 @@ from .. import ops
 from .base import Flow, check_input
 
 
+@torch.no_grad()
+def data_init(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Glow's data-dependent initialisation (Sec. 3.1) from a batch [B, C, ...]:
+    (bias, log_scale) = (-mean, -log(std + eps)) per channel, so that
+    (x + bias) * exp(log_scale) has zero mean and unit variance per channel."""
+    dims = [0] + list(range(2, x.dim()))
+    return -x.mean(dim=dims), -torch.log(x.std(dim=dims, unbiased=False) + eps)
+
+
 class ActNorm(Flow):
     """y = (x + b) * exp(log_s) per channel; log|det| = N * sum(log_s), N = H * W.
 
@@ -34,11 +43,9 @@ class ActNorm(Flow):
     def initialize(self, x: torch.Tensor) -> None:
         """Sets b = -mean(x) and log_s = -log(std(x) + eps) per channel."""
         check_input(x, "ActNorm.initialize", self.num_channels)
-        dims = [0] + list(range(2, x.dim()))
-        mean = x.mean(dim=dims)
-        std = x.std(dim=dims, unbiased=False)
-        self.bias.copy_(-mean)
-        self.log_scale.copy_(-torch.log(std + self.eps))
+        bias, log_scale = data_init(x, self.eps)
+        self.bias.copy_(bias)
+        self.log_scale.copy_(log_scale)
         self.initialized.fill_(True)
 
     def forward(self, x):

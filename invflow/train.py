@@ -156,6 +156,7 @@ class Trainer:
             self.optimizer, lambda i: min(1.0, (i + 1) / max(1, c.warmup)))
         self.step = 0
         self.skipped = 0
+        self._order: tuple[int, torch.Tensor] | None = None
 
     # -- data ------------------------------------------------------------------------
     def _batch(self, step: int, whole: bool = False) -> Batch:
@@ -164,7 +165,7 @@ class Trainer:
         c, n = self.config, len(self.examples)
         per_epoch = max(1, n // c.batch_size)
         epoch, k = divmod(step, per_epoch)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(c.seed * 1_000_003 + epoch))
+        order = self._epoch_order(epoch)
         idx = order[(k * c.batch_size) % n:][: c.batch_size]
         if len(idx) < c.batch_size:  # fewer examples than one batch: wrap around
             idx = order[torch.arange(k * c.batch_size, (k + 1) * c.batch_size) % n]
@@ -177,6 +178,13 @@ class Trainer:
         x = x[part].to(self.device)
         y = y[part].to(self.device) if y is not None else None
         return Batch(x=x, y=y, generator=g)
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        """The data order of ``epoch`` (a function of seed and epoch), cached for the epoch."""
+        if self._order is None or self._order[0] != epoch:
+            g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+            self._order = (epoch, torch.randperm(len(self.examples), generator=g))
+        return self._order[1]
 
     def _dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype

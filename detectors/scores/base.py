@@ -1,0 +1,191 @@
+"""The detector API shared by every score (DESIGN.md, "Detectors"; pytorch-ood style).
+
+    det = SomeDetector(...)
+    det.fit(x_in)          # fits what the detector needs and calibrates the threshold
+    s = det.score(x)       # float64 [B]; HIGHER = MORE ANOMALOUS
+    det.predict(x)         # bool [B]: score above the threshold that flags a fraction
+                           # ``fpr`` of in-distribution data (default 5%)
+
+Inputs are image batches either as raw ``uint8`` (preprocessed here without noise, seed 000
+S4.5 "noise-free evaluation") or as floats already preprocessed into [-0.5, 0.5]
+(``invflow.data.preprocess``), or feature / tabular vectors [B, D] for vector models.
+Non-finite log-likelihoods are set to ``LOG_LIKELIHOOD_FLOOR = -3e6`` before any
+difference is taken (seed 000 S4.5).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from invflow.data import preprocess
+
+LOG_LIKELIHOOD_FLOOR = -3e6
+
+
+def floor_log_likelihood(log_p: torch.Tensor) -> torch.Tensor:
+    """Non-finite (-inf, +inf, NaN) log-likelihoods -> -3e6 (seed 000 S4.5)."""
+    return torch.where(torch.isfinite(log_p), log_p, torch.full_like(log_p, LOG_LIKELIHOOD_FLOOR))
+
+
+def model_dtype_device(model) -> tuple[torch.dtype, torch.device]:
+    if isinstance(model, nn.Module):
+        for t in list(model.parameters()) + list(model.buffers()):
+            if t.is_floating_point():
+                return t.dtype, t.device
+    return torch.get_default_dtype(), torch.device("cpu")
+
+
+def as_model_input(x: torch.Tensor, model=None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """uint8 images -> noise-free preprocessed floats; floats pass through unchanged (the
+    model validates them).  Moves to the model's device and dtype only for uint8 input."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor batch, got {type(x).__name__}")
+    if x.dtype == torch.uint8:
+        m_dtype, device = model_dtype_device(model) if model is not None else (torch.float32, x.device)
+        return preprocess(x, dequantize=False, dtype=dtype or m_dtype).to(device)
+    if not x.is_floating_point():
+        raise TypeError(f"expected uint8 images (0..255) or floats preprocessed into [-0.5, 0.5], got {x.dtype}")
+    if model is not None:
+        _, device = model_dtype_device(model)
+        if x.device != device:
+            x = x.to(device)
+    return x
+
+
+class eval_mode:
+    """Context manager: puts the given modules in eval mode (no ActNorm initialisation, no
+    dropout) and restores their previous modes afterwards."""
+
+    def __init__(self, *modules):
+        self.modules = [m for m in modules if isinstance(m, nn.Module)]
+
+    def __enter__(self):
+        self.saved = [[(sub, sub.training) for sub in m.modules()] for m in self.modules]
+        for m in self.modules:
+            m.eval()
+        return self
+
+    def __exit__(self, *exc):
+        for states in self.saved:
+            for sub, mode in states:
+                sub.training = mode
+        return False
+
+
+def model_output(model, x: torch.Tensor):
+    """``model(x)`` for invflow models (FlowOutput); works for any module returning one."""
+    return model(x)
+
+
+def log_prob(model, x: torch.Tensor) -> torch.Tensor:
+    """log p(x) [B] of any model exposing ``log_prob`` (or a forward returning ``.log_prob``)."""
+    if hasattr(model, "log_prob"):
+        return model.log_prob(x)
+    return model(x).log_prob
+
+
+class Detector:
+    """Base class: subclasses implement ``_score_batch(x) -> [B]`` and optionally ``_fit``.
+
+    ``batch_size`` bounds memory while scoring; ``progress`` shows a tqdm bar.
+    """
+
+    #: the stated score direction (pytorch-ood convention)
+    higher_is_more_anomalous = True
+    #: what beyond unlabelled in-distribution data the detector uses: "-", "aux data", "labels"
+    uses = "-"
+    #: whether scoring needs gradients w.r.t. the input
+    needs_grad = False
+
+    def __init__(self, batch_size: int = 256, progress: bool = False):
+        if batch_size < 1:
+            raise ValueError(f"{type(self).__name__}: batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.progress = progress
+        self.threshold: float | None = None
+        self.fpr: float | None = None
+
+    # -- API -------------------------------------------------------------------------
+    def fit(self, x: torch.Tensor, fpr: float = 0.05) -> "Detector":
+        """Fits the detector's own state on in-distribution ``x`` (if it has any) and
+        calibrates the threshold on the same data.  Use ``calibrate`` to set the threshold
+        on separate held-out data."""
+        self._check_batch(x, "fit")
+        self._fit(x)
+        return self.calibrate(x, fpr)
+
+    def calibrate(self, x: torch.Tensor, fpr: float = 0.05) -> "Detector":
+        """Sets the threshold so that a fraction ``fpr`` of in-distribution ``x`` scores above it."""
+        if not 0.0 <= fpr < 1.0:
+            raise ValueError(f"{type(self).__name__}.calibrate: fpr must be in [0, 1), got {fpr}")
+        s = self._calibration_scores(x).numpy()
+        self.threshold = float(np.quantile(s, 1.0 - fpr, method="higher")) if fpr > 0 else float(s.max())
+        self.fpr = fpr
+        return self
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """Anomaly scores, float64 [B] on the CPU; higher = more anomalous."""
+        self._check_batch(x, "score")
+        parts = []
+        n = len(x)
+        models = [v for v in vars(self).values() if isinstance(v, nn.Module)]
+        with eval_mode(*models), tqdm(total=n, disable=not self.progress, desc=self.name, unit="img",
+                                       leave=False) as bar:
+            for i in range(0, n, self.batch_size):
+                xb = x[i: i + self.batch_size]
+                if self.needs_grad:
+                    s = self._score_batch(xb)
+                else:
+                    with torch.no_grad():
+                        s = self._score_batch(xb)
+                parts.append(s.detach().to("cpu", torch.float64).reshape(-1))
+                bar.update(len(xb))
+        out = torch.cat(parts)
+        if out.shape[0] != n:
+            raise RuntimeError(f"{self.name}: produced {out.shape[0]} scores for {n} inputs")
+        return out
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """True where ``x`` is flagged anomalous (score above the calibrated threshold)."""
+        if self.threshold is None:
+            raise RuntimeError(f"{type(self).__name__}.predict: no threshold yet; call fit(x_in) or "
+                               f"calibrate(x_val_in, fpr=...) first")
+        return self.score(x) > self.threshold
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    # -- hooks -----------------------------------------------------------------------
+    def _fit(self, x: torch.Tensor) -> None:
+        pass
+
+    def _calibration_scores(self, x: torch.Tensor) -> torch.Tensor:
+        return self.score(x)
+
+    def _score_batch(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _check_batch(self, x, where: str) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{self.name}.{where}: expected a torch.Tensor batch, got {type(x).__name__}")
+        if x.dim() < 2:
+            raise ValueError(f"{self.name}.{where}: expected a batch [B, ...] (images [B, C, H, W] or "
+                             f"vectors [B, D]), got shape {list(x.shape)}")
+        if len(x) == 0:
+            raise ValueError(f"{self.name}.{where}: empty batch")
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{self.name}.{where}: input contains NaN or Inf")
+
+    def __repr__(self) -> str:
+        t = "uncalibrated" if self.threshold is None else f"threshold={self.threshold:.4g} at fpr={self.fpr}"
+        return f"{self.name}({t})"
+
+
+def num_dims(x: torch.Tensor) -> int:
+    return math.prod(x.shape[1:])

@@ -32,6 +32,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from ._io import atomic_write  # noqa: F401  (re-exported: reports write atomically too)
+
 __all__ = ["register", "save", "load"]
 
 FORMAT = "invflow"

@@ -41,6 +41,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import checkpoint
+from ._io import atomic_write
 from .data import bits_per_dim, preprocess
 
 Objective = Callable[[nn.Module, "Batch"], "torch.Tensor | tuple[torch.Tensor, dict]"]
@@ -328,7 +329,7 @@ class Trainer:
             if os.path.exists(final):
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            _atomic_write_text(os.path.join(self.out_dir, "latest"), name)
+            atomic_write(os.path.join(self.out_dir, "latest"), name)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -391,17 +392,3 @@ def _unflatten_state(tensors: dict, meta: dict):
         return o
 
     return build(meta["state"])
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

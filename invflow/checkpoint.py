@@ -34,7 +34,7 @@ from torch import nn
 
 from ._io import atomic_write  # noqa: F401  (re-exported: reports write atomically too)
 
-__all__ = ["register", "save", "load"]
+__all__ = ["register", "save", "load", "model_from_config", "atomic_write"]
 
 FORMAT = "invflow"
 VERSION = "1"
@@ -100,6 +100,14 @@ def _registered_name(model: nn.Module) -> str:
             "with @invflow.checkpoint.register (and give it config() / from_config())"
         )
     return cls.__name__
+
+
+def model_from_config(name: str, config: dict) -> nn.Module:
+    """Builds the registered class ``name`` from its ``config()`` (for wrappers whose config
+    nests another model's)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model class {name!r}; registered: {_registered_names()}")
+    return _REGISTRY[name].from_config(config)
 
 
 def _registered_names() -> str:

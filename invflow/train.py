@@ -292,14 +292,7 @@ class Trainer:
             self.tensorboard = SummaryWriter(os.path.join(self.out_dir, "tensorboard"))
         except ImportError:
             pass
-        path = os.path.join(self.out_dir, "log.csv")
-        f = open(path, "a" if append else "w", newline="")
-        writer = csv.DictWriter(f, fieldnames=["step", "skipped", "lr", "loss", "bpd", "grad_norm"],
-                                extrasaction="ignore")
-        if not append or f.tell() == 0:
-            writer.writeheader()
-        writer.file = f
-        return writer
+        return _CsvLog(os.path.join(self.out_dir, "log.csv"), append)
 
     # -- checkpoints -------------------------------------------------------------------
     def latest_dir(self) -> str | None:
@@ -356,6 +349,29 @@ class Trainer:
 
 
 # -------------------------------------------------------------- state (de)serialising
+class _CsvLog:
+    """log.csv with a column per logged term: the columns are fixed by the first row written
+    (the standard ones plus the objective's own terms), or by the header when appending."""
+
+    BASE = ["step", "skipped", "lr", "loss", "bpd", "grad_norm"]
+
+    def __init__(self, path: str, append: bool):
+        fields = None
+        if append and os.path.exists(path) and os.path.getsize(path) > 0:
+            with open(path, newline="") as f:
+                fields = next(csv.reader(f), None)
+        self.file = open(path, "a" if fields else "w", newline="")
+        self.writer = csv.DictWriter(self.file, fieldnames=fields, extrasaction="ignore") if fields else None
+
+    def writerow(self, row: dict) -> None:
+        if self.writer is None:
+            extra = [k for k in row if k not in self.BASE]
+            self.writer = csv.DictWriter(self.file, fieldnames=self.BASE + extra, extrasaction="ignore")
+            self.writer.writeheader()
+        self.writer.writerow(row)
+        self.file.flush()
+
+
 def _flatten_state(obj) -> tuple[dict, dict]:
     """Splits a nested state (dicts, lists, tensors, scalars) into a flat dict of tensors and
     a JSON-serialisable skeleton that refers to them by key."""

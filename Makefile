@@ -53,21 +53,32 @@ build/.cuda-check: $(CUDA_SRC) tools/cuda_compile_check.sh | $(STAMP)
 
 cuda-check: build/.cuda-check
 
-test: build cuda-check
+test: build cuda-check data
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
-demo: build
-	$(PY) -m detectors demo
+DEMO_OUT ?= runs/demo
+
+demo: build data
+	$(PY) -m detectors demo --out $(DEMO_OUT)
 
 # glibc: serve buffers up to 32 MiB from the heap and never trim it, so freed buffers are
 # reused instead of re-faulted page by page (first-touch faults dominate on these VMs).
 BENCH_ENV ?= MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=68719476736
 BENCH_JSON ?= bench/results-cpu.json
 
-bench: build
+COMPARE_JSON ?= bench/compare-cpu.json
+COMPARE_ARGS ?= --quick
+
+# peers for bench/compare.py (bench-only extras; --no-deps keeps the pinned torch)
+$(VENV)/.bench-peers: | $(STAMP)
+	$(PY) -m pip install $(FIND_LINKS) --no-deps "FrEIA>=0.2" "normflows>=1.7"
+	touch $@
+
+bench: build $(VENV)/.bench-peers
 	$(BENCH_ENV) $(PY) -m pytest -q bench --benchmark-only --benchmark-columns=median,iqr,rounds \
 		--benchmark-sort=name --benchmark-json=$(BENCH_JSON)
 	$(PY) bench/ratios.py $(BENCH_JSON)
+	$(BENCH_ENV) $(PY) bench/compare.py $(COMPARE_ARGS) --json $(COMPARE_JSON)
 
 data:
 	@if [ -d $(FMNIST_DIR) ]; then echo "Fashion-MNIST present in $(FMNIST_DIR)"; \

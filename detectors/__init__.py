@@ -1,8 +1,26 @@
 """detectors: anomaly / out-of-distribution detection with normalizing flows.
 
-Built only on invflow's public API.  The scoring methods, objectives, metrics and reports
-of the seed papers arrive with the detectors issue; for now the package holds the offline
-datasets and the command line (``python -m detectors demo``).
+    import detectors
+    det = detectors.LikelihoodRatio(in_model, general_model)   # any model with log_prob / per_scale
+    det.fit(x_val_in)               # calibrates the threshold (5% of in-distribution flagged)
+    s = det.score(x)                # float64 [B]; HIGHER = MORE ANOMALOUS
+    det.predict(x)                  # bool [B]
+    detectors.metrics.evaluate(s_in, s_out)   # {"auroc", "aupr_in", "aupr_out", "fpr95", "tnr95"}
+
+Scores (``detectors.scores``), training objectives (``detectors.objectives``), offline
+datasets, features, analyses and reports; ``python -m detectors demo`` runs them all on
+Fashion-MNIST vs MNIST.  Built only on invflow's public API.
 """
 
-__all__ = ["datasets"]
+from . import datasets, metrics, objectives, scores
+from .metrics import evaluate
+from .scores import (KDE, KNN, PCA, ApproximateMass, BitsPerDim, ContrastiveFlow, Detector, InputComplexity,
+                     LastScale, Likelihood, LikelihoodRatio, MSERatio, MSEToMean, ScaleContribution, ScaleRatio,
+                     Typicality)
+
+__all__ = [
+    "datasets", "metrics", "objectives", "scores", "evaluate",
+    "Detector", "Likelihood", "BitsPerDim", "LikelihoodRatio", "ScaleContribution", "LastScale", "ScaleRatio",
+    "ContrastiveFlow", "ApproximateMass", "InputComplexity", "Typicality",
+    "MSEToMean", "MSERatio", "KNN", "KDE", "PCA",
+]

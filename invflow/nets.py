@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import ops
-from .layers.actnorm import data_init
+from .layers.actnorm import DataInitFlag, data_init
 
 
 def zero_init(layer: nn.Module) -> nn.Module:
@@ -39,7 +39,7 @@ def _conv3x3(cin: int, cout: int, bias: bool = True, weight_norm: bool = False) 
     return nn.utils.parametrizations.weight_norm(conv) if weight_norm else conv
 
 
-class ActNorm2d(nn.Module):
+class ActNorm2d(DataInitFlag, nn.Module):
     """Activation normalisation for hidden layers of an st-net (Glow, Sec. 3.1 and the
     st-net of Sec. 3.3): y = (x + bias) * exp(logs) per channel (dim 1), computed by the
     same actnorm op (fused kernel or reference) and initialisation as ``invflow.ActNorm``.
@@ -77,10 +77,11 @@ class ActNorm2d(nn.Module):
         self.bias.copy_(bias)
         self.logs.copy_(logs)
         self.initialized.fill_(True)
+        self._ready = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
-        if self.training and not bool(self.initialized):
+        if self.training and self.needs_init():
             self.initialize(x)
         return ops.actnorm(x, self.bias, self.logs)[0]
 

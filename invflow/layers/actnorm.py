@@ -18,7 +18,26 @@ def data_init(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     return -x.mean(dim=dims), -torch.log(x.std(dim=dims, unbiased=False) + eps)
 
 
-class ActNorm(Flow):
+class DataInitFlag:
+    """Mixin for layers with a data-dependent initialisation flagged by the buffer
+    ``initialized``: once the flag is seen set, a Python mirror answers, so a training-mode
+    forward costs no host sync per layer (CUDA) and no graph break (torch.compile).  Loading
+    a state dict resets the mirror; call ``initialize`` rather than writing the buffer."""
+
+    _ready: bool = False
+
+    def needs_init(self) -> bool:
+        if self._ready:
+            return False
+        self._ready = bool(self.initialized)
+        return not self._ready
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._ready = False
+        super()._load_from_state_dict(*args, **kwargs)
+
+
+class ActNorm(DataInitFlag, Flow):
     """y = (x + b) * exp(log_s) per channel; log|det| = N * sum(log_s), N = H * W.
 
     Data-dependent initialisation: on the first forward in training mode (or an explicit
@@ -47,10 +66,11 @@ class ActNorm(Flow):
         self.bias.copy_(bias)
         self.log_scale.copy_(log_scale)
         self.initialized.fill_(True)
+        self._ready = True
 
     def forward(self, x):
         check_input(x, "ActNorm", self.num_channels)
-        if self.training and not bool(self.initialized):
+        if self.training and self.needs_init():
             self.initialize(x)
         return ops.actnorm(x, self.bias, self.log_scale)
 

@@ -249,3 +249,26 @@ def test_invconv_lu_weight_is_p_l_u():
     layer = perturb_(invflow.InvConv1x1(5, lu=True).double())
     w, logdet = layer.weight_and_logdet()
     torch.testing.assert_close(logdet, torch.linalg.slogdet(w)[1])
+
+
+def test_actnorm_init_flag_mirror_survives_state_dict_round_trip():
+    """The Python mirror of ``initialized`` (no host sync / graph break per forward) follows
+    initialize() and load_state_dict(), so a loaded uninitialised layer still initialises."""
+    torch.manual_seed(0)
+    layer = invflow.ActNorm(3)
+    fresh = {k: v.clone() for k, v in layer.state_dict().items()}
+    x = 3 + 2 * torch.randn(64, 3, 4, 4)
+    layer(x)
+    assert layer._ready and bool(layer.initialized)
+    y, _ = layer(x)
+    torch.testing.assert_close(y.mean((0, 2, 3)), torch.zeros(3), atol=1e-4, rtol=0)
+    layer.load_state_dict(fresh)           # back to uninitialised: must re-initialise on x2
+    assert not layer._ready
+    x2 = -1 + 0.5 * torch.randn(64, 3, 4, 4)
+    y2, _ = layer(x2)
+    torch.testing.assert_close(y2.std((0, 2, 3)), torch.ones(3), atol=1e-2, rtol=0)
+    trained = layer.state_dict()
+    other = invflow.ActNorm(3)
+    other.load_state_dict(trained)         # initialised weights: must not re-initialise
+    y3, _ = other(x)
+    torch.testing.assert_close(y3, layer(x)[0])

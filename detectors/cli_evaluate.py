@@ -9,33 +9,10 @@ import torch
 
 import invflow
 
-from .datasets import load_fashion_mnist, load_mnist_5k, load_npz, natural_patches
+from .datasets import load_named as load_dataset
 from .report import format_table, write_report
 from .scores import (ApproximateMass, InputComplexity, Likelihood, LikelihoodRatio, ScaleContribution,
                      ScaleRatio)
-
-DATASETS = "fashion-mnist[-train|-test], mnist, patches, or an .npz file (uint8 images)"
-
-
-def load_dataset(spec: str, n: int | None = None, seed: int = 0) -> torch.Tensor:
-    """uint8 images [N, C, H, W] named by ``spec`` (see DATASETS); the first ``n`` of a
-    seeded permutation when ``n`` is given."""
-    if spec in ("fashion-mnist", "fashion-mnist-test"):
-        x = load_fashion_mnist("test")[0]
-    elif spec == "fashion-mnist-train":
-        x = load_fashion_mnist("train")[0]
-    elif spec == "mnist":
-        x = load_mnist_5k()[0]
-    elif spec == "patches":
-        x = natural_patches(n or 10000, size=28, seed=seed, split="test")
-    elif spec.endswith(".npz") and os.path.exists(spec):
-        x = load_npz(spec)[0]
-    else:
-        raise ValueError(f"unknown dataset {spec!r}: expected {DATASETS}")
-    if n is not None and n < len(x):
-        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]]
-    return x
-
 
 def run_evaluate(args) -> dict:
     in_model = invflow.load(args.in_model).eval()

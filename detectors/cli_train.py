@@ -4,29 +4,13 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 import invflow
 from invflow.train import Trainer
 
-from .datasets import load_mnist_5k
-
-
-def load_images(spec: str) -> torch.Tensor:
-    """uint8 images [N, C, H, W] from 'mnist' or an .npz file (key 'images')."""
-    if spec == "mnist":
-        return load_mnist_5k()[0]
-    if not os.path.exists(spec):
-        raise FileNotFoundError(f"--data: {spec!r} is neither 'mnist' nor an existing .npz file")
-    with np.load(spec) as f:
-        if "images" not in f:
-            raise ValueError(f"--data: {spec} has no array 'images' (keys: {sorted(f.keys())})")
-        images = torch.from_numpy(f["images"])
-    if images.dtype != torch.uint8:
-        raise ValueError(f"--data: images must be uint8, got {images.dtype}")
-    return images.unsqueeze(1) if images.dim() == 3 else images
+from .datasets import load_named
 
 
 def run_train(args) -> dict:
@@ -38,7 +22,7 @@ def run_train(args) -> dict:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     torch.manual_seed(args.seed)
-    images = load_images(args.data)
+    images = load_named(args.data)
     c, h, w = images.shape[1:]
     if args.model == "glow":
         pad = (-h) % 2**args.levels

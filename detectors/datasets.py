@@ -581,3 +581,26 @@ def broaden(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
     x = torch.where(coin(), ((x / 255 - b) / (1 - b)).clamp(0, 1) * 255, x)
     x = torch.where(coin(), 255 - x, x)
     return x.round().to(torch.uint8)
+
+
+NAMED_DATASETS = "fashion-mnist[-train|-test], mnist, patches, or an .npz file (uint8 images)"
+
+
+def load_named(spec: str, n: int | None = None, seed: int = 0) -> torch.Tensor:
+    """uint8 images [N, C, H, W] named by ``spec`` (see NAMED_DATASETS); the first ``n`` of a
+    seeded permutation when ``n`` is given."""
+    if spec in ("fashion-mnist", "fashion-mnist-test"):
+        x = load_fashion_mnist("test")[0]
+    elif spec == "fashion-mnist-train":
+        x = load_fashion_mnist("train")[0]
+    elif spec == "mnist":
+        x = load_mnist_5k()[0]
+    elif spec == "patches":
+        x = natural_patches(n or 10000, size=28, seed=seed, split="test")
+    elif spec.endswith(".npz") and os.path.exists(spec):
+        x = load_npz(spec)[0]
+    else:
+        raise ValueError(f"unknown dataset {spec!r}: expected {NAMED_DATASETS}")
+    if n is not None and n < len(x):
+        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]]
+    return x

@@ -127,14 +127,12 @@ def _features(cfg: DemoConfig, images: dict[str, torch.Tensor], out: str) -> dic
             return cached["features"]
     extractor = EfficientNetLite0(input_size=cfg.feature_size)
     feats = {}
-    g = torch.Generator().manual_seed(cfg.seed)
     for name, x in images.items():
         tqdm.write(f"[features] {name}: {len(x)} images")
         feats[name] = normalize_features(extract_features(extractor, x, progress=True), noise=0.0)
     tmp = path + ".tmp"
     torch.save({"key": json.dumps(key), "features": feats}, tmp)
     os.replace(tmp, path)
-    del g
     return feats
 
 

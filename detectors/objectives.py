@@ -19,6 +19,9 @@ import torch.nn.functional as F
 from invflow.data import preprocess
 from invflow.train import Batch, finite_mean
 
+from .scores.base import log_prob
+from .scores.likelihood import log_prob_and_mass
+
 MAX_DROPPED = 0.75
 
 
@@ -110,10 +113,7 @@ def approx_mass_penalty(model, x: torch.Tensor, alpha: float = 2.0, return_terms
     ``(mean_log_p, mean_grad_norm)`` detached."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError("approx_mass_penalty: x must be a floating tensor preprocessed into [-0.5, 0.5]")
-    x = x.detach().requires_grad_(True)
-    lp = model(x).log_prob if not hasattr(model, "log_prob") else model.log_prob(x)
-    (g,) = torch.autograd.grad(lp.sum(), x, create_graph=True)
-    norms = g.flatten(1).norm(dim=1)
+    lp, norms = log_prob_and_mass(model, x, create_graph=True)
     loss = -lp.mean() + alpha * norms.mean()
     if return_terms:
         return loss, (lp.mean().detach(), norms.mean().detach())
@@ -154,8 +154,12 @@ def _per_dim(loss: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return loss / (x[0].numel() * math.log(2))
 
 
-def _logp(model, x):
-    return model(x).log_prob
+def _with_draw(model, batch: Batch, data: torch.Tensor, n: int | None = None):
+    """(log p(batch.x), draws, log p(draws)) for ``n`` samples of ``data`` (default: one per
+    batch element), both sets through the model in one pass."""
+    drawn = _draw(data, n or len(batch.x), batch.generator, batch.x)
+    lp = log_prob(model, torch.cat([batch.x, drawn]))
+    return lp[: len(batch.x)], drawn, lp[len(batch.x):]
 
 
 def outlier_objective(general_model, outliers: torch.Tensor, temperature: float = 1000.0,
@@ -166,11 +170,9 @@ def outlier_objective(general_model, outliers: torch.Tensor, temperature: float 
     general_model.eval()
 
     def objective(model, batch: Batch):
-        xo = _draw(outliers, outlier_batch or len(batch.x), batch.generator, batch.x)
-        lp = _logp(model, torch.cat([batch.x, xo]))
-        lp_x, lp_o = lp[: len(batch.x)], lp[len(batch.x):]
+        lp_x, xo, lp_o = _with_draw(model, batch, outliers, outlier_batch)
         with torch.no_grad():
-            lp_g = _logp(general_model, xo)
+            lp_g = log_prob(general_model, xo)
         l_nll, l_out = nll(lp_x), outlier_loss(lp_o, lp_g, temperature, weight)
         loss = _per_dim(l_nll + l_out, batch.x)
         return loss, {"bpd": _per_dim(l_nll, batch.x).detach() + math.log2(256), "outlier": l_out.detach()}
@@ -190,9 +192,7 @@ def margin_objective(outliers: torch.Tensor, margin: float | None = None, weight
     2019 outlier exposure for density models); default margin one bit per dimension."""
 
     def objective(model, batch: Batch):
-        xo = _draw(outliers, len(batch.x), batch.generator, batch.x)
-        lp = _logp(model, torch.cat([batch.x, xo]))
-        lp_x, lp_o = lp[: len(batch.x)], lp[len(batch.x):]
+        lp_x, _, lp_o = _with_draw(model, batch, outliers)
         m = batch.x[0].numel() * math.log(2) if margin is None else margin
         l_nll, l_m = nll(lp_x), margin_loss(lp_x, lp_o, m)
         return _per_dim(l_nll + weight * l_m, batch.x), {"margin": l_m.detach()}
@@ -204,10 +204,9 @@ def contrastive_objective(aux: torch.Tensor, clamp: float = 0.0) -> Callable:
     """Trainer objective of the contrastive normalizing flow (seed 002 Algorithm 1)."""
 
     def objective(model, batch: Batch):
-        xa = _draw(aux, len(batch.x), batch.generator, batch.x)
-        lp = _logp(model, torch.cat([batch.x, xa]))
-        loss = contrastive_loss(lp[: len(batch.x)], lp[len(batch.x):], clamp)
-        return _per_dim(loss, batch.x), {"logp_in": lp[: len(batch.x)].mean().detach()}
+        lp_x, _, lp_a = _with_draw(model, batch, aux)
+        loss = contrastive_loss(lp_x, lp_a, clamp)
+        return _per_dim(loss, batch.x), {"logp_in": lp_x.mean().detach()}
 
     return objective
 
@@ -216,9 +215,8 @@ def negative_objective(ood: torch.Tensor, threshold: float) -> Callable:
     """Trainer objective of negative training (seed 003 Eq. 7)."""
 
     def objective(model, batch: Batch):
-        xo = _draw(ood, len(batch.x), batch.generator, batch.x)
-        lp = _logp(model, torch.cat([batch.x, xo]))
-        loss = negative_loss(lp[: len(batch.x)], lp[len(batch.x):], threshold)
+        lp_x, _, lp_o = _with_draw(model, batch, ood)
+        loss = negative_loss(lp_x, lp_o, threshold)
         return _per_dim(loss, batch.x), {}
 
     return objective

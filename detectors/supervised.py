@@ -83,7 +83,7 @@ class ClassConditionalFlow(nn.Module):
             n = t[0].numel()
             zi = z[:, start: start + n]
             mean, log_std = self.prior.means[k, start: start + n], self.prior._log_stds()[k, start: start + n]
-            gauss = (-0.5 * ((zi - mean) * torch.exp(-log_std)).square() - log_std).sum(1) - 0.5 * n * math.log(2 * math.pi)
+            gauss = self.prior._gauss(zi, mean, log_std).sum(1)
             per_scale[:, i] = per_scale[:, i] - standard_normal_log_prob(zi) + gauss
             start += n
         per_scale[:, -1] = per_scale[:, -1] + (log_p - per_scale.sum(1))

@@ -15,8 +15,6 @@ difference is taken (seed 000 S4.5).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import nn
@@ -41,8 +39,8 @@ def model_dtype_device(model) -> tuple[torch.dtype, torch.device]:
 
 
 def as_model_input(x: torch.Tensor, model=None, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """uint8 images -> noise-free preprocessed floats; floats pass through unchanged (the
-    model validates them).  Moves to the model's device and dtype only for uint8 input."""
+    """uint8 images -> noise-free preprocessed floats in the model's dtype; floats pass
+    through unchanged (the model validates them).  Both move to the model's device."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor batch, got {type(x).__name__}")
     if x.dtype == torch.uint8:
@@ -75,11 +73,6 @@ class eval_mode:
             for sub, mode in states:
                 sub.training = mode
         return False
-
-
-def model_output(model, x: torch.Tensor):
-    """``model(x)`` for invflow models (FlowOutput); works for any module returning one."""
-    return model(x)
 
 
 def log_prob(model, x: torch.Tensor) -> torch.Tensor:
@@ -123,7 +116,11 @@ class Detector:
         """Sets the threshold so that a fraction ``fpr`` of in-distribution ``x`` scores above it."""
         if not 0.0 <= fpr < 1.0:
             raise ValueError(f"{type(self).__name__}.calibrate: fpr must be in [0, 1), got {fpr}")
-        s = self._calibration_scores(x).numpy()
+        return self._set_threshold(self._calibration_scores(x), fpr)
+
+    def _set_threshold(self, in_scores: torch.Tensor, fpr: float) -> "Detector":
+        """Threshold = the (1 - fpr) quantile of in-distribution scores (an observed score)."""
+        s = in_scores.numpy()
         self.threshold = float(np.quantile(s, 1.0 - fpr, method="higher")) if fpr > 0 else float(s.max())
         self.fpr = fpr
         return self
@@ -186,6 +183,3 @@ class Detector:
         t = "uncalibrated" if self.threshold is None else f"threshold={self.threshold:.4g} at fpr={self.fpr}"
         return f"{self.name}({t})"
 
-
-def num_dims(x: torch.Tensor) -> int:
-    return math.prod(x.shape[1:])

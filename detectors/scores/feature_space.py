@@ -109,14 +109,7 @@ class KNN(_FeatureDetector):
         self._fit(x)
         # leave-one-out: the (k+1)-th neighbour of a training point, itself excluded
         d = self.nn_.kneighbors(self.train_, n_neighbors=self.k + 1)[0][:, -1]
-        self._loo = torch.from_numpy(d)
-        try:
-            return self.calibrate(x, fpr)
-        finally:
-            self._loo = None
-
-    def _calibration_scores(self, x):
-        return self._loo if getattr(self, "_loo", None) is not None else self.score(x)
+        return self._set_threshold(torch.from_numpy(d), fpr)
 
 
 class KDE(_FeatureDetector):

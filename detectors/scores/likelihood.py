@@ -131,13 +131,19 @@ class ScaleRatio(Detector):
         return -(c_in - c_g.to(c_in.device))
 
 
-def approximate_mass(model, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
-    """||d log p(x) / dx||_2 per sample (seed 004 Eq. 1), x preprocessed floats [B, ...]."""
+def log_prob_and_mass(model, x: torch.Tensor, create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p(x), ||d log p(x) / dx||_2) per sample (seed 004 Eq. 1), x preprocessed floats
+    [B, ...]; ``create_graph`` keeps the gradient differentiable (the Eq. 2 penalty)."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         lp = log_prob(model, x)
         (g,) = torch.autograd.grad(lp.sum(), x, create_graph=create_graph)
-    return g.flatten(1).norm(dim=1)
+    return lp, g.flatten(1).norm(dim=1)
+
+
+def approximate_mass(model, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+    """||d log p(x) / dx||_2 per sample (seed 004 Eq. 1), x preprocessed floats [B, ...]."""
+    return log_prob_and_mass(model, x, create_graph)[1]
 
 
 class ApproximateMass(Detector):

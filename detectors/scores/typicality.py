@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Detector, eval_mode, as_model_input, floor_log_likelihood, log_prob
+from .base import Detector
+from .likelihood import Likelihood
 
 
 class Typicality(Detector):
@@ -25,12 +26,8 @@ class Typicality(Detector):
         self.entropy: float | None = None
 
     def _nll(self, x: torch.Tensor) -> torch.Tensor:
-        parts = []
-        with torch.no_grad(), eval_mode(self.model):
-            for i in range(0, len(x), self.batch_size):
-                xb = as_model_input(x[i: i + self.batch_size], self.model)
-                parts.append(-floor_log_likelihood(log_prob(self.model, xb)).double().cpu())
-        return torch.cat(parts)
+        """-log p per input (floored), batched like every detector's scores."""
+        return Likelihood(self.model, batch_size=self.batch_size, progress=self.progress).score(x)
 
     def _fit(self, x):
         self.entropy = float(self._nll(x).mean())

@@ -7,19 +7,23 @@
     det.predict(x)                  # bool [B]
     detectors.metrics.evaluate(s_in, s_out)   # {"auroc", "aupr_in", "aupr_out", "fpr95", "tnr95"}
 
-Scores (``detectors.scores``), training objectives (``detectors.objectives``), offline
+Scores (``detectors.scores``), training objectives (``detectors.objectives``; classifier
+training in ``detectors.classifier_objectives``), baseline models (``detectors.models``:
+PixelCNN++ and a ResNet classifier), offline
 datasets, features, analyses and reports; ``python -m detectors demo`` runs them all on
 Fashion-MNIST vs MNIST.  Built only on invflow's public API.
 """
 
-from . import datasets, metrics, objectives, scores
+from . import classifier_objectives, datasets, metrics, models, objectives, scores
 from .metrics import evaluate
-from .scores import (KDE, KNN, PCA, ApproximateMass, BitsPerDim, ContrastiveFlow, Detector, InputComplexity,
-                     LastScale, Likelihood, LikelihoodRatio, MSERatio, MSEToMean, ScaleContribution, ScaleRatio,
-                     Typicality)
+from .models import PixelCNNpp, ResNetClassifier
+from .scores import (KDE, KNN, PCA, ApproximateMass, BinaryClassifierScore, BitsPerDim, ContrastiveFlow, Detector,
+                     Energy, Ensemble, InputComplexity, LastScale, Likelihood, LikelihoodRatio, Mahalanobis,
+                     MaxSoftmax, MSERatio, MSEToMean, ScaleContribution, ScaleRatio, Typicality)
 
 __all__ = [
-    "datasets", "metrics", "objectives", "scores", "evaluate",
+    "datasets", "metrics", "models", "objectives", "classifier_objectives", "scores", "evaluate",
+    "PixelCNNpp", "ResNetClassifier", "MaxSoftmax", "Energy", "Mahalanobis", "BinaryClassifierScore", "Ensemble",
     "Detector", "Likelihood", "BitsPerDim", "LikelihoodRatio", "ScaleContribution", "LastScale", "ScaleRatio",
     "ContrastiveFlow", "ApproximateMass", "InputComplexity", "Typicality",
     "MSEToMean", "MSERatio", "KNN", "KDE", "PCA",

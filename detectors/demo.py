@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -65,11 +64,16 @@ class DemoConfig:
     feature_dim: int = 64       # PCA projection of the normalised features before the flows
     feature_flow_steps: int = 200
     feature_noise: float = 1e-2
+    baselines: bool = True      # PixelCNN++ and classifier detectors (seed 000 Tab. 1/4, seed 004 Tab. 2)
+    pcnn_filters: int = 16
+    pcnn_steps: int = 100
+    clf_width: int = 16
+    clf_steps: int = 300
 
 
 SMOKE = dict(flow_steps=1, hidden=8, batch_size=16, warmup=1, steps_general=2, steps_in=2, steps_outlier=2,
              steps_dagger=2, n_general=128, n_eval=48, feature_size=32, n_feature_train=48, feature_dim=4,
-             feature_flow_steps=2)
+             feature_flow_steps=2, pcnn_filters=4, pcnn_steps=2, clf_width=4, clf_steps=2)
 
 
 class Memoized(torch.nn.Module):
@@ -138,10 +142,6 @@ def _features(cfg: DemoConfig, images: dict[str, torch.Tensor], out: str) -> dic
 
 def _feature_detectors(cfg: DemoConfig, feats: dict[str, torch.Tensor], out: str) -> dict:
     """Seed 002 Sec. 5.1 baselines plus the flows on features (Flow, Flow-ratio, contrastive)."""
-    from sklearn.decomposition import PCA as SkPCA
-
-    g = torch.Generator().manual_seed(cfg.seed + 1)
-    noisy = lambda f: f + cfg.feature_noise * torch.randn(f.shape, generator=g)  # noqa: E731
     train, aux = feats["train"], feats["aux"]
     dets = {
         "features: MSE to mean": MSEToMean().fit(train),
@@ -150,9 +150,22 @@ def _feature_detectors(cfg: DemoConfig, feats: dict[str, torch.Tensor], out: str
         "features: KDE": KDE().fit(train),
         "features: PCA": PCA(n_components=0.9).fit(train),
     }
-    # flows on a PCA projection of the normalised features (seed 002 used 128-d MOCO outputs),
-    # trained on noisy copies so the density is valid (Sec. 5).
-    pca = SkPCA(n_components=min(cfg.feature_dim, train.shape[1]), random_state=cfg.seed).fit(train.numpy())
+    dets.update({f"features: {k}": v for k, v in feature_flows(cfg, train, aux, out).items()})
+    return dets
+
+
+def feature_flows(cfg, train: torch.Tensor, aux: torch.Tensor, out: str) -> dict:
+    """"Flow", "Flow-ratio" and "contrastive flow" (seed 002 Sec. 4-5): vector flows on a PCA
+    projection of the normalised features (seed 002 used 128-d MOCO outputs), trained on noisy
+    copies so the density is valid (Sec. 5); the contrastive flow starts from the Flow and is
+    clamped at its median in-distribution log p minus 20 (Algorithm 1).  ``cfg`` needs seed,
+    feature_dim, feature_noise, feature_flow_steps and the training fields of ``_train``."""
+    from sklearn.decomposition import PCA as SkPCA
+
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    noisy = lambda f: f + cfg.feature_noise * torch.randn(f.shape, generator=g)  # noqa: E731
+    pca = SkPCA(n_components=min(cfg.feature_dim, train.shape[1], len(train)), random_state=cfg.seed)
+    pca.fit(train.numpy())
     scale = float(np.sqrt(pca.explained_variance_[0]))
 
     def project(f: torch.Tensor) -> torch.Tensor:
@@ -160,23 +173,49 @@ def _feature_detectors(cfg: DemoConfig, feats: dict[str, torch.Tensor], out: str
 
     z_train, z_aux = project(noisy(train)), project(noisy(aux))
     dim = z_train.shape[1]
-    fcfg = dataclasses.replace(cfg, translate=0)
+    kw = dict(out=out, cfg=dataclasses.replace(cfg, translate=0), steps=cfg.feature_flow_steps, lr=1e-3,
+              translate=0)
 
     def vflow():
         return invflow.VectorFlow(dim, blocks=4, hidden=128)
 
-    kw = dict(out=out, cfg=fcfg, steps=cfg.feature_flow_steps, lr=1e-3, translate=0)
     flow_in = _train("feature-flow-in", vflow(), z_train, **kw)
     flow_aux = _train("feature-flow-aux", vflow(), z_aux, **kw)
-    # contrastive flow (seed 002 Eq. 3, Algorithm 1), clamp at the in-distribution median log p
     with torch.no_grad():
         clamp = float(flow_in.log_prob(z_train).median()) - 20.0
     flow_cf = _train("feature-flow-contrastive", vflow(), z_train, objective=objectives.contrastive_objective(
         z_aux, clamp=clamp), init=flow_in, **kw)
-    dets["features: Flow"] = Likelihood(flow_in, transform=project)
-    dets["features: Flow-ratio"] = LikelihoodRatio(flow_in, flow_aux, transform=project)
-    dets["features: contrastive flow"] = ContrastiveFlow(flow_cf, transform=project)
-    return dets
+    return {"Flow": Likelihood(flow_in, transform=project),
+            "Flow-ratio": LikelihoodRatio(flow_in, flow_aux, transform=project),
+            "contrastive flow": ContrastiveFlow(flow_cf, transform=project)}
+
+
+def _baseline_detectors(cfg: DemoConfig, out: str, fm_train, y_train, general) -> dict:
+    """PixelCNN++ (likelihood and ratio to a general PixelCNN++, seed 000 Tab. 1) and classifier
+    detectors on a small ResNet (MSP, energy, Mahalanobis; the in-vs-general classifier of seed
+    000 S9)."""
+    from . import classifier_objectives as co
+    from .models import PixelCNNpp, ResNetClassifier
+    from .scores import BinaryClassifierScore, Energy, Mahalanobis, MaxSoftmax
+
+    def pcnn():
+        return PixelCNNpp(1, 28, filters=cfg.pcnn_filters, resnets=1, levels=2)
+
+    pc_general = Memoized(_train("pcnn-general", pcnn(), general, out, cfg, cfg.pcnn_steps))
+    pc_in = Memoized(_train("pcnn-in", pcnn(), fm_train, out, cfg, cfg.pcnn_steps))
+    clf = _train("classifier", ResNetClassifier(1, 10, 28, width=cfg.clf_width), (fm_train, y_train), out, cfg,
+                 cfg.clf_steps, objective=co.cross_entropy_objective())
+    binary = _train("in-vs-general", ResNetClassifier(1, 1, 28, width=cfg.clf_width), fm_train, out, cfg,
+                    cfg.clf_steps, objective=co.in_vs_general_objective(general))
+    n = min(len(fm_train), 5000)
+    return {
+        "PixelCNN++: likelihood": Likelihood(pc_in),
+        "PixelCNN++: Diff": LikelihoodRatio(pc_in, pc_general),
+        "classifier: MSP": MaxSoftmax(clf),
+        "classifier: energy": Energy(clf),
+        "classifier: Mahalanobis": Mahalanobis(clf).fit(fm_train[:n], y=y_train[:n]),
+        "in-vs-general classifier": BinaryClassifierScore(binary),
+    }
 
 
 def run(out: str = "runs/demo", smoke: bool = False, **overrides) -> dict:
@@ -189,7 +228,7 @@ def run(out: str = "runs/demo", smoke: bool = False, **overrides) -> dict:
           f"output in {out}")
 
     # -- data --------------------------------------------------------------------------
-    fm_train, _ = load_fashion_mnist("train")
+    fm_train, y_train = load_fashion_mnist("train")
     fm_test, _ = load_fashion_mnist("test")
     mnist, _ = load_mnist_5k()
     rng = torch.Generator().manual_seed(cfg.seed)
@@ -211,6 +250,7 @@ def run(out: str = "runs/demo", smoke: bool = False, **overrides) -> dict:
     # several detectors share each model: evaluate every model once per batch
     in_glow, general_glow, outlier_glow, dagger_glow = map(Memoized, (in_glow, general_glow, outlier_glow,
                                                                       dagger_glow))
+    baseline_dets = _baseline_detectors(cfg, out, fm_train, y_train, general) if cfg.baselines else {}
     t_train = time.perf_counter() - t0
 
     # -- detectors ---------------------------------------------------------------------
@@ -229,6 +269,7 @@ def run(out: str = "runs/demo", smoke: bool = False, **overrides) -> dict:
         "outlier loss: Diff": LikelihoodRatio(outlier_glow, general_glow),
         "outlier loss: Diff-dagger": LikelihoodRatio(outlier_glow, dagger_glow),
     }
+    dets.update(baseline_dets)
     feature_inputs = None
     if cfg.features:
         g = torch.Generator().manual_seed(cfg.seed + 2)
@@ -280,6 +321,11 @@ def run(out: str = "runs/demo", smoke: bool = False, **overrides) -> dict:
         " (seed 000 Fig. 3: the last scale correlates least).",
         f"Wall time {seconds:.0f} s ({t_train:.0f} s training).",
     ]
+    if cfg.baselines:
+        notes.insert(-1, f"Baselines: PixelCNN++ ({cfg.pcnn_filters} filters, {cfg.pcnn_steps} steps; seed 000 used "
+                         f"120 filters) on Fashion-MNIST and on the general distribution; ResNet classifiers (width "
+                         f"{cfg.clf_width}, {cfg.clf_steps} steps) for MSP, energy, Mahalanobis (labels) and the "
+                         f"in-vs-general classifier (aux data).")
     if cfg.features:
         notes.insert(3, f"Features: EfficientNet-Lite0 (ImageNet) at {cfg.feature_size}x{cfg.feature_size}, "
                         f"normalised to the unit sphere; baselines fitted on {cfg.n_feature_train} Fashion-MNIST "

@@ -197,6 +197,12 @@ def _detectors(results: Mapping) -> Mapping:
     return results
 
 
+def setting(uses: str) -> str:
+    """The column of seed 000 Tab. 4: "supervised" when a detector uses class labels, else
+    "unsupervised" (auxiliary / general-distribution data do not make it supervised)."""
+    return "supervised" if "labels" in str(uses) else "unsupervised"
+
+
 def _rows(results: Mapping, columns):
     for c in columns:
         if c not in METRICS:
@@ -204,12 +210,12 @@ def _rows(results: Mapping, columns):
     dets = _detectors(results)
     uses = results.get("uses") if dets is not results else None
     show_uses = bool(uses) and any(v != "-" for v in uses.values())
-    header = ["detector"] + [HEADERS[c] for c in columns] + (["uses"] if show_uses else [])
+    header = ["detector"] + [HEADERS[c] for c in columns] + (["setting", "uses"] if show_uses else [])
     rows = []
     for name, m in dets.items():
         row = [str(name)] + [f"{100.0 * float(m[c]):.1f}" for c in columns]
         if show_uses:
-            row.append(str(uses.get(name, "-")))
+            row += [setting(uses.get(name, "-")), str(uses.get(name, "-"))]
         rows.append(row)
     return header, rows
 
@@ -219,12 +225,12 @@ def format_table(results: Mapping, columns=DEFAULT_COLUMNS) -> str:
     ``results`` is a full results dict or just its "detectors" mapping."""
     header, rows = _rows(results, columns)
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    has_uses = header[-1] == "uses"
+    n_text = 2 if header[-1] == "uses" else 0  # setting and uses are text columns
 
     def fmt(row):
         cells = []
         for i, cell in enumerate(row):
-            left = i == 0 or (has_uses and i == len(row) - 1)
+            left = i == 0 or i >= len(row) - n_text
             cells.append(cell.ljust(widths[i]) if left else cell.rjust(widths[i]))
         return "  ".join(cells).rstrip()
 
@@ -235,7 +241,7 @@ def format_table(results: Mapping, columns=DEFAULT_COLUMNS) -> str:
 def markdown_table(results: Mapping, columns=DEFAULT_COLUMNS) -> str:
     """The same table in Markdown (percent, one decimal)."""
     header, rows = _rows(results, columns)
-    align = ["---"] + ["---:"] * len(columns) + (["---"] if header[-1] == "uses" else [])
+    align = ["---"] + ["---:"] * len(columns) + (["---", "---"] if header[-1] == "uses" else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(_md_escape(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)

@@ -53,6 +53,38 @@ def as_size(image_size) -> tuple[int, int]:
     return (int(h), int(w))
 
 
+def check_model_input(x, name: str, input_shape, param: torch.Tensor, max_abs: float | None = None,
+                      integer_hint: str = "") -> None:
+    """The DESIGN.md input rules for any model taking preprocessed images (flows, and the
+    PixelCNN++ / classifier baselines of ``detectors.models``): TypeError for non-tensors,
+    integer dtypes and a dtype other than ``param``'s; ValueError for another device, wrong
+    rank, channels or size, an empty batch, NaN / Inf and, with ``max_abs``, values with
+    |x| > max_abs.  ``integer_hint`` is appended to the integer-dtype message."""
+    expected = "[B, " + ", ".join(map(str, input_shape)) + "]"
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor of shape {expected}, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected floating inputs preprocessed into [-0.5, 0.5] "
+                        f"(invflow.data.preprocess), got dtype {x.dtype}{integer_hint}")
+    if x.dtype != param.dtype:
+        raise TypeError(f"{name}: input dtype {x.dtype} differs from the model's {param.dtype}; "
+                        f"convert one of them (model.to(dtype) or x.to(dtype))")
+    if x.device != param.device:
+        raise ValueError(f"{name}: input on {x.device} but the model is on {param.device}")
+    if x.dim() != len(input_shape) + 1:
+        raise ValueError(f"{name}: expected input of shape {expected}, got {list(x.shape)}")
+    if tuple(x.shape[1:]) != tuple(input_shape):
+        what = "channels" if x.shape[1] != input_shape[0] else "size"
+        raise ValueError(f"{name}: wrong {what}: expected input of shape {expected}, got {list(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name}: empty batch")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name}: input contains NaN or Inf")
+    if max_abs is not None and bool((x.abs() > max_abs).any()):
+        raise ValueError(f"{name}: input values outside [-{max_abs:g}, {max_abs:g}] (min {float(x.min()):.4g}, max "
+                         f"{float(x.max()):.4g}); preprocess 8-bit images with invflow.data.preprocess")
+
+
 class FlowModel(nn.Module, metaclass=abc.ABCMeta):
     """Base class of invflow models: input validation, ``log_prob``, ``sample``, config.
 
@@ -135,25 +167,4 @@ class FlowModel(nn.Module, metaclass=abc.ABCMeta):
         """DESIGN.md error rules: TypeError for non-tensors, integer dtypes and a dtype other
         than the parameters'; ValueError for wrong rank, channels or size, mixed devices and
         non-finite values.  No input is altered."""
-        name = self._name
-        expected = "[B, " + ", ".join(map(str, self.input_shape)) + "]"
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor of shape {expected}, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"{name}: expected floating inputs preprocessed into [-0.5, 0.5] "
-                            f"(invflow.data.preprocess), got dtype {x.dtype}")
-        p = self._any_param()
-        if x.dtype != p.dtype:
-            raise TypeError(f"{name}: input dtype {x.dtype} differs from the model's {p.dtype}; "
-                            f"convert one of them (model.to(dtype) or x.to(dtype))")
-        if x.device != p.device:
-            raise ValueError(f"{name}: input on {x.device} but the model is on {p.device}")
-        if x.dim() != len(self.input_shape) + 1:
-            raise ValueError(f"{name}: expected input of shape {expected}, got {list(x.shape)}")
-        if tuple(x.shape[1:]) != tuple(self.input_shape):
-            what = "channels" if x.shape[1] != self.input_shape[0] else "size"
-            raise ValueError(f"{name}: wrong {what}: expected input of shape {expected}, got {list(x.shape)}")
-        if x.shape[0] == 0:
-            raise ValueError(f"{name}: empty batch")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{name}: input contains NaN or Inf")
+        check_model_input(x, self._name, self.input_shape, self._any_param())

@@ -41,8 +41,11 @@ def test_demo_smoke_writes_the_report(tmp_path):
     names = list(results["detectors"])
     for expected in ("likelihood", "Diff", "Diff-dagger", "last scale (7x7)", "PNG complexity",
                      "approximate mass", "typicality (batch 1)", "outlier loss: likelihood",
-                     "features: KNN (k=5)", "features: contrastive flow"):
+                     "features: KNN (k=5)", "features: contrastive flow", "PixelCNN++: Diff", "classifier: MSP",
+                     "classifier: Mahalanobis", "in-vs-general classifier"):
         assert expected in names
+    assert results["uses"]["classifier: Mahalanobis"] == "labels"
+    assert results["uses"]["in-vs-general classifier"] == "aux data"
     for metrics in results["detectors"].values():
         assert set(metrics) >= {"auroc", "aupr_in", "aupr_out", "fpr95", "tnr95"}
         assert abs(metrics["fpr95"] + metrics["tnr95"] - 1) < 1e-12

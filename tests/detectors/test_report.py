@@ -127,7 +127,10 @@ def test_format_table_and_markdown_table():
     assert md[0] == "| detector | AUROC | AUPR-in | AUPR-out | FPR95 |"
     assert md[2] == "| likelihood | 12.3 | 50.0 | 25.0 | 99.9 |"
     results["uses"] = {"likelihood": "-", "a_longer_name": "labels"}
-    assert R.format_table(results).splitlines()[3].split()[-1] == "labels"
+    assert R.format_table(results).splitlines()[3].split()[-2:] == ["supervised", "labels"]
+    assert R.format_table(results).splitlines()[2].split()[-2:] == ["unsupervised", "-"]
+    assert R.markdown_table(results).splitlines()[0].endswith("| FPR95 | setting | uses |")
+    assert R.setting("labels, aux data") == "supervised" and R.setting("aux data") == "unsupervised"
 
 
 def test_load_results_validates(tmp_path):

@@ -1,5 +1,6 @@
 """Command line of detectors: ``python -m detectors demo [--out DIR]`` and
-``python -m detectors train --out DIR [...]``, ``python -m detectors evaluate --in-model CKPT --out DIR`` (``torchrun --nproc_per_node N -m detectors train``
+``python -m detectors train --out DIR [...]``, ``python -m detectors evaluate --in-model CKPT --out DIR``,
+``python -m detectors reproduce glow architectures ... --seeds 0 1 2`` (``torchrun --nproc_per_node N -m detectors train``
 for several processes)."""
 
 from __future__ import annotations
@@ -39,6 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--n", type=int, default=None, help="score a seeded random subset of this size")
     ev.add_argument("--out", required=True, help="report directory")
     ev.add_argument("--seed", type=int, default=0)
+    rep = sub.add_parser("reproduce", help="the seed papers' experiments over several seeds (docs/RESULTS.md)")
+    rep.add_argument("names", nargs="+", help="experiments: glow, architectures, features, baselines, one-vs-rest, "
+                     "or all")
+    rep.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    rep.add_argument("--out", default="runs/reproduce", help="models, per-seed reports and summaries")
+    rep.add_argument("--smoke", action="store_true", help="tiny configuration (seconds; for tests)")
+    rep.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    rep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a field of detectors.reproduce.ReproduceConfig, e.g. --set steps_arch=250")
     args = parser.parse_args(argv)
     if args.command == "evaluate":
         from .cli_evaluate import run_evaluate
@@ -48,6 +58,16 @@ def main(argv: list[str] | None = None) -> int:
         from .cli_train import run_train
 
         run_train(args)
+    if args.command == "reproduce":
+        import torch
+
+        from .reproduce import reproduce
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        from .reproduce import parse_overrides
+
+        reproduce(args.names, seeds=args.seeds, out=args.out, smoke=args.smoke, **parse_overrides(args.set))
     if args.command == "demo":
         from .demo import run
 

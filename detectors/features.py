@@ -142,3 +142,56 @@ def normalize_features(features: torch.Tensor, noise: float = 1e-2, generator: t
         eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=gen_device)
         x = x + noise * eps.to(x.device)
     return x
+
+
+class CachedFeatures:
+    """A feature transform for detectors (``transform=``) that looks features up by image
+    content: ``add(images, features)`` stores precomputed rows keyed by the SHA-1 of each
+    image's bytes; calling it on images returns their rows, extracting (and normalising to
+    the unit sphere) only the images not seen before, with ``extractor`` if one was given.
+
+        feats = CachedFeatures(EfficientNetLite0(128))
+        feats.add(train_images, train_features)
+        detectors.PCA(transform=feats).fit(train_images)
+    """
+
+    def __init__(self, extractor: nn.Module | None = None, normalize: bool = True):
+        self.extractor, self.normalize = extractor, normalize
+        self._rows: dict[bytes, torch.Tensor] = {}
+
+    @staticmethod
+    def _keys(images: torch.Tensor) -> list[bytes]:
+        import hashlib
+
+        flat = images.detach().cpu().contiguous().reshape(len(images), -1).numpy()
+        return [hashlib.sha1(row.tobytes()).digest() for row in flat]
+
+    def add(self, images: torch.Tensor, features: torch.Tensor) -> "CachedFeatures":
+        if len(images) != len(features):
+            raise ValueError(f"CachedFeatures.add: {len(images)} images but {len(features)} feature rows")
+        for key, row in zip(self._keys(images), features):
+            self._rows[key] = row
+        return self
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if not isinstance(images, torch.Tensor) or images.dim() != 4:
+            raise ValueError(f"CachedFeatures: expected images [B, C, H, W], got "
+                             f"{list(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
+        keys = self._keys(images)
+        first: dict[bytes, int] = {}
+        for i, k in enumerate(keys):
+            if k not in self._rows:
+                first.setdefault(k, i)  # duplicates in the batch are extracted once
+        missing = list(first.values())
+        if missing:
+            if self.extractor is None:
+                raise KeyError(f"CachedFeatures: {len(missing)} of {len(images)} images have no stored features "
+                               f"and no extractor was given")
+            new = extract_features(self.extractor, images[missing], progress=False)
+            if self.normalize:
+                new = normalize_features(new, noise=0.0)
+            self.add(images[missing], new)
+        return torch.stack([self._rows[k] for k in keys])

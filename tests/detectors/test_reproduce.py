@@ -1,0 +1,180 @@
+"""`python -m detectors reproduce` (docs/RESULTS.md) in its smoke configuration, the
+summary over seeds, and the pieces it adds: the z-score Ensemble and CachedFeatures."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from detectors.features import CachedFeatures
+from detectors.metrics import evaluate
+from detectors.reproduce import EXPERIMENTS, summarize, summary_markdown
+from detectors.scores import KNN, Detector, Ensemble, MSEToMean
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class Coordinate(Detector):
+    """Scores = one coordinate of a vector input (a transparent member for ensembles)."""
+
+    def __init__(self, dim, scale=1.0, **kw):
+        super().__init__(**kw)
+        self.dim, self.scale = dim, scale
+
+    def _score_batch(self, x):
+        return self.scale * x[:, self.dim].double()
+
+
+def test_ensemble_is_the_sum_of_standardised_member_scores():
+    g = torch.Generator().manual_seed(0)
+    val, x = torch.randn(500, 2, generator=g), torch.randn(7, 2, generator=g) * 3
+    a, b = Coordinate(0, scale=10.0), Coordinate(1, scale=0.1)
+    ens = Ensemble({"a": a, "b": b}, weights={"b": 2.0}).fit(val)
+    sa, sb = 10 * val[:, 0].double(), 0.1 * val[:, 1].double()
+    expected = (10 * x[:, 0].double() - sa.mean()) / sa.std() + 2 * (0.1 * x[:, 1].double() - sb.mean()) / sb.std()
+    torch.testing.assert_close(ens.score(x), expected)
+    z = ens.member_z_scores(val)
+    assert abs(float(z["a"].mean())) < 1e-9 and abs(float(z["a"].std()) - 1) < 1e-9
+    # the threshold flags the requested share of the fitting data
+    assert abs(float(ens.predict(val).double().mean()) - 0.05) < 0.01
+
+
+def test_ensemble_beats_members_that_see_different_evidence():
+    g = torch.Generator().manual_seed(1)
+    x_in = torch.randn(2000, 2, generator=g)
+    x_out = torch.randn(2000, 2, generator=g) + torch.tensor([1.5, 1.5])  # shifted in both coordinates
+    a, b = Coordinate(0), Coordinate(1)
+    ens = Ensemble({"a": a, "b": b}).fit(x_in[:1000])
+    auc = {name: evaluate(d.score(x_in[1000:]), d.score(x_out[:1000]))["auroc"]
+           for name, d in (("a", a), ("b", b), ("ens", ens))}
+    assert auc["ens"] > max(auc["a"], auc["b"]) + 0.02
+
+
+def test_ensemble_errors_and_uses():
+    with pytest.raises(ValueError):
+        Ensemble({})
+    with pytest.raises(TypeError):
+        Ensemble({"x": object()})
+    with pytest.raises(ValueError):
+        Ensemble({"a": Coordinate(0)}, weights={"c": 1.0})
+    with pytest.raises(RuntimeError):
+        Ensemble({"a": Coordinate(0)}).score(torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="same score"):
+        Ensemble({"a": Coordinate(0)}).fit(torch.zeros(5, 2))
+    mixed = Ensemble({"a": Coordinate(0), "r": MSEToMean()})
+    assert mixed.uses == "-"
+    mixed.members["r"].uses = "aux data"
+    assert Ensemble(mixed.members).uses == "aux data"
+
+
+class CountingExtractor(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+        self.w = torch.nn.Parameter(torch.randn(16, 5, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, x):
+        self.calls += len(x)
+        return x.float().flatten(1) @ self.w + 1.0
+
+
+def test_cached_features_looks_up_by_content_and_extracts_the_rest():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (10, 1, 4, 4), dtype=torch.uint8, generator=g)
+    stored = torch.randn(6, 5, generator=g)
+    ext = CountingExtractor()
+    feats = CachedFeatures(ext).add(images[:6], stored)
+    out = feats(images[[5, 0, 7, 7, 9]])
+    torch.testing.assert_close(out[:2], stored[[5, 0]])
+    direct = ext.w.detach()
+    new = images[[7, 9]].float().flatten(1) @ direct + 1.0
+    torch.testing.assert_close(out[2:], torch.nn.functional.normalize(new[[0, 0, 1]], dim=1))
+    assert ext.calls == 2 and len(feats) == 8      # 7 and 9 extracted once, then cached
+    feats(images[[7, 9]])
+    assert ext.calls == 2
+    with pytest.raises(KeyError):
+        CachedFeatures()(images)
+    with pytest.raises(ValueError):
+        CachedFeatures().add(images, stored)
+    # as a detector transform: images in, feature-space scores out
+    det = KNN(k=1, transform=feats).fit(images[:6])
+    torch.testing.assert_close(det.score(images[:2]), KNN(k=1).fit(stored).score(stored[:2]))
+
+
+def _fake_results(root, name, seed, auroc, extra):
+    d = root / name / f"seed{seed}"
+    d.mkdir(parents=True)
+    dets = {"likelihood": {"auroc": auroc, "aupr_in": 0.5, "aupr_out": 0.5, "fpr95": 0.9, "tnr95": 0.1}}
+    (d / "results.json").write_text(json.dumps({"detectors": dets, "uses": {"likelihood": "-"},
+                                                "config": {"seconds": 10.0 + seed}, "extra": extra}))
+
+
+def test_summarize_mean_and_sample_std_over_seeds(tmp_path):
+    for seed, auroc, rho in ((0, 0.10, 0.9), (1, 0.20, 0.7), (2, 0.30, 0.8)):
+        _fake_results(tmp_path, "exp", seed, auroc, {"spearman": {"total": rho}})
+    s = summarize("exp", str(tmp_path))
+    assert s["seeds"] == [0, 1, 2]
+    mean, std = s["detectors"]["likelihood"]["auroc"]
+    assert math.isclose(mean, 20.0) and math.isclose(std, 10.0)    # percent, ddof=1
+    assert np.allclose(s["extra"]["spearman"]["total"], (0.8, 0.1))
+    text = (tmp_path / "exp" / "summary.md").read_text()
+    assert "| likelihood | 20.0 ± 10.0 |" in text and text == summary_markdown(s)
+    assert (tmp_path / "exp" / "summary.png").stat().st_size > 1000
+    with pytest.raises(FileNotFoundError):
+        summarize("missing", str(tmp_path / "nothing"))
+
+
+def test_reproduce_smoke_end_to_end(tmp_path):
+    """Every experiment runs in its tiny configuration for two seeds and is summarised."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    names = list(EXPERIMENTS)
+    proc = subprocess.run([sys.executable, "-m", "detectors", "reproduce", *names, "--seeds", "0", "1", "--smoke",
+                           "--out", str(tmp_path), "--threads", "1"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in names:
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        assert summary["seeds"] == [0, 1]
+        for row in summary["detectors"].values():
+            assert len(row["auroc"]) == 2 and 0 <= row["auroc"][0] <= 100
+        assert (tmp_path / name / "seed1" / "results.json").exists()
+        assert (tmp_path / name / "summary.png").stat().st_size > 1000
+    glow = json.loads((tmp_path / "glow" / "summary.json").read_text())
+    for row in ("likelihood", "Diff", "Diff-dagger", "outlier loss: Diff", "margin loss: likelihood",
+                "penalised: approximate mass", "PNG complexity", "ensemble: PNG complexity + features PCA"):
+        assert row in glow["detectors"]
+    assert glow["detectors"]["outlier loss: Diff"]["uses"] == "aux data"
+    assert "in vs general Glow, total" in glow["extra"]["spearman"]
+    ovr = json.loads((tmp_path / "one-vs-rest" / "summary.json").read_text())
+    assert all(len(r["per_class_auroc"]) == 10 for r in ovr["detectors"].values())
+    # the models are shared between experiments of a seed and reused on a second run
+    proc2 = subprocess.run([sys.executable, "-m", "detectors", "reproduce", "architectures", "--seeds", "0",
+                            "--smoke", "--out", str(tmp_path), "--threads", "1"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert proc2.returncode == 0, proc2.stderr[-3000:]
+    assert "resumed from step 2" in proc2.stdout + proc2.stderr
+
+
+def test_unknown_experiment_is_refused():
+    from detectors.reproduce import reproduce, run_experiment
+
+    with pytest.raises(ValueError, match="unknown experiment"):
+        reproduce(["nope"], seeds=[0], out="/nonexistent")
+    with pytest.raises(ValueError, match="unknown experiment"):
+        run_experiment("nope", 0, "/nonexistent")
+
+
+def test_parse_overrides_types_and_errors():
+    from detectors.reproduce import ReproduceConfig, parse_overrides
+
+    o = parse_overrides(["steps_arch=250", "lr=1e-3"])
+    assert o == {"steps_arch": 250, "lr": 0.001} and isinstance(o["steps_arch"], int)
+    assert ReproduceConfig(**o).steps_arch == 250
+    for bad in (["nope=1"], ["steps"], ["seed=3"], ["steps=ten"]):
+        with pytest.raises(ValueError):
+            parse_overrides(bad)

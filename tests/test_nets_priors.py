@@ -418,3 +418,26 @@ def test_mixture_input_validation():
         ClassConditionalGaussianMixture(0, (2,))
     with pytest.raises(ValueError):
         ClassConditionalGaussianMixture(2, (2, 0))
+
+
+@pytest.mark.parametrize("kind,actnorm", [("glow", False), ("glow", True), ("resnet", False)])
+def test_cpu_channels_last_st_nets_match_nchw(kind, actnorm, monkeypatch):
+    """CPU st-nets run their convolutions in channels_last (faster oneDNN path); the result,
+    its gradients and the output layout must equal the NCHW computation."""
+    torch.manual_seed(0)
+    net = (nets.GlowNet(6, 8, hidden=16, actnorm=actnorm) if kind == "glow" else nets.ResNet(6, 8, hidden=16, blocks=2))
+    net = net.double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(3, 6, 5, 7, dtype=torch.float64, requires_grad=True)
+    results = {}
+    for flag in (False, True):
+        monkeypatch.setattr(nets, "CPU_CHANNELS_LAST", flag)
+        net.eval()
+        y = net(x)
+        assert y.is_contiguous()
+        (gx,) = torch.autograd.grad(y.square().sum(), x)
+        results[flag] = (y.detach(), gx)
+    torch.testing.assert_close(results[True][0], results[False][0])
+    torch.testing.assert_close(results[True][1], results[False][1])

@@ -85,9 +85,10 @@ PATH`` writes one record per impl.
 
 Layout experiments: inductor on CPU runs every mkldnn convolution of a compiled graph in
 channels_last (``torch._inductor.config.layout_optimization``, on by default; the NCHW <-> NHWC
-conversions land in its generated kernels), while the eager impls run NCHW.
-``--inductor-layout-opt off`` compiles with NCHW convolutions, ``--stnet-channels-last`` runs
-the eager impls' st-net in NHWC, so the two effects can be told apart.
+conversions land in its generated kernels).  The eager impls' st-nets follow
+``invflow.nets.CPU_CHANNELS_LAST`` (NHWC by default since this finding); ``--stnet-layout
+nchw`` turns it off and ``--inductor-layout-opt off`` compiles with NCHW convolutions, so the
+two effects can be told apart.
 
 On the 2-core VM, run with the allocator settings of ``make bench``
 (MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=68719476736): without them, glibc
@@ -156,19 +157,6 @@ COMPILED_RUNTIME = ("TorchDynamo Cache Lookup", "Torch-Compiled Region", "Pregra
 
 
 # --------------------------------------------------------------------------- the step
-class ChannelsLast(torch.nn.Module):
-    """--stnet-channels-last: runs an st-net in NHWC (weights converted once; its input is
-    converted on the way in and its output back to contiguous NCHW on the way out), which is
-    what inductor's layout optimisation does to the convolutions of a compiled graph on CPU."""
-
-    def __init__(self, net: torch.nn.Module):
-        super().__init__()
-        self.net = net.to(memory_format=torch.channels_last)
-
-    def forward(self, x):
-        return self.net(x.contiguous(memory_format=torch.channels_last)).contiguous()
-
-
 def build(impl: str, args):
     """(step function, layer) of one impl; the layer has make_layer's weights."""
     layer = make_layer("glow_step", "cpu", hidden=args.hidden)
@@ -181,8 +169,6 @@ def build(impl: str, args):
 
         loss_fn = torch.compile(nll, backend=args.compile_backend)
     else:
-        if args.stnet_channels_last:
-            layer[2].net = ChannelsLast(layer[2].net)
         _mark_stnet(layer[2].net)
 
         def loss_fn(x):
@@ -488,9 +474,9 @@ def main(argv=None) -> int:
     ap.add_argument("--inductor-layout-opt", choices=("default", "on", "off"), default="default",
                     help="torch._inductor.config.layout_optimization (default: inductor's, i.e. on: "
                          "on CPU it runs every mkldnn conv of the graph in channels_last)")
-    ap.add_argument("--stnet-channels-last", action="store_true",
-                    help="eager impls run the st-net in channels_last (NHWC), like inductor's "
-                         "layout optimisation")
+    ap.add_argument("--stnet-layout", choices=("nhwc", "nchw"), default="nhwc",
+                    help="eager impls' st-net convolutions: nhwc (invflow.nets.CPU_CHANNELS_LAST, the "
+                         "default) or nchw")
     ap.add_argument("--top", type=int, default=15, help="top ops listed per impl")
     ap.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS, metavar="IMPL",
                     help=f"subset of {', '.join(IMPLS)}")
@@ -505,6 +491,7 @@ def main(argv=None) -> int:
     args.compile_backend = args.compile_backend or ("aot_eager" if smoke else "inductor")
     if args.threads:
         torch.set_num_threads(args.threads)
+    invflow.nets.CPU_CHANNELS_LAST = args.stnet_layout == "nhwc"
     if args.compile_backend == "inductor":
         import torch._inductor.config as inductor_config
 
@@ -516,7 +503,7 @@ def main(argv=None) -> int:
     header = {"mode": mode, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "batch": args.batch, "shape": [args.batch, *SHAPE[1:]], "hidden": args.hidden,
               "steps": args.steps, "warmup": args.warmup, "compile_backend": args.compile_backend,
-              "inductor_layout_opt": _layout_opt(args), "stnet_channels_last": args.stnet_channels_last,
+              "inductor_layout_opt": _layout_opt(args), "stnet_layout": args.stnet_layout,
               "machine": machine("cpu"), "commit": commit_hash(),
               "fused_available": invflow.fused_available(),
               **allocator_settings()}
@@ -525,7 +512,7 @@ def main(argv=None) -> int:
           f"threads={header['threads']}, "
           f"torch {torch.__version__}, compile backend {args.compile_backend} "
           f"(layout optimisation: {header['inductor_layout_opt']}); eager st-net "
-          f"{'channels_last' if args.stnet_channels_last else 'NCHW'}")
+          f"{args.stnet_layout.upper()}")
     print(f"machine: {header['machine']}; commit {header['commit']}; "
           + ", ".join(f"{k}={v}" for k, v in allocator_settings().items()))
     if not invflow.fused_available():

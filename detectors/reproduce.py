@@ -501,7 +501,7 @@ def summarize(name: str, out: str) -> dict:
         row = {m: _mean_std([100 * p[m] for p in present]) for m in METRICS if m in present[0]}
         if "per_class_auroc" in present[0]:
             per = np.asarray([p["per_class_auroc"] for p in present]) * 100
-            row["per_class_auroc"] = [(float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0) for a in per.T]
+            row["per_class_auroc"] = [_mean_std(list(a)) for a in per.T]
         row["uses"] = runs[0][1].get("uses", {}).get(det, "-")
         rows[det] = row
     extra: dict = {}

@@ -27,8 +27,11 @@ import stat
 import tempfile
 from typing import Any, Dict, Union
 
-import safetensors
-import safetensors.torch
+try:
+    import safetensors
+    import safetensors.torch
+except ImportError:  # a torch-only machine (the GPU check): layers and models work, checkpoints need it
+    safetensors = None
 import torch
 from torch import nn
 
@@ -168,6 +171,7 @@ def _tensors_for_saving(state: Dict[str, Any]) -> Dict[str, torch.Tensor]:
 
 def _atomic_write(tensors: Dict[str, torch.Tensor], metadata: Dict[str, str], path: str) -> None:
     """safetensors-writes to a temporary sibling of ``path``, fsyncs, then replaces ``path``."""
+    _require_safetensors()
     directory = os.path.dirname(os.path.abspath(path))
     with tempfile.NamedTemporaryFile(
         delete=False, dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
@@ -266,6 +270,11 @@ def _device(map_location: Union[str, torch.device]) -> torch.device:
         ) from err
 
 
+def _require_safetensors() -> None:
+    if safetensors is None:
+        raise ImportError("invflow checkpoints need the safetensors package: pip install safetensors")
+
+
 def _refuse_non_safetensors(path: str) -> None:
     """ValueError unless the file starts like a safetensors file (8-byte header length, '{')."""
     with open(path, "rb") as fh:
@@ -286,6 +295,7 @@ def _refuse_non_safetensors(path: str) -> None:
 
 def _read(path: str):
     """(metadata, tensors on CPU) via safetensors; its parse errors become ValueError."""
+    _require_safetensors()
     try:
         with safetensors.safe_open(path, framework="pt", device="cpu") as f:
             metadata = f.metadata()

@@ -8,7 +8,9 @@
 
 Inputs are image batches either as raw ``uint8`` (preprocessed here without noise, seed 000
 S4.5 "noise-free evaluation") or as floats already preprocessed into [-0.5, 0.5]
-(``invflow.data.preprocess``), or feature / tabular vectors [B, D] for vector models.
+(``invflow.data.preprocess``), or feature / tabular vectors [B, D] for vector models, as
+tensors, numpy arrays, lists of PIL images, Datasets or DataLoaders (``detectors.inputs``);
+``det.decision_function(x)`` (PyOD) and ``det(x)`` are ``det.score(x)``.
 Non-finite log-likelihoods are set to ``LOG_LIKELIHOOD_FLOOR = -3e6`` before any
 difference is taken (seed 000 S4.5).
 """
@@ -21,6 +23,8 @@ from torch import nn
 from tqdm import tqdm
 
 from invflow.data import preprocess
+
+from ..inputs import accepts_any_input
 
 LOG_LIKELIHOOD_FLOOR = -3e6
 
@@ -95,6 +99,14 @@ class Detector:
     #: whether scoring needs gradients w.r.t. the input
     needs_grad = False
 
+    def __init_subclass__(cls, **kw):
+        """fit / calibrate / score / predict of every subclass take every input kind of
+        ``detectors.inputs`` (tensors, numpy, lists of PIL images, Datasets, DataLoaders)."""
+        super().__init_subclass__(**kw)
+        for name in ("fit", "calibrate", "score", "predict"):
+            if name in vars(cls):
+                setattr(cls, name, accepts_any_input(vars(cls)[name]))
+
     def __init__(self, batch_size: int = 256, progress: bool = False):
         if batch_size < 1:
             raise ValueError(f"{type(self).__name__}: batch_size must be >= 1, got {batch_size}")
@@ -104,6 +116,7 @@ class Detector:
         self.fpr: float | None = None
 
     # -- API -------------------------------------------------------------------------
+    @accepts_any_input
     def fit(self, x: torch.Tensor, fpr: float = 0.05) -> "Detector":
         """Fits the detector's own state on in-distribution ``x`` (if it has any) and
         calibrates the threshold on the same data.  Use ``calibrate`` to set the threshold
@@ -112,6 +125,7 @@ class Detector:
         self._fit(x)
         return self.calibrate(x, fpr)
 
+    @accepts_any_input
     def calibrate(self, x: torch.Tensor, fpr: float = 0.05) -> "Detector":
         """Sets the threshold so that a fraction ``fpr`` of in-distribution ``x`` scores above it."""
         if not 0.0 <= fpr < 1.0:
@@ -125,6 +139,7 @@ class Detector:
         self.fpr = fpr
         return self
 
+    @accepts_any_input
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """Anomaly scores, float64 [B] on the CPU; higher = more anomalous."""
         self._check_batch(x, "score")
@@ -147,12 +162,21 @@ class Detector:
             raise RuntimeError(f"{self.name}: produced {out.shape[0]} scores for {n} inputs")
         return out
 
+    @accepts_any_input
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """True where ``x`` is flagged anomalous (score above the calibrated threshold)."""
         if self.threshold is None:
             raise RuntimeError(f"{type(self).__name__}.predict: no threshold yet; call fit(x_in) or "
                                f"calibrate(x_val_in, fpr=...) first")
         return self.score(x) > self.threshold
+
+    def decision_function(self, x) -> torch.Tensor:
+        """PyOD's name for :meth:`score` (higher = more anomalous)."""
+        return self.score(x)
+
+    def __call__(self, x) -> torch.Tensor:
+        """``det(x)`` is ``det.score(x)``."""
+        return self.score(x)
 
     @property
     def name(self) -> str:

@@ -10,7 +10,8 @@
             return cls(**config)
 
     invflow.checkpoint.save(model, "model.safetensors")
-    model = invflow.checkpoint.load("model.safetensors").eval()
+    model = invflow.checkpoint.load("model.safetensors")       # eval mode
+    model = invflow.checkpoint.load("runs/glow")               # a run directory: its latest model
 
 A checkpoint is ONE safetensors file holding ``model.state_dict()`` (parameters and
 persistent buffers) with the metadata ``{"format": "invflow", "version": "1",
@@ -37,7 +38,7 @@ from torch import nn
 
 from ._io import atomic_write  # noqa: F401  (re-exported: reports write atomically too)
 
-__all__ = ["register", "save", "load", "model_from_config", "atomic_write"]
+__all__ = ["register", "save", "load", "load_run", "resolve", "model_from_config", "atomic_write"]
 
 FORMAT = "invflow"
 VERSION = "1"
@@ -243,7 +244,12 @@ def load(path: PathLike, map_location: Union[str, torch.device] = "cpu", strict:
     Only the safetensors header and raw tensor bytes are read; nothing is unpickled. The model
     is rebuilt with ``cls.from_config(config)`` for the registered class named in the file, its
     tensors take the checkpoint's dtypes (a float64 model loads as float64), and it is returned
-    in training mode, like a freshly built module: call ``.eval()`` for inference.
+    in eval mode, ready for inference (call ``.train()`` to train it further).
+
+    ``path`` may also be a directory: a training run directory (``invflow.train.Trainer``'s
+    ``out_dir``; its latest checkpoint is loaded) or one checkpoint directory holding
+    ``model.safetensors`` (see :func:`resolve`). Loading only reads: nothing is trained,
+    resumed or written.
 
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for anything that is not
     an invflow safetensors checkpoint (pickled / ``torch.save`` files are refused for safety),
@@ -251,14 +257,58 @@ def load(path: PathLike, map_location: Union[str, torch.device] = "cpu", strict:
     match the model's.
     """
     device = _device(map_location)
-    path = os.fspath(path)
+    path = resolve(path)
     _refuse_non_safetensors(path)
     metadata, tensors = _read(path)
     cls, config = _parse_metadata(metadata, path)
     model = _build(cls, config)
     _adopt_dtypes(model, tensors)
     _load_state(model, tensors, strict, cls.__name__)
-    return model.to(device)
+    return model.to(device).eval()
+
+
+MODEL_FILE = "model.safetensors"
+
+
+def resolve(path: PathLike) -> str:
+    """The checkpoint file that ``path`` names, without writing anything.
+
+    * a file: itself;
+    * a checkpoint directory (``step-NNNNNNN/`` of a run): its ``model.safetensors``;
+    * a training run directory (``Trainer(out_dir=...)``): the ``model.safetensors`` of the
+      checkpoint its ``latest`` file names.
+
+    Raises ``FileNotFoundError`` naming what was expected when none of these exists.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file or directory; expected an invflow checkpoint "
+                                f"(.safetensors) or a training run directory")
+    if not os.path.isdir(path):
+        return path
+    latest = os.path.join(path, "latest")
+    if os.path.isfile(latest):
+        with open(latest) as fh:
+            name = fh.read().strip()
+        model = os.path.join(path, name, MODEL_FILE)
+        if not name or not os.path.isfile(model):
+            raise FileNotFoundError(f"{latest} names checkpoint {name!r}, but {model} does not exist; "
+                                    f"the run directory is incomplete (pass a step-* directory or file)")
+        return model
+    model = os.path.join(path, MODEL_FILE)
+    if os.path.isfile(model):
+        return model
+    steps = sorted(d for d in os.listdir(path) if d.startswith("step-")
+                   and os.path.isfile(os.path.join(path, d, MODEL_FILE)))
+    hint = f" (found {steps[-1]}/{MODEL_FILE}: pass that)" if steps else ""
+    raise FileNotFoundError(f"{path} is a directory without a 'latest' file or {MODEL_FILE}; expected a "
+                            f"training run directory or a checkpoint directory{hint}")
+
+
+def load_run(run_dir: PathLike, map_location: Union[str, torch.device] = "cpu") -> nn.Module:
+    """The latest model of a training run directory, in eval mode; read-only (unlike
+    ``Trainer.fit(resume=True)`` it opens no log and never trains). Same as :func:`load`."""
+    return load(run_dir, map_location=map_location)
 
 
 def _device(map_location: Union[str, torch.device]) -> torch.device:

@@ -97,7 +97,7 @@ def test_round_trip_restores_state_outputs_and_config(tmp_path, dtype):
     assert loaded.linear.weight.dtype == dtype
     x = torch.randn(5, 4, dtype=dtype)
     assert torch.equal(loaded(x), model(x))
-    assert loaded.training, "load returns a module in training mode, like a fresh one"
+    assert not loaded.training, "load returns a module in eval mode, ready for inference"
 
 
 def test_file_is_one_safetensors_file_with_invflow_metadata(tmp_path):

@@ -604,3 +604,9 @@ def load_named(spec: str, n: int | None = None, seed: int = 0) -> torch.Tensor:
     if n is not None and n < len(x):
         x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]]
     return x
+
+
+# Own data as users have it (flat or nested folders of any-size files, named-source
+# resolution, unreadable files reported by name): detectors.folders, re-exported here.
+from .folders import IMAGE_EXTENSIONS as FOLDER_IMAGE_EXTENSIONS  # noqa: E402
+from .folders import ImageFolder, ImagePolicy, Source, UnreadableImagesWarning, load_source  # noqa: E402,F401

@@ -1,6 +1,8 @@
 """Feature-space baselines of seed 002 Sec. 5.1 (on e.g. normalised EfficientNet / MOCO
 features, ``detectors.features``), all with scikit-learn.  Inputs are vectors [B, D]; with a
-``transform`` (e.g. a feature extractor) raw inputs are mapped first.  HIGHER = MORE ANOMALOUS.
+``transform`` (e.g. a feature extractor) raw inputs are mapped first; images given without
+one go through EfficientNet-Lite0 at ``feature_size`` (``detectors.imagefeatures``).
+HIGHER = MORE ANOMALOUS.
 
 * ``MSEToMean``: ||f - mean_in||^2, the squared distance to the mean of the in-distribution
   features (a unit Gaussian around the mean).
@@ -37,19 +39,30 @@ def _vectors(x: torch.Tensor, transform: Callable | None) -> np.ndarray:
 
 
 class _FeatureDetector(Detector):
-    def __init__(self, transform: Callable | None = None, **kw):
+    """Images [B, C, H, W] given without a ``transform`` go through EfficientNet-Lite0 at
+    ``feature_size`` (``detectors.imagefeatures``, unit-norm features) first."""
+
+    def __init__(self, transform: Callable | None = None, feature_size: int = 96, **kw):
         super().__init__(**kw)
         self.transform = transform
+        self.feature_size = int(feature_size)
         self._fitted = False
 
+    def _vectors(self, x) -> np.ndarray:
+        if self.transform is None and isinstance(x, torch.Tensor) and x.dim() == 4:
+            from ..imagefeatures import image_features
+
+            return _vectors(image_features(x, self.feature_size, progress=self.progress), None)
+        return _vectors(x, self.transform)
+
     def _fit(self, x):
-        self._fit_features(_vectors(x, self.transform))
+        self._fit_features(self._vectors(x))
         self._fitted = True
 
     def _score_batch(self, x):
         if not self._fitted:
             raise RuntimeError(f"{self.name}.score: call fit(x_in) first")
-        return torch.from_numpy(np.asarray(self._score_features(_vectors(x, self.transform)), dtype=np.float64))
+        return torch.from_numpy(np.asarray(self._score_features(self._vectors(x)), dtype=np.float64))
 
     def _fit_features(self, f: np.ndarray) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -76,7 +89,7 @@ class MSERatio(_FeatureDetector):
 
     def __init__(self, aux: torch.Tensor, transform: Callable | None = None, **kw):
         super().__init__(transform=transform, **kw)
-        self.aux_mean_ = _vectors(aux, transform).mean(0)
+        self.aux_mean_ = self._vectors(aux).mean(0)
 
     def _fit_features(self, f):
         self.mean_ = f.mean(0)

@@ -7,6 +7,12 @@
     det.predict(x)                  # bool [B]
     detectors.metrics.evaluate(s_in, s_out)   # {"auroc", "aupr_in", "aupr_out", "fpr95", "tnr95"}
 
+    bundle = detectors.load("runs/det")   # written by: python -m detectors fit --data TRAIN --out runs/det
+    bundle.score(images); bundle.predict(images)   # {detector name: [B]}
+
+Detectors take tensors, numpy arrays, lists of PIL images, Datasets and DataLoaders
+(``detectors.inputs``); ``det.decision_function(x)`` and ``det(x)`` are ``det.score(x)``.
+
 Scores (``detectors.scores``), training objectives (``detectors.objectives``; classifier
 training in ``detectors.classifier_objectives``), baseline models (``detectors.models``:
 PixelCNN++ and a ResNet classifier), offline
@@ -14,7 +20,8 @@ datasets, features, analyses and reports; ``python -m detectors demo`` runs them
 Fashion-MNIST vs MNIST.  Built only on invflow's public API.
 """
 
-from . import classifier_objectives, datasets, metrics, models, objectives, scores
+from . import classifier_objectives, datasets, inputs, metrics, models, objectives, scores
+from .bundle import Bundle, fit_bundle, load
 from .metrics import evaluate
 from .models import PixelCNNpp, ResNetClassifier
 from .scores import (KDE, KNN, PCA, ApproximateMass, BinaryClassifierScore, BitsPerDim, ContrastiveFlow, Detector,
@@ -22,6 +29,7 @@ from .scores import (KDE, KNN, PCA, ApproximateMass, BinaryClassifierScore, Bits
                      MaxSoftmax, MSERatio, MSEToMean, ScaleContribution, ScaleRatio, Typicality)
 
 __all__ = [
+    "load", "Bundle", "fit_bundle", "inputs",
     "datasets", "metrics", "models", "objectives", "classifier_objectives", "scores", "evaluate",
     "PixelCNNpp", "ResNetClassifier", "MaxSoftmax", "Energy", "Mahalanobis", "BinaryClassifierScore", "Ensemble",
     "Detector", "Likelihood", "BitsPerDim", "LikelihoodRatio", "ScaleContribution", "LastScale", "ScaleRatio",

@@ -1,4 +1,6 @@
-"""Command line of detectors: ``python -m detectors demo [--out DIR]`` and
+"""Command line of detectors: ``python -m detectors fit --data TRAIN --out DET`` and
+``python -m detectors score DET --data TEST [--ood OOD] --out REPORT`` (your own images),
+``python -m detectors demo [--out DIR]`` and
 ``python -m detectors train --out DIR [...]``, ``python -m detectors evaluate --in-model CKPT --out DIR``,
 ``python -m detectors reproduce glow architectures ... --seeds 0 1 2`` (``torchrun --nproc_per_node N -m detectors train``
 for several processes)."""
@@ -32,9 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--resume", action="store_true")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--memory-free", action="store_true")
+    from .cli_fit import add_parser as add_fit
+    from .cli_score import add_parser as add_score
+
+    add_fit(sub)
+    add_score(sub)
     ev = sub.add_parser("evaluate", help="score in-distribution vs OOD data with trained flows; write a report")
-    ev.add_argument("--in-model", required=True, help="checkpoint of the in-distribution flow (invflow.save)")
-    ev.add_argument("--general-model", help="checkpoint of a general-distribution flow (adds Diff rows)")
+    ev.add_argument("--in-model", required=True, help="the in-distribution flow: a checkpoint file (invflow.save) "
+                    "or a training run directory (its latest checkpoint)")
+    ev.add_argument("--general-model", help="a general-distribution flow, file or run directory (adds Diff rows)")
     ev.add_argument("--in-data", default="fashion-mnist-test", help="fashion-mnist[-train|-test], mnist, patches, .npz")
     ev.add_argument("--ood-data", default="mnist")
     ev.add_argument("--n", type=int, default=None, help="score a seeded random subset of this size")
@@ -50,6 +58,20 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a field of detectors.reproduce.ReproduceConfig, e.g. --set steps_arch=250")
     args = parser.parse_args(argv)
+    from .cli_common import run_guarded
+
+    return run_guarded(f"{parser.prog} {args.command}", _dispatch, args, argv)
+
+
+def _dispatch(args, argv) -> None:
+    if args.command == "fit":
+        from .cli_fit import run_fit
+
+        run_fit(args, argv)
+    if args.command == "score":
+        from .cli_score import run_score
+
+        run_score(args)
     if args.command == "evaluate":
         from .cli_evaluate import run_evaluate
 
@@ -57,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         from .cli_train import run_train
 
-        run_train(args)
+        summary = run_train(args)
+        _say_model_file(args.out, summary)
     if args.command == "reproduce":
         import torch
 
@@ -72,7 +95,21 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import run
 
         run(out=args.out, smoke=args.smoke, seed=args.seed, features=not args.no_features)
-    return 0
+
+
+def _say_model_file(out: str, summary) -> None:
+    """The trainer's last line: the model file it wrote (rank 0 only)."""
+    import os
+
+    from invflow.checkpoint import resolve
+
+    if os.environ.get("RANK", "0") != "0":
+        return
+    try:
+        path = resolve(out)
+    except FileNotFoundError:
+        return
+    print(f"model: {path}  (python -m detectors evaluate --in-model {out} ... uses the latest)")
 
 
 if __name__ == "__main__":

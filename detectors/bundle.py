@@ -1,0 +1,501 @@
+"""Detector bundles: everything a fitted set of detectors needs, in one directory
+(safetensors + JSON, no pickle), written by ``python -m detectors fit`` / :func:`fit_bundle`
+and read by ``detectors.load(DET)`` / ``python -m detectors score``.
+
+    bundle = detectors.load("runs/det")      # read-only: never trains or writes
+    bundle.score(images)                     # {detector name: float64 [B]}, higher = more anomalous
+    bundle.predict(images)                   # {detector name: bool [B]} at the calibrated thresholds
+    bundle["knn"]                            # the fitted detectors.KNN itself
+
+``images`` are anything ``detectors.inputs`` takes (tensors, numpy, lists of PIL images of
+any sizes, Datasets, DataLoaders) or a path / named set (``detectors.folders.load_source``);
+they are resized and converted by the bundle's :class:`~detectors.folders.ImagePolicy`,
+the same at fit and score time.
+
+Layout of ``DET/``:
+
+* ``bundle.json``: format, versions, the command, the preprocessing policy, the model
+  configurations, and per detector its class, parameters, threshold, fpr and fitted scalars
+  (typicality's entropy); written last, so its presence means a complete bundle;
+* ``state.safetensors``: fitted arrays (the unit-norm EfficientNet-Lite0 features of the fit
+  part of TRAIN, from which the scikit-learn state of the feature detectors is refit in
+  well under a second on load);
+* ``models/flow/`` (and ``models/general/`` for ``diff``): ``invflow.train.Trainer`` run
+  directories (checkpoints ``step-*/model.safetensors`` + ``latest``); an interrupted fit
+  resumes from them;
+* ``fit.json``: the settings of the fit in progress (checked when a fit is re-run);
+  ``features.safetensors``: cached features of TRAIN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import sys
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from .folders import ImagePolicy, Source, load_source
+from .inputs import _is_dataloader, _is_dataset, _split_item, as_batch, pil_to_tensor
+
+BUNDLE_FILE, STATE_FILE, FIT_FILE, FEATURES_FILE = "bundle.json", "state.safetensors", "fit.json", "features.safetensors"
+FORMAT, VERSION = "detectors-bundle", 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """A detector the bundle can fit: what it needs ("flow", "flow+general", "features"),
+    its class, its constructor parameters, what it uses beyond unlabelled in-distribution
+    data, and its source."""
+
+    needs: str
+    cls: str
+    params: dict
+    uses: str
+    source: str
+
+
+CATALOGUE: dict[str, Spec] = {
+    "likelihood": Spec("flow", "Likelihood", {}, "-", "raw -log p(x) (the baseline that fails on simpler OOD data)"),
+    "bpd": Spec("flow", "BitsPerDim", {}, "-", "bits per dimension"),
+    "last-scale": Spec("flow", "LastScale", {}, "-",
+                       "Schirrmeister et al. 2020, Eq. 3: -c_L(x), the last scale's contribution"),
+    "typicality": Spec("flow", "Typicality", {"batch_size": 1}, "-",
+                       "Nalisnick et al. 2019: |-log p(x) - H| (one input per test)"),
+    "png": Spec("flow", "InputComplexity", {}, "-", "Serra et al. 2020: model bits - PNG bits"),
+    "mass": Spec("flow", "ApproximateMass", {}, "-", "Chali et al. 2023, Eq. 1: ||d log p(x) / dx||"),
+    "diff": Spec("flow+general", "LikelihoodRatio", {}, "aux data",
+                 "Schirrmeister et al. 2020, Eq. 1: -(log p_in - log p_general), general = natural photo patches"),
+    "mse": Spec("features", "MSEToMean", {}, "-", "Schmier et al. 2023 baseline: ||f - mean||^2 on EfficientNet features"),
+    "knn": Spec("features", "KNN", {"k": 5}, "-", "k-th nearest-neighbour distance on EfficientNet features"),
+    "kde": Spec("features", "KDE", {}, "-", "-log Gaussian KDE on EfficientNet features"),
+    "pca": Spec("features", "PCA", {"n_components": 0.9}, "-", "PCA reconstruction error on EfficientNet features"),
+}
+DEFAULT_DETECTORS = ("last-scale", "png", "knn")
+
+
+@dataclasses.dataclass
+class FitConfig:
+    """Settings of :func:`fit_bundle` (the CLI's ``fit`` options)."""
+
+    detectors: tuple = DEFAULT_DETECTORS
+    steps: int = 300            # optimisation steps per flow (a few minutes on 2 CPU cores at 32x32)
+    batch_size: int = 32
+    lr: float = 1e-3
+    levels: int = 2             # Glow scales; the image size must be a multiple of 2**levels
+    depth: int = 4              # Glow steps per scale
+    hidden: int = 32            # st-net channels (512 in Kingma & Dhariwal: impractical on a CPU)
+    size: int | None = None     # image side; default from the data (most common size, capped at max_size)
+    max_size: int = 32
+    channels: int | None = None  # 1 grey / 3 RGB; default from the data
+    holdout: float = 0.2        # share of TRAIN held out to calibrate the thresholds
+    fpr: float = 0.05           # share of held-out in-distribution images flagged
+    feature_size: int = 96      # EfficientNet-Lite0 input side for the feature detectors
+    seed: int = 0
+    progress: bool = True
+
+    def check(self) -> None:
+        unknown = [d for d in self.detectors if d not in CATALOGUE]
+        if unknown or not self.detectors:
+            raise ValueError(f"detectors: unknown {unknown}; choose from {', '.join(CATALOGUE)}")
+        for name in ("steps", "batch_size", "levels", "depth", "hidden", "max_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        if self.size is not None and (not isinstance(self.size, int) or self.size < 2 ** self.levels
+                                      or self.size % 2 ** self.levels):
+            raise ValueError(f"size must be a positive multiple of {2 ** self.levels} (2**levels), got {self.size!r}")
+        if self.channels not in (None, 1, 3):
+            raise ValueError(f"channels must be 1 (grey), 3 (RGB) or None (from the data), got {self.channels!r}")
+        if not 0.0 < self.holdout < 1.0:
+            raise ValueError(f"holdout must be in (0, 1), got {self.holdout!r}")
+        if not 0.0 < self.fpr < 1.0:
+            raise ValueError(f"fpr must be in (0, 1), got {self.fpr!r}")
+        if not np.isfinite(self.lr) or self.lr <= 0:
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not isinstance(self.feature_size, int) or self.feature_size < 32:
+            raise ValueError(f"feature_size must be an int >= 32, got {self.feature_size!r}")
+
+
+# ------------------------------------------------------------------------- building
+def _build(name: str, spec: Spec, models: dict, feature_size: int, progress: bool, params: dict | None = None):
+    from . import scores
+
+    cls = getattr(scores, spec.cls)
+    kw = dict(spec.params if params is None else params)
+    if spec.needs == "features":
+        return cls(feature_size=feature_size, progress=progress, **kw)
+    if spec.needs == "flow+general":
+        return cls(models["flow"], models["general"], progress=progress, **kw)
+    return cls(models["flow"], progress=progress, **kw)
+
+
+def _versions() -> dict:
+    import PIL
+    import sklearn
+
+    import invflow
+
+    return {"invflow": invflow.__version__, "torch": torch.__version__, "numpy": np.__version__,
+            "scikit-learn": sklearn.__version__, "pillow": PIL.__version__, "python": platform.python_version()}
+
+
+def _write_json(path: str, obj) -> None:
+    from invflow.checkpoint import atomic_write
+
+    atomic_write(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def _write_tensors(path: str, tensors: dict, metadata: dict | None = None) -> None:
+    from safetensors.torch import save
+
+    from invflow.checkpoint import atomic_write
+
+    atomic_write(path, save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
+
+
+def _read_tensors(path: str) -> tuple[dict, dict]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e}); re-run the fit") from None
+
+
+# ------------------------------------------------------------------------- the bundle
+class Bundle(Mapping):
+    """Fitted detectors sharing one preprocessing policy; a Mapping name -> Detector."""
+
+    def __init__(self, detectors: dict, policy: ImagePolicy, config: dict | None = None,
+                 feature_size: int = 96, path: str | None = None):
+        self.detectors, self.policy, self.config = dict(detectors), policy, dict(config or {})
+        self.feature_size, self.path = feature_size, path
+
+    # Mapping
+    def __getitem__(self, name):
+        return self.detectors[name]
+
+    def __iter__(self):
+        return iter(self.detectors)
+
+    def __len__(self) -> int:
+        return len(self.detectors)
+
+    def __repr__(self) -> str:
+        dets = ", ".join(f"{n}: {d!r}" for n, d in self.detectors.items())
+        return f"Bundle({self.path or ''} {self.policy.size}x{self.policy.size}x{self.policy.channels}; {dets})"
+
+    @property
+    def thresholds(self) -> dict:
+        return {n: d.threshold for n, d in self.detectors.items()}
+
+    @property
+    def uses(self) -> dict:
+        return {n: d.uses for n, d in self.detectors.items()}
+
+    def prepare(self, x, progress: bool = False) -> torch.Tensor:
+        """Any accepted input (or a path / named set) -> uint8 [N, C, S, S] by the bundle's policy."""
+        return prepare(x, self.policy, progress)
+
+    def score(self, x, progress: bool | None = None) -> dict:
+        """{name: float64 [N]} anomaly scores (higher = more anomalous) of every detector."""
+        images = self.prepare(x, progress=bool(progress))
+        feats, out = None, {}
+        for name, det in self.detectors.items():
+            if progress is not None:
+                det.progress = progress
+            if CATALOGUE.get(name, Spec("", "", {}, "", "")).needs == "features":
+                if feats is None:
+                    from .imagefeatures import image_features
+
+                    feats = image_features(images, self.feature_size, progress=det.progress)
+                out[name] = det.score(feats)
+            else:
+                out[name] = det.score(images)
+        return out
+
+    def decision_function(self, x) -> dict:
+        return self.score(x)
+
+    __call__ = score
+
+    def predict(self, x, progress: bool | None = None) -> dict:
+        """{name: bool [N]}: True where the score is above the detector's calibrated threshold."""
+        return {n: s > self.detectors[n].threshold for n, s in self.score(x, progress).items()}
+
+
+def prepare(x, policy: ImagePolicy, progress: bool = False) -> torch.Tensor:
+    """``x`` -> uint8 [N, C, S, S] by ``policy``: paths / named sets are read with
+    ``load_source`` (unreadable files reported), lists and Datasets item by item (any sizes),
+    tensors and DataLoaders as batches; preprocessed floats are mapped back to uint8 first
+    (``invflow.data.to_images``)."""
+    from invflow.data import to_images
+
+    if isinstance(x, Source):
+        return policy.apply(x.images, progress)
+    if isinstance(x, (str, bytes)) or hasattr(x, "__fspath__"):
+        return policy.apply(load_source(x, progress=progress).images, progress)
+    if (isinstance(x, (list, tuple)) or _is_dataset(x)) and not _is_dataloader(x) and not isinstance(x, torch.Tensor):
+        items = []
+        for i in range(len(x)):
+            im, _ = _split_item(x[i])
+            if isinstance(im, np.ndarray):
+                im = as_batch(im[None], "images")[0]
+            if isinstance(im, torch.Tensor) and im.is_floating_point():
+                im = to_images(im[None])[0]
+            items.append(im if not hasattr(im, "mode") else im)
+        if not items:
+            raise ValueError("no images to score")
+        return policy.apply(items, progress)
+    batch = as_batch(x, "images", progress)
+    if batch.is_floating_point():
+        batch = to_images(batch)
+    if batch.dtype != torch.uint8 or batch.dim() != 4:
+        raise TypeError(f"expected images (uint8 [N, C, H, W] or floats in [-0.5, 0.5]), got {batch.dtype} "
+                        f"{list(batch.shape)}")
+    return policy.apply(batch, progress)
+
+
+def load(path, progress: bool = False) -> Bundle:
+    """The detector bundle in directory ``path`` (written by ``python -m detectors fit``),
+    read-only: models in eval mode, thresholds and fitted state restored, nothing trained or
+    written.  ``FileNotFoundError`` / ``ValueError`` say what is missing or malformed."""
+    from invflow.checkpoint import load as load_model
+
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such detector bundle (a directory written by "
+                                f"python -m detectors fit --data TRAIN --out {path})")
+    meta_path = os.path.join(path, BUNDLE_FILE)
+    if not os.path.isfile(meta_path):
+        hint = ("the fit did not finish: re-run the same fit command to resume"
+                if os.path.isfile(os.path.join(path, FIT_FILE)) else
+                f"fit one with python -m detectors fit --data TRAIN --out {path}")
+        raise ValueError(f"{path} is not a detector bundle (no {BUNDLE_FILE}); {hint}")
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except ValueError as e:
+        raise ValueError(f"{meta_path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise ValueError(f"{meta_path}: not a {FORMAT} version {VERSION} file")
+    models = {role: load_model(os.path.join(path, rel)) for role, rel in meta.get("models", {}).items()}
+    tensors = _read_tensors(os.path.join(path, STATE_FILE))[0] if os.path.isfile(os.path.join(path, STATE_FILE)) \
+        else {}
+    feature_size = int(meta.get("feature_size", 96))
+    dets = {}
+    for entry in meta["detectors"]:
+        name = entry["name"]
+        spec = CATALOGUE.get(name)
+        if spec is None or spec.cls != entry["class"]:
+            raise ValueError(f"{meta_path}: unknown detector {name!r} ({entry.get('class')})")
+        det = _build(name, spec, models, feature_size, progress, entry.get("params"))
+        _restore(det, spec, entry.get("state", {}), tensors, meta_path)
+        det.threshold, det.fpr = float(entry["threshold"]), float(entry["fpr"])
+        dets[name] = det
+    return Bundle(dets, ImagePolicy.from_json(meta["preprocessing"]), meta, feature_size, path)
+
+
+def _state(det, spec: Spec) -> dict:
+    """The JSON part of a fitted detector's state."""
+    if spec.cls == "Typicality":
+        return {"entropy": det.entropy}
+    if spec.needs == "features":
+        return {"features": "features.fit", "feature_size": det.feature_size}
+    return {}
+
+
+def _restore(det, spec: Spec, state: dict, tensors: dict, where: str) -> None:
+    if spec.cls == "Typicality":
+        det.entropy = float(state["entropy"])
+    elif spec.needs == "features":
+        key = state.get("features", "features.fit")
+        if key not in tensors:
+            raise ValueError(f"{where}: detector {spec.cls} needs {key!r} in {STATE_FILE}, which lacks it")
+        det._fit_features(tensors[key].double().numpy())
+        det._fitted = True
+
+
+# ------------------------------------------------------------------------- fitting
+def _split(n: int, holdout: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fit indices, calibration indices): a seeded permutation, ``holdout`` of it held out."""
+    n_cal = max(1, int(round(holdout * n)))
+    if n - n_cal < 2:
+        raise ValueError(f"{n} images: too few to fit and hold out {holdout:.0%} for calibration "
+                         "(need at least 3; 100+ recommended)")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[n_cal:].sort().values, perm[:n_cal].sort().values
+
+
+def _glow(policy: ImagePolicy, cfg: FitConfig):
+    import invflow
+
+    return invflow.Glow(policy.channels, policy.size, levels=cfg.levels, steps=cfg.depth, hidden=cfg.hidden)
+
+
+def _train_flow(run_dir: str, images: torch.Tensor, policy: ImagePolicy, cfg: FitConfig, say) -> torch.nn.Module:
+    """Trains (or resumes, or reuses) a Glow in the Trainer run directory ``run_dir``; returns it
+    read back from its latest checkpoint, in eval mode."""
+    import invflow
+    from invflow.train import Trainer
+
+    torch.manual_seed(cfg.seed)
+    model = _glow(policy, cfg)
+    resume = os.path.isfile(os.path.join(run_dir, "latest"))
+    trainer = Trainer(model, images, out_dir=run_dir, steps=cfg.steps, batch_size=min(cfg.batch_size, len(images)),
+                      lr=cfg.lr, warmup=max(1, min(100, cfg.steps // 5)), seed=cfg.seed,
+                      checkpoint_every=max(10, cfg.steps // 10), progress=cfg.progress, log_every=10)
+    if resume and trainer.load_latest() and trainer.step >= cfg.steps:
+        say(f"{run_dir}: reusing the trained model (step {trainer.step})")
+    else:
+        say(f"training a Glow ({sum(p.numel() for p in model.parameters()):,} parameters, "
+            f"{policy.channels}x{policy.size}x{policy.size}) on {len(images)} images for {cfg.steps} steps"
+            + (f", resuming at step {trainer.step}" if resume else ""))
+        trainer.step = 0  # fit(resume=True) reloads the checkpoint itself
+        trainer.fit(resume=resume)
+    return invflow.checkpoint.load(run_dir)
+
+
+def _cached_features(out: str, images: torch.Tensor, cfg: FitConfig) -> torch.Tensor:
+    """EfficientNet-Lite0 features of ``images``, cached in ``out/features.safetensors``
+    (keyed by the images' digest and the input size) so a re-run fit skips the extraction."""
+    import hashlib
+
+    from .imagefeatures import image_features
+
+    digest = hashlib.sha1(images.numpy().tobytes()).hexdigest()
+    path = os.path.join(out, FEATURES_FILE)
+    if os.path.isfile(path):
+        tensors, meta = _read_tensors(path)
+        if meta.get("digest") == digest and meta.get("feature_size") == str(cfg.feature_size):
+            return tensors["features"]
+    feats = image_features(images, cfg.feature_size, progress=cfg.progress)
+    _write_tensors(path, {"features": feats}, {"digest": digest, "feature_size": str(cfg.feature_size)})
+    return feats
+
+
+def _check_out(out: str, settings: dict) -> None:
+    """Refuses an output directory that holds something else or a fit with other settings."""
+    if not os.path.exists(out):
+        return
+    if not os.path.isdir(out):
+        raise ValueError(f"--out {out} is a file; expected a directory for the detector bundle")
+    fit_path = os.path.join(out, FIT_FILE)
+    if not os.path.isfile(fit_path):
+        if os.listdir(out):
+            raise ValueError(f"--out {out} exists and is not a detector bundle; choose a new directory")
+        return
+    with open(fit_path) as f:
+        old = json.load(f)
+    changed = [k for k in ("data", "n_images", "preprocessing", "model", "holdout", "seed")
+               if old.get(k) != settings.get(k)]
+    if changed:
+        diffs = ", ".join(f"{k}: {old.get(k)} -> {settings.get(k)}" for k in changed)
+        raise ValueError(f"--out {out} holds a fit with other settings ({diffs}); resume with the same "
+                         "settings or choose a new directory")
+
+
+def fit_bundle(data, out: str, config: FitConfig | None = None, command: str | None = None, say=print) -> Bundle:
+    """Fits the detectors of ``config`` on ``data`` (a path / named set, a ``Source``, or any
+    input kind with images) and writes the bundle directory ``out``; see the module docstring.
+
+    TRAIN is split (seeded) into a fit part and a held-out part of ``config.holdout``: flows
+    train and fitted state is estimated on the fit part, every threshold is set on the
+    held-out part so that a fraction ``config.fpr`` of it is flagged.  Re-running resumes:
+    trained flows and extracted features are reused.
+    """
+    cfg = config or FitConfig()
+    cfg.check()
+    out = os.fspath(out)
+    src = data if isinstance(data, Source) else (
+        load_source(data, progress=cfg.progress) if isinstance(data, (str, os.PathLike)) else None)
+    if src is not None:
+        if src.skipped:
+            from .folders import describe_skipped
+
+            say(describe_skipped(src.skipped))
+        raw, name = src.images, src.name
+    else:
+        raw, name = data, type(data).__name__
+    if isinstance(raw, (list, tuple)):
+        images_for_policy = raw
+    else:
+        raw = as_batch(raw, "data", cfg.progress)
+        if raw.is_floating_point():
+            from invflow.data import to_images
+
+            raw = to_images(raw)
+        images_for_policy = raw
+    policy = ImagePolicy.from_images(images_for_policy, cfg.size, cfg.channels, multiple=2 ** cfg.levels,
+                                     max_size=cfg.max_size)
+    say(f"{name}: {len(raw)} images -> {policy.channels}x{policy.size}x{policy.size} "
+        f"({'grey' if policy.channels == 1 else 'RGB'}; resize the shorter side and centre-crop)")
+    model_cfg = {"class": "Glow", "levels": cfg.levels, "depth": cfg.depth, "hidden": cfg.hidden}
+    settings = {"data": str(name), "n_images": len(raw), "preprocessing": policy.to_json(), "model": model_cfg,
+                "holdout": cfg.holdout, "seed": cfg.seed}
+    _check_out(out, settings)
+    os.makedirs(out, exist_ok=True)
+    _write_json(os.path.join(out, FIT_FILE), {**settings, "command": command, "config": dataclasses.asdict(cfg)})
+    x = policy.apply(raw, cfg.progress)
+    fit_idx, cal_idx = _split(len(x), cfg.holdout, cfg.seed)
+    x_fit, x_cal = x[fit_idx], x[cal_idx]
+    say(f"fit part: {len(x_fit)} images; calibration part (held out): {len(x_cal)} images")
+
+    needs = {CATALOGUE[d].needs for d in cfg.detectors}
+    models, model_paths = {}, {}
+    if needs & {"flow", "flow+general"}:
+        model_paths["flow"] = os.path.join("models", "flow")
+        models["flow"] = _train_flow(os.path.join(out, model_paths["flow"]), x_fit, policy, cfg, say)
+    if "flow+general" in needs:
+        from .datasets import natural_patches
+
+        general = natural_patches(max(1000, len(x_fit)), size=policy.size, channels=policy.channels,
+                                  seed=cfg.seed, split="train")
+        model_paths["general"] = os.path.join("models", "general")
+        say("general-distribution model: natural photo patches (scikit-image, scikit-learn, matplotlib)")
+        models["general"] = _train_flow(os.path.join(out, model_paths["general"]), general, policy, cfg, say)
+    tensors, entries, dets = {}, [], {}
+    f_fit = f_cal = None
+    if "features" in needs:
+        say(f"EfficientNet-Lite0 features at {cfg.feature_size}x{cfg.feature_size}")
+        feats = _cached_features(out, x, cfg)
+        f_fit, f_cal = feats[fit_idx], feats[cal_idx]
+        tensors["features.fit"] = f_fit.float()
+    for dname in cfg.detectors:
+        spec = CATALOGUE[dname]
+        params = dict(spec.params)
+        if spec.cls == "KNN":
+            params["k"] = max(1, min(params["k"], len(x_fit) - 1))
+        det = _build(dname, spec, models, cfg.feature_size, cfg.progress, params)
+        fit_in, cal_in = (f_fit, f_cal) if spec.needs == "features" else (x_fit, x_cal)
+        det._fit(fit_in)  # the detector's own state, from the fit part only
+        if spec.needs == "features":
+            det._fitted = True
+        det.calibrate(cal_in, cfg.fpr)  # the threshold, from the held-out part
+        dets[dname] = det
+        entries.append({"name": dname, "class": spec.cls, "params": params, "uses": det.uses,
+                        "source": spec.source, "threshold": det.threshold, "fpr": det.fpr,
+                        "state": _state(det, spec)})
+        say(f"  {dname:<11} threshold {det.threshold:.5g} (flags {cfg.fpr:.0%} of held-out TRAIN)")
+    if tensors:
+        _write_tensors(os.path.join(out, STATE_FILE), tensors, {"format": FORMAT})
+    meta = {
+        "format": FORMAT, "version": VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": command, "versions": _versions(), "preprocessing": policy.to_json(),
+        "models": model_paths, "model": model_cfg, "feature_size": cfg.feature_size,
+        "data": {"train": str(name), "n_images": len(x), "n_fit": len(x_fit), "n_calibration": len(x_cal),
+                 "holdout": cfg.holdout, "seed": cfg.seed,
+                 "skipped": [p for p, _ in (src.skipped if src is not None else [])]},
+        "fit": dataclasses.asdict(cfg), "detectors": entries,
+    }
+    meta["fit"]["detectors"] = list(cfg.detectors)
+    _write_json(os.path.join(out, BUNDLE_FILE), meta)
+    return Bundle(dets, policy, meta, cfg.feature_size, out)

@@ -1,5 +1,7 @@
 """``python -m detectors evaluate``: scores in-distribution vs OOD data with trained flows
-(checkpoints written by ``invflow.save`` / the trainer) and writes a report directory."""
+(checkpoint files written by ``invflow.save``, or the trainer's run directories: their latest
+checkpoint) and writes a report directory.  Images smaller than the model are padded at the
+bottom and right with 0 exactly as ``python -m detectors train`` padded them."""
 
 from __future__ import annotations
 
@@ -14,11 +16,26 @@ from .report import format_table, write_report
 from .scores import (ApproximateMass, InputComplexity, Likelihood, LikelihoodRatio, ScaleContribution,
                      ScaleRatio)
 
+def pad_to_model(x: torch.Tensor, model, name: str) -> torch.Tensor:
+    """Pads uint8 images [N, C, H, W] at the bottom / right with 0 up to the model's input size,
+    as the train command did; ValueError naming ``name`` when they cannot fit."""
+    shape = getattr(model, "input_shape", None)
+    if shape is None or len(shape) != 3 or tuple(x.shape[1:]) == tuple(shape):
+        return x
+    c, mh, mw = shape
+    h, w = x.shape[-2:]
+    if x.shape[1] != c or h > mh or w > mw:
+        raise ValueError(f"{name}: images {list(x.shape[1:])} do not fit the model's input {list(shape)} "
+                         f"(channels must match; height and width at most the model's)")
+    print(f"{name}: padded images from {h}x{w} to {mh}x{mw} (as the train command did)")
+    return torch.nn.functional.pad(x, (0, mw - w, 0, mh - h))
+
+
 def run_evaluate(args) -> dict:
-    in_model = invflow.load(args.in_model).eval()
-    general = invflow.load(args.general_model).eval() if args.general_model else None
-    x_in = load_dataset(args.in_data, args.n, args.seed)
-    x_out = load_dataset(args.ood_data, args.n, args.seed + 1)
+    in_model = invflow.load(args.in_model)
+    general = invflow.load(args.general_model) if args.general_model else None
+    x_in = pad_to_model(load_dataset(args.in_data, args.n, args.seed), in_model, "--in-data")
+    x_out = pad_to_model(load_dataset(args.ood_data, args.n, args.seed + 1), in_model, "--ood-data")
     dets = {"likelihood": Likelihood(in_model, progress=True)}
     if hasattr(in_model, "latent_shapes") and len(in_model.latent_shapes()) > 1:
         dets["last scale"] = ScaleContribution(in_model, scales=-1)

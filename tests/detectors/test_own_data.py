@@ -1,0 +1,207 @@
+"""Own data end to end (issue 17): folders of mixed-size PNG / JPEG files cut from offline
+photos -> ``python -m detectors fit`` -> bundle -> ``score`` -> scores.csv and a report;
+ImageFolder / load_source / ImagePolicy; one-line user errors with exit code 2."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import detectors
+from detectors import bundle as bundle_mod
+from detectors.__main__ import main
+from detectors.folders import ImageFolder, ImagePolicy, UnreadableImagesWarning, load_source
+
+skimage_data = pytest.importorskip("skimage.data")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _patches(root, photos, sizes, seed, exts=(".png", ".jpg")):
+    """Writes one random square crop per entry of ``sizes`` (cycling photos and extensions)."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(root, exist_ok=True)
+    paths = []
+    for i, s in enumerate(sizes):
+        p = photos[i % len(photos)]
+        y, x = rng.integers(0, p.shape[0] - s), rng.integers(0, p.shape[1] - s)
+        path = os.path.join(root, f"img{i:03d}{exts[i % len(exts)]}")
+        Image.fromarray(p[y:y + s, x:x + s]).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    base = tmp_path_factory.mktemp("own")
+    photos = [skimage_data.astronaut(), skimage_data.chelsea(), skimage_data.coffee()]
+    rng = np.random.default_rng(1)
+    noise = [(rng.random((120, 120, 3)) * 255).astype(np.uint8)]
+    train_sizes = [24] * 30 + [20] * 8 + [30] * 8       # majority 24x24
+    _patches(base / "train", photos, train_sizes, 0)
+    with open(base / "train" / "broken.png", "wb") as f:  # unreadable: reported and skipped
+        f.write(b"not a png at all")
+    _patches(base / "test", photos, [24, 28, 20, 24, 36, 24], 2)
+    _patches(base / "ood", noise, [24, 24, 32, 24, 20, 24], 3)
+    return base
+
+
+def test_image_folder_flat_and_nested(tmp_path):
+    photo = skimage_data.astronaut()
+    _patches(tmp_path / "flat", [photo], [16, 20, 24], 0)
+    flat = ImageFolder(tmp_path / "flat")
+    assert len(flat) == 3 and flat.classes is None
+    image, label = flat[1]
+    assert image.size == (20, 20) and image.mode == "RGB" and label == -1
+    _patches(tmp_path / "nested" / "cats" / "deeper", [photo], [16, 16], 1)
+    _patches(tmp_path / "nested" / "dogs", [skimage_data.camera()], [12], 2)
+    nested = ImageFolder(tmp_path / "nested")
+    assert nested.classes == ["cats", "dogs"]
+    assert [lab for _, lab in nested.samples] == [0, 0, 1]
+    assert nested[2][0].mode == "L"  # a greyscale file stays one channel
+    with pytest.raises(ValueError, match="item 2 has shape"):  # sizes differ: a clear error, no silent resize
+        detectors.inputs.as_batch_with_labels(nested)
+
+
+def test_image_folder_nested_labels_via_policy(tmp_path):
+    photo = skimage_data.astronaut()
+    _patches(tmp_path / "a", [photo], [16, 16], 1)
+    _patches(tmp_path / "b", [photo], [16], 2)
+    src = load_source(str(tmp_path))
+    assert src.classes == ["a", "b"] and src.labels.tolist() == [0, 0, 1]
+    x = ImagePolicy.from_images(src.images).apply(src.images)
+    assert x.shape == (3, 3, 16, 16) and x.dtype == torch.uint8
+    ds = ImageFolder(tmp_path, transform=lambda im: torch.from_numpy(np.array(im)).permute(2, 0, 1))
+    xb, yb = detectors.inputs.as_batch_with_labels(ds)
+    assert torch.equal(xb, x) and yb.tolist() == [0, 0, 1]
+
+
+def test_unreadable_files_are_named_and_skipped(folders):
+    with pytest.warns(UnreadableImagesWarning, match="broken.png"):
+        src = load_source(str(folders / "train"))
+    assert len(src) == 46 and [os.path.basename(p) for p, _ in src.skipped] == ["broken.png"]
+    assert all("broken" not in p for p in src.paths)
+
+
+def test_policy_from_mixed_sizes():
+    imgs = [Image.new("L", (24, 24))] * 3 + [Image.new("RGB", (30, 20))] + [Image.new("L", (40, 40))]
+    p = ImagePolicy.from_images(imgs, multiple=8)
+    assert (p.size, p.channels) == (24, 3)  # most common 24x24; one colour image -> RGB
+    assert ImagePolicy.from_images(imgs[:3], multiple=8).channels == 1
+    x = p.apply(imgs)
+    assert x.shape == (5, 3, 24, 24)
+    # a 30x20 image: shorter side 20 -> 24 (36x24), centre crop 24x24
+    ref = Image.new("RGB", (30, 20)).resize((36, 24), Image.LANCZOS).crop((6, 0, 30, 24))
+    assert torch.equal(x[3], torch.from_numpy(np.array(ref)).permute(2, 0, 1))
+    same = torch.randint(0, 256, (2, 3, 24, 24), dtype=torch.uint8)
+    assert p.apply(same) is same  # already the policy's size and mode: untouched
+    with pytest.raises(ValueError, match="multiple of 8"):
+        ImagePolicy.from_images(imgs, size=30, multiple=8)
+
+
+def _fit_argv(data, out, *extra):
+    return ["fit", "--data", str(data), "--out", str(out), "--steps", "3", "--depth", "1", "--hidden", "8",
+            "--batch", "16", "--feature-size", "32", "--no-progress",
+            "--detectors", "last-scale", "png", "knn", "typicality", *extra]
+
+
+def _tree(path):
+    return sorted((os.path.relpath(os.path.join(d, f), path), os.stat(os.path.join(d, f)).st_mtime_ns)
+                  for d, _, files in os.walk(path) for f in files)
+
+
+def test_fit_then_score_end_to_end(folders, tmp_path, capsys):
+    torch.set_num_threads(1)
+    det, rep = tmp_path / "det", tmp_path / "rep"
+    assert main(_fit_argv(folders / "train", det)) == 0
+    out = capsys.readouterr().out
+    assert "skipped 1 unreadable image file(s)" in out and "broken.png" in out
+    meta = json.loads((det / "bundle.json").read_text())
+    assert meta["preprocessing"] == {"size": 24, "channels": 3, "resize": "shorter-side+center-crop"}
+    assert meta["data"]["n_images"] == 46 and meta["data"]["skipped"][0].endswith("broken.png")
+    assert meta["command"].startswith("python -m detectors fit --data")
+    assert {"torch", "invflow", "numpy"} <= set(meta["versions"])
+    assert os.path.isfile(det / "models" / "flow" / "latest") and os.path.isfile(det / "state.safetensors")
+
+    # thresholds are the (1 - fpr) quantile of the HELD-OUT part of TRAIN (not of the fit part)
+    before = _tree(det)
+    bundle = detectors.load(det)
+    with pytest.warns(UnreadableImagesWarning):
+        src = load_source(str(folders / "train"))
+    x = bundle.policy.apply(src.images)
+    fit_idx, cal_idx = bundle_mod._split(len(x), 0.2, 0)
+    assert len(cal_idx) == 9 and not set(fit_idx.tolist()) & set(cal_idx.tolist())
+    held_out = bundle.score(x[cal_idx])
+    for name, s in held_out.items():
+        assert bundle[name].threshold == pytest.approx(float(np.quantile(s.numpy(), 0.95, method="higher")),
+                                                       rel=1e-6), name
+    assert _tree(det) == before, "loading and scoring a bundle must not write"
+    assert not bundle["last-scale"].model.training
+
+    # score: scores.csv for every TEST and OOD file, the DESIGN report with --ood
+    assert main(["score", str(det), "--data", str(folders / "test"), "--ood", str(folders / "ood"),
+                 "--out", str(rep), "--no-progress"]) == 0
+    with open(rep / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 12 and [r["source"] for r in rows] == ["data"] * 6 + ["ood"] * 6
+    assert rows[0]["path"].endswith("img000.png") and set(rows[0]) == {
+        "path", "source", "last-scale_score", "last-scale_flag", "png_score", "png_flag", "knn_score", "knn_flag",
+        "typicality_score", "typicality_flag"}
+    test_x = bundle.prepare(str(folders / "test"))
+    direct = bundle.score(test_x)
+    for name in bundle:
+        assert float(rows[2][f"{name}_score"]) == pytest.approx(float(direct[name][2]), rel=1e-9)
+        assert int(rows[2][f"{name}_flag"]) == int(direct[name][2] > bundle[name].threshold)
+    results = json.loads((rep / "results.json").read_text())
+    assert list(results["detectors"]) == ["last-scale", "png", "knn", "typicality"]
+    assert set(results["detectors"]["knn"]) >= {"auroc", "aupr_in", "aupr_out", "fpr95", "tnr95"}
+    assert results["detectors"]["knn"]["auroc"] > 0.9  # noise patches vs photo patches
+    assert os.path.isfile(rep / "report.md") and os.path.isfile(rep / "roc.png")
+
+    # bundle.predict / score take lists of PIL images of any size, like files
+    pil = [Image.open(p).convert("RGB") for p in sorted(str(p) for p in (folders / "test").iterdir())]
+    assert torch.equal(bundle.score(pil)["knn"], direct["knn"])
+    assert torch.equal(bundle.predict(pil)["png"], direct["png"] > bundle["png"].threshold)
+
+    # re-running the fit resumes: the trained flow and the features are reused, same thresholds
+    latest = (det / "models" / "flow" / "latest").read_text()
+    assert main(_fit_argv(folders / "train", det)) == 0
+    assert "reusing the trained model" in capsys.readouterr().out
+    again = json.loads((det / "bundle.json").read_text())
+    assert (det / "models" / "flow" / "latest").read_text() == latest
+    assert [d["threshold"] for d in again["detectors"]] == [d["threshold"] for d in meta["detectors"]]
+    # a different setting in the same directory is refused with one line
+    assert main(_fit_argv(folders / "train", det, "--size", "16")) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "detectors", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+
+
+def test_user_errors_are_one_line_with_exit_code_2(tmp_path):
+    r = _cli("score", str(tmp_path / "missing"), "--data", str(tmp_path), "--out", str(tmp_path / "r"))
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "missing" in r.stderr and "no such detector bundle" in r.stderr
+    (tmp_path / "empty").mkdir()
+    r = _cli("fit", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "det"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "no image files" in r.stderr
+
+
+def test_user_errors_in_process(tmp_path, capsys):
+    assert main(["fit", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "d")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    assert main(["evaluate", "--in-model", str(tmp_path / "nope"), "--out", str(tmp_path / "e")]) == 2
+    assert "no such file or directory" in capsys.readouterr().err
+    (tmp_path / "run").mkdir()
+    assert main(["evaluate", "--in-model", str(tmp_path / "run"), "--out", str(tmp_path / "e")]) == 2
+    assert "without a 'latest' file" in capsys.readouterr().err

@@ -3,7 +3,8 @@
 CPU kernels are always built (CppExtension, -O3 -fopenmp at compile and link time so that
 at::parallel_for really runs in parallel).  The CUDA kernels in csrc/cuda/*.cu are added
 (CUDAExtension) only when torch was built with CUDA and nvcc is found; TORCH_CUDA_ARCH_LIST
-is respected and defaults to include sm_90.
+is respected and defaults to sm_80, sm_86 and sm_90 plus PTX (newer GPUs JIT-compile it
+instead of failing with "no kernel image"); `make gpu-check` builds for the local GPU only.
 """
 
 import glob
@@ -32,7 +33,7 @@ def extension():
     if os.environ.get("INVFLOW_NO_CUDA"):
         with_cuda = False
     if with_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;8.6;9.0")
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;8.6;9.0+PTX")
         return CUDAExtension(
             "invflow._C",
             cpp + cu,

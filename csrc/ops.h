@@ -19,6 +19,22 @@ void check_channel_mix_args(const at::Tensor& x, const at::Tensor& weight);
 void check_coupling_args(const at::Tensor& x, const at::Tensor& h,
                          const c10::optional<at::Tensor>& mask);
 
+// The dtype of every log-determinant: the accumulation dtype of the input (float32 for
+// float16 / bfloat16 / float32 inputs, float64 for float64), so a half-precision input's
+// log-det (a sum over C * H * W terms) neither overflows nor loses its digits.
+at::ScalarType logdet_dtype(at::ScalarType input);
+
+// Checks the incoming gradients of a backward op against its input x: grad_y has x's
+// shape, dtype and device; grad_logdet (when given) is [B] on x's device in logdet_dtype.
+void check_grad_args(const char* op, const at::Tensor& grad_y, const c10::optional<at::Tensor>& grad_logdet,
+                     const at::Tensor& x);
+
+// GEMM forms of the 1x1 convolution for channel counts above the direct kernels' range
+// (channel_mix_gemm.cpp; any device): y = W x as one GEMM when N = 1 (vectors), and
+// dL/dW = sum_b g_b x_b^T without materialising B C x C products when that is larger.
+at::Tensor mix_gemm(const at::Tensor& xc, const at::Tensor& weight);
+at::Tensor weight_grad_gemm(const at::Tensor& gc, const at::Tensor& xc);
+
 // Every backend implements the same kernels with the same signatures.
 #define INVFLOW_DECLARE_KERNELS \
   std::tuple<at::Tensor, at::Tensor> actnorm_forward(const at::Tensor& x, const at::Tensor& bias, \

@@ -60,4 +60,27 @@ void check_coupling_args(const at::Tensor& x, const at::Tensor& h,
   }
 }
 
+at::ScalarType logdet_dtype(at::ScalarType input) {
+  return input == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void check_grad_args(const char* op, const at::Tensor& grad_y, const c10::optional<at::Tensor>& grad_logdet,
+                     const at::Tensor& x) {
+  TORCH_CHECK(grad_y.sizes() == x.sizes(), "invflow: ", op, ": grad_y must have the input's shape ", x.sizes(),
+              ", got ", grad_y.sizes());
+  TORCH_CHECK(grad_y.scalar_type() == x.scalar_type(), "invflow: ", op, ": grad_y has dtype ",
+              grad_y.scalar_type(), " but the input has ", x.scalar_type());
+  TORCH_CHECK(grad_y.device() == x.device(), "invflow: ", op, ": grad_y is on ", grad_y.device(),
+              " but the input is on ", x.device());
+  if (!grad_logdet.has_value()) return;
+  const at::Tensor& gl = *grad_logdet;
+  TORCH_CHECK(gl.dim() == 1 && gl.size(0) == x.size(0), "invflow: ", op, ": grad_logdet must have shape [",
+              x.size(0), "], got ", gl.sizes());
+  TORCH_CHECK(gl.scalar_type() == logdet_dtype(x.scalar_type()), "invflow: ", op, ": grad_logdet has dtype ",
+              gl.scalar_type(), " but log-dets of ", x.scalar_type(), " inputs are ",
+              logdet_dtype(x.scalar_type()));
+  TORCH_CHECK(gl.device() == x.device(), "invflow: ", op, ": grad_logdet is on ", gl.device(),
+              " but the input is on ", x.device());
+}
+
 }  // namespace invflow

@@ -10,6 +10,11 @@ import torch
 import invflow
 
 CUDA = torch.cuda.is_available()
+
+# Exactness tests compare against the reference's F.conv2d / matmul, which on Ampere and
+# newer run in TF32 by default (error ~1e-3): the comparisons need true float32.
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="needs a CUDA device"))]
 BACKENDS = ["reference", "fused"]
 

@@ -1,5 +1,6 @@
 // ActNorm on the CPU: y = (x + b) * exp(log_s) per channel (Glow, Kingma & Dhariwal 2018,
-// Sec. 3.1), log|det| = N * sum_c log_s[c] per sample, N = H * W.
+// Sec. 3.1), log|det| = N * sum_c log_s[c] per sample, N = H * W, in logdet_dtype (float32 for
+// half / bfloat16 inputs).
 #include <cmath>
 #include <vector>
 
@@ -69,7 +70,7 @@ std::tuple<at::Tensor, at::Tensor> apply(const at::Tensor& in, const at::Tensor&
   const at::Tensor ic = in.contiguous();
   const int64_t B = in.size(0), C = in.size(1), N = inner_size(in);
   at::Tensor out = at::empty_like(ic);
-  at::Tensor logdet = at::empty({B}, in.options());
+  at::Tensor logdet = at::empty({B}, in.options().dtype(logdet_dtype(in.scalar_type())));
   INVFLOW_DISPATCH_FLOATING(in.scalar_type(), "actnorm_apply", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor bc = bias.contiguous(), lc = log_scale.contiguous();
@@ -107,7 +108,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward(
     const at::Tensor& grad_y, const c10::optional<at::Tensor>& grad_logdet, const at::Tensor& x,
     const at::Tensor& bias, const at::Tensor& log_scale) {
   check_actnorm_args(x, bias, log_scale);
-  TORCH_CHECK(grad_y.sizes() == x.sizes(), "invflow: actnorm_backward grad_y shape mismatch");
+  check_grad_args("actnorm_backward", grad_y, grad_logdet, x);
   const at::Tensor gc = grad_y.contiguous(), xc = x.contiguous();
   const int64_t B = x.size(0), C = x.size(1), N = inner_size(x);
   at::Tensor grad_x = at::empty_like(xc);
@@ -127,8 +128,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward(
     acc_t gl_sum = 0;
     if (grad_logdet.has_value()) {
       const at::Tensor glc = grad_logdet->contiguous();
-      TORCH_CHECK(glc.numel() == B, "invflow: grad_logdet must have shape [B]");
-      const scalar_t* glp = glc.data_ptr<scalar_t>();
+      const acc_t* glp = glc.data_ptr<acc_t>();
       for (int64_t b = 0; b < B; ++b) gl_sum += acc_t(glp[b]);
     }
     scalar_t* gbp = grad_b.data_ptr<scalar_t>();

@@ -115,9 +115,7 @@ void weight_grad_direct(const scalar_t* g, const scalar_t* x, scalar_t* gw, int6
 
 at::Tensor mix(const at::Tensor& xc, const at::Tensor& weight) {
   const int64_t B = xc.size(0), C = xc.size(1), N = inner_size(xc);
-  if (C > kDirectMaxChannels) {
-    return at::matmul(weight, xc.view({B, C, N})).view(xc.sizes());
-  }
+  if (C > kDirectMaxChannels) return mix_gemm(xc, weight);
   at::Tensor y = at::empty_like(xc);
   const at::Tensor wc = weight.contiguous();
   INVFLOW_DISPATCH_FLOATING(xc.scalar_type(), "channel_mix", [&] {
@@ -138,13 +136,13 @@ std::tuple<at::Tensor, at::Tensor> channel_mix_backward(const at::Tensor& grad_y
                                                         const at::Tensor& x,
                                                         const at::Tensor& weight) {
   check_channel_mix_args(x, weight);
-  TORCH_CHECK(grad_y.sizes() == x.sizes(), "invflow: channel_mix_backward grad_y shape mismatch");
+  check_grad_args("channel_mix_backward", grad_y, c10::nullopt, x);
   const at::Tensor gc = grad_y.contiguous(), xc = x.contiguous();
   const int64_t B = x.size(0), C = x.size(1), N = inner_size(x);
   at::Tensor grad_x = mix(gc, weight.t());
   at::Tensor grad_w;
   if (C > kDirectMaxChannels) {
-    grad_w = at::bmm(gc.view({B, C, N}), xc.view({B, C, N}).transpose(1, 2)).sum(0);
+    grad_w = weight_grad_gemm(gc, xc);
   } else {
     grad_w = at::empty({C, C}, weight.options());
     INVFLOW_DISPATCH_FLOATING(x.scalar_type(), "channel_mix_backward", [&] {

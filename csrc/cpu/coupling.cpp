@@ -45,7 +45,9 @@ INVFLOW_ALWAYS_INLINE float apply_row(const float* in, const float* raw, const f
   for (int64_t n = 0; n < N; ++n) {
     const ScaleTerms<float> st = fast_scale<K>(raw[n], clamp);
     const float v = in[n];
-    const float o = Invert ? (v - shift[n]) / st.s : st.s * v + shift[n];
+    // the inverse multiplies by exp(-log s) like the reference and CUDA (1 / s = inf when s
+    // underflows), not by 1 / s of a clamped s
+    const float o = Invert ? (v - shift[n]) * vmath::exp(-st.log_s) : st.s * v + shift[n];
     const bool keep = !Masked || m[n] != 0.0f;
     out[n] = keep ? o : v;
     ld += keep ? st.log_s : 0.0f;
@@ -181,7 +183,7 @@ std::tuple<at::Tensor, at::Tensor> apply_all(const at::Tensor& in, const at::Ten
   const at::Tensor mc = mask.has_value() ? mask->contiguous() : at::Tensor();
   const Rows g = rows_of(in);
   at::Tensor out = at::empty_like(ic);
-  at::Tensor logdet = at::empty({g.B}, in.options());
+  at::Tensor logdet = at::empty({g.B}, in.options().dtype(logdet_dtype(in.scalar_type())));
   INVFLOW_DISPATCH_FLOATING(in.scalar_type(), "coupling_apply", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* ip = ic.data_ptr<scalar_t>();
@@ -198,11 +200,11 @@ std::tuple<at::Tensor, at::Tensor> apply_all(const at::Tensor& in, const at::Ten
                                       static_cast<acc_t>(clamp), invert);
       }
     });
-    scalar_t* ld = logdet.data_ptr<scalar_t>();
+    acc_t* ld = logdet.data_ptr<acc_t>();
     for (int64_t b = 0; b < g.B; ++b) {
       acc_t sum = 0;
       for (int64_t c = 0; c < g.C; ++c) sum += row_ld[b * g.C + c];
-      ld[b] = static_cast<scalar_t>(invert ? -sum : sum);
+      ld[b] = invert ? -sum : sum;
     }
   });
   return {out, logdet};
@@ -229,13 +231,12 @@ std::tuple<at::Tensor, at::Tensor> coupling_backward(
     const at::Tensor& h, const c10::optional<at::Tensor>& mask, const std::string& scale,
     double clamp) {
   check_coupling_args(x, h, mask);
-  TORCH_CHECK(grad_y.sizes() == x.sizes(), "invflow: coupling_backward grad_y shape mismatch");
+  check_grad_args("coupling_backward", grad_y, grad_logdet, x);
   const ScaleKind kind = static_cast<ScaleKind>(parse_scale_kind(scale));
   const at::Tensor gc = grad_y.contiguous(), xc = x.contiguous(), hc = h.contiguous();
   const at::Tensor mc = mask.has_value() ? mask->contiguous() : at::Tensor();
   const at::Tensor glc = grad_logdet.has_value() ? grad_logdet->contiguous() : at::Tensor();
   const Rows g = rows_of(x);
-  TORCH_CHECK(!glc.defined() || glc.numel() == g.B, "invflow: grad_logdet must have shape [B]");
   at::Tensor grad_x = at::empty_like(xc);
   at::Tensor grad_h = at::empty_like(hc);
   INVFLOW_DISPATCH_FLOATING(x.scalar_type(), "coupling_backward", [&] {
@@ -244,7 +245,7 @@ std::tuple<at::Tensor, at::Tensor> coupling_backward(
     const scalar_t* xp = xc.data_ptr<scalar_t>();
     const scalar_t* hp = hc.data_ptr<scalar_t>();
     const scalar_t* mp = mc.defined() ? mc.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* glp = glc.defined() ? glc.data_ptr<scalar_t>() : nullptr;
+    const acc_t* glp = glc.defined() ? glc.data_ptr<acc_t>() : nullptr;
     scalar_t* gxp = grad_x.data_ptr<scalar_t>();
     scalar_t* ghp = grad_h.data_ptr<scalar_t>();
     at::parallel_for(0, g.count(), row_grain(g.N), [&](int64_t begin, int64_t end) {

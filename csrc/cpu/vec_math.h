@@ -5,8 +5,9 @@
 // (range reduction + minimax polynomial, about 2 ulp) and contain no calls or branches,
 // so loops over them vectorise.  Functions tagged INVFLOW_MULTIVERSION are compiled twice
 // (x86-64-v3 = AVX2 + FMA, and the baseline) and picked at load time, so the extension
-// still runs on CPUs without AVX2.  NaN propagates and exp overflows to inf like expf;
-// below x = -87.33 exp returns 1.2e-38 (FLT_MIN) instead of a denormal or zero.
+// still runs on CPUs without AVX2.  NaN propagates; exp overflows to inf above x = 88.72 like
+// expf and flushes to 0 below x = -87.33 (where expf returns denormals), so the kernels give
+// the IEEE results of the reference at the ends (e.g. an inverse coupling's 1 / s = inf).
 #pragma once
 
 #include <cstdint>
@@ -36,8 +37,8 @@ INVFLOW_ALWAYS_INLINE float clampf(float x, float lo, float hi) {
 }
 
 // exp(x): x = n ln2 + r, |r| <= ln2 / 2, exp(r) by Cephes' degree-6 polynomial, 2^n via bits.
-INVFLOW_ALWAYS_INLINE float exp(float x) {
-  x = clampf(x, -87.33654f, 88.72283f);
+INVFLOW_ALWAYS_INLINE float exp(float x_in) {
+  const float x = clampf(x_in, -87.33654f, 88.72283f);
   // round(x / ln2) with the 1.5 * 2^23 trick (exact without -ffast-math)
   const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   float r = x - n * 0.693359375f;
@@ -49,8 +50,12 @@ INVFLOW_ALWAYS_INLINE float exp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
+  // 2^n as 2^(n/2) * 2^(n - n/2): n = 128 (x near 88.7) and n = -126 stay representable
   const int32_t ni = static_cast<int32_t>(n);
-  return p * bits_to_float((ni + 127) << 23);
+  const int32_t n1 = ni / 2;
+  const float y = p * bits_to_float((n1 + 127) << 23) * bits_to_float((ni - n1 + 127) << 23);
+  const float hi = x_in > 88.72283f ? __builtin_inff() : y;  // selects, no branches
+  return x_in < -87.33654f ? 0.0f : hi;
 }
 
 // log(1 + e) for e in [0, 1]: 2 atanh(t) with t = e / (2 + e) in [0, 1/3]; the odd series

@@ -1,6 +1,7 @@
 // Invertible 1x1 convolution on CUDA: y[b, :, n] = W x[b, :, n] (Glow Sec. 3.2).
 // For C <= 32 one thread computes all C outputs of one pixel from registers, with W in
-// shared memory (one read and one write of the activations); above that cuBLAS wins.
+// shared memory (one read and one write of the activations); above that cuBLAS wins
+// (mix_gemm / weight_grad_gemm in csrc/channel_mix_gemm.cpp).
 #include "../ops.h"
 #include "utils.cuh"
 
@@ -11,12 +12,18 @@ namespace {
 
 constexpr int64_t kMaxFusedChannels = 32;
 
+// W is staged in shared memory with row stride MAXC and zero padding (rows and columns
+// >= C), so the unrolled loops never read another row's entries or unwritten memory: a NaN
+// or Inf in row o' of W reaches output o' only, as on the CPU.
 template <typename scalar_t, typename index_t, int MAXC>
 __global__ void mix_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, scalar_t* __restrict__ y,
                            index_t pixels, Divider<index_t> div_n, index_t N, int C) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t ws[MAXC * MAXC];
-  for (int k = threadIdx.x; k < C * C; k += blockDim.x) ws[k] = static_cast<acc_t>(w[k]);
+  for (int k = threadIdx.x; k < MAXC * MAXC; k += blockDim.x) {
+    const int o = k / MAXC, i = k - o * MAXC;
+    ws[k] = (o < C && i < C) ? static_cast<acc_t>(w[o * C + i]) : acc_t(0);
+  }
   __syncthreads();
   for (index_t p = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; p < pixels;
        p += static_cast<index_t>(gridDim.x) * blockDim.x) {
@@ -30,7 +37,7 @@ __global__ void mix_kernel(const scalar_t* __restrict__ x, const scalar_t* __res
       if (o < C) {
         acc_t acc = 0;
 #pragma unroll
-        for (int i = 0; i < MAXC; ++i) acc += ws[o * C + i] * xin[i];
+        for (int i = 0; i < MAXC; ++i) acc += ws[o * MAXC + i] * xin[i];
         y[base + o * N] = static_cast<scalar_t>(acc);
       }
     }
@@ -52,9 +59,8 @@ void launch_mix(const at::Tensor& xc, const at::Tensor& wc, at::Tensor& y, int64
 
 at::Tensor mix(const at::Tensor& xc, const at::Tensor& weight) {
   const int64_t B = xc.size(0), C = xc.size(1), N = xc.numel() / std::max<int64_t>(B * C, 1);
-  if (C > kMaxFusedChannels || xc.numel() == 0) {
-    return at::matmul(weight, xc.view({B, C, N})).view(xc.sizes());
-  }
+  if (xc.numel() == 0) return at::empty_like(xc);
+  if (C > kMaxFusedChannels) return mix_gemm(xc, weight);
   at::Tensor y = at::empty_like(xc);
   const at::Tensor wc = weight.contiguous();
   if (C <= 4) {
@@ -80,14 +86,11 @@ at::Tensor channel_mix(const at::Tensor& x, const at::Tensor& weight) {
 std::tuple<at::Tensor, at::Tensor> channel_mix_backward(const at::Tensor& grad_y, const at::Tensor& x,
                                                         const at::Tensor& weight) {
   check_channel_mix_args(x, weight);
-  TORCH_CHECK(grad_y.sizes() == x.sizes(), "invflow: channel_mix_backward grad_y shape mismatch");
+  check_grad_args("channel_mix_backward", grad_y, c10::nullopt, x);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor gc = grad_y.contiguous(), xc = x.contiguous();
-  const int64_t B = x.size(0), C = x.size(1), N = x.numel() / std::max<int64_t>(B * C, 1);
   at::Tensor grad_x = mix(gc, weight.t());
-  // dL/dW = sum_b g_b x_b^T: one batched GEMM and a sum over the batch (cuBLAS).
-  at::Tensor grad_w = at::bmm(gc.view({B, C, N}), xc.view({B, C, N}).transpose(1, 2)).sum(0);
-  return {grad_x, grad_w.to(weight.scalar_type())};
+  return {grad_x, weight_grad_gemm(gc, xc).to(weight.scalar_type())};
 }
 
 }  // namespace cuda

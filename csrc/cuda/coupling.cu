@@ -2,6 +2,7 @@
 // of csrc/common/scale.h.  x is [B, C, ...] and h = [raw, t] is [B, 2C, ...]; each sample's
 // C * N entries are contiguous, so a block works on a chunk of one sample and writes its
 // partial log-det sum, and the partials are reduced per sample afterwards (deterministic).
+// Log-dets are in logdet_dtype (float32 for half / bfloat16 inputs).
 #include "../common/scale.h"
 #include "../ops.h"
 #include "utils.cuh"
@@ -12,18 +13,30 @@ namespace cuda {
 namespace {
 
 constexpr int kItemsPerThread = 8;
-constexpr int64_t kChunk = kThreads * kItemsPerThread;  // entries of one sample per block
+constexpr int64_t kMaxChunk = kThreads * kItemsPerThread;  // most entries of one sample per block
+
+// Entries of one sample per block: at most kMaxChunk, and small enough that B samples give
+// about 4 blocks per SM (a single image, as in sampling or scoring one input, still fills the
+// device), in whole multiples of the block size.
+int64_t chunk_size(int64_t B, int64_t M) {
+  const int64_t target_blocks = 4 * static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  const int64_t per_sample = std::max<int64_t>(1, (target_blocks + B - 1) / std::max<int64_t>(B, 1));
+  int64_t chunk = (M + per_sample - 1) / per_sample;
+  chunk = (chunk + kThreads - 1) / kThreads * kThreads;
+  return std::min<int64_t>(kMaxChunk, std::max<int64_t>(kThreads, chunk));
+}
 
 template <typename scalar_t, typename index_t>
 __global__ void apply_kernel(const scalar_t* __restrict__ in, const scalar_t* __restrict__ h,
                              const scalar_t* __restrict__ mask, scalar_t* __restrict__ out,
-                             at::opmath_type<scalar_t>* __restrict__ partial, index_t M, index_t chunks_per_sample,
-                             index_t total_chunks, ScaleKind kind, at::opmath_type<scalar_t> clamp, bool invert) {
+                             at::opmath_type<scalar_t>* __restrict__ partial, index_t M, index_t chunk,
+                             index_t chunks_per_sample, index_t total_chunks, ScaleKind kind,
+                             at::opmath_type<scalar_t> clamp, bool invert) {
   using acc_t = at::opmath_type<scalar_t>;
   for (index_t q = blockIdx.x; q < total_chunks; q += gridDim.x) {
     const index_t b = q / chunks_per_sample;
-    const index_t begin = (q - b * chunks_per_sample) * static_cast<index_t>(kChunk);
-    const index_t end = min(M, begin + static_cast<index_t>(kChunk));
+    const index_t begin = (q - b * chunks_per_sample) * chunk;
+    const index_t end = min(M, begin + chunk);
     const scalar_t* raw = h + b * 2 * M;
     const scalar_t* shift = raw + M;
     acc_t ld = 0;
@@ -45,8 +58,20 @@ __global__ void apply_kernel(const scalar_t* __restrict__ in, const scalar_t* __
   }
 }
 
+// logdet[b] = sign * sum of the sample's chunk partials, in a fixed order (deterministic).
+template <typename acc_t>
+__global__ void logdet_kernel(const acc_t* __restrict__ partial, acc_t* __restrict__ logdet, int64_t B,
+                              int64_t chunks_per_sample, acc_t sign) {
+  for (int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; b < B;
+       b += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    acc_t v = 0;
+    for (int64_t k = 0; k < chunks_per_sample; ++k) v += partial[b * chunks_per_sample + k];
+    logdet[b] = sign * v;
+  }
+}
+
 template <typename scalar_t, typename index_t>
-__global__ void grad_kernel(const scalar_t* __restrict__ gy, const scalar_t* __restrict__ gl,
+__global__ void grad_kernel(const scalar_t* __restrict__ gy, const at::opmath_type<scalar_t>* __restrict__ gl,
                             const scalar_t* __restrict__ x, const scalar_t* __restrict__ h,
                             const scalar_t* __restrict__ mask, scalar_t* __restrict__ gx, scalar_t* __restrict__ gh,
                             index_t total, Divider<index_t> div_m, index_t M, ScaleKind kind,
@@ -64,7 +89,7 @@ __global__ void grad_kernel(const scalar_t* __restrict__ gy, const scalar_t* __r
       continue;
     }
     acc_t gxv, grv;
-    const acc_t glv = gl != nullptr ? static_cast<acc_t>(gl[dm.div]) : acc_t(0);
+    const acc_t glv = gl != nullptr ? gl[dm.div] : acc_t(0);
     coupling_grad<acc_t>(static_cast<acc_t>(g), glv, static_cast<acc_t>(x[i]), static_cast<acc_t>(h[hr]), kind,
                          clamp, &gxv, &grv);
     gx[i] = static_cast<scalar_t>(gxv);
@@ -72,8 +97,6 @@ __global__ void grad_kernel(const scalar_t* __restrict__ gy, const scalar_t* __r
     gh[hr + M] = g;
   }
 }
-
-at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 std::tuple<at::Tensor, at::Tensor> apply(const at::Tensor& in, const at::Tensor& h,
                                          const c10::optional<at::Tensor>& mask, const std::string& scale,
@@ -84,27 +107,30 @@ std::tuple<at::Tensor, at::Tensor> apply(const at::Tensor& in, const at::Tensor&
   const at::Tensor ic = in.contiguous(), hc = h.contiguous();
   const at::Tensor mc = mask.has_value() ? mask->contiguous() : at::Tensor();
   const int64_t B = in.size(0), M = B > 0 ? in.numel() / B : 0;
-  const int64_t chunks_per_sample = std::max<int64_t>(1, (M + kChunk - 1) / kChunk);
-  const int64_t total_chunks = B * chunks_per_sample;
   at::Tensor out = at::empty_like(ic);
-  at::Tensor partial = at::zeros({B, chunks_per_sample}, in.options().dtype(acc_type(in.scalar_type())));
-  if (in.numel() > 0) {
-    INVFLOW_CUDA_DISPATCH(in.scalar_type(), "coupling_apply_cuda", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      INVFLOW_INDEX_DISPATCH(h.numel(), [&] {
-        apply_kernel<scalar_t, index_t>
-            <<<grid_for(total_chunks, 1), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-                ic.data_ptr<scalar_t>(), hc.data_ptr<scalar_t>(), mc.defined() ? mc.data_ptr<scalar_t>() : nullptr,
-                out.data_ptr<scalar_t>(), partial.data_ptr<acc_t>(), static_cast<index_t>(M),
-                static_cast<index_t>(chunks_per_sample), static_cast<index_t>(total_chunks), kind,
-                static_cast<acc_t>(clamp), invert);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
+  const auto acc = in.options().dtype(logdet_dtype(in.scalar_type()));
+  if (in.numel() == 0) return {out, at::zeros({B}, acc)};
+  const int64_t chunk = chunk_size(B, M);
+  const int64_t chunks_per_sample = (M + chunk - 1) / chunk;
+  const int64_t total_chunks = B * chunks_per_sample;
+  at::Tensor partial = at::empty({B, chunks_per_sample}, acc);
+  at::Tensor logdet = at::empty({B}, acc);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  INVFLOW_CUDA_DISPATCH(in.scalar_type(), "coupling_apply_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    INVFLOW_INDEX_DISPATCH(h.numel(), [&] {
+      apply_kernel<scalar_t, index_t><<<grid_for(total_chunks, 1), kThreads, 0, stream>>>(
+          ic.data_ptr<scalar_t>(), hc.data_ptr<scalar_t>(), mc.defined() ? mc.data_ptr<scalar_t>() : nullptr,
+          out.data_ptr<scalar_t>(), partial.data_ptr<acc_t>(), static_cast<index_t>(M), static_cast<index_t>(chunk),
+          static_cast<index_t>(chunks_per_sample), static_cast<index_t>(total_chunks), kind,
+          static_cast<acc_t>(clamp), invert);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
-  }
-  at::Tensor logdet = partial.sum(1);
-  if (invert) logdet = -logdet;
-  return {out, logdet.to(in.scalar_type())};
+    logdet_kernel<acc_t><<<grid_for(B), kThreads, 0, stream>>>(partial.data_ptr<acc_t>(), logdet.data_ptr<acc_t>(),
+                                                               B, chunks_per_sample, acc_t(invert ? -1 : 1));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {out, logdet};
 }
 
 }  // namespace
@@ -126,14 +152,13 @@ std::tuple<at::Tensor, at::Tensor> coupling_backward(
     const at::Tensor& h, const c10::optional<at::Tensor>& mask, const std::string& scale,
     double clamp) {
   check_coupling_args(x, h, mask);
-  TORCH_CHECK(grad_y.sizes() == x.sizes(), "invflow: coupling_backward grad_y shape mismatch");
+  check_grad_args("coupling_backward", grad_y, grad_logdet, x);
   const ScaleKind kind = static_cast<ScaleKind>(parse_scale_kind(scale));
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor gc = grad_y.contiguous(), xc = x.contiguous(), hc = h.contiguous();
   const at::Tensor mc = mask.has_value() ? mask->contiguous() : at::Tensor();
   const at::Tensor glc = grad_logdet.has_value() ? grad_logdet->contiguous() : at::Tensor();
   const int64_t B = x.size(0), M = B > 0 ? x.numel() / B : 0;
-  TORCH_CHECK(!glc.defined() || glc.numel() == B, "invflow: grad_logdet must have shape [B]");
   at::Tensor grad_x = at::empty_like(xc);
   at::Tensor grad_h = at::empty_like(hc);
   const int64_t total = xc.numel();
@@ -142,7 +167,7 @@ std::tuple<at::Tensor, at::Tensor> coupling_backward(
       using acc_t = at::opmath_type<scalar_t>;
       INVFLOW_INDEX_DISPATCH(h.numel(), [&] {
         grad_kernel<scalar_t, index_t><<<grid_for(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-            gc.data_ptr<scalar_t>(), glc.defined() ? glc.data_ptr<scalar_t>() : nullptr, xc.data_ptr<scalar_t>(),
+            gc.data_ptr<scalar_t>(), glc.defined() ? glc.data_ptr<acc_t>() : nullptr, xc.data_ptr<scalar_t>(),
             hc.data_ptr<scalar_t>(), mc.defined() ? mc.data_ptr<scalar_t>() : nullptr, grad_x.data_ptr<scalar_t>(),
             grad_h.data_ptr<scalar_t>(), static_cast<index_t>(total), Divider<index_t>(static_cast<index_t>(M)),
             static_cast<index_t>(M), kind, static_cast<acc_t>(clamp));

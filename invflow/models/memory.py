@@ -20,7 +20,7 @@ from typing import Sequence
 
 import torch
 
-from .._backend import backend, current_backend
+from .._backend import backend, backend_for
 from ..layers.base import Flow
 
 
@@ -84,4 +84,4 @@ def run_memory_free(blocks: Sequence[Flow], x: torch.Tensor) -> tuple[torch.Tens
     (ActNorm's data-dependent initialisation runs inside the no-grad forward as usual)."""
     blocks = list(blocks)
     params = [p for b in blocks for p in b.parameters() if p.requires_grad]
-    return _MemoryFreeChain.apply(blocks, current_backend(), x, *params)
+    return _MemoryFreeChain.apply(blocks, backend_for(x), x, *params)

@@ -1,35 +1,56 @@
 """Functional flow ops, dispatched to the active backend (see ``invflow.backend``).
 
 Every function returns the transformed tensor and, where the op has one, the per-sample
-log|det| of its Jacobian (shape [B]).  Semantics are documented in
-``invflow.ops.reference``; ``invflow.ops.fused`` holds the kernel registrations.
+log|det| of its Jacobian (shape [B], in ``reference.logdet_dtype``: float32 for float16 /
+bfloat16 inputs).  Semantics are documented in ``invflow.ops.reference``;
+``invflow.ops.fused`` holds the kernel registrations.
+
+Mixed precision: the arguments of an op are promoted to one dtype first (under
+``torch.autocast`` an st-net may return bfloat16 parameters for a float32 x: the op runs in
+float32), and the flow's own maps never run in autocast's low precision, so the invertible
+path and its log-dets stay exact; only the st-nets run in autocast's dtype.
 """
 
 from __future__ import annotations
 
-from .._backend import current_backend
+import torch
+
+from .._backend import backend_for, current_backend
 from . import fused, reference
 
 __all__ = ["actnorm", "channel_mix", "coupling", "fused", "reference", "implementation"]
 
 
-def implementation():
-    """The module (``fused`` or ``reference``) serving the active backend."""
-    return fused if current_backend() == "fused" else reference
+def implementation(x: torch.Tensor | None = None):
+    """The module (``fused`` or ``reference``) serving ops on ``x`` (the CPU default without x)."""
+    name = current_backend() if x is None else backend_for(x)
+    return fused if name == "fused" else reference
+
+
+def _common(x: torch.Tensor, *others: torch.Tensor | None) -> tuple:
+    """x and ``others`` cast to their promoted dtype (unchanged when they already agree)."""
+    dtype = x.dtype
+    for t in others:
+        if t is not None and t.dtype != dtype:
+            dtype = torch.promote_types(dtype, t.dtype)
+    return tuple(None if t is None else t.to(dtype) for t in (x, *others))
 
 
 def actnorm(x, bias, log_scale, inverse: bool = False):
     """y = (x + b) * exp(log_s) per channel, or its inverse; returns (y, logdet [B])."""
-    impl = implementation()
+    x, bias, log_scale = _common(x, bias, log_scale)
+    impl = implementation(x)
     return (impl.actnorm_inverse if inverse else impl.actnorm_forward)(x, bias, log_scale)
 
 
 def channel_mix(x, weight):
     """y = W x at every position of [B, C, ...] (invertible 1x1 convolution without log-det)."""
-    return implementation().channel_mix(x, weight)
+    x, weight = _common(x, weight)
+    return implementation(x).channel_mix(x, weight)
 
 
 def coupling(x, h, mask=None, scale: str = "sigmoid", clamp: float = 2.0, inverse: bool = False):
     """Affine coupling y = s(raw) * x + t with h = [raw, t]; returns (y, logdet [B])."""
-    impl = implementation()
+    x, h, mask = _common(x, h, mask)
+    impl = implementation(x)
     return (impl.coupling_inverse if inverse else impl.coupling_forward)(x, h, mask, scale, clamp)

@@ -94,6 +94,8 @@ def _mix_setup(ctx, inputs, output):
 
 def _mix_backward(ctx, grad_y):
     x, weight = ctx.saved_tensors
+    if not ctx.needs_input_grad[1]:  # a fixed W (FixedLinear's buffer): no dL/dW GEMM at all
+        return torch.ops.invflow.channel_mix(grad_y, weight.t()), None
     return torch.ops.invflow.channel_mix_backward(grad_y, x, weight)
 
 
@@ -192,7 +194,7 @@ def _like(t):
 
 
 def _batch_vector(t):
-    return t.new_empty(t.shape[0])
+    return t.new_empty(t.shape[0], dtype=ref.logdet_dtype(t.dtype))
 
 
 def _register() -> None:

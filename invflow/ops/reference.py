@@ -10,7 +10,13 @@ is not built.  Conventions (shared with csrc/):
 * channel_mix: y = W x per position (the invertible 1x1 convolution, Glow Sec. 3.2);
 * coupling: h = [raw, t] along channels (h is [B, 2C, ...]), y = s(raw) * x + t on the
   entries where ``mask != 0`` (all entries without a mask), y = x elsewhere, and
-  log|det| = sum of log s(raw) over the transformed entries (Glow Table 1, RealNVP Eq. 7).
+  log|det| = sum of log s(raw) over the transformed entries (Glow Table 1, RealNVP Eq. 7);
+  the inverse is x = (y - t) * exp(-log s), with IEEE results at the ends (an s that
+  underflows to 0 inverts to +-inf, as in every backend);
+* precision: float16 / bfloat16 inputs are computed in float32 and rounded once at the end,
+  and every log-det is returned in ``logdet_dtype`` (float32 for float16 / bfloat16 / float32
+  inputs, float64 for float64), so a half-precision log-det over C*H*W terms neither
+  overflows nor loses its digits.
 """
 
 from __future__ import annotations
@@ -39,6 +45,11 @@ def reduce_dims(x: torch.Tensor) -> list[int]:
     return [0] + list(range(2, x.dim()))
 
 
+def logdet_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of the log-dets of inputs of ``dtype``: float64 for float64, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def per_sample(value: torch.Tensor, batch: int) -> torch.Tensor:
     """A scalar log-det term as a [batch] vector (differentiable; cheaper than ``repeat``)."""
     return value.expand(batch).clone()
@@ -61,24 +72,37 @@ def scale_terms(raw: torch.Tensor, scale: str, clamp: float):
     raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
 
 
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """t in its accumulation dtype (float32 for float16 / bfloat16, else unchanged)."""
+    return t.to(logdet_dtype(t.dtype)) if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def actnorm_forward(x, bias, log_scale):
-    y = (x + channel_view(bias, x)) * channel_view(torch.exp(log_scale), x)
-    logdet = per_sample(log_scale.sum() * inner_size(x), x.shape[0])
-    return y, logdet
+    xw, ls = _wide(x), _wide(log_scale)
+    y = (xw + channel_view(_wide(bias), x)) * channel_view(torch.exp(ls), x)
+    logdet = per_sample(ls.sum() * inner_size(x), x.shape[0])
+    return y.to(x.dtype), logdet
 
 
 def actnorm_inverse(y, bias, log_scale):
-    x = y * channel_view(torch.exp(-log_scale), y) - channel_view(bias, y)
-    logdet = per_sample(-log_scale.sum() * inner_size(y), y.shape[0])
-    return x, logdet
+    yw, ls = _wide(y), _wide(log_scale)
+    x = yw * channel_view(torch.exp(-ls), y) - channel_view(_wide(bias), y)
+    logdet = per_sample(-ls.sum() * inner_size(y), y.shape[0])
+    return x.to(y.dtype), logdet
 
 
 def channel_mix(x, weight):
-    if x.dim() == 4:
-        return F.conv2d(x, weight[:, :, None, None])
-    if x.dim() == 2:
-        return x @ weight.t()
-    return torch.einsum("oi,bi...->bo...", weight, x)
+    if torch.is_autocast_enabled(x.device.type):  # the flow's own maps never run in autocast's dtype
+        with torch.autocast(x.device.type, enabled=False):
+            return channel_mix(x, weight)
+    xw, w = _wide(x), _wide(weight)
+    if x.dim() == 4 and x.numel() > 0:  # conv2d refuses empty images; einsum below does not
+        y = F.conv2d(xw, w[:, :, None, None])
+    elif x.dim() == 2:
+        y = xw @ w.t()
+    else:
+        y = torch.einsum("oi,bi...->bo...", w, xw)
+    return y.to(x.dtype)
 
 
 def _split(h, channels):
@@ -86,9 +110,9 @@ def _split(h, channels):
 
 
 def coupling_forward(x, h, mask, scale, clamp):
-    raw, shift = _split(h, x.shape[1])
+    raw, shift = _split(_wide(h), x.shape[1])
     s, log_s, _, _ = scale_terms(raw, scale, clamp)
-    y = s * x + shift
+    y = (s * _wide(x) + shift).to(x.dtype)
     if mask is not None:
         keep = mask != 0
         y = torch.where(keep, y, x)
@@ -97,9 +121,9 @@ def coupling_forward(x, h, mask, scale, clamp):
 
 
 def coupling_inverse(y, h, mask, scale, clamp):
-    raw, shift = _split(h, y.shape[1])
+    raw, shift = _split(_wide(h), y.shape[1])
     _, log_s, _, _ = scale_terms(raw, scale, clamp)
-    x = (y - shift) * torch.exp(-log_s)
+    x = ((_wide(y) - shift) * torch.exp(-log_s)).to(y.dtype)
     if mask is not None:
         keep = mask != 0
         x = torch.where(keep, x, y)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from torch.autograd import gradcheck, gradgradcheck
 
 from invflow.ops import fused, reference
@@ -73,20 +71,6 @@ def test_fused_equals_reference_large(shape, device):
     """Large tensors (several parallel tasks per op) and the BLAS path (C > 64) of channel_mix."""
     a = make_args(shape, device, torch.float64, masked=True)
     assert_fused_matches_reference(a, "sigmoid", torch.float64)
-
-
-@settings(max_examples=30, deadline=None, derandomize=True)  # same examples in CI as locally
-@given(
-    b=st.integers(1, 3),
-    c=st.integers(1, 6),
-    spatial=st.lists(st.integers(1, 5), min_size=0, max_size=2),
-    masked=st.booleans(),
-    scale=st.sampled_from(SCALES),
-    dtype=st.sampled_from([torch.float32, torch.float64]),
-)
-def test_fused_equals_reference_property(b, c, spatial, masked, scale, dtype):
-    a = make_args((b, c, *spatial), "cpu", dtype, masked=masked)
-    assert_fused_matches_reference(a, scale, dtype)
 
 
 def test_fused_accepts_non_contiguous(device):
@@ -220,8 +204,10 @@ def test_low_precision_matches_float32_reference(dtype, scale):
     tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=2e-3, atol=2e-3)
     exact = {k: (v.float() if v is not None else None) for k, v in low.items()}  # same rounded inputs
     for (name, call), (_, call_ref) in zip(op_pairs(low, scale), op_pairs(exact, scale)):
-        for got, want in zip(call(fused), call_ref(reference)):
-            assert got.dtype == dtype, name
+        outputs = call(fused)
+        assert outputs[0].dtype == dtype, name
+        assert all(ld.dtype == torch.float32 for ld in outputs[1:]), f"{name}: log-dets are float32"
+        for got, want in zip(outputs, call_ref(reference)):
             torch.testing.assert_close(got.float(), want, **tol, msg=lambda m: f"{name}: {m}")
 
 

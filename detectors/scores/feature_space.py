@@ -33,8 +33,8 @@ def _vectors(x: torch.Tensor, transform: Callable | None) -> np.ndarray:
         x = transform(x)
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
         shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"feature-space detectors expect feature vectors [B, D] (use transform= to map "
-                         f"images to features), got {shape}")
+        raise ValueError(f"feature-space detectors expect feature vectors [B, D] or images [B, C, H, W] "
+                         f"(run through EfficientNet-Lite0, or a given transform=), got {shape}")
     return x.detach().to("cpu", torch.float64).numpy()
 
 

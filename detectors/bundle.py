@@ -71,7 +71,7 @@ CATALOGUE: dict[str, Spec] = {
     "mass": Spec("flow", "ApproximateMass", {}, "-", "Chali et al. 2023, Eq. 1: ||d log p(x) / dx||"),
     "diff": Spec("flow+general", "LikelihoodRatio", {}, "aux data",
                  "Schirrmeister et al. 2020, Eq. 1: -(log p_in - log p_general), general = natural photo patches"),
-    "mse": Spec("features", "MSEToMean", {}, "-", "Schmier et al. 2023 baseline: ||f - mean||^2 on EfficientNet features"),
+    "mse": Spec("features", "MSEToMean", {}, "-", "Schmier et al. 2022 baseline: ||f - mean||^2 on EfficientNet features"),
     "knn": Spec("features", "KNN", {"k": 5}, "-", "k-th nearest-neighbour distance on EfficientNet features"),
     "kde": Spec("features", "KDE", {}, "-", "-log Gaussian KDE on EfficientNet features"),
     "pca": Spec("features", "PCA", {"n_components": 0.9}, "-", "PCA reconstruction error on EfficientNet features"),

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from .folders import ImagePolicy, Source, load_source
-from .inputs import _is_dataloader, _is_dataset, _split_item, as_batch, pil_to_tensor
+from .inputs import _is_dataloader, _is_dataset, _split_item, as_batch, as_batch_with_labels
 
 BUNDLE_FILE, STATE_FILE, FIT_FILE, FEATURES_FILE = "bundle.json", "state.safetensors", "fit.json", "features.safetensors"
 FORMAT, VERSION = "detectors-bundle", 1
@@ -75,7 +75,31 @@ CATALOGUE: dict[str, Spec] = {
     "knn": Spec("features", "KNN", {"k": 5}, "-", "k-th nearest-neighbour distance on EfficientNet features"),
     "kde": Spec("features", "KDE", {}, "-", "-log Gaussian KDE on EfficientNet features"),
     "pca": Spec("features", "PCA", {"n_components": 0.9}, "-", "PCA reconstruction error on EfficientNet features"),
+    "mahalanobis": Spec("features+labels", "Mahalanobis", {}, "labels",
+                        "Lee et al. 2018: distance to the closest class mean on EfficientNet features "
+                        "(needs class sub-folders)"),
 }
+FEATURE_NEEDS = ("features", "features+labels")
+
+
+class FeatureVectors(torch.nn.Module):
+    """``features(x)``: feature vectors [B, D] as they are, images [B, C, H, W] through
+    EfficientNet-Lite0 at ``feature_size`` (unit-norm): lets ``Mahalanobis`` work on the
+    bundle's image features."""
+
+    def __init__(self, feature_size: int = 96):
+        super().__init__()
+        self.feature_size = feature_size
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:
+            from .imagefeatures import image_features
+
+            return image_features(x, self.feature_size)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
 DEFAULT_DETECTORS = ("last-scale", "png", "knn")
 
 
@@ -128,6 +152,8 @@ def _build(name: str, spec: Spec, models: dict, feature_size: int, progress: boo
 
     cls = getattr(scores, spec.cls)
     kw = dict(spec.params if params is None else params)
+    if spec.needs == "features+labels":
+        return cls(FeatureVectors(feature_size), progress=progress, **kw)
     if spec.needs == "features":
         return cls(feature_size=feature_size, progress=progress, **kw)
     if spec.needs == "flow+general":
@@ -211,7 +237,7 @@ class Bundle(Mapping):
         for name, det in self.detectors.items():
             if progress is not None:
                 det.progress = progress
-            if CATALOGUE.get(name, Spec("", "", {}, "", "")).needs == "features":
+            if CATALOGUE.get(name, Spec("", "", {}, "", "")).needs in FEATURE_NEEDS:
                 if feats is None:
                     from .imagefeatures import image_features
 
@@ -309,18 +335,25 @@ def _state(det, spec: Spec) -> dict:
         return {"entropy": det.entropy}
     if spec.needs == "features":
         return {"features": "features.fit", "feature_size": det.feature_size}
+    if spec.needs == "features+labels":
+        return {"features": "features.fit", "labels": "labels.fit"}
     return {}
 
 
 def _restore(det, spec: Spec, state: dict, tensors: dict, where: str) -> None:
     if spec.cls == "Typicality":
         det.entropy = float(state["entropy"])
-    elif spec.needs == "features":
-        key = state.get("features", "features.fit")
-        if key not in tensors:
-            raise ValueError(f"{where}: detector {spec.cls} needs {key!r} in {STATE_FILE}, which lacks it")
-        det._fit_features(tensors[key].double().numpy())
-        det._fitted = True
+    elif spec.needs in FEATURE_NEEDS:
+        keys = [state.get("features", "features.fit")] + ([state.get("labels", "labels.fit")]
+                                                          if spec.needs == "features+labels" else [])
+        missing = [k for k in keys if k not in tensors]
+        if missing:
+            raise ValueError(f"{where}: detector {spec.cls} needs {missing} in {STATE_FILE}, which lacks them")
+        if spec.needs == "features":
+            det._fit_features(tensors[keys[0]].double().numpy())
+            det._fitted = True
+        else:
+            det._fit_state(tensors[keys[0]].double().numpy(), tensors[keys[1]].numpy())
 
 
 # ------------------------------------------------------------------------- fitting
@@ -421,13 +454,14 @@ def fit_bundle(data, out: str, config: FitConfig | None = None, command: str | N
             from .folders import describe_skipped
 
             say(describe_skipped(src.skipped))
-        raw, name = src.images, src.name
+        raw, name, labels = src.images, src.name, src.labels
     else:
-        raw, name = data, type(data).__name__
-    if isinstance(raw, (list, tuple)):
+        raw, name, labels = data, type(data).__name__, None
+    if isinstance(raw, (list, tuple)) and not any(isinstance(r, (tuple, list)) for r in raw[:1]):
         images_for_policy = raw
     else:
-        raw = as_batch(raw, "data", cfg.progress)
+        raw, more = as_batch_with_labels(raw, "data", cfg.progress)
+        labels = labels if labels is not None else more
         if raw.is_floating_point():
             from invflow.data import to_images
 
@@ -449,6 +483,10 @@ def fit_bundle(data, out: str, config: FitConfig | None = None, command: str | N
     say(f"fit part: {len(x_fit)} images; calibration part (held out): {len(x_cal)} images")
 
     needs = {CATALOGUE[d].needs for d in cfg.detectors}
+    if "features+labels" in needs and labels is None:
+        supervised = [d for d in cfg.detectors if CATALOGUE[d].needs == "features+labels"]
+        raise ValueError(f"detectors {supervised} need class labels: put TRAIN's images in one sub-folder "
+                         "per class (or pass a Dataset of (image, label) items)")
     models, model_paths = {}, {}
     if needs & {"flow", "flow+general"}:
         model_paths["flow"] = os.path.join("models", "flow")
@@ -463,21 +501,24 @@ def fit_bundle(data, out: str, config: FitConfig | None = None, command: str | N
         models["general"] = _train_flow(os.path.join(out, model_paths["general"]), general, policy, cfg, say)
     tensors, entries, dets = {}, [], {}
     f_fit = f_cal = None
-    if "features" in needs:
+    if needs & set(FEATURE_NEEDS):
         say(f"EfficientNet-Lite0 features at {cfg.feature_size}x{cfg.feature_size}")
         feats = _cached_features(out, x, cfg)
         f_fit, f_cal = feats[fit_idx], feats[cal_idx]
         tensors["features.fit"] = f_fit.float()
+    if "features+labels" in needs:
+        tensors["labels.fit"] = labels[fit_idx].long()
     for dname in cfg.detectors:
         spec = CATALOGUE[dname]
         params = dict(spec.params)
         if spec.cls == "KNN":
             params["k"] = max(1, min(params["k"], len(x_fit) - 1))
         det = _build(dname, spec, models, cfg.feature_size, cfg.progress, params)
-        fit_in, cal_in = (f_fit, f_cal) if spec.needs == "features" else (x_fit, x_cal)
-        det._fit(fit_in)  # the detector's own state, from the fit part only
-        if spec.needs == "features":
-            det._fitted = True
+        fit_in, cal_in = (f_fit, f_cal) if spec.needs in FEATURE_NEEDS else (x_fit, x_cal)
+        if spec.needs == "features+labels":  # the detector's own state, from the fit part only
+            det._fit_state(f_fit.double().numpy(), labels[fit_idx].numpy())
+        else:
+            det._fit(fit_in)
         det.calibrate(cal_in, cfg.fpr)  # the threshold, from the held-out part
         dets[dname] = det
         entries.append({"name": dname, "class": spec.cls, "params": params, "uses": det.uses,

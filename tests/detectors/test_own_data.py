@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 import detectors
+import detectors.imagefeatures
 from detectors import bundle as bundle_mod
 from detectors.__main__ import main
 from detectors.folders import ImageFolder, ImagePolicy, UnreadableImagesWarning, load_source
@@ -205,3 +206,37 @@ def test_user_errors_in_process(tmp_path, capsys):
     (tmp_path / "run").mkdir()
     assert main(["evaluate", "--in-model", str(tmp_path / "run"), "--out", str(tmp_path / "e")]) == 2
     assert "without a 'latest' file" in capsys.readouterr().err
+
+
+def test_nested_class_folders_feed_the_supervised_detector(tmp_path, capsys):
+    torch.set_num_threads(1)
+    _patches(tmp_path / "train" / "astronaut", [skimage_data.astronaut()], [16] * 12, 0)
+    _patches(tmp_path / "train" / "coffee", [skimage_data.coffee()], [16, 20] * 6, 1)
+    _patches(tmp_path / "ood", [skimage_data.checkerboard()], [16] * 4, 2)
+    det = tmp_path / "det"
+    argv = ["fit", "--data", str(tmp_path / "train"), "--out", str(det), "--feature-size", "32", "--no-progress",
+            "--detectors", "mahalanobis", "pca"]
+    assert main(argv) == 0
+    bundle = detectors.load(det)
+    assert bundle.uses == {"mahalanobis": "labels", "pca": "-"}
+    assert "models" not in os.listdir(det)  # feature detectors need no flow
+    src = load_source(str(tmp_path / "train"))
+    assert src.classes == ["astronaut", "coffee"]
+    x = bundle.policy.apply(src.images)
+    fit_idx, cal_idx = bundle_mod._split(len(x), 0.2, 0)
+    for name, s in bundle.score(x[cal_idx]).items():  # thresholds from the held-out part
+        assert bundle[name].threshold == pytest.approx(float(np.quantile(s.numpy(), 0.95, method="higher"))), name
+    # the restored state is the state fitted on the fit part with its labels
+    m = bundle["mahalanobis"]
+    assert m.classes_.tolist() == [0, 1]
+    feats = detectors.imagefeatures.image_features(x[fit_idx], 32).double()
+    lab = src.labels[fit_idx]
+    assert torch.allclose(m.means_[1], feats[lab == 1].mean(0), atol=1e-5)
+    assert main(["score", str(det), "--data", str(tmp_path / "train"), "--ood", str(tmp_path / "ood"),
+                 "--out", str(tmp_path / "rep"), "--no-progress"]) == 0
+    results = json.loads((tmp_path / "rep" / "results.json").read_text())
+    assert results["uses"]["mahalanobis"] == "labels"
+    capsys.readouterr()
+    assert main(["fit", "--data", str(tmp_path / "ood"), "--out", str(tmp_path / "d2"), "--no-progress",
+                 "--detectors", "mahalanobis"]) == 2
+    assert "need class labels" in capsys.readouterr().err

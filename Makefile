@@ -4,6 +4,10 @@
 #   make test    set-up + the full test suite
 #   make bench   set-up + the benchmark suites and the side-by-side comparison
 #   make data    installs the offline datasets (Debian dataset-fashion-mnist)
+#   make gpu-check   on a GPU machine: build for its arch, CUDA tests, compute-sanitizer,
+#                    training smoke, CUDA bench -- one command, logs in GPU_CHECK_OUT
+#                    (tools/gpu_check.sh; uses the machine's python3, no set-up);
+#                    DRY_RUN=1 runs its CPU parts (make test does)
 #
 # Set-up: a venv in .venv; torch==2.13.0 (the CPU wheel from /opt/wheels when present)
 # only when the venv has no torch -- never an unpinned torch, which resolves to a 3 GB CUDA
@@ -22,7 +26,7 @@ CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' 2>/dev/nu
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
 
-.PHONY: all setup build cuda-check test demo bench data clean
+.PHONY: all setup build cuda-check gpu-check gpu-check-dry test demo bench data clean
 
 all: test
 
@@ -53,7 +57,23 @@ build/.cuda-check: $(CUDA_SRC) tools/cuda_compile_check.sh | $(STAMP)
 
 cuda-check: build/.cuda-check
 
-test: build cuda-check data
+# The GPU check runs on a machine with torch and CUDA already installed (no venv, no network):
+# it builds the extension there itself.  DRY_RUN=1 runs the CPU-runnable parts here.
+GPU_CHECK_OUT ?= build/gpu-check
+GPU_PY ?= python3
+DRY_RUN ?=
+
+gpu-check:
+ifeq ($(DRY_RUN),)
+	PY=$(GPU_PY) tools/gpu_check.sh $(GPU_CHECK_OUT)
+else
+	$(MAKE) gpu-check-dry
+endif
+
+gpu-check-dry: build
+	DRY_RUN=1 PY=$(PY) tools/gpu_check.sh build/gpu-check-dry
+
+test: build cuda-check data gpu-check-dry
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 DEMO_OUT ?= runs/demo

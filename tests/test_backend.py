@@ -59,3 +59,36 @@ def test_without_extension_fused_request_raises_and_default_warns_once(monkeypat
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert invflow.current_backend() == "reference"
+
+
+def test_cuda_default_is_reference_until_gpu_check_passes(monkeypatch):
+    """DESIGN: CUDA tensors default to the reference (one warning naming the opt-in) until
+    the kernels have passed `make gpu-check` on hardware; CPU keeps the fused default and an
+    explicit choice always wins."""
+    monkeypatch.setattr(_backend, "_warned_cuda", False)
+    monkeypatch.setattr(_backend, "CUDA_KERNELS_VERIFIED", False)
+    cuda = torch.device("cuda")
+    with pytest.warns(RuntimeWarning, match=r'invflow.backend\(\\?"fused\\?"\)'):
+        assert _backend.default_backend(cuda) == "reference"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once only
+        assert _backend.default_backend(cuda) == "reference"
+        assert _backend.default_backend(torch.device("cpu")) == "fused"
+    with invflow.backend("fused"):
+        assert _backend.backend_for(torch.empty(1, device="meta")) == "fused"
+    monkeypatch.setattr(_backend, "CUDA_KERNELS_VERIFIED", True)
+    assert _backend.default_backend(cuda) == "fused"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_layers_use_the_policy(monkeypatch):
+    monkeypatch.setattr(_backend, "_warned_cuda", True)
+    calls = []
+    real = fused.actnorm_forward
+    monkeypatch.setattr(fused, "actnorm_forward", lambda *a: calls.append(1) or real(*a))
+    layer = invflow.ActNorm(2).cuda().eval()
+    layer(torch.randn(2, 2, 3, 3, device="cuda"))
+    assert calls == ([1] if _backend.CUDA_KERNELS_VERIFIED else [])
+    with invflow.backend("fused"):
+        layer(torch.randn(2, 2, 3, 3, device="cuda"))
+    assert calls[-1:] == [1]

@@ -1,0 +1,118 @@
+"""Calls every kernel of invflow._C once per dtype and shape class, for compute-sanitizer.
+
+    python tools/gpu_driver.py --device cuda     # under compute-sanitizer in `make gpu-check`
+    python tools/gpu_driver.py --device cpu      # `make gpu-check DRY_RUN=1` (and make test)
+
+Every op schema in csrc/registration.cpp must be called here: the driver parses the
+schemas and fails if a new op was added without a call, so the sanitizer stage can't
+silently skip a kernel.  Shapes cover each launch path: the 1x1-conv buckets (C <= 4, 8,
+16, 32) and the GEMM path (C > 32, vectors and images), masked and unmasked couplings of
+every scale, single samples split over many blocks, odd sizes and empty tensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import invflow  # noqa: E402
+from invflow.ops import reference  # noqa: E402
+
+OP = torch.ops.invflow
+SCALES = ("sigmoid", "exp", "tanh")
+
+
+def registered_ops() -> set[str]:
+    """The op names of every ``m.def("name(...)")`` in csrc/registration.cpp."""
+    with open(os.path.join(ROOT, "csrc", "registration.cpp")) as f:
+        text = f.read()
+    return set(re.findall(r'"\s*([a-z_0-9]+)\(', text))
+
+
+def shapes(small: bool):
+    yield (2, 3, 5, 7)  # odd sizes, bucket <= 4
+    yield (1, 12, 16, 16)  # Glow's C = 12, one sample over many blocks
+    yield (3, 24, 5, 3)  # bucket <= 32
+    yield (2, 7)  # vectors
+    yield (2, 40, 3, 3)  # GEMM path, images
+    yield (4, 48)  # GEMM path, vectors (one GEMM)
+    yield (0, 4, 3, 3)  # empty batch
+    if not small:
+        yield (8, 16, 32, 32)
+
+
+def call_all(device: str, dtype: torch.dtype, small: bool) -> set[str]:
+    called: set[str] = set()
+
+    def run(name, *args):
+        called.add(name)
+        return getattr(OP, name)(*args)
+
+    g = dict(device=device, dtype=dtype)
+    gl_dtype = reference.logdet_dtype(dtype)
+    for shape in shapes(small):
+        b, c = shape[0], shape[1]
+        x = torch.randn(shape, **g)
+        bias, ls = torch.randn(c, **g), 0.1 * torch.randn(c, **g)
+        w = (torch.linalg.qr(torch.randn(c, c, dtype=torch.float64))[0]).to(**g)
+        h = torch.randn((b, 2 * c, *shape[2:]), **g)
+        mask = (torch.rand(shape[1:], device=device) > 0.5).to(dtype)
+        gy = torch.randn_like(x)
+        gl = torch.randn(b, device=device, dtype=gl_dtype)
+        run("actnorm_forward", x, bias, ls)
+        run("actnorm_inverse", x, bias, ls)
+        run("actnorm_backward", gy, gl, x, bias, ls)
+        run("actnorm_backward", gy, None, x, bias, ls)
+        run("channel_mix", x, w)
+        run("channel_mix_backward", gy, x, w)
+        for scale in SCALES:
+            for m in (None, mask):
+                run("coupling_forward", x, h, m, scale, 2.0)
+                run("coupling_inverse", x, h, m, scale, 2.0)
+                run("coupling_backward", gy, gl, x, h, m, scale, 2.0)
+                run("coupling_backward", gy, None, x, h, m, scale, 2.0)
+    # second order through the registered autograd (the backward ops' own backward)
+    if dtype in (torch.float32, torch.float64):
+        x = torch.randn(2, 6, 4, 4, **g, requires_grad=True)
+        with invflow.backend("fused"):
+            flow = invflow.Sequential(invflow.ActNorm(6), invflow.InvConv1x1(6),
+                                      invflow.AffineCoupling(6, invflow.masks.Channel(0), hidden=8))
+            flow = flow.to(device=device, dtype=dtype).eval()
+            y, ld = flow(x)
+            (gx,) = torch.autograd.grad((y.square().sum() + ld.sum()), x, create_graph=True)
+            gx.square().sum().backward()
+    return called
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--small", action="store_true", help="skip the largest shape (sanitizers are slow)")
+    args = parser.parse_args(argv)
+    if not invflow.fused_available():
+        print("gpu_driver: invflow._C is not built", file=sys.stderr)
+        return 1
+    dtypes = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+    called: set[str] = set()
+    for dtype in dtypes:
+        called |= call_all(args.device, dtype, args.small)
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+    missing = registered_ops() - called
+    if missing:
+        print(f"gpu_driver: ops registered in csrc/registration.cpp but never called: {sorted(missing)}",
+              file=sys.stderr)
+        return 1
+    print(f"gpu_driver: called all {len(called)} ops on {args.device} in {len(dtypes)} dtypes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -121,6 +121,7 @@ class FitConfig:
     fpr: float = 0.05           # share of held-out in-distribution images flagged
     feature_size: int = 96      # EfficientNet-Lite0 input side for the feature detectors
     seed: int = 0
+    max_images: int | None = None  # a seeded random subset of TRAIN of this size (default: all)
     progress: bool = True
 
     def check(self) -> None:
@@ -142,6 +143,8 @@ class FitConfig:
             raise ValueError(f"fpr must be in (0, 1), got {self.fpr!r}")
         if not np.isfinite(self.lr) or self.lr <= 0:
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if self.max_images is not None and (not isinstance(self.max_images, int) or self.max_images < 3):
+            raise ValueError(f"max_images must be an int >= 3 or None, got {self.max_images!r}")
         if not isinstance(self.feature_size, int) or self.feature_size < 32:
             raise ValueError(f"feature_size must be an int >= 32, got {self.feature_size!r}")
 
@@ -467,12 +470,19 @@ def fit_bundle(data, out: str, config: FitConfig | None = None, command: str | N
 
             raw = to_images(raw)
         images_for_policy = raw
+    if cfg.max_images is not None and len(raw) > cfg.max_images:
+        keep = torch.randperm(len(raw), generator=torch.Generator().manual_seed(cfg.seed + 1))[:cfg.max_images]
+        keep = keep.sort().values
+        raw = [raw[int(i)] for i in keep] if isinstance(raw, (list, tuple)) else raw[keep]
+        labels = labels[keep] if labels is not None else None
+        images_for_policy = raw
+        say(f"{name}: using a seeded random subset of {cfg.max_images} images")
     policy = ImagePolicy.from_images(images_for_policy, cfg.size, cfg.channels, multiple=2 ** cfg.levels,
                                      max_size=cfg.max_size)
     say(f"{name}: {len(raw)} images -> {policy.channels}x{policy.size}x{policy.size} "
         f"({'grey' if policy.channels == 1 else 'RGB'}; resize the shorter side and centre-crop)")
     model_cfg = {"class": "Glow", "levels": cfg.levels, "depth": cfg.depth, "hidden": cfg.hidden}
-    settings = {"data": str(name), "n_images": len(raw), "preprocessing": policy.to_json(), "model": model_cfg,
+    settings = {"data": str(name), "n_images": len(raw), "max_images": cfg.max_images, "preprocessing": policy.to_json(), "model": model_cfg,
                 "holdout": cfg.holdout, "seed": cfg.seed}
     _check_out(out, settings)
     os.makedirs(out, exist_ok=True)

@@ -45,6 +45,8 @@ def add_parser(sub) -> None:
                    help="share of held-out TRAIN each threshold flags (default: %(default)s)")
     p.add_argument("--feature-size", type=int, default=defaults.feature_size,
                    help="EfficientNet-Lite0 input side for the feature detectors (default: %(default)s)")
+    p.add_argument("--n", type=int, default=None, metavar="N",
+                   help="fit on a seeded random subset of N images of TRAIN (default: all)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="seed of the split and the training (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -55,7 +57,7 @@ def run_fit(args, argv=None) -> None:
     cfg = FitConfig(detectors=tuple(dict.fromkeys(args.detectors)), steps=args.steps, batch_size=args.batch,
                     lr=args.lr, levels=args.levels, depth=args.depth, hidden=args.hidden, size=args.size,
                     channels=args.channels, holdout=args.holdout, fpr=args.fpr, feature_size=args.feature_size,
-                    seed=args.seed, progress=not args.no_progress)
+                    seed=args.seed, max_images=args.n, progress=not args.no_progress)
     if not os.path.exists(args.data) and (os.sep in args.data or "." in os.path.basename(args.data)):
         raise FileNotFoundError(f"--data {args.data}: no such file or folder")
     command = shlex.join(["python", "-m", "detectors"] + list(sys.argv[1:] if argv is None else argv))

@@ -189,11 +189,17 @@ def load_source(spec, progress: bool = False, n: int | None = None, seed: int = 
     looks_like_path = os.sep in spec or spec.lower().endswith((".npz",) + IMAGE_EXTENSIONS) or spec.startswith(".")
     if looks_like_path:
         raise FileNotFoundError(f"{spec}: no such file or folder")
+    if n is not None and (int(n) != n or n < 1):
+        raise ValueError(f"n must be a positive integer, got {n!r}")
     try:
-        x = datasets.load_named(spec, n=n, seed=seed)
+        x = datasets.load_named(spec, n=n if spec == "patches" else None, seed=seed)
     except ValueError as e:
         raise ValueError(f"{spec}: no such file or folder, and {e}") from None
-    return Source(spec, x, [f"{spec}[{i}]" for i in range(len(x))])
+    index = torch.arange(len(x))
+    if n is not None and n < len(x):  # a seeded subset, named by the indices in the whole set
+        index = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        x = x[index]
+    return Source(spec, x, [f"{spec}[{i}]" for i in index.tolist()])
 
 
 # ---------------------------------------------------------------------------- policy

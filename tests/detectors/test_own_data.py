@@ -240,3 +240,17 @@ def test_nested_class_folders_feed_the_supervised_detector(tmp_path, capsys):
     assert main(["fit", "--data", str(tmp_path / "ood"), "--out", str(tmp_path / "d2"), "--no-progress",
                  "--detectors", "mahalanobis"]) == 2
     assert "need class labels" in capsys.readouterr().err
+
+
+def test_named_source_subset_names_rows_of_the_whole_set():
+    from detectors.datasets import load_mnist_5k
+
+    src = load_source("mnist", n=6, seed=3)
+    whole = load_mnist_5k()[0]
+    assert len(src) == 6 and src.images.shape == (6, 1, 28, 28)
+    for i, p in enumerate(src.paths):
+        assert torch.equal(whole[int(p[len("mnist["):-1])], src.images[i]), p
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        load_source("missing/folder")
+    with pytest.raises(ValueError, match="no such file or folder, and unknown dataset"):
+        load_source("not-a-set")

@@ -178,6 +178,17 @@ def test_fit_then_score_end_to_end(folders, tmp_path, capsys):
     again = json.loads((det / "bundle.json").read_text())
     assert (det / "models" / "flow" / "latest").read_text() == latest
     assert [d["threshold"] for d in again["detectors"]] == [d["threshold"] for d in meta["detectors"]]
+    # more steps: the interrupted / shorter training resumes from its checkpoint
+    assert main(_fit_argv(folders / "train", det, "--steps", "5")) == 0
+    assert "resuming at step 3" in capsys.readouterr().out
+    assert (det / "models" / "flow" / "latest").read_text() == "step-0000005"
+    # the bundle takes Datasets and DataLoaders of same-size images too
+    ds = torch.utils.data.TensorDataset(test_x, torch.zeros(len(test_x)))
+    resumed = detectors.load(det)
+    ref = resumed.score(test_x)
+    for kind in (ds, torch.utils.data.DataLoader(ds, batch_size=4), test_x.numpy()):
+        got = resumed.score(kind)
+        assert all(torch.equal(got[n], ref[n]) for n in ref), type(kind).__name__
     # a different setting in the same directory is refused with one line
     assert main(_fit_argv(folders / "train", det, "--size", "16")) == 2
     assert "other settings" in capsys.readouterr().err

@@ -265,3 +265,18 @@ def test_named_source_subset_names_rows_of_the_whole_set():
         load_source("missing/folder")
     with pytest.raises(ValueError, match="no such file or folder, and unknown dataset"):
         load_source("not-a-set")
+
+
+def test_evaluate_takes_the_run_directory_train_wrote(tmp_path, capsys):
+    torch.set_num_threads(1)
+    run = tmp_path / "run"
+    assert main(["train", "--data", "mnist", "--out", str(run), "--steps", "2", "--levels", "3", "--depth", "1",
+                 "--hidden", "8", "--batch", "8"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith(f"model: {run}/step-0000002/model.safetensors")
+    # 28x28 digits were padded to 32x32 for 3 scales; evaluate pads them the same way
+    assert main(["evaluate", "--in-model", str(run), "--in-data", "mnist", "--ood-data", "patches", "--n", "12",
+                 "--out", str(tmp_path / "rep")]) == 0
+    assert "padded images from 28x28 to 32x32" in capsys.readouterr().out
+    results = json.loads((tmp_path / "rep" / "results.json").read_text())
+    assert "likelihood" in results["detectors"] and results["counts"]["likelihood"] == {"in": 12, "ood": 12}

@@ -75,11 +75,43 @@ CATALOGUE: dict[str, Spec] = {
     "knn": Spec("features", "KNN", {"k": 5}, "-", "k-th nearest-neighbour distance on EfficientNet features"),
     "kde": Spec("features", "KDE", {}, "-", "-log Gaussian KDE on EfficientNet features"),
     "pca": Spec("features", "PCA", {"n_components": 0.9}, "-", "PCA reconstruction error on EfficientNet features"),
+    "feature-flow": Spec("features-flow", "Likelihood", {}, "-",
+                         "Schmier et al. 2022 'Flow' baseline: -log p of a vector flow on PCA-projected "
+                         "EfficientNet features"),
     "mahalanobis": Spec("features+labels", "Mahalanobis", {}, "labels",
                         "Lee et al. 2018: distance to the closest class mean on EfficientNet features "
                         "(needs class sub-folders)"),
 }
-FEATURE_NEEDS = ("features", "features+labels")
+FEATURE_NEEDS = ("features", "features+labels", "features-flow")
+FEATURE_FLOW_DIM, FEATURE_NOISE = 32, 1e-2  # PCA dimensions before the vector flow; training noise (Schmier Sec. 5)
+
+
+class Projection:
+    """f -> (f - mean) @ components.T / scale: the PCA projection (scikit-learn's
+    ``PCA.transform``, whiten=False) of unit-norm features before the feature flow, scaled by
+    the first component's standard deviation.  Saved in the bundle with the flow."""
+
+    def __init__(self, mean: torch.Tensor, components: torch.Tensor, scale: float):
+        self.mean, self.components, self.scale = mean.double(), components.double(), float(scale)
+
+    @classmethod
+    def fit(cls, f: torch.Tensor, dim: int) -> "Projection":
+        from sklearn.decomposition import PCA as SkPCA
+
+        pca = SkPCA(n_components=min(dim, f.shape[1], len(f) - 1), svd_solver="full").fit(f.double().numpy())
+        return cls(torch.from_numpy(pca.mean_), torch.from_numpy(pca.components_),
+                   float(np.sqrt(pca.explained_variance_[0])))
+
+    def __call__(self, f: torch.Tensor) -> torch.Tensor:
+        return ((f.double() - self.mean) @ self.components.T / self.scale).float()
+
+    def tensors(self) -> dict:
+        return {"projection.mean": self.mean, "projection.components": self.components,
+                "projection.scale": torch.tensor([self.scale], dtype=torch.float64)}
+
+    @classmethod
+    def from_tensors(cls, t: dict) -> "Projection":
+        return cls(t["projection.mean"], t["projection.components"], float(t["projection.scale"][0]))
 
 
 class FeatureVectors(torch.nn.Module):
@@ -150,11 +182,14 @@ class FitConfig:
 
 
 # ------------------------------------------------------------------------- building
-def _build(name: str, spec: Spec, models: dict, feature_size: int, progress: bool, params: dict | None = None):
+def _build(name: str, spec: Spec, models: dict, feature_size: int, progress: bool, params: dict | None = None,
+           projection: Projection | None = None):
     from . import scores
 
     cls = getattr(scores, spec.cls)
     kw = dict(spec.params if params is None else params)
+    if spec.needs == "features-flow":
+        return cls(models["feature-flow"], transform=projection, progress=progress, **kw)
     if spec.needs == "features+labels":
         return cls(FeatureVectors(feature_size), progress=progress, **kw)
     if spec.needs == "features":
@@ -325,7 +360,12 @@ def load(path, progress: bool = False) -> Bundle:
         spec = CATALOGUE.get(name)
         if spec is None or spec.cls != entry["class"]:
             raise ValueError(f"{meta_path}: unknown detector {name!r} ({entry.get('class')})")
-        det = _build(name, spec, models, feature_size, progress, entry.get("params"))
+        projection = None
+        if spec.needs == "features-flow":
+            if "projection.mean" not in tensors:
+                raise ValueError(f"{meta_path}: {name} needs its PCA projection in {STATE_FILE}, which lacks it")
+            projection = Projection.from_tensors(tensors)
+        det = _build(name, spec, models, feature_size, progress, entry.get("params"), projection)
         _restore(det, spec, entry.get("state", {}), tensors, meta_path)
         det.threshold, det.fpr = float(entry["threshold"]), float(entry["fpr"])
         dets[name] = det
@@ -340,13 +380,15 @@ def _state(det, spec: Spec) -> dict:
         return {"features": "features.fit", "feature_size": det.feature_size}
     if spec.needs == "features+labels":
         return {"features": "features.fit", "labels": "labels.fit"}
+    if spec.needs == "features-flow":
+        return {"projection": "projection.*"}
     return {}
 
 
 def _restore(det, spec: Spec, state: dict, tensors: dict, where: str) -> None:
     if spec.cls == "Typicality":
         det.entropy = float(state["entropy"])
-    elif spec.needs in FEATURE_NEEDS:
+    elif spec.needs in ("features", "features+labels"):
         keys = [state.get("features", "features.fit")] + ([state.get("labels", "labels.fit")]
                                                           if spec.needs == "features+labels" else [])
         missing = [k for k in keys if k not in tensors]
@@ -395,6 +437,27 @@ def _train_flow(run_dir: str, images: torch.Tensor, policy: ImagePolicy, cfg: Fi
             f"{policy.channels}x{policy.size}x{policy.size}) on {len(images)} images for {cfg.steps} steps"
             + (f", resuming at step {trainer.step}" if resume else ""))
         trainer.step = 0  # fit(resume=True) reloads the checkpoint itself
+        trainer.fit(resume=resume)
+    return invflow.checkpoint.load(run_dir)
+
+
+def _train_vector_flow(run_dir: str, z: torch.Tensor, cfg: FitConfig, say) -> torch.nn.Module:
+    """A ``VectorFlow`` on projected features (Schmier et al. 2022's "Flow"), trained or resumed
+    in the run directory ``run_dir`` like the image flow."""
+    import invflow
+    from invflow.train import Trainer
+
+    torch.manual_seed(cfg.seed)
+    model = invflow.VectorFlow(z.shape[1], blocks=4, hidden=64)
+    resume = os.path.isfile(os.path.join(run_dir, "latest"))
+    trainer = Trainer(model, z, out_dir=run_dir, steps=cfg.steps, batch_size=min(cfg.batch_size, len(z)), lr=cfg.lr,
+                      warmup=max(1, min(100, cfg.steps // 5)), seed=cfg.seed,
+                      checkpoint_every=max(10, cfg.steps // 10), progress=cfg.progress, log_every=10)
+    if resume and trainer.load_latest() and trainer.step >= cfg.steps:
+        say(f"{run_dir}: reusing the trained feature flow (step {trainer.step})")
+    else:
+        say(f"training a feature flow ({z.shape[1]} PCA dimensions) for {cfg.steps} steps")
+        trainer.step = 0
         trainer.fit(resume=resume)
     return invflow.checkpoint.load(run_dir)
 
@@ -518,12 +581,20 @@ def fit_bundle(data, out: str, config: FitConfig | None = None, command: str | N
         tensors["features.fit"] = f_fit.float()
     if "features+labels" in needs:
         tensors["labels.fit"] = labels[fit_idx].long()
+    projection = None
+    if "features-flow" in needs:
+        projection = Projection.fit(f_fit, FEATURE_FLOW_DIM)
+        tensors.update(projection.tensors())
+        g = torch.Generator().manual_seed(cfg.seed + 2)
+        z_fit = projection(f_fit + FEATURE_NOISE * torch.randn(f_fit.shape, generator=g))
+        model_paths["feature-flow"] = os.path.join("models", "feature-flow")
+        models["feature-flow"] = _train_vector_flow(os.path.join(out, model_paths["feature-flow"]), z_fit, cfg, say)
     for dname in cfg.detectors:
         spec = CATALOGUE[dname]
         params = dict(spec.params)
         if spec.cls == "KNN":
             params["k"] = max(1, min(params["k"], len(x_fit) - 1))
-        det = _build(dname, spec, models, cfg.feature_size, cfg.progress, params)
+        det = _build(dname, spec, models, cfg.feature_size, cfg.progress, params, projection)
         fit_in, cal_in = (f_fit, f_cal) if spec.needs in FEATURE_NEEDS else (x_fit, x_cal)
         if spec.needs == "features+labels":  # the detector's own state, from the fit part only
             det._fit_state(f_fit.double().numpy(), labels[fit_idx].numpy())

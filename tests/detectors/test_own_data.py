@@ -280,3 +280,23 @@ def test_evaluate_takes_the_run_directory_train_wrote(tmp_path, capsys):
     assert "padded images from 28x28 to 32x32" in capsys.readouterr().out
     results = json.loads((tmp_path / "rep" / "results.json").read_text())
     assert "likelihood" in results["detectors"] and results["counts"]["likelihood"] == {"in": 12, "ood": 12}
+
+
+def test_feature_flow_saves_its_pca_projection(tmp_path):
+    from sklearn.decomposition import PCA as SkPCA
+
+    torch.set_num_threads(1)
+    _patches(tmp_path / "train", [skimage_data.astronaut(), skimage_data.coffee()], [16, 20] * 10, 0)
+    cfg = bundle_mod.FitConfig(detectors=("feature-flow",), steps=3, feature_size=32, progress=False)
+    fitted = bundle_mod.fit_bundle(str(tmp_path / "train"), tmp_path / "det", cfg, say=lambda *_: None)
+    loaded = detectors.load(tmp_path / "det")
+    x = fitted.prepare(str(tmp_path / "train"))
+    assert torch.equal(loaded.score(x)["feature-flow"], fitted.score(x)["feature-flow"])
+    fit_idx, _ = bundle_mod._split(len(x), 0.2, 0)
+    f = detectors.imagefeatures.image_features(x[fit_idx], 32).double().numpy()
+    pca = SkPCA(n_components=min(32, len(f) - 1), svd_solver="full").fit(f)
+    proj = loaded["feature-flow"].transform
+    assert proj.scale == pytest.approx(float(np.sqrt(pca.explained_variance_[0])), rel=1e-6)
+    expected = pca.transform(f) / proj.scale
+    got = proj(torch.from_numpy(f)).double().numpy()
+    assert np.allclose(np.abs(got), np.abs(expected), atol=1e-4)  # component signs are arbitrary

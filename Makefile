@@ -103,6 +103,10 @@ bench: build $(VENV)/.bench-peers
 data:
 	@if [ -d $(FMNIST_DIR) ]; then echo "Fashion-MNIST present in $(FMNIST_DIR)"; \
 	else apt-get update && apt-get install -y dataset-fashion-mnist; fi
+	@# the general distribution's wallpaper photographs (detectors.photos)
+	@if [ -f /usr/share/backgrounds/mate/nature/Aqua.jpg ] && [ -f /usr/share/backgrounds/Wine_by_Jakkub_Mede.jpg ]; \
+	then echo "wallpaper photos present in /usr/share/backgrounds"; \
+	else apt-get update && apt-get install -y mate-backgrounds lomiri-wallpapers-16.04; fi
 
 clean:
 	rm -rf build invflow/_C*.so invflow/.build-stamp *.egg-info

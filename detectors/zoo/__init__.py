@@ -1,0 +1,61 @@
+"""Trained models shipped with the package (no network): safetensors weights + JSON model cards.
+
+    >>> import detectors
+    >>> detectors.zoo.available()          # {name: one-line card}
+    >>> model = detectors.zoo.load("fmnist-glow")     # eval mode, ready to score
+    >>> detectors.zoo.card("fmnist-glow")["heldout_bpd"]
+
+Each card (``detectors/zoo/cards/NAME.json``) gives the training data, the exact command
+(``python -m detectors.zoo.train NAME``), steps / epochs, wall time on the machine that trained
+it, the held-out bits/dim and the commit.  Recipes: ``detectors.zoo.recipes``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+ZOO_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _names() -> list[str]:
+    cards = os.path.join(ZOO_DIR, "cards")
+    if not os.path.isdir(cards):
+        return []
+    return sorted(f[:-5] for f in os.listdir(cards)
+                  if f.endswith(".json") and os.path.exists(os.path.join(ZOO_DIR, "weights", f[:-5] + ".safetensors")))
+
+
+def card(name: str) -> dict:
+    """The model card of ``name`` (a dict; see the module docstring).  ValueError for an unknown name."""
+    if not isinstance(name, str):
+        raise TypeError(f"detectors.zoo: name must be a str, got {type(name).__name__}")
+    if name not in _names():
+        raise ValueError(f"detectors.zoo: unknown model {name!r}; available: {', '.join(_names()) or 'none'}")
+    with open(os.path.join(ZOO_DIR, "cards", f"{name}.json")) as f:
+        return json.load(f)
+
+
+def available() -> dict[str, str]:
+    """{name: one-line card} of every shipped model: what it is, its training budget and its
+    held-out bits/dim."""
+    out = {}
+    for name in _names():
+        c = card(name)
+        t = c["training"]
+        out[name] = (f"{c['summary']}; {t['steps']} steps ({t['epochs']} epochs), {t['wall_s'] / 60:.0f} min; "
+                     f"held-out {c['heldout_bpd']:.3f} bits/dim; {c['status']}")
+    return out
+
+
+def load(name: str):
+    """The zoo model ``name`` in eval mode (``invflow.load`` of its safetensors weights; no
+    network, no pickle).  ValueError for an unknown name (listing the available ones)."""
+    import invflow
+
+    card(name)  # validates the name
+    model = invflow.load(os.path.join(ZOO_DIR, "weights", f"{name}.safetensors"))
+    return model.eval()
+
+
+__all__ = ["available", "card", "load", "ZOO_DIR"]

@@ -1,0 +1,175 @@
+"""Trains a zoo model for real and exports it with its model card.
+
+    python -m detectors.zoo.train NAME [--steps 20000] [--eval-every 250] [--root runs/zoo]
+    python -m detectors.zoo.train NAME --export        # weights + card into detectors/zoo/
+
+Training runs through ``invflow.train.Trainer`` in ``ROOT/NAME`` and always resumes there;
+every ``--eval-every`` steps it writes the held-out bits/dim and the cumulative training wall
+time to ``ROOT/NAME/heldout.csv``, and it stops early once the held-out bits/dim has not
+improved for ``--patience`` evaluations.  Finetuned models (outlier loss, Diff-dagger) start
+from the latest checkpoint of their ``init`` run, and use the latest checkpoint of their
+``reference`` run as the frozen second model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+import invflow
+from invflow.train import Trainer
+
+from .. import objectives
+from . import ZOO_DIR
+from .recipes import CHECK_N, HELDOUT_N, RECIPES, build, heldout_bpd, heldout_data, training_data
+
+
+def _objective(recipe, root: str):
+    if recipe.objective == "nll":
+        from invflow.train import nll
+
+        return nll
+    if recipe.objective == "approx_mass":
+        return objectives.approx_mass_objective(2.0)
+    ref = invflow.checkpoint.load_run(os.path.join(root, recipe.reference))
+    if recipe.objective == "outlier":  # outliers: the general distribution's training photos
+        return objectives.outlier_objective(ref, training_data(RECIPES[recipe.reference]))
+    if recipe.objective == "dagger":  # outliers: Fashion-MNIST training images, p_in the reference
+        return objectives.diff_dagger_objective(ref, training_data(RECIPES[recipe.reference]))
+    raise ValueError(f"unknown objective {recipe.objective!r}")
+
+
+def _log_rows(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def train(name: str, steps: int, eval_every: int, root: str, patience: int) -> None:
+    recipe = RECIPES[name]
+    out = os.path.join(root, name)
+    os.makedirs(out, exist_ok=True)
+    model = build(recipe)
+    init_note = os.path.join(out, "init.json")
+    if recipe.init and not os.path.exists(os.path.join(out, "latest")):
+        init_dir = os.path.join(root, recipe.init)
+        model.load_state_dict(invflow.checkpoint.load_run(init_dir).state_dict())
+        with open(init_note, "w") as f:
+            json.dump({"init": recipe.init, "checkpoint": invflow.checkpoint.resolve(init_dir)}, f)
+    data = training_data(recipe)
+    held = heldout_data(recipe.data)
+    trainer = Trainer(model, data, out_dir=out, objective=_objective(recipe, root), steps=eval_every,
+                      batch_size=recipe.batch, lr=recipe.lr, warmup=recipe.warmup, translate=recipe.translate,
+                      checkpoint_every=eval_every, keep_checkpoints=2, seed=0, log_every=25, progress=False)
+    if recipe.init:  # the init weights are already trained: no data-dependent ActNorm init
+        trainer.initialize = lambda: None
+    log_path = os.path.join(out, "heldout.csv")
+    rows = _log_rows(log_path)
+    wall = float(rows[-1]["wall_s"]) if rows else 0.0
+    target = (int(rows[-1]["step"]) if rows else 0) + eval_every
+    while target <= steps:
+        trainer.config.steps = target
+        t0 = time.perf_counter()
+        trainer.fit(resume=True)
+        wall += time.perf_counter() - t0
+        bpd = heldout_bpd(model, held)
+        rows.append({"step": trainer.step, "heldout_bpd": f"{bpd:.5f}", "wall_s": f"{wall:.1f}"})
+        with open(log_path + ".tmp", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["step", "heldout_bpd", "wall_s"])
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(log_path + ".tmp", log_path)
+        print(f"[{name}] step {trainer.step}: held-out {bpd:.4f} bits/dim, {wall:.0f} s", flush=True)
+        best = min(range(len(rows)), key=lambda i: float(rows[i]["heldout_bpd"]))
+        if len(rows) - 1 - best >= patience:
+            print(f"[{name}] held-out bits/dim has not improved for {patience} evaluations: stopping", flush=True)
+            break
+        target += eval_every
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=os.path.dirname(__file__)).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def export(name: str, root: str, status: str) -> dict:
+    """Copies the latest checkpoint of ``root/name`` into the zoo (float32 weights) with its card."""
+    recipe = RECIPES[name]
+    out = os.path.join(root, name)
+    model = invflow.checkpoint.load_run(out).float().eval()
+    rows = _log_rows(os.path.join(out, "heldout.csv"))
+    state = os.path.basename(os.path.dirname(invflow.checkpoint.resolve(out)))
+    step = int(state.split("-")[1]) if state.startswith("step-") else int(rows[-1]["step"])
+    row = next((r for r in rows if int(r["step"]) == step), rows[-1] if rows else {"wall_s": "nan"})
+    held = heldout_data(recipe.data)
+    n_train = 60000
+    init = json.load(open(os.path.join(out, "init.json"))) if recipe.init else None
+    card = {
+        "name": name,
+        "summary": recipe.summary,
+        "model": {"class": type(model).__name__, "config": model.config(),
+                  "parameters": sum(p.numel() for p in model.parameters())},
+        "data": {"train": "Fashion-MNIST training split (60000)" if recipe.data == "fashion-mnist" else
+                 f"{n_train} grey 28x28 patches of the 32 training photos (detectors.photos, seed 0)",
+                 "heldout": f"first {HELDOUT_N} Fashion-MNIST test images" if recipe.data == "fashion-mnist" else
+                 f"{HELDOUT_N} patches of the 8 test photos (detectors.photos.TEST_PHOTOS, seed 1)"},
+        "objective": recipe.objective,
+        "init": init,
+        "reference": recipe.reference,
+        "training": {"steps": step, "batch": recipe.batch, "epochs": round(step * recipe.batch / n_train, 2),
+                     "lr": recipe.lr, "warmup": recipe.warmup, "translate": recipe.translate,
+                     "optimizer": "Adamax, weight decay 5e-5 (invflow.train defaults)",
+                     "wall_s": float(row["wall_s"]),
+                     "machine": "2 shared CPU cores, 1 torch thread, nice 19 (other jobs running)"},
+        "command": f"python -m detectors.zoo.train {name} --root {root}  (resumable; then --export)",
+        "heldout_bpd": round(heldout_bpd(model, held), 5),
+        "check": {"n": CHECK_N, "bpd": heldout_bpd(model, held[:CHECK_N])},
+        "heldout_curve": [[int(r["step"]), float(r["heldout_bpd"])] for r in rows],
+        "status": status,
+        "commit": _commit(),
+    }
+    os.makedirs(os.path.join(ZOO_DIR, "weights"), exist_ok=True)
+    os.makedirs(os.path.join(ZOO_DIR, "cards"), exist_ok=True)
+    invflow.save(model, os.path.join(ZOO_DIR, "weights", f"{name}.safetensors"))
+    tmp = os.path.join(ZOO_DIR, "cards", f"{name}.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(card, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, os.path.join(ZOO_DIR, "cards", f"{name}.json"))
+    print(f"[{name}] exported step {step}: held-out {card['heldout_bpd']:.4f} bits/dim ({status})")
+    return card
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m detectors.zoo.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", choices=sorted(RECIPES))
+    p.add_argument("--steps", type=int, default=20000, help="upper bound; early stop on the held-out bits/dim")
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--patience", type=int, default=4)
+    p.add_argument("--root", default="runs/zoo")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--export", action="store_true", help="export the latest checkpoint into detectors/zoo")
+    p.add_argument("--status", default="training continues")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    if a.export:
+        export(a.name, a.root, a.status)
+    else:
+        train(a.name, a.steps, a.eval_every, a.root, a.patience)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,7 +12,9 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m detectors", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m detectors", description=__doc__,
+                                     epilog="Errors in the input are one line with exit code 2; set "
+                                     "DETECTORS_TRACEBACK=1 to see the traceback instead.")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="Fashion-MNIST vs MNIST with every detector; writes a report (~10 min)")
     demo.add_argument("--out", default="runs/demo", help="report directory (models, plots, results.json)")

@@ -33,13 +33,18 @@ class UnreadableImagesWarning(UserWarning):
 
 
 def _open(path: str):
-    """The image at ``path``, fully decoded, as a PIL image in mode "L" (greyscale files) or
-    "RGB" (everything else; alpha dropped)."""
-    from PIL import Image
+    """The image at ``path``, fully decoded and turned upright (EXIF orientation), as a PIL
+    image in mode "L" (greyscale files) or "RGB" (everything else; alpha dropped).  16-bit
+    greyscale (TIFF / PNG modes I;16 and I with values above 255) keeps its top 8 bits."""
+    from PIL import Image, ImageOps
 
     with Image.open(path) as im:
         im.seek(0)
         im.load()
+        im = ImageOps.exif_transpose(im)
+        if im.mode.startswith("I;16") or (im.mode == "I" and im.getextrema()[1] > 255):
+            arr = np.asarray(im).astype(np.int64)
+            return Image.fromarray(np.clip(arr >> 8, 0, 255).astype(np.uint8), mode="L")
         return im.convert("L") if im.mode in GREY_MODES else im.convert("RGB")
 
 

@@ -300,3 +300,17 @@ def test_feature_flow_saves_its_pca_projection(tmp_path):
     expected = pca.transform(f) / proj.scale
     got = proj(torch.from_numpy(f)).double().numpy()
     assert np.allclose(np.abs(got), np.abs(expected), atol=1e-4)  # component signs are arbitrary
+
+
+def test_sixteen_bit_tiff_and_exif_orientation(tmp_path):
+    a = (np.arange(24 * 20).reshape(24, 20) * 100).astype(np.uint16)  # values up to 47900
+    Image.fromarray(a).save(tmp_path / "deep.tif")
+    im = Image.new("RGB", (8, 4), (10, 20, 30))
+    exif = im.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    im.save(tmp_path / "phone.jpg", exif=exif)
+    src = load_source(str(tmp_path))
+    assert src.paths == [str(tmp_path / "deep.tif"), str(tmp_path / "phone.jpg")]
+    deep, phone = src.images
+    assert deep.mode == "L" and np.array_equal(np.array(deep), (a >> 8).astype(np.uint8))  # top 8 bits, not clipped
+    assert phone.size == (4, 8)  # upright: width and height swapped

@@ -48,7 +48,8 @@ from invflow._io import atomic_write
 
 from . import analysis, objectives
 from .datasets import broaden, load_fashion_mnist, load_mnist_5k, natural_patches
-from .demo import Memoized, _train, feature_flows
+from .experiments import Memoized, feature_flows
+from .experiments import train_model as _train
 from .metrics import evaluate
 from .report import setting, write_report
 from .scores import (KDE, KNN, PCA, ApproximateMass, BitsPerDim, Ensemble, InputComplexity, Likelihood,

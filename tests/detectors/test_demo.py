@@ -39,7 +39,7 @@ def test_demo_smoke_writes_the_report(tmp_path):
     results = load_results(out / "results.json")
     assert results["in_distribution"].startswith("Fashion-MNIST") and results["ood"] == "MNIST"
     names = list(results["detectors"])
-    for expected in ("likelihood", "Diff", "Diff-dagger", "last scale (7x7)", "PNG complexity",
+    for expected in ("likelihood", "Diff", "Diff-dagger", "last scale", "PNG complexity",
                      "approximate mass", "typicality (batch 1)", "outlier loss: likelihood",
                      "features: KNN (k=5)", "features: contrastive flow", "PixelCNN++: Diff", "classifier: MSP",
                      "classifier: Mahalanobis", "in-vs-general classifier"):

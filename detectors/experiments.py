@@ -1,0 +1,185 @@
+"""The experiment pieces shared by ``python -m detectors demo`` and ``python -m detectors
+reproduce``: model training with resume, the detector sets of the papers built from trained
+models, feature-space detectors and flows, and the zoo models.
+
+Public (used by demo, reproduce and the OOD suite):
+
+* :func:`train_model` -- trains / resumes / reloads a model under ``out/models/NAME`` with
+  ``invflow.train.Trainer``;
+* :func:`flow_detectors` -- the likelihood-based detectors of seeds 000 / 004 from an
+  in-distribution flow and optionally a general, a Diff-dagger and an outlier-loss flow;
+* :func:`mass_detectors` -- approximate mass (seed 004) of a vanilla and a penalised flow;
+* :func:`feature_detectors`, :func:`feature_flows` -- seed 002 Sec. 4-5 on image features;
+* :func:`zoo_models` -- the shipped models (``detectors.zoo``) under the roles above;
+* :class:`Memoized` -- runs a model once for several detectors scoring the same batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import invflow
+from invflow.train import Trainer, nll
+
+from . import objectives
+from .scores import (KDE, KNN, PCA, ApproximateMass, ContrastiveFlow, InputComplexity, Likelihood, LikelihoodRatio,
+                     MSERatio, MSEToMean, ScaleContribution, ScaleRatio, Typicality)
+
+
+class Memoized(torch.nn.Module):
+    """Wraps a model so that repeated evaluations of identical inputs (several detectors
+    scoring the same images) run the model once: outputs are cached by the SHA-1 of the
+    input's bytes.  Inputs that require grad (approximate mass) bypass the cache."""
+
+    def __init__(self, model: torch.nn.Module, max_entries: int = 64):
+        super().__init__()
+        self.model, self.max_entries = model, max_entries
+        self._cache: dict = {}
+
+    def forward(self, x: torch.Tensor):
+        if x.requires_grad or torch.is_grad_enabled():
+            return self.model(x)
+        key = (x.dtype, tuple(x.shape), hashlib.sha1(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest())
+        if key not in self._cache:
+            if len(self._cache) >= self.max_entries:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = self.model(x)
+        return self._cache[key]
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x).log_prob
+
+
+def train_model(name: str, model, data, out: str, cfg, steps: int, objective=nll, init=None,
+                lr: float | None = None, translate: int | None = None):
+    """Trains (or resumes, or reloads when finished) ``model`` under ``out/models/name``;
+    returns it in eval mode.  ``cfg`` supplies seed, batch_size, lr, warmup and translate
+    (``DemoConfig`` / ``ReproduceConfig``); ``init`` is a model whose weights start the run."""
+    if init is not None:
+        model.load_state_dict(init.state_dict())
+    trainer = Trainer(model, data, out_dir=os.path.join(out, "models", name), objective=objective,
+                      steps=steps, batch_size=cfg.batch_size, lr=lr or cfg.lr, warmup=cfg.warmup,
+                      translate=cfg.translate if translate is None else translate,
+                      checkpoint_every=max(1, steps // 3), seed=cfg.seed, log_every=10)
+    tqdm.write(f"[{name}] {steps} steps")
+    trainer.fit(resume=True)
+    model.eval()
+    return model
+
+
+def flow_detectors(in_model, general=None, dagger=None, outlier=None, fit_images=None) -> dict:
+    """The likelihood-based detectors of Schirrmeister et al. 2020 (seed 000) from trained
+    image flows, by table row name:
+
+    ``in_model`` alone: likelihood, per-scale contributions (Tab. 2), PNG complexity (Serrà
+    et al. 2020), typicality (Nalisnick et al. 2019, batch 1; needs ``fit_images``, uint8
+    in-distribution training images); with ``general``: Diff and Diff of the last scale (Eq. 1,
+    Tab. 2); with ``dagger`` (a general model finetuned with in-distribution data as outliers,
+    Sec. 5.3): Diff-dagger; with ``outlier`` (an in-distribution model trained with the outlier
+    loss, Eq. 2): its likelihood, last scale, Diff and Diff-dagger.  Models with two or more
+    scales; several detectors share each model through :class:`Memoized`."""
+    m_in = Memoized(in_model)
+    dets = {"likelihood": Likelihood(m_in)}
+    if fit_images is not None:
+        dets["typicality (batch 1)"] = Typicality(m_in).fit(fit_images)
+    dets["scale 1"] = ScaleContribution(m_in, scales=0)
+    dets["last scale"] = ScaleContribution(m_in, scales=-1)
+    m_g = Memoized(general) if general is not None else None
+    m_d = Memoized(dagger) if dagger is not None else None
+    if m_g is not None:
+        dets["Diff"] = LikelihoodRatio(m_in, m_g)
+        dets["Diff, last scale"] = ScaleRatio(m_in, m_g, scales=-1)
+    if m_d is not None:
+        dets["Diff-dagger"] = LikelihoodRatio(m_in, m_d)
+    dets["PNG complexity"] = InputComplexity(m_in)
+    if outlier is not None:
+        m_o = Memoized(outlier)
+        dets["outlier loss: likelihood"] = Likelihood(m_o)
+        dets["outlier loss: last scale"] = ScaleContribution(m_o, scales=-1)
+        if m_g is not None:
+            dets["outlier loss: Diff"] = LikelihoodRatio(m_o, m_g)
+        if m_d is not None:
+            dets["outlier loss: Diff-dagger"] = LikelihoodRatio(m_o, m_d)
+    return dets
+
+
+def mass_detectors(vanilla=None, penalised=None) -> dict:
+    """Approximate mass ||d log p(x)/dx|| (Zhang et al. 2021, seed 004 Eq. 1) of a vanilla flow
+    ("approximate mass") and of one trained with the penalty of Eq. 2 ("penalised: approximate
+    mass"), plus the penalised flow's likelihood."""
+    dets = {}
+    if vanilla is not None:
+        dets["approximate mass"] = ApproximateMass(vanilla)
+    if penalised is not None:
+        dets["penalised: likelihood"] = Likelihood(penalised)
+        dets["penalised: approximate mass"] = ApproximateMass(penalised)
+    return dets
+
+
+def feature_detectors(train: torch.Tensor, aux: torch.Tensor | None = None, transform=None) -> dict:
+    """Seed 002 Sec. 5.1 baselines fitted on in-distribution features ``train`` [N, D]
+    (MSE to mean, KNN, KDE, PCA; MSE-ratio with auxiliary features ``aux``)."""
+    kw = {} if transform is None else {"transform": transform}
+    dets = {"MSE to mean": MSEToMean(**kw)}
+    if aux is not None:
+        dets["MSE-ratio"] = MSERatio(aux, **kw)
+    dets.update({"KNN (k=5)": KNN(k=5, **kw), "KDE": KDE(**kw), "PCA": PCA(n_components=0.9, **kw)})
+    for det in dets.values():
+        det.fit(train)
+    return dets
+
+
+def feature_flows(cfg, train: torch.Tensor, aux: torch.Tensor, out: str) -> dict:
+    """"Flow", "Flow-ratio" and "contrastive flow" (seed 002 Sec. 4-5): vector flows on a PCA
+    projection of the normalised features (seed 002 used 128-d MOCO outputs), trained on noisy
+    copies so the density is valid (Sec. 5); the contrastive flow starts from the Flow and is
+    clamped at its median in-distribution log p minus 20 (Algorithm 1).  ``cfg`` needs seed,
+    feature_dim, feature_noise, feature_flow_steps and the training fields of :func:`train_model`."""
+    from sklearn.decomposition import PCA as SkPCA
+
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    noisy = lambda f: f + cfg.feature_noise * torch.randn(f.shape, generator=g)  # noqa: E731
+    pca = SkPCA(n_components=min(cfg.feature_dim, train.shape[1], len(train)), random_state=cfg.seed)
+    pca.fit(train.numpy())
+    scale = float(np.sqrt(pca.explained_variance_[0]))
+
+    def project(f: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(pca.transform(f.numpy()) / scale).float()
+
+    z_train, z_aux = project(noisy(train)), project(noisy(aux))
+    dim = z_train.shape[1]
+    kw = dict(out=out, cfg=dataclasses.replace(cfg, translate=0), steps=cfg.feature_flow_steps, lr=1e-3,
+              translate=0)
+
+    def vflow():
+        return invflow.VectorFlow(dim, blocks=4, hidden=128)
+
+    flow_in = train_model("feature-flow-in", vflow(), z_train, **kw)
+    flow_aux = train_model("feature-flow-aux", vflow(), z_aux, **kw)
+    with torch.no_grad():
+        clamp = float(flow_in.log_prob(z_train).median()) - 20.0
+    flow_cf = train_model("feature-flow-contrastive", vflow(), z_train, objective=objectives.contrastive_objective(
+        z_aux, clamp=clamp), init=flow_in, **kw)
+    return {"Flow": Likelihood(flow_in, transform=project),
+            "Flow-ratio": LikelihoodRatio(flow_in, flow_aux, transform=project),
+            "contrastive flow": ContrastiveFlow(flow_cf, transform=project)}
+
+
+#: the zoo model of each role in :func:`flow_detectors` / :func:`mass_detectors`
+ZOO_ROLES = {"in": "fmnist-glow", "general": "photos-glow", "dagger": "photos-glow-dagger",
+             "outlier": "fmnist-glow-outlier", "vanilla": "fmnist-realnvp", "penalised": "fmnist-realnvp-mass"}
+
+
+def zoo_models() -> dict:
+    """{role: model} of the shipped models (``detectors.zoo``) for the roles of
+    :data:`ZOO_ROLES`; roles whose model is not shipped are left out."""
+    from . import zoo
+
+    have = zoo.available()
+    return {role: zoo.load(name) for role, name in ZOO_ROLES.items() if name in have}

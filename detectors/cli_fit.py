@@ -38,7 +38,8 @@ def add_parser(sub) -> None:
     p.add_argument("--levels", type=int, default=defaults.levels, help="Glow scales (default: %(default)s)")
     p.add_argument("--depth", type=int, default=defaults.depth, help="Glow steps per scale (default: %(default)s)")
     p.add_argument("--hidden", type=int, default=defaults.hidden,
-                   help="Glow st-net channels (default: %(default)s; 512 as in the Glow paper is impractical on a CPU)")
+                   help="Glow st-net channels (default: %(default)s; 512 as in the Glow paper is impractical "
+                   "on a CPU)")
     p.add_argument("--holdout", type=float, default=defaults.holdout,
                    help="share of TRAIN held out to calibrate thresholds (default: %(default)s)")
     p.add_argument("--fpr", type=float, default=defaults.fpr,
@@ -47,7 +48,8 @@ def add_parser(sub) -> None:
                    help="EfficientNet-Lite0 input side for the feature detectors (default: %(default)s)")
     p.add_argument("--n", type=int, default=None, metavar="N",
                    help="fit on a seeded random subset of N images of TRAIN (default: all)")
-    p.add_argument("--seed", type=int, default=defaults.seed, help="seed of the split and the training (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=defaults.seed,
+                   help="seed of the split and the training (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

@@ -46,6 +46,10 @@ def scores_csv(rows) -> str:
     return buf.getvalue()
 
 
+def _share(flags) -> float:
+    return float(flags.double().mean())
+
+
 def run_score(args) -> dict:
     from . import bundle as bundle_mod
     from .folders import UnreadableImagesWarning
@@ -67,7 +71,7 @@ def run_score(args) -> dict:
             per_source[source] = scores
             for j, path in enumerate(src.paths):
                 rows.append((path, source, {n: (s[j], bool(s[j] > bundle[n].threshold)) for n, s in scores.items()}))
-            flagged = ", ".join(f"{n} {float((s > bundle[n].threshold).double().mean()):.1%}" for n, s in scores.items())
+            flagged = ", ".join(f"{n} {_share(s > bundle[n].threshold):.1%}" for n, s in scores.items())
             print(f"{spec}: {len(src.paths)} images scored; flagged: {flagged}")
     os.makedirs(args.out, exist_ok=True)
     atomic_write(os.path.join(args.out, "scores.csv"), scores_csv(rows))
@@ -79,8 +83,8 @@ def run_score(args) -> dict:
               "preprocessing": bundle.policy.to_json(), "thresholds": bundle.thresholds,
               "fit_data": bundle.config.get("data", {}).get("train")}
     notes = [f"{n}: {bundle_mod.CATALOGUE[n].source}; threshold {bundle[n].threshold:.5g} flags "
-             f"{float((per_source['data'][n] > bundle[n].threshold).double().mean()):.1%} of {args.data} and "
-             f"{float((per_source['ood'][n] > bundle[n].threshold).double().mean()):.1%} of {args.ood}" for n in bundle]
+             f"{_share(per_source['data'][n] > bundle[n].threshold):.1%} of {args.data} and "
+             f"{_share(per_source['ood'][n] > bundle[n].threshold):.1%} of {args.ood}" for n in bundle]
     results = write_report(args.out, args.data, args.ood, pairs, config=config, notes=notes, supervised=bundle.uses)
     print(format_table(results))
     print(f"report: {os.path.join(args.out, 'report.md')}")

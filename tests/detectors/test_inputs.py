@@ -127,3 +127,19 @@ def test_feature_detectors_take_images_and_vectors():
     pil = [Image.fromarray(a) for a in x[10:].permute(0, 2, 3, 1).numpy()]
     assert torch.allclose(on_images.score(pil), on_vectors.score(feats[10:]), atol=1e-6)
     assert torch.equal(on_images(pil), on_images.score(pil))
+
+
+def test_labels_of_a_dataset_reach_the_supervised_detector():
+    from detectors.models import ResNetClassifier
+
+    torch.manual_seed(0)
+    model = ResNetClassifier(in_channels=1, num_classes=3, image_size=8, width=4)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (30, 1, 8, 8), dtype=torch.uint8, generator=g)
+    y = torch.arange(30) % 3
+    ref = detectors.Mahalanobis(model).fit(x, y=y)
+    via_dataset = detectors.Mahalanobis(model).fit(PILDataset(x, y))  # labels taken from the (image, label) items
+    assert via_dataset.threshold == ref.threshold
+    assert torch.equal(via_dataset.means_, ref.means_)
+    with pytest.raises(ValueError, match="labels are required"):
+        detectors.Mahalanobis(model).fit([Image.fromarray(a[0]) for a in x.numpy()])  # PIL list: no labels

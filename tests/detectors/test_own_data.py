@@ -217,6 +217,14 @@ def test_user_errors_in_process(tmp_path, capsys):
     (tmp_path / "run").mkdir()
     assert main(["evaluate", "--in-model", str(tmp_path / "run"), "--out", str(tmp_path / "e")]) == 2
     assert "without a 'latest' file" in capsys.readouterr().err
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "a.jpg").write_bytes(b"\xff\xd8 truncated")
+    assert main(["fit", "--data", str(tmp_path / "corrupt"), "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "none of its 1 image files could be read" in err and "a.jpg" in err and len(err.splitlines()) == 1
+    _patches(tmp_path / "ok", [skimage_data.astronaut()], [16] * 4, 0)
+    assert main(["fit", "--data", str(tmp_path / "ok"), "--out", str(tmp_path / "d"), "--size", "30"]) == 2
+    assert "multiple of 4" in capsys.readouterr().err
 
 
 def test_nested_class_folders_feed_the_supervised_detector(tmp_path, capsys):

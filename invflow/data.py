@@ -40,8 +40,12 @@ def bits_per_dim(log_prob: torch.Tensor, num_dims: int) -> torch.Tensor:
 
 
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
-    """log N(z; 0, I) summed over all but the batch dimension -> [B]."""
-    return -0.5 * (z.flatten(1).pow(2).sum(1) + z[0].numel() * math.log(2 * math.pi))
+    """log N(z; 0, I) summed over all but the batch dimension -> [B] (float32 for float16 /
+    bfloat16 z: a half-precision sum of D squares overflows or loses the per-sample differences)."""
+    z = z.flatten(1)
+    if z.dtype in (torch.float16, torch.bfloat16):
+        z = z.float()
+    return -0.5 * (z.pow(2).sum(1) + z.shape[1] * math.log(2 * math.pi))
 
 
 def to_images(x: torch.Tensor) -> torch.Tensor:

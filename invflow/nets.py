@@ -25,6 +25,12 @@ from torch.nn import functional as F
 
 from . import ops
 from .layers.actnorm import DataInitFlag, data_init
+from .layers.base import check_number
+
+
+def _check_sizes(where: str, **sizes) -> None:
+    for name, v in sizes.items():
+        check_number(v, name, where, low=1, integer=True)
 
 
 #: Run the convolutional st-nets (GlowNet, ResNet) in channels_last on the CPU.  oneDNN's
@@ -59,16 +65,16 @@ class ActNorm2d(DataInitFlag, nn.Module):
 
     Data-dependent initialisation: the first forward in training mode (or an explicit
     ``initialize(x)``) sets bias = -mean, logs = -log(std + eps) per channel, so that the
-    output of that batch has zero mean and unit variance per channel.  Afterwards both are
+    output of that batch has zero mean and unit variance per channel (``invflow.layers.actnorm.
+    data_init``: global-batch statistics under torch.distributed, ValueError for a batch with
+    one value per channel, logs = 0 for constant channels such as dead ReLU units).  Afterwards both are
     ordinary learned parameters.  Returns only the tensor: this is a network layer, not an
     ``invflow.Flow`` (see ``invflow.ActNorm`` for the invertible one)."""
 
     def __init__(self, num_channels: int, eps: float = 1e-6):
         super().__init__()
-        if num_channels < 1:
-            raise ValueError(f"ActNorm2d: num_channels must be >= 1, got {num_channels}")
-        self.num_channels = num_channels
-        self.eps = eps
+        self.num_channels = check_number(num_channels, "num_channels", "ActNorm2d", low=1, integer=True)
+        self.eps = check_number(eps, "eps", "ActNorm2d", low=0)
         self.bias = nn.Parameter(torch.zeros(num_channels))
         self.logs = nn.Parameter(torch.zeros(num_channels))
         self.register_buffer("initialized", torch.tensor(False))
@@ -84,9 +90,9 @@ class ActNorm2d(DataInitFlag, nn.Module):
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
-        """Sets bias = -mean(x) and logs = -log(std(x) + eps) per channel."""
+        """Sets bias = -mean(x) and logs = -log(std(x) + eps) per channel (see ``data_init``)."""
         self._check(x)
-        bias, logs = data_init(x, self.eps)
+        bias, logs = data_init(x, self.eps, "ActNorm2d.initialize")
         self.bias.copy_(bias)
         self.logs.copy_(logs)
         self.initialized.fill_(True)
@@ -96,7 +102,9 @@ class ActNorm2d(DataInitFlag, nn.Module):
         self._check(x)
         if self.training and self.needs_init():
             self.initialize(x)
-        return ops.actnorm(x, self.bias, self.logs)[0]
+        # under torch.autocast the preceding conv returns float16 / bfloat16: run in that dtype, as
+        # autocast runs the conv itself (the parameters stay float32)
+        return ops.actnorm(x, self.bias.to(x.dtype), self.logs.to(x.dtype))[0]
 
 
 class ZeroConv2d(nn.Conv2d):
@@ -115,7 +123,7 @@ class ZeroConv2d(nn.Conv2d):
     ):
         super().__init__(in_channels, out_channels, kernel_size, padding=padding)
         zero_init(self)
-        self.logscale_factor = logscale_factor
+        self.logscale_factor = check_number(logscale_factor, "logscale_factor", "ZeroConv2d")
         self.logs = nn.Parameter(torch.zeros(out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -132,6 +140,7 @@ class GlowNet(nn.Sequential):
     have no bias), as in Glow's official code: conv -> actnorm -> ReLU, twice."""
 
     def __init__(self, in_channels: int, out_channels: int, hidden: int = 512, actnorm: bool = False):
+        _check_sizes("GlowNet", in_channels=in_channels, out_channels=out_channels, hidden=hidden)
         bias = not actnorm
         mods: list[nn.Module] = [nn.Conv2d(in_channels, hidden, 3, padding=1, bias=bias)]
         if actnorm:
@@ -178,8 +187,8 @@ class ResNet(nn.Module):
         weight_norm: bool = False,
     ):
         super().__init__()
-        if blocks < 0:
-            raise ValueError(f"ResNet: blocks must be >= 0, got {blocks}")
+        _check_sizes("ResNet", in_channels=in_channels, out_channels=out_channels, hidden=hidden)
+        check_number(blocks, "blocks", "ResNet", low=0, integer=True)
         self.in_conv = _conv3x3(in_channels, hidden, weight_norm=weight_norm)
         self.blocks = nn.Sequential(*[ResidualBlock(hidden, weight_norm) for _ in range(blocks)])
         self.out_conv = zero_init(nn.Conv2d(hidden, out_channels, 3, padding=1))
@@ -233,10 +242,9 @@ class Bottleneck(nn.Module):
     ):
         super().__init__()
         self.image_size = _pair(image_size)
-        if latent_dim < 1:
-            raise ValueError(f"Bottleneck: latent_dim must be >= 1, got {latent_dim}")
-        if blocks < 0:
-            raise ValueError(f"Bottleneck: blocks must be >= 0, got {blocks}")
+        _check_sizes("Bottleneck", in_channels=in_channels, out_channels=out_channels, hidden=hidden,
+                     latent_dim=latent_dim)
+        check_number(blocks, "blocks", "Bottleneck", low=0, integer=True)
         self.in_channels, self.hidden, self.latent_dim = in_channels, hidden, latent_dim
         h, w = self.image_size
         flat = hidden * h * w
@@ -270,6 +278,8 @@ class MLP(nn.Sequential):
     ``hidden`` and a zero-initialised output layer."""
 
     def __init__(self, in_features: int, out_features: int, hidden: int = 512, layers: int = 2):
+        _check_sizes("MLP", in_features=in_features, out_features=out_features, hidden=hidden)
+        check_number(layers, "layers", "MLP", low=0, integer=True)
         mods: list[nn.Module] = []
         width = in_features
         for _ in range(layers):

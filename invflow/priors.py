@@ -15,14 +15,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .layers.base import check_number
+
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def _check_temperature(temperature: float, where: str) -> float:
-    t = float(temperature)
-    if not math.isfinite(t) or t < 0:
-        raise ValueError(f"{where}: temperature must be a finite number >= 0, got {temperature!r}")
-    return t
+    return check_number(temperature, "temperature", where, low=0)
 
 
 def _check_floating(z: torch.Tensor, where: str) -> None:
@@ -77,8 +76,7 @@ class ClassConditionalGaussianMixture(nn.Module):
 
     def __init__(self, num_classes: int, shape: int | Sequence[int], learn_scale: bool = True):
         super().__init__()
-        if int(num_classes) < 1:
-            raise ValueError(f"ClassConditionalGaussianMixture: num_classes must be >= 1, got {num_classes}")
+        check_number(num_classes, "num_classes", "ClassConditionalGaussianMixture", low=1, integer=True)
         try:
             if isinstance(shape, Sequence):
                 size = tuple(operator.index(s) for s in shape)

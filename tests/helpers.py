@@ -9,10 +9,15 @@ from torch.func import functional_call
 
 def perturb_(module: torch.nn.Module, std: float = 0.2) -> torch.nn.Module:
     """Moves every parameter off its initial value (zero-initialised st-net outputs would
-    make couplings trivial) and switches to eval mode (no data-dependent init)."""
+    make couplings trivial) and switches to eval mode (no data-dependent init).  The random
+    weights stand in for trained ones, so ActNorm layers are marked initialised (an untrained
+    model warns when evaluated)."""
     with torch.no_grad():
         for p in module.parameters():
             p.add_(std * torch.randn_like(p))
+        for m in module.modules():
+            if isinstance(getattr(m, "initialized", None), torch.Tensor):
+                m.initialized.fill_(True)
     return module.eval()
 
 

@@ -6,7 +6,7 @@ import torch
 
 from .. import ops
 from ..ops.reference import inner_size, per_sample
-from .base import Flow, check_input
+from .base import Flow, check_input, check_number, logdet_dtype
 
 
 class FixedLinear(Flow):
@@ -18,8 +18,8 @@ class FixedLinear(Flow):
 
     def __init__(self, num_channels: int, seed: int = 0):
         super().__init__()
-        if num_channels < 1:
-            raise ValueError(f"FixedLinear: num_channels must be >= 1, got {num_channels}")
+        check_number(num_channels, "num_channels", "FixedLinear", low=1, integer=True)
+        check_number(seed, "seed", "FixedLinear", low=0, integer=True)
         self.num_channels = num_channels
         self.seed = seed
         self.register_buffer("weight", self._rotation(torch.float32, "cpu"), persistent=False)
@@ -41,10 +41,14 @@ class FixedLinear(Flow):
     def extra_repr(self) -> str:
         return f"{self.num_channels}, seed={self.seed}"
 
+    def _logdet(self, x: torch.Tensor, sign: float) -> torch.Tensor:
+        # 0 (a rotation), in float32 for low-precision inputs (DESIGN.md)
+        return per_sample(sign * self.logdet.to(logdet_dtype(x.dtype)) * inner_size(x), x.shape[0])
+
     def forward(self, x):
         check_input(x, "FixedLinear", self.num_channels)
-        return ops.channel_mix(x, self.weight), per_sample(self.logdet * inner_size(x), x.shape[0])
+        return ops.channel_mix(x, self.weight.to(x.dtype)), self._logdet(x, 1.0)
 
     def inverse(self, y):
         check_input(y, "FixedLinear.inverse", self.num_channels)
-        return ops.channel_mix(y, self.weight.t()), per_sample(-self.logdet * inner_size(y), y.shape[0])
+        return ops.channel_mix(y, self.weight.t().to(y.dtype)), self._logdet(y, -1.0)

@@ -7,7 +7,7 @@ from torch import nn
 
 from .. import ops
 from ..ops.reference import inner_size, per_sample
-from .base import Flow, check_input
+from .base import LOW_PRECISION, Flow, check_input, check_number, logdet_dtype
 
 
 class InvConv1x1(Flow):
@@ -18,12 +18,16 @@ class InvConv1x1(Flow):
     upper-triangular and s = sign * exp(log|s|), so log|det W| = sum(log|s|) costs O(C).
     With ``lu=False`` W is a free matrix and log|det W| comes from ``torch.linalg.slogdet``.
     W starts as a random rotation.  Works on [B, C], [B, C, L] and [B, C, H, W].
+
+    Low precision: for float16 / bfloat16 parameters or inputs, and under ``torch.autocast``,
+    the LU assembly, ``slogdet`` and the inverse are computed in float32 (torch has no
+    low-precision ``linalg.inv`` / ``slogdet``, and a half-precision LU product loses W's
+    invertibility); W is then cast to the input's dtype and log|det| is returned in float32.
     """
 
     def __init__(self, num_channels: int, lu: bool = True):
         super().__init__()
-        if num_channels < 1:
-            raise ValueError(f"InvConv1x1: num_channels must be >= 1, got {num_channels}")
+        check_number(num_channels, "num_channels", "InvConv1x1", low=1, integer=True)
         self.num_channels = num_channels
         self.lu = lu
         w = torch.linalg.qr(torch.randn(num_channels, num_channels))[0]
@@ -44,19 +48,31 @@ class InvConv1x1(Flow):
         return f"{self.num_channels}, lu={self.lu}"
 
     def weight_and_logdet(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The C x C matrix W and log|det W| (a scalar tensor)."""
-        if not self.lu:
-            return self.weight, torch.linalg.slogdet(self.weight)[1]
-        lower = self.lower * self.lower_mask + self.eye
-        upper = self.upper * self.lower_mask.t() + torch.diag(self.sign_s * torch.exp(self.log_s))
-        return self.perm @ lower @ upper, self.log_s.sum()
+        """The C x C matrix W and log|det W| (a scalar tensor), in the parameters' dtype,
+        or float32 when that is float16 / bfloat16 (see the class docstring)."""
+        p = self.weight if not self.lu else self.log_s
+        work = torch.float32 if p.dtype in LOW_PRECISION else p.dtype
+        with torch.autocast(p.device.type, enabled=False):
+            if not self.lu:
+                w = self.weight.to(work)
+                return w, torch.linalg.slogdet(w)[1]
+            lower = self.lower.to(work) * self.lower_mask.to(work) + self.eye.to(work)
+            upper = self.upper.to(work) * self.lower_mask.t().to(work) + torch.diag(
+                self.sign_s.to(work) * torch.exp(self.log_s.to(work)))
+            return self.perm.to(work) @ lower @ upper, self.log_s.to(work).sum()
+
+    def _mix(self, x: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        w, logdet = self.weight_and_logdet()
+        if inverse:
+            with torch.autocast(w.device.type, enabled=False):
+                w, logdet = torch.linalg.inv(w), -logdet
+        ld = per_sample(logdet.to(logdet_dtype(x.dtype)) * inner_size(x), x.shape[0])
+        return ops.channel_mix(x, w.to(x.dtype)), ld
 
     def forward(self, x):
         check_input(x, "InvConv1x1", self.num_channels)
-        w, logdet = self.weight_and_logdet()
-        return ops.channel_mix(x, w), per_sample(logdet * inner_size(x), x.shape[0])
+        return self._mix(x, inverse=False)
 
     def inverse(self, y):
         check_input(y, "InvConv1x1.inverse", self.num_channels)
-        w, logdet = self.weight_and_logdet()
-        return ops.channel_mix(y, torch.linalg.inv(w)), per_sample(-logdet * inner_size(y), y.shape[0])
+        return self._mix(y, inverse=True)

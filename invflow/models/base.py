@@ -23,6 +23,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..layers.actnorm import warn_if_uninitialized
+from ..layers.base import check_number
 
 
 @dataclass
@@ -46,11 +48,22 @@ def flow_output(per_scale: list[torch.Tensor], latents: list[torch.Tensor]) -> F
     return FlowOutput(log_prob=stacked.sum(1), per_scale=stacked, latents=latents)
 
 
-def as_size(image_size) -> tuple[int, int]:
-    if isinstance(image_size, int):
-        return (image_size, image_size)
-    h, w = image_size
-    return (int(h), int(w))
+def as_size(image_size, where: str = "model") -> tuple[int, int]:
+    """image_size (an int or (H, W)) -> (H, W), each an integer >= 1 (ValueError / TypeError)."""
+    if isinstance(image_size, torch.Size) or isinstance(image_size, (list, tuple)):
+        if len(image_size) != 2:
+            raise ValueError(f"{where}: image_size must be an int or (H, W), got {image_size!r}")
+        h, w = image_size
+    else:
+        h = w = image_size
+    return (check_number(h, "image_size", where, low=1, integer=True),
+            check_number(w, "image_size", where, low=1, integer=True))
+
+
+def check_ints(where: str, low: int = 1, **values) -> None:
+    """Every keyword argument must be an integer >= ``low`` (TypeError / ValueError naming it)."""
+    for name, v in values.items():
+        check_number(v, name, where, low=low, integer=True)
 
 
 def check_model_input(x, name: str, input_shape, param: torch.Tensor, max_abs: float | None = None,
@@ -81,8 +94,15 @@ def check_model_input(x, name: str, input_shape, param: torch.Tensor, max_abs: f
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name}: input contains NaN or Inf")
     if max_abs is not None and bool((x.abs() > max_abs).any()):
+        hint = (" (0..255 or torchvision's ToTensor 0..1 floats are not preprocessed)" if float(x.max()) > max_abs
+                else "")
         raise ValueError(f"{name}: input values outside [-{max_abs:g}, {max_abs:g}] (min {float(x.min()):.4g}, max "
-                         f"{float(x.max()):.4g}); preprocess 8-bit images with invflow.data.preprocess")
+                         f"{float(x.max()):.4g}){hint}; preprocess 8-bit images with invflow.data.preprocess")
+
+
+#: The range of preprocessed images (invflow.data.preprocess: (k + u) / 256 - 0.5 with
+#: k in 0..255 and u in [0, 1) lies in [-0.5, 0.5], float rounding included).
+IMAGE_RANGE = 0.5
 
 
 class FlowModel(nn.Module, metaclass=abc.ABCMeta):
@@ -95,11 +115,25 @@ class FlowModel(nn.Module, metaclass=abc.ABCMeta):
 
     input_shape: tuple[int, ...]
     _config: dict
+    _all_initialized: bool = False
 
     # -- contract --------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> FlowOutput:
+        """FlowOutput of x.  In eval mode, warns (``invflow.layers.actnorm.UninitializedWarning``)
+        when the model's ActNorm layers were never initialised: it is untrained."""
         self.check_input(x)
+        if not self.training and not self._all_initialized:
+            self._all_initialized = not warn_if_uninitialized(self, f"{self._name}.forward")
         return self._forward(x)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._all_initialized = False
+        super()._load_from_state_dict(*args, **kwargs)
+
+    @property
+    def is_image_model(self) -> bool:
+        """Whether the model takes images [B, C, H, W] preprocessed into [-0.5, 0.5]."""
+        return len(self.input_shape) == 3
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         return self(x).log_prob
@@ -117,9 +151,9 @@ class FlowModel(nn.Module, metaclass=abc.ABCMeta):
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n samples x = f^{-1}(z) with z_i ~ N(0, temperature^2 I) (Glow Sec. 5 'temperature')."""
-        if n < 1:
-            raise ValueError(f"{self._name}.sample: n must be >= 1, got {n}")
+        """n samples x = f^{-1}(z) with z_i ~ N(0, temperature^2 I) (Glow Sec. 5 'temperature').
+        Raises ValueError unless n is an integer >= 1 and temperature a finite number >= 0."""
+        n, temperature = self._check_sample_args(n, temperature)
         p = self._any_param()
         latents = [temperature * torch.randn((n, *s), generator=generator, device=p.device, dtype=p.dtype)
                    for s in self.latent_shapes()]
@@ -151,6 +185,10 @@ class FlowModel(nn.Module, metaclass=abc.ABCMeta):
     def _name(self) -> str:
         return type(self).__name__
 
+    def _check_sample_args(self, n, temperature) -> tuple[int, float]:
+        return (check_number(n, "n", f"{self._name}.sample", low=1, integer=True),
+                check_number(temperature, "temperature", f"{self._name}.sample", low=0))
+
     def _any_param(self) -> torch.Tensor:
         for t in self.parameters():
             return t
@@ -165,6 +203,8 @@ class FlowModel(nn.Module, metaclass=abc.ABCMeta):
 
     def check_input(self, x) -> None:
         """DESIGN.md error rules: TypeError for non-tensors, integer dtypes and a dtype other
-        than the parameters'; ValueError for wrong rank, channels or size, mixed devices and
-        non-finite values.  No input is altered."""
-        check_model_input(x, self._name, self.input_shape, self._any_param())
+        than the parameters'; ValueError for wrong rank, channels or size, mixed devices,
+        non-finite values and, for image models, values outside [-0.5, 0.5] (IMAGE_RANGE).
+        No input is altered."""
+        check_model_input(x, self._name, self.input_shape, self._any_param(),
+                          max_abs=IMAGE_RANGE if self.is_image_model else None)

@@ -10,7 +10,8 @@ from torch import nn
 from .. import masks, nets
 from ..data import standard_normal_log_prob
 from ..layers import ActNorm, AffineCoupling, FixedLinear, Sequential
-from .base import FlowModel, FlowOutput, as_size, flow_output, split_latent
+from ..layers.base import check_number
+from .base import FlowModel, FlowOutput, as_size, check_ints, flow_output, split_latent
 from .memory import memory_free_applies, run_memory_free
 
 
@@ -33,6 +34,10 @@ class VectorFlow(FlowModel):
     def __init__(self, dim: int, blocks: int = 8, hidden: int = 512, clamp: float = 3.0, scale: str = "tanh",
                  memory_free: bool = False, seed: int = 0):
         super().__init__()
+        check_ints("VectorFlow", blocks=blocks, hidden=hidden)
+        check_ints("VectorFlow", low=2, dim=dim)
+        check_ints("VectorFlow", low=0, seed=seed)
+        clamp = check_number(clamp, "clamp", "VectorFlow", low=0, low_open=True)
         if dim < 2 or blocks < 1:
             raise ValueError(f"VectorFlow: needs dim >= 2 and blocks >= 1, got dim={dim}, blocks={blocks}")
         self._config = dict(dim=dim, blocks=blocks, hidden=hidden, clamp=clamp, scale=scale,
@@ -63,7 +68,9 @@ class DenseGlow(FlowModel):
     def __init__(self, in_channels: int, image_size, levels: int = 3, steps: int = 8, hidden: int = 512,
                  scale: str = "sigmoid", memory_free: bool = False, seed: int = 0):
         super().__init__()
-        h, w = as_size(image_size)
+        h, w = as_size(image_size, "DenseGlow")
+        check_ints("DenseGlow", in_channels=in_channels, levels=levels, steps=steps, hidden=hidden)
+        check_ints("DenseGlow", low=0, seed=seed)
         dim = in_channels * h * w
         if levels < 1 or steps < 1 or dim >> (levels - 1) < 2:
             raise ValueError(f"DenseGlow: {levels} levels need at least 2**levels input dimensions, got {dim}")

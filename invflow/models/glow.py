@@ -21,7 +21,7 @@ from torch import nn
 from .. import masks, nets
 from ..data import standard_normal_log_prob
 from ..layers import ActNorm, AffineCoupling, InvConv1x1, Sequential, Squeeze
-from .base import FlowModel, as_size, flow_output, split_latent
+from .base import FlowModel, as_size, check_ints, flow_output, split_latent
 from .memory import memory_free_applies, run_memory_free
 
 
@@ -80,9 +80,8 @@ class Glow(FlowModel):
                  scale: str = "sigmoid", lu: bool = True, split_prior: bool = False, memory_free: bool = False,
                  net: str = "glow"):
         super().__init__()
-        h, w = as_size(image_size)
-        if in_channels < 1 or levels < 1 or steps < 1 or hidden < 1:
-            raise ValueError("Glow: in_channels, levels, steps and hidden must be >= 1")
+        h, w = as_size(image_size, "Glow")
+        check_ints("Glow", in_channels=in_channels, levels=levels, steps=steps, hidden=hidden)
         if h % 2**levels or w % 2**levels:
             raise ValueError(f"Glow: image size {h}x{w} is not divisible by 2**levels = {2**levels}; "
                              f"pad the images or use fewer levels")
@@ -148,8 +147,7 @@ class Glow(FlowModel):
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
         if not self.split_prior:
             return super().sample(n, temperature, generator)
-        if n < 1:
-            raise ValueError(f"Glow.sample: n must be >= 1, got {n}")
+        n, temperature = self._check_sample_args(n, temperature)
         p = self._any_param()
         g = dict(generator=generator, device=p.device, dtype=p.dtype)
         shapes = self.latent_shapes()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import FlowModel, FlowOutput, as_size
+from .base import FlowModel, FlowOutput, as_size, check_ints
 from .glow import Glow
 
 
@@ -21,7 +21,9 @@ class PatchGlow(FlowModel):
     def __init__(self, in_channels: int, image_size, patch_size: int = 8, levels: int = 1, steps: int = 8,
                  hidden: int = 256, scale: str = "sigmoid", memory_free: bool = False):
         super().__init__()
-        h, w = as_size(image_size)
+        h, w = as_size(image_size, "PatchGlow")
+        check_ints("PatchGlow", in_channels=in_channels, levels=levels, steps=steps, hidden=hidden)
+        check_ints("PatchGlow", low=2, patch_size=patch_size)
         if patch_size < 2 or h % patch_size or w % patch_size:
             raise ValueError(f"PatchGlow: image size {h}x{w} must be divisible by patch_size {patch_size}")
         self._config = dict(in_channels=in_channels, image_size=[h, w], patch_size=patch_size, levels=levels,

@@ -15,7 +15,8 @@ from torch import nn
 from .. import masks, nets
 from ..data import standard_normal_log_prob
 from ..layers import AffineCoupling, Sequential, Squeeze
-from .base import FlowModel, as_size, flow_output, split_latent
+from ..layers.base import check_number
+from .base import FlowModel, as_size, check_ints, flow_output, split_latent
 from .memory import memory_free_applies, run_memory_free
 
 SPATIAL_MASKS = {"checkerboard": masks.Checkerboard, "horizontal": masks.Horizontal, "cycle": masks.Cycle}
@@ -44,9 +45,10 @@ class RealNVP(FlowModel):
                  net: str = "resnet", bottleneck_dim: int = 50, mask: str = "checkerboard", scale: str = "tanh",
                  clamp: float = 2.0, memory_free: bool = False):
         super().__init__()
-        h, w = as_size(image_size)
-        if levels < 1 or in_channels < 1:
-            raise ValueError("RealNVP: levels and in_channels must be >= 1")
+        h, w = as_size(image_size, "RealNVP")
+        check_ints("RealNVP", in_channels=in_channels, levels=levels, blocks=blocks, hidden=hidden,
+                   bottleneck_dim=bottleneck_dim)
+        clamp = check_number(clamp, "clamp", "RealNVP", low=0, low_open=True)
         if h % 2 ** (levels - 1) or w % 2 ** (levels - 1):
             raise ValueError(f"RealNVP: image size {h}x{w} is not divisible by 2**(levels - 1) = {2 ** (levels - 1)}")
         if mask not in SPATIAL_MASKS:

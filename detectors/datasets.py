@@ -586,17 +586,19 @@ def broaden(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
 NAMED_DATASETS = "fashion-mnist[-train|-test], mnist, patches, or an .npz file (uint8 images)"
 
 
-def load_named(spec: str, n: int | None = None, seed: int = 0) -> torch.Tensor:
+def load_named(spec: str, n: int | None = None, seed: int = 0, split: str = "test") -> torch.Tensor:
     """uint8 images [N, C, H, W] named by ``spec`` (see NAMED_DATASETS); the first ``n`` of a
-    seeded permutation when ``n`` is given."""
-    if spec in ("fashion-mnist", "fashion-mnist-test"):
-        x = load_fashion_mnist("test")[0]
-    elif spec == "fashion-mnist-train":
-        x = load_fashion_mnist("train")[0]
+    seeded permutation when ``n`` is given.  ``split`` ("train" or "test") is the split of
+    "fashion-mnist" and "patches" when ``spec`` names none ("fashion-mnist-train" / "-test" do):
+    training passes "train" (``python -m detectors train``), evaluation keeps "test"."""
+    if split not in ("train", "test"):
+        raise ValueError(f"load_named: split must be 'train' or 'test', got {split!r}")
+    if spec in ("fashion-mnist", "fashion-mnist-test", "fashion-mnist-train"):
+        x = load_fashion_mnist(spec.rsplit("-", 1)[1] if spec != "fashion-mnist" else split)[0]
     elif spec == "mnist":
         x = load_mnist_5k()[0]
     elif spec == "patches":
-        x = natural_patches(n or 10000, size=28, seed=seed, split="test")
+        x = natural_patches(n or 10000, size=28, seed=seed, split=split)
     elif spec.endswith(".npz") and os.path.exists(spec):
         x = load_npz(spec)[0]
     else:

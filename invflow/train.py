@@ -15,7 +15,12 @@ dequantisation noise) derive from ``(seed, step)`` alone, for the whole global b
 each process takes its slice.  So a resumed run continues exactly where the interrupted one
 stopped, and N processes with global batch G reproduce one process with batch G.
 
-Checkpoints (every ``checkpoint_every`` steps and at the end) are a directory holding the
+Interruption: SIGINT (Ctrl-C) or SIGTERM during ``fit`` finishes the current step, writes a
+checkpoint, and raises ``TrainingInterrupted`` (a KeyboardInterrupt); ``fit(resume=True)``
+continues from it.  ``prepare_run_dir`` refuses to start a fresh run in a directory that
+holds another one unless told to overwrite it.
+
+Checkpoints (every ``checkpoint_every`` steps, at the end and on interruption) are a directory holding the
 model (``invflow.save``) and the optimizer / scheduler / step state (safetensors + JSON, no
 pickle); a ``latest`` file naming it is replaced atomically last, so a crash at any moment
 leaves the previous checkpoint usable.  Only rank 0 writes checkpoints and logs.
@@ -28,7 +33,9 @@ import json
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -43,6 +50,8 @@ from tqdm import tqdm
 from . import checkpoint
 from ._io import atomic_write
 from .data import bits_per_dim, preprocess
+from .layers.base import check_number
+from .models.base import IMAGE_RANGE
 
 Objective = Callable[[nn.Module, "Batch"], "torch.Tensor | tuple[torch.Tensor, dict]"]
 
@@ -81,16 +90,55 @@ def augment(images: torch.Tensor, generator: torch.Generator, flip: bool, transl
 def finite_mean(values: torch.Tensor, max_dropped: float = 0.75) -> torch.Tensor:
     """Mean over the finite entries (seed 000 S4.3: examples whose log-likelihood is not
     finite are dropped); NaN when more than ``max_dropped`` of the batch is non-finite, which
-    makes the trainer skip (and count) the step."""
+    makes the trainer skip (and count) the step.  For a gradient that is that of the kept
+    samples only, compute the values with ``drop_non_finite`` (a dropped sample's backward
+    through the network would otherwise multiply 0 by its inf and make every gradient NaN)."""
+    check_number(max_dropped, "max_dropped", "finite_mean", low=0, high=1)
     finite = torch.isfinite(values)
     if finite.float().mean() < 1 - max_dropped:
         return values.new_tensor(float("nan"))
     return values[finite].mean()
 
 
+def drop_non_finite(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                    again: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """``fn(x)`` (per-sample rows [B, ...], e.g. log p(x)) whose non-finite rows are cut out of
+    the autograd graph: when some but not all rows are non-finite (NaN / inf) and gradients are
+    recorded, the finite rows are computed again (``again``, default ``fn``) on their own, and
+    the result holds them (with their graph) and the non-finite values (without one).  The
+    gradient of any loss that ignores the non-finite rows (``finite_mean``, the outlier or
+    margin loss) is then exactly that of the batch without the bad samples (seed 000 S4.3's
+    dropping); without the recomputation the bad samples' backward (0 * inf) makes every
+    parameter gradient NaN."""
+    out = fn(x)
+    if not torch.is_grad_enabled() or not out.requires_grad:
+        return out
+    bad = ~torch.isfinite(out.detach()).reshape(len(out), -1).all(1)
+    if not bool(bad.any()) or bool(bad.all()):
+        return out
+    keep = (~bad).nonzero().squeeze(1)
+    return out.detach().index_put((keep,), (again or fn)(x[keep]))
+
+
+def log_prob_dropping_non_finite(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """log p(x) [B] through ``drop_non_finite``: the non-finite samples carry no gradient.  A
+    DistributedDataParallel model recomputes through its ``module`` (DDP's per-forward buffer
+    broadcast is a collective the other processes would not join)."""
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+    def first(t):
+        return model.log_prob(t) if model is inner and hasattr(model, "log_prob") else model(t).log_prob
+
+    def again(t):
+        return inner.log_prob(t) if hasattr(inner, "log_prob") else inner(t).log_prob
+
+    return drop_non_finite(first, x, again)
+
+
 def nll(model: nn.Module, batch: Batch):
-    """Maximum likelihood: mean bits/dim of the batch (non-finite samples dropped)."""
-    log_p = model(batch.x).log_prob
+    """Maximum likelihood: mean bits/dim of the batch (non-finite samples dropped, with the
+    gradient of the kept ones only: ``drop_non_finite``)."""
+    log_p = log_prob_dropping_non_finite(model, batch.x)
     bpd = bits_per_dim(log_p, batch.x[0].numel())
     loss = finite_mean(bpd)
     return loss, {"bpd": loss.detach()}
@@ -112,6 +160,50 @@ class TrainConfig:
     flip: bool = False
     translate: int = 0
     progress: bool = True
+    init_batch: int | None = None    # examples for ActNorm's data-dependent init (None: the first global batch)
+
+
+#: (name, integer, low, low_open, optional) of every numeric TrainConfig field
+_CONFIG_RULES = [("steps", True, 1, False, False), ("batch_size", True, 1, False, False),
+                 ("lr", False, 0, True, False), ("weight_decay", False, 0, False, False),
+                 ("warmup", True, 0, False, False), ("grad_clip", False, 0, True, True),
+                 ("checkpoint_every", True, 1, False, False), ("keep_checkpoints", True, 1, False, False),
+                 ("log_every", True, 1, False, False), ("seed", True, 0, False, False),
+                 ("translate", True, 0, False, False), ("init_batch", True, 1, False, True)]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised by ``Trainer.fit`` after SIGINT / SIGTERM, once a checkpoint is written."""
+
+    def __init__(self, signum: int, step: int, checkpoint_dir: str | None):
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; "
+                         f"checkpoint {checkpoint_dir}")
+        self.signum, self.step, self.checkpoint_dir = signum, step, checkpoint_dir
+
+
+def is_run_file(name: str) -> bool:
+    """Whether ``name`` in an output directory belongs to a Trainer run (checkpoints, log)."""
+    return name in ("latest", "log.csv", "tensorboard") or name.startswith(("step-", ".tmp-"))
+
+
+def prepare_run_dir(out_dir: str, resume: bool = False, overwrite: bool = False) -> None:
+    """Guards an output directory before training: a fresh run (no ``resume``) in a non-empty
+    directory raises ValueError unless ``overwrite``, which deletes the previous run's
+    checkpoints, log.csv and tensorboard events (other files are kept).  ``resume`` and
+    ``overwrite`` exclude each other (ValueError)."""
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: resume continues the run in the directory, "
+                         "overwrite deletes it")
+    if resume or not os.path.isdir(out_dir) or not os.listdir(out_dir):
+        return
+    if not overwrite:
+        raise ValueError(f"output directory {out_dir} is not empty ({', '.join(sorted(os.listdir(out_dir))[:4])}"
+                         f"...): resume the run in it (--resume / fit(resume=True)), start again "
+                         f"(--overwrite deletes its checkpoints and log), or choose another directory")
+    for name in os.listdir(out_dir):
+        if is_run_file(name):
+            path = os.path.join(out_dir, name)
+            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
 
 
 class Trainer:
@@ -131,11 +223,13 @@ class Trainer:
                 raise TypeError(f"Trainer: unknown option {k!r}")
             setattr(self.config, k, v)
         c = self.config
-        if c.steps < 1 or c.batch_size < 1 or c.checkpoint_every < 1:
-            raise ValueError("Trainer: steps, batch_size and checkpoint_every must be >= 1")
+        for name, integer, low, low_open, optional in _CONFIG_RULES:
+            setattr(c, name, check_number(getattr(c, name), name, "Trainer", low=low, low_open=low_open,
+                                          integer=integer, optional=optional))
         self.examples, self.labels = (data if isinstance(data, (tuple, list)) else (data, None))
         if not isinstance(self.examples, torch.Tensor) or len(self.examples) == 0:
             raise ValueError("Trainer: data must be a non-empty tensor of examples (or (examples, labels))")
+        self._check_range(model)
         if self.labels is not None and len(self.labels) != len(self.examples):
             raise ValueError("Trainer: examples and labels differ in length")
         self.out_dir = out_dir
@@ -159,7 +253,29 @@ class Trainer:
         self.skipped = 0
         self._order: tuple[int, torch.Tensor] | None = None
 
+    def _check_range(self, model: nn.Module) -> None:
+        """Floating image data must be preprocessed into [-0.5, 0.5] (DESIGN.md); uint8 images
+        are preprocessed here, vectors (features, tabular data) take any finite values."""
+        x = self.examples
+        image_model = getattr(model, "is_image_model", x.dim() == 4)
+        if not x.is_floating_point() or not image_model:
+            return
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("Trainer: data contain NaN or Inf")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < -IMAGE_RANGE or hi > IMAGE_RANGE:
+            raise ValueError(f"Trainer: floating images must be preprocessed into [-{IMAGE_RANGE:g}, {IMAGE_RANGE:g}] "
+                             f"(got min {lo:.4g}, max {hi:.4g}); pass uint8 images (preprocessed with "
+                             f"dequantisation here) or preprocess them with invflow.data.preprocess")
+
     # -- data ------------------------------------------------------------------------
+    def _examples(self, idx: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Examples ``idx`` augmented and preprocessed with the randomness of ``g``."""
+        c = self.config
+        x = augment(self.examples[idx], g, c.flip, c.translate)
+        x = preprocess(x, generator=g, dtype=self._dtype()) if x.dtype == torch.uint8 else x.to(self._dtype())
+        return x, (self.labels[idx] if self.labels is not None else None)
+
     def _batch(self, step: int, whole: bool = False) -> Batch:
         """The rank's slice of global batch ``step`` (all of it with ``whole``): a
         deterministic function of (seed, step)."""
@@ -171,9 +287,7 @@ class Trainer:
         if len(idx) < c.batch_size:  # fewer examples than one batch: wrap around
             idx = order[torch.arange(k * c.batch_size, (k + 1) * c.batch_size) % n]
         g = torch.Generator().manual_seed(c.seed * 7_919 + 104_729 * (step + 1))
-        x = augment(self.examples[idx], g, c.flip, c.translate)
-        x = preprocess(x, generator=g, dtype=self._dtype()) if x.dtype == torch.uint8 else x.to(self._dtype())
-        y = self.labels[idx] if self.labels is not None else None
+        x, y = self._examples(idx, g)
         share = c.batch_size // self.world
         part = slice(0, c.batch_size) if whole else slice(self.rank * share, (self.rank + 1) * share)
         x = x[part].to(self.device)
@@ -192,10 +306,24 @@ class Trainer:
 
     @torch.no_grad()
     def initialize(self) -> None:
-        """Data-dependent initialisation (ActNorm) on the whole first global batch, which every
-        process builds identically, so all processes start from the same weights."""
+        """Data-dependent initialisation (ActNorm) on the whole first global batch (or on
+        ``init_batch`` examples of the first epoch's order), which every process builds
+        identically, so all processes start from the same weights.  ValueError when that batch
+        cannot give a variance (one value per channel, e.g. batch_size=1 and a 1 x 1 last scale)."""
         self.model.train()
-        self.model(self._batch(0, whole=True).x)
+        c = self.config
+        if c.init_batch is None:
+            x = self._batch(0, whole=True).x
+        else:
+            idx = self._epoch_order(0)[torch.arange(c.init_batch) % len(self.examples)]
+            x = self._examples(idx, torch.Generator().manual_seed(c.seed * 7_919 + 13))[0].to(self.device)
+        try:
+            self.model(x)
+        except ValueError as e:
+            if "value per channel" not in str(e):
+                raise
+            raise ValueError(f"Trainer: ActNorm initialisation on {len(x)} example(s) cannot estimate a variance "
+                             f"({e}); set init_batch >= 2 (e.g. init_batch=64) or a larger batch_size") from e
 
     # -- one step ----------------------------------------------------------------------
     def _all_true(self, flag: bool) -> bool:
@@ -230,14 +358,24 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
         """Trains up to ``config.steps``; with ``resume`` continues from the last checkpoint
-        in ``out_dir`` (starting from scratch if there is none).  Returns a summary."""
+        in ``out_dir`` (saying so and starting from scratch if there is none).  SIGINT / SIGTERM
+        (when fit runs in the main thread) end the current step, write a checkpoint and raise
+        ``TrainingInterrupted``; a second Ctrl-C stops at once.  Returns a summary."""
         c = self.config
         if self.rank == 0:
             os.makedirs(self.out_dir, exist_ok=True)
         if resume and self.load_latest():
             self._say(f"resumed from step {self.step} ({self.latest_dir()})")
-        elif self.step == 0:
-            self.initialize()
+        else:
+            if resume:
+                self._say(f"nothing to resume in {self.out_dir} (no checkpoint): starting from step 0")
+            if self.step == 0:
+                self.initialize()
+        with _SignalCatcher() as caught:
+            return self._loop(resume, caught)
+
+    def _loop(self, resume: bool, caught: "_SignalCatcher") -> dict:
+        c = self.config
         log = self._open_log(append=resume and self.step > 0)
         start, first = time.perf_counter(), self.step
         bar = tqdm(total=c.steps, initial=self.step, disable=not c.progress or self.rank != 0,
@@ -262,6 +400,13 @@ class Trainer:
                                     self.tensorboard.add_scalar(k, v, self.step)
                 if self.step % c.checkpoint_every == 0 or self.step == c.steps:
                     self.save_checkpoint()
+                if not self._all_true(caught.signum is None):
+                    if self.step % c.checkpoint_every and self.step != c.steps:
+                        self.save_checkpoint()
+                    signum = caught.signum or signal.SIGTERM
+                    self._say(f"{signal.Signals(signum).name} at step {self.step}: checkpoint written to "
+                              f"{self.latest_dir()}; continue with resume (python -m detectors train --resume)")
+                    raise TrainingInterrupted(signum, self.step, self.latest_dir())
         finally:
             bar.close()
             if log is not None:
@@ -346,6 +491,33 @@ class Trainer:
         torch.set_rng_state(state["rng"])
         self.step, self.skipped = int(meta["step"]), int(meta["skipped"])
         return True
+
+
+class _SignalCatcher:
+    """Context manager: SIGINT / SIGTERM set ``signum`` instead of stopping the process (a second
+    SIGINT raises KeyboardInterrupt at once); previous handlers are restored on exit.  Outside
+    the main thread (where Python cannot install handlers) it does nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.saved: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.saved = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self.saved.items():
+            signal.signal(s, h)
+        return False
 
 
 # -------------------------------------------------------------- state (de)serialising

@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from invflow.layers.base import check_number
 from invflow.train import Batch
 
 from .objectives import _draw
@@ -67,6 +68,7 @@ def outlier_exposure_loss(logits_in: torch.Tensor, labels: torch.Tensor, logits_
         raise ValueError(f"outlier_exposure_loss: logits_in and logits_aux have different numbers of classes "
                          f"({logits_in.shape[1]} vs {logits_aux.shape[1]})")
     labels = _check_labels(logits_in, labels, "outlier_exposure_loss")
+    weight = check_number(weight, "weight", "outlier_exposure_loss", low=0)
     return F.cross_entropy(logits_in, labels) + weight * uniform_cross_entropy(logits_aux).mean()
 
 
@@ -83,6 +85,10 @@ def energy_loss(logits_in: torch.Tensor, labels: torch.Tensor, logits_aux: torch
     _check_logits(logits_in, "energy_loss", "logits_in")
     _check_logits(logits_aux, "energy_loss", "logits_aux")
     labels = _check_labels(logits_in, labels, "energy_loss")
+    m_in = check_number(m_in, "m_in", "energy_loss")
+    m_out = check_number(m_out, "m_out", "energy_loss")
+    weight = check_number(weight, "weight", "energy_loss", low=0)
+    temperature = check_number(temperature, "temperature", "energy_loss", low=0, low_open=True)
     e_in = -temperature * torch.logsumexp(logits_in / temperature, dim=1)
     e_aux = -temperature * torch.logsumexp(logits_aux / temperature, dim=1)
     reg = F.relu(e_in - m_in).pow(2).mean() + F.relu(m_out - e_aux).pow(2).mean()
@@ -135,6 +141,7 @@ def outlier_exposure_objective(aux: torch.Tensor, weight: float = 0.5,
     ``aux_batch`` samples of ``aux`` (default: as many as the batch) drawn each step.  Logs
     "ce", "oe" (the uniform cross-entropy of the auxiliary samples) and "acc"."""
     _check_draw(aux, aux_batch, "outlier_exposure_objective", "aux")
+    check_number(weight, "weight", "outlier_exposure_objective", low=0)
 
     def objective(model, batch: Batch):
         y = _labels(batch, "outlier_exposure_objective")
@@ -151,6 +158,9 @@ def energy_objective(aux: torch.Tensor, m_in: float = -25.0, m_out: float = -7.0
     """Trainer objective of energy-bounded training (``energy_loss``, Liu et al. 2020) with
     auxiliary outliers ``aux`` drawn each step.  Logs "ce", "energy_in", "energy_aux", "acc"."""
     _check_draw(aux, aux_batch, "energy_objective", "aux")
+    check_number(weight, "weight", "energy_objective", low=0)
+    check_number(m_in, "m_in", "energy_objective")
+    check_number(m_out, "m_out", "energy_objective")
 
     def objective(model, batch: Batch):
         y = _labels(batch, "energy_objective")

@@ -5,7 +5,11 @@ plus factories that turn them into objectives for ``invflow.train.Trainer``
 Log-likelihoods are in nats of the continuous density of preprocessed inputs.  The loss
 functions return a scalar to *minimise*.  Non-finite values follow the papers: the outlier
 loss drops samples with non-finite log-likelihoods (seed 000 S4.3) and returns zero when
-more than 75% of the batch was dropped.
+more than 75% of the batch was dropped.  Dropping gives the kept samples' gradient only
+when the log-likelihoods come from ``invflow.train.log_prob_dropping_non_finite`` (the
+trainer objectives below do so): a dropped sample still in the autograd graph makes every
+parameter gradient NaN (0 * inf in its backward).  Numeric arguments are validated
+(ValueError naming the argument).
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from invflow.data import preprocess
-from invflow.train import Batch, finite_mean
+from invflow.layers.base import check_number
+from invflow.train import Batch, finite_mean, log_prob_dropping_non_finite
 
 from .scores.base import log_prob
 from .scores.likelihood import log_prob_and_mass
@@ -52,8 +57,8 @@ def outlier_loss(logp_in_model: torch.Tensor, logp_general_model: torch.Tensor, 
     5.3) train the general model with the in-distribution samples as outliers:
     ``outlier_loss(logp_general_model(x_in), logp_in_model(x_in))``."""
     _check_pair(logp_in_model, logp_general_model, "outlier_loss")
-    if temperature <= 0:
-        raise ValueError(f"outlier_loss: temperature must be > 0, got {temperature}")
+    temperature = check_number(temperature, "temperature", "outlier_loss", low=0, low_open=True)
+    weight = check_number(weight, "weight", "outlier_loss", low=0)
     keep = torch.isfinite(logp_in_model) & torch.isfinite(logp_general_model)
     if keep.float().mean() < 1 - MAX_DROPPED:
         return logp_in_model.new_zeros(())
@@ -67,6 +72,7 @@ def margin_loss(logp_in: torch.Tensor, logp_out: torch.Tensor, margin: float = 1
     pairing the i-th in-distribution and outlier samples.  ``margin`` in nats (Hendrycks et al.
     used one bit per dimension: ``D * log 2``).  Non-finite pairs are dropped."""
     _check_pair(logp_in, logp_out, "margin_loss")
+    margin = check_number(margin, "margin", "margin_loss", low=0)
     keep = torch.isfinite(logp_in) & torch.isfinite(logp_out)
     if not bool(keep.any()):
         return logp_in.new_zeros(())
@@ -83,6 +89,7 @@ def contrastive_loss(logp_in: torch.Tensor, logp_aux: torch.Tensor, clamp: float
     they stop being pushed down (the paper's 0 in App. A.1).  Minimising it learns the
     normalised positive difference C (p - q) 1{p > q} (Eq. 6)."""
     _check_pair(logp_in, logp_aux, "contrastive_loss", same_shape=False)
+    clamp = check_number(clamp, "clamp", "contrastive_loss")
     return -logp_in.mean() + torch.clamp(logp_aux, min=clamp).mean()
 
 
@@ -94,6 +101,7 @@ def negative_loss(logp_in: torch.Tensor, logp_ood: torch.Tensor, threshold: floa
     with N_ood the number of OOD samples whose log-likelihood is above the threshold c (only
     those are pushed down; the term is 0 when there are none)."""
     _check_pair(logp_in, logp_ood, "negative_loss", same_shape=False)
+    threshold = check_number(threshold, "threshold", "negative_loss")
     above = logp_ood > threshold
     # where, not logp_ood * above: -inf * 0 is NaN, and a -inf OOD sample is simply below c
     push = torch.where(above, logp_ood, torch.zeros_like(logp_ood)).sum() / above.sum().clamp(min=1)
@@ -113,6 +121,7 @@ def approx_mass_penalty(model, x: torch.Tensor, alpha: float = 2.0, return_terms
     ``(mean_log_p, mean_grad_norm)`` detached."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError("approx_mass_penalty: x must be a floating tensor preprocessed into [-0.5, 0.5]")
+    alpha = check_number(alpha, "alpha", "approx_mass_penalty", low=0)
     lp, norms = log_prob_and_mass(model, x, create_graph=True)
     loss = -lp.mean() + alpha * norms.mean()
     if return_terms:
@@ -156,9 +165,10 @@ def _per_dim(loss: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def _with_draw(model, batch: Batch, data: torch.Tensor, n: int | None = None):
     """(log p(batch.x), draws, log p(draws)) for ``n`` samples of ``data`` (default: one per
-    batch element), both sets through the model in one pass."""
+    batch element), both sets through the model in one pass; non-finite log-likelihoods
+    carry no gradient (``log_prob_dropping_non_finite``)."""
     drawn = _draw(data, n or len(batch.x), batch.generator, batch.x)
-    lp = log_prob(model, torch.cat([batch.x, drawn]))
+    lp = log_prob_dropping_non_finite(model, torch.cat([batch.x, drawn]))
     return lp[: len(batch.x)], drawn, lp[len(batch.x):]
 
 
@@ -167,6 +177,9 @@ def outlier_objective(general_model, outliers: torch.Tensor, temperature: float 
     """Trainer objective: NLL on the batch + the outlier loss (Eq. 2) on ``outliers`` drawn
     from the general distribution, scored by the frozen ``general_model``.  The sum is in
     nats per image as in the paper, divided by D log 2 (bits/dim units)."""
+    check_number(temperature, "temperature", "outlier_objective", low=0, low_open=True)
+    check_number(weight, "weight", "outlier_objective", low=0)
+    check_number(outlier_batch, "outlier_batch", "outlier_objective", low=1, integer=True, optional=True)
     general_model.eval()
 
     def objective(model, batch: Batch):
@@ -190,6 +203,8 @@ def diff_dagger_objective(in_model, in_data: torch.Tensor, **kw) -> Callable:
 def margin_objective(outliers: torch.Tensor, margin: float | None = None, weight: float = 1.0) -> Callable:
     """Trainer objective: NLL + ``weight`` * margin loss against outliers (Hendrycks et al.
     2019 outlier exposure for density models); default margin one bit per dimension."""
+    check_number(margin, "margin", "margin_objective", low=0, optional=True)
+    check_number(weight, "weight", "margin_objective", low=0)
 
     def objective(model, batch: Batch):
         lp_x, _, lp_o = _with_draw(model, batch, outliers)
@@ -202,6 +217,7 @@ def margin_objective(outliers: torch.Tensor, margin: float | None = None, weight
 
 def contrastive_objective(aux: torch.Tensor, clamp: float = 0.0) -> Callable:
     """Trainer objective of the contrastive normalizing flow (seed 002 Algorithm 1)."""
+    check_number(clamp, "clamp", "contrastive_objective")
 
     def objective(model, batch: Batch):
         lp_x, _, lp_a = _with_draw(model, batch, aux)
@@ -213,6 +229,7 @@ def contrastive_objective(aux: torch.Tensor, clamp: float = 0.0) -> Callable:
 
 def negative_objective(ood: torch.Tensor, threshold: float) -> Callable:
     """Trainer objective of negative training (seed 003 Eq. 7)."""
+    check_number(threshold, "threshold", "negative_objective")
 
     def objective(model, batch: Batch):
         lp_x, _, lp_o = _with_draw(model, batch, ood)
@@ -224,6 +241,7 @@ def negative_objective(ood: torch.Tensor, threshold: float) -> Callable:
 
 def approx_mass_objective(alpha: float = 2.0) -> Callable:
     """Trainer objective of seed 004 Eq. 2 (double backward)."""
+    check_number(alpha, "alpha", "approx_mass_objective", low=0)
 
     def objective(model, batch: Batch):
         loss, (lp, g) = approx_mass_penalty(model, batch.x, alpha, return_terms=True)

@@ -17,7 +17,9 @@ from torch import nn
 from invflow import checkpoint
 from invflow.data import standard_normal_log_prob
 from invflow.models import FlowOutput
+from invflow.layers.base import check_number
 from invflow.priors import ClassConditionalGaussianMixture
+from invflow.train import drop_non_finite
 
 from . import objectives
 
@@ -38,6 +40,7 @@ class ClassConditionalFlow(nn.Module):
 
     def __init__(self, model: nn.Module, num_classes: int):
         super().__init__()
+        check_number(num_classes, "num_classes", "ClassConditionalFlow", low=1, integer=True)
         if getattr(model, "split_prior", False):
             raise ValueError("ClassConditionalFlow: the wrapped model must use N(0, I) latents (split_prior=False)")
         self.model = model
@@ -95,6 +98,8 @@ def supervised_objective(general_model: nn.Module | None = None, temperature: fl
     """Trainer objective (data given as ``(images, labels)``): -log p(x | y) on the batch, plus,
     when a general model is given, the outlier loss of every class mode on the samples of the
     other classes (``objectives.supervised_outlier_loss``, seed 000 Sec. 3.2), in bits/dim units."""
+    check_number(temperature, "temperature", "supervised_objective", low=0, low_open=True)
+    check_number(weight, "weight", "supervised_objective", low=0)
     if general_model is not None:
         general_model.eval()
 
@@ -102,7 +107,8 @@ def supervised_objective(general_model: nn.Module | None = None, temperature: fl
         if batch.y is None:
             raise ValueError("supervised_objective: the trainer's data must be (images, labels)")
         flow = model.module if hasattr(model, "module") else model
-        per_class = flow.class_log_probs(batch.x)
+        # rows with a non-finite entry are recomputed out of the graph (seed 000 S4.3 dropping)
+        per_class = drop_non_finite(flow.class_log_probs, batch.x)
         own = per_class.gather(1, batch.y.view(-1, 1)).squeeze(1)
         loss = objectives.nll(own)
         logs = {}

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from invflow import checkpoint
-from invflow.models.base import check_model_input
+from invflow.models.base import IMAGE_RANGE, check_model_input
 
 MIN_IMAGE_SIZE = 8
 
@@ -151,7 +151,7 @@ class ResNetClassifier(nn.Module):
     def check_input(self, x) -> None:
         """TypeError for non-tensors, integer dtypes and a dtype other than the parameters';
         ValueError for wrong rank, channels or size, another device, an empty batch, NaN / Inf
-        and values with |x| > 1 (not preprocessed)."""
-        check_model_input(x, type(self).__name__, self.input_shape, self.stem.weight, max_abs=1.0,
+        and values outside [-0.5, 0.5] (not preprocessed: 0..255 or torchvision's 0..1)."""
+        check_model_input(x, type(self).__name__, self.input_shape, self.stem.weight, max_abs=IMAGE_RANGE,
                           integer_hint="; preprocess the images, or pass the raw uint8 images to a detector, "
                                        "which preprocesses them")

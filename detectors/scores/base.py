@@ -17,16 +17,25 @@ difference is taken (seed 000 S4.5).
 
 from __future__ import annotations
 
+import copy
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from invflow.data import preprocess
+from invflow.layers.actnorm import UninitializedWarning, warn_if_uninitialized
+from invflow.layers.base import check_number
+from invflow.models.base import IMAGE_RANGE
 
 from ..inputs import accepts_any_input
 
 LOG_LIKELIHOOD_FLOOR = -3e6
+
+#: folds of the cross-fitting with which ``Detector.fit`` calibrates detectors that fit a state
+FOLDS = 5
 
 
 def floor_log_likelihood(log_p: torch.Tensor) -> torch.Tensor:
@@ -107,10 +116,12 @@ class Detector:
             if name in vars(cls):
                 setattr(cls, name, accepts_any_input(vars(cls)[name]))
 
+    #: whether the state ``_fit`` learns leaves the fitting data's scores typical of fresh
+    #: in-distribution data (then ``fit`` calibrates on them directly, without cross-fitting)
+    calibrate_on_fit_data = False
+
     def __init__(self, batch_size: int = 256, progress: bool = False):
-        if batch_size < 1:
-            raise ValueError(f"{type(self).__name__}: batch_size must be >= 1, got {batch_size}")
-        self.batch_size = batch_size
+        self.batch_size = check_number(batch_size, "batch_size", type(self).__name__, low=1, integer=True)
         self.progress = progress
         self.threshold: float | None = None
         self.fpr: float | None = None
@@ -118,18 +129,48 @@ class Detector:
     # -- API -------------------------------------------------------------------------
     @accepts_any_input
     def fit(self, x: torch.Tensor, fpr: float = 0.05) -> "Detector":
-        """Fits the detector's own state on in-distribution ``x`` (if it has any) and
-        calibrates the threshold on the same data.  Use ``calibrate`` to set the threshold
-        on separate held-out data."""
+        """Fits the detector's own state on in-distribution ``x`` (if it has any) and sets the
+        threshold so that a fraction ``fpr`` of *fresh* in-distribution data is flagged: a
+        detector that fits a state calibrates on out-of-fold scores (``FOLDS``-fold
+        cross-fitting: the state fitted without each fold scores that fold), since its own
+        training points score as more typical than new data (a KDE's points sit on their own
+        kernels: calibrating on them flagged 53% of fresh data at fpr 5%).  Detectors without
+        a state (likelihoods of a given model) calibrate on ``x`` itself.  Use ``calibrate``
+        to set the threshold on separate held-out data."""
+        fpr = self._check_fpr(fpr, "fit")
         self._check_batch(x, "fit")
         self._fit(x)
-        return self.calibrate(x, fpr)
+        if type(self)._fit is Detector._fit or self.calibrate_on_fit_data:
+            return self._set_threshold(self._calibration_scores(x), fpr)
+        held_out = self._cross_fitted_scores(len(x), lambda det, idx: det._fit(x[idx]),
+                                             lambda det, idx: det._calibration_scores(x[idx]))
+        return self._set_threshold(held_out, fpr)
+
+    def _cross_fitted_scores(self, n: int, fit_subset, score_subset) -> torch.Tensor:
+        """Out-of-fold calibration scores of n samples [N]: for each of ``FOLDS`` seeded folds a
+        shallow copy of the detector is fitted on the other folds (``fit_subset(copy, idx)``)
+        and scores the fold (``score_subset(copy, idx)``)."""
+        if n < 2:
+            raise ValueError(f"{self.name}.fit: needs at least 2 in-distribution samples to fit and calibrate, "
+                             f"got {n}")
+        folds = min(FOLDS, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+        scores = torch.empty(n, dtype=torch.float64)
+        for f in range(folds):
+            held = perm[f::folds]
+            rest = torch.cat([perm[g::folds] for g in range(folds) if g != f])
+            det = copy.copy(self)
+            fit_subset(det, rest)
+            scores[held] = torch.as_tensor(np.asarray(score_subset(det, held)), dtype=torch.float64)
+        return scores
+
+    def _check_fpr(self, fpr, where: str) -> float:
+        return check_number(fpr, "fpr", f"{self.name}.{where}", low=0, high=1, high_open=True)
 
     @accepts_any_input
     def calibrate(self, x: torch.Tensor, fpr: float = 0.05) -> "Detector":
         """Sets the threshold so that a fraction ``fpr`` of in-distribution ``x`` scores above it."""
-        if not 0.0 <= fpr < 1.0:
-            raise ValueError(f"{type(self).__name__}.calibrate: fpr must be in [0, 1), got {fpr}")
+        fpr = self._check_fpr(fpr, "calibrate")
         return self._set_threshold(self._calibration_scores(x), fpr)
 
     def _set_threshold(self, in_scores: torch.Tensor, fpr: float) -> "Detector":
@@ -146,8 +187,11 @@ class Detector:
         parts = []
         n = len(x)
         models = [v for v in vars(self).values() if isinstance(v, nn.Module)]
-        with eval_mode(*models), tqdm(total=n, disable=not self.progress, desc=self.name, unit="img",
+        for m in models:  # an untrained model's scores are meaningless (its ActNorms say so)
+            warn_if_uninitialized(m, f"{self.name}.score", stacklevel=4)
+        with eval_mode(*models), warnings.catch_warnings(), tqdm(total=n, disable=not self.progress, desc=self.name, unit="img",
                                        leave=False) as bar:
+            warnings.simplefilter("ignore", UninitializedWarning)  # said once above, not per batch
             for i in range(0, n, self.batch_size):
                 xb = x[i: i + self.batch_size]
                 if self.needs_grad:
@@ -202,6 +246,13 @@ class Detector:
             raise ValueError(f"{self.name}.{where}: empty batch")
         if x.is_floating_point() and not bool(torch.isfinite(x).all()):
             raise ValueError(f"{self.name}.{where}: input contains NaN or Inf")
+        # float images go to models that take [-0.5, 0.5]; a user's ``transform`` sets its own convention
+        if (x.is_floating_point() and x.dim() == 4 and getattr(self, "transform", None) is None
+                and bool((x.abs() > IMAGE_RANGE).any())):
+            raise ValueError(f"{self.name}.{where}: floating images must be preprocessed into [-{IMAGE_RANGE:g}, "
+                             f"{IMAGE_RANGE:g}] (got min {float(x.min()):.4g}, max {float(x.max()):.4g}: 0..255 or "
+                             f"torchvision's 0..1?); pass uint8 images, or preprocess them with "
+                             f"invflow.data.preprocess")
 
     def __repr__(self) -> str:
         t = "uncalibrated" if self.threshold is None else f"threshold={self.threshold:.4g} at fpr={self.fpr}"

@@ -23,6 +23,9 @@ import numpy as np
 import torch
 from sklearn.covariance import EmpiricalCovariance, LedoitWolf
 
+from invflow.layers.base import check_number
+from invflow.models.base import IMAGE_RANGE
+
 from .base import Detector, as_model_input, eval_mode
 
 
@@ -38,9 +41,7 @@ def _logits(model, x: torch.Tensor, where: str, min_classes: int = 1) -> torch.T
 
 
 def _check_temperature(temperature, where: str) -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"{where}: temperature must be a number > 0, got {temperature!r}")
-    return float(temperature)
+    return check_number(temperature, "temperature", where, low=0, low_open=True)
 
 
 class MaxSoftmax(Detector):
@@ -104,8 +105,8 @@ class Mahalanobis(Detector):
 
     Input pre-processing (Lee et al. Eq. 4) with ``epsilon`` > 0: each input is moved towards
     its closest class before scoring, x' = x - epsilon * sign(d M_k*(x) / dx) with
-    k* = argmin_k M_k(x), and s(x') is the score (on the preprocessed [-0.5, 0.5] scale, not
-    clamped).  It needs input gradients (``needs_grad`` is then True).  ``epsilon = 0``
+    k* = argmin_k M_k(x), and s(x') is the score (on the preprocessed scale, clamped back
+    into [-0.5, 0.5], the range every image model takes).  It needs input gradients (``needs_grad`` is then True).  ``epsilon = 0``
     (default) is the plain distance.
 
     ``fit(x, fpr, y=labels)`` fits the class means and the precision on the features of the
@@ -130,8 +131,7 @@ class Mahalanobis(Detector):
         if not callable(getattr(model, "features", None)):
             raise TypeError(f"Mahalanobis: the model must have a features(x) -> [B, F] method (e.g. "
                             f"ResNetClassifier), got {type(model).__name__}")
-        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon >= 0:
-            raise ValueError(f"Mahalanobis: epsilon must be a number >= 0, got {epsilon!r}")
+        epsilon = check_number(epsilon, "epsilon", "Mahalanobis", low=0)
         if covariance not in ("ledoit_wolf", "empirical"):
             raise ValueError(f"Mahalanobis: covariance must be 'ledoit_wolf' or 'empirical', "
                              f"got {covariance!r}")
@@ -146,10 +146,13 @@ class Mahalanobis(Detector):
     # -- fitting -------------------------------------------------------------------------
     def fit(self, x: torch.Tensor, fpr: float = 0.05, *, y=None) -> "Mahalanobis":
         """Fits class means and the tied precision on ``model.features(x)`` with labels ``y``
-        ([N] ints), then calibrates the threshold on the same ``x``."""
+        ([N] ints), then sets the threshold on cross-fitted scores of ``x`` (``Detector.fit``:
+        each fold scored by means and precision fitted without it), so that a fraction ``fpr``
+        of fresh in-distribution data is flagged."""
         if isinstance(fpr, torch.Tensor) or isinstance(fpr, np.ndarray):
             raise TypeError("Mahalanobis.fit: the second argument is fpr; pass the class labels as "
                             "fit(x, y=labels)")
+        fpr = self._check_fpr(fpr, "fit")
         self._check_batch(x, "fit")
         if y is None:
             raise ValueError("Mahalanobis.fit: class labels are required: fit(x_in, y=labels), with one "
@@ -162,8 +165,15 @@ class Mahalanobis(Detector):
         if len(labels) != len(x) or (isinstance(y, torch.Tensor) and y.dim() != 1):
             raise ValueError(f"Mahalanobis.fit: need one label per sample: x has {len(x)} samples, y has "
                              f"shape {list(y.shape) if hasattr(y, 'shape') else [len(labels)]}")
-        feats = self._features(x).numpy()
         labels = labels.cpu().numpy()
+        feats = self._features(x).numpy()
+        self._fit_state(feats, labels)
+        held_out = self._cross_fitted_scores(len(x), lambda det, i: det._fit_state(feats[i.numpy()], labels[i.numpy()]),
+                                             lambda det, i: det.score(x[i]))
+        return self._set_threshold(held_out, fpr)
+
+    def _fit_state(self, feats: np.ndarray, labels: np.ndarray) -> None:
+        """Class means and tied precision from features [N, F] and labels [N]."""
         classes = np.unique(labels)
         means = np.stack([feats[labels == k].mean(0) for k in classes])
         centred = feats - means[np.searchsorted(classes, labels)]
@@ -172,7 +182,6 @@ class Mahalanobis(Detector):
         self.classes_ = torch.from_numpy(classes)
         self.means_ = torch.from_numpy(means.astype(np.float64))
         self.precision_ = torch.from_numpy(np.asarray(precision, dtype=np.float64))
-        return self.calibrate(x, fpr)
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate features of ``x`` in eval mode, batched: float64 [N, F] on the CPU."""
@@ -204,7 +213,7 @@ class Mahalanobis(Detector):
             with torch.enable_grad():
                 closest = self.distances(xin).min(dim=1).values
                 (grad,) = torch.autograd.grad(closest.sum(), xin)
-            xin = (xin - self.epsilon * grad.sign()).detach()
+            xin = (xin - self.epsilon * grad.sign()).clamp(-IMAGE_RANGE, IMAGE_RANGE).detach()
         with torch.no_grad():
             return self.distances(xin).min(dim=1).values
 

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from invflow.layers.base import check_number
+
 from .base import Detector, as_model_input, floor_log_likelihood, log_prob
 
 
@@ -49,7 +51,9 @@ class InputComplexity(Detector):
 
     def __init__(self, model, compress_level: int = 9, **kw):
         super().__init__(**kw)
-        self.model, self.compress_level = model, compress_level
+        self.model = model
+        self.compress_level = check_number(compress_level, "compress_level", "InputComplexity", low=0, high=9,
+                                           integer=True)
 
     def _score_batch(self, x):
         xin = as_model_input(x, self.model)

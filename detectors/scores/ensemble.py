@@ -16,6 +16,8 @@ from typing import Mapping
 
 import torch
 
+from invflow.layers.base import check_number
+
 from .base import Detector
 
 
@@ -23,6 +25,10 @@ class Ensemble(Detector):
     """Sum of the members' scores, each standardised by its mean and standard deviation on the
     in-distribution data given to ``fit`` (z-score fusion).  ``weights`` (optional) scale the
     members' z-scores.  ``uses`` is the union of the members' ``uses``."""
+
+    #: the fitted state is one mean and standard deviation per member, a monotone map of each
+    #: member's score: the fitting data's fused scores are as typical as fresh data's
+    calibrate_on_fit_data = True
 
     def __init__(self, members: Mapping[str, Detector], weights: Mapping[str, float] | None = None, **kw):
         super().__init__(**kw)
@@ -32,7 +38,8 @@ class Ensemble(Detector):
             if not isinstance(det, Detector):
                 raise TypeError(f"Ensemble: member {name!r} is a {type(det).__name__}, expected a Detector")
         self.members = dict(members)
-        self.weights = {name: float((weights or {}).get(name, 1.0)) for name in self.members}
+        self.weights = {name: check_number((weights or {}).get(name, 1.0), f"weights[{name!r}]", "Ensemble")
+                        for name in self.members}
         unknown = set(weights or {}) - set(self.members)
         if unknown:
             raise ValueError(f"Ensemble: weights for unknown members {sorted(unknown)}")
@@ -42,6 +49,9 @@ class Ensemble(Detector):
         self._stats: dict[str, tuple[float, float]] | None = None
 
     def _fit(self, x: torch.Tensor) -> None:
+        if len(x) < 2:
+            raise ValueError(f"Ensemble.fit: needs at least 2 in-distribution samples to estimate each member's "
+                             f"standard deviation, got {len(x)}")
         stats = {}
         for name, det in self.members.items():
             s = det.score(x)

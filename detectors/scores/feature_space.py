@@ -17,6 +17,7 @@ vector flow (``invflow.VectorFlow``) trained on the features.
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable
 
 import numpy as np
@@ -24,6 +25,9 @@ import torch
 from sklearn.decomposition import PCA as _SkPCA
 from scipy.special import logsumexp
 from sklearn.neighbors import KernelDensity, NearestNeighbors
+
+from invflow.layers.base import check_number
+from invflow.models.base import IMAGE_RANGE
 
 from .base import Detector
 
@@ -45,12 +49,17 @@ class _FeatureDetector(Detector):
     def __init__(self, transform: Callable | None = None, feature_size: int = 96, **kw):
         super().__init__(**kw)
         self.transform = transform
-        self.feature_size = int(feature_size)
+        self.feature_size = check_number(feature_size, "feature_size", type(self).__name__, low=1, integer=True)
         self._fitted = False
 
     def _vectors(self, x) -> np.ndarray:
         if self.transform is None and isinstance(x, torch.Tensor) and x.dim() == 4:
             from ..imagefeatures import image_features
+
+            if x.is_floating_point() and bool((x.abs() > IMAGE_RANGE).any()):
+                raise ValueError(f"{self.name}: floating images must be preprocessed into [-{IMAGE_RANGE:g}, "
+                                 f"{IMAGE_RANGE:g}] (got min {float(x.min()):.4g}, max {float(x.max()):.4g}); pass "
+                                 f"uint8 images, preprocess them with invflow.data.preprocess, or give a transform")
 
             return _vectors(image_features(x, self.feature_size, progress=self.progress), None)
         return _vectors(x, self.transform)
@@ -58,6 +67,22 @@ class _FeatureDetector(Detector):
     def _fit(self, x):
         self._fit_features(self._vectors(x))
         self._fitted = True
+
+    def fit(self, x, fpr=0.05):
+        """Fits on the features of in-distribution ``x`` and sets the threshold on held-out
+        scores (``_held_out_scores``: leave-one-out or cross-fitted), so that a fraction
+        ``fpr`` of fresh in-distribution data is flagged (see ``Detector.fit``)."""
+        fpr = self._check_fpr(fpr, "fit")
+        self._check_batch(x, "fit")
+        f = self._vectors(x)
+        self._fit_features(f)
+        self._fitted = True
+        return self._set_threshold(torch.as_tensor(self._held_out_scores(f), dtype=torch.float64), fpr)
+
+    def _held_out_scores(self, f: np.ndarray) -> np.ndarray:
+        """Scores of the fitting features from states that did not see them (k-fold)."""
+        return self._cross_fitted_scores(len(f), lambda det, idx: det._fit_features(f[idx.numpy()]),
+                                         lambda det, idx: det._score_features(f[idx.numpy()])).numpy()
 
     def _score_batch(self, x):
         if not self._fitted:
@@ -103,8 +128,7 @@ class KNN(_FeatureDetector):
     on the training data itself leaves each point out (it is its own nearest neighbour)."""
 
     def __init__(self, k: int = 5, transform: Callable | None = None, **kw):
-        if k < 1:
-            raise ValueError(f"KNN: k must be >= 1, got {k}")
+        k = check_number(k, "k", "KNN", low=1, integer=True)
         super().__init__(transform=transform, **kw)
         self.k = k
 
@@ -117,12 +141,9 @@ class KNN(_FeatureDetector):
     def _score_features(self, f):
         return self.nn_.kneighbors(f, n_neighbors=self.k)[0][:, -1]
 
-    def fit(self, x, fpr=0.05):
-        self._check_batch(x, "fit")
-        self._fit(x)
+    def _held_out_scores(self, f):
         # leave-one-out: the (k+1)-th neighbour of a training point, itself excluded
-        d = self.nn_.kneighbors(self.train_, n_neighbors=self.k + 1)[0][:, -1]
-        return self._set_threshold(torch.from_numpy(d), fpr)
+        return self.nn_.kneighbors(self.train_, n_neighbors=self.k + 1)[0][:, -1]
 
 
 class KDE(_FeatureDetector):
@@ -133,6 +154,10 @@ class KDE(_FeatureDetector):
 
     def __init__(self, bandwidth: float | str = "scott", transform: Callable | None = None, **kw):
         super().__init__(transform=transform, **kw)
+        if not (isinstance(bandwidth, str) and bandwidth in ("scott", "silverman")):
+            if isinstance(bandwidth, str):
+                raise ValueError(f"KDE: bandwidth must be 'scott', 'silverman' or a number > 0, got {bandwidth!r}")
+            bandwidth = check_number(bandwidth, "bandwidth", "KDE", low=0, low_open=True)
         self.bandwidth = bandwidth
 
     def _fit_features(self, f):
@@ -140,16 +165,26 @@ class KDE(_FeatureDetector):
         self.bandwidth_ = float(self.kde_.bandwidth_)
         self.train_ = f
 
-    def _score_features(self, f):
+    def _score_features(self, f, leave_one_out: bool = False):
         h, (n, d) = self.bandwidth_, self.train_.shape
-        norm = np.log(n) + 0.5 * d * np.log(2 * np.pi * h * h)
+        norm = np.log(n - leave_one_out) + 0.5 * d * np.log(2 * np.pi * h * h)
         sq_train = (self.train_ ** 2).sum(1)
         out = np.empty(len(f))
         for i in range(0, len(f), 1024):
             q = f[i: i + 1024]
             sq = (q ** 2).sum(1)[:, None] + sq_train[None, :] - 2 * q @ self.train_.T
+            if leave_one_out:  # f is the training set: drop each point's own kernel
+                rows = np.arange(len(q))
+                sq[rows, i + rows] = np.inf
             out[i: i + 1024] = logsumexp(-0.5 * np.maximum(sq, 0.0) / (h * h), axis=1) - norm
         return -out
+
+    def _held_out_scores(self, f):
+        # leave-one-out density of each training point (same bandwidth, its own kernel removed):
+        # with it, each point sits on its own kernel and fit(x, 0.05) flagged ~50% of fresh data
+        if len(f) < 2:
+            raise ValueError(f"KDE.fit: needs at least 2 training vectors, got {len(f)}")
+        return self._score_features(self.train_, leave_one_out=True)
 
 
 class PCA(_FeatureDetector):
@@ -158,6 +193,11 @@ class PCA(_FeatureDetector):
 
     def __init__(self, n_components: int | float = 0.9, transform: Callable | None = None, **kw):
         super().__init__(transform=transform, **kw)
+        if isinstance(n_components, numbers.Integral) and not isinstance(n_components, bool):
+            n_components = check_number(n_components, "n_components", "PCA", low=1, integer=True)
+        else:
+            n_components = check_number(n_components, "n_components", "PCA (a fraction of variance)", low=0,
+                                        high=1, low_open=True, high_open=True)
         self.n_components = n_components
 
     def _fit_features(self, f):

@@ -13,14 +13,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from invflow.layers.base import check_number
+
 from .base import Detector
 from .likelihood import Likelihood
 
 
 class Typicality(Detector):
+    #: the fitted state is the mean -log p of the fitting data (each sample is 1/N of it), so
+    #: the fitting data's statistics are as typical as fresh data's up to O(1/N)
+    calibrate_on_fit_data = True
+
     def __init__(self, model, batch_size: int = 1, bootstrap: int = 1000, seed: int = 0, **kw):
-        if batch_size < 1:
-            raise ValueError(f"Typicality: batch_size (inputs per test) must be >= 1, got {batch_size}")
+        batch_size = check_number(batch_size, "batch_size (inputs per test)", "Typicality", low=1, integer=True)
+        bootstrap = check_number(bootstrap, "bootstrap", "Typicality", low=1, integer=True)
+        seed = check_number(seed, "seed", "Typicality", low=0, integer=True)
         super().__init__(**kw)
         self.model, self.test_batch, self.bootstrap, self.seed = model, batch_size, bootstrap, seed
         self.entropy: float | None = None

@@ -192,7 +192,11 @@ def test_common_api(name):
     assert s.dtype == torch.float64 and s.shape == (40,) and s.device.type == "cpu"
     assert bool(torch.isfinite(s).all())
     flagged = det.predict(images).float().mean().item()
-    assert abs(flagged - 0.2) <= 0.05
+    if name.startswith("mahalanobis"):
+        # fit calibrates on cross-fitted scores (for fresh data): the fitting images score lower
+        assert 0.0 < flagged <= 0.2
+    else:
+        assert abs(flagged - 0.2) <= 0.05
     # uint8 input == noise-free preprocessed floats
     floats = preprocess(images, dequantize=False)
     torch.testing.assert_close(det.score(floats), s, rtol=1e-6, atol=1e-9)

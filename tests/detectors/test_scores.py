@@ -103,7 +103,9 @@ class Broken(nn.Module):
 
 
 def _x(n=10, shape=(1, 8, 8), seed=0, scale=0.2):
-    return scale * torch.randn((n, *shape), dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    x = scale * torch.randn((n, *shape), dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    # images must lie in the preprocessed range [-0.5, 0.5] (models and detectors refuse others)
+    return x.clamp(-0.5, 0.5) if len(shape) == 3 else x
 
 
 # ------------------------------------------------------------------ the floor constant

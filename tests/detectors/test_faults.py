@@ -13,8 +13,8 @@ from torch import nn
 
 import invflow
 from detectors import objectives
-from detectors.scores import (KDE, KNN, PCA, Ensemble, InputComplexity, Likelihood, LikelihoodRatio,
-                              MSERatio, MSEToMean, Typicality)
+from detectors.scores import (KDE, KNN, PCA, ApproximateMass, BitsPerDim, Ensemble, InputComplexity, Likelihood,
+                              LikelihoodRatio, MSERatio, MSEToMean, ScaleContribution, Typicality)
 from detectors.scores.classifier import Energy, Mahalanobis, MaxSoftmax
 from invflow.layers.actnorm import UninitializedWarning
 from invflow.train import Batch, drop_non_finite, finite_mean, log_prob_dropping_non_finite, nll
@@ -139,11 +139,18 @@ def _detectors():
         "Typicality": Typicality(flow),
         "Ensemble": Ensemble({"knn": feats, "pca": pca}),
         "Mahalanobis": Mahalanobis(Features(), batch_size=4096),
+        "LikelihoodRatio": LikelihoodRatio(flow, _vector_flow(4).eval(), batch_size=4096),
+        "BitsPerDim": BitsPerDim(flow, batch_size=4096),
+        "ScaleContribution": ScaleContribution(flow, batch_size=4096),
+        "ApproximateMass": ApproximateMass(flow, batch_size=4096),
+        "MaxSoftmax": MaxSoftmax(Features(), batch_size=4096),
+        "Energy": Energy(Features(), batch_size=4096),
     }
 
 
 @pytest.mark.parametrize("name", ["MSEToMean", "MSERatio", "KNN", "KDE", "PCA", "Likelihood", "Typicality",
-                                  "Ensemble", "Mahalanobis"])
+                                  "Ensemble", "Mahalanobis", "LikelihoodRatio", "BitsPerDim", "ScaleContribution",
+                                  "ApproximateMass", "MaxSoftmax", "Energy"])
 def test_fit_hits_the_fpr_on_fresh_in_distribution_data(name):
     det = _detectors()[name]
     train, fresh = _gauss(800, 1), _gauss(6000, 2)

@@ -2,20 +2,22 @@
 
 Fashion-MNIST (in-distribution) vs MNIST (OOD), as in seeds 000, 003 and 004:
 
-1. trains a general-distribution Glow on grey natural-photo patches (the offline stand-in
-   for grey 80 Million Tiny Images, seed 000 S5.1), an in-distribution Glow on Fashion-MNIST,
-   an in-distribution Glow finetuned with the outlier loss (seed 000 Eq. 2) and a general
-   Glow finetuned with Fashion-MNIST as outliers (Diff-dagger, seed 000 Sec. 5.3);
-2. extracts EfficientNet-Lite0 features (ImageNet weights) and fits the feature-space
-   baselines and flows of seed 002 (MSE, MSE-ratio, KNN, KDE, PCA, Flow, Flow-ratio and the
-   contrastive flow);
+1. takes the trained flows of the model zoo (``detectors.zoo``; ``--train`` trains the
+   demo's smaller models from scratch instead, resumable under ``DIR/models``): an
+   in-distribution Glow on Fashion-MNIST, a general-distribution Glow on grey photo patches
+   (the offline stand-in for grey 80 Million Tiny Images, seed 000 S5.1), the in-distribution
+   Glow finetuned with the outlier loss (seed 000 Eq. 2), the general Glow finetuned with
+   Fashion-MNIST as outliers (Diff-dagger, seed 000 Sec. 5.3), and a RealNVP trained with
+   the approximate-mass penalty (seed 004) with its vanilla twin;
+2. builds the papers' detectors from them with the public functions of
+   ``detectors.experiments`` (``flow_detectors``, ``mass_detectors``, ``feature_detectors``,
+   ``feature_flows``), extracting EfficientNet-Lite0 features (ImageNet weights) for the
+   feature-space baselines and flows of seed 002;
 3. scores Fashion-MNIST test images vs MNIST digits with every detector, and writes
    ``DIR/report.md``, ``DIR/results.json``, ROC curves, score histograms and analysis plots.
 
-Everything is shrunk to fit about 10 minutes on 2 CPU cores (small Glows, a few hundred
-steps, 1000 + 1000 evaluation images); the report says so.  Models are trained through
-``invflow.train.Trainer`` with checkpoints under ``DIR/models``: an interrupted demo
-resumes where it stopped, and a finished one re-scores without retraining.
+With ``--train`` the PixelCNN++ and classifier baselines are trained too (they are not in
+the zoo).  The report says which models were used and their training budgets.
 """
 
 from __future__ import annotations

@@ -249,6 +249,20 @@ def test_image_models_refuse_floats_outside_the_preprocessed_range(make):
     model(invflow.data.preprocess(k, dtype=torch.float64))
 
 
+def test_trainer_refuses_float_images_outside_the_range(tmp_path):
+    from invflow.train import Trainer
+
+    glow = invflow.Glow(1, 4, levels=1, steps=1, hidden=4)
+    k = torch.randint(0, 256, (8, 1, 4, 4), dtype=torch.uint8)
+    for bad in (k.float(), k.float() / 255):
+        with pytest.raises(ValueError, match=r"\[-0.5, 0.5\].*invflow.data.preprocess"):
+            Trainer(glow, bad, out_dir=str(tmp_path), steps=1, batch_size=4)
+    Trainer(glow, invflow.data.preprocess(k), out_dir=str(tmp_path), steps=1, batch_size=4)  # in range
+    Trainer(glow, k, out_dir=str(tmp_path), steps=1, batch_size=4)  # uint8: preprocessed by the trainer
+    Trainer(invflow.VectorFlow(3, blocks=1, hidden=2), 50 * torch.randn(8, 3), out_dir=str(tmp_path), steps=1,
+            batch_size=4)  # vectors: any finite values
+
+
 def test_vector_flows_take_any_finite_values():
     flow = invflow.VectorFlow(4, blocks=1, hidden=4).double().train()
     assert torch.isfinite(flow(100 * torch.randn(5, 4, dtype=torch.float64)).log_prob).all()

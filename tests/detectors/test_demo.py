@@ -81,3 +81,22 @@ def test_evaluate_cli_on_saved_flows(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "detectors", "evaluate", "--in-model", str(tmp_path / "in.safetensors"),
                           "--in-data", "nope", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "unknown dataset 'nope'" in bad.stderr
+
+
+def test_demo_scores_the_zoo_models_without_training(tmp_path):
+    """The default demo (no --train) uses detectors.zoo: no model is trained, the report names
+    the zoo models and every flow detector of detectors.experiments is in the table."""
+    from detectors import demo
+    from detectors.experiments import ZOO_ROLES
+
+    torch.set_num_threads(1)
+    results = demo.run(out=str(tmp_path), n_eval=24, features=False)
+    assert not (tmp_path / "models").exists()
+    names = set(results["detectors"])
+    assert {"likelihood", "last scale", "Diff", "Diff-dagger", "outlier loss: Diff-dagger", "approximate mass",
+            "penalised: approximate mass", "PNG complexity"} <= names
+    assert not any(n.startswith(("PixelCNN++", "classifier")) for n in names)
+    report = (tmp_path / "report.md").read_text()
+    for name in ZOO_ROLES.values():
+        assert name in report
+    assert results["config"]["train"] is False

@@ -95,8 +95,11 @@ def _features(cfg: DemoConfig, images: dict[str, torch.Tensor], out: str) -> dic
         if cached.get("key") == json.dumps(key):
             return cached["features"]
     extractor = EfficientNetLite0(input_size=cfg.feature_size)
-    feats = {}
+    feats = shipped_features(images, cfg.feature_size)
     for name, x in images.items():
+        if name in feats:
+            tqdm.write(f"[features] {name}: {len(x)} images, shipped with detectors.zoo")
+            continue
         tqdm.write(f"[features] {name}: {len(x)} images")
         feats[name] = normalize_features(extract_features(extractor, x, progress=True), noise=0.0)
     tmp = path + ".tmp"
@@ -131,6 +134,48 @@ def _baseline_detectors(cfg: DemoConfig, out: str, fm_train, y_train, general) -
         "classifier: Mahalanobis": Mahalanobis(clf).fit(fm_train[:n], y=y_train[:n]),
         "in-vs-general classifier": BinaryClassifierScore(binary),
     }
+
+
+def images_digest(x: torch.Tensor) -> str:
+    """SHA-1 of a uint8 image tensor's shape and bytes (identifies a set of images)."""
+    import hashlib
+
+    h = hashlib.sha1(str(tuple(x.shape)).encode())
+    h.update(x.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def shipped_features(images: dict[str, torch.Tensor], size: int) -> dict[str, torch.Tensor]:
+    """The unit-sphere EfficientNet-Lite0 features shipped in ``detectors/zoo/features-SIZE.safetensors``
+    for those of ``images`` whose bytes match the stored digests (the demo's fit sets)."""
+    from safetensors import safe_open
+
+    from .zoo import ZOO_DIR
+
+    path = os.path.join(ZOO_DIR, "weights", f"features-efficientnet-lite0-{size}.safetensors")
+    if not os.path.exists(path):
+        return {}
+    out = {}
+    with safe_open(path, framework="pt") as f:
+        digests = json.loads(f.metadata()["digests"])
+        for name, x in images.items():
+            if digests.get(name) == images_digest(x):
+                out[name] = f.get_tensor(name).float()
+    return out
+
+
+def feature_fit_images(cfg: DemoConfig, fm_train: torch.Tensor, general: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The images the feature detectors are fitted on: ``n_feature_train`` Fashion-MNIST training
+    images and as many general-distribution images (seeded)."""
+    g = torch.Generator().manual_seed(cfg.seed + 2)
+    n = cfg.n_feature_train
+    return {"train": fm_train[torch.randperm(len(fm_train), generator=g)[:n]],
+            "aux": general[torch.randperm(len(general), generator=g)[:n]]}
+
+
+def zoo_general_images(cfg: DemoConfig) -> torch.Tensor:
+    """The general-distribution images of the zoo demo: patches of the 32 training photos."""
+    return photo_patches(max(2000, cfg.n_feature_train), 28, split="train", seed=cfg.seed)
 
 
 def _train_models(cfg: DemoConfig, out: str, fm_train, general) -> dict:
@@ -186,7 +231,7 @@ def run(out: str = "runs/demo", smoke: bool = False, train: bool | None = None, 
         general = broaden(natural_patches(cfg.n_general, size=28, channels=1, seed=cfg.seed), seed=cfg.seed)
         what = f"{len(general)} broadened patches of 15 photos"
     else:  # the zoo's general distribution: patches of the 32 training photos (detectors.photos)
-        general = photo_patches(max(2000, cfg.n_feature_train), 28, split="train", seed=cfg.seed)
+        general = zoo_general_images(cfg)
         what = f"patches of the 32 training photos of detectors.photos ({len(general)} used here)"
     print(f"data: Fashion-MNIST train {len(fm_train)}, scored {len(x_in)} Fashion-MNIST test vs {len(x_out)} "
           f"MNIST; general distribution: {what}")
@@ -211,13 +256,7 @@ def run(out: str = "runs/demo", smoke: bool = False, train: bool | None = None, 
     dets.update(baseline_dets)
     feature_dets = {}
     if cfg.features:
-        g = torch.Generator().manual_seed(cfg.seed + 2)
-        n = cfg.n_feature_train
-        feature_inputs = {
-            "train": fm_train[torch.randperm(len(fm_train), generator=g)[:n]],
-            "aux": general[torch.randperm(len(general), generator=g)[:n]],
-            "in": x_in, "out": x_out,
-        }
+        feature_inputs = feature_fit_images(cfg, fm_train, general) | {"in": x_in, "out": x_out}
         feats = _features(cfg, feature_inputs, out)
         feature_dets = {f"features: {k}": v for k, v in feature_detectors(feats["train"], feats["aux"]).items()}
         feature_dets.update({f"features: {k}": v for k, v in

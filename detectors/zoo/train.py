@@ -153,10 +153,32 @@ def export(name: str, root: str, status: str) -> dict:
     return card
 
 
+def export_features(size: int = 96) -> str:
+    """Ships the EfficientNet-Lite0 features (unit sphere, float16) of the zoo demo's feature fit
+    sets (``demo.feature_fit_images``), so the default demo extracts only the scored images."""
+    from safetensors.torch import save_file
+
+    from ..datasets import load_fashion_mnist
+    from ..demo import DemoConfig, feature_fit_images, images_digest, zoo_general_images
+    from ..features import EfficientNetLite0, extract_features, normalize_features
+
+    cfg = DemoConfig(feature_size=size)
+    images = feature_fit_images(cfg, load_fashion_mnist("train")[0], zoo_general_images(cfg))
+    extractor = EfficientNetLite0(input_size=size)
+    feats = {k: normalize_features(extract_features(extractor, x), noise=0.0).half().contiguous()
+             for k, x in images.items()}
+    path = os.path.join(ZOO_DIR, "weights", f"features-efficientnet-lite0-{size}.safetensors")
+    save_file(feats, path, metadata={"digests": json.dumps({k: images_digest(x) for k, x in images.items()}),
+                                     "size": str(size), "commit": _commit()})
+    print(f"features of {', '.join(f'{k} ({len(x)})' for k, x in images.items())} at {size} px -> {path}")
+    return path
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m detectors.zoo.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("name", choices=sorted(RECIPES))
+    p.add_argument("name", choices=sorted(RECIPES) + ["features"], help="a zoo model, or 'features' (with "
+                   "--export: the demo's feature fit sets)")
     p.add_argument("--steps", type=int, default=20000, help="upper bound; early stop on the held-out bits/dim")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--patience", type=int, default=4)
@@ -166,7 +188,9 @@ def main(argv=None) -> int:
     p.add_argument("--status", default="training continues")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    if a.export:
+    if a.name == "features":
+        export_features()
+    elif a.export:
         export(a.name, a.root, a.status)
     else:
         train(a.name, a.steps, a.eval_every, a.root, a.patience)

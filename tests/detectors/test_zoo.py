@@ -56,3 +56,24 @@ def test_unknown_name_is_refused_with_the_list():
         zoo.load("imagenet-glow")
     with pytest.raises(TypeError):
         zoo.card(3)
+
+
+def test_shipped_features_are_the_fit_sets_features():
+    """The demo's feature fit sets ship with their EfficientNet-Lite0 features: they are found by
+    the images' bytes and equal a fresh extraction (float16 storage)."""
+    from detectors.datasets import load_fashion_mnist
+    from detectors.demo import DemoConfig, feature_fit_images, shipped_features, zoo_general_images
+    from detectors.features import EfficientNetLite0, extract_features, normalize_features
+
+    cfg = DemoConfig()
+    images = feature_fit_images(cfg, load_fashion_mnist("train")[0], zoo_general_images(cfg))
+    shipped = shipped_features(images, cfg.feature_size)
+    assert set(shipped) == {"train", "aux"} and shipped["train"].shape == (cfg.n_feature_train, 1280)
+    fresh = normalize_features(extract_features(EfficientNetLite0(cfg.feature_size), images["train"][:3],
+                                                progress=False), noise=0.0)
+    assert torch.allclose(shipped["train"][:3], fresh, atol=2e-3)
+    # other images (one changed pixel) are not served from the shipped features
+    changed = images["train"].clone()
+    changed[0, 0, 0, 0] ^= 1
+    assert shipped_features({"train": changed}, cfg.feature_size) == {}
+    assert shipped_features(images, 64) == {}

@@ -151,16 +151,17 @@ def main(argv=None) -> int:
     train = load_fashion_mnist("train")[0]
     dets = zoo_detectors(fit_images=train[:2000])
     if a.features:
+        from .demo import DemoConfig, feature_fit_images, shipped_features, zoo_general_images
         from .experiments import feature_detectors
         from .features import CachedFeatures, EfficientNetLite0
-        from .photos import photo_patches
 
         extractor = CachedFeatures(EfficientNetLite0(input_size=a.feature_size))
-        g = torch.Generator().manual_seed(a.seed + 2)
-        fit = train[torch.randperm(len(train), generator=g)[:1000]]
-        aux = photo_patches(1000, 28, split="train", seed=a.seed)
+        cfg = DemoConfig(seed=a.seed, feature_size=a.feature_size)  # the demo's fit sets (features shipped)
+        fit = feature_fit_images(cfg, train, zoo_general_images(cfg))
+        for k, f in shipped_features(fit, a.feature_size).items():
+            extractor.add(fit[k], f)
         dets.update({f"features: {k}": v for k, v in
-                     feature_detectors(fit, aux, transform=extractor).items()})
+                     feature_detectors(fit["train"], fit["aux"], transform=extractor).items()})
     results = score_suite(dets, x_in, sets)
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "suite.json"), "w") as f:

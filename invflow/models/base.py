@@ -67,12 +67,15 @@ def check_ints(where: str, low: int = 1, **values) -> None:
 
 
 def check_model_input(x, name: str, input_shape, param: torch.Tensor, max_abs: float | None = None,
-                      integer_hint: str = "") -> None:
+                      integer_hint: str = "", values: bool = True) -> None:
     """The DESIGN.md input rules for any model taking preprocessed images (flows, and the
     PixelCNN++ / classifier baselines of ``detectors.models``): TypeError for non-tensors,
     integer dtypes and a dtype other than ``param``'s; ValueError for another device, wrong
     rank, channels or size, an empty batch, NaN / Inf and, with ``max_abs``, values with
-    |x| > max_abs.  ``integer_hint`` is appended to the integer-dtype message."""
+    |x| > max_abs.  ``integer_hint`` is appended to the integer-dtype message.
+
+    The value checks (``values=True``) read x once (one host sync on CUDA); they are skipped
+    while a CUDA graph is being captured, where a sync is not allowed."""
     expected = "[B, " + ", ".join(map(str, input_shape)) + "]"
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor of shape {expected}, got {type(x).__name__}")
@@ -91,6 +94,13 @@ def check_model_input(x, name: str, input_shape, param: torch.Tensor, max_abs: f
         raise ValueError(f"{name}: wrong {what}: expected input of shape {expected}, got {list(x.shape)}")
     if x.shape[0] == 0:
         raise ValueError(f"{name}: empty batch")
+    if not values or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return
+    bad = ~torch.isfinite(x)
+    if max_abs is not None:
+        bad = bad | (x.abs() > max_abs)
+    if not bool(bad.any()):  # the one sync; details below only on failure
+        return
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name}: input contains NaN or Inf")
     if max_abs is not None and bool((x.abs() > max_abs).any()):
@@ -116,6 +126,7 @@ class FlowModel(nn.Module, metaclass=abc.ABCMeta):
     input_shape: tuple[int, ...]
     _config: dict
     _all_initialized: bool = False
+    _values_checked: bool = False  # CUDA training: the first batch's values were checked
 
     # -- contract --------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> FlowOutput:
@@ -206,5 +217,11 @@ class FlowModel(nn.Module, metaclass=abc.ABCMeta):
         than the parameters'; ValueError for wrong rank, channels or size, mixed devices,
         non-finite values and, for image models, values outside [-0.5, 0.5] (IMAGE_RANGE).
         No input is altered."""
+        # CUDA training: the values of the first batch only, so that a training step has no host
+        # sync (a data pipeline that forgets preprocessing fails at its first batch)
+        cuda_training = isinstance(x, torch.Tensor) and x.is_cuda and self.training
         check_model_input(x, self._name, self.input_shape, self._any_param(),
-                          max_abs=IMAGE_RANGE if self.is_image_model else None)
+                          max_abs=IMAGE_RANGE if self.is_image_model else None,
+                          values=not (cuda_training and self._values_checked))
+        if cuda_training:
+            self._values_checked = True

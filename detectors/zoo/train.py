@@ -109,11 +109,16 @@ def export(name: str, root: str, status: str) -> dict:
     """Copies the latest checkpoint of ``root/name`` into the zoo (float32 weights) with its card."""
     recipe = RECIPES[name]
     out = os.path.join(root, name)
-    model = invflow.checkpoint.load_run(out).float().eval()
     rows = _log_rows(os.path.join(out, "heldout.csv"))
-    state = os.path.basename(os.path.dirname(invflow.checkpoint.resolve(out)))
-    step = int(state.split("-")[1]) if state.startswith("step-") else int(rows[-1]["step"])
-    row = next((r for r in rows if int(r["step"]) == step), rows[-1] if rows else {"wall_s": "nan"})
+    # the latest checkpoint with a held-out evaluation (not one written on interruption)
+    evaluated = {int(r["step"]): r for r in rows}
+    steps = sorted(int(d.split("-")[1]) for d in os.listdir(out) if d.startswith("step-"))
+    step = max((s for s in steps if s in evaluated), default=None)
+    if step is None:
+        raise FileNotFoundError(f"{out}: no checkpoint with a held-out evaluation yet")
+    model = invflow.checkpoint.load(os.path.join(out, f"step-{step:07d}", "model.safetensors")).float().eval()
+    row = evaluated[step]
+    rows = [r for r in rows if int(r["step"]) <= step]
     held = heldout_data(recipe.data)
     n_train = 60000
     init = json.load(open(os.path.join(out, "init.json"))) if recipe.init else None

@@ -143,6 +143,9 @@ def main(argv=None) -> int:
     p.add_argument("--floor", type=float, default=0.9, help="worst-case AUROC a recommended detector reaches")
     p.add_argument("--features", action="store_true", help="add the EfficientNet feature detectors (slow on a CPU)")
     p.add_argument("--feature-size", type=int, default=64)
+    p.add_argument("--ensemble", action="append", default=[], metavar="A+B",
+                   help="add an ensemble (detectors.Ensemble: z-scores summed, standardised on held-out "
+                   "Fashion-MNIST test images) of the named detectors, e.g. 'features: PCA+last scale'")
     a = p.parse_args(argv)
     from .datasets import load_fashion_mnist
 
@@ -162,6 +165,17 @@ def main(argv=None) -> int:
             extractor.add(fit[k], f)
         dets.update({f"features: {k}": v for k, v in
                      feature_detectors(fit["train"], fit["aux"], transform=extractor).items()})
+    if a.ensemble:
+        from .scores import Ensemble
+
+        val = load_fashion_mnist("test")[0][torch.randperm(10000, generator=torch.Generator().manual_seed(
+            a.seed))[2 * a.n: 3 * a.n]]  # disjoint from the scored and the transformed test images
+        for spec in a.ensemble:
+            names = [n.strip() for n in spec.split("+")]
+            unknown = [n for n in names if n not in dets]
+            if unknown:
+                raise ValueError(f"--ensemble {spec!r}: unknown detector(s) {unknown}; known: {sorted(dets)}")
+            dets[f"ensemble: {' + '.join(names)}"] = Ensemble({n: dets[n] for n in names}).fit(val)
     results = score_suite(dets, x_in, sets)
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "suite.json"), "w") as f:

@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import ops
+from ._backend import current_backend
 from .layers.actnorm import DataInitFlag, data_init
 
 
@@ -122,6 +123,12 @@ class ZeroConv2d(nn.Conv2d):
         scale = torch.exp(self.logs * self.logscale_factor).view(1, -1, 1, 1)
         return super().forward(x) * scale
 
+    def folded_weight_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) of the one convolution equal to this layer:
+        conv(x; W, b) * e = conv(x; W * e, b * e) with e = exp(logscale_factor * logs)."""
+        scale = torch.exp(self.logs * self.logscale_factor)
+        return self.weight * scale.view(-1, 1, 1, 1), self.bias * scale
+
 
 class GlowNet(nn.Sequential):
     """Glow's st-net (Kingma & Dhariwal 2018, Sec. 3.3 / Table 4): 3x3 conv -> ReLU ->
@@ -129,7 +136,14 @@ class GlowNet(nn.Sequential):
     exp(3 * logs)), on [B, C, H, W].
 
     ``actnorm=True`` puts an ``ActNorm2d`` after each of the first two convs (which then
-    have no bias), as in Glow's official code: conv -> actnorm -> ReLU, twice."""
+    have no bias), as in Glow's official code: conv -> actnorm -> ReLU, twice.
+
+    Under the fused backend the net runs as three convolutions with bias: each ActNorm2d is
+    folded into the weight and bias of the conv before it, (conv(x; W) + a) * exp(logs) =
+    conv(x; W * exp(logs), a * exp(logs)), and so is ZeroConv2d's output scale, so no
+    elementwise pass over the hidden activations remains but the ReLUs (same function and
+    gradients as the layer-by-layer reference, up to float rounding).  The layer-by-layer
+    path runs while an ActNorm2d awaits its data-dependent initialisation."""
 
     def __init__(self, in_channels: int, out_channels: int, hidden: int = 512, actnorm: bool = False):
         bias = not actnorm
@@ -143,7 +157,44 @@ class GlowNet(nn.Sequential):
         super().__init__(*mods)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _channels_last_forward(super().forward, x)
+        plan = self._fold_plan() if current_backend() == "fused" else None
+        if plan is None:
+            return _channels_last_forward(super().forward, x)
+        return _channels_last_forward(lambda v: _run_folded(plan, v), x)
+
+    def _fold_plan(self):
+        """The layers as [(conv, weight, bias, relu)] with every ActNorm2d and ZeroConv2d scale
+        folded into its convolution, or None when the net cannot be folded (an ActNorm2d still
+        awaiting its data-dependent initialisation, or modules other than GlowNet's own)."""
+        plan: list = []
+        for m in self:
+            if type(m) in (nn.Conv2d, ZeroConv2d) and m.padding_mode != "zeros":
+                return None
+            if type(m) is nn.Conv2d:
+                plan.append([m, m.weight, m.bias, False])
+            elif type(m) is ZeroConv2d:
+                plan.append([m, *m.folded_weight_bias(), False])
+            elif type(m) is ActNorm2d and plan and not plan[-1][3]:
+                if m.training and m.needs_init():
+                    return None
+                # (conv(x; W, b) + a) * exp(logs) = conv(x; W * exp(logs), (b + a) * exp(logs))
+                scale = torch.exp(m.logs)
+                conv, w, b, _ = plan[-1]
+                plan[-1][1] = w * scale.view(-1, 1, 1, 1)
+                plan[-1][2] = (m.bias if b is None else b + m.bias) * scale
+            elif type(m) is nn.ReLU and plan and not plan[-1][3]:
+                plan[-1][3] = True
+            else:
+                return None
+        return plan
+
+
+def _run_folded(plan, x: torch.Tensor) -> torch.Tensor:
+    for conv, weight, bias, relu in plan:
+        x = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        if relu:
+            x = F.relu(x)
+    return x
 
 
 class ResidualBlock(nn.Module):

@@ -22,6 +22,8 @@ from .. import masks, nets
 from ..data import standard_normal_log_prob
 from ..layers import ActNorm, AffineCoupling, InvConv1x1, Sequential, Squeeze
 from .base import FlowModel, as_size, flow_output, split_latent
+from .._backend import current_backend
+from .fused_scale import fused_glow_scale
 from .memory import memory_free_applies, run_memory_free
 
 
@@ -123,9 +125,16 @@ class Glow(FlowModel):
         h, per_scale, latents = x, [], []
         last = len(self.scales) - 1
         free = memory_free_applies(self, x)
+        fused = not free and current_backend() == "fused"
         for i in range(len(self.scales)):
-            h, _ = self.squeeze(h)
-            h, logdet = self._run_scale(i, h, free)
+            res = fused_glow_scale(self.scales[i].flows, h) if fused else None
+            if res is None:
+                h, _ = self.squeeze(h)
+                h, logdet = self._run_scale(i, h, free)
+            else:
+                h, logdet = res
+                if i == last:
+                    h = h.contiguous()
             if i < last:
                 h, z = split_latent(h)
                 log_pz = self._latent_log_prob(i, z, h)

@@ -1,0 +1,106 @@
+"""One scale of a multi-scale Glow (squeeze, then K steps of actnorm -> 1x1 conv -> channel
+affine coupling) run as a whole in channels-last layout, for the fused backend.
+
+Same function and log-determinant as running the layers one by one (Glow, Kingma & Dhariwal
+2018, Sec. 3 / Table 1), computed with fewer passes over memory:
+
+* the squeeze writes the channels-last layout directly: rows of C channels per pixel, a
+  [B * H * W, C] matrix X;
+* actnorm is folded into the 1x1 convolution: W (x + b) * exp(s) = W' x + W' b with
+  W' = W diag(exp(s)), one matrix product per half (``torch.addmm``) with the log-det
+  N * (sum s + log|det W|) summed once per step;
+* the conditioning half comes out of that product as a dense channels-last tensor, which is
+  the layout the st-net's convolutions run in (``invflow.nets.CPU_CHANNELS_LAST``), and the
+  st-net's output stays channels-last: no layout conversion around the st-net;
+* the coupling op (``invflow.ops.coupling``, fused kernel) runs on the channels-last rows
+  viewed as [B * H * W, 1, C_t], where h = [raw, t] per pixel is [B * H * W, 2, C_t];
+* the st-net ``GlowNet`` runs with its ActNorm2d layers and ZeroConv2d scale folded into its
+  convolutions (see ``invflow.nets.GlowNet``).
+
+Every op is an ordinary differentiable torch op or a registered fused op with double
+backward, so gradients of any order are those of the layer-by-layer computation.
+``fused_glow_scale`` returns None where this path does not apply (an actnorm awaiting its
+data-dependent initialisation, layers other than Glow's), and the caller runs the layers.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import ops
+from ..layers import ActNorm, AffineCoupling, InvConv1x1, Sequential
+from ..ops.reference import per_sample
+
+
+def _step_parts(step):
+    if type(step) is not Sequential or len(step.flows) != 3:
+        return None
+    an, conv, cp = step.flows
+    if type(an) is not ActNorm or type(conv) is not InvConv1x1 or type(cp) is not AffineCoupling:
+        return None
+    if cp.split is None:
+        return None
+    return an, conv, cp
+
+
+def applies(flows, x: torch.Tensor) -> bool:
+    """Whether ``fused_glow_scale`` can run these steps on x ([B, C, H, W] before the squeeze)."""
+    if x.dim() != 4 or x.shape[2] % 2 or x.shape[3] % 2:
+        return False
+    for step in flows:
+        parts = _step_parts(step)
+        if parts is None:
+            return False
+        an = parts[0]
+        if an.training and an.needs_init():
+            return False
+    return True
+
+
+def _net_channels_last(net, cond: torch.Tensor) -> torch.Tensor:
+    """The st-net on a channels-last [B, C, H, W] tensor; the output in any layout."""
+    plan = getattr(net, "_fold_plan", None)
+    plan = plan() if plan is not None else None
+    if plan is not None:
+        from ..nets import _run_folded
+
+        return _run_folded(plan, cond)
+    return net(cond)
+
+
+def fused_glow_scale(flows, x: torch.Tensor):
+    """Squeeze x [B, C, H, W] and run the Glow steps ``flows``; returns (y, logdet [B]) with
+    y [B, 4C, H/2, W/2] (channels-last strides), or None when the path does not apply."""
+    if not applies(flows, x):
+        return None
+    b, c, hh, ww = x.shape
+    h2, w2 = hh // 2, ww // 2
+    C, N = 4 * c, h2 * w2
+    # squeeze (output channel c * 4 + 2 i + j, as invflow.Squeeze) straight into rows [B*N, C]
+    X = x.reshape(b, c, h2, 2, w2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b * N, C)
+    logdet = None
+    for step in flows:
+        an, conv, cp = step.flows
+        w, ld_w = conv.weight_and_logdet()
+        wp = w * torch.exp(an.log_scale)                       # W diag(exp(s))
+        cvec = wp @ an.bias                                    # W' b
+        ld = N * (an.log_scale.sum() + ld_w)
+        cond_idx, trans_idx = cp.split
+        w_c, w_t = wp[cond_idx], wp[trans_idx]
+        y_cond = torch.addmm(cvec[cond_idx], X, w_c.t())       # [B*N, Cc]
+        y_trans = torch.addmm(cvec[trans_idx], X, w_t.t())     # [B*N, Ct]
+        cc, ct = y_cond.shape[1], y_trans.shape[1]
+        cond4 = y_cond.view(b, h2, w2, cc).permute(0, 3, 1, 2)  # channels-last [B, Cc, H, W]
+        h = _net_channels_last(cp.net, cond4)
+        if h.shape != (b, 2 * ct, h2, w2):
+            raise ValueError(f"AffineCoupling: the st-net must return [B, {2 * ct}, ...] matching its input "
+                             f"{list(cond4.shape)}, got {list(h.shape)}")
+        h_rows = h.permute(0, 2, 3, 1).reshape(b * N, 2, ct)  # a view when h is channels-last
+        out, ld_c = ops.coupling(y_trans.view(b * N, 1, ct), h_rows, None, cp.scale, cp.clamp)
+        ld_step = ld_c.view(b, N).sum(1) + ld
+        logdet = ld_step if logdet is None else logdet + ld_step
+        parts = (y_cond, out.view(b * N, ct)) if cond_idx.start == 0 else (out.view(b * N, ct), y_cond)
+        X = torch.cat(parts, dim=1)
+    if logdet is None:
+        logdet = per_sample(x.new_zeros(()), b)
+    return X.view(b, h2, w2, C).permute(0, 3, 1, 2), logdet

@@ -12,8 +12,8 @@ Same function and log-determinant as running the layers one by one (Glow, Kingma
 * the conditioning half comes out of that product as a dense channels-last tensor, which is
   the layout the st-net's convolutions run in (``invflow.nets.CPU_CHANNELS_LAST``), and the
   st-net's output stays channels-last: no layout conversion around the st-net;
-* the coupling op (``invflow.ops.coupling``, fused kernel) runs on the channels-last rows
-  viewed as [B * H * W, 1, C_t], where h = [raw, t] per pixel is [B * H * W, 2, C_t];
+* the channels-last coupling op (``invflow.ops.coupling_cl``) reads the transformed half
+  [B, H * W, C_t] and the st-net's output [B, H * W, 2 C_t] = [raw, t] as they are;
 * the st-net ``GlowNet`` runs with its ActNorm2d layers and ZeroConv2d scale folded into its
   convolutions (see ``invflow.nets.GlowNet``).
 
@@ -77,7 +77,9 @@ def fused_glow_scale(flows, x: torch.Tensor):
     h2, w2 = hh // 2, ww // 2
     C, N = 4 * c, h2 * w2
     # squeeze (output channel c * 4 + 2 i + j, as invflow.Squeeze) straight into rows [B*N, C]
-    X = x.reshape(b, c, h2, 2, w2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b * N, C)
+    # (two copies with long inner runs are faster than one six-dimensional permutation)
+    X = x.reshape(b, c, h2, 2, w2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, C, h2, w2)
+    X = X.permute(0, 2, 3, 1).reshape(b * N, C)
     logdet = None
     for step in flows:
         an, conv, cp = step.flows
@@ -86,18 +88,20 @@ def fused_glow_scale(flows, x: torch.Tensor):
         cvec = wp @ an.bias                                    # W' b
         ld = N * (an.log_scale.sum() + ld_w)
         cond_idx, trans_idx = cp.split
-        w_c, w_t = wp[cond_idx], wp[trans_idx]
-        y_cond = torch.addmm(cvec[cond_idx], X, w_c.t())       # [B*N, Cc]
-        y_trans = torch.addmm(cvec[trans_idx], X, w_t.t())     # [B*N, Ct]
-        cc, ct = y_cond.shape[1], y_trans.shape[1]
+        cc, ct = cond_idx.stop - cond_idx.start, trans_idx.stop - trans_idx.start
+        if cond_idx.start != 0:                                 # rows of W' in the order [cond, trans]
+            wp, cvec = torch.cat([wp[cond_idx], wp[trans_idx]]), torch.cat([cvec[cond_idx], cvec[trans_idx]])
+        # one product for both halves (a product with few output columns runs far slower per entry)
+        y_cond, y_trans = torch.addmm(cvec, X, wp.t()).split([cc, ct], dim=1)
+        y_cond = y_cond.contiguous()
         cond4 = y_cond.view(b, h2, w2, cc).permute(0, 3, 1, 2)  # channels-last [B, Cc, H, W]
         h = _net_channels_last(cp.net, cond4)
         if h.shape != (b, 2 * ct, h2, w2):
             raise ValueError(f"AffineCoupling: the st-net must return [B, {2 * ct}, ...] matching its input "
                              f"{list(cond4.shape)}, got {list(h.shape)}")
-        h_rows = h.permute(0, 2, 3, 1).reshape(b * N, 2, ct)  # a view when h is channels-last
-        out, ld_c = ops.coupling(y_trans.view(b * N, 1, ct), h_rows, None, cp.scale, cp.clamp)
-        ld_step = ld_c.view(b, N).sum(1) + ld
+        h_rows = h.permute(0, 2, 3, 1).reshape(b, N, 2 * ct)  # a view when h is channels-last
+        out, ld_c = ops.coupling_cl(y_trans.reshape(b, N, ct), h_rows, cp.scale, cp.clamp)
+        ld_step = ld_c + ld
         logdet = ld_step if logdet is None else logdet + ld_step
         parts = (y_cond, out.view(b * N, ct)) if cond_idx.start == 0 else (out.view(b * N, ct), y_cond)
         X = torch.cat(parts, dim=1)

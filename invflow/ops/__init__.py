@@ -8,9 +8,9 @@ log|det| of its Jacobian (shape [B]).  Semantics are documented in
 from __future__ import annotations
 
 from .._backend import current_backend
-from . import fused, reference
+from . import channels_last, fused, reference
 
-__all__ = ["actnorm", "channel_mix", "coupling", "fused", "reference", "implementation"]
+__all__ = ["actnorm", "channel_mix", "coupling", "coupling_cl", "fused", "reference", "implementation"]
 
 
 def implementation():
@@ -33,3 +33,11 @@ def coupling(x, h, mask=None, scale: str = "sigmoid", clamp: float = 2.0, invers
     """Affine coupling y = s(raw) * x + t with h = [raw, t]; returns (y, logdet [B])."""
     impl = implementation()
     return (impl.coupling_inverse if inverse else impl.coupling_forward)(x, h, mask, scale, clamp)
+
+
+def coupling_cl(x, h, scale: str = "sigmoid", clamp: float = 2.0):
+    """Channels-last affine coupling: x [B, ..., C], h [B, ..., 2C] = [raw, t] along the last
+    dimension; returns (s(raw) * x + t, logdet [B]).  See ``invflow.ops.channels_last``."""
+    if current_backend() == "fused":
+        return channels_last.coupling_cl_forward(x, h, scale, clamp)
+    return reference.coupling_cl_forward(x, h, scale, clamp)

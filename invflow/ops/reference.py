@@ -105,3 +105,11 @@ def coupling_inverse(y, h, mask, scale, clamp):
         x = torch.where(keep, x, y)
         log_s = torch.where(keep, log_s, torch.zeros_like(log_s))
     return x, -log_s.flatten(1).sum(1)
+
+
+def coupling_cl_forward(x, h, scale, clamp):
+    """Channels-last coupling: x [B, ..., C], h [B, ..., 2C] with h[..., :C] = raw and
+    h[..., C:] = t at every position; y = s(raw) * x + t, log|det| = sum of log s(raw)."""
+    raw, shift = h[..., : x.shape[-1]], h[..., x.shape[-1]:]
+    s, log_s, _, _ = scale_terms(raw, scale, clamp)
+    return s * x + shift, log_s.flatten(1).sum(1)

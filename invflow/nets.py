@@ -123,11 +123,6 @@ class ZeroConv2d(nn.Conv2d):
         scale = torch.exp(self.logs * self.logscale_factor).view(1, -1, 1, 1)
         return super().forward(x) * scale
 
-    def folded_weight_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(weight, bias) of the one convolution equal to this layer:
-        conv(x; W, b) * e = conv(x; W * e, b * e) with e = exp(logscale_factor * logs)."""
-        scale = torch.exp(self.logs * self.logscale_factor)
-        return self.weight * scale.view(-1, 1, 1, 1), self.bias * scale
 
 
 class GlowNet(nn.Sequential):
@@ -162,31 +157,77 @@ class GlowNet(nn.Sequential):
             return _channels_last_forward(super().forward, x)
         return _channels_last_forward(lambda v: _run_folded(plan, v), x)
 
-    def _fold_plan(self):
-        """The layers as [(conv, weight, bias, relu)] with every ActNorm2d and ZeroConv2d scale
-        folded into its convolution, or None when the net cannot be folded (an ActNorm2d still
-        awaiting its data-dependent initialisation, or modules other than GlowNet's own)."""
-        plan: list = []
+    def _fold_structure(self):
+        """The layers as [(conv, actnorm2d or None, relu)], or None when the net cannot be
+        folded (an ActNorm2d still awaiting its data-dependent initialisation, or modules other
+        than GlowNet's own)."""
+        layers: list = []
         for m in self:
-            if type(m) in (nn.Conv2d, ZeroConv2d) and m.padding_mode != "zeros":
-                return None
-            if type(m) is nn.Conv2d:
-                plan.append([m, m.weight, m.bias, False])
-            elif type(m) is ZeroConv2d:
-                plan.append([m, *m.folded_weight_bias(), False])
-            elif type(m) is ActNorm2d and plan and not plan[-1][3]:
+            if type(m) in (nn.Conv2d, ZeroConv2d):
+                if m.padding_mode != "zeros":
+                    return None
+                layers.append([m, None, False])
+            elif type(m) is ActNorm2d and layers and layers[-1][1] is None and not layers[-1][2]:
                 if m.training and m.needs_init():
                     return None
-                # (conv(x; W, b) + a) * exp(logs) = conv(x; W * exp(logs), (b + a) * exp(logs))
-                scale = torch.exp(m.logs)
-                conv, w, b, _ = plan[-1]
-                plan[-1][1] = w * scale.view(-1, 1, 1, 1)
-                plan[-1][2] = (m.bias if b is None else b + m.bias) * scale
-            elif type(m) is nn.ReLU and plan and not plan[-1][3]:
-                plan[-1][3] = True
+                layers[-1][1] = m
+            elif type(m) is nn.ReLU and layers and not layers[-1][2]:
+                layers[-1][2] = True
             else:
                 return None
-        return plan
+        return layers
+
+    def _fold_plan(self):
+        """The layers as [(conv, weight, bias, relu)] with every ActNorm2d and ZeroConv2d scale
+        folded into its convolution, or None (see ``_fold_structure``)."""
+        plans = fold_plans([self])
+        return None if plans is None else plans[0]
+
+
+def _fold_layer(convs, actnorms):
+    """(weights, biases) of the same layer of several nets, each ZeroConv2d scale and ActNorm2d
+    folded in: (conv(x; W, b) * e + a) * exp(logs) = conv(x; W e exp(logs), (b e + a) exp(logs)).
+    The nets' parameters are stacked so that one op serves all of them."""
+    conv = convs[0]
+    zero = type(conv) is ZeroConv2d
+    if not zero and actnorms[0] is None:
+        return [c.weight for c in convs], [c.bias for c in convs]
+    many = len(convs) > 1
+    stack = torch.stack if many else (lambda ts: ts[0].unsqueeze(0))
+    w = stack([c.weight for c in convs])                         # [K, out, in, kh, kw]
+    b = stack([c.bias for c in convs]) if conv.bias is not None else None
+    if zero:
+        e = torch.exp(stack([c.logs for c in convs]) * conv.logscale_factor)
+        w = w * e[:, :, None, None, None]
+        b = b * e
+    if actnorms[0] is not None:
+        s = torch.exp(stack([a.logs for a in actnorms]))
+        a = stack([a.bias for a in actnorms])
+        w = w * s[:, :, None, None, None]
+        b = (a if b is None else b + a) * s
+    return list(w.unbind(0)), list(b.unbind(0))
+
+
+def fold_plans(nets):
+    """For GlowNets of the same architecture, each as [(conv, weight, bias, relu)] with its
+    ActNorm2d layers and ZeroConv2d scale folded into the convolutions (computed for all nets
+    at once), or None when a net cannot be folded."""
+    structs = [n._fold_structure() if type(n) is GlowNet else None for n in nets]
+    if not structs or any(s is None for s in structs):
+        return None
+    first = structs[0]
+    for st in structs[1:]:
+        if len(st) != len(first) or any(
+            type(a[0]) is not type(b[0]) or a[0].weight.shape != b[0].weight.shape or (a[0].bias is None) !=
+            (b[0].bias is None) or (a[1] is None) != (b[1] is None) or a[2] != b[2] for a, b in zip(st, first)
+        ):
+            return [fold_plans([n])[0] for n in nets]             # different architectures: one by one
+    plans: list = [[] for _ in nets]
+    for j, (_, _, relu) in enumerate(first):
+        weights, biases = _fold_layer([st[j][0] for st in structs], [st[j][1] for st in structs])
+        for k, st in enumerate(structs):
+            plans[k].append((st[j][0], weights[k], biases[k], relu))
+    return plans
 
 
 def _run_folded(plan, x: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,7 @@ import torch
 
 from .. import ops
 from ..layers import ActNorm, AffineCoupling, InvConv1x1, Sequential
+from ..nets import _run_folded, fold_plans
 from ..ops.reference import per_sample
 
 
@@ -57,15 +58,43 @@ def applies(flows, x: torch.Tensor) -> bool:
     return True
 
 
-def _net_channels_last(net, cond: torch.Tensor) -> torch.Tensor:
+def _net_channels_last(net, plan, cond: torch.Tensor) -> torch.Tensor:
     """The st-net on a channels-last [B, C, H, W] tensor; the output in any layout."""
-    plan = getattr(net, "_fold_plan", None)
-    plan = plan() if plan is not None else None
     if plan is not None:
-        from ..nets import _run_folded
-
         return _run_folded(plan, cond)
     return net(cond)
+
+
+def _folded_mix(steps, n_positions: int):
+    """Actnorm folded into the 1x1 convolution of every step, computed for all steps at once:
+    per step the matrix W' = W diag(exp(s)) with its rows in the order (conditioning half,
+    transformed half) and the offset W' b; and the sum over the steps of their log-dets
+    N * (sum s + log|det W|)."""
+    ans = [st.flows[0] for st in steps]
+    convs = [st.flows[1] for st in steps]
+    stack = torch.stack
+    if all(c.lu for c in convs):
+        c0 = convs[0]
+        lower = stack([c.lower for c in convs]) * c0.lower_mask + c0.eye
+        log_s = stack([c.log_s for c in convs])
+        diag = torch.diag_embed(stack([c.sign_s for c in convs]) * torch.exp(log_s))
+        upper = stack([c.upper for c in convs]) * c0.lower_mask.t() + diag
+        w = stack([c.perm for c in convs]) @ lower @ upper
+        ld_w = log_s.sum()
+    else:
+        pairs = [c.weight_and_logdet() for c in convs]
+        w = stack([p[0] for p in pairs])
+        ld_w = stack([p[1] for p in pairs]).sum()
+    a_s = stack([a.log_scale for a in ans])
+    wp = w * torch.exp(a_s).unsqueeze(1)                       # W diag(exp(s))
+    cvec = (wp @ stack([a.bias for a in ans]).unsqueeze(-1)).squeeze(-1)
+    order = [list(range(cond.start, cond.stop)) + list(range(trans.start, trans.stop))
+             for cond, trans in (st.flows[2].split for st in steps)]
+    if any(o[0] != 0 for o in order):
+        idx = torch.tensor(order, device=wp.device)
+        wp = torch.gather(wp, 1, idx.unsqueeze(-1).expand_as(wp))
+        cvec = torch.gather(cvec, 1, idx)
+    return wp.unbind(0), cvec.unbind(0), n_positions * (a_s.sum() + ld_w)
 
 
 def fused_glow_scale(flows, x: torch.Tensor):
@@ -80,31 +109,24 @@ def fused_glow_scale(flows, x: torch.Tensor):
     # (two copies with long inner runs are faster than one six-dimensional permutation)
     X = x.reshape(b, c, h2, 2, w2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, C, h2, w2)
     X = X.permute(0, 2, 3, 1).reshape(b * N, C)
-    logdet = None
-    for step in flows:
-        an, conv, cp = step.flows
-        w, ld_w = conv.weight_and_logdet()
-        wp = w * torch.exp(an.log_scale)                       # W diag(exp(s))
-        cvec = wp @ an.bias                                    # W' b
-        ld = N * (an.log_scale.sum() + ld_w)
+    wps, cvecs, logdet = _folded_mix(flows, N)
+    plans = fold_plans([step.flows[2].net for step in flows]) or [None] * len(flows)
+    logdet = per_sample(logdet, b)
+    for step, wp, cvec, plan in zip(flows, wps, cvecs, plans):
+        cp = step.flows[2]
         cond_idx, trans_idx = cp.split
         cc, ct = cond_idx.stop - cond_idx.start, trans_idx.stop - trans_idx.start
-        if cond_idx.start != 0:                                 # rows of W' in the order [cond, trans]
-            wp, cvec = torch.cat([wp[cond_idx], wp[trans_idx]]), torch.cat([cvec[cond_idx], cvec[trans_idx]])
         # one product for both halves (a product with few output columns runs far slower per entry)
         y_cond, y_trans = torch.addmm(cvec, X, wp.t()).split([cc, ct], dim=1)
         y_cond = y_cond.contiguous()
         cond4 = y_cond.view(b, h2, w2, cc).permute(0, 3, 1, 2)  # channels-last [B, Cc, H, W]
-        h = _net_channels_last(cp.net, cond4)
+        h = _net_channels_last(cp.net, plan, cond4)
         if h.shape != (b, 2 * ct, h2, w2):
             raise ValueError(f"AffineCoupling: the st-net must return [B, {2 * ct}, ...] matching its input "
                              f"{list(cond4.shape)}, got {list(h.shape)}")
         h_rows = h.permute(0, 2, 3, 1).reshape(b, N, 2 * ct)  # a view when h is channels-last
         out, ld_c = ops.coupling_cl(y_trans.reshape(b, N, ct), h_rows, cp.scale, cp.clamp)
-        ld_step = ld_c + ld
-        logdet = ld_step if logdet is None else logdet + ld_step
+        logdet = logdet + ld_c
         parts = (y_cond, out.view(b * N, ct)) if cond_idx.start == 0 else (out.view(b * N, ct), y_cond)
         X = torch.cat(parts, dim=1)
-    if logdet is None:
-        logdet = per_sample(x.new_zeros(()), b)
     return X.view(b, h2, w2, C).permute(0, 3, 1, 2), logdet

@@ -6,8 +6,10 @@ csrc/cpu/coupling_cl.cpp, and their functional surface.
 h[..., :C] = raw and h[..., C:] = t at every position (the output of a channels-last
 st-net, viewed with its channels last); y = s(raw) * x + t and log|det| = sum of log s(raw)
 per sample (Glow, Kingma & Dhariwal 2018, Table 1).  Semantics: ``reference.coupling_cl_forward``.
-Its backward ``coupling_cl_backward`` is itself an op whose autograd is written below in
-differentiable PyTorch, so gradients of any order are exact (the approximate-mass penalty).
+First-order autograd is registered in C++ (csrc/cpu/coupling_cl.cpp, the Autograd key: the
+Python wrapper of torch.library cost more than the kernel); its backward
+``coupling_cl_backward`` is itself an op whose autograd is written below in differentiable
+PyTorch, so gradients of any order are exact (the approximate-mass penalty).
 """
 
 from __future__ import annotations
@@ -16,19 +18,6 @@ import torch
 
 from . import fused
 from . import reference as ref
-
-
-def _setup(ctx, inputs, output):
-    x, h, scale, clamp = inputs
-    ctx.scale, ctx.clamp = scale, clamp
-    ctx.save_for_backward(x, h)
-
-
-def _backward(ctx, grad_y, grad_logdet):
-    x, h = ctx.saved_tensors
-    grad_y = torch.zeros_like(x) if grad_y is None else grad_y
-    gx, gh = torch.ops.invflow.coupling_cl_backward(grad_y, grad_logdet, x, h, ctx.scale, ctx.clamp)
-    return gx, gh, None, None
 
 
 def _bwd_setup(ctx, inputs, output):
@@ -66,7 +55,6 @@ def _register() -> None:
     lib = "invflow::"
     torch.library.register_fake(lib + "coupling_cl_forward")(lambda x, h, s, c: (_like(x), x.new_empty(x.shape[0])))
     torch.library.register_fake(lib + "coupling_cl_backward")(lambda gy, gl, x, h, s, c: (_like(x), _like(h)))
-    torch.library.register_autograd(lib + "coupling_cl_forward", _backward, setup_context=_setup)
     torch.library.register_autograd(lib + "coupling_cl_backward", _bwd_backward, setup_context=_bwd_setup)
 
 

@@ -230,9 +230,23 @@ def fold_plans(nets):
     return plans
 
 
+def _is_pointwise(conv: nn.Conv2d) -> bool:
+    return conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding in ((0, 0), "valid") \
+        and conv.groups == 1
+
+
 def _run_folded(plan, x: torch.Tensor) -> torch.Tensor:
     for conv, weight, bias, relu in plan:
-        x = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        if _is_pointwise(conv) and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+            # a 1x1 conv on channels-last data is one matrix product over the pixel rows; unlike
+            # the convolution's, its second-order terms need no transposed copies of activations
+            b, c, h, w = x.shape
+            rows = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
+            wm = weight.view(weight.shape[0], c)
+            y = torch.addmm(bias, rows, wm.t()) if bias is not None else rows @ wm.t()
+            x = y.view(b, h, w, -1).permute(0, 3, 1, 2)
+        else:
+            x = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
         if relu:
             x = F.relu(x)
     return x

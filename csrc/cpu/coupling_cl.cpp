@@ -41,10 +41,10 @@ struct Tiles {
 // One tile's [raw | t] rows -> contiguous raw and t (plain loops: a memcpy call per row of a
 // few channels would cost more than the copy).
 template <typename scalar_t>
-inline void deinterleave(const scalar_t* __restrict__ h, scalar_t* __restrict__ raw, scalar_t* __restrict__ shift,
-                         int64_t rows, int64_t C) {
+inline void deinterleave(const scalar_t* __restrict__ h, int64_t h_stride, scalar_t* __restrict__ raw,
+                         scalar_t* __restrict__ shift, int64_t rows, int64_t C) {
   for (int64_t p = 0; p < rows; ++p) {
-    const scalar_t* hr = h + p * 2 * C;
+    const scalar_t* hr = h + p * h_stride;
     scalar_t* r = raw + p * C;
     scalar_t* t = shift + p * C;
     for (int64_t c = 0; c < C; ++c) {
@@ -68,6 +68,35 @@ inline void interleave(const scalar_t* __restrict__ raw, const scalar_t* __restr
   }
 }
 
+// Rows of C entries with a row stride (x[r, c] at data + r * stride + c) read in place.
+template <typename scalar_t>
+inline const scalar_t* rows_span(const scalar_t* data, int64_t stride, int64_t row0, int64_t rows, int64_t C,
+                                 scalar_t* buf) {
+  if (stride == C) return data + row0 * C;
+  for (int64_t p = 0; p < rows; ++p) {
+    const scalar_t* src = data + (row0 + p) * stride;
+    for (int64_t c = 0; c < C; ++c) buf[p * C + c] = src[c];
+  }
+  return buf;
+}
+
+// t [..., K] as rows of K entries with one row stride, without a copy when its layout allows
+// (e.g. a column block of a wider row-major matrix); else a contiguous copy.
+std::pair<at::Tensor, int64_t> as_rows(const at::Tensor& t) {
+  const int64_t D = t.dim(), K = t.size(-1);
+  if (t.stride(D - 1) == 1 || K == 1) {
+    const int64_t rs = t.stride(D - 2);
+    bool ok = rs >= K;
+    int64_t expect = rs;
+    for (int64_t d = D - 2; d >= 0 && ok; --d) {
+      if (t.size(d) != 1 && t.stride(d) != expect) ok = false;
+      expect *= t.size(d);
+    }
+    if (ok) return {t, rs};
+  }
+  return {t.contiguous(), K};
+}
+
 }  // namespace
 
 void check_coupling_cl_args(const at::Tensor& x, const at::Tensor& h) {
@@ -88,10 +117,11 @@ std::tuple<at::Tensor, at::Tensor> coupling_cl_forward(const at::Tensor& x, cons
                                                        const std::string& scale, double clamp) {
   check_coupling_cl_args(x, h);
   const ScaleKind kind = static_cast<ScaleKind>(parse_scale_kind(scale));
-  const at::Tensor xc = x.contiguous(), hc = h.contiguous();
+  const auto [xc, xs] = as_rows(x);
+  const auto [hc, hs] = as_rows(h);
   const int64_t B = x.size(0), C = x.size(-1);
   const Tiles t(B, B > 0 ? x.numel() / std::max<int64_t>(B * C, 1) : 0, C);
-  at::Tensor y = at::empty_like(xc);
+  at::Tensor y = at::empty(x.sizes(), x.options());
   at::Tensor logdet = at::empty({B}, x.options());
   INVFLOW_DISPATCH_FLOATING(x.scalar_type(), "coupling_cl_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -100,15 +130,16 @@ std::tuple<at::Tensor, at::Tensor> coupling_cl_forward(const at::Tensor& x, cons
     scalar_t* yp = y.data_ptr<scalar_t>();
     std::vector<acc_t> part(t.count(), acc_t(0));
     at::parallel_for(0, t.count(), 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> raw(t.per_tile * C), shift(t.per_tile * C);
+      std::vector<scalar_t> raw(t.per_tile * C), shift(t.per_tile * C), xbuf(xs == C ? 0 : t.per_tile * C);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / t.per_sample;
         const int64_t p0 = (task % t.per_sample) * t.per_tile;
         const int64_t rows = std::min(t.per_tile, t.P - p0);
         if (rows <= 0) continue;
         const int64_t row0 = b * t.P + p0;
-        deinterleave(hp + row0 * 2 * C, raw.data(), shift.data(), rows, C);
-        part[task] = coupling_apply_span<scalar_t>(xp + row0 * C, raw.data(), shift.data(), yp + row0 * C,
+        deinterleave(hp + row0 * hs, hs, raw.data(), shift.data(), rows, C);
+        const scalar_t* xr = rows_span(xp, xs, row0, rows, C, xbuf.data());
+        part[task] = coupling_apply_span<scalar_t>(xr, raw.data(), shift.data(), yp + row0 * C,
                                                    rows * C, kind, static_cast<acc_t>(clamp), false);
       }
     });
@@ -131,13 +162,15 @@ std::tuple<at::Tensor, at::Tensor> coupling_cl_backward(const at::Tensor& grad_y
   TORCH_CHECK(grad_y.sizes() == x.sizes(), "invflow: coupling_cl_backward grad_y shape ", grad_y.sizes(),
               " differs from x ", x.sizes());
   const ScaleKind kind = static_cast<ScaleKind>(parse_scale_kind(scale));
-  const at::Tensor gc = grad_y.contiguous(), xc = x.contiguous(), hc = h.contiguous();
+  const auto [gc, gs] = as_rows(grad_y);
+  const auto [xc, xs] = as_rows(x);
+  const auto [hc, hs] = as_rows(h);
   const at::Tensor glc = grad_logdet.has_value() ? grad_logdet->contiguous() : at::Tensor();
   const int64_t B = x.size(0), C = x.size(-1);
   TORCH_CHECK(!glc.defined() || glc.numel() == B, "invflow: grad_logdet must have shape [B] = [", B, "]");
   const Tiles t(B, B > 0 ? x.numel() / std::max<int64_t>(B * C, 1) : 0, C);
-  at::Tensor grad_x = at::empty_like(xc);
-  at::Tensor grad_h = at::empty_like(hc);
+  at::Tensor grad_x = at::empty(x.sizes(), x.options());
+  at::Tensor grad_h = at::empty(h.sizes(), h.options());
   INVFLOW_DISPATCH_FLOATING(x.scalar_type(), "coupling_cl_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gp = gc.data_ptr<scalar_t>();
@@ -148,16 +181,18 @@ std::tuple<at::Tensor, at::Tensor> coupling_cl_backward(const at::Tensor& grad_y
     scalar_t* ghp = grad_h.data_ptr<scalar_t>();
     at::parallel_for(0, t.count(), 1, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> raw(t.per_tile * C), shift(t.per_tile * C), graw(t.per_tile * C),
-          gshift(t.per_tile * C);
+          gshift(t.per_tile * C), xbuf(xs == C ? 0 : t.per_tile * C), gbuf(gs == C ? 0 : t.per_tile * C);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / t.per_sample;
         const int64_t p0 = (task % t.per_sample) * t.per_tile;
         const int64_t rows = std::min(t.per_tile, t.P - p0);
         if (rows <= 0) continue;
         const int64_t row0 = b * t.P + p0;
-        deinterleave(hp + row0 * 2 * C, raw.data(), shift.data(), rows, C);
+        deinterleave(hp + row0 * hs, hs, raw.data(), shift.data(), rows, C);
+        const scalar_t* xr = rows_span(xp, xs, row0, rows, C, xbuf.data());
+        const scalar_t* gr = rows_span(gp, gs, row0, rows, C, gbuf.data());
         const acc_t gl = glp ? acc_t(glp[b]) : acc_t(0);
-        coupling_grad_span<scalar_t>(gp + row0 * C, gl, xp + row0 * C, raw.data(), gxp + row0 * C, graw.data(),
+        coupling_grad_span<scalar_t>(gr, gl, xr, raw.data(), gxp + row0 * C, graw.data(),
                                      gshift.data(), rows * C, kind, static_cast<acc_t>(clamp));
         interleave(graw.data(), gshift.data(), ghp + row0 * 2 * C, rows, C);
       }

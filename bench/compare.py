@@ -98,6 +98,7 @@ class Config:
     compile_backend: str
     memory_repeats: int = 3
     model_repeats: int | None = None   # rounds of the model_seed000 case (one step takes seconds on CPU)
+    seed000_compile_fused: bool = False  # compile(fused) row of model_seed000 (whole-model compile: slow)
 
 
 def glow_cfg(image, levels, steps, hidden, batch):
@@ -107,7 +108,8 @@ def glow_cfg(image, levels, steps, hidden, batch):
 def make_config(mode: str, device: str) -> Config:
     if mode == "smoke":
         return Config("smoke", 1, 1, 0.0, (2, 4, 4, 8), glow_cfg(8, 2, 1, 8, 2), glow_cfg(8, 2, 2, 8, 2),
-                      glow_cfg(8, 2, 4, 8, 2), (4, 4, 8, 8), "aot_eager", memory_repeats=1)
+                      glow_cfg(8, 2, 4, 8, 2), (4, 4, 8, 8), "aot_eager", memory_repeats=1,
+                      seed000_compile_fused=True)
     if device == "cuda":
         if mode == "quick":
             return Config("quick", 3, 10, 0.02, (64, 12, 16, 512), glow_cfg(32, 3, 8, 512, 64),
@@ -653,8 +655,8 @@ def normflows_glow(model: invflow.Glow, device: str):
     return nfm, lambda x: nfm.log_prob(x, None)
 
 
-def build_model_rows(gcfg: dict, cfg: Config, device: str, with_compile: bool = True):
-    key = (tuple(sorted(gcfg.items())), device, with_compile)
+def build_model_rows(gcfg: dict, cfg: Config, device: str, with_compile: bool = True, compile_fused: bool = True):
+    key = (tuple(sorted(gcfg.items())), device, with_compile, compile_fused)
     if key in _MODEL_CACHE:
         return _MODEL_CACHE[key]
     torch.manual_seed(0)
@@ -665,8 +667,11 @@ def build_model_rows(gcfg: dict, cfg: Config, device: str, with_compile: bool = 
         base.train()
         base(x)                      # data-dependent init of every ActNorm / ActNorm2d
     comp = compile_regional(cfg.compile_backend) if with_compile else None
-    comp_fused = compile_model_fused(cfg.compile_backend) if with_compile else None
+    comp_fused = compile_model_fused(cfg.compile_backend) if with_compile and compile_fused else None
     rows = invflow_impls(base, model_log_prob, comp, cfg, comp_fused)
+    if with_compile and not compile_fused:
+        rows.append(Impl(COMPILE_FUSED, missing="not run: compiling the whole K=32 model takes tens of minutes on "
+                                                "2 CPU cores (--seed000-compile-fused runs it); see the model case"))
     for r in rows:
         if r.name == COMPILE:
             r.note = f"backend={cfg.compile_backend}, per-step (regional) compile, ActNorms in eval mode"
@@ -706,9 +711,9 @@ def graph_breaks() -> int:
         return -1
 
 
-def run_model(cfg, device, out, g=None, case="model", repeats=None):
+def run_model(cfg, device, out, g=None, case="model", repeats=None, compile_fused=True):
     g = cfg.model if g is None else g
-    rows, x, _ = build_model_rows(g, cfg, device)
+    rows, x, _ = build_model_rows(g, cfg, device, compile_fused=compile_fused)
     opts = {r.name: torch.optim.Adamax(r.module.parameters(), lr=5e-4, weight_decay=5e-5)   # invflow.train's
             for r in rows if r.ok}
 
@@ -733,7 +738,8 @@ def run_model(cfg, device, out, g=None, case="model", repeats=None):
 
 def run_model_seed000(cfg, device, out):
     """The model case at the size of seed 000 (Glow K=32 per scale, hidden 512, 3x32x32)."""
-    run_model(cfg, device, out, g=cfg.model_seed000, case="model_seed000", repeats=cfg.model_repeats)
+    run_model(cfg, device, out, g=cfg.model_seed000, case="model_seed000", repeats=cfg.model_repeats,
+              compile_fused=cfg.seed000_compile_fused)
 
 
 def run_approx_mass(cfg, device, out):
@@ -1082,6 +1088,8 @@ def parse_args(argv=None):
     p.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--compile-backend", help="torch.compile backend (default inductor; aot_eager in --smoke)")
+    p.add_argument("--seed000-compile-fused", action="store_true",
+                   help="also run the torch.compile(fused) row of model_seed000 (compiles the whole K=32 model)")
     return p.parse_args(argv)
 
 
@@ -1103,6 +1111,8 @@ def main(argv=None) -> int:
     cfg = make_config(mode, args.device)
     if args.compile_backend:
         cfg.compile_backend = args.compile_backend
+    if args.seed000_compile_fused:
+        cfg.seed000_compile_fused = True
     peers = peer_versions()
     meta = dict(torch=torch.__version__, commit=commit_hash(), machine=machine(args.device))
     print(f"invflow compare: mode={mode} device={args.device} torch {meta['torch']} "

@@ -14,12 +14,15 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "../common/scale.h"
 #include "../ops.h"
 #include "coupling_rows.h"
 #include "utils.h"
+#include "vec_math.h"
 
 namespace invflow {
 namespace cpu {
@@ -95,6 +98,86 @@ std::pair<at::Tensor, int64_t> as_rows(const at::Tensor& t) {
     if (ok) return {t, rs};
   }
   return {t.contiguous(), K};
+}
+
+// ---------------------------------------------------------- second order (closed form)
+// s, d = dlog s/draw and d2 = d^2 log s/draw^2 of one raw value.
+template <typename T>
+INVFLOW_ALWAYS_INLINE void scale_d2(T raw, ScaleKind kind, T clamp, T* s, T* d1, T* d2) {
+  if (kind == ScaleKind::kSigmoid) {
+    T e;
+    if constexpr (std::is_same_v<T, float>) {
+      e = vmath::exp(-(raw + 2.0f));
+    } else {
+      e = std::exp(-(raw + T(2)));
+    }
+    *s = T(1) / (T(1) + e);
+    *d1 = T(1) - *s;
+    *d2 = -*s * *d1;
+  } else if (kind == ScaleKind::kExp) {
+    if constexpr (std::is_same_v<T, float>) {
+      *s = vmath::exp(raw);
+    } else {
+      *s = std::exp(raw);
+    }
+    *d1 = T(1);
+    *d2 = T(0);
+  } else {
+    T th;
+    if constexpr (std::is_same_v<T, float>) {
+      th = vmath::tanh(raw / clamp);
+      *s = vmath::exp(clamp * th);
+    } else {
+      th = std::tanh(raw / clamp);
+      *s = std::exp(clamp * th);
+    }
+    *d1 = T(1) - th * th;
+    *d2 = T(-2) * th * *d1 / clamp;
+  }
+}
+
+// The derivatives of coupling_cl_backward's outputs (gx = gy s, g_raw = (gy x s + gl) d,
+// g_t = gy) in the directions u_x, u_h = [u_r, u_t], on n entries of one sample:
+//   d_gy = u_x s + u_r x s d + u_t      d_x = u_r gy s d      d_t = 0
+//   d_raw = u_x gy s d + u_r (gy x s (d^2 + d2) + gl d2)      returns sum(u_r d) (-> d_gl)
+template <typename T, typename scalar_t>
+INVFLOW_ALWAYS_INLINE T double_backward_span(const scalar_t* ux, const scalar_t* ur, const scalar_t* ut,
+                                             const scalar_t* gy, T gl, const scalar_t* x, const scalar_t* raw,
+                                             scalar_t* d_gy, scalar_t* d_x, scalar_t* d_raw, int64_t n,
+                                             ScaleKind kind, T clamp) {
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) {
+    T s, d1, d2;
+    scale_d2<T>(T(raw[i]), kind, clamp, &s, &d1, &d2);
+    const T u = T(ux[i]), r = T(ur[i]), g = T(gy[i]), xv = T(x[i]);
+    const T sd = s * d1;
+    d_gy[i] = static_cast<scalar_t>(u * s + r * xv * sd + T(ut[i]));
+    d_x[i] = static_cast<scalar_t>(r * g * sd);
+    d_raw[i] = static_cast<scalar_t>(u * g * sd + r * (g * xv * s * (d1 * d1 + d2) + gl * d2));
+    acc += r * d1;
+  }
+  return acc;
+}
+
+INVFLOW_MULTIVERSION float double_backward_span_f32(const float* ux, const float* ur, const float* ut,
+                                                    const float* gy, float gl, const float* x, const float* raw,
+                                                    float* d_gy, float* d_x, float* d_raw, int64_t n, ScaleKind kind,
+                                                    float clamp) {
+  return double_backward_span<float, float>(ux, ur, ut, gy, gl, x, raw, d_gy, d_x, d_raw, n, kind, clamp);
+}
+
+template <typename scalar_t>
+at::opmath_type<scalar_t> double_backward_any(const scalar_t* ux, const scalar_t* ur, const scalar_t* ut,
+                                              const scalar_t* gy, at::opmath_type<scalar_t> gl, const scalar_t* x,
+                                              const scalar_t* raw, scalar_t* d_gy, scalar_t* d_x, scalar_t* d_raw,
+                                              int64_t n, ScaleKind kind, at::opmath_type<scalar_t> clamp) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return double_backward_span_f32(ux, ur, ut, gy, gl, x, raw, d_gy, d_x, d_raw, n, kind, clamp);
+  } else {
+    return double_backward_span<at::opmath_type<scalar_t>, scalar_t>(ux, ur, ut, gy, gl, x, raw, d_gy, d_x, d_raw,
+                                                                     n, kind, clamp);
+  }
 }
 
 }  // namespace
@@ -201,6 +284,68 @@ std::tuple<at::Tensor, at::Tensor> coupling_cl_backward(const at::Tensor& grad_y
   return {grad_x, grad_h};
 }
 
+// Second-order kernel: the vector-Jacobian product of coupling_cl_backward with (u_x, u_h),
+// i.e. the gradients (d_grad_y, d_grad_logdet, d_x, d_h) that its autograd formula in
+// invflow/ops/channels_last.py computes with eager ops, in one pass.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> coupling_cl_double_backward(
+    const at::Tensor& u_x, const at::Tensor& u_h, const at::Tensor& grad_y, const at::Tensor& grad_logdet,
+    const at::Tensor& x, const at::Tensor& h, const std::string& scale, double clamp) {
+  check_coupling_cl_args(x, h);
+  TORCH_CHECK(u_x.sizes() == x.sizes() && grad_y.sizes() == x.sizes() && u_h.sizes() == h.sizes(),
+              "invflow: coupling_cl_double_backward: u_x and grad_y must be shaped like x ", x.sizes(),
+              " and u_h like h ", h.sizes());
+  const ScaleKind kind = static_cast<ScaleKind>(parse_scale_kind(scale));
+  const int64_t B = x.size(0), C = x.size(-1);
+  TORCH_CHECK(grad_logdet.numel() == B, "invflow: grad_logdet must have shape [B] = [", B, "]");
+  const at::Tensor uxc = u_x.contiguous(), uhc = u_h.contiguous(), gc = grad_y.contiguous(),
+                   glc = grad_logdet.contiguous(), xc = x.contiguous(), hc = h.contiguous();
+  const Tiles t(B, B > 0 ? x.numel() / std::max<int64_t>(B * C, 1) : 0, C);
+  at::Tensor d_gy = at::empty(x.sizes(), x.options());
+  at::Tensor d_x = at::empty(x.sizes(), x.options());
+  at::Tensor d_h = at::zeros(h.sizes(), h.options());
+  at::Tensor d_gl = at::empty({B}, x.options());
+  INVFLOW_DISPATCH_FLOATING(x.scalar_type(), "coupling_cl_double_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* uxp = uxc.data_ptr<scalar_t>();
+    const scalar_t* uhp = uhc.data_ptr<scalar_t>();
+    const scalar_t* gp = gc.data_ptr<scalar_t>();
+    const scalar_t* glp = glc.data_ptr<scalar_t>();
+    const scalar_t* xp = xc.data_ptr<scalar_t>();
+    const scalar_t* hp = hc.data_ptr<scalar_t>();
+    scalar_t* dgyp = d_gy.data_ptr<scalar_t>();
+    scalar_t* dxp = d_x.data_ptr<scalar_t>();
+    scalar_t* dhp = d_h.data_ptr<scalar_t>();
+    std::vector<acc_t> part(t.count(), acc_t(0));
+    at::parallel_for(0, t.count(), 1, [&](int64_t begin, int64_t end) {
+      const int64_t n = t.per_tile * C;
+      std::vector<scalar_t> raw(n), unused(n), ur(n), ut(n), draw(n);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / t.per_sample;
+        const int64_t p0 = (task % t.per_sample) * t.per_tile;
+        const int64_t rows = std::min(t.per_tile, t.P - p0);
+        if (rows <= 0) continue;
+        const int64_t row0 = b * t.P + p0;
+        deinterleave(hp + row0 * 2 * C, 2 * C, raw.data(), unused.data(), rows, C);
+        deinterleave(uhp + row0 * 2 * C, 2 * C, ur.data(), ut.data(), rows, C);
+        part[task] = double_backward_any<scalar_t>(uxp + row0 * C, ur.data(), ut.data(), gp + row0 * C,
+                                                   acc_t(glp[b]), xp + row0 * C, raw.data(), dgyp + row0 * C,
+                                                   dxp + row0 * C, draw.data(), rows * C, kind,
+                                                   static_cast<acc_t>(clamp));
+        for (int64_t p = 0; p < rows; ++p) {   // d_h = [d_raw, 0] per row
+          for (int64_t c = 0; c < C; ++c) dhp[(row0 + p) * 2 * C + c] = draw[p * C + c];
+        }
+      }
+    });
+    scalar_t* dglp = d_gl.data_ptr<scalar_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      acc_t sum = 0;
+      for (int64_t k = 0; k < t.per_sample; ++k) sum += part[b * t.per_sample + k];
+      dglp[b] = static_cast<scalar_t>(sum);
+    }
+  });
+  return {d_gy, d_gl, d_x, d_h};
+}
+
 }  // namespace cpu
 }  // namespace invflow
 
@@ -273,11 +418,15 @@ TORCH_LIBRARY_FRAGMENT(invflow, m) {
   m.def(
       "coupling_cl_backward(Tensor grad_y, Tensor? grad_logdet, Tensor x, Tensor h, str scale, float clamp) "
       "-> (Tensor, Tensor)");
+  m.def(
+      "coupling_cl_double_backward(Tensor u_x, Tensor u_h, Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor h, "
+      "str scale, float clamp) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(invflow, CPU, m) {
   m.impl("coupling_cl_forward", &invflow::cpu::coupling_cl_forward);
   m.impl("coupling_cl_backward", &invflow::cpu::coupling_cl_backward);
+  m.impl("coupling_cl_double_backward", &invflow::cpu::coupling_cl_double_backward);
 }
 
 TORCH_LIBRARY_IMPL(invflow, Autograd, m) {

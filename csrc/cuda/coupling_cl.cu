@@ -55,6 +55,42 @@ std::tuple<at::Tensor, at::Tensor> coupling_cl_backward(const at::Tensor& grad_y
   return {channels_last(std::get<0>(g), x, x.size(-1)), channels_last(std::get<1>(g), h, h.size(-1))};
 }
 
+// Second order (see csrc/cpu/coupling_cl.cpp): composed from ATen's CUDA ops.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> coupling_cl_double_backward(
+    const at::Tensor& u_x, const at::Tensor& u_h, const at::Tensor& grad_y, const at::Tensor& grad_logdet,
+    const at::Tensor& x, const at::Tensor& h, const std::string& scale, double clamp) {
+  check_args(x, h);
+  const int64_t C = x.size(-1);
+  const int kind = parse_scale_kind(scale);
+  const at::Tensor raw = h.narrow(-1, 0, C);
+  at::Tensor s, d1, d2;
+  if (kind == 0) {
+    s = at::sigmoid(raw + 2.0);
+    d1 = 1.0 - s;
+    d2 = -s * d1;
+  } else if (kind == 1) {
+    s = at::exp(raw);
+    d1 = at::ones_like(raw);
+    d2 = at::zeros_like(raw);
+  } else {
+    const at::Tensor th = at::tanh(raw / clamp);
+    s = at::exp(clamp * th);
+    d1 = 1.0 - th * th;
+    d2 = -2.0 * th * d1 / clamp;
+  }
+  const at::Tensor ur = u_h.narrow(-1, 0, C), ut = u_h.narrow(-1, C, C);
+  std::vector<int64_t> bshape(x.dim(), 1);
+  bshape[0] = x.size(0);
+  const at::Tensor gl = grad_logdet.view(bshape);
+  const at::Tensor sd = s * d1;
+  at::Tensor d_gy = u_x * s + ur * x * sd + ut;
+  at::Tensor d_gl = (ur * d1).flatten(1).sum(1);
+  at::Tensor d_x = ur * grad_y * sd;
+  at::Tensor d_r = u_x * grad_y * sd + ur * (grad_y * x * s * (d1 * d1 + d2) + gl * d2);
+  at::Tensor d_h = at::cat({d_r, at::zeros_like(d_r)}, -1);
+  return {d_gy, d_gl, d_x, d_h};
+}
+
 }  // namespace
 
 }  // namespace cuda
@@ -63,4 +99,5 @@ std::tuple<at::Tensor, at::Tensor> coupling_cl_backward(const at::Tensor& grad_y
 TORCH_LIBRARY_IMPL(invflow, CUDA, m) {
   m.impl("coupling_cl_forward", &invflow::cuda::coupling_cl_forward);
   m.impl("coupling_cl_backward", &invflow::cuda::coupling_cl_backward);
+  m.impl("coupling_cl_double_backward", &invflow::cuda::coupling_cl_double_backward);
 }

@@ -3,12 +3,14 @@
 implementations, all in one process, on the same weights and data.
 
     python bench/compare.py [--device cpu|cuda] [--quick | --smoke] [--json PATH]
-                            [--cases step model approx_mass memory bandwidth] [--threads N]
+                            [--cases step model model_seed000 approx_mass memory bandwidth] [--threads N]
 
 Implementations (rows):
   invflow-fused             invflow on its fused C++/CUDA kernels (``invflow.backend("fused")``)
   invflow-eager             the same modules on the pure-PyTorch reference (``backend("reference")``)
   torch.compile(reference)  the reference compiled with torch.compile (first order only)
+  torch.compile(fused)      the fused backend compiled with torch.compile: the fused ops inside the
+                            graph (fake kernels); the whole model as one graph (fullgraph=True)
   FrEIA                     FrEIA 0.2: ActNorm -> Fixed1x1Conv -> AffineCouplingOneSided (GraphINN
                             for the multi-scale model), Glow's sigmoid scale via clamp_activation
   FrEIA-AllInOne            FrEIA's idiomatic AllInOneBlock (step case only; different maths)
@@ -17,6 +19,8 @@ Implementations (rows):
 Cases (see BENCHMARKS.md for what each measures and the matching caveats):
   step         one Glow step forward+backward, loss = -(log N(z; 0, I) + logdet).mean()
   model        whole-model training step of invflow.Glow: forward + backward + Adamax step
+  model_seed000  the same at the size of seed 000: K=32 steps per scale, hidden 512, 3x32x32
+               (batch 16 on CPU, 64 on GPU)
   approx_mass  detectors.objectives.approx_mass_penalty (double backward) vs the plain NLL step
   memory       bytes saved for backward (saved_tensors_hooks; + peak CUDA memory on GPU)
                with and without Glow(memory_free=True), K=32
@@ -68,8 +72,10 @@ import invflow  # noqa: E402
 from invflow import masks  # noqa: E402
 from invflow.data import preprocess, standard_normal_log_prob  # noqa: E402
 
-CASES = ("step", "model", "approx_mass", "memory", "bandwidth")
+CASES = ("step", "model", "model_seed000", "approx_mass", "memory", "bandwidth")
 FUSED, EAGER, COMPILE = "invflow-fused", "invflow-eager", "torch.compile(reference)"
+COMPILE_FUSED = "torch.compile(fused)"
+COMPILED = (COMPILE, COMPILE_FUSED)
 FREIA, FREIA_AIO, NORMFLOWS = "FrEIA", "FrEIA-AllInOne", "normflows"
 PIP = {FREIA: "pip install FrEIA, or pip install -e .[bench]",
        FREIA_AIO: "pip install FrEIA, or pip install -e .[bench]",
@@ -86,10 +92,13 @@ class Config:
     target_s: float          # a timed sample repeats a call until it lasts about this long
     step: tuple              # (batch, channels, size, hidden)
     model: dict              # Glow config + batch for the model / approx_mass cases
+    model_seed000: dict      # the seed 000 model (K=32, hidden 512) for the model_seed000 case
     memory: dict             # Glow config + batch for the memory case
     bandwidth: tuple         # tensor shape [B, C, H, W] for the elementwise kernels
     compile_backend: str
     memory_repeats: int = 3
+    model_repeats: int | None = None   # rounds of the model_seed000 case (one step takes seconds on CPU)
+    seed000_compile_fused: bool = False  # compile(fused) row of model_seed000 (whole-model compile: slow)
 
 
 def glow_cfg(image, levels, steps, hidden, batch):
@@ -98,19 +107,22 @@ def glow_cfg(image, levels, steps, hidden, batch):
 
 def make_config(mode: str, device: str) -> Config:
     if mode == "smoke":
-        return Config("smoke", 1, 1, 0.0, (2, 4, 4, 8), glow_cfg(8, 2, 1, 8, 2), glow_cfg(8, 2, 4, 8, 2),
-                      (4, 4, 8, 8), "aot_eager", memory_repeats=1)
+        return Config("smoke", 1, 1, 0.0, (2, 4, 4, 8), glow_cfg(8, 2, 1, 8, 2), glow_cfg(8, 2, 2, 8, 2),
+                      glow_cfg(8, 2, 4, 8, 2), (4, 4, 8, 8), "aot_eager", memory_repeats=1,
+                      seed000_compile_fused=True)
     if device == "cuda":
         if mode == "quick":
             return Config("quick", 3, 10, 0.02, (64, 12, 16, 512), glow_cfg(32, 3, 8, 512, 64),
-                          glow_cfg(32, 3, 32, 512, 64), (1024, 12, 64, 64), "inductor")
+                          glow_cfg(32, 3, 32, 512, 64), glow_cfg(32, 3, 32, 512, 64), (1024, 12, 64, 64), "inductor")
         return Config("full", 5, 30, 0.05, (64, 12, 16, 512), glow_cfg(32, 3, 32, 512, 64),
-                      glow_cfg(32, 3, 32, 512, 64), (1024, 12, 64, 64), "inductor")
+                      glow_cfg(32, 3, 32, 512, 64), glow_cfg(32, 3, 32, 512, 64), (1024, 12, 64, 64), "inductor")
     if mode == "quick":
         return Config("quick", 1, 5, 0.02, (16, 12, 16, 64), glow_cfg(32, 3, 4, 64, 16),
-                      glow_cfg(32, 3, 32, 64, 8), (64, 12, 32, 32), "inductor", memory_repeats=2)
-    return Config("full", 2, 15, 0.05, (16, 12, 16, 64), glow_cfg(32, 3, 4, 64, 16),
-                  glow_cfg(32, 3, 32, 64, 16), (256, 12, 32, 32), "inductor")
+                      glow_cfg(32, 3, 32, 512, 16), glow_cfg(32, 3, 32, 64, 8), (64, 12, 32, 32), "inductor",
+                      memory_repeats=2)
+    return Config("full", 2, 25, 0.05, (16, 12, 16, 64), glow_cfg(32, 3, 4, 64, 16),
+                  glow_cfg(32, 3, 32, 512, 16), glow_cfg(32, 3, 32, 64, 16), (256, 12, 32, 32), "inductor",
+                  model_repeats=9)
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -255,8 +267,10 @@ def fused_ctx():
     return invflow.backend("fused")
 
 
-def invflow_impls(base: nn.Module, log_prob_of: Callable, compile_fn: Callable | None, cfg: Config) -> list:
-    """invflow-fused, invflow-eager and torch.compile(reference) rows on copies of ``base``."""
+def invflow_impls(base: nn.Module, log_prob_of: Callable, compile_fn: Callable | None, cfg: Config,
+                  compile_fused_fn: Callable | None = None) -> list:
+    """invflow-fused, invflow-eager, torch.compile(reference) and torch.compile(fused) rows on
+    copies of ``base``."""
     rows = []
     fused = copy.deepcopy(base)
     if invflow.fused_available():
@@ -273,6 +287,16 @@ def invflow_impls(base: nn.Module, log_prob_of: Callable, compile_fn: Callable |
                              note=f"backend={cfg.compile_backend}"))
         except Exception as e:  # noqa: BLE001
             rows.append(Impl(COMPILE, comp, missing="error: " + short(e)))
+    if compile_fused_fn is not None:
+        comp = copy.deepcopy(base)
+        if not invflow.fused_available():
+            rows.append(Impl(COMPILE_FUSED, comp, missing="extension invflow._C not built"))
+        else:
+            try:
+                rows.append(Impl(COMPILE_FUSED, comp, compile_fused_fn(comp, log_prob_of), fused_ctx,
+                                 note=f"backend={cfg.compile_backend}"))
+            except Exception as e:  # noqa: BLE001
+                rows.append(Impl(COMPILE_FUSED, comp, missing="error: " + short(e)))
     return rows
 
 
@@ -373,15 +397,15 @@ def step_log_prob(step: nn.Module) -> Callable:
     return log_prob
 
 
-def compile_whole(cfg: Config) -> Callable:
+def compile_whole(cfg: Config, backend: str = "reference") -> Callable:
     def build(module, log_prob_of):
         lp = log_prob_of(module)
 
-        def in_reference(x):
-            with invflow.backend("reference"):
+        def in_backend(x):
+            with invflow.backend(backend):
                 return lp(x)
 
-        return torch.compile(in_reference, backend=cfg.compile_backend)
+        return torch.compile(in_backend, backend=cfg.compile_backend)
 
     return build
 
@@ -396,7 +420,7 @@ def build_step(cfg: Config, device: str):
         base.train()
         base(x)                      # ActNorm's data-dependent initialisation
     base.eval()
-    rows = invflow_impls(base, step_log_prob, compile_whole(cfg), cfg)
+    rows = invflow_impls(base, step_log_prob, compile_whole(cfg), cfg, compile_whole(cfg, "fused"))
     an, conv, cp = base.flows
 
     def freia():
@@ -459,7 +483,7 @@ def check_log_prob(rows: list, x: torch.Tensor, skip=()) -> None:
     ref = None
     vals = {}
     for r in rows:
-        if not r.ok or r.name == COMPILE:     # compiling under no_grad would compile twice
+        if not r.ok or r.name in COMPILED:    # compiling under no_grad would compile twice
             continue
         try:
             with torch.no_grad(), r.ctx():
@@ -517,6 +541,18 @@ def compile_regional(backend: str) -> Callable:
         for scale in model.scales:
             for step in scale.flows:
                 step.compile(backend=backend)
+        return log_prob_of(model)
+
+    return build
+
+
+def compile_model_fused(backend: str) -> Callable:
+    """torch.compile of the whole model under the fused backend (``Glow._forward``: everything
+    after the input checks, whose data-dependent tests would break the graph): one graph with
+    the fused ops inside (they have fake kernels), ``fullgraph=True`` so that a graph break is
+    an error rather than a silent slowdown."""
+    def build(model, log_prob_of):
+        model._forward = torch.compile(model._forward, backend=backend, fullgraph=True)
         return log_prob_of(model)
 
     return build
@@ -619,8 +655,8 @@ def normflows_glow(model: invflow.Glow, device: str):
     return nfm, lambda x: nfm.log_prob(x, None)
 
 
-def build_model_rows(gcfg: dict, cfg: Config, device: str, with_compile: bool = True):
-    key = (tuple(sorted(gcfg.items())), device, with_compile)
+def build_model_rows(gcfg: dict, cfg: Config, device: str, with_compile: bool = True, compile_fused: bool = True):
+    key = (tuple(sorted(gcfg.items())), device, with_compile, compile_fused)
     if key in _MODEL_CACHE:
         return _MODEL_CACHE[key]
     torch.manual_seed(0)
@@ -631,10 +667,16 @@ def build_model_rows(gcfg: dict, cfg: Config, device: str, with_compile: bool = 
         base.train()
         base(x)                      # data-dependent init of every ActNorm / ActNorm2d
     comp = compile_regional(cfg.compile_backend) if with_compile else None
-    rows = invflow_impls(base, model_log_prob, comp, cfg)
+    comp_fused = compile_model_fused(cfg.compile_backend) if with_compile and compile_fused else None
+    rows = invflow_impls(base, model_log_prob, comp, cfg, comp_fused)
+    if with_compile and not compile_fused:
+        rows.append(Impl(COMPILE_FUSED, missing="not run: compiling the whole K=32 model takes tens of minutes on "
+                                                "2 CPU cores (--seed000-compile-fused runs it); see the model case"))
     for r in rows:
         if r.name == COMPILE:
             r.note = f"backend={cfg.compile_backend}, per-step (regional) compile, ActNorms in eval mode"
+        if r.name == COMPILE_FUSED and r.ok:
+            r.note = f"backend={cfg.compile_backend}, whole model (Glow._forward), fullgraph"
 
     def freia():
         inn, lp = freia_glow(base, device)
@@ -669,9 +711,9 @@ def graph_breaks() -> int:
         return -1
 
 
-def run_model(cfg, device, out):
-    g = cfg.model
-    rows, x, _ = build_model_rows(g, cfg, device)
+def run_model(cfg, device, out, g=None, case="model", repeats=None, compile_fused=True):
+    g = cfg.model if g is None else g
+    rows, x, _ = build_model_rows(g, cfg, device, compile_fused=compile_fused)
     opts = {r.name: torch.optim.Adamax(r.module.parameters(), lr=5e-4, weight_decay=5e-5)   # invflow.train's
             for r in rows if r.ok}
 
@@ -686,12 +728,18 @@ def run_model(cfg, device, out):
             opt.step()
         return f
 
-    res = bench({r.name: train_step(r) for r in rows if r.ok}, cfg, device)
+    res = bench({r.name: train_step(r) for r in rows if r.ok}, cfg, device, repeats=repeats)
     for r in rows:
-        if r.name == COMPILE and r.ok:
+        if r.name in COMPILED and r.ok:
             r.note += f"; dynamo graph breaks so far: {graph_breaks()}"
-    emit(out, "model", "train_step", rows, res, device, [g["batch"], 3, g["image"], g["image"]],
+    emit(out, case, "train_step", rows, res, device, [g["batch"], 3, g["image"], g["image"]],
          header=f"training step (forward + backward + Adamax) of {glow_desc(g)}")
+
+
+def run_model_seed000(cfg, device, out):
+    """The model case at the size of seed 000 (Glow K=32 per scale, hidden 512, 3x32x32)."""
+    run_model(cfg, device, out, g=cfg.model_seed000, case="model_seed000", repeats=cfg.model_repeats,
+              compile_fused=cfg.seed000_compile_fused)
 
 
 def run_approx_mass(cfg, device, out):
@@ -729,8 +777,8 @@ def run_approx_mass(cfg, device, out):
             pen_rows.append(r)
             continue
         fns[(r.name, "nll")] = nll(r)
-        if r.name == COMPILE:
-            pen_rows.append(Impl(COMPILE, r.module, missing=compile_double_backward_status()))
+        if r.name in COMPILED:
+            pen_rows.append(Impl(r.name, r.module, missing=compile_double_backward_status()))
         else:
             fns[(r.name, "penalty")] = penalty(r)
             pen_rows.append(r)
@@ -1022,8 +1070,8 @@ def emit(out: list, case: str, variant: str, rows: list, res: dict, device: str,
 
 
 # -------------------------------------------------------------------------------- main
-RUNNERS = {"step": run_step, "model": run_model, "approx_mass": run_approx_mass, "memory": run_memory,
-           "bandwidth": run_bandwidth}
+RUNNERS = {"step": run_step, "model": run_model, "model_seed000": run_model_seed000, "approx_mass": run_approx_mass,
+           "memory": run_memory, "bandwidth": run_bandwidth}
 
 
 def parse_args(argv=None):
@@ -1040,6 +1088,8 @@ def parse_args(argv=None):
     p.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--compile-backend", help="torch.compile backend (default inductor; aot_eager in --smoke)")
+    p.add_argument("--seed000-compile-fused", action="store_true",
+                   help="also run the torch.compile(fused) row of model_seed000 (compiles the whole K=32 model)")
     return p.parse_args(argv)
 
 
@@ -1061,6 +1111,8 @@ def main(argv=None) -> int:
     cfg = make_config(mode, args.device)
     if args.compile_backend:
         cfg.compile_backend = args.compile_backend
+    if args.seed000_compile_fused:
+        cfg.seed000_compile_fused = True
     peers = peer_versions()
     meta = dict(torch=torch.__version__, commit=commit_hash(), machine=machine(args.device))
     print(f"invflow compare: mode={mode} device={args.device} torch {meta['torch']} "

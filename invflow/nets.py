@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import ops
+from ._backend import backend_for
 from .layers.actnorm import DataInitFlag, data_init
 from .layers.base import check_number
 
@@ -131,13 +132,21 @@ class ZeroConv2d(nn.Conv2d):
         return super().forward(x) * scale
 
 
+
 class GlowNet(nn.Sequential):
     """Glow's st-net (Kingma & Dhariwal 2018, Sec. 3.3 / Table 4): 3x3 conv -> ReLU ->
     1x1 conv -> ReLU -> ``ZeroConv2d`` (zero-initialised 3x3 conv, output scaled by
     exp(3 * logs)), on [B, C, H, W].
 
     ``actnorm=True`` puts an ``ActNorm2d`` after each of the first two convs (which then
-    have no bias), as in Glow's official code: conv -> actnorm -> ReLU, twice."""
+    have no bias), as in Glow's official code: conv -> actnorm -> ReLU, twice.
+
+    Under the fused backend the net runs as three convolutions with bias: each ActNorm2d is
+    folded into the weight and bias of the conv before it, (conv(x; W) + a) * exp(logs) =
+    conv(x; W * exp(logs), a * exp(logs)), and so is ZeroConv2d's output scale, so no
+    elementwise pass over the hidden activations remains but the ReLUs (same function and
+    gradients as the layer-by-layer reference, up to float rounding).  The layer-by-layer
+    path runs while an ActNorm2d awaits its data-dependent initialisation."""
 
     def __init__(self, in_channels: int, out_channels: int, hidden: int = 512, actnorm: bool = False):
         _check_sizes("GlowNet", in_channels=in_channels, out_channels=out_channels, hidden=hidden)
@@ -152,7 +161,107 @@ class GlowNet(nn.Sequential):
         super().__init__(*mods)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _channels_last_forward(super().forward, x)
+        # folding reorders rounding: only in float32/64 outside autocast, where it is exact to
+        # the precision (under autocast and in half precision the layers run as written)
+        foldable = x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(x.device.type)
+        plan = self._fold_plan() if foldable and backend_for(x) == "fused" else None
+        if plan is None:
+            return _channels_last_forward(super().forward, x)
+        return _channels_last_forward(lambda v: _run_folded(plan, v), x)
+
+    def _fold_structure(self):
+        """The layers as [(conv, actnorm2d or None, relu)], or None when the net cannot be
+        folded (an ActNorm2d still awaiting its data-dependent initialisation, or modules other
+        than GlowNet's own)."""
+        layers: list = []
+        for m in self:
+            if type(m) in (nn.Conv2d, ZeroConv2d):
+                if m.padding_mode != "zeros":
+                    return None
+                layers.append([m, None, False])
+            elif type(m) is ActNorm2d and layers and layers[-1][1] is None and not layers[-1][2]:
+                if m.training and m.needs_init():
+                    return None
+                layers[-1][1] = m
+            elif type(m) is nn.ReLU and layers and not layers[-1][2]:
+                layers[-1][2] = True
+            else:
+                return None
+        return layers
+
+    def _fold_plan(self):
+        """The layers as [(conv, weight, bias, relu)] with every ActNorm2d and ZeroConv2d scale
+        folded into its convolution, or None (see ``_fold_structure``)."""
+        plans = fold_plans([self])
+        return None if plans is None else plans[0]
+
+
+def _fold_layer(convs, actnorms):
+    """(weights, biases) of the same layer of several nets, each ZeroConv2d scale and ActNorm2d
+    folded in: (conv(x; W, b) * e + a) * exp(logs) = conv(x; W e exp(logs), (b e + a) exp(logs)).
+    The nets' parameters are stacked so that one op serves all of them."""
+    conv = convs[0]
+    zero = type(conv) is ZeroConv2d
+    if not zero and actnorms[0] is None:
+        return [c.weight for c in convs], [c.bias for c in convs]
+    many = len(convs) > 1
+    stack = torch.stack if many else (lambda ts: ts[0].unsqueeze(0))
+    w = stack([c.weight for c in convs])                         # [K, out, in, kh, kw]
+    b = stack([c.bias for c in convs]) if conv.bias is not None else None
+    if zero:
+        e = torch.exp(stack([c.logs for c in convs]) * conv.logscale_factor)
+        w = w * e[:, :, None, None, None]
+        b = b * e
+    if actnorms[0] is not None:
+        s = torch.exp(stack([a.logs for a in actnorms]))
+        a = stack([a.bias for a in actnorms])
+        w = w * s[:, :, None, None, None]
+        b = (a if b is None else b + a) * s
+    return list(w.unbind(0)), list(b.unbind(0))
+
+
+def fold_plans(nets):
+    """For GlowNets of the same architecture, each as [(conv, weight, bias, relu)] with its
+    ActNorm2d layers and ZeroConv2d scale folded into the convolutions (computed for all nets
+    at once), or None when a net cannot be folded."""
+    structs = [n._fold_structure() if type(n) is GlowNet else None for n in nets]
+    if not structs or any(s is None for s in structs):
+        return None
+    first = structs[0]
+    for st in structs[1:]:
+        if len(st) != len(first) or any(
+            type(a[0]) is not type(b[0]) or a[0].weight.shape != b[0].weight.shape or (a[0].bias is None) !=
+            (b[0].bias is None) or (a[1] is None) != (b[1] is None) or a[2] != b[2] for a, b in zip(st, first)
+        ):
+            return [fold_plans([n])[0] for n in nets]             # different architectures: one by one
+    plans: list = [[] for _ in nets]
+    for j, (_, _, relu) in enumerate(first):
+        weights, biases = _fold_layer([st[j][0] for st in structs], [st[j][1] for st in structs])
+        for k, st in enumerate(structs):
+            plans[k].append((st[j][0], weights[k], biases[k], relu))
+    return plans
+
+
+def _is_pointwise(conv: nn.Conv2d) -> bool:
+    return conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding in ((0, 0), "valid") \
+        and conv.groups == 1
+
+
+def _run_folded(plan, x: torch.Tensor) -> torch.Tensor:
+    for conv, weight, bias, relu in plan:
+        if _is_pointwise(conv) and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+            # a 1x1 conv on channels-last data is one matrix product over the pixel rows; unlike
+            # the convolution's, its second-order terms need no transposed copies of activations
+            b, c, h, w = x.shape
+            rows = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
+            wm = weight.view(weight.shape[0], c)
+            y = torch.addmm(bias, rows, wm.t()) if bias is not None else rows @ wm.t()
+            x = y.view(b, h, w, -1).permute(0, 3, 1, 2)
+        else:
+            x = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        if relu:
+            x = F.relu(x)
+    return x
 
 
 class ResidualBlock(nn.Module):

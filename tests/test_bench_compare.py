@@ -13,11 +13,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "bench" / "compare.py"
-CASES = {"step", "model", "approx_mass", "memory", "bandwidth"}
+CASES = {"step", "model", "model_seed000", "approx_mass", "memory", "bandwidth"}
 FIELDS = {"case", "impl", "device", "median_s", "iqr_s", "ratio_vs_eager", "bytes", "params", "shape", "note",
           "torch", "commit", "machine"}
 INVFLOW = ("invflow-fused", "invflow-eager")
 COMPILE = "torch.compile(reference)"
+COMPILE_FUSED = "torch.compile(fused)"
 PEERS = ("FrEIA", "normflows")
 
 
@@ -46,10 +47,11 @@ def test_every_case_and_field_present(records):
 
 
 def test_impls_named_and_timed(records):
-    timed = [("step", "fwd+bwd"), ("model", "train_step"), ("approx_mass", "nll"), ("approx_mass", "penalty")]
+    timed = [("step", "fwd+bwd"), ("model", "train_step"), ("model_seed000", "train_step"), ("approx_mass", "nll"),
+             ("approx_mass", "penalty")]
     for case, variant in timed:
         got = rows(records, case, variant)
-        for name in INVFLOW + (COMPILE,) + PEERS:
+        for name in INVFLOW + (COMPILE, COMPILE_FUSED) + PEERS:
             assert name in got, f"{case}/{variant}: no {name} row"
         for name in INVFLOW:
             assert got[name]["median_s"] > 0, got[name]
@@ -60,7 +62,12 @@ def test_impls_named_and_timed(records):
             if r["median_s"] is not None:
                 assert r["params"] > 0
     assert "FrEIA-AllInOne" in rows(records, "step")
-    assert rows(records, "model", "train_step")[COMPILE]["median_s"] > 0
+    for case, variant in [("step", "fwd+bwd"), ("model", "train_step"), ("model_seed000", "train_step"),
+                          ("approx_mass", "nll")]:
+        for name in (COMPILE, COMPILE_FUSED):
+            assert rows(records, case, variant)[name]["median_s"] > 0, (case, name)
+    # the fused ops inside torch.compile: the whole model is one graph (fullgraph=True, no breaks)
+    assert "fullgraph" in rows(records, "model", "train_step")[COMPILE_FUSED]["note"]
 
 
 def test_numbers_positive(records):
@@ -73,9 +80,10 @@ def test_numbers_positive(records):
 
 
 def test_compile_double_backward_marked_unsupported(records):
-    r = rows(records, "approx_mass", "penalty")[COMPILE]
-    assert r["median_s"] is None and r["ratio_vs_eager"] is None
-    assert r["note"].startswith("unsupported"), r
+    for name in (COMPILE, COMPILE_FUSED):
+        r = rows(records, "approx_mass", "penalty")[name]
+        assert r["median_s"] is None and r["ratio_vs_eager"] is None
+        assert r["note"].startswith("unsupported"), r
     for name in INVFLOW:
         assert rows(records, "approx_mass", "penalty")[name]["extra"]["penalty_over_nll"] > 0
 

@@ -30,10 +30,16 @@ SCALES = ("sigmoid", "exp", "tanh")
 
 
 def registered_ops() -> set[str]:
-    """The op names of every ``m.def("name(...)")`` in csrc/registration.cpp."""
-    with open(os.path.join(ROOT, "csrc", "registration.cpp")) as f:
-        text = f.read()
-    return set(re.findall(r'"\s*([a-z_0-9]+)\(', text))
+    """The op names of every schema ``m.def("name(...)")`` in csrc/ (TORCH_LIBRARY and its
+    fragments)."""
+    names: set[str] = set()
+    for folder, _, files in os.walk(os.path.join(ROOT, "csrc")):
+        for name in files:
+            if name.endswith((".cpp", ".cu")):
+                with open(os.path.join(folder, name)) as f:
+                    for block in re.findall(r"m\.def\(\s*((?:\"[^\"]*\"\s*)+)\)", f.read()):
+                        names.update(re.findall(r'^\s*"\s*([a-z_0-9]+)\(', block))
+    return names
 
 
 def shapes(small: bool):
@@ -72,12 +78,18 @@ def call_all(device: str, dtype: torch.dtype, small: bool) -> set[str]:
         run("actnorm_backward", gy, None, x, bias, ls)
         run("channel_mix", x, w)
         run("channel_mix_backward", gy, x, w)
+        # channels-last views of the same tensors: x [B, ..., C], h [B, ..., 2C]
+        x_cl, h_cl, gy_cl = (t.movedim(1, -1) for t in (x, h, gy))
+        uh_cl = torch.randn_like(h_cl)
         for scale in SCALES:
             for m in (None, mask):
                 run("coupling_forward", x, h, m, scale, 2.0)
                 run("coupling_inverse", x, h, m, scale, 2.0)
                 run("coupling_backward", gy, gl, x, h, m, scale, 2.0)
                 run("coupling_backward", gy, None, x, h, m, scale, 2.0)
+            run("coupling_cl_forward", x_cl, h_cl, scale, 2.0)
+            run("coupling_cl_backward", gy_cl, gl, x_cl, h_cl, scale, 2.0)
+            run("coupling_cl_double_backward", gy_cl, uh_cl, gy_cl, gl, x_cl, h_cl, scale, 2.0)
     # second order through the registered autograd (the backward ops' own backward)
     if dtype in (torch.float32, torch.float64):
         x = torch.randn(2, 6, 4, 4, **g, requires_grad=True)

@@ -11,6 +11,7 @@
 
 #include "../common/scale.h"
 #include "../ops.h"
+#include "coupling_rows.h"
 #include "utils.h"
 #include "vec_math.h"
 
@@ -211,6 +212,32 @@ std::tuple<at::Tensor, at::Tensor> apply_all(const at::Tensor& in, const at::Ten
 }
 
 }  // namespace
+
+// Contiguous spans without a mask, for the other coupling layouts (coupling_rows.h).
+template <typename scalar_t>
+at::opmath_type<scalar_t> coupling_apply_span(const scalar_t* in, const scalar_t* raw, const scalar_t* shift,
+                                              scalar_t* out, int64_t n, ScaleKind kind,
+                                              at::opmath_type<scalar_t> clamp, bool invert) {
+  return apply_row_generic(in, raw, shift, static_cast<const scalar_t*>(nullptr), out, n, kind, clamp, invert);
+}
+
+template <typename scalar_t>
+void coupling_grad_span(const scalar_t* gy, at::opmath_type<scalar_t> gl, const scalar_t* x, const scalar_t* raw,
+                        scalar_t* gx, scalar_t* graw, scalar_t* gshift, int64_t n, ScaleKind kind,
+                        at::opmath_type<scalar_t> clamp) {
+  grad_row_generic(gy, gl, x, raw, static_cast<const scalar_t*>(nullptr), gx, graw, gshift, n, kind, clamp);
+}
+
+#define INVFLOW_INSTANTIATE_SPANS(T)                                                                     \
+  template at::opmath_type<T> coupling_apply_span<T>(const T*, const T*, const T*, T*, int64_t, ScaleKind, \
+                                                     at::opmath_type<T>, bool);                          \
+  template void coupling_grad_span<T>(const T*, at::opmath_type<T>, const T*, const T*, T*, T*, T*, int64_t, \
+                                      ScaleKind, at::opmath_type<T>);
+INVFLOW_INSTANTIATE_SPANS(float)
+INVFLOW_INSTANTIATE_SPANS(double)
+INVFLOW_INSTANTIATE_SPANS(c10::Half)
+INVFLOW_INSTANTIATE_SPANS(c10::BFloat16)
+#undef INVFLOW_INSTANTIATE_SPANS
 
 std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x, const at::Tensor& h,
                                                     const c10::optional<at::Tensor>& mask,

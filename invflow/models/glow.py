@@ -22,6 +22,8 @@ from .. import masks, nets
 from ..data import standard_normal_log_prob
 from ..layers import ActNorm, AffineCoupling, InvConv1x1, Sequential, Squeeze
 from .base import FlowModel, as_size, check_ints, flow_output, split_latent
+from .._backend import backend_for
+from .fused_scale import fused_glow_scale
 from .memory import memory_free_applies, run_memory_free
 
 
@@ -122,9 +124,19 @@ class Glow(FlowModel):
         h, per_scale, latents = x, [], []
         last = len(self.scales) - 1
         free = memory_free_applies(self, x)
+        # the channels-last fused scales: float32/64 outside autocast (under autocast and in half
+        # precision the layer path keeps the flow's maps in float32, see invflow.ops)
+        fused = (not free and backend_for(h) == "fused" and h.dtype in (torch.float32, torch.float64)
+                 and not torch.is_autocast_enabled(h.device.type))
         for i in range(len(self.scales)):
-            h, _ = self.squeeze(h)
-            h, logdet = self._run_scale(i, h, free)
+            res = fused_glow_scale(self.scales[i].flows, h) if fused else None
+            if res is None:
+                h, _ = self.squeeze(h)
+                h, logdet = self._run_scale(i, h, free)
+            else:
+                h, logdet = res
+                if i == last:
+                    h = h.contiguous()
             if i < last:
                 h, z = split_latent(h)
                 log_pz = self._latent_log_prob(i, z, h)

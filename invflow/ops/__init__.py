@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 
 from .._backend import backend_for, current_backend
-from . import fused, reference
+from . import channels_last, fused, reference
 
-__all__ = ["actnorm", "channel_mix", "coupling", "fused", "reference", "implementation"]
+__all__ = ["actnorm", "channel_mix", "coupling", "coupling_cl", "fused", "reference", "implementation"]
 
 
 def implementation(x: torch.Tensor | None = None):
@@ -54,3 +54,12 @@ def coupling(x, h, mask=None, scale: str = "sigmoid", clamp: float = 2.0, invers
     x, h, mask = _common(x, h, mask)
     impl = implementation(x)
     return (impl.coupling_inverse if inverse else impl.coupling_forward)(x, h, mask, scale, clamp)
+
+
+def coupling_cl(x, h, scale: str = "sigmoid", clamp: float = 2.0):
+    """Channels-last affine coupling: x [B, ..., C], h [B, ..., 2C] = [raw, t] along the last
+    dimension; returns (s(raw) * x + t, logdet [B]).  See ``invflow.ops.channels_last``."""
+    x, h = _common(x, h)
+    if backend_for(x) == "fused":
+        return channels_last.coupling_cl_forward(x, h, scale, clamp)
+    return reference.coupling_cl_forward(x, h, scale, clamp)

@@ -129,3 +129,12 @@ def coupling_inverse(y, h, mask, scale, clamp):
         x = torch.where(keep, x, y)
         log_s = torch.where(keep, log_s, torch.zeros_like(log_s))
     return x, -log_s.flatten(1).sum(1)
+
+
+def coupling_cl_forward(x, h, scale, clamp):
+    """Channels-last coupling: x [B, ..., C], h [B, ..., 2C] with h[..., :C] = raw and
+    h[..., C:] = t at every position; y = s(raw) * x + t, log|det| = sum of log s(raw)."""
+    hw = _wide(h)
+    raw, shift = hw[..., : x.shape[-1]], hw[..., x.shape[-1]:]
+    s, log_s, _, _ = scale_terms(raw, scale, clamp)
+    return (s * _wide(x) + shift).to(x.dtype), log_s.flatten(1).sum(1)

@@ -1,0 +1,433 @@
+// Channels-last affine coupling on the CPU: the coupling of coupling.cpp on tensors whose
+// channels are the LAST dimension, x [B, ..., C] and h [B, ..., 2C] with h[..., :C] = raw and
+// h[..., C:] = t at every position (the layout of a channels-last st-net's output, rows of
+// channels per pixel), so a channels-last flow needs no layout conversion around its coupling.
+//
+//   y = s(raw) * x + t,   logdet[b] = sum over positions and channels of log s(raw)
+//
+// Work is split into tiles of whole positions inside one sample; each tile de-interleaves its
+// [raw | t] rows into two contiguous buffers and runs the vectorised span kernels of
+// coupling.cpp over tile * C entries, so short channel rows (6..48 channels in Glow) cost no
+// per-row overhead.  Per-tile log-det partial sums are reduced in a fixed order (deterministic).
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+#include "../common/scale.h"
+#include "../ops.h"
+#include "coupling_rows.h"
+#include "utils.h"
+#include "vec_math.h"
+
+namespace invflow {
+namespace cpu {
+
+namespace {
+
+constexpr int64_t kTileEntries = 4096;  // entries (positions x channels) per tile
+
+struct Tiles {
+  int64_t B, P, C;  // samples, positions per sample, channels
+  int64_t per_tile, per_sample;
+  Tiles(int64_t b, int64_t p, int64_t c) : B(b), P(p), C(c) {
+    per_tile = std::max<int64_t>(1, kTileEntries / std::max<int64_t>(c, 1));
+    per_sample = std::max<int64_t>(1, (p + per_tile - 1) / per_tile);
+  }
+  int64_t count() const { return B * per_sample; }
+};
+
+// One tile's [raw | t] rows -> contiguous raw and t (plain loops: a memcpy call per row of a
+// few channels would cost more than the copy).
+template <typename scalar_t>
+inline void deinterleave(const scalar_t* __restrict__ h, int64_t h_stride, scalar_t* __restrict__ raw,
+                         scalar_t* __restrict__ shift, int64_t rows, int64_t C) {
+  for (int64_t p = 0; p < rows; ++p) {
+    const scalar_t* hr = h + p * h_stride;
+    scalar_t* r = raw + p * C;
+    scalar_t* t = shift + p * C;
+    for (int64_t c = 0; c < C; ++c) {
+      r[c] = hr[c];
+      t[c] = hr[C + c];
+    }
+  }
+}
+
+template <typename scalar_t>
+inline void interleave(const scalar_t* __restrict__ raw, const scalar_t* __restrict__ shift, scalar_t* __restrict__ h,
+                       int64_t rows, int64_t C) {
+  for (int64_t p = 0; p < rows; ++p) {
+    scalar_t* hr = h + p * 2 * C;
+    const scalar_t* r = raw + p * C;
+    const scalar_t* t = shift + p * C;
+    for (int64_t c = 0; c < C; ++c) {
+      hr[c] = r[c];
+      hr[C + c] = t[c];
+    }
+  }
+}
+
+// Rows of C entries with a row stride (x[r, c] at data + r * stride + c) read in place.
+template <typename scalar_t>
+inline const scalar_t* rows_span(const scalar_t* data, int64_t stride, int64_t row0, int64_t rows, int64_t C,
+                                 scalar_t* buf) {
+  if (stride == C) return data + row0 * C;
+  for (int64_t p = 0; p < rows; ++p) {
+    const scalar_t* src = data + (row0 + p) * stride;
+    for (int64_t c = 0; c < C; ++c) buf[p * C + c] = src[c];
+  }
+  return buf;
+}
+
+// t [..., K] as rows of K entries with one row stride, without a copy when its layout allows
+// (e.g. a column block of a wider row-major matrix); else a contiguous copy.
+std::pair<at::Tensor, int64_t> as_rows(const at::Tensor& t) {
+  const int64_t D = t.dim(), K = t.size(-1);
+  if (t.stride(D - 1) == 1 || K == 1) {
+    const int64_t rs = t.stride(D - 2);
+    bool ok = rs >= K;
+    int64_t expect = rs;
+    for (int64_t d = D - 2; d >= 0 && ok; --d) {
+      if (t.size(d) != 1 && t.stride(d) != expect) ok = false;
+      expect *= t.size(d);
+    }
+    if (ok) return {t, rs};
+  }
+  return {t.contiguous(), K};
+}
+
+// ---------------------------------------------------------- second order (closed form)
+// s, d = dlog s/draw and d2 = d^2 log s/draw^2 of one raw value.
+template <typename T>
+INVFLOW_ALWAYS_INLINE void scale_d2(T raw, ScaleKind kind, T clamp, T* s, T* d1, T* d2) {
+  if (kind == ScaleKind::kSigmoid) {
+    T e;
+    if constexpr (std::is_same_v<T, float>) {
+      e = vmath::exp(-(raw + 2.0f));
+    } else {
+      e = std::exp(-(raw + T(2)));
+    }
+    *s = T(1) / (T(1) + e);
+    *d1 = T(1) - *s;
+    *d2 = -*s * *d1;
+  } else if (kind == ScaleKind::kExp) {
+    if constexpr (std::is_same_v<T, float>) {
+      *s = vmath::exp(raw);
+    } else {
+      *s = std::exp(raw);
+    }
+    *d1 = T(1);
+    *d2 = T(0);
+  } else {
+    T th;
+    if constexpr (std::is_same_v<T, float>) {
+      th = vmath::tanh(raw / clamp);
+      *s = vmath::exp(clamp * th);
+    } else {
+      th = std::tanh(raw / clamp);
+      *s = std::exp(clamp * th);
+    }
+    *d1 = T(1) - th * th;
+    *d2 = T(-2) * th * *d1 / clamp;
+  }
+}
+
+// The derivatives of coupling_cl_backward's outputs (gx = gy s, g_raw = (gy x s + gl) d,
+// g_t = gy) in the directions u_x, u_h = [u_r, u_t], on n entries of one sample:
+//   d_gy = u_x s + u_r x s d + u_t      d_x = u_r gy s d      d_t = 0
+//   d_raw = u_x gy s d + u_r (gy x s (d^2 + d2) + gl d2)      returns sum(u_r d) (-> d_gl)
+template <typename T, typename scalar_t>
+INVFLOW_ALWAYS_INLINE T double_backward_span(const scalar_t* ux, const scalar_t* ur, const scalar_t* ut,
+                                             const scalar_t* gy, T gl, const scalar_t* x, const scalar_t* raw,
+                                             scalar_t* d_gy, scalar_t* d_x, scalar_t* d_raw, int64_t n,
+                                             ScaleKind kind, T clamp) {
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) {
+    T s, d1, d2;
+    scale_d2<T>(T(raw[i]), kind, clamp, &s, &d1, &d2);
+    const T u = T(ux[i]), r = T(ur[i]), g = T(gy[i]), xv = T(x[i]);
+    const T sd = s * d1;
+    d_gy[i] = static_cast<scalar_t>(u * s + r * xv * sd + T(ut[i]));
+    d_x[i] = static_cast<scalar_t>(r * g * sd);
+    d_raw[i] = static_cast<scalar_t>(u * g * sd + r * (g * xv * s * (d1 * d1 + d2) + gl * d2));
+    acc += r * d1;
+  }
+  return acc;
+}
+
+INVFLOW_MULTIVERSION float double_backward_span_f32(const float* ux, const float* ur, const float* ut,
+                                                    const float* gy, float gl, const float* x, const float* raw,
+                                                    float* d_gy, float* d_x, float* d_raw, int64_t n, ScaleKind kind,
+                                                    float clamp) {
+  return double_backward_span<float, float>(ux, ur, ut, gy, gl, x, raw, d_gy, d_x, d_raw, n, kind, clamp);
+}
+
+template <typename scalar_t>
+at::opmath_type<scalar_t> double_backward_any(const scalar_t* ux, const scalar_t* ur, const scalar_t* ut,
+                                              const scalar_t* gy, at::opmath_type<scalar_t> gl, const scalar_t* x,
+                                              const scalar_t* raw, scalar_t* d_gy, scalar_t* d_x, scalar_t* d_raw,
+                                              int64_t n, ScaleKind kind, at::opmath_type<scalar_t> clamp) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return double_backward_span_f32(ux, ur, ut, gy, gl, x, raw, d_gy, d_x, d_raw, n, kind, clamp);
+  } else {
+    return double_backward_span<at::opmath_type<scalar_t>, scalar_t>(ux, ur, ut, gy, gl, x, raw, d_gy, d_x, d_raw,
+                                                                     n, kind, clamp);
+  }
+}
+
+}  // namespace
+
+void check_coupling_cl_args(const at::Tensor& x, const at::Tensor& h) {
+  TORCH_CHECK(x.dim() >= 2, "invflow: coupling_cl expects x [B, ..., C], got ", x.sizes());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "invflow: coupling_cl expects a floating tensor");
+  TORCH_CHECK(h.dim() == x.dim(), "invflow: coupling_cl h must be [B, ..., 2C] for x ", x.sizes(), ", got ",
+              h.sizes());
+  for (int64_t d = 0; d < x.dim() - 1; ++d) {
+    TORCH_CHECK(h.size(d) == x.size(d), "invflow: coupling_cl h ", h.sizes(), " does not match x ", x.sizes());
+  }
+  TORCH_CHECK(h.size(-1) == 2 * x.size(-1), "invflow: coupling_cl h must have 2C = ", 2 * x.size(-1),
+              " channels in its last dimension, got ", h.sizes());
+  TORCH_CHECK(h.scalar_type() == x.scalar_type(), "invflow: coupling_cl h dtype differs from x dtype");
+  TORCH_CHECK(h.device() == x.device(), "invflow: coupling_cl h and x on different devices");
+}
+
+std::tuple<at::Tensor, at::Tensor> coupling_cl_forward(const at::Tensor& x, const at::Tensor& h,
+                                                       const std::string& scale, double clamp) {
+  check_coupling_cl_args(x, h);
+  const ScaleKind kind = static_cast<ScaleKind>(parse_scale_kind(scale));
+  const auto [xc, xs] = as_rows(x);
+  const auto [hc, hs] = as_rows(h);
+  const int64_t B = x.size(0), C = x.size(-1);
+  const Tiles t(B, B > 0 ? x.numel() / std::max<int64_t>(B * C, 1) : 0, C);
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  at::Tensor logdet = at::empty({B}, x.options().dtype(logdet_dtype(x.scalar_type())));
+  INVFLOW_DISPATCH_FLOATING(x.scalar_type(), "coupling_cl_forward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = xc.data_ptr<scalar_t>();
+    const scalar_t* hp = hc.data_ptr<scalar_t>();
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    std::vector<acc_t> part(t.count(), acc_t(0));
+    at::parallel_for(0, t.count(), 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> raw(t.per_tile * C), shift(t.per_tile * C), xbuf(xs == C ? 0 : t.per_tile * C);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / t.per_sample;
+        const int64_t p0 = (task % t.per_sample) * t.per_tile;
+        const int64_t rows = std::min(t.per_tile, t.P - p0);
+        if (rows <= 0) continue;
+        const int64_t row0 = b * t.P + p0;
+        deinterleave(hp + row0 * hs, hs, raw.data(), shift.data(), rows, C);
+        const scalar_t* xr = rows_span(xp, xs, row0, rows, C, xbuf.data());
+        part[task] = coupling_apply_span<scalar_t>(xr, raw.data(), shift.data(), yp + row0 * C,
+                                                   rows * C, kind, static_cast<acc_t>(clamp), false);
+      }
+    });
+    acc_t* ld = logdet.data_ptr<acc_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      acc_t sum = 0;
+      for (int64_t k = 0; k < t.per_sample; ++k) sum += part[b * t.per_sample + k];
+      ld[b] = sum;
+    }
+  });
+  return {y, logdet};
+}
+
+// grad_x = gy * s, grad_raw = (gy * x * s + gl[b]) * dlog s/draw, grad_t = gy.
+std::tuple<at::Tensor, at::Tensor> coupling_cl_backward(const at::Tensor& grad_y,
+                                                        const c10::optional<at::Tensor>& grad_logdet,
+                                                        const at::Tensor& x, const at::Tensor& h,
+                                                        const std::string& scale, double clamp) {
+  check_coupling_cl_args(x, h);
+  check_grad_args("coupling_cl_backward", grad_y, grad_logdet, x);
+  const ScaleKind kind = static_cast<ScaleKind>(parse_scale_kind(scale));
+  const auto [gc, gs] = as_rows(grad_y);
+  const auto [xc, xs] = as_rows(x);
+  const auto [hc, hs] = as_rows(h);
+  const at::Tensor glc = grad_logdet.has_value() ? grad_logdet->contiguous() : at::Tensor();
+  const int64_t B = x.size(0), C = x.size(-1);
+  const Tiles t(B, B > 0 ? x.numel() / std::max<int64_t>(B * C, 1) : 0, C);
+  at::Tensor grad_x = at::empty(x.sizes(), x.options());
+  at::Tensor grad_h = at::empty(h.sizes(), h.options());
+  INVFLOW_DISPATCH_FLOATING(x.scalar_type(), "coupling_cl_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* gp = gc.data_ptr<scalar_t>();
+    const scalar_t* xp = xc.data_ptr<scalar_t>();
+    const scalar_t* hp = hc.data_ptr<scalar_t>();
+    const acc_t* glp = glc.defined() ? glc.data_ptr<acc_t>() : nullptr;
+    scalar_t* gxp = grad_x.data_ptr<scalar_t>();
+    scalar_t* ghp = grad_h.data_ptr<scalar_t>();
+    at::parallel_for(0, t.count(), 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> raw(t.per_tile * C), shift(t.per_tile * C), graw(t.per_tile * C),
+          gshift(t.per_tile * C), xbuf(xs == C ? 0 : t.per_tile * C), gbuf(gs == C ? 0 : t.per_tile * C);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / t.per_sample;
+        const int64_t p0 = (task % t.per_sample) * t.per_tile;
+        const int64_t rows = std::min(t.per_tile, t.P - p0);
+        if (rows <= 0) continue;
+        const int64_t row0 = b * t.P + p0;
+        deinterleave(hp + row0 * hs, hs, raw.data(), shift.data(), rows, C);
+        const scalar_t* xr = rows_span(xp, xs, row0, rows, C, xbuf.data());
+        const scalar_t* gr = rows_span(gp, gs, row0, rows, C, gbuf.data());
+        const acc_t gl = glp ? acc_t(glp[b]) : acc_t(0);
+        coupling_grad_span<scalar_t>(gr, gl, xr, raw.data(), gxp + row0 * C, graw.data(),
+                                     gshift.data(), rows * C, kind, static_cast<acc_t>(clamp));
+        interleave(graw.data(), gshift.data(), ghp + row0 * 2 * C, rows, C);
+      }
+    });
+  });
+  return {grad_x, grad_h};
+}
+
+// Second-order kernel: the vector-Jacobian product of coupling_cl_backward with (u_x, u_h),
+// i.e. the gradients (d_grad_y, d_grad_logdet, d_x, d_h) that its autograd formula in
+// invflow/ops/channels_last.py computes with eager ops, in one pass.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> coupling_cl_double_backward(
+    const at::Tensor& u_x, const at::Tensor& u_h, const at::Tensor& grad_y, const at::Tensor& grad_logdet,
+    const at::Tensor& x, const at::Tensor& h, const std::string& scale, double clamp) {
+  check_coupling_cl_args(x, h);
+  TORCH_CHECK(u_x.sizes() == x.sizes() && grad_y.sizes() == x.sizes() && u_h.sizes() == h.sizes(),
+              "invflow: coupling_cl_double_backward: u_x and grad_y must be shaped like x ", x.sizes(),
+              " and u_h like h ", h.sizes());
+  const ScaleKind kind = static_cast<ScaleKind>(parse_scale_kind(scale));
+  const int64_t B = x.size(0), C = x.size(-1);
+  check_grad_args("coupling_cl_double_backward", grad_y, grad_logdet, x);
+  check_grad_args("coupling_cl_double_backward", u_x, c10::nullopt, x);
+  const at::Tensor uxc = u_x.contiguous(), uhc = u_h.contiguous(), gc = grad_y.contiguous(),
+                   glc = grad_logdet.contiguous(), xc = x.contiguous(), hc = h.contiguous();
+  const Tiles t(B, B > 0 ? x.numel() / std::max<int64_t>(B * C, 1) : 0, C);
+  at::Tensor d_gy = at::empty(x.sizes(), x.options());
+  at::Tensor d_x = at::empty(x.sizes(), x.options());
+  at::Tensor d_h = at::zeros(h.sizes(), h.options());
+  at::Tensor d_gl = at::empty({B}, x.options().dtype(logdet_dtype(x.scalar_type())));
+  INVFLOW_DISPATCH_FLOATING(x.scalar_type(), "coupling_cl_double_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* uxp = uxc.data_ptr<scalar_t>();
+    const scalar_t* uhp = uhc.data_ptr<scalar_t>();
+    const scalar_t* gp = gc.data_ptr<scalar_t>();
+    const acc_t* glp = glc.data_ptr<acc_t>();
+    const scalar_t* xp = xc.data_ptr<scalar_t>();
+    const scalar_t* hp = hc.data_ptr<scalar_t>();
+    scalar_t* dgyp = d_gy.data_ptr<scalar_t>();
+    scalar_t* dxp = d_x.data_ptr<scalar_t>();
+    scalar_t* dhp = d_h.data_ptr<scalar_t>();
+    std::vector<acc_t> part(t.count(), acc_t(0));
+    at::parallel_for(0, t.count(), 1, [&](int64_t begin, int64_t end) {
+      const int64_t n = t.per_tile * C;
+      std::vector<scalar_t> raw(n), unused(n), ur(n), ut(n), draw(n);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / t.per_sample;
+        const int64_t p0 = (task % t.per_sample) * t.per_tile;
+        const int64_t rows = std::min(t.per_tile, t.P - p0);
+        if (rows <= 0) continue;
+        const int64_t row0 = b * t.P + p0;
+        deinterleave(hp + row0 * 2 * C, 2 * C, raw.data(), unused.data(), rows, C);
+        deinterleave(uhp + row0 * 2 * C, 2 * C, ur.data(), ut.data(), rows, C);
+        part[task] = double_backward_any<scalar_t>(uxp + row0 * C, ur.data(), ut.data(), gp + row0 * C,
+                                                   acc_t(glp[b]), xp + row0 * C, raw.data(), dgyp + row0 * C,
+                                                   dxp + row0 * C, draw.data(), rows * C, kind,
+                                                   static_cast<acc_t>(clamp));
+        for (int64_t p = 0; p < rows; ++p) {   // d_h = [d_raw, 0] per row
+          for (int64_t c = 0; c < C; ++c) dhp[(row0 + p) * 2 * C + c] = draw[p * C + c];
+        }
+      }
+    });
+    acc_t* dglp = d_gl.data_ptr<acc_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      acc_t sum = 0;
+      for (int64_t k = 0; k < t.per_sample; ++k) sum += part[b * t.per_sample + k];
+      dglp[b] = sum;
+    }
+  });
+  return {d_gy, d_gl, d_x, d_h};
+}
+
+}  // namespace cpu
+}  // namespace invflow
+
+// ------------------------------------------------------------------------ autograd (C++)
+// First-order autograd of coupling_cl_forward in C++: the Python autograd wrapper of
+// torch.library costs more than this kernel on Glow-sized tensors.  The backward calls the
+// op coupling_cl_backward through the dispatcher, whose own autograd (second order, for the
+// approximate-mass penalty) is registered from Python (invflow/ops/channels_last.py).
+namespace invflow {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using ForwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const std::string&,
+                                                      double);
+using BackwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const c10::optional<at::Tensor>&,
+                                                       const at::Tensor&, const at::Tensor&, const std::string&,
+                                                       double);
+
+const c10::TypedOperatorHandle<ForwardSig>& forward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("invflow::coupling_cl_forward", "")
+                             .typed<ForwardSig>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<BackwardSig>& backward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("invflow::coupling_cl_backward", "")
+                             .typed<BackwardSig>();
+  return op;
+}
+
+class CouplingClFunction : public torch::autograd::Function<CouplingClFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& h,
+                               const std::string& scale, double clamp) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto out = forward_op().call(x, h, scale, clamp);
+    ctx->save_for_backward({x, h});
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["clamp"] = clamp;
+    return {std::get<0>(out), std::get<1>(out)};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& x = saved[0];
+    const at::Tensor& h = saved[1];
+    const at::Tensor gy = grads[0].defined() ? grads[0] : at::zeros_like(x);
+    const c10::optional<at::Tensor> gl = grads[1].defined() ? c10::optional<at::Tensor>(grads[1]) : c10::nullopt;
+    auto g = backward_op().call(gy, gl, x, h, ctx->saved_data["scale"].toStringRef(),
+                                ctx->saved_data["clamp"].toDouble());
+    return {std::get<0>(g), std::get<1>(g), at::Tensor(), at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> coupling_cl_forward_autograd(const at::Tensor& x, const at::Tensor& h,
+                                                                const std::string& scale, double clamp) {
+  auto out = CouplingClFunction::apply(x, h, scale, clamp);
+  return {out[0], out[1]};
+}
+
+}  // namespace
+}  // namespace invflow
+
+TORCH_LIBRARY_FRAGMENT(invflow, m) {
+  m.def("coupling_cl_forward(Tensor x, Tensor h, str scale, float clamp) -> (Tensor, Tensor)");
+  m.def(
+      "coupling_cl_backward(Tensor grad_y, Tensor? grad_logdet, Tensor x, Tensor h, str scale, float clamp) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "coupling_cl_double_backward(Tensor u_x, Tensor u_h, Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor h, "
+      "str scale, float clamp) -> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(invflow, CPU, m) {
+  m.impl("coupling_cl_forward", &invflow::cpu::coupling_cl_forward);
+  m.impl("coupling_cl_backward", &invflow::cpu::coupling_cl_backward);
+  m.impl("coupling_cl_double_backward", &invflow::cpu::coupling_cl_double_backward);
+}
+
+TORCH_LIBRARY_IMPL(invflow, Autograd, m) {
+  m.impl("coupling_cl_forward", &invflow::coupling_cl_forward_autograd);
+}

@@ -515,7 +515,7 @@ def fit_bundle(data, out: str, config: FitConfig | None = None, command: str | N
     cfg.check()
     out = os.fspath(out)
     src = data if isinstance(data, Source) else (
-        load_source(data, progress=cfg.progress) if isinstance(data, (str, os.PathLike)) else None)
+        load_source(data, progress=cfg.progress, split="train") if isinstance(data, (str, os.PathLike)) else None)
     if src is not None:
         if src.skipped:
             from .folders import describe_skipped

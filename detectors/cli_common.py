@@ -37,6 +37,7 @@ def run_guarded(prog: str, fn, *args) -> int:
         print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted (re-run the same command to resume)", file=sys.stderr)
+        hint = "re-run with --resume to continue" if prog.endswith(" train") else "re-run the same command to resume"
+        print(f"{prog}: interrupted ({hint})", file=sys.stderr)
         return 130
     return 0

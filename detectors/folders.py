@@ -163,7 +163,7 @@ class Source:
         return len(self.images)
 
 
-def load_source(spec, progress: bool = False, n: int | None = None, seed: int = 0) -> Source:
+def load_source(spec, progress: bool = False, n: int | None = None, seed: int = 0, split: str = "test") -> Source:
     """Reads the source ``spec`` names: a folder of image files (:class:`ImageFolder`), one
     image file, a ``.npz`` (``detectors.datasets.load_npz``) or a named offline set
     (``detectors.datasets.load_named``: fashion-mnist, mnist, patches, ...).
@@ -197,7 +197,7 @@ def load_source(spec, progress: bool = False, n: int | None = None, seed: int = 
     if n is not None and (int(n) != n or n < 1):
         raise ValueError(f"n must be a positive integer, got {n!r}")
     try:
-        x = datasets.load_named(spec, n=n if spec == "patches" else None, seed=seed)
+        x = datasets.load_named(spec, n=n if spec == "patches" else None, seed=seed, split=split)
     except ValueError as e:
         raise ValueError(f"{spec}: no such file or folder, and {e}") from None
     index = torch.arange(len(x))

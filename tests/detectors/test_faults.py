@@ -366,3 +366,22 @@ def test_training_reads_training_splits(monkeypatch):
     with pytest.raises(Stop):
         cli_train.run_train(Args())
     assert calls == [("fashion-mnist", {"split": "train"})]
+
+
+def test_fit_reads_training_splits_of_named_sets(monkeypatch, tmp_path):
+    """`fit --data fashion-mnist` fits on the training split (issue 16 item 9, the fit path)."""
+    from detectors import bundle, datasets, folders
+
+    seen = []
+
+    def fake_load_named(spec, n=None, seed=0, split="test"):
+        seen.append(split)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(datasets, "load_named", fake_load_named)
+    with pytest.raises(RuntimeError, match="stop here"):
+        bundle.fit_bundle("fashion-mnist", tmp_path / "det")
+    assert seen == ["train"]
+    with pytest.raises(RuntimeError, match="stop here"):
+        folders.load_source("fashion-mnist")  # scoring reads the test split
+    assert seen == ["train", "test"]

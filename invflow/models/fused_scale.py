@@ -44,11 +44,23 @@ def _step_parts(step):
     return an, conv, cp
 
 
+def _hooked(module: torch.nn.Module) -> bool:
+    """Whether forward hooks watch ``module`` or anything inside it (the fused path would
+    silently skip them: it does not call the layers' forward)."""
+    if torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+
+
 def applies(flows, x: torch.Tensor) -> bool:
-    """Whether ``fused_glow_scale`` can run these steps on x ([B, C, H, W] before the squeeze)."""
+    """Whether ``fused_glow_scale`` can run these steps on x ([B, C, H, W] before the squeeze):
+    Glow steps (ActNorm, InvConv1x1, channel AffineCoupling), even sizes, initialised
+    actnorms, and no forward hooks on them (hooks get the layer-by-layer path)."""
     if x.dim() != 4 or x.shape[2] % 2 or x.shape[3] % 2:
         return False
     for step in flows:
+        if _hooked(step):
+            return False
         parts = _step_parts(step)
         if parts is None:
             return False

@@ -16,7 +16,8 @@
 #               peers; bandwidth vs copy)
 # Needs only what the GPU machine has: python3 with torch (CUDA), nvcc, ninja, pytest,
 # compute-sanitizer; no network.  Without CUDA (and without DRY_RUN) it says so in one line
-# and exits 2.  STAGES="tests smoke" reruns a subset; PY picks the interpreter.
+# and exits 2.  STAGES="tests smoke" reruns a subset, SANITIZERS="memcheck" some tools;
+# PY picks the interpreter.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -24,6 +25,7 @@ OUT=${1:-build/gpu-check}
 PY=${PY:-python3}
 DRY_RUN=${DRY_RUN:-}
 STAGES=${STAGES:-build tests sanitize smoke bench}
+SANITIZERS=${SANITIZERS:-memcheck racecheck initcheck synccheck}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 SUMMARY="$OUT/summary.txt"
@@ -95,7 +97,7 @@ if want sanitize; then
   else
     FILTER=()
     compute-sanitizer --help 2>&1 | grep -q -- "--kernel-name" && FILTER=(--kernel-name kns=invflow)
-    for tool in memcheck racecheck initcheck synccheck; do
+    for tool in $SANITIZERS; do
       stage "sanitize-$tool" 240 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" \
         --error-exitcode 3 "${FILTER[@]}" "$PY" tools/gpu_driver.py --device cuda --small
     done

@@ -20,6 +20,7 @@ import math
 import os
 import sys
 import time
+import traceback
 
 import torch
 
@@ -144,6 +145,7 @@ def main(argv=None) -> int:
                 print(f"gpu_smoke: PASS {name}: {msg} ({time.perf_counter() - start:.1f} s)")
             except Exception as err:  # report every check, then fail
                 failed += 1
+                traceback.print_exc()
                 print(f"gpu_smoke: FAIL {name}: {type(err).__name__}: {err}")
     if args.device == "cpu":
         print("gpu_smoke: CUDA graph and host-sync checks need a GPU (not run on cpu)")

@@ -17,7 +17,9 @@ namespace {
 // [B, ..., K] -> [B, K, P] view (P = positions per sample).
 at::Tensor channels_first(const at::Tensor& t) {
   const int64_t B = t.size(0), K = t.size(-1);
-  return t.reshape({B, -1, K}).transpose(1, 2);
+  int64_t P = 1;  // explicit, so that empty tensors reshape too
+  for (int64_t d = 1; d < t.dim() - 1; ++d) P *= t.size(d);
+  return t.reshape({B, P, K}).transpose(1, 2);
 }
 
 // [B, K, P] -> contiguous [B, ..., K] shaped like `like` with K channels last.

@@ -15,6 +15,8 @@ CUDA = torch.cuda.is_available()
 # newer run in TF32 by default (error ~1e-3): the comparisons need true float32.
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
+# gradcheck's reentrancy check needs deterministic cuDNN convolution backward (st-nets).
+torch.backends.cudnn.deterministic = True
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="needs a CUDA device"))]
 BACKENDS = ["reference", "fused"]
 

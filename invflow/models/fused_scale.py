@@ -100,13 +100,15 @@ def _folded_mix(steps, n_positions: int):
     a_s = stack([a.log_scale for a in ans])
     wp = w * torch.exp(a_s).unsqueeze(1)                       # W diag(exp(s))
     cvec = (wp @ stack([a.bias for a in ans]).unsqueeze(-1)).squeeze(-1)
-    order = [list(range(cond.start, cond.stop)) + list(range(trans.start, trans.stop))
-             for cond, trans in (st.flows[2].split for st in steps)]
-    if any(o[0] != 0 for o in order):
-        idx = torch.tensor(order, device=wp.device)
-        wp = torch.gather(wp, 1, idx.unsqueeze(-1).expand_as(wp))
-        cvec = torch.gather(cvec, 1, idx)
-    return wp.unbind(0), cvec.unbind(0), n_positions * (a_s.sum() + ld_w)
+    splits = [st.flows[2].split for st in steps]
+    logdet = n_positions * (a_s.sum() + ld_w)
+    if all(cond.start == 0 for cond, _ in splits):
+        return wp.unbind(0), cvec.unbind(0), logdet
+    # rows in (conditioning, transformed) order by slicing: an index tensor built here would be
+    # a host-to-device copy per forward (a sync, and not allowed in CUDA graph capture)
+    wps = [torch.cat([wp[k, cond], wp[k, trans]]) for k, (cond, trans) in enumerate(splits)]
+    cvecs = [torch.cat([cvec[k, cond], cvec[k, trans]]) for k, (cond, trans) in enumerate(splits)]
+    return wps, cvecs, logdet
 
 
 def fused_glow_scale(flows, x: torch.Tensor):

@@ -40,7 +40,7 @@ fns = {}
 mode = os.environ.get("MODE", "train")
 for name, (be, on) in cfgs.items():
     m = copy.deepcopy(base).train()
-    opt = torch.optim.Adamax(m.parameters(), lr=5e-4, weight_decay=5e-5)
+    opt = torch.optim.Adamax(m.parameters(), lr=5e-4, weight_decay=5e-5, foreach=True)
     def f(m=m, opt=opt, be=be, on=on):
         set_paths(on)
         opt.zero_grad(set_to_none=True)

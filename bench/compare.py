@@ -714,7 +714,7 @@ def graph_breaks() -> int:
 def run_model(cfg, device, out, g=None, case="model", repeats=None, compile_fused=True):
     g = cfg.model if g is None else g
     rows, x, _ = build_model_rows(g, cfg, device, compile_fused=compile_fused)
-    opts = {r.name: torch.optim.Adamax(r.module.parameters(), lr=5e-4, weight_decay=5e-5)   # invflow.train's
+    opts = {r.name: torch.optim.Adamax(r.module.parameters(), lr=5e-4, weight_decay=5e-5, foreach=True)  # Trainer's
             for r in rows if r.ok}
 
     def train_step(r):

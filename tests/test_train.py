@@ -233,3 +233,31 @@ def test_bad_options_are_rejected(tmp_path):
         tiny(tmp_path, learning_rate=1)
     with pytest.raises(ValueError):
         tiny(tmp_path, steps=0)
+
+
+def test_multi_tensor_adamax_equals_the_per_parameter_update_and_stays_on_after_resume(tmp_path):
+    """The trainer's Adamax runs foreach (multi-tensor); its updates must equal the
+    per-parameter loop's to the bit, and a resumed trainer must keep it on."""
+    trainer = tiny(tmp_path, steps=3)
+    twin = [p.detach().clone().requires_grad_() for p in trainer.model.parameters()]
+    group = trainer.optimizer.param_groups[0]  # lr: the scheduler's warm-up value
+    loop = torch.optim.Adamax(twin, lr=group["lr"], weight_decay=group["weight_decay"], foreach=False)
+    assert trainer.optimizer.param_groups[0]["foreach"] is True
+    trainer.initialize()
+    for p, q in zip(trainer.model.parameters(), twin):
+        q.data.copy_(p.data)
+    for step in range(3):
+        grads = [torch.randn_like(p) for p in twin]
+        for p, q, g in zip(trainer.model.parameters(), twin, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        trainer.optimizer.step()
+        loop.step()
+    for p, q in zip(trainer.model.parameters(), twin):
+        assert torch.equal(p.detach(), q.detach())
+    trainer.fit()
+    for group in trainer.optimizer.param_groups:       # an old checkpoint's groups say foreach=None
+        group["foreach"] = None
+    trainer.save_checkpoint()
+    resumed = tiny(tmp_path, steps=6)
+    assert resumed.load_latest()
+    assert all(g["foreach"] is True for g in resumed.optimizer.param_groups)

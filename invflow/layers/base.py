@@ -55,6 +55,9 @@ class Sequential(Flow):
         return self.flows[i]
 
     def forward(self, x):
+        fused = _fused_glow_steps(self, x)
+        if fused is not None:
+            return fused
         logdet = x.new_zeros(x.shape[0], dtype=logdet_dtype(x.dtype))
         for f in self.flows:
             x, ld = f(x)
@@ -67,6 +70,24 @@ class Sequential(Flow):
             y, ld = f.inverse(y)
             logdet = logdet + ld
         return y, logdet
+
+
+def _fused_glow_steps(seq: Sequential, x):
+    """A Glow step (ActNorm -> InvConv1x1 -> channel AffineCoupling), or a run of them, on the
+    fused backend: the channels-last path of ``invflow.models.fused_scale`` (actnorm folded into
+    the 1x1 conv, the st-net and the coupling on channels-last rows); None where it does not
+    apply (other layers, other backends, autocast / half precision, wrong inputs: the layers
+    then run, and raise their errors)."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.dtype not in (torch.float32, torch.float64):
+        return None
+    from .._backend import backend_for
+
+    if backend_for(x) != "fused" or torch.is_autocast_enabled(x.device.type):
+        return None
+    from ..models import fused_scale
+
+    steps = fused_scale.step_list(seq)
+    return None if steps is None else fused_scale.fused_glow_steps(steps, x)
 
 
 def check_input(x, layer: str, channels: int | None = None, ranks: tuple[int, ...] = (2, 3, 4)) -> None:

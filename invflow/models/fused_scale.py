@@ -52,11 +52,11 @@ def _hooked(module: torch.nn.Module) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
-def applies(flows, x: torch.Tensor) -> bool:
-    """Whether ``fused_glow_scale`` can run these steps on x ([B, C, H, W] before the squeeze):
-    Glow steps (ActNorm, InvConv1x1, channel AffineCoupling), even sizes, initialised
-    actnorms, and no forward hooks on them (hooks get the layer-by-layer path)."""
-    if x.dim() != 4 or x.shape[2] % 2 or x.shape[3] % 2:
+def applies(flows, x: torch.Tensor, squeeze: bool = True) -> bool:
+    """Whether the channels-last path can run these steps on x ([B, C, H, W]; before the squeeze
+    when ``squeeze``): Glow steps (ActNorm, InvConv1x1, channel AffineCoupling), even sizes,
+    initialised actnorms, and no forward hooks on them (hooks get the layer-by-layer path)."""
+    if x.dim() != 4 or (squeeze and (x.shape[2] % 2 or x.shape[3] % 2)):
         return False
     for step in flows:
         if _hooked(step):
@@ -68,6 +68,17 @@ def applies(flows, x: torch.Tensor) -> bool:
         if an.training and an.needs_init():
             return False
     return True
+
+
+def step_list(seq) -> list | None:
+    """The Glow steps of an ``invflow.Sequential`` that is one Glow step or a run of them
+    (else None): what ``fused_glow_steps`` can run."""
+    if _step_parts(seq) is not None:
+        return [seq]
+    steps = list(seq.flows)
+    if steps and all(_step_parts(st) is not None for st in steps):
+        return steps
+    return None
 
 
 def _net_channels_last(net, plan, cond: torch.Tensor) -> torch.Tensor:
@@ -118,11 +129,30 @@ def fused_glow_scale(flows, x: torch.Tensor):
         return None
     b, c, hh, ww = x.shape
     h2, w2 = hh // 2, ww // 2
-    C, N = 4 * c, h2 * w2
     # squeeze (output channel c * 4 + 2 i + j, as invflow.Squeeze) straight into rows [B*N, C]
     # (two copies with long inner runs are faster than one six-dimensional permutation)
-    X = x.reshape(b, c, h2, 2, w2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, C, h2, w2)
-    X = X.permute(0, 2, 3, 1).reshape(b * N, C)
+    X = x.reshape(b, c, h2, 2, w2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, 4 * c, h2, w2)
+    return _run_rows(flows, X.permute(0, 2, 3, 1).reshape(b * h2 * w2, 4 * c), b, h2, w2)
+
+
+def fused_glow_steps(flows, x: torch.Tensor):
+    """Run the Glow steps ``flows`` on x [B, C, H, W] (no squeeze); returns (y, logdet [B])
+    with y in x's memory format, or None when the path does not apply (the caller then runs
+    the layers, which also raise the errors for wrong inputs)."""
+    if not applies(flows, x, squeeze=False):
+        return None
+    an = _step_parts(flows[0])[0]
+    if x.shape[1] != an.num_channels or x.dtype != an.bias.dtype or x.device != an.bias.device:
+        return None
+    b, c, hh, ww = x.shape
+    y, logdet = _run_rows(flows, x.permute(0, 2, 3, 1).reshape(b * hh * ww, c), b, hh, ww)
+    return (y.contiguous() if x.is_contiguous() else y), logdet
+
+
+def _run_rows(flows, X: torch.Tensor, b: int, h2: int, w2: int):
+    """The steps on channels-last rows X [B*N, C] (N = h2 * w2 positions per image); returns
+    (y [B, C, h2, w2] with channels-last strides, logdet [B])."""
+    C, N = X.shape[1], h2 * w2
     wps, cvecs, logdet = _folded_mix(flows, N)
     plans = fold_plans([step.flows[2].net for step in flows]) or [None] * len(flows)
     logdet = per_sample(logdet, b)

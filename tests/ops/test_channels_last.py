@@ -239,3 +239,47 @@ def test_fused_scale_does_not_apply_before_init_or_to_other_layers():
         model(x)                                                  # initialises, layer by layer
     assert fused_scale.applies(model.scales[0].flows, x)
     assert fused_scale.fused_glow_scale([invflow.Squeeze()], x) is None
+
+
+@pytest.mark.parametrize("as_run", [False, True])
+def test_bare_glow_steps_take_the_channels_last_path_and_equal_the_layers(as_run, monkeypatch):
+    """An invflow.Sequential that is one Glow step (or a run of them) runs on the fused backend
+    through the channels-last rows path; its output, log-det and first- and second-order
+    gradients equal the layer-by-layer reference, and its output keeps the input's layout."""
+    model, _ = _glow()
+    steps = list(model.scales[0].flows)
+    seq = invflow.Sequential(*steps) if as_run else steps[1]
+    x = torch.rand(3, 12, 4, 4, dtype=torch.float64) - 0.5
+    calls = []
+    real = fused_scale._run_rows
+    monkeypatch.setattr(fused_scale, "_run_rows", lambda *a: calls.append(1) or real(*a))
+    out = {}
+    for be in ("reference", "fused"):
+        m, xx = copy.deepcopy(seq), x.clone().requires_grad_()
+        with invflow.backend(be):
+            y, ld = m(xx)
+            g, = torch.autograd.grad(y.square().sum() + ld.sum(), xx, create_graph=True)
+            (ld.mean() + g.square().sum()).backward()
+        out[be] = (y, ld, xx.grad, [p.grad for p in m.parameters()])
+    assert calls == [1]                                  # the fused run only
+    f, r = out["fused"], out["reference"]
+    assert f[0].is_contiguous()
+    for a, b in zip(f[:3], r[:3]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    for a, b in zip(f[3], r[3]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_bare_glow_step_falls_back_to_the_layers_for_hooks_and_bad_inputs():
+    model, _ = _glow()
+    step = model.scales[0].flows[0]
+    x = torch.rand(3, 12, 4, 4, dtype=torch.float64)
+    assert fused_scale.fused_glow_steps(fused_scale.step_list(step), x) is not None
+    assert fused_scale.fused_glow_steps([step], x.float()) is None          # dtype differs from the params
+    with invflow.backend("fused"), pytest.raises(ValueError, match="expected 12 channels"):
+        step(torch.rand(3, 10, 4, 4, dtype=torch.float64))
+    seen = []
+    step.flows[2].register_forward_hook(lambda *a: seen.append(1))
+    with invflow.backend("fused"):
+        step(x)
+    assert seen == [1]                                                      # hooks: the layers ran

@@ -5,7 +5,8 @@ and read by ``detectors.load(DET)`` / ``python -m detectors score``.
     bundle = detectors.load("runs/det")      # read-only: never trains or writes
     bundle.score(images)                     # {detector name: float64 [B]}, higher = more anomalous
     bundle.predict(images)                   # {detector name: bool [B]} at the calibrated thresholds
-    bundle["knn"]                            # the fitted detectors.KNN itself
+    bundle["pca"]                            # the fitted detectors.PCA itself
+    bundle["last-scale+pca"]                 # a detectors.Ensemble of the bundle's last-scale and pca
 
 ``images`` are anything ``detectors.inputs`` takes (tensors, numpy, lists of PIL images of
 any sizes, Datasets, DataLoaders) or a path / named set (``detectors.folders.load_source``);
@@ -16,7 +17,9 @@ Layout of ``DET/``:
 
 * ``bundle.json``: format, versions, the command, the preprocessing policy, the model
   configurations, and per detector its class, parameters, threshold, fpr and fitted scalars
-  (typicality's entropy); written last, so its presence means a complete bundle;
+  (typicality's entropy; an ensemble's member names and each member's mean and standard
+  deviation on the held-out part of TRAIN, JSON floats that read back exactly); written
+  last, so its presence means a complete bundle;
 * ``state.safetensors``: fitted arrays (the unit-norm EfficientNet-Lite0 features of the fit
   part of TRAIN, from which the scikit-learn state of the feature detectors is refit in
   well under a second on load);
@@ -29,6 +32,7 @@ Layout of ``DET/``:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import json
@@ -41,6 +45,7 @@ import torch
 
 from .folders import ImagePolicy, Source, load_source
 from .inputs import _is_dataloader, _is_dataset, _split_item, as_batch, as_batch_with_labels
+from .scores import Detector, Ensemble
 
 BUNDLE_FILE, STATE_FILE = "bundle.json", "state.safetensors"
 FIT_FILE, FEATURES_FILE = "fit.json", "features.safetensors"
@@ -49,9 +54,10 @@ FORMAT, VERSION = "detectors-bundle", 1
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
-    """A detector the bundle can fit: what it needs ("flow", "flow+general", "features"),
-    its class, its constructor parameters, what it uses beyond unlabelled in-distribution
-    data, and its source."""
+    """A detector the bundle can fit: what it needs ("flow", "flow+general", "features",
+    "features+labels", "features-flow", or "ensemble": other catalogue detectors, named in
+    ``params["members"]``, that score the bundle's images), its class, its constructor
+    parameters, what it uses beyond unlabelled in-distribution data, and its source."""
 
     needs: str
     cls: str
@@ -82,9 +88,32 @@ CATALOGUE: dict[str, Spec] = {
     "mahalanobis": Spec("features+labels", "Mahalanobis", {}, "labels",
                         "Lee et al. 2018: distance to the closest class mean on EfficientNet features "
                         "(needs class sub-folders)"),
+    "last-scale+pca": Spec("ensemble", "Ensemble", {"members": ["last-scale", "pca"]}, "-",
+                           "detectors.Ensemble: the z-scores of last-scale and pca summed, each standardised on "
+                           "the held-out part of TRAIN; the best worst case of the OOD suite without aux data "
+                           "(84.6 AUROC; docs/RESULTS.md section 6)"),
 }
 FEATURE_NEEDS = ("features", "features+labels", "features-flow")
+ENSEMBLE = "ensemble"
 FEATURE_FLOW_DIM, FEATURE_NOISE = 32, 1e-2  # PCA dimensions before the vector flow; training noise (Schmier Sec. 5)
+
+
+def members(name: str) -> list:
+    """The catalogue detectors the bundle detector ``name`` combines ([] unless an ensemble)."""
+    spec = CATALOGUE[name]
+    return list(spec.params["members"]) if spec.needs == ENSEMBLE else []
+
+
+def with_members(names) -> tuple:
+    """``names`` with the members of each ensemble among them added right after it when not
+    listed: an ensemble needs its fitted members, and the bundle reports them too (each with
+    its own threshold), so a listed ensemble always comes with the detectors it combines."""
+    out = []
+    for name in names:
+        for n in [name] + members(name):
+            if n not in out:
+                out.append(n)
+    return tuple(out)
 
 
 class Projection:
@@ -133,7 +162,16 @@ class FeatureVectors(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
-DEFAULT_DETECTORS = ("last-scale", "png", "knn")
+
+
+# The default set is chosen by the worst case over the OOD suite (detectors.ood_suite;
+# docs/RESULTS.md section 6, "The OOD suite: which detectors never collapse"): every single
+# detector collapses on some kind of OOD data (PNG complexity 45.4 AUROC on scikit-learn's
+# digits, KNN 60.1 on inverted Fashion-MNIST, last scale 46.9 on constant images), while the
+# ensemble of last scale and feature PCA keeps its worst case at 84.6 with no auxiliary data,
+# the best a bundle can do (it trains its flow on TRAIN only).  Its members come along so that
+# users see each.
+DEFAULT_DETECTORS = ("last-scale+pca", "last-scale", "pca")
 
 
 @dataclasses.dataclass
@@ -184,11 +222,19 @@ class FitConfig:
 
 # ------------------------------------------------------------------------- building
 def _build(name: str, spec: Spec, models: dict, feature_size: int, progress: bool, params: dict | None = None,
-           projection: Projection | None = None):
+           projection: Projection | None = None, built: dict | None = None):
+    """The unfitted detector ``name``; an ensemble is built from its members in ``built``
+    (fitted detectors by name)."""
     from . import scores
 
     cls = getattr(scores, spec.cls)
     kw = dict(spec.params if params is None else params)
+    if spec.needs == ENSEMBLE:
+        names = kw.pop("members")
+        missing = [m for m in names if m not in (built or {})]
+        if missing:
+            raise ValueError(f"detector {name!r} combines {names}, but {missing} are not in the bundle")
+        return cls({m: built[m] for m in names}, progress=progress, **kw)
     if spec.needs == "features-flow":
         return cls(models["feature-flow"], transform=projection, progress=progress, **kw)
     if spec.needs == "features+labels":
@@ -276,6 +322,8 @@ class Bundle(Mapping):
         for name, det in self.detectors.items():
             if progress is not None:
                 det.progress = progress
+            if self._scores_from_members(det):
+                continue  # below, from its members' scores
             if CATALOGUE.get(name, Spec("", "", {}, "", "")).needs in FEATURE_NEEDS:
                 if feats is None:
                     from .imagefeatures import image_features
@@ -284,7 +332,15 @@ class Bundle(Mapping):
                 out[name] = det.score(feats)
             else:
                 out[name] = det.score(images)
-        return out
+        for name, det in self.detectors.items():
+            if self._scores_from_members(det):
+                out[name] = with_member_scores(det, out).score(images)
+        return {name: out[name] for name in self.detectors}
+
+    def _scores_from_members(self, det) -> bool:
+        """Whether ``det`` is an Ensemble of this bundle's own detectors (each under its name)."""
+        return isinstance(det, Ensemble) and all(
+            self.detectors.get(m) is d and not isinstance(d, Ensemble) for m, d in det.members.items())
 
     def decision_function(self, x) -> dict:
         return self.score(x)
@@ -355,26 +411,58 @@ def load(path, progress: bool = False) -> Bundle:
     tensors = _read_tensors(os.path.join(path, STATE_FILE))[0] if os.path.isfile(os.path.join(path, STATE_FILE)) \
         else {}
     feature_size = int(meta.get("feature_size", 96))
-    dets = {}
+    built = {}
     for entry in meta["detectors"]:
-        name = entry["name"]
-        spec = CATALOGUE.get(name)
+        spec = CATALOGUE.get(entry["name"])
         if spec is None or spec.cls != entry["class"]:
-            raise ValueError(f"{meta_path}: unknown detector {name!r} ({entry.get('class')})")
+            raise ValueError(f"{meta_path}: unknown detector {entry['name']!r} ({entry.get('class')})")
+    for entry in sorted(meta["detectors"], key=lambda e: CATALOGUE[e["name"]].needs == ENSEMBLE):  # members first
+        name = entry["name"]
+        spec = CATALOGUE[name]
+        if spec.needs == ENSEMBLE:
+            missing = [m for m in entry.get("params", {}).get("members", []) if m not in built]
+            if missing or not entry.get("params", {}).get("members"):
+                raise ValueError(f"{meta_path}: ensemble {name!r} needs its members {missing or '(none listed)'} "
+                                 "in the bundle; re-run the fit")
         projection = None
         if spec.needs == "features-flow":
             if "projection.mean" not in tensors:
                 raise ValueError(f"{meta_path}: {name} needs its PCA projection in {STATE_FILE}, which lacks it")
             projection = Projection.from_tensors(tensors)
-        det = _build(name, spec, models, feature_size, progress, entry.get("params"), projection)
+        det = _build(name, spec, models, feature_size, progress, entry.get("params"), projection, built)
         _restore(det, spec, entry.get("state", {}), tensors, meta_path)
         det.threshold, det.fpr = float(entry["threshold"]), float(entry["fpr"])
-        dets[name] = det
+        built[name] = det
+    dets = {entry["name"]: built[entry["name"]] for entry in meta["detectors"]}
     return Bundle(dets, ImagePolicy.from_json(meta["preprocessing"]), meta, feature_size, path)
+
+
+class _KnownScores(Detector):
+    """An ensemble member whose scores on the batch at hand are already computed."""
+
+    def __init__(self, name: str, scores: torch.Tensor):
+        super().__init__()
+        self.member, self.scores = name, scores
+
+    def score(self, x):
+        if len(x) != len(self.scores):
+            raise RuntimeError(f"{self.member}: {len(self.scores)} known scores for a batch of {len(x)}")
+        return self.scores
+
+
+def with_member_scores(ens: Ensemble, scores: dict) -> Ensemble:
+    """A copy of ``ens`` whose members return their known ``scores[name]`` (float64 [N]) for
+    the N inputs at hand, so that ``Ensemble``'s own standardisation and sum (its ``fit`` /
+    ``score``) run without scoring the members again (the bundle scores each detector once)."""
+    known = copy.copy(ens)
+    known.members = {name: _KnownScores(name, scores[name]) for name in ens.members}
+    return known
 
 
 def _state(det, spec: Spec) -> dict:
     """The JSON part of a fitted detector's state."""
+    if spec.needs == ENSEMBLE:
+        return {"standardisation": {name: list(det._stats[name]) for name in det.members}}
     if spec.cls == "Typicality":
         return {"entropy": det.entropy}
     if spec.needs == "features":
@@ -387,7 +475,13 @@ def _state(det, spec: Spec) -> dict:
 
 
 def _restore(det, spec: Spec, state: dict, tensors: dict, where: str) -> None:
-    if spec.cls == "Typicality":
+    if spec.needs == ENSEMBLE:
+        stats = state.get("standardisation", {})
+        if set(stats) != set(det.members) or not all(len(v) == 2 and v[1] > 0 for v in stats.values()):
+            raise ValueError(f"{where}: ensemble {list(det.members)} needs a [mean, std > 0] per member in its "
+                             f"state, got {stats}; re-run the fit")
+        det._stats = {name: (float(stats[name][0]), float(stats[name][1])) for name in det.members}
+    elif spec.cls == "Typicality":
         det.entropy = float(state["entropy"])
     elif spec.needs in ("features", "features+labels"):
         keys = [state.get("features", "features.fit")] + ([state.get("labels", "labels.fit")]
@@ -508,11 +602,20 @@ def fit_bundle(data, out: str, config: FitConfig | None = None, command: str | N
 
     TRAIN is split (seeded) into a fit part and a held-out part of ``config.holdout``: flows
     train and fitted state is estimated on the fit part, every threshold is set on the
-    held-out part so that a fraction ``config.fpr`` of it is flagged.  Re-running resumes:
-    trained flows and extracted features are reused.
+    held-out part so that a fraction ``config.fpr`` of it is flagged.  An ensemble
+    (``detectors.Ensemble``, e.g. ``last-scale+pca``) standardises its members' scores on
+    that held-out part too (its state is a monotone map of each member's score, so the same
+    images may set its threshold: ``Ensemble.calibrate_on_fit_data``); its members are
+    fitted and reported as well, added after it when not listed (``with_members``).
+    Re-running resumes: trained flows and extracted features are reused.
     """
     cfg = config or FitConfig()
     cfg.check()
+    names = with_members(cfg.detectors)
+    for ens in (d for d in cfg.detectors if members(d)):
+        added = [m for m in members(ens) if m not in cfg.detectors]
+        if added:
+            say(f"{ens} combines {', '.join(members(ens))}: also fitting and reporting {', '.join(added)}")
     out = os.fspath(out)
     src = data if isinstance(data, Source) else (
         load_source(data, progress=cfg.progress, split="train") if isinstance(data, (str, os.PathLike)) else None)
@@ -557,9 +660,12 @@ def fit_bundle(data, out: str, config: FitConfig | None = None, command: str | N
     x_fit, x_cal = x[fit_idx], x[cal_idx]
     say(f"fit part: {len(x_fit)} images; calibration part (held out): {len(x_cal)} images")
 
-    needs = {CATALOGUE[d].needs for d in cfg.detectors}
+    needs = {CATALOGUE[d].needs for d in names}
+    if ENSEMBLE in needs and len(x_cal) < 2:
+        raise ValueError(f"{[d for d in names if members(d)]} standardise their members on the held-out part of "
+                         f"TRAIN, which has {len(x_cal)} image(s); use more images or a larger --holdout")
     if "features+labels" in needs and labels is None:
-        supervised = [d for d in cfg.detectors if CATALOGUE[d].needs == "features+labels"]
+        supervised = [d for d in names if CATALOGUE[d].needs == "features+labels"]
         raise ValueError(f"detectors {supervised} need class labels: put TRAIN's images in one sub-folder "
                          "per class (or pass a Dataset of (image, label) items)")
     models, model_paths = {}, {}
@@ -591,23 +697,32 @@ def fit_bundle(data, out: str, config: FitConfig | None = None, command: str | N
         z_fit = projection(f_fit + FEATURE_NOISE * torch.randn(f_fit.shape, generator=g))
         model_paths["feature-flow"] = os.path.join("models", "feature-flow")
         models["feature-flow"] = _train_vector_flow(os.path.join(out, model_paths["feature-flow"]), z_fit, cfg, say)
-    for dname in cfg.detectors:
+    member_cal = {}  # ensemble members' scores on the held-out part
+    for dname in sorted(names, key=lambda d: CATALOGUE[d].needs == ENSEMBLE):  # members before ensembles
         spec = CATALOGUE[dname]
         params = dict(spec.params)
         if spec.cls == "KNN":
             params["k"] = max(1, min(params["k"], len(x_fit) - 1))
-        det = _build(dname, spec, models, cfg.feature_size, cfg.progress, params, projection)
+        det = _build(dname, spec, models, cfg.feature_size, cfg.progress, params, projection, dets)
         fit_in, cal_in = (f_fit, f_cal) if spec.needs in FEATURE_NEEDS else (x_fit, x_cal)
-        if spec.needs == "features+labels":  # the detector's own state, from the fit part only
-            det._fit_state(f_fit.double().numpy(), labels[fit_idx].numpy())
+        if spec.needs == ENSEMBLE:  # Ensemble.fit: mean / std per member and the threshold, on the held-out part
+            known = with_member_scores(det, member_cal).fit(x_cal, cfg.fpr)
+            det._stats, det.threshold, det.fpr = known._stats, known.threshold, known.fpr
         else:
-            det._fit(fit_in)
-        det.calibrate(cal_in, cfg.fpr)  # the threshold, from the held-out part
+            if spec.needs == "features+labels":  # the detector's own state, from the fit part only
+                det._fit_state(f_fit.double().numpy(), labels[fit_idx].numpy())
+            else:
+                det._fit(fit_in)
+            det.calibrate(cal_in, cfg.fpr)  # the threshold, from the held-out part
+            if any(dname in members(d) for d in names):
+                member_cal[dname] = det.score(cal_in)
         dets[dname] = det
         entries.append({"name": dname, "class": spec.cls, "params": params, "uses": det.uses,
                         "source": spec.source, "threshold": det.threshold, "fpr": det.fpr,
                         "state": _state(det, spec)})
         say(f"  {dname:<11} threshold {det.threshold:.5g} (flags {cfg.fpr:.0%} of held-out TRAIN)")
+    dets = {d: dets[d] for d in names}
+    entries.sort(key=lambda e: names.index(e["name"]))
     if tensors:
         _write_tensors(os.path.join(out, STATE_FILE), tensors, {"format": FORMAT})
     meta = {

@@ -337,3 +337,107 @@ def test_sixteen_bit_tiff_and_exif_orientation(tmp_path):
     deep, phone = src.images
     assert deep.mode == "L" and np.array_equal(np.array(deep), (a >> 8).astype(np.uint8))  # top 8 bits, not clipped
     assert phone.size == (4, 8)  # upright: width and height swapped
+
+
+def test_default_set_is_the_ensemble_of_last_scale_and_pca_and_its_members():
+    """issue 18 item 4: the default of fit is what the OOD suite recommends by the worst case
+    without aux data (docs/RESULTS.md section 6): the ensemble last-scale+pca plus its members."""
+    import argparse
+
+    from detectors import cli_fit
+
+    assert bundle_mod.DEFAULT_DETECTORS == ("last-scale+pca", "last-scale", "pca")
+    assert bundle_mod.FitConfig().detectors == bundle_mod.DEFAULT_DETECTORS
+    parser = argparse.ArgumentParser()
+    cli_fit.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["fit", "--data", "x", "--out", "y"])
+    assert args.detectors == ["last-scale+pca", "last-scale", "pca"]
+    assert bundle_mod.CATALOGUE["last-scale+pca"].params == {"members": ["last-scale", "pca"]}
+    # every ensemble's members are catalogue detectors that score the bundle's images
+    for name, spec in bundle_mod.CATALOGUE.items():
+        for m in bundle_mod.members(name):
+            assert bundle_mod.CATALOGUE[m].needs in ("flow", "flow+general", "features", "features+labels"), (name, m)
+    # an ensemble listed without its members gets them, right after it
+    assert bundle_mod.with_members(["knn", "last-scale+pca"]) == ("knn", "last-scale+pca", "last-scale", "pca")
+    assert bundle_mod.with_members(["pca", "last-scale+pca"]) == ("pca", "last-scale+pca", "last-scale")
+    assert bundle_mod.with_members(["png"]) == ("png",)
+
+
+def test_ensemble_in_a_bundle_is_detectors_ensemble_of_its_members(tmp_path, capsys):
+    torch.set_num_threads(1)
+    photos = [skimage_data.astronaut(), skimage_data.coffee()]
+    _patches(tmp_path / "train", photos, [16, 20] * 10, 0)
+    _patches(tmp_path / "test", photos + [skimage_data.checkerboard()], [16] * 6, 1)
+    said = []
+    cfg = bundle_mod.FitConfig(detectors=("last-scale+pca",), steps=2, depth=1, hidden=8, batch_size=16,
+                               feature_size=32, progress=False)
+    fitted = bundle_mod.fit_bundle(str(tmp_path / "train"), tmp_path / "det", cfg, say=said.append)
+    # asked for the ensemble only: its members are fitted and reported too (and said so)
+    assert list(fitted) == ["last-scale+pca", "last-scale", "pca"]
+    assert "last-scale+pca combines last-scale, pca: also fitting and reporting last-scale, pca" in said
+    ens = fitted["last-scale+pca"]
+    assert isinstance(ens, detectors.Ensemble)
+    assert ens.members["last-scale"] is fitted["last-scale"] and ens.members["pca"] is fitted["pca"]
+
+    # standardisation and threshold from the held-out part of TRAIN (the thresholds' images)
+    x = fitted.prepare(str(tmp_path / "train"))
+    fit_idx, cal_idx = bundle_mod._split(len(x), 0.2, 0)
+    cal = fitted.score(x[cal_idx])
+    stats = {m: (float(cal[m].mean()), float(cal[m].std())) for m in ("last-scale", "pca")}
+    for m in stats:
+        assert ens._stats[m] == pytest.approx(stats[m], rel=1e-9), m
+    assert ens.threshold == pytest.approx(float(np.quantile(cal["last-scale+pca"].numpy(), 0.95, method="higher")),
+                                          rel=1e-9)
+    # the ensemble's scores: the members' z-scores summed, by hand and by detectors.Ensemble itself
+    test_x = fitted.prepare(str(tmp_path / "test"))
+    s = fitted.score(test_x)
+    by_hand = sum((s[m] - stats[m][0]) / stats[m][1] for m in stats)
+    assert torch.allclose(s["last-scale+pca"], by_hand, rtol=1e-9, atol=1e-9)
+    direct = detectors.Ensemble({"last-scale": fitted["last-scale"], "pca": fitted["pca"]}).fit(x[cal_idx])
+    assert torch.allclose(direct.score(test_x), s["last-scale+pca"], rtol=1e-6, atol=1e-6)
+    assert torch.allclose(ens.score(test_x), s["last-scale+pca"], rtol=1e-6, atol=1e-6)  # standalone on images
+    assert not torch.allclose(s["last-scale+pca"], s["last-scale"])
+
+    # save / load round trip: the same statistics, thresholds and scores, exactly
+    meta = json.loads((tmp_path / "det" / "bundle.json").read_text())
+    assert meta["fit"]["detectors"] == ["last-scale+pca"]
+    entry = meta["detectors"][0]
+    assert (entry["name"], entry["class"], entry["params"]) == ("last-scale+pca", "Ensemble",
+                                                                {"members": ["last-scale", "pca"]})
+    loaded = detectors.load(tmp_path / "det")
+    assert list(loaded) == list(fitted) and loaded.thresholds == fitted.thresholds
+    assert loaded["last-scale+pca"]._stats == ens._stats
+    assert loaded["last-scale+pca"].members["pca"] is loaded["pca"]
+    again = loaded.score(test_x)
+    assert all(torch.equal(again[n], s[n]) for n in s)
+    assert torch.equal(loaded.predict(test_x)["last-scale+pca"], s["last-scale+pca"] > ens.threshold)
+
+    # the score CLI writes the ensemble's column like any other
+    assert main(["score", str(tmp_path / "det"), "--data", str(tmp_path / "test"), "--out", str(tmp_path / "rep"),
+                 "--no-progress"]) == 0
+    with open(tmp_path / "rep" / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["last-scale+pca_score"]) for r in rows] == pytest.approx(s["last-scale+pca"].tolist(), rel=1e-9)
+
+    # a bundle whose ensemble lacks a member, or its statistics, is refused by name
+    broken = dict(meta, detectors=[e for e in meta["detectors"] if e["name"] != "pca"])
+    (tmp_path / "det" / "bundle.json").write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match=r"ensemble 'last-scale\+pca' needs its members \['pca'\]"):
+        detectors.load(tmp_path / "det")
+    entry["state"] = {}
+    (tmp_path / "det" / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"needs a \[mean, std > 0\] per member"):
+        detectors.load(tmp_path / "det")
+
+
+def test_bad_detector_names_and_too_few_held_out_images(tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"detectors: unknown \['last-scale\+knn'\]; choose from .*last-scale\+pca"):
+        bundle_mod.FitConfig(detectors=("last-scale+knn",)).check()
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--data", str(tmp_path), "--out", str(tmp_path / "d"), "--detectors", "last-scale+knn"])
+    assert exit_.value.code == 2 and "invalid choice: 'last-scale+knn'" in capsys.readouterr().err
+    _patches(tmp_path / "three", [skimage_data.astronaut()], [16] * 3, 0)
+    cfg = bundle_mod.FitConfig(progress=False)
+    with pytest.raises(ValueError, match=r"held-out part of TRAIN, which has 1 image\(s\); use more images"):
+        bundle_mod.fit_bundle(str(tmp_path / "three"), tmp_path / "d3", cfg, say=lambda *_: None)
+    assert not os.path.exists(tmp_path / "d3" / "models")  # refused before any training

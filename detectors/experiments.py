@@ -135,14 +135,41 @@ def feature_detectors(train: torch.Tensor, aux: torch.Tensor | None = None, tran
     return dets
 
 
-def feature_flows(cfg, train: torch.Tensor, aux: torch.Tensor, out: str) -> dict:
+#: the detectors :func:`feature_flows` can build, in the order it returns them
+FEATURE_FLOWS = ("Flow", "Flow-ratio", "contrastive flow")
+
+
+def feature_flows(cfg, train: torch.Tensor, aux: torch.Tensor | None, out: str, which=FEATURE_FLOWS,
+                  name: str = "feature-flow", steps: int | None = None) -> dict:
     """"Flow", "Flow-ratio" and "contrastive flow" (seed 002 Sec. 4-5): vector flows on a PCA
     projection of the normalised features (seed 002 used 128-d MOCO outputs), trained on noisy
     copies so the density is valid (Sec. 5); the contrastive flow starts from the Flow and is
-    clamped at its median in-distribution log p minus 20 (Algorithm 1).  ``cfg`` needs seed,
-    feature_dim, feature_noise, feature_flow_steps and the training fields of :func:`train_model`."""
+    clamped at its median in-distribution log p minus 20 (Algorithm 1).
+
+    ``train`` [N, D] in-distribution features, ``aux`` [M, D] auxiliary (contrastive)
+    features, needed only for "Flow-ratio" and "contrastive flow".  ``which``: the subset of
+    :data:`FEATURE_FLOWS` to build (only the flows they need are trained: the aux flow for
+    "Flow-ratio", the in-distribution flow always).  Models go to ``out/models/NAME-in``,
+    ``NAME-aux``, ``NAME-contrastive`` (distinct ``name`` per fit, e.g. per one-vs-rest
+    class); ``steps`` per flow, default ``cfg.feature_flow_steps``.  ``cfg`` needs seed,
+    feature_dim, feature_noise, feature_flow_steps and the training fields of
+    :func:`train_model`.  Returns {detector name: detector} in the order of FEATURE_FLOWS.
+    Raises ValueError for an unknown or empty ``which``, a ``steps`` below 1, or a missing
+    ``aux``."""
     from sklearn.decomposition import PCA as SkPCA
 
+    which = (which,) if isinstance(which, str) else tuple(which)
+    unknown = [w for w in which if w not in FEATURE_FLOWS]
+    if not which or unknown:
+        raise ValueError(f"feature_flows: which must be a non-empty subset of {FEATURE_FLOWS}, got {which!r}")
+    steps = cfg.feature_flow_steps if steps is None else steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"feature_flows: steps must be an int >= 1 (or None for cfg.feature_flow_steps), "
+                         f"got {steps!r}")
+    need_aux = "Flow-ratio" in which or "contrastive flow" in which
+    if need_aux and aux is None:
+        raise ValueError("feature_flows: aux (auxiliary features [M, D]) is required for 'Flow-ratio' and "
+                         "'contrastive flow'; pass aux or which=('Flow',)")
     g = torch.Generator().manual_seed(cfg.seed + 1)
     noisy = lambda f: f + cfg.feature_noise * torch.randn(f.shape, generator=g)  # noqa: E731
     pca = SkPCA(n_components=min(cfg.feature_dim, train.shape[1], len(train)), random_state=cfg.seed)
@@ -152,23 +179,28 @@ def feature_flows(cfg, train: torch.Tensor, aux: torch.Tensor, out: str) -> dict
     def project(f: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(pca.transform(f.numpy()) / scale).float()
 
-    z_train, z_aux = project(noisy(train)), project(noisy(aux))
+    z_train = project(noisy(train))
+    z_aux = project(noisy(aux)) if need_aux else None
     dim = z_train.shape[1]
-    kw = dict(out=out, cfg=dataclasses.replace(cfg, translate=0), steps=cfg.feature_flow_steps, lr=1e-3,
-              translate=0)
+    kw = dict(out=out, cfg=dataclasses.replace(cfg, translate=0), steps=steps, lr=1e-3, translate=0)
 
     def vflow():
         return invflow.VectorFlow(dim, blocks=4, hidden=128)
 
-    flow_in = train_model("feature-flow-in", vflow(), z_train, **kw)
-    flow_aux = train_model("feature-flow-aux", vflow(), z_aux, **kw)
-    with torch.no_grad():
-        clamp = float(flow_in.log_prob(z_train).median()) - 20.0
-    flow_cf = train_model("feature-flow-contrastive", vflow(), z_train, objective=objectives.contrastive_objective(
-        z_aux, clamp=clamp), init=flow_in, **kw)
-    return {"Flow": Likelihood(flow_in, transform=project),
-            "Flow-ratio": LikelihoodRatio(flow_in, flow_aux, transform=project),
-            "contrastive flow": ContrastiveFlow(flow_cf, transform=project)}
+    flow_in = train_model(f"{name}-in", vflow(), z_train, **kw)
+    dets = {}
+    if "Flow" in which:
+        dets["Flow"] = Likelihood(flow_in, transform=project)
+    if "Flow-ratio" in which:
+        flow_aux = train_model(f"{name}-aux", vflow(), z_aux, **kw)
+        dets["Flow-ratio"] = LikelihoodRatio(flow_in, flow_aux, transform=project)
+    if "contrastive flow" in which:
+        with torch.no_grad():
+            clamp = float(flow_in.log_prob(z_train).median()) - 20.0
+        objective = objectives.contrastive_objective(z_aux, clamp=clamp)
+        flow_cf = train_model(f"{name}-contrastive", vflow(), z_train, objective=objective, init=flow_in, **kw)
+        dets["contrastive flow"] = ContrastiveFlow(flow_cf, transform=project)
+    return dets
 
 
 #: the zoo model of each role in :func:`flow_detectors` / :func:`mass_detectors`

@@ -19,7 +19,8 @@ Experiments (``EXPERIMENTS``):
 * ``baselines`` -- seed 000 Tab. 1/4 and seed 004 Tab. 2: PixelCNN++ likelihood and ratio,
   and classifier detectors (MSP, energy, Mahalanobis, outlier exposure, in-vs-general).
 * ``one-vs-rest`` -- seed 002 / 004 protocol on Fashion-MNIST: each class in turn is
-  in-distribution, the other nine OOD; feature-space detectors.
+  in-distribution, the other nine OOD; feature-space detectors, and seed 002's Flow and
+  contrastive flow trained per class.
 
 Every (experiment, seed) writes a report directory ``OUT/NAME/seedS`` (``report.md``,
 ``results.json``, plots); models are trained with ``invflow.train.Trainer`` under
@@ -56,6 +57,8 @@ from .scores import (KDE, KNN, PCA, ApproximateMass, BitsPerDim, Ensemble, Input
                      LikelihoodRatio, MSERatio, MSEToMean, ScaleContribution, ScaleRatio, Typicality)
 
 METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")
+#: the seed 002 flows that ``one-vs-rest`` trains per class (Tab. 1: Flow vs CF)
+OVR_FLOWS = ("Flow", "contrastive flow")
 
 
 @dataclass
@@ -89,11 +92,13 @@ class ReproduceConfig:
     feature_flow_steps: int = 300
     feature_noise: float = 1e-2
     ovr_train_per_class: int = 900
+    ovr_flow_steps: int = 300    # per class: the Flow, then as many contrastive-flow steps
 
 
 SMOKE = dict(flow_steps=1, hidden=8, batch_size=16, warmup=1, steps=2, steps_finetune=2, steps_arch=2,
              n_general=128, n_eval=48, pcnn_filters=4, pcnn_steps=2, pcnn_batch=8, clf_width=4, clf_steps=2, feature_size=32,
-             n_feature_train=120, n_feature_test=100, feature_dim=4, feature_flow_steps=2, ovr_train_per_class=8)
+             n_feature_train=120, n_feature_test=100, feature_dim=4, feature_flow_steps=2,
+             ovr_train_per_class=8, ovr_flow_steps=2)
 
 
 def parse_overrides(items) -> dict:
@@ -363,21 +368,30 @@ def exp_features(run: Run) -> dict:
 def exp_one_vs_rest(run: Run) -> dict:
     """Seed 002 Sec. 5.2 / seed 004 Sec. 4.3 one-vs-rest on Fashion-MNIST: class k of the
     training set is in-distribution, the test images of class k vs those of the other nine
-    classes are scored.  Feature-space detectors only (a Glow per class and seed does not fit
-    the CPU budget)."""
+    classes are scored.  Feature-space detectors and, per class, seed 002's "Flow" and
+    "contrastive flow" (:func:`feature_flows`, ``ovr_flow_steps`` steps each; auxiliary set:
+    the natural-photo features, as in ``features``).  A Glow per class and seed does not fit
+    the CPU budget."""
     c = run.cfg
     feats = _feature_cache(run.out, c)
     per_class: dict[str, list[dict]] = {}
+    uses: dict[str, str] = {}
     g = torch.Generator().manual_seed(c.seed)
+    g_aux = torch.Generator().manual_seed(c.seed + 1)  # own stream: the per-class draws of g stay as before
+    aux = feats["general"][torch.randperm(len(feats["general"]), generator=g_aux)[: c.n_feature_train]]
     for k in tqdm(range(10), desc="one-vs-rest", unit="class", leave=False):
         pool = (feats["y_train"] == k).nonzero()[:, 0]
         train = feats["train"][pool[torch.randperm(len(pool), generator=g)[: c.ovr_train_per_class]]]
         f_in, f_out = feats["test"][feats["y_test"] == k], feats["test"][feats["y_test"] != k]
-        for name, det in _feature_detectors(train, None).items():
+        dets = _feature_detectors(train, None)
+        dets.update(feature_flows(c, train, aux, run.seed_dir, which=OVR_FLOWS, name=f"ovr-class{k}-flow",
+                                  steps=c.ovr_flow_steps))
+        for name, det in dets.items():
             per_class.setdefault(name, []).append(evaluate(det.score(f_in), det.score(f_out)))
+            uses[name] = det.uses
     detectors = {name: {m: float(np.mean([r[m] for r in rows])) for m in rows[0]} | {
         "per_class_auroc": [r["auroc"] for r in rows]} for name, rows in per_class.items()}
-    return dict(results=detectors, uses={k: "-" for k in detectors}, extra={})
+    return dict(results=detectors, uses=uses, extra={})
 
 
 def exp_baselines(run: Run) -> dict:
@@ -587,11 +601,11 @@ def summary_markdown(summary: dict) -> str:
     rows = summary["detectors"]
     first = next(iter(rows.values()))
     if "per_class_auroc" in first:
-        lines.append("| detector | " + " | ".join(f"class {k}" for k in range(10)) + " | mean AUROC |")
-        lines.append("| --- |" + " --- |" * 11)
+        lines.append("| detector | " + " | ".join(f"class {k}" for k in range(10)) + " | mean AUROC | uses |")
+        lines.append("| --- |" + " --- |" * 12)
         for det, row in rows.items():
             cells = [f"{m:.1f}" for m, _ in row["per_class_auroc"]]
-            lines.append(f"| {det} | " + " | ".join(cells) + f" | {_pm(row['auroc'])} |")
+            lines.append(f"| {det} | " + " | ".join(cells) + f" | {_pm(row['auroc'])} | {row['uses']} |")
     else:
         lines.append("| detector | AUROC | AUPR-in | AUPR-out | FPR95 | setting | uses | paper AUROC |")
         lines.append("| --- | --- | --- | --- | --- | --- | --- | --- |")

@@ -13,7 +13,8 @@ import torch
 
 from detectors.features import CachedFeatures
 from detectors.metrics import evaluate
-from detectors.reproduce import EXPERIMENTS, summarize, summary_markdown
+from detectors.experiments import FEATURE_FLOWS, feature_flows
+from detectors.reproduce import EXPERIMENTS, OVR_FLOWS, SMOKE, ReproduceConfig, summarize, summary_markdown
 from detectors.scores import KNN, Detector, Ensemble, MSEToMean
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -150,16 +151,60 @@ def test_reproduce_smoke_end_to_end(tmp_path):
         assert row in glow["detectors"]
     assert glow["detectors"]["outlier loss: Diff"]["uses"] == "aux data"
     assert "in vs general Glow, total" in glow["extra"]["spearman"]
-    ovr = json.loads((tmp_path / "one-vs-rest" / "summary.json").read_text())
-    assert all(len(r["per_class_auroc"]) == 10 for r in ovr["detectors"].values())
     # the models are shared between experiments of a seed and reused on a second run
     proc2 = subprocess.run([sys.executable, "-m", "detectors", "reproduce", "architectures", "--seeds", "0",
                             "--smoke", "--out", str(tmp_path), "--threads", "1"], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=300)
     assert proc2.returncode == 0, proc2.stderr[-3000:]
     assert "resumed from step 2" in proc2.stdout + proc2.stderr
+    # one-vs-rest: seed 002's Flow and contrastive flow per class beside the feature baselines
+    ovr = json.loads((tmp_path / "one-vs-rest" / "summary.json").read_text())["detectors"]
+    assert list(ovr) == ["MSE to mean", "KNN (k=1)", "KNN (k=5)", "KDE", "PCA", "Flow", "contrastive flow"]
+    for row in ovr.values():
+        assert len(row["per_class_auroc"]) == 10 and all(0 <= m <= 100 for m, _ in row["per_class_auroc"])
+    assert ovr["contrastive flow"]["uses"] == "aux data" and ovr["Flow"]["uses"] == "-"
+    for k in range(10):   # one Flow and one contrastive flow per class, at the smoke step count
+        for model in ("in", "contrastive"):
+            latest = tmp_path / "seed1" / "models" / f"ovr-class{k}-flow-{model}" / "latest"
+            assert latest.read_text().strip() == f"step-{SMOKE['ovr_flow_steps']:07d}"
+    assert "| contrastive flow |" in (tmp_path / "one-vs-rest" / "summary.md").read_text()
 
 
+def _unit_features(n, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+
+
+def test_feature_flows_trains_only_the_flows_asked_for(tmp_path):
+    cfg = ReproduceConfig(**SMOKE)
+    train, aux, x = _unit_features(40, 6, 0), _unit_features(40, 6, 1), _unit_features(5, 6, 2)
+    models = tmp_path / "models"
+
+    dets = feature_flows(cfg, train, None, str(tmp_path), which=("Flow",), name="a", steps=3)
+    assert list(dets) == ["Flow"] and sorted(os.listdir(models)) == ["a-in"]
+    assert (models / "a-in" / "latest").read_text().strip() == "step-0000003"
+    s = dets["Flow"].score(x)
+    assert s.shape == (5,) and torch.isfinite(s).all()
+
+    dets = feature_flows(cfg, train, aux, str(tmp_path), which=OVR_FLOWS, name="b")
+    assert list(dets) == ["Flow", "contrastive flow"] and dets["contrastive flow"].uses == "aux data"
+    assert sorted(p for p in os.listdir(models) if p.startswith("b-")) == ["b-contrastive", "b-in"]
+    assert (models / "b-contrastive" / "latest").read_text().strip() == f"step-{cfg.feature_flow_steps:07d}"
+    # the contrastive flow started from the Flow and moved: different scores
+    assert not torch.allclose(dets["Flow"].score(x), dets["contrastive flow"].score(x))
+
+    assert list(feature_flows(cfg, train, aux, str(tmp_path), name="c")) == list(FEATURE_FLOWS)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(which=("KDE",)), "which"), (dict(which=()), "which"), (dict(steps=0), "steps"),
+    (dict(steps=2.0), "steps"), (dict(which=("contrastive flow",), aux=None), "aux"),
+    (dict(which=("Flow-ratio",), aux=None), "aux")])
+def test_feature_flows_rejects_bad_arguments(tmp_path, kw, match):
+    args = dict(aux=_unit_features(10, 6, 1)) | kw
+    with pytest.raises(ValueError, match=match):
+        feature_flows(ReproduceConfig(**SMOKE), _unit_features(10, 6, 0), out=str(tmp_path), **args)
+    assert not (tmp_path / "models").exists()    # nothing trained before the check
 def test_unknown_experiment_is_refused():
     from detectors.reproduce import reproduce, run_experiment
 

@@ -13,7 +13,7 @@ import torch
 
 from detectors.features import CachedFeatures
 from detectors.metrics import evaluate
-from detectors.experiments import FEATURE_FLOWS, feature_flows
+from detectors.experiments import DEMO_ENSEMBLES, FEATURE_FLOWS, ensembles, feature_flows
 from detectors.reproduce import EXPERIMENTS, OVR_FLOWS, SMOKE, ReproduceConfig, summarize, summary_markdown
 from detectors.scores import KNN, Detector, Ensemble, MSEToMean
 
@@ -43,6 +43,22 @@ def test_ensemble_is_the_sum_of_standardised_member_scores():
     assert abs(float(z["a"].mean())) < 1e-9 and abs(float(z["a"].std()) - 1) < 1e-9
     # the threshold flags the requested share of the fitting data
     assert abs(float(ens.predict(val).double().mean()) - 0.05) < 0.01
+
+
+def test_named_ensembles_are_detectors_ensembles_of_the_named_members():
+    """experiments.ensembles (the demo's and the OOD suite's ensemble rows): "A + B" names
+    members of the given dict; the result equals Ensemble fitted on the same data; an unknown
+    name is refused with the known ones."""
+    g = torch.Generator().manual_seed(2)
+    val, x = torch.randn(300, 2, generator=g), torch.randn(9, 2, generator=g)
+    dets = {"last scale": Coordinate(0), "features: PCA": Coordinate(1, scale=5.0)}
+    got = ensembles(dets, ["last scale + features: PCA"], val)
+    assert list(got) == ["ensemble: last scale + features: PCA"]
+    want = Ensemble(dict(dets)).fit(val)
+    torch.testing.assert_close(got["ensemble: last scale + features: PCA"].score(x), want.score(x))
+    with pytest.raises(ValueError, match="unknown detector.*'KNN'.*known"):
+        ensembles(dets, ["last scale + KNN"], val)
+    assert all(" + " in spec for spec in DEMO_ENSEMBLES)
 
 
 def test_ensemble_beats_members_that_see_different_evidence():

@@ -35,8 +35,10 @@ import invflow
 
 from . import analysis, objectives
 from .datasets import broaden, load_fashion_mnist, load_mnist_5k, natural_patches
-from .experiments import (ZOO_ROLES, Memoized, feature_detectors, feature_flows, flow_detectors,  # noqa: F401
-                          mass_detectors, train_model, zoo_models)
+from .experiments import (DEMO_ENSEMBLES, ZOO_ROLES, Memoized, ensembles, feature_detectors,  # noqa: F401
+                          feature_flows, flow_detectors, mass_detectors, train_model, zoo_models)
+from .features import CachedFeatures, EfficientNetLite0
+from .scores import PCA
 from .photos import photo_patches
 from .report import format_table, write_report
 
@@ -61,6 +63,7 @@ class DemoConfig:
     features: bool = True
     feature_size: int = 96      # EfficientNet input size (224 in ImageNet training; 96 for speed)
     n_feature_train: int = 1000
+    n_ensemble_val: int = 300   # Fashion-MNIST test images (not scored) that standardise the ensembles
     feature_dim: int = 64       # PCA projection of the normalised features before the flows
     feature_flow_steps: int = 200
     feature_noise: float = 1e-2
@@ -73,6 +76,7 @@ class DemoConfig:
 
 SMOKE = dict(flow_steps=1, hidden=8, batch_size=16, warmup=1, steps_general=2, steps_in=2, steps_outlier=2,
              steps_dagger=2, n_general=128, n_eval=48, feature_size=32, n_feature_train=48, feature_dim=4,
+             n_ensemble_val=16,
              feature_flow_steps=2, pcnn_filters=4, pcnn_steps=2, clf_width=4, clf_steps=2)
 
 
@@ -225,7 +229,9 @@ def run(out: str = "runs/demo", smoke: bool = False, train: bool | None = None, 
     fm_test, _ = load_fashion_mnist("test")
     mnist, _ = load_mnist_5k()
     rng = torch.Generator().manual_seed(cfg.seed)
-    x_in = fm_test[torch.randperm(len(fm_test), generator=rng)[: cfg.n_eval]]
+    test_order = torch.randperm(len(fm_test), generator=rng)
+    x_in = fm_test[test_order[: cfg.n_eval]]
+    x_val = fm_test[test_order[cfg.n_eval: cfg.n_eval + cfg.n_ensemble_val]]  # standardises the ensembles
     x_out = mnist[torch.randperm(len(mnist), generator=rng)[: cfg.n_eval]]
     if train:
         general = broaden(natural_patches(cfg.n_general, size=28, channels=1, seed=cfg.seed), seed=cfg.seed)
@@ -266,8 +272,17 @@ def run(out: str = "runs/demo", smoke: bool = False, train: bool | None = None, 
         scores[name] = (det.score(x_in), det.score(x_out))
     for name, det in feature_dets.items():
         scores[name] = (det.score(feats["in"]), det.score(feats["out"]))
+    if cfg.features:  # pixel-level + semantic evidence (the OOD suite's recommendation, RESULTS.md 6)
+        lookup = CachedFeatures(EfficientNetLite0(input_size=cfg.feature_size))
+        for k in ("train", "in", "out"):
+            lookup.add(feature_inputs[k], feats[k])
+        members = dict(dets) | {"features: PCA": PCA(n_components=0.9, transform=lookup).fit(feature_inputs["train"])}
+        specs = [e for e in DEMO_ENSEMBLES if all(m.strip() in members for m in e.split("+"))]
+        for name, det in tqdm(ensembles(members, specs, x_val).items(), desc="ensembles", unit="detector"):
+            scores[name] = (det.score(x_in), det.score(x_out))
+            feature_dets[name] = det
     uses = {name: det.uses for name, det in {**dets, **feature_dets}.items()}
-    uses.update({k: "aux data" for k in scores if k.startswith("outlier loss")})
+    uses.update({k: "aux data" for k in scores if "outlier loss" in k})
 
     # -- analyses (seed 000 Sec. 2, Fig. 3) --------------------------------------------
     adir = os.path.join(out, "analysis")

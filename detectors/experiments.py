@@ -204,7 +204,7 @@ def feature_flows(cfg, train: torch.Tensor, aux: torch.Tensor | None, out: str, 
 
 
 #: the zoo model of each role in :func:`flow_detectors` / :func:`mass_detectors`
-ZOO_ROLES = {"in": "fmnist-glow", "general": "photos-glow", "dagger": "photos-glow-dagger",
+ZOO_ROLES = {"in": "fmnist-glow", "general": "photos-glow-broad", "dagger": "photos-glow-dagger",
              "outlier": "fmnist-glow-outlier", "vanilla": "fmnist-realnvp", "penalised": "fmnist-realnvp-mass"}
 
 
@@ -215,3 +215,27 @@ def zoo_models() -> dict:
 
     have = zoo.available()
     return {role: zoo.load(name) for role, name in ZOO_ROLES.items() if name in have}
+
+
+#: the ensembles the demo reports: pixel-level (flow) and semantic (feature) evidence, which
+#: fail on different OOD sets (docs/RESULTS.md section 6, the OOD suite); names of the members
+#: as in the demo's table
+DEMO_ENSEMBLES = ("Diff-dagger + features: PCA", "outlier loss: Diff-dagger + features: PCA",
+                  "PNG complexity + features: PCA", "last scale + features: PCA")
+
+
+def ensembles(dets: dict, specs, val_in: torch.Tensor) -> dict:
+    """{"ensemble: A + B": detectors.Ensemble} for each spec "A + B" (members: names in
+    ``dets``, already fitted, scoring the same inputs), standardised on ``val_in``:
+    in-distribution inputs that no member was fitted on and that are not scored.  ValueError
+    naming the unknown members and the known names."""
+    from .scores import Ensemble
+
+    out = {}
+    for spec in specs:
+        names = [n.strip() for n in spec.split("+")]
+        unknown = [n for n in names if n not in dets]
+        if unknown:
+            raise ValueError(f"ensemble {spec!r}: unknown detector(s) {unknown}; known: {sorted(dets)}")
+        out[f"ensemble: {' + '.join(names)}"] = Ensemble({n: dets[n] for n in names}).fit(val_in)
+    return out

@@ -166,16 +166,11 @@ def main(argv=None) -> int:
         dets.update({f"features: {k}": v for k, v in
                      feature_detectors(fit["train"], fit["aux"], transform=extractor).items()})
     if a.ensemble:
-        from .scores import Ensemble
+        from .experiments import ensembles
 
         val = load_fashion_mnist("test")[0][torch.randperm(10000, generator=torch.Generator().manual_seed(
             a.seed))[2 * a.n: 3 * a.n]]  # disjoint from the scored and the transformed test images
-        for spec in a.ensemble:
-            names = [n.strip() for n in spec.split("+")]
-            unknown = [n for n in names if n not in dets]
-            if unknown:
-                raise ValueError(f"--ensemble {spec!r}: unknown detector(s) {unknown}; known: {sorted(dets)}")
-            dets[f"ensemble: {' + '.join(names)}"] = Ensemble({n: dets[n] for n in names}).fit(val)
+        dets.update(ensembles(dets, a.ensemble, val))
     results = score_suite(dets, x_in, sets)
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "suite.json"), "w") as f:

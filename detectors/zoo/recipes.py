@@ -25,7 +25,8 @@ class Recipe:
     name: str
     summary: str
     arch: str                      # "glow" or "realnvp"
-    data: str                      # "fashion-mnist" (training split) or "photos" (training photos)
+    data: str                      # "fashion-mnist" (training split), "photos" (training photos) or
+                                   # "photos-broad" (the same, photometrically broadened)
     objective: str = "nll"         # nll, outlier, dagger, approx_mass
     init: str | None = None        # zoo model whose run initialises this one (finetuning)
     reference: str | None = None   # the frozen second model of outlier / dagger
@@ -44,12 +45,15 @@ RECIPES = {r.name: r for r in (
            translate=1),
     Recipe("photos-glow", "general-distribution Glow on grey natural-photo patches (32 training photos)", "glow",
            "photos"),
-    Recipe("photos-glow-dagger", "Diff-dagger general Glow: photos-glow finetuned with Fashion-MNIST as outliers "
-           "(seed 000 Sec. 5.3)", "glow", "photos", objective="dagger", init="photos-glow",
+    Recipe("photos-glow-broad", "general-distribution Glow on photometrically broadened grey photo patches "
+           "(datasets.broaden: dark flat regions, light-on-dark structure), finetuned from photos-glow", "glow",
+           "photos-broad", init="photos-glow", lr=5e-4, warmup=50),
+    Recipe("photos-glow-dagger", "Diff-dagger general Glow: photos-glow-broad finetuned with Fashion-MNIST as "
+           "outliers (seed 000 Sec. 5.3)", "glow", "photos-broad", objective="dagger", init="photos-glow-broad",
            reference="fmnist-glow", lr=5e-4, warmup=50),
-    Recipe("fmnist-glow-outlier", "in-distribution Glow finetuned with the outlier loss against photos-glow "
+    Recipe("fmnist-glow-outlier", "in-distribution Glow finetuned with the outlier loss against photos-glow-broad "
            "(seed 000 Eq. 2)", "glow", "fashion-mnist", objective="outlier", init="fmnist-glow",
-           reference="photos-glow", lr=5e-4, warmup=50, translate=1),
+           reference="photos-glow-broad", lr=5e-4, warmup=50, translate=1),
     Recipe("fmnist-realnvp-mass", "RealNVP on Fashion-MNIST with the approximate-mass penalty from the start "
            "(seed 004 Eq. 2, alpha=2)", "realnvp", "fashion-mnist", objective="approx_mass", translate=1),
     Recipe("fmnist-realnvp", "vanilla RealNVP on Fashion-MNIST, the same budget as fmnist-realnvp-mass", "realnvp",
@@ -64,27 +68,37 @@ def build(recipe: Recipe) -> torch.nn.Module:
 
 
 def training_data(recipe: Recipe, n_photos: int = 60000) -> torch.Tensor:
-    """uint8 [N, 1, 28, 28]: Fashion-MNIST training split, or patches of the training photos."""
+    """uint8 [N, 1, 28, 28]: Fashion-MNIST training split, or patches of the training photos
+    (broadened for "photos-broad")."""
     if recipe.data == "fashion-mnist":
         from ..datasets import load_fashion_mnist
 
         return load_fashion_mnist("train")[0]
     from ..photos import photo_patches
 
-    return photo_patches(n_photos, 28, split="train", seed=0)
+    patches = photo_patches(n_photos, 28, split="train", seed=0)
+    return _broaden(patches, 0) if recipe.data == "photos-broad" else patches
+
+
+def _broaden(images: torch.Tensor, seed: int) -> torch.Tensor:
+    from ..datasets import broaden
+
+    return broaden(images, seed=seed)
 
 
 def heldout_data(data: str, n: int = HELDOUT_N) -> torch.Tensor:
-    """The held-out images of ``data`` ("fashion-mnist" or "photos"), uint8 [n, 1, 28, 28]."""
+    """The held-out images of ``data`` ("fashion-mnist", "photos" or "photos-broad"), uint8
+    [n, 1, 28, 28]."""
     if data == "fashion-mnist":
         from ..datasets import load_fashion_mnist
 
         return load_fashion_mnist("test")[0][:n]
-    if data == "photos":
+    if data in ("photos", "photos-broad"):
         from ..photos import photo_patches
 
-        return photo_patches(HELDOUT_N, 28, split="test", seed=1)[:n]
-    raise ValueError(f"data={data!r}, expected 'fashion-mnist' or 'photos'")
+        patches = photo_patches(HELDOUT_N, 28, split="test", seed=1)
+        return (_broaden(patches, 1) if data == "photos-broad" else patches)[:n]
+    raise ValueError(f"data={data!r}, expected 'fashion-mnist', 'photos' or 'photos-broad'")
 
 
 @torch.no_grad()

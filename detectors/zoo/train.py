@@ -65,7 +65,8 @@ def train(name: str, steps: int, eval_every: int, root: str, patience: int) -> N
         with open(init_note, "w") as f:
             json.dump({"init": recipe.init, "checkpoint": invflow.checkpoint.resolve(init_dir),
                        "reference": recipe.reference,
-                       "reference_checkpoint": invflow.checkpoint.resolve(os.path.join(root, recipe.reference))}, f)
+                       "reference_checkpoint": (invflow.checkpoint.resolve(os.path.join(root, recipe.reference))
+                                                if recipe.reference else None)}, f)
     data = training_data(recipe)
     held = heldout_data(recipe.data)
     trainer = Trainer(model, data, out_dir=out, objective=_objective(recipe, root), steps=eval_every,
@@ -105,6 +106,17 @@ def _commit() -> str:
         return "unknown"
 
 
+def _data_card(data: str, n_train: int) -> dict:
+    if data == "fashion-mnist":
+        return {"train": "Fashion-MNIST training split (60000)",
+                "heldout": f"first {HELDOUT_N} Fashion-MNIST test images"}
+    broad = data == "photos-broad"
+    how = ", photometrically broadened (detectors.datasets.broaden, seed {})" if broad else ""
+    return {"train": f"{n_train} grey 28x28 patches of the 32 training photos (detectors.photos, seed 0)"
+                     + how.format(0),
+            "heldout": f"{HELDOUT_N} patches of the 8 test photos (detectors.photos.TEST_PHOTOS, seed 1)" + how.format(1)}
+
+
 def export(name: str, root: str, status: str) -> dict:
     """Copies the latest checkpoint of ``root/name`` into the zoo (float32 weights) with its card."""
     recipe = RECIPES[name]
@@ -127,10 +139,7 @@ def export(name: str, root: str, status: str) -> dict:
         "summary": recipe.summary,
         "model": {"class": type(model).__name__, "config": model.config(),
                   "parameters": sum(p.numel() for p in model.parameters())},
-        "data": {"train": "Fashion-MNIST training split (60000)" if recipe.data == "fashion-mnist" else
-                 f"{n_train} grey 28x28 patches of the 32 training photos (detectors.photos, seed 0)",
-                 "heldout": f"first {HELDOUT_N} Fashion-MNIST test images" if recipe.data == "fashion-mnist" else
-                 f"{HELDOUT_N} patches of the 8 test photos (detectors.photos.TEST_PHOTOS, seed 1)"},
+        "data": _data_card(recipe.data, n_train),
         "objective": recipe.objective,
         "init": init,
         "reference": recipe.reference,

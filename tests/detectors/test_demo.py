@@ -43,10 +43,12 @@ def test_demo_smoke_writes_the_report(tmp_path):
                      "approximate mass", "typicality (batch 1)", "outlier loss: likelihood",
                      "features: KNN (k=5)", "features: contrastive flow", "PixelCNN++: Diff", "classifier: MSP",
                      "classifier: Mahalanobis", "in-vs-general classifier",
-                     "ensemble: last scale + features: PCA", "ensemble: outlier loss: last scale + features: PCA"):
+                     "ensemble: Diff-dagger + features: PCA", "ensemble: PNG complexity + features: PCA",
+                     "ensemble: outlier loss: Diff-dagger + features: PCA"):
         assert expected in names
     assert results["uses"]["classifier: Mahalanobis"] == "labels"
-    assert results["uses"]["ensemble: outlier loss: last scale + features: PCA"] == "aux data"
+    assert results["uses"]["ensemble: outlier loss: Diff-dagger + features: PCA"] == "aux data"
+    assert results["uses"]["ensemble: PNG complexity + features: PCA"] == "-"
     assert results["uses"]["in-vs-general classifier"] == "aux data"
     for metrics in results["detectors"].values():
         assert set(metrics) >= {"auroc", "aupr_in", "aupr_out", "fpr95", "tnr95"}

@@ -339,19 +339,20 @@ def test_sixteen_bit_tiff_and_exif_orientation(tmp_path):
     assert phone.size == (4, 8)  # upright: width and height swapped
 
 
-def test_default_set_is_the_ensemble_of_last_scale_and_pca_and_its_members():
+def test_default_set_is_the_ensemble_of_png_and_pca_and_its_members():
     """issue 18 item 4: the default of fit is what the OOD suite recommends by the worst case
-    without aux data (docs/RESULTS.md section 6): the ensemble last-scale+pca plus its members."""
+    without aux data (docs/RESULTS.md section 6): the ensemble png+pca plus its members."""
     import argparse
 
     from detectors import cli_fit
 
-    assert bundle_mod.DEFAULT_DETECTORS == ("last-scale+pca", "last-scale", "pca")
+    assert bundle_mod.DEFAULT_DETECTORS == ("png+pca", "png", "pca")
     assert bundle_mod.FitConfig().detectors == bundle_mod.DEFAULT_DETECTORS
     parser = argparse.ArgumentParser()
     cli_fit.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["fit", "--data", "x", "--out", "y"])
-    assert args.detectors == ["last-scale+pca", "last-scale", "pca"]
+    assert args.detectors == ["png+pca", "png", "pca"]
+    assert bundle_mod.CATALOGUE["png+pca"].params == {"members": ["png", "pca"]}
     assert bundle_mod.CATALOGUE["last-scale+pca"].params == {"members": ["last-scale", "pca"]}
     # every ensemble's members are catalogue detectors that score the bundle's images
     for name, spec in bundle_mod.CATALOGUE.items():

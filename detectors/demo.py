@@ -238,7 +238,8 @@ def run(out: str = "runs/demo", smoke: bool = False, train: bool | None = None, 
         what = f"{len(general)} broadened patches of 15 photos"
     else:  # the zoo's general distribution: patches of the 32 training photos (detectors.photos)
         general = zoo_general_images(cfg)
-        what = f"patches of the 32 training photos of detectors.photos ({len(general)} used here)"
+        what = (f"patches of the 32 training photos of detectors.photos ({len(general)} here for the feature aux "
+                "set; the general Glows trained on them broadened)")
     print(f"data: Fashion-MNIST train {len(fm_train)}, scored {len(x_in)} Fashion-MNIST test vs {len(x_out)} "
           f"MNIST; general distribution: {what}")
 
@@ -311,7 +312,9 @@ def run(out: str = "runs/demo", smoke: bool = False, train: bool | None = None, 
     else:
         budget = ["Models: detectors.zoo (python -m detectors.zoo.train; cards in detectors/zoo/cards): "
                   + "; ".join(_zoo_notes()) + ". General distribution: grey patches of 32 photos (scikit-image, "
-                  "scikit-learn, matplotlib, Debian wallpapers; detectors.photos), held-out bits/dim on 8 other photos."]
+                  "scikit-learn, matplotlib, Debian wallpapers; detectors.photos), photometrically broadened for the general "
+                  "and Diff-dagger Glows (datasets.broaden); held-out bits/dim on 8 other photos. Feature aux set: "
+                  "the unbroadened patches."]
     notes = budget + [
         f"Scored {len(x_in)} Fashion-MNIST test images vs {len(x_out)} MNIST digits (balanced, seed 004 Sec. 4.3), "
         "noise-free, non-finite log-likelihoods set to -3e6 (seed 000 S4.5).",

@@ -20,7 +20,7 @@ datasets, features, analyses and reports; ``python -m detectors demo`` runs them
 Fashion-MNIST vs MNIST.  Built only on invflow's public API.
 """
 
-from . import classifier_objectives, datasets, imagefeatures, inputs, metrics, models, objectives, scores
+from . import classifier_objectives, datasets, imagefeatures, inputs, metrics, models, objectives, scores, zoo
 from .bundle import Bundle, fit_bundle, load
 from .metrics import evaluate
 from .models import PixelCNNpp, ResNetClassifier

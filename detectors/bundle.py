@@ -356,13 +356,25 @@ class Bundle(Mapping):
         return {n: s > self.detectors[n].threshold for n, s in self.score(x, progress).items()}
 
 
+def _floats_to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Preprocessed float images (``invflow.data.preprocess``: [-0.5, 0.5]) back to uint8;
+    ValueError for any other range (0..255 or torchvision's 0..1 would be clamped into
+    garbage), as every detector does."""
+    from invflow.data import to_images
+    from invflow.models.base import IMAGE_RANGE
+
+    if x.numel() and bool(torch.isfinite(x).all()) and bool((x.abs() > IMAGE_RANGE).any()):
+        raise ValueError(f"floating images must be preprocessed into [-{IMAGE_RANGE:g}, {IMAGE_RANGE:g}] (got min "
+                         f"{float(x.min()):.4g}, max {float(x.max()):.4g}: 0..255 or torchvision's 0..1?); pass "
+                         f"uint8 images, or preprocess them with invflow.data.preprocess")
+    return to_images(x)
+
+
 def prepare(x, policy: ImagePolicy, progress: bool = False) -> torch.Tensor:
     """``x`` -> uint8 [N, C, S, S] by ``policy``: paths / named sets are read with
     ``load_source`` (unreadable files reported), lists and Datasets item by item (any sizes),
     tensors and DataLoaders as batches; preprocessed floats are mapped back to uint8 first
-    (``invflow.data.to_images``)."""
-    from invflow.data import to_images
-
+    (``invflow.data.to_images``; ValueError for floats outside [-0.5, 0.5])."""
     if isinstance(x, Source):
         return policy.apply(x.images, progress)
     if isinstance(x, (str, bytes)) or hasattr(x, "__fspath__"):
@@ -374,14 +386,14 @@ def prepare(x, policy: ImagePolicy, progress: bool = False) -> torch.Tensor:
             if isinstance(im, np.ndarray):
                 im = as_batch(im[None], "images")[0]
             if isinstance(im, torch.Tensor) and im.is_floating_point():
-                im = to_images(im[None])[0]
+                im = _floats_to_uint8(im[None])[0]
             items.append(im if not hasattr(im, "mode") else im)
         if not items:
             raise ValueError("no images to score")
         return policy.apply(items, progress)
     batch = as_batch(x, "images", progress)
     if batch.is_floating_point():
-        batch = to_images(batch)
+        batch = _floats_to_uint8(batch)
     if batch.dtype != torch.uint8 or batch.dim() != 4:
         raise TypeError(f"expected images (uint8 [N, C, H, W] or floats in [-0.5, 0.5]), got {batch.dtype} "
                         f"{list(batch.shape)}")
@@ -637,9 +649,7 @@ def fit_bundle(data, out: str, config: FitConfig | None = None, command: str | N
         raw, more = as_batch_with_labels(raw, "data", cfg.progress)
         labels = labels if labels is not None else more
         if raw.is_floating_point():
-            from invflow.data import to_images
-
-            raw = to_images(raw)
+            raw = _floats_to_uint8(raw)
         images_for_policy = raw
     if cfg.max_images is not None and len(raw) > cfg.max_images:
         keep = torch.randperm(len(raw), generator=torch.Generator().manual_seed(cfg.seed + 1))[:cfg.max_images]
@@ -725,6 +735,10 @@ def fit_bundle(data, out: str, config: FitConfig | None = None, command: str | N
                         "source": spec.source, "threshold": det.threshold, "fpr": det.fpr,
                         "state": _state(det, spec)})
         say(f"  {dname:<11} threshold {det.threshold:.5g} (flags {cfg.fpr:.0%} of held-out TRAIN)")
+    if len(x_cal) * cfg.fpr < 5:
+        say(f"warning: the thresholds rest on {len(x_cal)} held-out image(s), about {len(x_cal) * cfg.fpr:.1f} "
+            f"above each threshold: the share flagged on new in-distribution images can be far from "
+            f"{cfg.fpr:.0%}; fit on more images (or a larger --holdout) for a calibrated threshold")
     dets = {d: dets[d] for d in names}
     entries.sort(key=lambda e: names.index(e["name"]))
     if tensors:

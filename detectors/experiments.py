@@ -234,8 +234,12 @@ def ensembles(dets: dict, specs, val_in: torch.Tensor) -> dict:
     out = {}
     for spec in specs:
         names = [n.strip() for n in spec.split("+")]
+        if len(names) < 2 or len(set(names)) != len(names) or not all(names):
+            raise ValueError(f"ensemble {spec!r}: expected two or more different detector names joined by '+'")
         unknown = [n for n in names if n not in dets]
         if unknown:
-            raise ValueError(f"ensemble {spec!r}: unknown detector(s) {unknown}; known: {sorted(dets)}")
+            hint = (" (the 'features: ...' detectors need --features)"
+                    if any(n.startswith("features:") for n in unknown) else "")
+            raise ValueError(f"ensemble {spec!r}: unknown detector(s) {unknown}{hint}; known: {sorted(dets)}")
         out[f"ensemble: {' + '.join(names)}"] = Ensemble({n: dets[n] for n in names}).fit(val_in)
     return out

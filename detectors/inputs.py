@@ -83,7 +83,10 @@ def _one_image(item, where: str, index: int) -> torch.Tensor:
 
 
 def _split_item(item):
-    """(image, label or None) of a dataset / list item."""
+    """(image, label or None) of a dataset / list item; a 1-tuple (a ``TensorDataset`` of
+    images only) is its image."""
+    if isinstance(item, tuple) and len(item) == 1:
+        return item[0], None
     if isinstance(item, (tuple, list)) and len(item) >= 2 and not _is_pil(item):
         label = item[1]
         if isinstance(label, torch.Tensor) and label.numel() == 1:

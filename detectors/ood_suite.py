@@ -147,6 +147,12 @@ def main(argv=None) -> int:
                    help="add an ensemble (detectors.Ensemble: z-scores summed, standardised on held-out "
                    "Fashion-MNIST test images) of the named detectors, e.g. 'features: PCA+last scale'")
     a = p.parse_args(argv)
+    if a.n < 1:
+        p.error(f"--n must be a positive integer, got {a.n}")
+    for spec in a.ensemble:  # the form now; the names once the detectors are built (before scoring)
+        names = [n.strip() for n in spec.split("+")]
+        if len(names) < 2 or len(set(names)) != len(names) or not all(names):
+            p.error(f"--ensemble {spec!r}: expected two or more different detector names joined by '+'")
     from .datasets import load_fashion_mnist
 
     x_in, _ = in_and_base(a.n, a.seed)
@@ -170,7 +176,10 @@ def main(argv=None) -> int:
 
         val = load_fashion_mnist("test")[0][torch.randperm(10000, generator=torch.Generator().manual_seed(
             a.seed))[2 * a.n: 3 * a.n]]  # disjoint from the scored and the transformed test images
-        dets.update(ensembles(dets, a.ensemble, val))
+        try:
+            dets.update(ensembles(dets, a.ensemble, val))
+        except ValueError as err:
+            p.error(f"--ensemble: {err}")
     results = score_suite(dets, x_in, sets)
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "suite.json"), "w") as f:

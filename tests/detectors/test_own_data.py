@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 import detectors
+import invflow
 import detectors.imagefeatures
 from detectors import bundle as bundle_mod
 from detectors.__main__ import main
@@ -412,6 +413,17 @@ def test_ensemble_in_a_bundle_is_detectors_ensemble_of_its_members(tmp_path, cap
     again = loaded.score(test_x)
     assert all(torch.equal(again[n], s[n]) for n in s)
     assert torch.equal(loaded.predict(test_x)["last-scale+pca"], s["last-scale+pca"] > ens.threshold)
+    # 4 held-out images cannot calibrate a 5% threshold: fit says so
+    assert any(line.startswith("warning: the thresholds rest on 4 held-out image(s)") for line in said)
+
+    # floats: preprocessed [-0.5, 0.5] images score as their uint8 originals; 0..1 or 0..255 floats
+    # (torchvision's ToTensor, raw pixel values) are refused, not clamped into garbage
+    pre = invflow.data.preprocess(test_x, dequantize=False)
+    assert all(torch.equal(loaded.score(pre)[n], s[n]) for n in s)
+    for bad in (test_x.float() / 255, test_x.float()):
+        for form in (bad, list(bad), torch.utils.data.TensorDataset(bad)):
+            with pytest.raises(ValueError, match=r"preprocessed into \[-0.5, 0.5\].*torchvision"):
+                loaded.score(form)
 
     # the score CLI writes the ensemble's column like any other
     assert main(["score", str(tmp_path / "det"), "--data", str(tmp_path / "test"), "--out", str(tmp_path / "rep"),

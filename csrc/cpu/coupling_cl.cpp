@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -40,6 +41,32 @@ struct Tiles {
   }
   int64_t count() const { return B * per_sample; }
 };
+
+// Runs body(scratch, task, b, row0, rows) on every non-empty tile in parallel: sample b, its
+// rows row0 .. row0 + rows - 1 of the [B * P, ...] matrices; make_scratch() gives each thread
+// chunk its own buffers.
+template <typename MakeScratch, typename Body>
+void for_each_tile(const Tiles& t, MakeScratch make_scratch, Body body) {
+  at::parallel_for(0, t.count(), 1, [&](int64_t begin, int64_t end) {
+    auto scratch = make_scratch();
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / t.per_sample;
+      const int64_t p0 = (task % t.per_sample) * t.per_tile;
+      const int64_t rows = std::min(t.per_tile, t.P - p0);
+      if (rows > 0) body(scratch, task, b, b * t.P + p0, rows);
+    }
+  });
+}
+
+// out[b] = the sum of sample b's per-tile partial sums (a fixed order: deterministic).
+template <typename acc_t>
+void sum_tiles(const Tiles& t, const std::vector<acc_t>& part, acc_t* out) {
+  for (int64_t b = 0; b < t.B; ++b) {
+    acc_t sum = 0;
+    for (int64_t k = 0; k < t.per_sample; ++k) sum += part[b * t.per_sample + k];
+    out[b] = sum;
+  }
+}
 
 // One tile's [raw | t] rows -> contiguous raw and t (plain loops: a memcpy call per row of a
 // few channels would cost more than the copy).
@@ -211,27 +238,19 @@ std::tuple<at::Tensor, at::Tensor> coupling_cl_forward(const at::Tensor& x, cons
     const scalar_t* xp = xc.data_ptr<scalar_t>();
     const scalar_t* hp = hc.data_ptr<scalar_t>();
     scalar_t* yp = y.data_ptr<scalar_t>();
+    const int64_t n = t.per_tile * C;
     std::vector<acc_t> part(t.count(), acc_t(0));
-    at::parallel_for(0, t.count(), 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> raw(t.per_tile * C), shift(t.per_tile * C), xbuf(xs == C ? 0 : t.per_tile * C);
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t b = task / t.per_sample;
-        const int64_t p0 = (task % t.per_sample) * t.per_tile;
-        const int64_t rows = std::min(t.per_tile, t.P - p0);
-        if (rows <= 0) continue;
-        const int64_t row0 = b * t.P + p0;
-        deinterleave(hp + row0 * hs, hs, raw.data(), shift.data(), rows, C);
-        const scalar_t* xr = rows_span(xp, xs, row0, rows, C, xbuf.data());
-        part[task] = coupling_apply_span<scalar_t>(xr, raw.data(), shift.data(), yp + row0 * C,
-                                                   rows * C, kind, static_cast<acc_t>(clamp), false);
-      }
-    });
-    acc_t* ld = logdet.data_ptr<acc_t>();
-    for (int64_t b = 0; b < B; ++b) {
-      acc_t sum = 0;
-      for (int64_t k = 0; k < t.per_sample; ++k) sum += part[b * t.per_sample + k];
-      ld[b] = sum;
-    }
+    for_each_tile(
+        t, [&] { return std::tuple(std::vector<scalar_t>(n), std::vector<scalar_t>(n),
+                                   std::vector<scalar_t>(xs == C ? 0 : n)); },
+        [&](auto& scratch, int64_t task, int64_t, int64_t row0, int64_t rows) {
+          auto& [raw, shift, xbuf] = scratch;
+          deinterleave(hp + row0 * hs, hs, raw.data(), shift.data(), rows, C);
+          const scalar_t* xr = rows_span(xp, xs, row0, rows, C, xbuf.data());
+          part[task] = coupling_apply_span<scalar_t>(xr, raw.data(), shift.data(), yp + row0 * C,
+                                                     rows * C, kind, static_cast<acc_t>(clamp), false);
+        });
+    sum_tiles(t, part, logdet.data_ptr<acc_t>());
   });
   return {y, logdet};
 }
@@ -260,24 +279,21 @@ std::tuple<at::Tensor, at::Tensor> coupling_cl_backward(const at::Tensor& grad_y
     const acc_t* glp = glc.defined() ? glc.data_ptr<acc_t>() : nullptr;
     scalar_t* gxp = grad_x.data_ptr<scalar_t>();
     scalar_t* ghp = grad_h.data_ptr<scalar_t>();
-    at::parallel_for(0, t.count(), 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> raw(t.per_tile * C), shift(t.per_tile * C), graw(t.per_tile * C),
-          gshift(t.per_tile * C), xbuf(xs == C ? 0 : t.per_tile * C), gbuf(gs == C ? 0 : t.per_tile * C);
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t b = task / t.per_sample;
-        const int64_t p0 = (task % t.per_sample) * t.per_tile;
-        const int64_t rows = std::min(t.per_tile, t.P - p0);
-        if (rows <= 0) continue;
-        const int64_t row0 = b * t.P + p0;
-        deinterleave(hp + row0 * hs, hs, raw.data(), shift.data(), rows, C);
-        const scalar_t* xr = rows_span(xp, xs, row0, rows, C, xbuf.data());
-        const scalar_t* gr = rows_span(gp, gs, row0, rows, C, gbuf.data());
-        const acc_t gl = glp ? acc_t(glp[b]) : acc_t(0);
-        coupling_grad_span<scalar_t>(gr, gl, xr, raw.data(), gxp + row0 * C, graw.data(),
-                                     gshift.data(), rows * C, kind, static_cast<acc_t>(clamp));
-        interleave(graw.data(), gshift.data(), ghp + row0 * 2 * C, rows, C);
-      }
-    });
+    const int64_t n = t.per_tile * C;
+    for_each_tile(
+        t, [&] { return std::tuple(std::vector<scalar_t>(n), std::vector<scalar_t>(n), std::vector<scalar_t>(n),
+                                   std::vector<scalar_t>(n), std::vector<scalar_t>(xs == C ? 0 : n),
+                                   std::vector<scalar_t>(gs == C ? 0 : n)); },
+        [&](auto& scratch, int64_t, int64_t b, int64_t row0, int64_t rows) {
+          auto& [raw, shift, graw, gshift, xbuf, gbuf] = scratch;
+          deinterleave(hp + row0 * hs, hs, raw.data(), shift.data(), rows, C);
+          const scalar_t* xr = rows_span(xp, xs, row0, rows, C, xbuf.data());
+          const scalar_t* gr = rows_span(gp, gs, row0, rows, C, gbuf.data());
+          const acc_t gl = glp ? acc_t(glp[b]) : acc_t(0);
+          coupling_grad_span<scalar_t>(gr, gl, xr, raw.data(), gxp + row0 * C, graw.data(),
+                                       gshift.data(), rows * C, kind, static_cast<acc_t>(clamp));
+          interleave(graw.data(), gshift.data(), ghp + row0 * 2 * C, rows, C);
+        });
   });
   return {grad_x, grad_h};
 }
@@ -314,33 +330,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> coupling_cl_double_ba
     scalar_t* dgyp = d_gy.data_ptr<scalar_t>();
     scalar_t* dxp = d_x.data_ptr<scalar_t>();
     scalar_t* dhp = d_h.data_ptr<scalar_t>();
+    const int64_t n = t.per_tile * C;
     std::vector<acc_t> part(t.count(), acc_t(0));
-    at::parallel_for(0, t.count(), 1, [&](int64_t begin, int64_t end) {
-      const int64_t n = t.per_tile * C;
-      std::vector<scalar_t> raw(n), unused(n), ur(n), ut(n), draw(n);
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t b = task / t.per_sample;
-        const int64_t p0 = (task % t.per_sample) * t.per_tile;
-        const int64_t rows = std::min(t.per_tile, t.P - p0);
-        if (rows <= 0) continue;
-        const int64_t row0 = b * t.P + p0;
-        deinterleave(hp + row0 * 2 * C, 2 * C, raw.data(), unused.data(), rows, C);
-        deinterleave(uhp + row0 * 2 * C, 2 * C, ur.data(), ut.data(), rows, C);
-        part[task] = double_backward_any<scalar_t>(uxp + row0 * C, ur.data(), ut.data(), gp + row0 * C,
-                                                   acc_t(glp[b]), xp + row0 * C, raw.data(), dgyp + row0 * C,
-                                                   dxp + row0 * C, draw.data(), rows * C, kind,
-                                                   static_cast<acc_t>(clamp));
-        for (int64_t p = 0; p < rows; ++p) {   // d_h = [d_raw, 0] per row
-          for (int64_t c = 0; c < C; ++c) dhp[(row0 + p) * 2 * C + c] = draw[p * C + c];
-        }
-      }
-    });
-    acc_t* dglp = d_gl.data_ptr<acc_t>();
-    for (int64_t b = 0; b < B; ++b) {
-      acc_t sum = 0;
-      for (int64_t k = 0; k < t.per_sample; ++k) sum += part[b * t.per_sample + k];
-      dglp[b] = sum;
-    }
+    for_each_tile(
+        t, [&] { return std::tuple(std::vector<scalar_t>(n), std::vector<scalar_t>(n), std::vector<scalar_t>(n),
+                                   std::vector<scalar_t>(n), std::vector<scalar_t>(n)); },
+        [&](auto& scratch, int64_t task, int64_t b, int64_t row0, int64_t rows) {
+          auto& [raw, unused, ur, ut, draw] = scratch;
+          deinterleave(hp + row0 * 2 * C, 2 * C, raw.data(), unused.data(), rows, C);
+          deinterleave(uhp + row0 * 2 * C, 2 * C, ur.data(), ut.data(), rows, C);
+          part[task] = double_backward_any<scalar_t>(uxp + row0 * C, ur.data(), ut.data(), gp + row0 * C,
+                                                     acc_t(glp[b]), xp + row0 * C, raw.data(), dgyp + row0 * C,
+                                                     dxp + row0 * C, draw.data(), rows * C, kind,
+                                                     static_cast<acc_t>(clamp));
+          for (int64_t p = 0; p < rows; ++p) {   // d_h = [d_raw, 0] per row
+            for (int64_t c = 0; c < C; ++c) dhp[(row0 + p) * 2 * C + c] = draw[p * C + c];
+          }
+        });
+    sum_tiles(t, part, d_gl.data_ptr<acc_t>());
   });
   return {d_gy, d_gl, d_x, d_h};
 }

@@ -7,17 +7,31 @@
 
 #include <string>
 #include <tuple>
+#include <utility>
 
 namespace invflow {
 
 // Parses the `scale` argument of the coupling ops ("sigmoid" | "exp" | "tanh").
 int parse_scale_kind(const std::string& scale);
 
+// "[2, 3, 4, 4]": sizes formatted with std::to_string (error messages never stream integers).
+std::string shape_str(at::IntArrayRef sizes);
+
 // Shape checks shared by the CPU and CUDA entry points (see ops_checks.cpp).
 void check_actnorm_args(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& log_scale);
 void check_channel_mix_args(const at::Tensor& x, const at::Tensor& weight);
 void check_coupling_args(const at::Tensor& x, const at::Tensor& h,
                          const c10::optional<at::Tensor>& mask);
+// Channels-last coupling: x [B, ..., C], h [B, ..., 2C] of x's dtype and device.
+void check_coupling_cl_args(const at::Tensor& x, const at::Tensor& h);
+// ... and its second order: u_x and grad_y shaped like x, u_h like h, grad_logdet [B].
+void check_coupling_cl_double_backward_args(const at::Tensor& u_x, const at::Tensor& u_h, const at::Tensor& grad_y,
+                                            const at::Tensor& grad_logdet, const at::Tensor& x, const at::Tensor& h);
+
+// t [..., K] as rows of K entries with one row stride (t[r, k] at data + r * stride + k),
+// without a copy when its layout allows (e.g. a column block of a wider row-major matrix);
+// else a contiguous copy and stride K.
+std::pair<at::Tensor, int64_t> as_rows(const at::Tensor& t);
 
 // The dtype of every log-determinant: the accumulation dtype of the input (float32 for
 // float16 / bfloat16 / float32 inputs, float64 for float64), so a half-precision input's
@@ -35,7 +49,8 @@ void check_grad_args(const char* op, const at::Tensor& grad_y, const c10::option
 at::Tensor mix_gemm(const at::Tensor& xc, const at::Tensor& weight);
 at::Tensor weight_grad_gemm(const at::Tensor& gc, const at::Tensor& xc);
 
-// Every backend implements the same kernels with the same signatures.
+// Every backend implements the same kernels with the same signatures.  The channels-last
+// coupling (coupling_cl_*) has its schemas in csrc/cpu/coupling_cl.cpp.
 #define INVFLOW_DECLARE_KERNELS \
   std::tuple<at::Tensor, at::Tensor> actnorm_forward(const at::Tensor& x, const at::Tensor& bias, \
                                                      const at::Tensor& log_scale); \
@@ -59,7 +74,16 @@ at::Tensor weight_grad_gemm(const at::Tensor& gc, const at::Tensor& xc);
   std::tuple<at::Tensor, at::Tensor> coupling_backward( \
       const at::Tensor& grad_y, const c10::optional<at::Tensor>& grad_logdet, const at::Tensor& x, \
       const at::Tensor& h, const c10::optional<at::Tensor>& mask, const std::string& scale, \
-      double clamp);
+      double clamp); \
+  \
+  std::tuple<at::Tensor, at::Tensor> coupling_cl_forward(const at::Tensor& x, const at::Tensor& h, \
+                                                         const std::string& scale, double clamp); \
+  std::tuple<at::Tensor, at::Tensor> coupling_cl_backward( \
+      const at::Tensor& grad_y, const c10::optional<at::Tensor>& grad_logdet, const at::Tensor& x, \
+      const at::Tensor& h, const std::string& scale, double clamp); \
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> coupling_cl_double_backward( \
+      const at::Tensor& u_x, const at::Tensor& u_h, const at::Tensor& grad_y, const at::Tensor& grad_logdet, \
+      const at::Tensor& x, const at::Tensor& h, const std::string& scale, double clamp);
 
 namespace cpu {
 INVFLOW_DECLARE_KERNELS

@@ -110,23 +110,6 @@ inline const scalar_t* rows_span(const scalar_t* data, int64_t stride, int64_t r
   return buf;
 }
 
-// t [..., K] as rows of K entries with one row stride, without a copy when its layout allows
-// (e.g. a column block of a wider row-major matrix); else a contiguous copy.
-std::pair<at::Tensor, int64_t> as_rows(const at::Tensor& t) {
-  const int64_t D = t.dim(), K = t.size(-1);
-  if (t.stride(D - 1) == 1 || K == 1) {
-    const int64_t rs = t.stride(D - 2);
-    bool ok = rs >= K;
-    int64_t expect = rs;
-    for (int64_t d = D - 2; d >= 0 && ok; --d) {
-      if (t.size(d) != 1 && t.stride(d) != expect) ok = false;
-      expect *= t.size(d);
-    }
-    if (ok) return {t, rs};
-  }
-  return {t.contiguous(), K};
-}
-
 // ---------------------------------------------------------- second order (closed form)
 // s, d = dlog s/draw and d2 = d^2 log s/draw^2 of one raw value.
 template <typename T>
@@ -209,20 +192,6 @@ at::opmath_type<scalar_t> double_backward_any(const scalar_t* ux, const scalar_t
 
 }  // namespace
 
-void check_coupling_cl_args(const at::Tensor& x, const at::Tensor& h) {
-  TORCH_CHECK(x.dim() >= 2, "invflow: coupling_cl expects x [B, ..., C], got ", x.sizes());
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "invflow: coupling_cl expects a floating tensor");
-  TORCH_CHECK(h.dim() == x.dim(), "invflow: coupling_cl h must be [B, ..., 2C] for x ", x.sizes(), ", got ",
-              h.sizes());
-  for (int64_t d = 0; d < x.dim() - 1; ++d) {
-    TORCH_CHECK(h.size(d) == x.size(d), "invflow: coupling_cl h ", h.sizes(), " does not match x ", x.sizes());
-  }
-  TORCH_CHECK(h.size(-1) == 2 * x.size(-1), "invflow: coupling_cl h must have 2C = ", 2 * x.size(-1),
-              " channels in its last dimension, got ", h.sizes());
-  TORCH_CHECK(h.scalar_type() == x.scalar_type(), "invflow: coupling_cl h dtype differs from x dtype");
-  TORCH_CHECK(h.device() == x.device(), "invflow: coupling_cl h and x on different devices");
-}
-
 std::tuple<at::Tensor, at::Tensor> coupling_cl_forward(const at::Tensor& x, const at::Tensor& h,
                                                        const std::string& scale, double clamp) {
   check_coupling_cl_args(x, h);
@@ -304,14 +273,9 @@ std::tuple<at::Tensor, at::Tensor> coupling_cl_backward(const at::Tensor& grad_y
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> coupling_cl_double_backward(
     const at::Tensor& u_x, const at::Tensor& u_h, const at::Tensor& grad_y, const at::Tensor& grad_logdet,
     const at::Tensor& x, const at::Tensor& h, const std::string& scale, double clamp) {
-  check_coupling_cl_args(x, h);
-  TORCH_CHECK(u_x.sizes() == x.sizes() && grad_y.sizes() == x.sizes() && u_h.sizes() == h.sizes(),
-              "invflow: coupling_cl_double_backward: u_x and grad_y must be shaped like x ", x.sizes(),
-              " and u_h like h ", h.sizes());
+  check_coupling_cl_double_backward_args(u_x, u_h, grad_y, grad_logdet, x, h);
   const ScaleKind kind = static_cast<ScaleKind>(parse_scale_kind(scale));
   const int64_t B = x.size(0), C = x.size(-1);
-  check_grad_args("coupling_cl_double_backward", grad_y, grad_logdet, x);
-  check_grad_args("coupling_cl_double_backward", u_x, c10::nullopt, x);
   const at::Tensor uxc = u_x.contiguous(), uhc = u_h.contiguous(), gc = grad_y.contiguous(),
                    glc = grad_logdet.contiguous(), xc = x.contiguous(), hc = h.contiguous();
   const Tiles t(B, B > 0 ? x.numel() / std::max<int64_t>(B * C, 1) : 0, C);

@@ -1,7 +1,14 @@
 // Invertible 1x1 convolution on CUDA: y[b, :, n] = W x[b, :, n] (Glow Sec. 3.2).
-// For C <= 32 one thread computes all C outputs of one pixel from registers, with W in
-// shared memory (one read and one write of the activations); above that cuBLAS wins
-// (mix_gemm / weight_grad_gemm in csrc/channel_mix_gemm.cpp).
+// For C <= 32 one thread computes all C outputs of one pixel, with W in shared memory (one
+// read and one write of the activations); above that cuBLAS wins (mix_gemm /
+// weight_grad_gemm in csrc/channel_mix_gemm.cpp).
+//
+// Launch: a 1-D grid-stride loop over the B * N pixels, kThreads per block.  Each thread
+// loads the pixel's C inputs into registers (xin, padded with zeros to the bucket MAXC),
+// then loops over the C output rows WITHOUT unrolling that loop: row o of W is read from
+// shared memory as aligned 16-byte vectors, so only one row of W is live in registers at a
+// time.  (Unrolling both loops lifts all MAXC^2 weights into registers: 255 registers and
+// kilobytes of spills per thread at MAXC = 32, which tools/cuda_compile_check.sh rejects.)
 #include "../ops.h"
 #include "utils.cuh"
 
@@ -12,14 +19,37 @@ namespace {
 
 constexpr int64_t kMaxFusedChannels = 32;
 
+// 16-byte vector of the accumulation type, for shared-memory reads of a row of W.
+template <typename acc_t>
+struct Vec16;
+template <>
+struct Vec16<float> {
+  using type = float4;
+  static constexpr int width = 4;
+  __device__ static void unpack(const type& v, float* out) {
+    out[0] = v.x; out[1] = v.y; out[2] = v.z; out[3] = v.w;
+  }
+};
+template <>
+struct Vec16<double> {
+  using type = double2;
+  static constexpr int width = 2;
+  __device__ static void unpack(const type& v, double* out) {
+    out[0] = v.x; out[1] = v.y;
+  }
+};
+
 // W is staged in shared memory with row stride MAXC and zero padding (rows and columns
-// >= C), so the unrolled loops never read another row's entries or unwritten memory: a NaN
-// or Inf in row o' of W reaches output o' only, as on the CPU.
+// >= C), so the unrolled inner loop never reads another row's entries or unwritten memory:
+// a NaN or Inf in row o of W reaches output o only, as on the CPU.
 template <typename scalar_t, typename index_t, int MAXC>
-__global__ void mix_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, scalar_t* __restrict__ y,
-                           index_t pixels, Divider<index_t> div_n, index_t N, int C) {
+__global__ void __launch_bounds__(kThreads) mix_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,
+                                                      scalar_t* __restrict__ y, index_t pixels, Divider<index_t> div_n,
+                                                      index_t N, int C) {
   using acc_t = at::opmath_type<scalar_t>;
-  __shared__ acc_t ws[MAXC * MAXC];
+  using V = Vec16<acc_t>;
+  static_assert(MAXC % V::width == 0, "rows of W must be whole vectors");
+  __shared__ __align__(16) acc_t ws[MAXC * MAXC];
   for (int k = threadIdx.x; k < MAXC * MAXC; k += blockDim.x) {
     const int o = k / MAXC, i = k - o * MAXC;
     ws[k] = (o < C && i < C) ? static_cast<acc_t>(w[o * C + i]) : acc_t(0);
@@ -32,14 +62,18 @@ __global__ void mix_kernel(const scalar_t* __restrict__ x, const scalar_t* __res
     acc_t xin[MAXC];
 #pragma unroll
     for (int i = 0; i < MAXC; ++i) xin[i] = i < C ? static_cast<acc_t>(x[base + i * N]) : acc_t(0);
+#pragma unroll 1
+    for (int o = 0; o < C; ++o) {
+      const typename V::type* row = reinterpret_cast<const typename V::type*>(ws + o * MAXC);
+      acc_t acc = 0;
 #pragma unroll
-    for (int o = 0; o < MAXC; ++o) {
-      if (o < C) {
-        acc_t acc = 0;
+      for (int k = 0; k < MAXC / V::width; ++k) {
+        acc_t wv[V::width];
+        V::unpack(row[k], wv);
 #pragma unroll
-        for (int i = 0; i < MAXC; ++i) acc += ws[o * MAXC + i] * xin[i];
-        y[base + o * N] = static_cast<scalar_t>(acc);
+        for (int j = 0; j < V::width; ++j) acc += wv[j] * xin[k * V::width + j];
       }
+      y[base + o * N] = static_cast<scalar_t>(acc);
     }
   }
 }

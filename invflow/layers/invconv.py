@@ -21,7 +21,7 @@ class InvConv1x1(Flow):
 
     Low precision: for float16 / bfloat16 parameters or inputs, and under ``torch.autocast``,
     the LU assembly, ``slogdet`` and the inverse are computed in float32 (torch has no
-    low-precision ``linalg.inv`` / ``slogdet``, and a half-precision LU product loses W's
+    low-precision ``linalg.inv_ex`` / ``slogdet``, and a half-precision LU product loses W's
     invertibility); W is then cast to the input's dtype and log|det| is returned in float32.
     """
 
@@ -65,7 +65,9 @@ class InvConv1x1(Flow):
         w, logdet = self.weight_and_logdet()
         if inverse:
             with torch.autocast(w.device.type, enabled=False):
-                w, logdet = torch.linalg.inv(w), -logdet
+                # inv_ex: no error check, so no host sync on CUDA (W is invertible by
+                # construction in the LU form; a singular free W gives non-finite outputs)
+                w, logdet = torch.linalg.inv_ex(w).inverse, -logdet
         ld = per_sample(logdet.to(logdet_dtype(x.dtype)) * inner_size(x), x.shape[0])
         return ops.channel_mix(x, w.to(x.dtype)), ld
 

@@ -4,10 +4,12 @@
 #   make test    set-up + the full test suite
 #   make bench   set-up + the benchmark suites and the side-by-side comparison
 #   make data    installs the offline datasets (Debian dataset-fashion-mnist)
-#   make gpu-check   on a GPU machine: build for its arch, CUDA tests, compute-sanitizer,
-#                    training smoke, CUDA bench -- one command, logs in GPU_CHECK_OUT
-#                    (tools/gpu_check.sh; uses the machine's python3, no set-up);
-#                    DRY_RUN=1 runs its CPU parts (make test does)
+#   make gpu-check   on a GPU machine, within GPU_CHECK_BUDGET_S (default 540 s): build for its
+#                    arch + every op's CUDA registration, bad-input probe, CUDA tests (a floor
+#                    on the passed count), training smoke, compute-sanitizer (4 tools), CUDA
+#                    bench (never gates) -- one command, logs in GPU_CHECK_OUT, a verification
+#                    line naming the source hash (tools/gpu_check.sh; the machine's python3,
+#                    no set-up); DRY_RUN=1 runs its CPU parts (make test does)
 #
 # Set-up: a venv in .venv; torch==2.13.0 (the CPU wheel from /opt/wheels when present)
 # only when the venv has no torch -- never an unpinned torch, which resolves to a 3 GB CUDA
@@ -59,6 +61,8 @@ cuda-check: build/.cuda-check
 
 # The GPU check runs on a machine with torch and CUDA already installed (no venv, no network):
 # it builds the extension there itself.  DRY_RUN=1 runs the CPU-runnable parts here.
+# GPU_CHECK_BUDGET_S, GPU_CHECK_MIN_CUDA_TESTS, STAGES and SANITIZERS pass through the
+# environment (or the make command line) to tools/gpu_check.sh.
 GPU_CHECK_OUT ?= build/gpu-check
 GPU_PY ?= python3
 DRY_RUN ?=

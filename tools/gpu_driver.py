@@ -2,6 +2,12 @@
 
     python tools/gpu_driver.py --device cuda     # under compute-sanitizer in `make gpu-check`
     python tools/gpu_driver.py --device cpu      # `make gpu-check DRY_RUN=1` (and make test)
+    python tools/gpu_driver.py --check-registration --device cuda   # after the build stage
+
+`--check-registration` calls nothing: it asserts that every op schema in csrc/ has a kernel
+registered for the device's dispatch key (CUDA, or CPU in the dry run), so a .cu file left
+out of the build, or a registration block that never ran, fails the build stage instead of
+surfacing later as a "no kernel" error in one test.
 
 Every op schema in csrc/registration.cpp must be called here: the driver parses the
 schemas and fails if a new op was added without a call, so the sanitizer stage can't
@@ -40,6 +46,53 @@ def registered_ops() -> set[str]:
                     for block in re.findall(r"m\.def\(\s*((?:\"[^\"]*\"\s*)+)\)", f.read()):
                         names.update(re.findall(r'^\s*"\s*([a-z_0-9]+)\(', block))
     return names
+
+
+def dispatch_key(device: str) -> str:
+    """The dispatch key the device's kernels register under."""
+    return {"cuda": "CUDA", "cpu": "CPU"}[device]
+
+
+def missing_kernels(device: str) -> tuple[list[str], list[str]]:
+    """(ops of registered_ops() with no schema loaded, ops with no kernel for the device's
+    dispatch key), both sorted."""
+    key = dispatch_key(device)
+    no_schema, no_kernel = [], []
+    for name in sorted(registered_ops()):
+        qualified = f"invflow::{name}"
+        if not _has_schema(name):
+            no_schema.append(name)
+        elif not torch._C._dispatch_has_kernel_for_dispatch_key(qualified, key):
+            no_kernel.append(name)
+    return no_schema, no_kernel
+
+
+def _has_schema(name: str) -> bool:
+    """Whether invflow::name was loaded (torch.ops raises AttributeError for unknown ops)."""
+    try:
+        getattr(OP, name)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def check_registration(device: str) -> int:
+    """Prints one line; 0 when every op parsed from csrc/ has a kernel for the device."""
+    ops = registered_ops()
+    if not ops:
+        print("gpu_driver: no m.def schemas found in csrc/ (parser or tree broken)", file=sys.stderr)
+        return 1
+    no_schema, no_kernel = missing_kernels(device)
+    key = dispatch_key(device)
+    if no_schema:
+        print(f"gpu_driver: ops defined in csrc/ but not loaded from invflow._C: {no_schema}",
+              file=sys.stderr)
+    if no_kernel:
+        print(f"gpu_driver: ops with no {key} kernel registered: {no_kernel}", file=sys.stderr)
+    if no_schema or no_kernel:
+        return 1
+    print(f"gpu_driver: all {len(ops)} ops of csrc/ have a {key} kernel registered")
+    return 0
 
 
 def shapes(small: bool):
@@ -107,10 +160,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--small", action="store_true", help="skip the largest shape (sanitizers are slow)")
+    parser.add_argument("--check-registration", action="store_true",
+                        help="only assert that every op has a kernel for the device's dispatch key")
     args = parser.parse_args(argv)
     if not invflow.fused_available():
         print("gpu_driver: invflow._C is not built", file=sys.stderr)
         return 1
+    if args.check_registration:
+        return check_registration(args.device)
     dtypes = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
     called: set[str] = set()
     for dtype in dtypes:

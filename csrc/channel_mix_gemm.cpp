@@ -17,8 +17,16 @@ at::Tensor mix_gemm(const at::Tensor& xc, const at::Tensor& weight) {
 
 // gc, xc: contiguous [B, C, ...] of the same shape.  One GEMM over all B * N positions: for
 // N = 1 on views, for C > N on [C, B N] copies of g and x (2 B C N elements, less than the
-// B C^2 of per-sample products), otherwise a batched GEMM summed over the batch.
+// B C^2 of per-sample products), otherwise a batched GEMM summed over the batch.  Half and
+// bfloat16 inputs are computed in float32 and rounded once: the batched GEMM returns each
+// sample's product already rounded to the input dtype, and their sum over the batch lost up
+// to 60x float16's epsilon (B = 129, C = 80, N = 128), where the direct kernels accumulate
+// in float32.
 at::Tensor weight_grad_gemm(const at::Tensor& gc, const at::Tensor& xc) {
+  const at::ScalarType dtype = xc.scalar_type();
+  if (dtype == at::kHalf || dtype == at::kBFloat16) {
+    return weight_grad_gemm(gc.to(at::kFloat), xc.to(at::kFloat)).to(dtype);
+  }
   const int64_t B = xc.size(0), C = xc.size(1), N = xc.numel() / std::max<int64_t>(B * C, 1);
   if (N == 1) return at::mm(gc.view({B, C}).t(), xc.view({B, C}));
   if (C > N) {

@@ -397,3 +397,23 @@ def test_cuda_more_than_2_31_elements():
     y, ld = OP.coupling_forward(x, h, None, "exp", 2.0)
     torch.testing.assert_close(y[tail], x[tail])
     assert ld.abs().max().item() == 0.0
+
+
+# ------------------------------------------- low-precision weight gradient of the GEMM path
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("shape", [(129, 80, 128), (16, 80, 96), (64, 96, 1), (4, 80, 16)])
+def test_channel_mix_gemm_weight_grad_rounds_once(shape, dtype, device):
+    """dL/dW = sum_b g_b x_b^T for C above the direct kernels (the GEMM path on every device):
+    in half / bfloat16 it is accumulated in float32 and rounded once, so its error stays within
+    about one epsilon of the exact sum of the rounded inputs (a batched GEMM rounded each
+    sample's product first: up to 60 epsilons)."""
+    x = torch.randn(shape, dtype=torch.float64)
+    g = torch.randn_like(x)
+    c = shape[1]
+    w = rand_weight(c, torch.float64, "cpu")
+    xl, gl, wl = (t.to(device=device, dtype=dtype) for t in (x, g, w))
+    _, gw = OP.channel_mix_backward(gl, xl, wl)
+    assert gw.dtype == dtype
+    exact = torch.einsum("bcn,bdn->cd", gl.cpu().double(), xl.cpu().double())
+    err = ((gw.cpu().double() - exact).abs() / (exact.abs() + 1)).max().item()
+    assert err < 2 * torch.finfo(dtype).eps, f"relative error {err:.2e} ({err / torch.finfo(dtype).eps:.1f} eps)"

@@ -124,7 +124,7 @@ std::tuple<at::Tensor, at::Tensor> channel_mix_backward(const at::Tensor& grad_y
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor gc = grad_y.contiguous(), xc = x.contiguous();
   at::Tensor grad_x = mix(gc, weight.t());
-  return {grad_x, weight_grad_gemm(gc, xc).to(weight.scalar_type())};
+  return {grad_x, weight_grad_gemm(gc, xc)};
 }
 
 }  // namespace cuda

@@ -20,7 +20,7 @@
 // first issues all K loads of every stream, then computes its E entries.
 //
 // Forward / inverse: each thread adds log s over its entries of all the block's chunks of
-// sample b; block_sum; partial[b * gridDim.x + blockIdx.x]; logdet_kernel, one warp per sample,
+// sample b; block_sum; partial[b * gridDim.x + blockIdx.x]; sum_partials (utils.cuh), one warp per sample,
 // adds a sample's gridDim.x partials in a fixed order (deterministic, no atomics).
 // Backward: the same grid, no reduction (grad_logdet[b] is read once per block and sample).
 #include "../common/scale.h"
@@ -119,21 +119,6 @@ __global__ void __launch_bounds__(kThreads)
     }
     ld = block_sum(ld);
     if (threadIdx.x == 0) partial[b * gridDim.x + blockIdx.x] = ld;
-  }
-}
-
-// logdet[b] = sign * sum of the sample's `parts` partials: one warp per sample, lanes over
-// the partials, a fixed order (deterministic).
-template <typename acc_t>
-__global__ void logdet_kernel(const acc_t* __restrict__ partial, acc_t* __restrict__ logdet, int64_t B,
-                              int64_t parts, acc_t sign) {
-  const int lane = threadIdx.x & 31;
-  const int64_t warps = blockDim.x >> 5;
-  for (int64_t b = blockIdx.x * warps + (threadIdx.x >> 5); b < B; b += static_cast<int64_t>(gridDim.x) * warps) {
-    acc_t v = 0;
-    for (int64_t k = lane; k < parts; k += 32) v += partial[b * parts + k];
-    v = warp_sum(v);
-    if (lane == 0) logdet[b] = sign * v;
   }
 }
 
@@ -257,10 +242,8 @@ std::tuple<at::Tensor, at::Tensor> apply(const at::Tensor& in, const at::Tensor&
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
-    logdet_kernel<acc_t><<<grid_for(B, kThreads / 32), kThreads, 0, stream>>>(
-        partial.const_data_ptr<acc_t>(), logdet.mutable_data_ptr<acc_t>(), B, static_cast<int64_t>(p.gx),
-        acc_t(invert ? -1 : 1));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    sum_partials<acc_t>(partial.const_data_ptr<acc_t>(), logdet.mutable_data_ptr<acc_t>(), B,
+                        static_cast<int64_t>(p.gx), acc_t(invert ? -1 : 1), stream);
   });
   return {out, logdet};
 }

@@ -12,8 +12,8 @@
 // most kMaxChunk entries; a block takes one chunk per iteration of a grid-stride loop over
 // the B * chunks chunks, its threads stride over the chunk's entries (entry e -> row
 // e / C, channel e % C by magic-number division), and, where a per-sample sum is needed,
-// the block's partial sum goes to partial[b, chunk].  A second launch adds each sample's
-// partials in a fixed order (deterministic, no float atomics).  Sums accumulate in
+// the block's partial sum goes to partial[b, chunk].  A second launch (sum_partials,
+// utils.cuh) adds each sample's partials in a fixed order (deterministic, no float atomics).  Sums accumulate in
 // at::opmath_type (float32 for half / bfloat16); log-dets are in logdet_dtype.
 #include <torch/library.h>
 
@@ -143,18 +143,6 @@ __global__ void __launch_bounds__(kThreads) double_backward_kernel(
   });
 }
 
-// out[b] = sum of partial[b, :] in order.
-template <typename acc_t>
-__global__ void sum_partials_kernel(const acc_t* __restrict__ partial, acc_t* __restrict__ out, int64_t B,
-                                    int64_t chunks_per_sample) {
-  for (int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; b < B;
-       b += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    acc_t v = 0;
-    for (int64_t k = 0; k < chunks_per_sample; ++k) v += partial[b * chunks_per_sample + k];
-    out[b] = v;
-  }
-}
-
 // Largest element offset + 1 that any of the row views reaches (for the index type).
 int64_t extent(std::initializer_list<std::pair<int64_t, int64_t>> stride_width, int64_t rows) {
   int64_t most = 0;
@@ -198,9 +186,7 @@ void finish_sums(const Launch& l, const at::Tensor& partial, at::Tensor& out, cu
     out.zero_();
     return;
   }
-  sum_partials_kernel<acc_t><<<grid_for(l.B), kThreads, 0, stream>>>(partial.data_ptr<acc_t>(),
-                                                                      out.data_ptr<acc_t>(), l.B, l.chunks_per_sample);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  sum_partials<acc_t>(partial.data_ptr<acc_t>(), out.data_ptr<acc_t>(), l.B, l.chunks_per_sample, acc_t(1), stream);
 }
 
 }  // namespace

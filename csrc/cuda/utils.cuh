@@ -54,6 +54,30 @@ __device__ T block_sum(T v) {
   return v;
 }
 
+// out[b] = sign * the sum of partial[b * parts + k] over k (per-block partial sums of one
+// sample, e.g. of a log-det): one warp per sample, lanes over the partials, then a warp sum,
+// so the order is fixed and the result deterministic.
+template <typename acc_t>
+__global__ void sum_partials_kernel(const acc_t* __restrict__ partial, acc_t* __restrict__ out, int64_t B,
+                                    int64_t parts, acc_t sign) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = blockDim.x >> 5;
+  for (int64_t b = blockIdx.x * warps + (threadIdx.x >> 5); b < B; b += static_cast<int64_t>(gridDim.x) * warps) {
+    acc_t v = 0;
+    for (int64_t k = lane; k < parts; k += 32) v += partial[b * parts + k];
+    v = warp_sum(v);
+    if (lane == 0) out[b] = sign * v;
+  }
+}
+
+// Launches sum_partials_kernel for B samples (nothing when B == 0).
+template <typename acc_t>
+void sum_partials(const acc_t* partial, acc_t* out, int64_t B, int64_t parts, acc_t sign, cudaStream_t stream) {
+  if (B == 0) return;
+  sum_partials_kernel<acc_t><<<grid_for(B, kThreads / 32), kThreads, 0, stream>>>(partial, out, B, parts, sign);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 }  // namespace cuda
 }  // namespace invflow
 

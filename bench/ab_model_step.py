@@ -1,4 +1,4 @@
-"""In-process A/B of invflow's fused model path (issue 15): a Glow training step (or the
+"""In-process A/B of invflow's fused model path: a Glow training step (or the
 approximate-mass penalty step) run by the eager reference, by the fused backend with the
 channels-last Glow scale and the folded GlowNet switched off ("fused-before", the
 layer-by-layer fused ops), and by the fused backend as it is ("fused-now"); same weights and
@@ -7,7 +7,7 @@ spent waiting for a core on a shared machine), 1 thread.
 
     MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=68719476736 python bench/ab_model_step.py
     MODE=penalty R=12 python bench/ab_model_step.py          # approx_mass_penalty + backward
-    K=32 HID=512 R=3 python bench/ab_model_step.py           # the seed 000 size
+    K=32 HID=512 R=3 python bench/ab_model_step.py           # the Schirrmeister et al. 2020 size
 
 Environment: K (steps per scale, 4), HID (st-net width, 64), B (batch, 16), R (rounds, 20),
 MODE (train | penalty).

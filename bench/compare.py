@@ -3,7 +3,7 @@
 implementations, all in one process, on the same weights and data.
 
     python bench/compare.py [--device cpu|cuda] [--quick | --smoke] [--json PATH]
-                            [--cases step model model_seed000 approx_mass memory bandwidth] [--threads N]
+                            [--cases step model model_paper_size approx_mass memory bandwidth] [--threads N]
 
 Implementations (rows):
   invflow-fused             invflow on its fused C++/CUDA kernels (``invflow.backend("fused")``)
@@ -19,7 +19,7 @@ Implementations (rows):
 Cases (see BENCHMARKS.md for what each measures and the matching caveats):
   step         one Glow step forward+backward, loss = -(log N(z; 0, I) + logdet).mean()
   model        whole-model training step of invflow.Glow: forward + backward + Adamax step
-  model_seed000  the same at the size of seed 000: K=32 steps per scale, hidden 512, 3x32x32
+  model_paper_size  the same at the size of Schirrmeister et al. 2020: K=32 steps per scale, hidden 512, 3x32x32
                (batch 16 on CPU, 64 on GPU)
   approx_mass  detectors.objectives.approx_mass_penalty (double backward) vs the plain NLL step
   memory       bytes saved for backward (saved_tensors_hooks; + peak CUDA memory on GPU)
@@ -72,7 +72,7 @@ import invflow  # noqa: E402
 from invflow import masks  # noqa: E402
 from invflow.data import preprocess, standard_normal_log_prob  # noqa: E402
 
-CASES = ("step", "model", "model_seed000", "approx_mass", "memory", "bandwidth")
+CASES = ("step", "model", "model_paper_size", "approx_mass", "memory", "bandwidth")
 FUSED, EAGER, COMPILE = "invflow-fused", "invflow-eager", "torch.compile(reference)"
 COMPILE_FUSED = "torch.compile(fused)"
 COMPILED = (COMPILE, COMPILE_FUSED)
@@ -92,13 +92,13 @@ class Config:
     target_s: float          # a timed sample repeats a call until it lasts about this long
     step: tuple              # (batch, channels, size, hidden)
     model: dict              # Glow config + batch for the model / approx_mass cases
-    model_seed000: dict      # the seed 000 model (K=32, hidden 512) for the model_seed000 case
+    model_paper_size: dict      # the Schirrmeister et al. 2020 model (K=32, hidden 512) for the model_paper_size case
     memory: dict             # Glow config + batch for the memory case
     bandwidth: tuple         # tensor shape [B, C, H, W] for the elementwise kernels
     compile_backend: str
     memory_repeats: int = 3
-    model_repeats: int | None = None   # rounds of the model_seed000 case (one step takes seconds on CPU)
-    seed000_compile_fused: bool = False  # compile(fused) row of model_seed000 (whole-model compile: slow)
+    model_repeats: int | None = None   # rounds of the model_paper_size case (one step takes seconds on CPU)
+    paper_size_compile_fused: bool = False  # compile(fused) row of model_paper_size (whole-model compile: slow)
 
 
 def glow_cfg(image, levels, steps, hidden, batch):
@@ -109,7 +109,7 @@ def make_config(mode: str, device: str) -> Config:
     if mode == "smoke":
         return Config("smoke", 1, 1, 0.0, (2, 4, 4, 8), glow_cfg(8, 2, 1, 8, 2), glow_cfg(8, 2, 2, 8, 2),
                       glow_cfg(8, 2, 4, 8, 2), (4, 4, 8, 8), "aot_eager", memory_repeats=1,
-                      seed000_compile_fused=True)
+                      paper_size_compile_fused=True)
     if device == "cuda":
         if mode == "quick":
             return Config("quick", 3, 10, 0.02, (64, 12, 16, 512), glow_cfg(32, 3, 8, 512, 64),
@@ -671,7 +671,7 @@ def build_model_rows(gcfg: dict, cfg: Config, device: str, with_compile: bool = 
     rows = invflow_impls(base, model_log_prob, comp, cfg, comp_fused)
     if with_compile and not compile_fused:
         rows.append(Impl(COMPILE_FUSED, missing="not run: compiling the whole K=32 model takes tens of minutes on "
-                                                "2 CPU cores (--seed000-compile-fused runs it); see the model case"))
+                                                "2 CPU cores (--paper-size-compile-fused runs it); see the model case"))
     for r in rows:
         if r.name == COMPILE:
             r.note = f"backend={cfg.compile_backend}, per-step (regional) compile, ActNorms in eval mode"
@@ -736,10 +736,10 @@ def run_model(cfg, device, out, g=None, case="model", repeats=None, compile_fuse
          header=f"training step (forward + backward + Adamax) of {glow_desc(g)}")
 
 
-def run_model_seed000(cfg, device, out):
-    """The model case at the size of seed 000 (Glow K=32 per scale, hidden 512, 3x32x32)."""
-    run_model(cfg, device, out, g=cfg.model_seed000, case="model_seed000", repeats=cfg.model_repeats,
-              compile_fused=cfg.seed000_compile_fused)
+def run_model_paper_size(cfg, device, out):
+    """The model case at the size of Schirrmeister et al. 2020 (Glow K=32 per scale, hidden 512, 3x32x32)."""
+    run_model(cfg, device, out, g=cfg.model_paper_size, case="model_paper_size", repeats=cfg.model_repeats,
+              compile_fused=cfg.paper_size_compile_fused)
 
 
 def run_approx_mass(cfg, device, out):
@@ -1070,7 +1070,7 @@ def emit(out: list, case: str, variant: str, rows: list, res: dict, device: str,
 
 
 # -------------------------------------------------------------------------------- main
-RUNNERS = {"step": run_step, "model": run_model, "model_seed000": run_model_seed000, "approx_mass": run_approx_mass,
+RUNNERS = {"step": run_step, "model": run_model, "model_paper_size": run_model_paper_size, "approx_mass": run_approx_mass,
            "memory": run_memory, "bandwidth": run_bandwidth}
 
 
@@ -1088,8 +1088,8 @@ def parse_args(argv=None):
     p.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--compile-backend", help="torch.compile backend (default inductor; aot_eager in --smoke)")
-    p.add_argument("--seed000-compile-fused", action="store_true",
-                   help="also run the torch.compile(fused) row of model_seed000 (compiles the whole K=32 model)")
+    p.add_argument("--paper-size-compile-fused", action="store_true",
+                   help="also run the torch.compile(fused) row of model_paper_size (compiles the whole K=32 model)")
     return p.parse_args(argv)
 
 
@@ -1111,8 +1111,8 @@ def main(argv=None) -> int:
     cfg = make_config(mode, args.device)
     if args.compile_backend:
         cfg.compile_backend = args.compile_backend
-    if args.seed000_compile_fused:
-        cfg.seed000_compile_fused = True
+    if args.paper_size_compile_fused:
+        cfg.paper_size_compile_fused = True
     peers = peer_versions()
     meta = dict(torch=torch.__version__, commit=commit_hash(), machine=machine(args.device))
     print(f"invflow compare: mode={mode} device={args.device} torch {meta['torch']} "

@@ -3,7 +3,7 @@
 Cases (CPU always, CUDA when present), at the foundation issue's shape [64, 12, 16, 16]:
 each op (actnorm, LU 1x1 conv, affine coupling) forward and forward+backward, and a Glow
 step (actnorm -> LU 1x1 -> affine coupling with a small GlowNet st-net) forward+backward
-and the double-backward step (log p plus the norm of d log p / dx, seed 004's penalty).
+and the double-backward step (log p plus the norm of d log p / dx, Chali et al. 2023's penalty).
 
 Every case has the impls "fused" and "reference" (eager), and every first-order case also
 "compile": ``torch.compile`` (inductor) of a function that runs the layer under
@@ -224,7 +224,7 @@ def test_glow_step_forward_backward(benchmark, impl, device, batch):
 @pytest.mark.parametrize("device,batch", STEP_CASES)
 @pytest.mark.parametrize("impl", IMPLS)
 def test_glow_step_double_backward(benchmark, impl, device, batch):
-    """Training step of the approximate-mass objective: -log p + ||d log p / dx|| (seed 004 Eq. 2)."""
+    """Training step of the approximate-mass objective: -log p + ||d log p / dx|| (Chali et al. 2023 Eq. 2)."""
     layer = make_layer("glow_step", device)
     x = torch.randn((batch, *SHAPE[1:]), device=device, requires_grad=True)
 

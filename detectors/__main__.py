@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--n", type=int, default=None, help="score a seeded random subset of this size")
     ev.add_argument("--out", required=True, help="report directory")
     ev.add_argument("--seed", type=int, default=0)
-    rep = sub.add_parser("reproduce", help="the seed papers' experiments over several seeds (docs/RESULTS.md)")
+    rep = sub.add_parser("reproduce", help="the five papers' experiments over several seeds (docs/RESULTS.md)")
     rep.add_argument("names", nargs="+", help="experiments: glow, architectures, features, baselines, one-vs-rest, "
                      "or all")
     rep.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -1,17 +1,16 @@
 """Analyses of why flow likelihoods fail at OOD detection, with their plots.
 
-* Low-level pixel statistics (seed 000 Sec. 2, Fig. 1A/B): ``pixel_differences``,
+* Low-level pixel statistics (Schirrmeister et al. 2020 Sec. 2, Fig. 1A/B): ``pixel_differences``,
   ``PixelDifferenceModel`` (the histogram pseudo-likelihood),
   ``plot_pixel_difference_histograms``.
-* Fourier amplitude/phase mixing (seed 000 S3, Fig. S1): ``fourier_mix``, ``plot_fourier_mix``.
-* Rank correlations (seed 000 Fig. 1C, Fig. 3C/D): ``spearman``, ``correlation_matrix``,
+* Fourier amplitude/phase mixing (Schirrmeister et al. 2020 S3, Fig. S1): ``fourier_mix``, ``plot_fourier_mix``.
+* Rank correlations (Schirrmeister et al. 2020 Fig. 1C, Fig. 3C/D): ``spearman``, ``correlation_matrix``,
   ``per_scale_correlations``, ``plot_correlation_matrix``, ``plot_per_scale_correlations``,
   ``plot_scatter``.
-* Latents and coupling layers (seed 003 Sec. 5-6, Fig. 2/3, App. E): ``unsqueeze_latents``,
+* Latents and coupling layers (Kirichenko et al. 2020 Sec. 5-6, Fig. 2/3, App. E): ``unsqueeze_latents``,
   ``plot_latents``, ``coupling_st``, ``plot_coupling_st``.
 
-"seed 000" = Schirrmeister et al. 2020; "seed 003" = Kirichenko et al. 2020.
-Seed 000 (Sec. 2) and seed 003 (Sec. 6) both find that likelihoods are dominated by local
+Schirrmeister et al. 2020 (Sec. 2) and Kirichenko et al. 2020 (Sec. 6) both find that likelihoods are dominated by local
 pixel correlations that every natural-image dataset shares.  Everything runs on CPU; plots
 use matplotlib's Agg canvas without pyplot (``detectors.report.new_figure``).
 """
@@ -107,10 +106,10 @@ class _EvalMode:
         self.model.train(self.was_training)
 
 
-# -- 1. pixel differences (seed 000 Sec. 2, Fig. 1A/B) -------------------------------------
+# -- 1. pixel differences (Schirrmeister et al. 2020 Sec. 2, Fig. 1A/B) -------------------------------------
 def pixel_differences(images) -> np.ndarray:
     """Difference of each pixel to the mean of its 8 neighbours in the 3x3 neighbourhood
-    (seed 000 Sec. 2), per channel, in the 0..255 pixel scale: uint8 images as they are,
+    (Schirrmeister et al. 2020 Sec. 2), per channel, in the 0..255 pixel scale: uint8 images as they are,
     floats in [-0.5, 0.5] multiplied by 256.
 
     Border handling: only interior pixels, which have all 8 neighbours, are used, so
@@ -130,7 +129,7 @@ def pixel_differences(images) -> np.ndarray:
 
 class PixelDifferenceModel:
     """Histogram density of the pixel differences and the per-image pseudo-likelihood of
-    seed 000 Sec. 2 (Fig. 1B): ``bins`` equally spaced bins over ``range`` (default: min /
+    Schirrmeister et al. 2020 Sec. 2 (Fig. 1B): ``bins`` equally spaced bins over ``range`` (default: min /
     max of the training differences); log-likelihood = sum over pixels of log density.
 
     Smoothing: ``alpha`` (default 1, Laplace / add-one) is added to every bin count before
@@ -190,7 +189,7 @@ class PixelDifferenceModel:
 
 def plot_pixel_difference_histograms(datasets: Mapping, path: str, bins: int = 100, range=None,
                                      log: bool = False, percentiles=(0.5, 99.5)) -> None:
-    """Overlaid normalised histograms of the pixel differences of each dataset (seed 000
+    """Overlaid normalised histograms of the pixel differences of each dataset (Schirrmeister et al. 2020
     Fig. 1A), on common bins over ``range`` (default: the ``percentiles`` range of the
     pooled differences, so rare extremes do not flatten the peak at zero)."""
     diffs = {name: pixel_differences(images).ravel() for name, images in datasets.items()}
@@ -217,17 +216,17 @@ def plot_pixel_difference_histograms(datasets: Mapping, path: str, bins: int = 1
     save_figure(fig, path)
 
 
-# -- 2. Fourier mixing (seed 000 S3, Fig. S1) ---------------------------------------------------
+# -- 2. Fourier mixing (Schirrmeister et al. 2020 S3, Fig. S1) ---------------------------------------------------
 def fourier_mix(amplitude_images: torch.Tensor, phase_images: torch.Tensor,
                 clip: bool = True) -> torch.Tensor:
     """Images with the Fourier amplitudes of ``amplitude_images`` and the phases of
-    ``phase_images`` (seed 000 S3): per channel, fft2 -> |A| exp(i angle(P)) -> ifft2, real part.
+    ``phase_images`` (Schirrmeister et al. 2020 S3): per channel, fft2 -> |A| exp(i angle(P)) -> ifft2, real part.
 
     Both inputs are uint8 images or both floats in [-0.5, 0.5) of the same shape [..., H, W].
     The mix is computed in the 0..255 pixel scale (floats mapped by (x + 0.5) * 256) so the
     DC term (mean brightness) is non-negative for both images and the result keeps the
     amplitude image's mean.  With ``clip=True`` the output has the input's dtype and range:
-    uint8 rounded and clipped to 0..255, floats clipped to [-0.5, 0.5 - 1/256] (seed 000
+    uint8 rounded and clipped to 0..255, floats clipped to [-0.5, 0.5 - 1/256] (Schirrmeister et al. 2020
     S4.5).  ``clip=False`` returns the unclipped real part: float64 in 0..255 for uint8
     input, the input's float dtype and scale otherwise.
     """
@@ -264,7 +263,7 @@ def fourier_mix(amplitude_images: torch.Tensor, phase_images: torch.Tensor,
 
 
 def plot_fourier_mix(amplitude, phase, mixed, path: str, n: int = 4) -> None:
-    """Rows of (amplitude image, phase image, result), as seed 000 Fig. S1."""
+    """Rows of (amplitude image, phase image, result), as Schirrmeister et al. 2020 Fig. S1."""
     a, p, m = (_numpy(t) for t in (amplitude, phase, mixed))
     n = min(n, len(a))
     if n < 1:
@@ -282,14 +281,14 @@ def plot_fourier_mix(amplitude, phase, mixed, path: str, n: int = 4) -> None:
     save_figure(fig, path)
 
 
-# -- 3. correlations (seed 000 Fig. 1C, Fig. 3) ------------------------------------------------
+# -- 3. correlations (Schirrmeister et al. 2020 Fig. 1C, Fig. 3) ------------------------------------------------
 def _vector(values, name: str) -> np.ndarray:
     arr = _numpy(values).astype(np.float64)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
     if np.isnan(arr).any():
         raise ValueError(f"{name} contains {int(np.isnan(arr).sum())} NaN value(s); replace non-finite "
-                         "log-likelihoods by a floor (-3e6, seed 000 S4.5) first")
+                         "log-likelihoods by a floor (-3e6, Schirrmeister et al. 2020 S4.5) first")
     return arr
 
 
@@ -312,7 +311,7 @@ def spearman(a, b) -> float:
 
 def correlation_matrix(scores: Mapping) -> tuple[list[str], np.ndarray]:
     """(names, K x K Spearman matrix) of scores NAME -> 1-D array, all over the same samples
-    (e.g. log-likelihoods of several models on one set of images, seed 000 Fig. 1C)."""
+    (e.g. log-likelihoods of several models on one set of images, Schirrmeister et al. 2020 Fig. 1C)."""
     names = list(scores)
     if not names:
         raise ValueError("correlation_matrix: no scores given")
@@ -338,9 +337,9 @@ def _per_scale(values, name: str) -> np.ndarray:
 
 
 def per_scale_correlations(per_scale_a, per_scale_b) -> list[float]:
-    """Spearman correlation of each scale's contribution c_i(x) (seed 000 Eq. 3) between two
+    """Spearman correlation of each scale's contribution c_i(x) (Schirrmeister et al. 2020 Eq. 3) between two
     models on the same images: a list of L floats.  ``likelihood_correlations`` adds the
-    total log-likelihood and the summed earlier scales (seed 000 Fig. 3C/D)."""
+    total log-likelihood and the summed earlier scales (Schirrmeister et al. 2020 Fig. 3C/D)."""
     a, b = _per_scale(per_scale_a, "per_scale_a"), _per_scale(per_scale_b, "per_scale_b")
     if a.shape != b.shape:
         raise ValueError(f"per_scale_correlations: shapes must match, got {a.shape} and {b.shape}")
@@ -349,7 +348,7 @@ def per_scale_correlations(per_scale_a, per_scale_b) -> list[float]:
 
 def likelihood_correlations(per_scale_a, per_scale_b) -> dict:
     """{"per_scale": [L floats], "early": Spearman of c_1 + ... + c_{L-1} (None if L == 1),
-    "total": Spearman of the full log-likelihoods} (seed 000 Fig. 3C/D, Sec. 3.2)."""
+    "total": Spearman of the full log-likelihoods} (Schirrmeister et al. 2020 Fig. 3C/D, Sec. 3.2)."""
     a, b = _per_scale(per_scale_a, "per_scale_a"), _per_scale(per_scale_b, "per_scale_b")
     per = per_scale_correlations(a, b)
     early = spearman(a[:, :-1].sum(1), b[:, :-1].sum(1)) if a.shape[1] > 1 else None
@@ -357,7 +356,7 @@ def likelihood_correlations(per_scale_a, per_scale_b) -> dict:
 
 
 def plot_correlation_matrix(names: Sequence[str], matrix, path: str, title: str | None = None) -> None:
-    """Heat map of a Spearman matrix with the values written in the cells (seed 000 Fig. 1C)."""
+    """Heat map of a Spearman matrix with the values written in the cells (Schirrmeister et al. 2020 Fig. 1C)."""
     matrix = np.asarray(matrix, dtype=np.float64)
     k = len(names)
     if matrix.shape != (k, k):
@@ -385,7 +384,7 @@ def plot_per_scale_correlations(per_scale_a, per_scale_b, path: str, labels=("mo
                                 title: str | None = None, groups=None) -> None:
     """Scatter plots, one per scale plus the total log-likelihood, of two models'
     contributions c_i(x) on the same images, each titled with its Spearman correlation
-    (seed 000 Fig. 3C/D).  ``groups`` optionally labels each image (e.g. dataset names) for
+    (Schirrmeister et al. 2020 Fig. 3C/D).  ``groups`` optionally labels each image (e.g. dataset names) for
     colouring."""
     a, b = _per_scale(per_scale_a, "per_scale_a"), _per_scale(per_scale_b, "per_scale_b")
     if a.shape != b.shape:
@@ -415,7 +414,7 @@ def plot_per_scale_correlations(per_scale_a, per_scale_b, path: str, labels=("mo
 def plot_scatter(xs: Mapping, ys: Mapping, path: str, xlabel: str = "x", ylabel: str = "y",
                  title: str | None = None) -> None:
     """Scatter of paired scores per dataset (e.g. pixel-difference pseudo-likelihood vs Glow
-    log-likelihood, seed 000 Fig. 1B); the title gives the pooled Spearman correlation."""
+    log-likelihood, Schirrmeister et al. 2020 Fig. 1B); the title gives the pooled Spearman correlation."""
     if list(xs) != list(ys) or not xs:
         raise ValueError("plot_scatter: xs and ys need the same non-empty dataset names")
     fig = new_figure((5.0, 4.5))
@@ -436,10 +435,10 @@ def plot_scatter(xs: Mapping, ys: Mapping, path: str, xlabel: str = "x", ylabel:
     save_figure(fig, path)
 
 
-# -- 4. latents and coupling layers (seed 003 Sec. 5-6, App. E) --------------------------------
+# -- 4. latents and coupling layers (Kirichenko et al. 2020 Sec. 5-6, App. E) --------------------------------
 def unsqueeze_latents(latents: Sequence[torch.Tensor], input_shape: Sequence[int]) -> torch.Tensor | None:
     """The latents z_1..z_L joined into one input-shaped tensor by reverting the squeezes
-    without running any flow layer (seed 003 App. E, "unsqueeze(z)"), in Glow's layout:
+    without running any flow layer (Kirichenko et al. 2020 App. E, "unsqueeze(z)"), in Glow's layout:
     h = z_L; for each earlier z_i, unsqueeze h to z_i's size and concatenate [h, z_i] along
     channels; finally unsqueeze to the input size.  Returns None when the latents do not fit
     that layout (e.g. vector flows)."""
@@ -472,7 +471,7 @@ def plot_latents(model, x: torch.Tensor, path: str, n: int = 4, channel: int | N
     """For n images: the input, all latents unsqueezed to the input's layout (when the model
     has Glow's multi-scale layout, see ``unsqueeze_latents``) and each scale's z_i (channel
     ``channel``, or the channel mean when None), each panel normalised symmetrically to its
-    99th percentile of |z| (seed 003 Sec. 5, Fig. 2 / Fig. 10).  The model runs in eval mode
+    99th percentile of |z| (Kirichenko et al. 2020 Sec. 5, Fig. 2 / Fig. 10).  The model runs in eval mode
     (its mode is restored).  ``x``: preprocessed floats (uint8 images are preprocessed
     without noise).  Returns the model output for the n images."""
     x = _model_input(model, x)[:n]
@@ -507,7 +506,7 @@ def plot_latents(model, x: torch.Tensor, path: str, n: int = 4, channel: int | N
 @torch.no_grad()
 def coupling_st(model, x: torch.Tensor) -> list[dict]:
     """Scale s and shift t of every ``invflow.AffineCoupling`` during one forward pass
-    (seed 003 Sec. 6: y_change = s * x_change + t), captured with forward hooks on each
+    (Kirichenko et al. 2020 Sec. 6: y_change = s * x_change + t), captured with forward hooks on each
     coupling's st-net; invflow is not modified and the hooks are removed afterwards.
 
     Returns one dict per coupling call, in execution order: {"name": module name,
@@ -565,7 +564,7 @@ def plot_coupling_st(records: Sequence[dict], path: str, n: int = 4, image: int 
                      channel: int | None = 0) -> None:
     """For ``n`` coupling layers (evenly spaced over ``records``, first and last included)
     and one image: the transformed input x_change, the scale s and the negated shift -t
-    (seed 003 Fig. 3 / Fig. 11: -t approximating x_change is what earns high likelihood),
+    (Kirichenko et al. 2020 Fig. 3 / Fig. 11: -t approximating x_change is what earns high likelihood),
     channel ``channel`` (None: channel mean), at the layer's own (squeezed) resolution.
     x_change and -t share a grey scale; s has its own colour bar."""
     if not records:

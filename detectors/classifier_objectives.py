@@ -7,7 +7,7 @@ plain loss functions of logits plus factories of objectives for ``invflow.train.
     Trainer(model, (images, labels), out_dir, objective=cross_entropy_objective()).fit()
     # MSP-OE: outlier exposure with auxiliary outliers (e.g. Tiny Images)
     Trainer(model, (images, labels), out_dir, objective=outlier_exposure_objective(tiny)).fit()
-    # seed 000 S9: in-distribution (0) vs general distribution (1), one logit, no labels
+    # Schirrmeister et al. 2020 S9: in-distribution (0) vs general distribution (1), one logit, no labels
     binary = ResNetClassifier(in_channels=1, num_classes=1, image_size=28)
     Trainer(binary, images, out_dir, objective=in_vs_general_objective(tiny)).fit()
 
@@ -80,7 +80,7 @@ def energy_loss(logits_in: torch.Tensor, labels: torch.Tensor, logits_aux: torch
                                         + E_aux[ max(0, m_out - E(x_aux))^2 ] )
 
     with E(x) = -T logsumexp(f(x) / T); the paper's CIFAR values m_in = -25, m_out = -7,
-    lambda = 0.1.  Seed 004 Tab. 2 trains its Energy baseline this way with SVHN / MNIST as
+    lambda = 0.1.  Chali et al. 2023 Tab. 2 trains its Energy baseline this way with SVHN / MNIST as
     the auxiliary outliers."""
     _check_logits(logits_in, "energy_loss", "logits_in")
     _check_logits(logits_aux, "energy_loss", "logits_aux")
@@ -175,7 +175,7 @@ def energy_objective(aux: torch.Tensor, m_in: float = -25.0, m_out: float = -7.0
 
 
 def in_vs_general_objective(general: torch.Tensor, general_batch: int | None = None) -> Callable:
-    """Trainer objective of the in-distribution-vs-general classifier of seed 000 S9 (for
+    """Trainer objective of the in-distribution-vs-general classifier of Schirrmeister et al. 2020 S9 (for
     ``BinaryClassifierScore``): binary cross-entropy with logits, the training batch
     (in-distribution, no labels needed) as target 0 and ``general_batch`` samples of
     ``general`` (default: as many as the batch) drawn each step as target 1.  The model has

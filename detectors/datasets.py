@@ -6,7 +6,7 @@
   ``dataset-fashion-mnist`` in :data:`FASHION_MNIST_DIR` (``make data``).
 * Natural photos bundled in scikit-image, scikit-learn and matplotlib, and
   :func:`natural_patches` cut from them: the offline stand-in for the 80 Million Tiny
-  Images "general distribution" of seed 000 (Schirrmeister et al. 2020).
+  Images "general distribution" of Schirrmeister et al. 2020.
 * Loaders for files users already have: CIFAR-10/100 pickles, SVHN ``.mat``, image
   folders, ``.npz`` arrays.
 
@@ -55,7 +55,7 @@ def load_mnist_5k() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _rgb_to_grey(rgb: np.ndarray) -> np.ndarray:
-    """uint8 [..., 3] -> uint8 [...]: 0.2989 r + 0.5870 g + 0.1140 b, rounded (seed 000 S5.1)."""
+    """uint8 [..., 3] -> uint8 [...]: 0.2989 r + 0.5870 g + 0.1140 b, rounded (Schirrmeister et al. 2020 S5.1)."""
     rgb = rgb.astype(np.float32)
     grey = 0.2989 * rgb[..., 0] + 0.5870 * rgb[..., 1] + 0.1140 * rgb[..., 2]
     return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
@@ -242,7 +242,7 @@ def natural_photos(grey: bool) -> list[np.ndarray]:
     """The photos of :data:`NATURAL_PHOTOS` as read-only uint8 arrays, in that order.
 
     ``grey=True``: [H, W], RGB converted with 0.2989 r + 0.5870 g + 0.1140 b, rounded
-    (seed 000 S5.1). ``grey=False``: [H, W, 3], greyscale photos replicated. Cached.
+    (Schirrmeister et al. 2020 S5.1). ``grey=False``: [H, W, 3], greyscale photos replicated. Cached.
     """
     return list(_natural_photos(bool(grey)))
 
@@ -281,7 +281,7 @@ def natural_patches(n: int, size: int = 28, channels: int = 1, seed: int = 0, sp
                     min_scale: float = 1.0, progress: bool = False) -> torch.Tensor:
     """``n`` random patches of the natural photos: uint8 [n, channels, size, size].
 
-    The offline stand-in for the 80 Million Tiny Images "general distribution" of seed 000.
+    The offline stand-in for the 80 Million Tiny Images "general distribution" of Schirrmeister et al. 2020.
     Each patch picks a photo uniformly, a square window whose side is log-uniform between
     ``ceil(min_scale * size)`` and the region's smaller side (fine textures up to whole-region
     thumbnails), box-filters it down (or up, for ``min_scale < 1``) to ``size`` x ``size``
@@ -566,7 +566,7 @@ def broaden(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
     Sixteen photos are a narrow stand-in for 80 Million Tiny Images: they have few flat dark
     regions and no light-on-dark structure, low-level statistics that grey Tiny images do
     contain and that the in-distribution data (Fashion-MNIST, MNIST) are made of.  The
-    general distribution must cover the in-distribution's domain (seed 000 Sec. 3)."""
+    general distribution must cover the in-distribution's domain (Schirrmeister et al. 2020 Sec. 3)."""
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise TypeError(f"broaden: expected uint8 images [N, C, H, W], got {images.dtype} {list(images.shape)}")
     g = torch.Generator().manual_seed(seed)

@@ -5,14 +5,14 @@ Fashion-MNIST (in-distribution) vs MNIST (OOD), as in seeds 000, 003 and 004:
 1. takes the trained flows of the model zoo (``detectors.zoo``; ``--train`` trains the
    demo's smaller models from scratch instead, resumable under ``DIR/models``): an
    in-distribution Glow on Fashion-MNIST, a general-distribution Glow on grey photo patches
-   (the offline stand-in for grey 80 Million Tiny Images, seed 000 S5.1), the in-distribution
-   Glow finetuned with the outlier loss (seed 000 Eq. 2), the general Glow finetuned with
-   Fashion-MNIST as outliers (Diff-dagger, seed 000 Sec. 5.3), and a RealNVP trained with
-   the approximate-mass penalty (seed 004) with its vanilla twin;
+   (the offline stand-in for grey 80 Million Tiny Images, Schirrmeister et al. 2020 S5.1), the in-distribution
+   Glow finetuned with the outlier loss (Schirrmeister et al. 2020 Eq. 2), the general Glow finetuned with
+   Fashion-MNIST as outliers (Diff-dagger, Schirrmeister et al. 2020 Sec. 5.3), and a RealNVP trained with
+   the approximate-mass penalty (Chali et al. 2023) with its vanilla twin;
 2. builds the papers' detectors from them with the public functions of
    ``detectors.experiments`` (``flow_detectors``, ``mass_detectors``, ``feature_detectors``,
    ``feature_flows``), extracting EfficientNet-Lite0 features (ImageNet weights) for the
-   feature-space baselines and flows of seed 002;
+   feature-space baselines and flows of Schmier et al. 2022;
 3. scores Fashion-MNIST test images vs MNIST digits with every detector, and writes
    ``DIR/report.md``, ``DIR/results.json``, ROC curves, score histograms and analysis plots.
 
@@ -50,9 +50,9 @@ class DemoConfig:
     flow_steps: int = 4
     hidden: int = 64
     batch_size: int = 64
-    lr: float = 5e-3            # seed 000 uses 5e-4 for 250 epochs; a short budget needs more
+    lr: float = 5e-3            # Schirrmeister et al. 2020 uses 5e-4 for 250 epochs; a short budget needs more
     warmup: int = 50
-    translate: int = 1          # seed 000 S4.1: translations for Fashion-MNIST
+    translate: int = 1          # Schirrmeister et al. 2020 S4.1: translations for Fashion-MNIST
     steps_general: int = 600
     steps_in: int = 600
     steps_outlier: int = 300    # finetuning the in-distribution Glow with the outlier loss
@@ -67,7 +67,7 @@ class DemoConfig:
     feature_dim: int = 64       # PCA projection of the normalised features before the flows
     feature_flow_steps: int = 200
     feature_noise: float = 1e-2
-    baselines: bool = True      # PixelCNN++ and classifier detectors (seed 000 Tab. 1/4, seed 004 Tab. 2)
+    baselines: bool = True      # PixelCNN++ and classifier detectors (Schirrmeister et al. 2020 Tab. 1/4, Chali et al. 2023 Tab. 2)
     pcnn_filters: int = 16
     pcnn_steps: int = 100
     clf_width: int = 16
@@ -89,7 +89,7 @@ def _train(name: str, model, data, out: str, cfg: DemoConfig, steps: int, **kw):
 
 
 def _features(cfg: DemoConfig, images: dict[str, torch.Tensor], out: str) -> dict[str, torch.Tensor]:
-    """EfficientNet-Lite0 features, normalised to the unit sphere (seed 002 Sec. 5), cached."""
+    """EfficientNet-Lite0 features, normalised to the unit sphere (Schmier et al. 2022 Sec. 5), cached."""
     from .features import EfficientNetLite0, extract_features, normalize_features
 
     path = os.path.join(out, "features.pt")
@@ -113,9 +113,9 @@ def _features(cfg: DemoConfig, images: dict[str, torch.Tensor], out: str) -> dic
 
 
 def _baseline_detectors(cfg: DemoConfig, out: str, fm_train, y_train, general) -> dict:
-    """PixelCNN++ (likelihood and ratio to a general PixelCNN++, seed 000 Tab. 1) and classifier
-    detectors on a small ResNet (MSP, energy, Mahalanobis; the in-vs-general classifier of seed
-    000 S9)."""
+    """PixelCNN++ (likelihood and ratio to a general PixelCNN++, Schirrmeister et al. 2020 Tab. 1) and classifier
+    detectors on a small ResNet (MSP, energy, Mahalanobis; the in-vs-general classifier of
+    Schirrmeister et al. 2020, S9)."""
     from . import classifier_objectives as co
     from .models import PixelCNNpp, ResNetClassifier
     from .scores import BinaryClassifierScore, Energy, Likelihood, LikelihoodRatio, Mahalanobis, MaxSoftmax
@@ -285,7 +285,7 @@ def run(out: str = "runs/demo", smoke: bool = False, train: bool | None = None, 
     uses = {name: det.uses for name, det in {**dets, **feature_dets}.items()}
     uses.update({k: "aux data" for k in scores if "outlier loss" in k})
 
-    # -- analyses (seed 000 Sec. 2, Fig. 3) --------------------------------------------
+    # -- analyses (Schirrmeister et al. 2020 Sec. 2, Fig. 3) --------------------------------------------
     adir = os.path.join(out, "analysis")
     os.makedirs(adir, exist_ok=True)
     in_glow, general_glow = models["in"], models["general"]
@@ -305,7 +305,7 @@ def run(out: str = "runs/demo", smoke: bool = False, train: bool | None = None, 
         budget = [
             f"Trained here: Glows of 2 scales x {cfg.flow_steps} steps, st-net width {cfg.hidden}, "
             f"{cfg.steps_in}/{cfg.steps_general} steps (in/general) at batch {cfg.batch_size} and lr {cfg.lr} "
-            f"(seed 000: 3 scales x 32 steps, width 512, 250 epochs at 5e-4); outlier-loss and Diff-dagger "
+            f"(Schirrmeister et al. 2020: 3 scales x 32 steps, width 512, 250 epochs at 5e-4); outlier-loss and Diff-dagger "
             f"models finetuned for {cfg.steps_outlier}/{cfg.steps_dagger} steps at lr {cfg.lr_finetune}. General "
             "distribution: patches of 15 photos, photometrically broadened (detectors.datasets.broaden).",
         ]
@@ -316,15 +316,15 @@ def run(out: str = "runs/demo", smoke: bool = False, train: bool | None = None, 
                   "and Diff-dagger Glows (datasets.broaden); held-out bits/dim on 8 other photos. Feature aux set: "
                   "the unbroadened patches."]
     notes = budget + [
-        f"Scored {len(x_in)} Fashion-MNIST test images vs {len(x_out)} MNIST digits (balanced, seed 004 Sec. 4.3), "
-        "noise-free, non-finite log-likelihoods set to -3e6 (seed 000 S4.5).",
+        f"Scored {len(x_in)} Fashion-MNIST test images vs {len(x_out)} MNIST digits (balanced, Chali et al. 2023 Sec. 4.3), "
+        "noise-free, non-finite log-likelihoods set to -3e6 (Schirrmeister et al. 2020 S4.5).",
         f"Spearman correlation of the two Glows' log-likelihoods on the scored images: total "
         f"{corr['total']:.2f}, per scale " + ", ".join(f"{c:.2f}" for c in corr["per_scale"]) +
-        " (seed 000 Fig. 3: the last scale correlates least).",
+        " (Schirrmeister et al. 2020 Fig. 3: the last scale correlates least).",
         f"Wall time {seconds:.0f} s ({t_train:.0f} s {'training' if train else 'loading'}).",
     ]
     if cfg.baselines and train:
-        notes.insert(-1, f"Baselines: PixelCNN++ ({cfg.pcnn_filters} filters, {cfg.pcnn_steps} steps; seed 000 used "
+        notes.insert(-1, f"Baselines: PixelCNN++ ({cfg.pcnn_filters} filters, {cfg.pcnn_steps} steps; Schirrmeister et al. 2020 used "
                          f"120 filters) on Fashion-MNIST and on the general distribution; ResNet classifiers (width "
                          f"{cfg.clf_width}, {cfg.clf_steps} steps) for MSP, energy, Mahalanobis (labels) and the "
                          f"in-vs-general classifier (aux data).")

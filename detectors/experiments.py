@@ -8,8 +8,8 @@ Public (used by demo, reproduce and the OOD suite):
   ``invflow.train.Trainer``;
 * :func:`flow_detectors` -- the likelihood-based detectors of seeds 000 / 004 from an
   in-distribution flow and optionally a general, a Diff-dagger and an outlier-loss flow;
-* :func:`mass_detectors` -- approximate mass (seed 004) of a vanilla and a penalised flow;
-* :func:`feature_detectors`, :func:`feature_flows` -- seed 002 Sec. 4-5 on image features;
+* :func:`mass_detectors` -- approximate mass (Chali et al. 2023) of a vanilla and a penalised flow;
+* :func:`feature_detectors`, :func:`feature_flows` -- Schmier et al. 2022 Sec. 4-5 on image features;
 * :func:`zoo_models` -- the shipped models (``detectors.zoo``) under the roles above;
 * :class:`Memoized` -- runs a model once for several detectors scoring the same batch.
 """
@@ -74,7 +74,7 @@ def train_model(name: str, model, data, out: str, cfg, steps: int, objective=nll
 
 
 def flow_detectors(in_model, general=None, dagger=None, outlier=None, fit_images=None) -> dict:
-    """The likelihood-based detectors of Schirrmeister et al. 2020 (seed 000) from trained
+    """The likelihood-based detectors of Schirrmeister et al. 2020 from trained
     image flows, by table row name:
 
     ``in_model`` alone: likelihood, per-scale contributions (Tab. 2), PNG complexity (Serrà
@@ -110,7 +110,7 @@ def flow_detectors(in_model, general=None, dagger=None, outlier=None, fit_images
 
 
 def mass_detectors(vanilla=None, penalised=None) -> dict:
-    """Approximate mass ||d log p(x)/dx|| (Zhang et al. 2021, seed 004 Eq. 1) of a vanilla flow
+    """Approximate mass ||d log p(x)/dx|| (Zhang et al. 2021, Chali et al. 2023 Eq. 1) of a vanilla flow
     ("approximate mass") and of one trained with the penalty of Eq. 2 ("penalised: approximate
     mass"), plus the penalised flow's likelihood."""
     dets = {}
@@ -123,7 +123,7 @@ def mass_detectors(vanilla=None, penalised=None) -> dict:
 
 
 def feature_detectors(train: torch.Tensor, aux: torch.Tensor | None = None, transform=None) -> dict:
-    """Seed 002 Sec. 5.1 baselines fitted on in-distribution features ``train`` [N, D]
+    """Schmier et al. 2022 Sec. 5.1 baselines fitted on in-distribution features ``train`` [N, D]
     (MSE to mean, KNN, KDE, PCA; MSE-ratio with auxiliary features ``aux``)."""
     kw = {} if transform is None else {"transform": transform}
     dets = {"MSE to mean": MSEToMean(**kw)}
@@ -141,8 +141,8 @@ FEATURE_FLOWS = ("Flow", "Flow-ratio", "contrastive flow")
 
 def feature_flows(cfg, train: torch.Tensor, aux: torch.Tensor | None, out: str, which=FEATURE_FLOWS,
                   name: str = "feature-flow", steps: int | None = None) -> dict:
-    """"Flow", "Flow-ratio" and "contrastive flow" (seed 002 Sec. 4-5): vector flows on a PCA
-    projection of the normalised features (seed 002 used 128-d MOCO outputs), trained on noisy
+    """"Flow", "Flow-ratio" and "contrastive flow" (Schmier et al. 2022 Sec. 4-5): vector flows on a PCA
+    projection of the normalised features (Schmier et al. 2022 used 128-d MOCO outputs), trained on noisy
     copies so the density is valid (Sec. 5); the contrastive flow starts from the Flow and is
     clamped at its median in-distribution log p minus 20 (Algorithm 1).
 

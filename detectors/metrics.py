@@ -1,4 +1,4 @@
-"""Detection metrics, all through scikit-learn, with the conventions of DESIGN.md.
+"""Detection metrics, all through scikit-learn, with the conventions of docs/design.md.
 
 Scores follow the detectors' direction: HIGHER = MORE ANOMALOUS.
 
@@ -7,9 +7,9 @@ Scores follow the detectors' direction: HIGHER = MORE ANOMALOUS.
 * ``aupr_in``: average precision with in-distribution as the positive class (scores negated).
 * ``fpr95``: share of OOD samples accepted as in-distribution when 95% of the
   in-distribution samples are accepted (the ODIN / OpenOOD convention); ``tnr95 = 1 - fpr95``
-  (seed 004 "TNR at 95% TPR", with in-distribution as the positive class).
+  (Chali et al. 2023 "TNR at 95% TPR", with in-distribution as the positive class).
 
-``balance=True`` equalises the two classes before computing anything (seed 004 Sec. 4.3:
+``balance=True`` equalises the two classes before computing anything (Chali et al. 2023 Sec. 4.3:
 ROC and PR curves are sensitive to class imbalance): the larger set is subsampled at
 random (seeded) to the size of the smaller one.
 """
@@ -33,7 +33,7 @@ def _as_array(scores, name: str) -> np.ndarray:
         raise ValueError(f"evaluate: {name} is empty")
     if np.isnan(arr).any():
         raise ValueError(f"evaluate: {name} contains NaN scores; set non-finite log-likelihoods to a "
-                         "finite floor (detectors use -3e6, seed 000 S4.5) before scoring")
+                         "finite floor (detectors use -3e6, Schirrmeister et al. 2020 S4.5) before scoring")
     return arr
 
 

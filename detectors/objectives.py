@@ -1,10 +1,10 @@
-"""Training objectives of the seed papers, as plain functions of log-likelihood tensors,
+"""Training objectives of the five papers, as plain functions of log-likelihood tensors,
 plus factories that turn them into objectives for ``invflow.train.Trainer``
 (``objective(model, batch) -> (loss, logs)``).
 
 Log-likelihoods are in nats of the continuous density of preprocessed inputs.  The loss
 functions return a scalar to *minimise*.  Non-finite values follow the papers: the outlier
-loss drops samples with non-finite log-likelihoods (seed 000 S4.3) and returns zero when
+loss drops samples with non-finite log-likelihoods (Schirrmeister et al. 2020 S4.3) and returns zero when
 more than 75% of the batch was dropped.  Dropping gives the kept samples' gradient only
 when the log-likelihoods come from ``invflow.train.log_prob_dropping_non_finite`` (the
 trainer objectives below do so): a dropped sample still in the autograd graph makes every
@@ -47,13 +47,13 @@ def nll(log_p: torch.Tensor) -> torch.Tensor:
 
 def outlier_loss(logp_in_model: torch.Tensor, logp_general_model: torch.Tensor, temperature: float = 1000.0,
                  weight: float = 6000.0) -> torch.Tensor:
-    """Outlier loss of seed 000 Eq. 2 on general-distribution samples x_g:
+    """Outlier loss of Schirrmeister et al. 2020 Eq. 2 on general-distribution samples x_g:
 
         L_o = -lambda * log sigmoid((log p_g(x_g) - log p_in(x_g)) / T),   T=1000, lambda=6000
 
     averaged over the batch.  ``logp_in_model`` = log p_in(x_g) (the model being trained),
     ``logp_general_model`` = log p_g(x_g).  Samples where either is non-finite are dropped
-    (S4.3); if more than 75% are dropped the loss is zero.  For Diff-dagger (seed 000 Sec.
+    (S4.3); if more than 75% are dropped the loss is zero.  For Diff-dagger (Schirrmeister et al. 2020 Sec.
     5.3) train the general model with the in-distribution samples as outliers:
     ``outlier_loss(logp_general_model(x_in), logp_in_model(x_in))``."""
     _check_pair(logp_in_model, logp_general_model, "outlier_loss")
@@ -68,7 +68,7 @@ def outlier_loss(logp_in_model: torch.Tensor, logp_general_model: torch.Tensor, 
 
 def margin_loss(logp_in: torch.Tensor, logp_out: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
     """Margin (ranking) loss of outlier exposure for density models (Hendrycks et al. 2019,
-    as compared in seed 000 Tab. 3):  mean_i max(0, margin + log p(x_out_i) - log p(x_in_i)),
+    as compared in Schirrmeister et al. 2020 Tab. 3):  mean_i max(0, margin + log p(x_out_i) - log p(x_in_i)),
     pairing the i-th in-distribution and outlier samples.  ``margin`` in nats (Hendrycks et al.
     used one bit per dimension: ``D * log 2``).  Non-finite pairs are dropped."""
     _check_pair(logp_in, logp_out, "margin_loss")
@@ -80,7 +80,7 @@ def margin_loss(logp_in: torch.Tensor, logp_out: torch.Tensor, margin: float = 1
 
 
 def contrastive_loss(logp_in: torch.Tensor, logp_aux: torch.Tensor, clamp: float = 0.0) -> torch.Tensor:
-    """Contrastive normalizing flow loss (seed 002 Eq. 3 with the clamping of Sec. 5 and
+    """Contrastive normalizing flow loss (Schmier et al. 2022 Eq. 3 with the clamping of Sec. 5 and
     Algorithm 1):  mean(-log p(x)) - mean(min(-log p(y), tsh))  with tsh = -clamp, i.e.
 
         L = -mean_x log p(x) + mean_y max(log p(y), clamp)
@@ -94,7 +94,7 @@ def contrastive_loss(logp_in: torch.Tensor, logp_aux: torch.Tensor, clamp: float
 
 
 def negative_loss(logp_in: torch.Tensor, logp_ood: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Negative training (seed 003 App. B, Eq. 7), negated to be minimised:
+    """Negative training (Kirichenko et al. 2020 App. B, Eq. 7), negated to be minimised:
 
         L = -mean_x log p(x) + (1 / N_ood) sum_{x' : log p(x') > c} log p(x')
 
@@ -109,7 +109,7 @@ def negative_loss(logp_in: torch.Tensor, logp_ood: torch.Tensor, threshold: floa
 
 
 def approx_mass_penalty(model, x: torch.Tensor, alpha: float = 2.0, return_terms: bool = False):
-    """The approximate-mass objective of seed 004 Eq. 2:
+    """The approximate-mass objective of Chali et al. 2023 Eq. 2:
 
         -L(x) + alpha * || dL(x) / dx ||,     alpha = 2,
 
@@ -131,7 +131,7 @@ def approx_mass_penalty(model, x: torch.Tensor, alpha: float = 2.0, return_terms
 
 def supervised_outlier_loss(class_log_probs: torch.Tensor, labels: torch.Tensor, logp_general: torch.Tensor,
                             temperature: float = 1000.0, weight: float = 6000.0) -> torch.Tensor:
-    """Supervised outlier loss (seed 000 Sec. 3.2): each class-conditional mode k of p_in
+    """Supervised outlier loss (Schirrmeister et al. 2020 Sec. 3.2): each class-conditional mode k of p_in
     treats the samples of the other classes as its outliers, as the x_g of Eq. 2:
 
         mean over (i, k != y_i) of  -lambda log sigmoid((log p_g(x_i) - log p_in(x_i | k)) / T)
@@ -194,7 +194,7 @@ def outlier_objective(general_model, outliers: torch.Tensor, temperature: float 
 
 
 def diff_dagger_objective(in_model, in_data: torch.Tensor, **kw) -> Callable:
-    """Trainer objective for the general model of Diff-dagger (seed 000 Sec. 5.3): NLL on
+    """Trainer objective for the general model of Diff-dagger (Schirrmeister et al. 2020 Sec. 5.3): NLL on
     general data + the outlier loss with in-distribution samples as outliers, the trained
     in-distribution model as reference."""
     return outlier_objective(in_model, in_data, **kw)
@@ -216,7 +216,7 @@ def margin_objective(outliers: torch.Tensor, margin: float | None = None, weight
 
 
 def contrastive_objective(aux: torch.Tensor, clamp: float = 0.0) -> Callable:
-    """Trainer objective of the contrastive normalizing flow (seed 002 Algorithm 1)."""
+    """Trainer objective of the contrastive normalizing flow (Schmier et al. 2022 Algorithm 1)."""
     check_number(clamp, "clamp", "contrastive_objective")
 
     def objective(model, batch: Batch):
@@ -228,7 +228,7 @@ def contrastive_objective(aux: torch.Tensor, clamp: float = 0.0) -> Callable:
 
 
 def negative_objective(ood: torch.Tensor, threshold: float) -> Callable:
-    """Trainer objective of negative training (seed 003 Eq. 7)."""
+    """Trainer objective of negative training (Kirichenko et al. 2020 Eq. 7)."""
     check_number(threshold, "threshold", "negative_objective")
 
     def objective(model, batch: Batch):
@@ -240,7 +240,7 @@ def negative_objective(ood: torch.Tensor, threshold: float) -> Callable:
 
 
 def approx_mass_objective(alpha: float = 2.0) -> Callable:
-    """Trainer objective of seed 004 Eq. 2 (double backward)."""
+    """Trainer objective of Chali et al. 2023 Eq. 2 (double backward)."""
     check_number(alpha, "alpha", "approx_mass_objective", low=0)
 
     def objective(model, batch: Batch):

@@ -1,7 +1,7 @@
 """The broad offline photo set of the general distribution: 40 real photographs, grey patches,
 train and test *photos* disjoint.
 
-The offline stand-in for grey 80 Million Tiny Images (Schirrmeister et al. 2020, seed 000
+The offline stand-in for grey 80 Million Tiny Images (Schirrmeister et al. 2020,
 S5.1).  Sources, all installed offline (``make data``), photographs only -- the drawings,
 logos and renderings these packages also hold were looked at and left out:
 

@@ -1,4 +1,4 @@
-"""Evaluation protocols: dataset vs dataset and one-vs-rest (seed 002 Sec. 5.2, seed 004
+"""Evaluation protocols: dataset vs dataset and one-vs-rest (Schmier et al. 2022 Sec. 5.2, Chali et al. 2023
 Sec. 4.3), with optional class balancing, running any set of fitted detectors."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def one_vs_rest(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tens
 def evaluate_detectors(detectors: Mapping, x_in: torch.Tensor, x_out: torch.Tensor, balance: bool = False,
                        seed: int = 0) -> dict[str, dict[str, float]]:
     """Scores ``x_in`` (in-distribution test) and ``x_out`` (OOD) with each fitted detector:
-    {NAME: metrics}.  ``balance`` equalises the two sets (seed 004 Sec. 4.3)."""
+    {NAME: metrics}.  ``balance`` equalises the two sets (Chali et al. 2023 Sec. 4.3)."""
     results = {}
     for name, det in detectors.items():
         results[name] = evaluate(det.score(x_in), det.score(x_out), balance=balance, seed=seed)

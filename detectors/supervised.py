@@ -1,4 +1,4 @@
-"""The supervised setting of seed 000 Sec. 3.2: a flow whose latent prior is a
+"""The supervised setting of Schirrmeister et al. 2020 Sec. 3.2: a flow whose latent prior is a
 class-conditional Gaussian mixture (one mode per class), trained with the likelihood of each
 sample under its own class and the outlier loss with the other classes' samples as outliers.
 
@@ -97,7 +97,7 @@ def supervised_objective(general_model: nn.Module | None = None, temperature: fl
                          weight: float = 6000.0):
     """Trainer objective (data given as ``(images, labels)``): -log p(x | y) on the batch, plus,
     when a general model is given, the outlier loss of every class mode on the samples of the
-    other classes (``objectives.supervised_outlier_loss``, seed 000 Sec. 3.2), in bits/dim units."""
+    other classes (``objectives.supervised_outlier_loss``, Schirrmeister et al. 2020 Sec. 3.2), in bits/dim units."""
     check_number(temperature, "temperature", "supervised_objective", low=0, low_open=True)
     check_number(weight, "weight", "supervised_objective", low=0)
     if general_model is not None:
@@ -107,7 +107,7 @@ def supervised_objective(general_model: nn.Module | None = None, temperature: fl
         if batch.y is None:
             raise ValueError("supervised_objective: the trainer's data must be (images, labels)")
         flow = model.module if hasattr(model, "module") else model
-        # rows with a non-finite entry are recomputed out of the graph (seed 000 S4.3 dropping)
+        # rows with a non-finite entry are recomputed out of the graph (Schirrmeister et al. 2020 S4.3 dropping)
         per_class = drop_non_finite(flow.class_log_probs, batch.x)
         own = per_class.gather(1, batch.y.view(-1, 1)).squeeze(1)
         loss = objectives.nll(own)

@@ -9,7 +9,7 @@
     y, logdet = step(x)            # logdet: [B]
     x_back, inv_logdet = step.inverse(y)
 
-See DESIGN.md for the contract; ``invflow.backend("fused" | "reference")`` switches kernels.
+See docs/design.md for the contract; ``invflow.backend("fused" | "reference")`` switches kernels.
 """
 
 from . import checkpoint, data, masks, models, nets, ops, priors

@@ -5,8 +5,8 @@ Every network's last layer starts at zero, so a fresh coupling is the identity u
 constant initial scale (sigmoid(2) for Glow's scale function; Glow Sec. 3.3).
 
     GlowNet(in, out, hidden=512, actnorm=False)   Glow (Kingma & Dhariwal 2018, Sec. 3.3)
-    ResNet(in, out, hidden=64, blocks=8)          RealNVP (Dinh et al. 2017; seed 003 App. C)
-    Bottleneck(in, out, image_size, ...)          seed 003 Sec. 7, "st-networks with bottleneck"
+    ResNet(in, out, hidden=64, blocks=8)          RealNVP (Dinh et al. 2017; Kirichenko et al. 2020 App. C)
+    Bottleneck(in, out, image_size, ...)          Kirichenko et al. 2020 Sec. 7, "st-networks with bottleneck"
     MLP(in, out, hidden=512, layers=2)            vectors [B, D]
 
 Helpers: ``zero_init``, ``ActNorm2d`` (activation normalisation inside a net, not a flow)
@@ -280,7 +280,7 @@ class ResidualBlock(nn.Module):
 
 class ResNet(nn.Module):
     """Residual st-net of RealNVP (Dinh et al. 2017, Sec. 4.1: 8 residual blocks with 64
-    feature maps on CIFAR-10; seed 003 App. C: 8 blocks on CIFAR-10 / CelebA / SVHN, 6 on
+    feature maps on CIFAR-10; Kirichenko et al. 2020 App. C: 8 blocks on CIFAR-10 / CelebA / SVHN, 6 on
     grayscale images): 3x3 conv in -> ``blocks`` x ``ResidualBlock`` -> ReLU ->
     zero-initialised 3x3 conv out, on [B, C, H, W].
 
@@ -323,7 +323,7 @@ def _pair(image_size: int | Sequence[int]) -> tuple[int, int]:
 
 
 class Bottleneck(nn.Module):
-    """st-net with a bottleneck (seed 003, Kirichenko et al. 2020, Sec. 7 "st-networks with
+    """st-net with a bottleneck (Kirichenko et al. 2020, Sec. 7 "st-networks with
     bottleneck"): "a pair of fully-connected layers projecting to a space of dimension l and
     back to the original input dimension", inserted "after the middle layer of the
     st-network", so that the net cannot copy local pixel correlations to its output.
@@ -336,7 +336,7 @@ class Bottleneck(nn.Module):
     from input to output passes through ``latent_dim`` numbers per sample.
 
     ``image_size`` = (H, W) (or an int for square inputs) of the input feature map; other
-    spatial sizes raise ValueError.  seed 003 uses l in {10, 50, 100} (FashionMNIST) and
+    spatial sizes raise ValueError.  Kirichenko et al. 2020 uses l in {10, 50, 100} (FashionMNIST) and
     {30, 80, 150} (CelebA)."""
 
     def __init__(

@@ -1,7 +1,7 @@
 """Latent priors p(z) for flows: log p(x) = log p(z) + log|det dz/dx|.
 
     StandardNormal()                                   unsupervised setting
-    ClassConditionalGaussianMixture(K, shape)          supervised setting (seed 000 Sec. 3.2)
+    ClassConditionalGaussianMixture(K, shape)          supervised setting (Schirrmeister et al. 2020 Sec. 3.2)
 
 ``log_prob`` returns one value per sample, shape [B], summed over all non-batch dims.
 """
@@ -56,7 +56,7 @@ class StandardNormal(nn.Module):
 
 
 class ClassConditionalGaussianMixture(nn.Module):
-    """Supervised latent prior of seed 000 (Schirrmeister et al. 2020) Sec. 3.2: "the Glow
+    """Supervised latent prior of Schirrmeister et al. 2020 Sec. 3.2: "the Glow
     model p_in(x) uses a mixture of Gaussians for the latent z, i.e., each class
     corresponding to one mode".
 

@@ -4,7 +4,7 @@ progress bars, a CSV log and multi-process training through torchrun / DDP.
     trainer = invflow.train.Trainer(model, images, out_dir="runs/glow", steps=10_000)
     trainer.fit()                 # or fit(resume=True) to continue from the last checkpoint
 
-Defaults follow Schirrmeister et al. 2020 (seed 000) S4.1: Adamax, learning rate 5e-4,
+Defaults follow Schirrmeister et al. 2020 S4.1: Adamax, learning rate 5e-4,
 weight decay 5e-5, a short linear warm-up; ActNorm layers are initialised from the first
 global batch (identically on every process).  An objective maps ``(model, batch)`` to a scalar loss, or to ``(loss, logs)``
 with ``logs`` a dict of named scalar terms that go to the progress bar and the CSV log;
@@ -71,7 +71,7 @@ class Batch:
 
 def augment(images: torch.Tensor, generator: torch.Generator, flip: bool, translate: int) -> torch.Tensor:
     """Random horizontal flips and random translations by up to ``translate`` pixels (with
-    reflection padding), drawn from ``generator`` (seed 000 S4.1 augmentation)."""
+    reflection padding), drawn from ``generator`` (Schirrmeister et al. 2020 S4.1 augmentation)."""
     if flip:
         mask = torch.rand(images.shape[0], generator=generator) < 0.5
         images = torch.where(mask.view(-1, *[1] * (images.dim() - 1)), images.flip(-1), images)
@@ -88,7 +88,7 @@ def augment(images: torch.Tensor, generator: torch.Generator, flip: bool, transl
 
 # -------------------------------------------------------------------- objectives
 def finite_mean(values: torch.Tensor, max_dropped: float = 0.75) -> torch.Tensor:
-    """Mean over the finite entries (seed 000 S4.3: examples whose log-likelihood is not
+    """Mean over the finite entries (Schirrmeister et al. 2020 S4.3: examples whose log-likelihood is not
     finite are dropped); NaN when more than ``max_dropped`` of the batch is non-finite, which
     makes the trainer skip (and count) the step.  For a gradient that is that of the kept
     samples only, compute the values with ``drop_non_finite`` (a dropped sample's backward
@@ -107,7 +107,7 @@ def drop_non_finite(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     recorded, the finite rows are computed again (``again``, default ``fn``) on their own, and
     the result holds them (with their graph) and the non-finite values (without one).  The
     gradient of any loss that ignores the non-finite rows (``finite_mean``, the outlier or
-    margin loss) is then exactly that of the batch without the bad samples (seed 000 S4.3's
+    margin loss) is then exactly that of the batch without the bad samples (Schirrmeister et al. 2020 S4.3's
     dropping); without the recomputation the bad samples' backward (0 * inf) makes every
     parameter gradient NaN."""
     out = fn(x)
@@ -211,7 +211,7 @@ class Trainer:
 
     ``data`` is a tensor of examples (uint8 images are preprocessed with uniform
     dequantisation; floating data are used as they are) or a tuple ``(examples, labels)``.
-    ``finetune_from`` is a checkpoint path whose weights initialise the model (seed 000:
+    ``finetune_from`` is a checkpoint path whose weights initialise the model (Schirrmeister et al. 2020:
     in-distribution models start from the general-distribution model).
     """
 
@@ -257,7 +257,7 @@ class Trainer:
         self._order: tuple[int, torch.Tensor] | None = None
 
     def _check_range(self, model: nn.Module) -> None:
-        """Floating image data must be preprocessed into [-0.5, 0.5] (DESIGN.md); uint8 images
+        """Floating image data must be preprocessed into [-0.5, 0.5] (docs/design.md); uint8 images
         are preprocessed here, vectors (features, tabular data) take any finite values."""
         x = self.examples
         image_model = getattr(model, "is_image_model", x.dim() == 4)

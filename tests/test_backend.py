@@ -62,7 +62,7 @@ def test_without_extension_fused_request_raises_and_default_warns_once(monkeypat
 
 
 def test_cuda_default_is_reference_until_gpu_check_passes(monkeypatch):
-    """DESIGN: CUDA tensors default to the reference (one warning naming the opt-in) until
+    """docs/design.md: CUDA tensors default to the reference (one warning naming the opt-in) until
     the kernels have passed `make gpu-check` on hardware; CPU keeps the fused default and an
     explicit choice always wins."""
     monkeypatch.setattr(_backend, "_warned_cuda", False)

@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "bench" / "compare.py"
-CASES = {"step", "model", "model_seed000", "approx_mass", "memory", "bandwidth"}
+CASES = {"step", "model", "model_paper_size", "approx_mass", "memory", "bandwidth"}
 FIELDS = {"case", "impl", "device", "median_s", "iqr_s", "ratio_vs_eager", "bytes", "params", "shape", "note",
           "torch", "commit", "machine"}
 INVFLOW = ("invflow-fused", "invflow-eager")
@@ -47,7 +47,7 @@ def test_every_case_and_field_present(records):
 
 
 def test_impls_named_and_timed(records):
-    timed = [("step", "fwd+bwd"), ("model", "train_step"), ("model_seed000", "train_step"), ("approx_mass", "nll"),
+    timed = [("step", "fwd+bwd"), ("model", "train_step"), ("model_paper_size", "train_step"), ("approx_mass", "nll"),
              ("approx_mass", "penalty")]
     for case, variant in timed:
         got = rows(records, case, variant)
@@ -62,7 +62,7 @@ def test_impls_named_and_timed(records):
             if r["median_s"] is not None:
                 assert r["params"] > 0
     assert "FrEIA-AllInOne" in rows(records, "step")
-    for case, variant in [("step", "fwd+bwd"), ("model", "train_step"), ("model_seed000", "train_step"),
+    for case, variant in [("step", "fwd+bwd"), ("model", "train_step"), ("model_paper_size", "train_step"),
                           ("approx_mass", "nll")]:
         for name in (COMPILE, COMPILE_FUSED):
             assert rows(records, case, variant)[name]["median_s"] > 0, (case, name)

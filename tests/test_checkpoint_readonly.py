@@ -1,4 +1,4 @@
-"""Loading never trains or writes (issue 17): ``invflow.load`` returns eval mode and takes a
+"""Loading never trains or writes: ``invflow.load`` returns eval mode and takes a
 run directory (its latest checkpoint) or a checkpoint directory; ``invflow.data.to_images``
 and ``save_grid``."""
 

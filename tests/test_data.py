@@ -1,4 +1,4 @@
-"""invflow.data: preprocessing into [-0.5, 0.5) and bits/dim (seed 000 S4.5 conventions)."""
+"""invflow.data: preprocessing into [-0.5, 0.5) and bits/dim (Schirrmeister et al. 2020 S4.5 conventions)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 16: faults users of other flow libraries reported, each fixed across its kind.
+"""Faults users of other flow libraries reported, each fixed across its kind.
 
 1 data-dependent init on zero variance, 4 ActNorm under torch.distributed, 5 numeric
 arguments, 6 low precision, 7 input range, 10 untrained models warn (invflow side)."""

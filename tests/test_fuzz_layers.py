@@ -1,4 +1,4 @@
-"""Issue 16 reliability figures: a hypothesis fuzz of every flow layer, fused kernels against
+"""Reliability figures: a hypothesis fuzz of every flow layer, fused kernels against
 the pure-PyTorch reference, over random shapes (odd sizes, ranks 2-4), dtypes, devices
 available, masks and scale functions: the forward, the log-determinant and the inverse
 agree, and the inverse reconstructs the input.  ``FUZZ_EXAMPLES`` (environment) sets the

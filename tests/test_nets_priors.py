@@ -96,7 +96,7 @@ def test_gradients_reach_every_parameter(name, make, in_shape, out_shape):
 
 @pytest.mark.parametrize("name,make,in_shape,out_shape", NETS, ids=IDS)
 def test_double_backward_through_net(name, make, in_shape, out_shape):
-    """The approximate-mass penalty (seed 004) differentiates d log p / dx once more."""
+    """The approximate-mass penalty (Chali et al. 2023) differentiates d log p / dx once more."""
     net = perturb_(make().double())
     x = torch.randn(in_shape, dtype=torch.float64, requires_grad=True)
     (g,) = torch.autograd.grad(net(x).square().sum(), x, create_graph=True)
@@ -183,7 +183,7 @@ def test_actnorm2d_is_not_a_flow():
     assert not isinstance(nets.ActNorm2d(2), invflow.Flow)
 
 
-def test_resnet_defaults_follow_seed003():
+def test_resnet_defaults_follow_kirichenko_2020():
     net = nets.ResNet(3, 6)
     assert len(net.blocks) == 8 and net.in_conv.out_channels == 64
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())

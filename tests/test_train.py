@@ -216,7 +216,7 @@ def test_gradient_clipping_is_applied_and_logged(tmp_path):
 
 
 def test_finetuning_starts_from_another_models_weights(tmp_path):
-    """seed 000: in-distribution models start from the general-distribution model's weights."""
+    """Schirrmeister et al. 2020: in-distribution models start from the general-distribution model's weights."""
     general = tiny(tmp_path / "general", steps=3)
     general.fit()
     path = os.path.join(general.latest_dir(), "model.safetensors")

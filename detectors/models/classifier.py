@@ -1,7 +1,7 @@
-"""A small pre-activation ResNet classifier for the classifier-based baselines of the seed
+"""A small pre-activation ResNet classifier for the classifier-based baselines of the five
 papers (``detectors.scores.classifier``): maximum softmax probability and outlier exposure
-("MSP-OE", seed 000 Tab. 4), energy and Mahalanobis (seed 004 Tab. 2), and the
-in-distribution-vs-general-distribution classifier of seed 000 S9 (``num_classes=1``).
+("MSP-OE", Schirrmeister et al. 2020 Tab. 4), energy and Mahalanobis (Chali et al. 2023 Tab. 2), and the
+in-distribution-vs-general-distribution classifier of Schirrmeister et al. 2020 S9 (``num_classes=1``).
 
     model = ResNetClassifier(in_channels=1, num_classes=10, image_size=28)
     logits = model(invflow.data.preprocess(images, dequantize=False))   # [B, 10]
@@ -81,7 +81,7 @@ class ResNetClassifier(nn.Module):
     Args:
         in_channels: C >= 1.
         num_classes: K >= 1 logits; K = 1 is a binary classifier with one logit (the
-            in-distribution-vs-general classifier of seed 000 S9, ``BinaryClassifierScore``).
+            in-distribution-vs-general classifier of Schirrmeister et al. 2020 S9, ``BinaryClassifierScore``).
         image_size: H = W (int) or (H, W), each >= 8.
         width: channels of the first stage (then 2 * width, 4 * width).
         blocks: number of residual blocks in each of the three stages (each >= 1).

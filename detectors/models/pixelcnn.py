@@ -1,7 +1,7 @@
 """A compact PixelCNN++ (Salimans, Karpathy, Chen & Kingma 2017) as a likelihood model for the
-baselines of seed 000 (Schirrmeister et al. 2020): Tab. 1 / Tab. 4 "PCNN" (in-distribution
+baselines of Schirrmeister et al. 2020: Tab. 1 / Tab. 4 "PCNN" (in-distribution
 model, general-distribution "Tiny-PCNN" and their log-likelihood ratio, Eq. 1), the outlier
-loss (Eq. 2, S4.3-S4.4) and the margin loss "OE".  Seed 000 S1.2 used the public PixelCNN++
+loss (Eq. 2, S4.3-S4.4) and the margin loss "OE".  Schirrmeister et al. 2020 S1.2 used the public PixelCNN++
 with 120 instead of 160 filters (3 resolutions, 5 gated resnets each, 10 mixtures):
 ``PixelCNNpp(3, 32, filters=120, resnets=5, levels=3, mixtures=10)``.  The defaults here are a
 compact version for 28 x 28 greyscale images.
@@ -221,7 +221,7 @@ class PixelCNNpp(nn.Module):
     Args:
         in_channels: C >= 1 (channels are modelled autoregressively within a pixel).
         image_size: H = W (int) or (H, W); both divisible by 2**(levels - 1).
-        filters: width of both streams (PixelCNN++: 160; seed 000 S1.2: 120).
+        filters: width of both streams (PixelCNN++: 160; Schirrmeister et al. 2020 S1.2: 120).
         resnets: gated resnet blocks per resolution and stream (PixelCNN++: 5).
         levels: number of resolutions: 1 = no down-sampling, 3 = full, 1/2 and 1/4 (PixelCNN++).
         mixtures: logistic mixture components per pixel (PixelCNN++: 10).

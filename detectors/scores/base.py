@@ -1,4 +1,4 @@
-"""The detector API shared by every score (DESIGN.md, "Detectors"; pytorch-ood style).
+"""The detector API shared by every score (docs/design.md, "Detectors"; pytorch-ood style).
 
     det = SomeDetector(...)
     det.fit(x_in)          # fits what the detector needs and calibrates the threshold
@@ -6,13 +6,13 @@
     det.predict(x)         # bool [B]: score above the threshold that flags a fraction
                            # ``fpr`` of in-distribution data (default 5%)
 
-Inputs are image batches either as raw ``uint8`` (preprocessed here without noise, seed 000
+Inputs are image batches either as raw ``uint8`` (preprocessed here without noise, Schirrmeister et al. 2020
 S4.5 "noise-free evaluation") or as floats already preprocessed into [-0.5, 0.5]
 (``invflow.data.preprocess``), or feature / tabular vectors [B, D] for vector models, as
 tensors, numpy arrays, lists of PIL images, Datasets or DataLoaders (``detectors.inputs``);
 ``det.decision_function(x)`` (PyOD) and ``det(x)`` are ``det.score(x)``.
 Non-finite log-likelihoods are set to ``LOG_LIKELIHOOD_FLOOR = -3e6`` before any
-difference is taken (seed 000 S4.5).
+difference is taken (Schirrmeister et al. 2020 S4.5).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ FOLDS = 5
 
 
 def floor_log_likelihood(log_p: torch.Tensor) -> torch.Tensor:
-    """Non-finite (-inf, +inf, NaN) log-likelihoods -> -3e6 (seed 000 S4.5)."""
+    """Non-finite (-inf, +inf, NaN) log-likelihoods -> -3e6 (Schirrmeister et al. 2020 S4.5)."""
     return torch.where(torch.isfinite(log_p), log_p, torch.full_like(log_p, LOG_LIKELIHOOD_FLOOR))
 
 

@@ -1,5 +1,5 @@
-"""Classifier-based OOD scores: the supervised baselines the seed papers compare with
-(seed 000 Tab. 4 "MSP-OE" and S9's in-vs-general classifier; seed 004 Tab. 2 Mahalanobis and
+"""Classifier-based OOD scores: the supervised baselines the five papers compare with
+(Schirrmeister et al. 2020 Tab. 4 "MSP-OE" and S9's in-vs-general classifier; Chali et al. 2023 Tab. 2 Mahalanobis and
 Energy).  All scores: HIGHER = MORE ANOMALOUS, float64 [B] on the CPU.
 
 * ``MaxSoftmax``: s(x) = -max_k softmax(f(x) / T)_k (Hendrycks & Gimpel 2017; with a
@@ -9,7 +9,7 @@ Energy).  All scores: HIGHER = MORE ANOMALOUS, float64 [B] on the CPU.
   with class means mu_k and a tied precision P (Lee, Lee, Lee & Shin 2018), optionally on
   an input perturbed towards the closest class.
 * ``BinaryClassifierScore``: s(x) = the logit of "general distribution" of a binary
-  in-distribution (0) vs general-distribution (1) classifier (seed 000 S9).
+  in-distribution (0) vs general-distribution (1) classifier (Schirrmeister et al. 2020 S9).
 
 ``f(x)`` are the logits [B, K] of any classifier module (e.g.
 ``detectors.models.classifier.ResNetClassifier``); inputs are raw uint8 images or floats
@@ -53,7 +53,7 @@ class MaxSoftmax(Detector):
     ``temperature`` T > 0 (T = 1 is the paper's baseline; large T is ODIN's temperature
     scaling without the input perturbation).  With a classifier trained by
     ``classifier_objectives.outlier_exposure_objective`` (Hendrycks, Mazeika & Dietterich
-    2019) this is "MSP-OE" of seed 000 Tab. 4.  Needs K >= 2 classes."""
+    2019) this is "MSP-OE" of Schirrmeister et al. 2020 Tab. 4.  Needs K >= 2 classes."""
 
     uses = "labels"
 
@@ -75,7 +75,7 @@ class Energy(Detector):
 
     ``temperature`` T > 0 (the paper uses T = 1).  Works with the classifier as trained with
     cross-entropy, or fine-tuned with ``classifier_objectives.energy_objective`` (the
-    energy-bounded loss on auxiliary outliers, as seed 004 Tab. 2 trained it)."""
+    energy-bounded loss on auxiliary outliers, as Chali et al. 2023 Tab. 2 trained it)."""
 
     uses = "labels"
 
@@ -219,7 +219,7 @@ class Mahalanobis(Detector):
 
 
 class BinaryClassifierScore(Detector):
-    """In-distribution vs general-distribution classifier (seed 000 S9, "pure discriminative
+    """In-distribution vs general-distribution classifier (Schirrmeister et al. 2020 S9, "pure discriminative
     approach"): a classifier with one logit trained with in-distribution samples as class 0
     and general-distribution samples (e.g. Tiny Images) as class 1
     (``classifier_objectives.in_vs_general_objective``):

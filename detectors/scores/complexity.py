@@ -1,11 +1,11 @@
-"""Input complexity (Serra et al. 2020, as replicated in seed 000 Sec. 5.1 / S6): the PNG
+"""Input complexity (Serra et al. 2020, as replicated in Schirrmeister et al. 2020 Sec. 5.1 / S6): the PNG
 code length as the general-distribution model.
 
     S(x) = -log2 P_model(x) - L_png(x)         (bits; higher = more anomalous)
 
 where P_model(x) = p(x) / 256^D is the model's probability of the 8-bit image (invflow.data)
 and L_png(x) is the length in bits of the image compressed as a PNG (Pillow, maximum
-compression).  It is the log-likelihood ratio of seed 000 Eq. 1 with PNG as p_g.
+compression).  It is the log-likelihood ratio of Schirrmeister et al. 2020 Eq. 1 with PNG as p_g.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def png_bits(images: torch.Tensor, compress_level: int = 9) -> torch.Tensor:
 
 
 class InputComplexity(Detector):
-    """S(x) = -log2 P_model(x) - L_png(x) bits (Serra et al.; seed 000 Tab. 1 "PNG")."""
+    """S(x) = -log2 P_model(x) - L_png(x) bits (Serra et al.; Schirrmeister et al. 2020 Tab. 1 "PNG")."""
 
     uses = "-"
 

@@ -1,4 +1,4 @@
-"""Feature-space baselines of seed 002 Sec. 5.1 (on e.g. normalised EfficientNet / MOCO
+"""Feature-space baselines of Schmier et al. 2022 Sec. 5.1 (on e.g. normalised EfficientNet / MOCO
 features, ``detectors.features``), all with scikit-learn.  Inputs are vectors [B, D]; with a
 ``transform`` (e.g. a feature extractor) raw inputs are mapped first; images given without
 one go through EfficientNet-Lite0 at ``feature_size`` (``detectors.imagefeatures``).
@@ -97,7 +97,7 @@ class _FeatureDetector(Detector):
 
 
 class MSEToMean(_FeatureDetector):
-    """s(f) = ||f - mean_in||^2 (seed 002 "MSE")."""
+    """s(f) = ||f - mean_in||^2 (Schmier et al. 2022 "MSE")."""
 
     def _fit_features(self, f):
         self.mean_ = f.mean(0)
@@ -107,7 +107,7 @@ class MSEToMean(_FeatureDetector):
 
 
 class MSERatio(_FeatureDetector):
-    """s(f) = ||f - mean_in||^2 - ||f - mean_aux||^2 (seed 002 "MSE-ratio"); ``aux`` are the
+    """s(f) = ||f - mean_in||^2 - ||f - mean_aux||^2 (Schmier et al. 2022 "MSE-ratio"); ``aux`` are the
     auxiliary-distribution inputs (transformed like the others)."""
 
     uses = "aux data"

@@ -1,7 +1,7 @@
 """Likelihood-based scores for any model exposing ``log_prob`` (and ``per_scale`` through
 its forward output for the per-scale scores).  All scores: HIGHER = MORE ANOMALOUS.
 
-Non-finite log-likelihoods are set to -3e6 before any difference (seed 000 S4.5).
+Non-finite log-likelihoods are set to -3e6 before any difference (Schirrmeister et al. 2020 S4.5).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ def _prepare(x: torch.Tensor, model, transform: Transform | None) -> torch.Tenso
 
 class Likelihood(Detector):
     """Raw likelihood: s(x) = -log p(x) (nats).  The baseline that fails on images: a
-    Fashion-MNIST Glow rates MNIST higher (seed 000 Sec. 2, 15% AUROC).
+    Fashion-MNIST Glow rates MNIST higher (Schirrmeister et al. 2020 Sec. 2, 15% AUROC).
 
     ``transform`` (optional) maps raw inputs to the model's inputs, e.g. a feature
-    extractor for flows on features ("Flow" of seed 002 Sec. 5.1).
+    extractor for flows on features ("Flow" of Schmier et al. 2022 Sec. 5.1).
     """
 
     def __init__(self, model, transform: Transform | None = None, **kw):
@@ -49,7 +49,7 @@ class BitsPerDim(Likelihood):
 
 
 class ContrastiveFlow(Likelihood):
-    """Contrastive normalizing flow score (seed 002 Sec. 4): s(x) = -log p_theta(x) of a
+    """Contrastive normalizing flow score (Schmier et al. 2022 Sec. 4): s(x) = -log p_theta(x) of a
     flow trained with ``detectors.objectives.contrastive_loss`` (Eq. 3), i.e. the negative
     log-likelihood of the learned normalised positive difference C (p - q) 1{p > q}."""
 
@@ -57,9 +57,9 @@ class ContrastiveFlow(Likelihood):
 
 
 class LikelihoodRatio(Detector):
-    """Log-likelihood ratio to a general-distribution model (seed 000 Eq. 1, "Diff"):
+    """Log-likelihood ratio to a general-distribution model (Schirrmeister et al. 2020 Eq. 1, "Diff"):
     s(x) = -(log p_in(x) - log p_g(x)), each log-likelihood floored at -3e6 first.
-    ``transform`` as in ``Likelihood`` ("Flow-ratio" of seed 002 on features)."""
+    ``transform`` as in ``Likelihood`` ("Flow-ratio" of Schmier et al. 2022 on features)."""
 
     uses = "aux data"
 
@@ -96,7 +96,7 @@ def _contribution(model, x: torch.Tensor, idx: list[int]) -> torch.Tensor:
 
 
 class ScaleContribution(Detector):
-    """Per-scale likelihood contributions (seed 000 Eq. 3, Sec. 4, Tab. 2):
+    """Per-scale likelihood contributions (Schirrmeister et al. 2020 Eq. 3, Sec. 4, Tab. 2):
     s(x) = -sum_{i in scales} c_i(x).  ``scales=-1`` is the last scale ("4x4" of Tab. 2),
     which carries the high-level, distribution-specific features."""
 
@@ -109,14 +109,14 @@ class ScaleContribution(Detector):
 
 
 class LastScale(ScaleContribution):
-    """s(x) = -c_L(x): the last scale's contribution alone (seed 000 Sec. 4)."""
+    """s(x) = -c_L(x): the last scale's contribution alone (Schirrmeister et al. 2020 Sec. 4)."""
 
     def __init__(self, model, **kw):
         super().__init__(model, scales=-1, **kw)
 
 
 class ScaleRatio(Detector):
-    """Per-scale log-likelihood ratio (seed 000 Tab. 2, "Diff" column per scale):
+    """Per-scale log-likelihood ratio (Schirrmeister et al. 2020 Tab. 2, "Diff" column per scale):
     s(x) = -sum_{i in scales} (c_i^in(x) - c_i^g(x)) for two models of the same architecture."""
 
     uses = "aux data"
@@ -132,7 +132,7 @@ class ScaleRatio(Detector):
 
 
 def log_prob_and_mass(model, x: torch.Tensor, create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log p(x), ||d log p(x) / dx||_2) per sample (seed 004 Eq. 1), x preprocessed floats
+    """(log p(x), ||d log p(x) / dx||_2) per sample (Chali et al. 2023 Eq. 1), x preprocessed floats
     [B, ...]; ``create_graph`` keeps the gradient differentiable (the Eq. 2 penalty)."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
@@ -142,12 +142,12 @@ def log_prob_and_mass(model, x: torch.Tensor, create_graph: bool = False) -> tup
 
 
 def approximate_mass(model, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
-    """||d log p(x) / dx||_2 per sample (seed 004 Eq. 1), x preprocessed floats [B, ...]."""
+    """||d log p(x) / dx||_2 per sample (Chali et al. 2023 Eq. 1), x preprocessed floats [B, ...]."""
     return log_prob_and_mass(model, x, create_graph)[1]
 
 
 class ApproximateMass(Detector):
-    """Approximate mass (seed 004 Eq. 1): s(x) = ||d log p(x) / dx||; OOD inputs have larger
+    """Approximate mass (Chali et al. 2023 Eq. 1): s(x) = ||d log p(x) / dx||; OOD inputs have larger
     values.  Most useful with a model trained with ``objectives.approx_mass_penalty``."""
 
     needs_grad = True

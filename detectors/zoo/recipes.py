@@ -49,13 +49,13 @@ RECIPES = {r.name: r for r in (
            "(datasets.broaden: dark flat regions, light-on-dark structure), finetuned from photos-glow", "glow",
            "photos-broad", init="photos-glow", lr=5e-4, warmup=50),
     Recipe("photos-glow-dagger", "Diff-dagger general Glow: photos-glow-broad finetuned with Fashion-MNIST as "
-           "outliers (seed 000 Sec. 5.3)", "glow", "photos-broad", objective="dagger", init="photos-glow-broad",
+           "outliers (Schirrmeister et al. 2020 Sec. 5.3)", "glow", "photos-broad", objective="dagger", init="photos-glow-broad",
            reference="fmnist-glow", lr=5e-4, warmup=50),
     Recipe("fmnist-glow-outlier", "in-distribution Glow finetuned with the outlier loss against photos-glow-broad "
-           "(seed 000 Eq. 2)", "glow", "fashion-mnist", objective="outlier", init="fmnist-glow",
+           "(Schirrmeister et al. 2020 Eq. 2)", "glow", "fashion-mnist", objective="outlier", init="fmnist-glow",
            reference="photos-glow-broad", lr=5e-4, warmup=50, translate=1),
     Recipe("fmnist-realnvp-mass", "RealNVP on Fashion-MNIST with the approximate-mass penalty from the start "
-           "(seed 004 Eq. 2, alpha=2)", "realnvp", "fashion-mnist", objective="approx_mass", translate=1),
+           "(Chali et al. 2023 Eq. 2, alpha=2)", "realnvp", "fashion-mnist", objective="approx_mass", translate=1),
     Recipe("fmnist-realnvp", "vanilla RealNVP on Fashion-MNIST, the same budget as fmnist-realnvp-mass", "realnvp",
            "fashion-mnist", translate=1),
 )}

@@ -1,4 +1,4 @@
-"""The flow contract (DESIGN.md): every layer and model is an ``invflow.Flow``.
+"""The flow contract (docs/design.md): every layer and model is an ``invflow.Flow``.
 
     y, logdet = flow(x)          # logdet: [B], log|det dy/dx| per sample
     x, logdet = flow.inverse(y)  # logdet: log|det dx/dy| = -(forward logdet)
@@ -22,7 +22,7 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 def logdet_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype of log-determinants for inputs of ``dtype``: float32 for float16 / bfloat16
-    (DESIGN.md: a sum of N * C log-scales loses all precision in half), else ``dtype``."""
+    (docs/design.md: a sum of N * C log-scales loses all precision in half), else ``dtype``."""
     return torch.float32 if dtype in LOW_PRECISION else dtype
 
 

@@ -11,8 +11,8 @@ from .base import Flow, check_input, check_number, logdet_dtype
 
 class FixedLinear(Flow):
     """y = W x per position with a fixed random rotation W (not trained): W^-1 = W^T and
-    log|det W| = 0.  The "soft permutation" of FrEIA's AllInOneBlock (seed 002 A.1) and the
-    fixed invertible linear of the fully-connected Glow (seed 000 S2.2).  W is regenerated
+    log|det W| = 0.  The "soft permutation" of FrEIA's AllInOneBlock (Schmier et al. 2022 A.1) and the
+    fixed invertible linear of the fully-connected Glow (Schirrmeister et al. 2020 S2.2).  W is regenerated
     from ``seed`` at construction (a non-persistent buffer), so checkpoints do not carry
     C x C matrices; it takes C^2 floats of memory (37 MB at C = 3072)."""
 
@@ -42,7 +42,7 @@ class FixedLinear(Flow):
         return f"{self.num_channels}, seed={self.seed}"
 
     def _logdet(self, x: torch.Tensor, sign: float) -> torch.Tensor:
-        # 0 (a rotation), in float32 for low-precision inputs (DESIGN.md)
+        # 0 (a rotation), in float32 for low-precision inputs (docs/design.md)
         return per_sample(sign * self.logdet.to(logdet_dtype(x.dtype)) * inner_size(x), x.shape[0])
 
     def forward(self, x):

@@ -1,4 +1,4 @@
-"""The model contract (DESIGN.md): multi-scale wholes, as opposed to layers.
+"""The model contract (docs/design.md): multi-scale wholes, as opposed to layers.
 
     out = model(x)                  # x preprocessed into [-0.5, 0.5] (invflow.data)
     out.log_prob                    # [B]
@@ -68,7 +68,7 @@ def check_ints(where: str, low: int = 1, **values) -> None:
 
 def check_model_input(x, name: str, input_shape, param: torch.Tensor, max_abs: float | None = None,
                       integer_hint: str = "", values: bool = True) -> None:
-    """The DESIGN.md input rules for any model taking preprocessed images (flows, and the
+    """The docs/design.md input rules for any model taking preprocessed images (flows, and the
     PixelCNN++ / classifier baselines of ``detectors.models``): TypeError for non-tensors,
     integer dtypes and a dtype other than ``param``'s; ValueError for another device, wrong
     rank, channels or size, an empty batch, NaN / Inf and, with ``max_abs``, values with
@@ -213,7 +213,7 @@ class FlowModel(nn.Module, metaclass=abc.ABCMeta):
         return (-self.log_prob(x) + d * math.log(256)) / (d * math.log(2))
 
     def check_input(self, x) -> None:
-        """DESIGN.md error rules: TypeError for non-tensors, integer dtypes and a dtype other
+        """docs/design.md error rules: TypeError for non-tensors, integer dtypes and a dtype other
         than the parameters'; ValueError for wrong rank, channels or size, mixed devices,
         non-finite values and, for image models, values outside [-0.5, 0.5] (IMAGE_RANGE).
         No input is altered."""

@@ -1,5 +1,5 @@
-"""Fully-connected flows: the vector flow for features / tabular data (Schmier et al., seed
-002, A.1) and the fully-connected ("dense") Glow of Schirrmeister et al. (seed 000, S2.2)."""
+"""Fully-connected flows: the vector flow for features / tabular data (Schmier et al.
+2022, A.1) and the fully-connected ("dense") Glow of Schirrmeister et al. 2020, S2.2."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def dense_step(dim: int, k: int, hidden: int, scale: str, clamp: float, seed: in
 
 
 class VectorFlow(FlowModel):
-    """Flow on vectors [B, dim] (seed 002 A.1): ``blocks`` coupling blocks, each actnorm, a
+    """Flow on vectors [B, dim] (Schmier et al. 2022 A.1): ``blocks`` coupling blocks, each actnorm, a
     fixed soft permutation and an affine coupling with an MLP st-net of width ``hidden``
     and soft-clamped scales (s = exp(clamp * tanh(raw / clamp)), clamp 3).  One scale:
     per_scale is [B, 1]."""
@@ -59,7 +59,7 @@ class VectorFlow(FlowModel):
 
 
 class DenseGlow(FlowModel):
-    """Fully-connected Glow (seed 000 S2.2): the image is flattened; each of ``levels`` scales
+    """Fully-connected Glow (Schirrmeister et al. 2020 S2.2): the image is flattened; each of ``levels`` scales
     is ``steps`` steps of actnorm, a fixed random invertible linear map and an affine
     coupling whose MLP st-net maps half of the dimensions through two hidden layers of width
     ``hidden`` (1536 -> 512 -> 512 -> 3072 for 3 x 32 x 32 images); after every scale but the

@@ -1,14 +1,14 @@
 """Multi-scale Glow (Kingma & Dhariwal 2018) in the configuration of Schirrmeister et al.
-2020 (seed 000), S1.1 / S1.3: L scales, each a squeeze followed by K steps of
+2020, S1.1 / S1.3: L scales, each a squeeze followed by K steps of
 actnorm -> LU 1x1 conv -> affine coupling (scale sigmoid(raw + 2)); after every scale but
 the last, half of the channels leave as the latent z_i.  By default every z_i is an
-independent standard normal (seed 000 S1.3: "we directly evaluate z_1 under a
+independent standard normal (Schirrmeister et al. 2020 S1.3: "we directly evaluate z_1 under a
 standard-normal gaussian"), which makes the per-scale contributions c_i(x) of Eq. 3 clean;
 ``split_prior=True`` instead learns p(z_i | h_i) = N(mu(h_i), sigma(h_i)^2) as in the
 original Glow code.
 
 For 3 x 32 x 32 inputs with the defaults the scales process 12 x 16 x 16, 24 x 8 x 8 and
-48 x 4 x 4 representations with 32 steps each and st-nets of width 512, as in seed 000.
+48 x 4 x 4 representations with 32 steps each and st-nets of width 512, as in Schirrmeister et al. 2020.
 """
 
 from __future__ import annotations

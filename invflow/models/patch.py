@@ -1,4 +1,4 @@
-"""Local patch Glow (Schirrmeister et al. 2020, seed 000, Sec. 2 / S2.1): the image is cut
+"""Local patch Glow (Schirrmeister et al. 2020, Sec. 2 / S2.1): the image is cut
 into non-overlapping patch_size x patch_size patches (16 patches of 8 x 8 for 32 x 32
 images), every patch goes through the same small Glow, and the image's log-likelihood is the
 sum of its patches' (the patches are modelled as independent), so the model can only learn

@@ -1,9 +1,9 @@
-"""RealNVP (Dinh et al. 2017) in the configuration of Kirichenko et al. 2020 (seed 003),
+"""RealNVP (Dinh et al. 2017) in the configuration of Kirichenko et al. 2020,
 App. C: every scale but the last is 3 couplings with a spatial mask, a squeeze, 3 couplings
 with a channel-wise mask, and a split that factors half of the channels out as z_i; the last
 scale is 4 spatial-mask couplings.  st-nets are residual networks ("resnet", 8 blocks of 64
-feature maps; 6 blocks for greyscale images in the paper), or the bottleneck st-nets of seed
-003 Sec. 7 (``net="bottleneck"``, ``bottleneck_dim`` = l), or Glow's.  ``mask`` selects the
+feature maps; 6 blocks for greyscale images in the paper), or the bottleneck st-nets of
+Kirichenko et al. 2020, Sec. 7 (``net="bottleneck"``, ``bottleneck_dim`` = l), or Glow's.  ``mask`` selects the
 spatial mask: "checkerboard" (standard), "horizontal" (Sec. 6.2) or "cycle" (App. I.1).
 """
 
@@ -33,9 +33,9 @@ class RealNVP(FlowModel):
 
     Args:
         in_channels, image_size: input [B, C, H, W]; H, W divisible by 2**(levels - 1).
-        levels: scales (2 for greyscale, 3 for colour images in seed 003).
+        levels: scales (2 for greyscale, 3 for colour images in Kirichenko et al. 2020).
         blocks, hidden: residual blocks and feature maps of the "resnet" st-net.
-        net: "resnet" | "bottleneck" | "glow".  bottleneck_dim: l of seed 003 Sec. 7.
+        net: "resnet" | "bottleneck" | "glow".  bottleneck_dim: l of Kirichenko et al. 2020 Sec. 7.
         mask: "checkerboard" | "horizontal" | "cycle" for the spatial couplings.
         scale: coupling scale function ("tanh": exp(clamp * tanh(raw / clamp)), bounded as in
             flows_ood; "exp" is Dinh et al.'s unbounded form).

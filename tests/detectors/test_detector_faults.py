@@ -1,4 +1,4 @@
-"""Issue 16 on the detectors side: 2 dropped non-finite samples leave clean gradients,
+"""Faults on the detectors side: 2 dropped non-finite samples leave clean gradients,
 3 fit(x, fpr) hits its FPR on fresh in-distribution data for every detector with fit,
 5 numeric arguments, 7 floats outside [-0.5, 0.5], 9 training splits, 10 untrained models."""
 
@@ -369,7 +369,7 @@ def test_training_reads_training_splits(monkeypatch):
 
 
 def test_fit_reads_training_splits_of_named_sets(monkeypatch, tmp_path):
-    """`fit --data fashion-mnist` fits on the training split (issue 16 item 9, the fit path)."""
+    """`fit --data fashion-mnist` fits on the training split (the fit path)."""
     from detectors import bundle, datasets, folders
 
     seen = []

@@ -1,4 +1,4 @@
-"""Every detector takes every input kind (issue 17, DESIGN "Detectors"): tensors, numpy
+"""Every detector takes every input kind (docs/design.md, "Detectors"): tensors, numpy
 arrays, lists of PIL images, Datasets of (image, label) items and DataLoaders give exactly
 the scores of the tensor; decision_function and __call__ are score."""
 

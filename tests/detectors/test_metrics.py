@@ -1,5 +1,5 @@
 """detectors.metrics: AUROC / AUPR-in / AUPR-out / FPR95 / TNR95 against scikit-learn called
-directly and against direct numpy computations (DESIGN.md, "Detectors": OOD is the positive
+directly and against direct numpy computations (docs/design.md, "Detectors": OOD is the positive
 class for AUROC and aupr_out; aupr_in has in-distribution positive on negated scores; fpr95 is
 the share of OOD samples accepted (score <= threshold) when 95% of in-distribution samples are
 accepted)."""

@@ -1,6 +1,6 @@
 """detectors.objectives: every loss against its paper formula written out independently,
 the non-finite drop rule, gradients (double backward through the fused kernels for the
-approximate-mass penalty), the Trainer objectives, and the 1-D contrastive toy of seed 002
+approximate-mass penalty), the Trainer objectives, and the 1-D contrastive toy of Schmier et al. 2022
 Fig. 3 (the learned density approaches the normalised positive difference C (p - q) 1{p>q})."""
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def test_outlier_loss_equals_both_forms_of_eq2(scale):
         torch.testing.assert_close(got, _eq2_roots(lp_in, lp_g, T, lam), rtol=1e-10, atol=1e-9)
         if (lp_g - lp_in).abs().max() / T < 30:  # the naive sigmoid form is accurate here
             torch.testing.assert_close(got, _eq2_sigmoid(lp_in, lp_g, T, lam), rtol=1e-10, atol=1e-9)
-    # defaults T = 1000, lambda = 6000 (seed 000 S4.2)
+    # defaults T = 1000, lambda = 6000 (Schirrmeister et al. 2020 S4.2)
     torch.testing.assert_close(outlier_loss(lp_in, lp_g), _eq2_roots(lp_in, lp_g, 1000.0, 6000.0), rtol=1e-10,
                                atol=1e-9)
 
@@ -415,7 +415,7 @@ def test_trainer_objective_values(uint8_data):
     assert float(logs["grad_norm_x"]) > 0
 
 
-# --------------------------------------------------------- seed 002 Fig. 3: the 1-D toy
+# --------------------------------------------------------- Schmier et al. 2022 Fig. 3: the 1-D toy
 class GaussianMixture1D(nn.Module):
     """A normalised density on R with learnable parameters: sum_k w_k N(mu_k, sigma_k^2)."""
 

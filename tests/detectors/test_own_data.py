@@ -1,4 +1,4 @@
-"""Own data end to end (issue 17): folders of mixed-size PNG / JPEG files cut from offline
+"""Own data end to end: folders of mixed-size PNG / JPEG files cut from offline
 photos -> ``python -m detectors fit`` -> bundle -> ``score`` -> scores.csv and a report;
 ImageFolder / load_source / ImagePolicy; one-line user errors with exit code 2."""
 
@@ -158,7 +158,7 @@ def test_fit_then_score_end_to_end(folders, tmp_path, capsys):
     assert _tree(det) == before, "loading and scoring a bundle must not write"
     assert not bundle["last-scale"].model.training
 
-    # score: scores.csv for every TEST and OOD file, the DESIGN report with --ood
+    # score: scores.csv for every TEST and OOD file, the report (docs/design.md) with --ood
     assert main(["score", str(det), "--data", str(folders / "test"), "--ood", str(folders / "ood"),
                  "--out", str(rep), "--no-progress"]) == 0
     with open(rep / "scores.csv") as f:
@@ -341,7 +341,7 @@ def test_sixteen_bit_tiff_and_exif_orientation(tmp_path):
 
 
 def test_default_set_is_the_ensemble_of_png_and_pca_and_its_members():
-    """issue 18 item 4: the default of fit is what the OOD suite recommends by the worst case
+    """The default of fit is what the OOD suite recommends by the worst case
     without aux data (docs/RESULTS.md section 6): the ensemble png+pca plus its members."""
     import argparse
 

@@ -242,7 +242,7 @@ def test_detectors_use_it():
         lp1, lp2 = m1.log_prob(x), m2.log_prob(x)
     torch.testing.assert_close(Likelihood(m1).score(images), -lp1)
     torch.testing.assert_close(LikelihoodRatio(m1, m2).score(images), -(lp1 - lp2))
-    # outlier loss objective (seed 000 Eq. 2) with m2 as the general model
+    # outlier loss objective (Schirrmeister et al. 2020 Eq. 2) with m2 as the general model
     m1.train()
     objective = outlier_objective(m2, images)
     g = torch.Generator().manual_seed(0)

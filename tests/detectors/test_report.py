@@ -19,7 +19,7 @@ def make_scores(seed=0):
     rng = np.random.default_rng(seed)
     s_in, s_out = rng.normal(0, 1, 200), rng.normal(1.5, 1, 150)
     floored = s_out.copy()
-    floored[:5] = 3e6  # -log p floor of non-finite likelihoods (seed 000 S4.5)
+    floored[:5] = 3e6  # -log p floor of non-finite likelihoods (Schirrmeister et al. 2020 S4.5)
     return {
         "likelihood": (s_in, s_out),
         "ratio": (torch.from_numpy(s_in * 0.5), torch.from_numpy(s_out + 1.0)),

@@ -173,7 +173,7 @@ def test_reproduce_smoke_end_to_end(tmp_path):
                            capture_output=True, text=True, timeout=300)
     assert proc2.returncode == 0, proc2.stderr[-3000:]
     assert "resumed from step 2" in proc2.stdout + proc2.stderr
-    # one-vs-rest: seed 002's Flow and contrastive flow per class beside the feature baselines
+    # one-vs-rest: Schmier et al. 2022's Flow and contrastive flow per class beside the feature baselines
     ovr = json.loads((tmp_path / "one-vs-rest" / "summary.json").read_text())["detectors"]
     assert list(ovr) == ["MSE to mean", "KNN (k=1)", "KNN (k=5)", "KDE", "PCA", "Flow", "contrastive flow"]
     for row in ovr.values():

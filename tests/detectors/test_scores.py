@@ -153,7 +153,7 @@ def test_likelihood_ratio_formula(glow_in, glow_g, images):
         lp_in, lp_g = glow_in.log_prob(x), glow_g.log_prob(x)
     assert not torch.allclose(lp_in, lp_g)  # two different models
     s = LikelihoodRatio(glow_in, glow_g).score(x)
-    torch.testing.assert_close(s, -(lp_in - lp_g), rtol=1e-12, atol=1e-12)  # seed 000 Eq. 1, negated
+    torch.testing.assert_close(s, -(lp_in - lp_g), rtol=1e-12, atol=1e-12)  # Schirrmeister et al. 2020 Eq. 1, negated
     # swapping the models negates the score
     torch.testing.assert_close(LikelihoodRatio(glow_g, glow_in).score(x), -s, rtol=1e-12, atol=1e-12)
 
@@ -407,7 +407,7 @@ def test_errors(glow_in, images):
     det = Likelihood(glow_in)
     with pytest.raises(RuntimeError, match="fit"):
         det.predict(x)
-    assert torch.equal(det.score(x.numpy()), det.score(x))  # numpy is an accepted input kind (issue 17)
+    assert torch.equal(det.score(x.numpy()), det.score(x))  # numpy is an accepted input kind
     for bad in (x.tolist(), None):  # nested lists of numbers are not images
         with pytest.raises(TypeError):
             det.score(bad)
@@ -524,7 +524,7 @@ def test_typicality_errors(normal_data):
     t.fit(x_cal[:100])
     with pytest.raises(ValueError):
         t.score(x_cal[:0])
-    assert torch.equal(t.score(x_cal[:10].numpy()), t.score(x_cal[:10]))  # numpy accepted (issue 17)
+    assert torch.equal(t.score(x_cal[:10].numpy()), t.score(x_cal[:10]))  # numpy accepted
 
 
 # ---------------------------------------------------------------- feature-space baselines

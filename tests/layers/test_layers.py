@@ -202,7 +202,7 @@ def test_horizontal_mask_transforms_bottom_half_first():
 
 
 def test_cycle_of_four_couplings_visits_every_quadrant_once():
-    """seed 003 App. I.1: step k transforms quadrant k+1 from quadrant k; after four steps every
+    """Kirichenko et al. 2020 App. I.1: step k transforms quadrant k+1 from quadrant k; after four steps every
     quadrant has been transformed once, conditioned on its predecessor."""
     shape = (2, 4, 6)
     quadrant = masks.Cycle.quadrants(shape)

@@ -1,4 +1,4 @@
-"""Every model under torch.autocast (bfloat16 st-nets) on both backends (issue 14 item 4):
+"""Every model under torch.autocast (bfloat16 st-nets) on both backends:
 the flow's maps stay float32, so log p is finite, the backends agree, and it is close to the
 float32 log p; training steps run and produce finite gradients."""
 

@@ -1,4 +1,4 @@
-"""Models: exact log-likelihoods and per-scale contributions (seed 000 Eq. 3), inverses,
+"""Models: exact log-likelihoods and per-scale contributions (Schirrmeister et al. 2020 Eq. 3), inverses,
 sampling, checkpoints, memory-free backprop and input validation."""
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def test_per_scale_sums_to_log_prob_and_inverse_reconstructs(name, make, shape, 
 
 
 def test_glow_per_scale_contributions_match_each_scale_jacobian():
-    """c_i = log p(z_i) + log|det dy_i/dh_{i-1}| (seed 000 Eq. 3), scale by scale."""
+    """c_i = log p(z_i) + log|det dy_i/dh_{i-1}| (Schirrmeister et al. 2020 Eq. 3), scale by scale."""
     model = build(lambda: invflow.Glow(1, 4, levels=2, steps=2, hidden=4))
     x = inputs((1, 4, 4), n=1)
     out = model(x)
@@ -105,8 +105,8 @@ def test_glow_per_scale_contributions_match_each_scale_jacobian():
     torch.testing.assert_close(out.per_scale[0, 1], standard_normal_log_prob(out.latents[1])[0] + ld2)
 
 
-def test_glow_seed000_configuration_shapes():
-    """3 x 32 x 32 -> scales of 12 x 16 x 16, 24 x 8 x 8 and 48 x 4 x 4 (seed 000 S1.1)."""
+def test_glow_paper_configuration_shapes():
+    """3 x 32 x 32 -> scales of 12 x 16 x 16, 24 x 8 x 8 and 48 x 4 x 4 (Schirrmeister et al. 2020 S1.1)."""
     model = invflow.Glow(3, 32, levels=3, steps=1, hidden=8)
     assert model.latent_shapes() == [(6, 16, 16), (12, 8, 8), (48, 4, 4)]
     assert [s.flows[0].flows[0].num_channels for s in model.scales] == [12, 24, 48]
@@ -114,7 +114,7 @@ def test_glow_seed000_configuration_shapes():
 
 
 def test_dense_glow_mlp_shape_for_cifar_sizes():
-    """seed 000 S2.2: coupling MLP 1536 -> 512 -> 512 -> 3072 for 3 x 32 x 32 inputs."""
+    """Schirrmeister et al. 2020 S2.2: coupling MLP 1536 -> 512 -> 512 -> 3072 for 3 x 32 x 32 inputs."""
     model = invflow.DenseGlow(3, 32, levels=1, steps=1)
     net = model.scales[0].flows[0].flows[2].net
     linears = [m for m in net if isinstance(m, torch.nn.Linear)]

@@ -1,4 +1,4 @@
-"""Regression tests for the defects a review of csrc/ found (issue 14), one kind per test.
+"""Regression tests for the defects a review of csrc/ found, one kind per test.
 
 Each test runs on every device: on CPU the fused kernel is held to the reference, on CUDA
 the CUDA kernel is held to the CPU kernel (``expected``), so the CPU half guards the

@@ -2,6 +2,7 @@
 #
 #   make demo    set-up + the project's main job (python -m detectors demo)
 #   make test    set-up + the full test suite
+#   make lint    ruff check + ruff format --check (rules in pyproject.toml); .ci/run runs it first
 #   make bench   set-up + the benchmark suites and the side-by-side comparison
 #   make data    installs the offline datasets (Debian dataset-fashion-mnist)
 #   make gpu-check   on a GPU machine, within GPU_CHECK_BUDGET_S (default 540 s): build for its
@@ -28,7 +29,7 @@ CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' 2>/dev/nu
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
 
-.PHONY: all setup build cuda-check gpu-check gpu-check-dry test demo bench data clean
+.PHONY: all setup build cuda-check gpu-check gpu-check-dry test lint demo bench data clean
 
 all: test
 
@@ -79,6 +80,10 @@ gpu-check-dry: build
 
 test: build cuda-check data gpu-check-dry
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 DEMO_OUT ?= runs/demo
 

@@ -55,9 +55,9 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -77,9 +77,11 @@ FUSED, EAGER, COMPILE = "invflow-fused", "invflow-eager", "torch.compile(referen
 COMPILE_FUSED = "torch.compile(fused)"
 COMPILED = (COMPILE, COMPILE_FUSED)
 FREIA, FREIA_AIO, NORMFLOWS = "FrEIA", "FrEIA-AllInOne", "normflows"
-PIP = {FREIA: "pip install FrEIA, or pip install -e .[bench]",
-       FREIA_AIO: "pip install FrEIA, or pip install -e .[bench]",
-       NORMFLOWS: "pip install normflows, or pip install -e .[bench]"}
+PIP = {
+    FREIA: "pip install FrEIA, or pip install -e .[bench]",
+    FREIA_AIO: "pip install FrEIA, or pip install -e .[bench]",
+    NORMFLOWS: "pip install normflows, or pip install -e .[bench]",
+}
 ALLOCATOR_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD", "PYTORCH_CUDA_ALLOC_CONF")
 
 
@@ -89,16 +91,20 @@ class Config:
     mode: str
     warmup: int
     repeats: int
-    target_s: float          # a timed sample repeats a call until it lasts about this long
-    step: tuple              # (batch, channels, size, hidden)
-    model: dict              # Glow config + batch for the model / approx_mass cases
-    model_paper_size: dict      # the Schirrmeister et al. 2020 model (K=32, hidden 512) for the model_paper_size case
-    memory: dict             # Glow config + batch for the memory case
-    bandwidth: tuple         # tensor shape [B, C, H, W] for the elementwise kernels
+    target_s: float  # a timed sample repeats a call until it lasts about this long
+    step: tuple  # (batch, channels, size, hidden)
+    model: dict  # Glow config + batch for the model / approx_mass cases
+    model_paper_size: (
+        dict  # the Schirrmeister et al. 2020 model (K=32, hidden 512) for the model_paper_size case
+    )
+    memory: dict  # Glow config + batch for the memory case
+    bandwidth: tuple  # tensor shape [B, C, H, W] for the elementwise kernels
     compile_backend: str
     memory_repeats: int = 3
-    model_repeats: int | None = None   # rounds of the model_paper_size case (one step takes seconds on CPU)
-    paper_size_compile_fused: bool = False  # compile(fused) row of model_paper_size (whole-model compile: slow)
+    model_repeats: int | None = None  # rounds of the model_paper_size case (one step takes seconds on CPU)
+    paper_size_compile_fused: bool = (
+        False  # compile(fused) row of model_paper_size (whole-model compile: slow)
+    )
 
 
 def glow_cfg(image, levels, steps, hidden, batch):
@@ -107,22 +113,73 @@ def glow_cfg(image, levels, steps, hidden, batch):
 
 def make_config(mode: str, device: str) -> Config:
     if mode == "smoke":
-        return Config("smoke", 1, 1, 0.0, (2, 4, 4, 8), glow_cfg(8, 2, 1, 8, 2), glow_cfg(8, 2, 2, 8, 2),
-                      glow_cfg(8, 2, 4, 8, 2), (4, 4, 8, 8), "aot_eager", memory_repeats=1,
-                      paper_size_compile_fused=True)
+        return Config(
+            "smoke",
+            1,
+            1,
+            0.0,
+            (2, 4, 4, 8),
+            glow_cfg(8, 2, 1, 8, 2),
+            glow_cfg(8, 2, 2, 8, 2),
+            glow_cfg(8, 2, 4, 8, 2),
+            (4, 4, 8, 8),
+            "aot_eager",
+            memory_repeats=1,
+            paper_size_compile_fused=True,
+        )
     if device == "cuda":
         if mode == "quick":
-            return Config("quick", 3, 10, 0.02, (64, 12, 16, 512), glow_cfg(32, 3, 8, 512, 64),
-                          glow_cfg(32, 3, 32, 512, 64), glow_cfg(32, 3, 32, 512, 64), (1024, 12, 64, 64), "inductor")
-        return Config("full", 5, 30, 0.05, (64, 12, 16, 512), glow_cfg(32, 3, 32, 512, 64),
-                      glow_cfg(32, 3, 32, 512, 64), glow_cfg(32, 3, 32, 512, 64), (1024, 12, 64, 64), "inductor")
+            return Config(
+                "quick",
+                3,
+                10,
+                0.02,
+                (64, 12, 16, 512),
+                glow_cfg(32, 3, 8, 512, 64),
+                glow_cfg(32, 3, 32, 512, 64),
+                glow_cfg(32, 3, 32, 512, 64),
+                (1024, 12, 64, 64),
+                "inductor",
+            )
+        return Config(
+            "full",
+            5,
+            30,
+            0.05,
+            (64, 12, 16, 512),
+            glow_cfg(32, 3, 32, 512, 64),
+            glow_cfg(32, 3, 32, 512, 64),
+            glow_cfg(32, 3, 32, 512, 64),
+            (1024, 12, 64, 64),
+            "inductor",
+        )
     if mode == "quick":
-        return Config("quick", 1, 5, 0.02, (16, 12, 16, 64), glow_cfg(32, 3, 4, 64, 16),
-                      glow_cfg(32, 3, 32, 512, 16), glow_cfg(32, 3, 32, 64, 8), (64, 12, 32, 32), "inductor",
-                      memory_repeats=2)
-    return Config("full", 2, 25, 0.05, (16, 12, 16, 64), glow_cfg(32, 3, 4, 64, 16),
-                  glow_cfg(32, 3, 32, 512, 16), glow_cfg(32, 3, 32, 64, 16), (256, 12, 32, 32), "inductor",
-                  model_repeats=9)
+        return Config(
+            "quick",
+            1,
+            5,
+            0.02,
+            (16, 12, 16, 64),
+            glow_cfg(32, 3, 4, 64, 16),
+            glow_cfg(32, 3, 32, 512, 16),
+            glow_cfg(32, 3, 32, 64, 8),
+            (64, 12, 32, 32),
+            "inductor",
+            memory_repeats=2,
+        )
+    return Config(
+        "full",
+        2,
+        25,
+        0.05,
+        (16, 12, 16, 64),
+        glow_cfg(32, 3, 4, 64, 16),
+        glow_cfg(32, 3, 32, 512, 16),
+        glow_cfg(32, 3, 32, 64, 16),
+        (256, 12, 32, 32),
+        "inductor",
+        model_repeats=9,
+    )
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -252,7 +309,7 @@ class Impl:
     log_prob: Callable | None = None
     ctx: Callable = contextlib.nullcontext
     note: str = ""
-    missing: str | None = None     # why this row has no numbers (not installed, error, unsupported)
+    missing: str | None = None  # why this row has no numbers (not installed, error, unsupported)
 
     @property
     def ok(self) -> bool:
@@ -267,8 +324,13 @@ def fused_ctx():
     return invflow.backend("fused")
 
 
-def invflow_impls(base: nn.Module, log_prob_of: Callable, compile_fn: Callable | None, cfg: Config,
-                  compile_fused_fn: Callable | None = None) -> list:
+def invflow_impls(
+    base: nn.Module,
+    log_prob_of: Callable,
+    compile_fn: Callable | None,
+    cfg: Config,
+    compile_fused_fn: Callable | None = None,
+) -> list:
     """invflow-fused, invflow-eager, torch.compile(reference) and torch.compile(fused) rows on
     copies of ``base``."""
     rows = []
@@ -276,15 +338,25 @@ def invflow_impls(base: nn.Module, log_prob_of: Callable, compile_fn: Callable |
     if invflow.fused_available():
         rows.append(Impl(FUSED, fused, log_prob_of(fused), fused_ctx))
     else:
-        rows.append(Impl(FUSED, fused,
-                         missing="extension invflow._C not built (pip install -e . --no-build-isolation)"))
+        rows.append(
+            Impl(
+                FUSED, fused, missing="extension invflow._C not built (pip install -e . --no-build-isolation)"
+            )
+        )
     eager = copy.deepcopy(base)
     rows.append(Impl(EAGER, eager, log_prob_of(eager), reference_ctx))
     if compile_fn is not None:
         comp = copy.deepcopy(base)
         try:
-            rows.append(Impl(COMPILE, comp, compile_fn(comp, log_prob_of), reference_ctx,
-                             note=f"backend={cfg.compile_backend}"))
+            rows.append(
+                Impl(
+                    COMPILE,
+                    comp,
+                    compile_fn(comp, log_prob_of),
+                    reference_ctx,
+                    note=f"backend={cfg.compile_backend}",
+                )
+            )
         except Exception as e:  # noqa: BLE001
             rows.append(Impl(COMPILE, comp, missing="error: " + short(e)))
     if compile_fused_fn is not None:
@@ -293,8 +365,15 @@ def invflow_impls(base: nn.Module, log_prob_of: Callable, compile_fn: Callable |
             rows.append(Impl(COMPILE_FUSED, comp, missing="extension invflow._C not built"))
         else:
             try:
-                rows.append(Impl(COMPILE_FUSED, comp, compile_fused_fn(comp, log_prob_of), fused_ctx,
-                                 note=f"backend={cfg.compile_backend}"))
+                rows.append(
+                    Impl(
+                        COMPILE_FUSED,
+                        comp,
+                        compile_fused_fn(comp, log_prob_of),
+                        fused_ctx,
+                        note=f"backend={cfg.compile_backend}",
+                    )
+                )
             except Exception as e:  # noqa: BLE001
                 rows.append(Impl(COMPILE_FUSED, comp, missing="error: " + short(e)))
     return rows
@@ -338,7 +417,7 @@ def _copy_glownet_to_normflows(net: nn.Module, param_map) -> None:
             d.weight.copy_(s.weight)
             if d.bias is not None:
                 d.bias.copy_(s.bias if s.bias is not None else torch.zeros_like(d.bias))
-        for s, d in zip(src_an, dst_an):   # ActNorm2d: (x + b) e^logs = x e^s + t
+        for s, d in zip(src_an, dst_an):  # ActNorm2d: (x + b) e^logs = x e^s + t
             d.actNorm.s.copy_(s.logs.view_as(d.actNorm.s))
             d.actNorm.t.copy_((s.bias * torch.exp(s.logs)).view_as(d.actNorm.t))
             d.actNorm.data_dep_init_done.fill_(1.0)
@@ -355,9 +434,17 @@ def _freia_actnorm(mod, bias: torch.Tensor, log_scale: torch.Tensor) -> None:
 def _nf_glow_block(channels: int, hidden: int, parity: int, net_actnorm: bool):
     import normflows as nf
 
-    return nf.flows.GlowBlock(channels, hidden, scale=True, scale_map="sigmoid",
-                              split_mode="channel" if parity == 0 else "channel_inv", leaky=0.0,
-                              init_zeros=True, use_lu=True, net_actnorm=net_actnorm)
+    return nf.flows.GlowBlock(
+        channels,
+        hidden,
+        scale=True,
+        scale_map="sigmoid",
+        split_mode="channel" if parity == 0 else "channel_inv",
+        leaky=0.0,
+        init_zeros=True,
+        use_lu=True,
+        net_actnorm=net_actnorm,
+    )
 
 
 def _nf_copy_step(step: invflow.Sequential, block) -> None:
@@ -413,12 +500,15 @@ def compile_whole(cfg: Config, backend: str = "reference") -> Callable:
 def build_step(cfg: Config, device: str):
     b, c, s, hidden = cfg.step
     torch.manual_seed(0)
-    base = invflow.Sequential(invflow.ActNorm(c), invflow.InvConv1x1(c, lu=True),
-                              invflow.AffineCoupling(c, masks.Channel(0), hidden=hidden)).to(device)
+    base = invflow.Sequential(
+        invflow.ActNorm(c),
+        invflow.InvConv1x1(c, lu=True),
+        invflow.AffineCoupling(c, masks.Channel(0), hidden=hidden),
+    ).to(device)
     x = torch.randn(b, c, s, s, device=device)
     with torch.no_grad(), invflow.backend("reference"):
         base.train()
-        base(x)                      # ActNorm's data-dependent initialisation
+        base(x)  # ActNorm's data-dependent initialisation
     base.eval()
     rows = invflow_impls(base, step_log_prob, compile_whole(cfg), cfg, compile_whole(cfg, "fused"))
     an, conv, cp = base.flows
@@ -430,10 +520,15 @@ def build_step(cfg: Config, device: str):
         inn = Ff.SequenceINN(c, s, s)
         inn.append(Fm.ActNorm)
         w = conv.weight_and_logdet()[0].detach()
-        inn.append(Fm.Fixed1x1Conv, M=w.t().cpu().clone())     # conv2d with M^T: y = W x
+        inn.append(Fm.Fixed1x1Conv, M=w.t().cpu().clone())  # conv2d with M^T: y = W x
         net = copy.deepcopy(cp.net)
-        inn.append(Fm.AffineCouplingOneSided, subnet_constructor=lambda cin, cout: net, clamp=1.0,
-                   clamp_activation=glow_log_scale, split_len=cp.split[0].stop)
+        inn.append(
+            Fm.AffineCouplingOneSided,
+            subnet_constructor=lambda cin, cout: net,
+            clamp=1.0,
+            clamp_activation=glow_log_scale,
+            split_len=cp.split[0].stop,
+        )
         inn = inn.to(device).eval()
         _freia_actnorm(inn.module_list[0], an.bias, an.log_scale)
 
@@ -448,16 +543,25 @@ def build_step(cfg: Config, device: str):
         import FrEIA.modules as Fm
 
         inn = Ff.SequenceINN(c, s, s)
-        inn.append(Fm.AllInOneBlock, affine_clamping=2.0, permute_soft=False,
-                   subnet_constructor=lambda cin, cout: invflow.nets.GlowNet(cin, cout, hidden))
+        inn.append(
+            Fm.AllInOneBlock,
+            affine_clamping=2.0,
+            permute_soft=False,
+            subnet_constructor=lambda cin, cout: invflow.nets.GlowNet(cin, cout, hidden),
+        )
         inn = inn.to(device).eval()
 
         def log_prob(x):
             z, jac = inn(x)
             return standard_normal_log_prob(z) + jac
 
-        return Impl(FREIA_AIO, inn, log_prob, reference_ctx,
-                    note="own maths: tanh clamp, softplus global affine, hard permutation")
+        return Impl(
+            FREIA_AIO,
+            inn,
+            log_prob,
+            reference_ctx,
+            note="own maths: tanh clamp, softplus global affine, hard permutation",
+        )
 
     def normflows():
         block = _nf_glow_block(c, hidden, 0, net_actnorm=False).to(device)
@@ -465,11 +569,12 @@ def build_step(cfg: Config, device: str):
         block.eval()
 
         def log_prob(x):
-            z, logdet = block.inverse(x)     # normflows flows run data -> latent in .inverse
+            z, logdet = block.inverse(x)  # normflows flows run data -> latent in .inverse
             return standard_normal_log_prob(z) + logdet
 
-        return Impl(NORMFLOWS, block, log_prob, reference_ctx,
-                    note="shift before scale; no logs in last conv")
+        return Impl(
+            NORMFLOWS, block, log_prob, reference_ctx, note="shift before scale; no logs in last conv"
+        )
 
     rows += [peer_row(FREIA, freia), peer_row(FREIA_AIO, freia_aio), peer_row(NORMFLOWS, normflows)]
     x.requires_grad_(True)
@@ -483,7 +588,7 @@ def check_log_prob(rows: list, x: torch.Tensor, skip=()) -> None:
     ref = None
     vals = {}
     for r in rows:
-        if not r.ok or r.name in COMPILED:    # compiling under no_grad would compile twice
+        if not r.ok or r.name in COMPILED:  # compiling under no_grad would compile twice
             continue
         try:
             with torch.no_grad(), r.ctx():
@@ -507,15 +612,24 @@ def run_step(cfg, device, out):
     def fwd_bwd(r):
         def f():
             r.module.zero_grad(set_to_none=True)
-            x.grad = None    # x requires grad: a step inside a model backpropagates to its input
+            x.grad = None  # x requires grad: a step inside a model backpropagates to its input
             with r.ctx():
                 loss = -r.log_prob(x).mean()
             loss.backward()
+
         return f
 
     res = bench({r.name: fwd_bwd(r) for r in rows if r.ok}, cfg, device)
-    emit(out, "step", "fwd+bwd", rows, res, device, [b, c, s, s],
-         header=f"one Glow step forward+backward, x {[b, c, s, s]}, hidden {hidden}")
+    emit(
+        out,
+        "step",
+        "fwd+bwd",
+        rows,
+        res,
+        device,
+        [b, c, s, s],
+        header=f"one Glow step forward+backward, x {[b, c, s, s]}, hidden {hidden}",
+    )
 
 
 # ------------------------------------------------------------- case 2/3: the whole model
@@ -537,6 +651,7 @@ def compile_regional(backend: str) -> Callable:
     """torch.compile of every Glow step (regional compilation): identical steps share their
     compiled graphs (8 graphs for K=4, L=3), where the compile time of one whole-model graph
     grows with K."""
+
     def build(model, log_prob_of):
         for scale in model.scales:
             for step in scale.flows:
@@ -551,6 +666,7 @@ def compile_model_fused(backend: str) -> Callable:
     after the input checks, whose data-dependent tests would break the graph): one graph with
     the fused ops inside (they have fake kernels), ``fullgraph=True`` so that a graph break is
     an error rather than a silent slowdown."""
+
     def build(model, log_prob_of):
         model._forward = torch.compile(model._forward, backend=backend, fullgraph=True)
         return log_prob_of(model)
@@ -582,12 +698,12 @@ def freia_glow(model: invflow.Glow, device: str):
     node = nodes[0]
     outs, pending = [], []
     for j, scale in enumerate(model.scales):
-        node = Ff.Node(node, Fm.IRevNetDownsampling, {})      # same channel order as invflow.Squeeze
+        node = Ff.Node(node, Fm.IRevNetDownsampling, {})  # same channel order as invflow.Squeeze
         nodes.append(node)
         c *= 4
         assert c % 2 == 0
         idx = torch.cat([torch.arange(c // 2, c), torch.arange(0, c // 2)])
-        swap = torch.eye(c)[idx]                                # swap @ v = [v2, v1]
+        swap = torch.eye(c)[idx]  # swap @ v = [v2, v1]
         swapped = False
         for step in scale.flows:
             an, conv, cp = step.flows
@@ -600,9 +716,16 @@ def freia_glow(model: invflow.Glow, device: str):
             an_node = Ff.Node(node, Fm.ActNorm, {})
             conv_node = Ff.Node(an_node, Fm.Fixed1x1Conv, {"M": m.t().contiguous()})
             net = copy.deepcopy(cp.net)
-            node = Ff.Node(conv_node, Fm.AffineCouplingOneSided,
-                           {"subnet_constructor": (lambda n: lambda cin, cout: n)(net), "clamp": 1.0,
-                            "clamp_activation": glow_log_scale, "split_len": c // 2})
+            node = Ff.Node(
+                conv_node,
+                Fm.AffineCouplingOneSided,
+                {
+                    "subnet_constructor": (lambda n: lambda cin, cout: n)(net),
+                    "clamp": 1.0,
+                    "clamp_activation": glow_log_scale,
+                    "split_len": c // 2,
+                },
+            )
             nodes += [an_node, conv_node, node]
             pending.append((an_node, bias, log_scale))
             swapped = parity == 1
@@ -636,7 +759,7 @@ def normflows_glow(model: invflow.Glow, device: str):
     c_in, s = model.input_shape[0], model.input_shape[1]
     levels = len(model.scales)
     q0, flows, merges = [], [], []
-    for i in range(levels):                 # normflows level 0 is the coarsest
+    for i in range(levels):  # normflows level 0 is the coarsest
         j = levels - 1 - i
         c = c_in * 2 ** (j + 2)
         blocks = []
@@ -655,23 +778,31 @@ def normflows_glow(model: invflow.Glow, device: str):
     return nfm, lambda x: nfm.log_prob(x, None)
 
 
-def build_model_rows(gcfg: dict, cfg: Config, device: str, with_compile: bool = True, compile_fused: bool = True):
+def build_model_rows(
+    gcfg: dict, cfg: Config, device: str, with_compile: bool = True, compile_fused: bool = True
+):
     key = (tuple(sorted(gcfg.items())), device, with_compile, compile_fused)
     if key in _MODEL_CACHE:
         return _MODEL_CACHE[key]
     torch.manual_seed(0)
-    base = invflow.Glow(3, gcfg["image"], levels=gcfg["levels"], steps=gcfg["steps"],
-                        hidden=gcfg["hidden"]).to(device)
+    base = invflow.Glow(
+        3, gcfg["image"], levels=gcfg["levels"], steps=gcfg["steps"], hidden=gcfg["hidden"]
+    ).to(device)
     x = model_input(gcfg, device)
     with torch.no_grad(), invflow.backend("reference"):
         base.train()
-        base(x)                      # data-dependent init of every ActNorm / ActNorm2d
+        base(x)  # data-dependent init of every ActNorm / ActNorm2d
     comp = compile_regional(cfg.compile_backend) if with_compile else None
     comp_fused = compile_model_fused(cfg.compile_backend) if with_compile and compile_fused else None
     rows = invflow_impls(base, model_log_prob, comp, cfg, comp_fused)
     if with_compile and not compile_fused:
-        rows.append(Impl(COMPILE_FUSED, missing="not run: compiling the whole K=32 model takes tens of minutes on "
-                                                "2 CPU cores (--paper-size-compile-fused runs it); see the model case"))
+        rows.append(
+            Impl(
+                COMPILE_FUSED,
+                missing="not run: compiling the whole K=32 model takes tens of minutes on "
+                "2 CPU cores (--paper-size-compile-fused runs it); see the model case",
+            )
+        )
     for r in rows:
         if r.name == COMPILE:
             r.note = f"backend={cfg.compile_backend}, per-step (regional) compile, ActNorms in eval mode"
@@ -714,8 +845,13 @@ def graph_breaks() -> int:
 def run_model(cfg, device, out, g=None, case="model", repeats=None, compile_fused=True):
     g = cfg.model if g is None else g
     rows, x, _ = build_model_rows(g, cfg, device, compile_fused=compile_fused)
-    opts = {r.name: torch.optim.Adamax(r.module.parameters(), lr=5e-4, weight_decay=5e-5, foreach=True)  # Trainer's
-            for r in rows if r.ok}
+    opts = {
+        r.name: torch.optim.Adamax(
+            r.module.parameters(), lr=5e-4, weight_decay=5e-5, foreach=True
+        )  # Trainer's
+        for r in rows
+        if r.ok
+    }
 
     def train_step(r):
         opt = opts[r.name]
@@ -726,20 +862,36 @@ def run_model(cfg, device, out, g=None, case="model", repeats=None, compile_fuse
                 loss = -r.log_prob(x).mean()
             loss.backward()
             opt.step()
+
         return f
 
     res = bench({r.name: train_step(r) for r in rows if r.ok}, cfg, device, repeats=repeats)
     for r in rows:
         if r.name in COMPILED and r.ok:
             r.note += f"; dynamo graph breaks so far: {graph_breaks()}"
-    emit(out, case, "train_step", rows, res, device, [g["batch"], 3, g["image"], g["image"]],
-         header=f"training step (forward + backward + Adamax) of {glow_desc(g)}")
+    emit(
+        out,
+        case,
+        "train_step",
+        rows,
+        res,
+        device,
+        [g["batch"], 3, g["image"], g["image"]],
+        header=f"training step (forward + backward + Adamax) of {glow_desc(g)}",
+    )
 
 
 def run_model_paper_size(cfg, device, out):
     """The model case at the size of Schirrmeister et al. 2020 (Glow K=32 per scale, hidden 512, 3x32x32)."""
-    run_model(cfg, device, out, g=cfg.model_paper_size, case="model_paper_size", repeats=cfg.model_repeats,
-              compile_fused=cfg.paper_size_compile_fused)
+    run_model(
+        cfg,
+        device,
+        out,
+        g=cfg.model_paper_size,
+        case="model_paper_size",
+        repeats=cfg.model_repeats,
+        compile_fused=cfg.paper_size_compile_fused,
+    )
 
 
 def run_approx_mass(cfg, device, out):
@@ -748,7 +900,7 @@ def run_approx_mass(cfg, device, out):
     g = cfg.model
     rows, x, base = build_model_rows(g, cfg, device)
 
-    class LogProb:                      # approx_mass_penalty calls model.log_prob(x)
+    class LogProb:  # approx_mass_penalty calls model.log_prob(x)
         def __init__(self, fn):
             self.log_prob = fn
 
@@ -758,6 +910,7 @@ def run_approx_mass(cfg, device, out):
             with r.ctx():
                 loss = -r.log_prob(x).mean()
             loss.backward()
+
         return f
 
     def penalty(r):
@@ -768,6 +921,7 @@ def run_approx_mass(cfg, device, out):
             with r.ctx():
                 loss = approx_mass_penalty(model, x)
             loss.backward()
+
         return f
 
     fns = {}
@@ -791,11 +945,28 @@ def run_approx_mass(cfg, device, out):
         n = nll_res.get(name)
         if isinstance(v, tuple) and isinstance(n, tuple):
             extra[name] = {"penalty_over_nll": v[0] / n[0], "target_max": 2.5}
-    emit(out, "approx_mass", "nll", rows, nll_res, device, shape,
-         header=f"plain NLL step (forward + backward, no optimizer) of {glow_desc(g)}")
-    emit(out, "approx_mass", "penalty", pen_rows, pen_res, device, shape, extra=extra,
-         header="approx_mass_penalty(model, x) + backward (double backward); 'pen/nll' = penalty / NLL time "
-                "(target <= 2.5x)")
+    emit(
+        out,
+        "approx_mass",
+        "nll",
+        rows,
+        nll_res,
+        device,
+        shape,
+        header=f"plain NLL step (forward + backward, no optimizer) of {glow_desc(g)}",
+    )
+    emit(
+        out,
+        "approx_mass",
+        "penalty",
+        pen_rows,
+        pen_res,
+        device,
+        shape,
+        extra=extra,
+        header="approx_mass_penalty(model, x) + backward (double backward); 'pen/nll' = penalty / NLL time "
+        "(target <= 2.5x)",
+    )
 
 
 def compile_double_backward_status() -> str:
@@ -803,8 +974,9 @@ def compile_double_backward_status() -> str:
     backend aot_eager (the aot_autograd path that inductor uses too, without code generation;
     donated buffers off so that the error is aot_autograd's own)."""
     torch.manual_seed(0)
-    step = invflow.Sequential(invflow.ActNorm(4), invflow.InvConv1x1(4),
-                              invflow.AffineCoupling(4, masks.Channel(0), hidden=4)).eval()
+    step = invflow.Sequential(
+        invflow.ActNorm(4), invflow.InvConv1x1(4), invflow.AffineCoupling(4, masks.Channel(0), hidden=4)
+    ).eval()
     x = torch.randn(2, 4, 4, 4, requires_grad=True)
     lp = step_log_prob(step)
 
@@ -830,7 +1002,7 @@ def compile_double_backward_status() -> str:
 def saved_bytes(fn: Callable, module: nn.Module) -> tuple:
     """(bytes, activation bytes, output) of the unique storages autograd saves during fn()."""
     storages: dict = {}
-    kept = []       # keeps every packed tensor alive, so no address is reused while counting
+    kept = []  # keeps every packed tensor alive, so no address is reused while counting
 
     def pack(t):
         kept.append(t)
@@ -843,8 +1015,10 @@ def saved_bytes(fn: Callable, module: nn.Module) -> tuple:
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss = fn()
-    owned = {(t.untyped_storage().data_ptr(), str(t.device))
-             for t in list(module.parameters()) + list(module.buffers())}
+    owned = {
+        (t.untyped_storage().data_ptr(), str(t.device))
+        for t in list(module.parameters()) + list(module.buffers())
+    }
     total = sum(storages.values())
     act = sum(v for k, v in storages.items() if k not in owned)
     kept.clear()
@@ -866,6 +1040,7 @@ def run_memory(cfg, device, out):
                 r.module.memory_free = free
             with r.ctx():
                 return -r.log_prob(x).mean()
+
         return f
 
     meas = {}
@@ -893,6 +1068,7 @@ def run_memory(cfg, device, out):
             def step(lf=lf, r=r):
                 r.module.zero_grad(set_to_none=True)
                 lf().backward()
+
             fns[(r.name, v)] = step
         except Exception as e:  # noqa: BLE001
             meas[(r.name, v)] = e
@@ -905,18 +1081,36 @@ def run_memory(cfg, device, out):
     key_bytes = 2 if device == "cuda" else 0
     eager_std = meas.get((EAGER, "standard"))
     shape = [g["batch"], 3, g["image"], g["image"]]
-    print_header(f"memory: {glow_desc(g)}; bytes = "
-                 + ("peak torch.cuda.max_memory_allocated over fwd+bwd" if device == "cuda" else
-                    "unique storages saved for backward (saved_tensors_hooks)")
-                 + "; 'vs eager' = eager-standard bytes / row bytes; time = fwd+bwd")
-    print(f"{'impl':<26}{'variant':<13}{'bytes':>12}{'act. bytes':>12}{'vs eager':>10}{'reduction':>10}"
-          f"{'fwd+bwd ms':>12}  note")
+    print_header(
+        f"memory: {glow_desc(g)}; bytes = "
+        + (
+            "peak torch.cuda.max_memory_allocated over fwd+bwd"
+            if device == "cuda"
+            else "unique storages saved for backward (saved_tensors_hooks)"
+        )
+        + "; 'vs eager' = eager-standard bytes / row bytes; time = fwd+bwd"
+    )
+    print(
+        f"{'impl':<26}{'variant':<13}{'bytes':>12}{'act. bytes':>12}{'vs eager':>10}{'reduction':>10}"
+        f"{'fwd+bwd ms':>12}  note"
+    )
     for r, v in variants:
         m = meas.get((r.name, v))
         t = res.get((r.name, v))
-        rec = dict(case="memory", variant=v, impl=r.name, device=device, params=n_params(r.module),
-                   shape=shape, note=r.note, median_s=None, iqr_s=None, ratio_vs_eager=None, bytes=None,
-                   extra={})
+        rec = dict(
+            case="memory",
+            variant=v,
+            impl=r.name,
+            device=device,
+            params=n_params(r.module),
+            shape=shape,
+            note=r.note,
+            median_s=None,
+            iqr_s=None,
+            ratio_vs_eager=None,
+            bytes=None,
+            extra={},
+        )
         if not r.ok or not isinstance(m, tuple):
             rec["note"] = r.missing if not r.ok else "error: " + short(m)
             out.append(rec)
@@ -941,8 +1135,10 @@ def run_memory(cfg, device, out):
         out.append(rec)
         ratio = f"{rec['ratio_vs_eager']:.2f}x" if rec["ratio_vs_eager"] else "-"
         ms = f"{rec['median_s'] * 1e3:.2f}" if rec["median_s"] is not None else "-"
-        print(f"{r.name:<26}{v:<13}{human(rec['bytes']):>12}{human(act):>12}{ratio:>10}{red:>10}{ms:>12}  "
-              f"{rec['note']}")
+        print(
+            f"{r.name:<26}{v:<13}{human(rec['bytes']):>12}{human(act):>12}{ratio:>10}{red:>10}{ms:>12}  "
+            f"{rec['note']}"
+        )
 
 
 def human(n) -> str:
@@ -986,28 +1182,59 @@ def run_bandwidth(cfg, device, out):
     # op -> (tensors moved: every input read once and every output written once, {impl: fn})
     ops = {
         "copy": (2, {"torch copy_": lambda: dst.copy_(x)}),
-        "actnorm_forward": (2, {FUSED: op and (lambda: op.actnorm_forward(x, b, ls)),
-                                EAGER: lambda: ref.actnorm_forward(x, b, ls)}),
-        "actnorm_backward": (3, {FUSED: op and (lambda: op.actnorm_backward(gy, gl, x, b, ls)),
-                                 EAGER: eager_backward(ref.actnorm_forward, x, b, ls)}),
-        "coupling_forward": (4, {FUSED: op and (lambda: op.coupling_forward(x, h, None, "sigmoid", 2.0)),
-                                 EAGER: lambda: coupling_ref(x, h)}),
-        "coupling_backward": (7, {FUSED: op and coupling_fused_bwd,
-                                  EAGER: eager_backward(coupling_ref, x, h)}),
+        "actnorm_forward": (
+            2,
+            {
+                FUSED: op and (lambda: op.actnorm_forward(x, b, ls)),
+                EAGER: lambda: ref.actnorm_forward(x, b, ls),
+            },
+        ),
+        "actnorm_backward": (
+            3,
+            {
+                FUSED: op and (lambda: op.actnorm_backward(gy, gl, x, b, ls)),
+                EAGER: eager_backward(ref.actnorm_forward, x, b, ls),
+            },
+        ),
+        "coupling_forward": (
+            4,
+            {
+                FUSED: op and (lambda: op.coupling_forward(x, h, None, "sigmoid", 2.0)),
+                EAGER: lambda: coupling_ref(x, h),
+            },
+        ),
+        "coupling_backward": (
+            7,
+            {FUSED: op and coupling_fused_bwd, EAGER: eager_backward(coupling_ref, x, h)},
+        ),
     }
-    fns = {(name, impl): fn for name, (_, impls) in ops.items()
-           for impl, fn in impls.items() if fn is not None}
+    fns = {
+        (name, impl): fn for name, (_, impls) in ops.items() for impl, fn in impls.items() if fn is not None
+    }
     res = bench(fns, cfg, device)
     copy_t = res.get(("copy", "torch copy_"))
-    print_header(f"bandwidth: elementwise kernels on {list(shape)} float32; GB/s = bytes that must move "
-                 f"(inputs read once, outputs written once) / median; '% copy' = share of the copy's GB/s")
+    print_header(
+        f"bandwidth: elementwise kernels on {list(shape)} float32; GB/s = bytes that must move "
+        f"(inputs read once, outputs written once) / median; '% copy' = share of the copy's GB/s"
+    )
     print(f"{'op':<20}{'impl':<16}{'median ms':>11}{'IQR ms':>9}{'GB/s':>8}{'% copy':>8}{'vs eager':>10}")
     for name, (tensors, impls) in ops.items():
         nbytes = tensors * numel * 4
         for impl, fn in impls.items():
-            rec = dict(case="bandwidth", variant=name, impl=impl, device=device, params=None,
-                       shape=list(shape), bytes=nbytes, median_s=None, iqr_s=None, ratio_vs_eager=None,
-                       note="", extra={})
+            rec = dict(
+                case="bandwidth",
+                variant=name,
+                impl=impl,
+                device=device,
+                params=None,
+                shape=list(shape),
+                bytes=nbytes,
+                median_s=None,
+                iqr_s=None,
+                ratio_vs_eager=None,
+                note="",
+                extra={},
+            )
             t = res.get((name, impl))
             if fn is None:
                 rec["note"] = "extension invflow._C not built"
@@ -1036,18 +1263,41 @@ def print_header(text: str) -> None:
     print(f"\n== {text}")
 
 
-def emit(out: list, case: str, variant: str, rows: list, res: dict, device: str, shape, header: str,
-         extra: dict | None = None) -> None:
+def emit(
+    out: list,
+    case: str,
+    variant: str,
+    rows: list,
+    res: dict,
+    device: str,
+    shape,
+    header: str,
+    extra: dict | None = None,
+) -> None:
     """Prints one table (a row per implementation) and appends its records to ``out``."""
     print_header(f"{case}: {header}")
     has_extra = bool(extra)
-    print(f"{'impl':<26}{'median ms':>11}{'IQR ms':>9}{'vs eager':>10}"
-          + (f"{'pen/nll':>9}" if has_extra else "") + f"{'params':>11}  note")
+    print(
+        f"{'impl':<26}{'median ms':>11}{'IQR ms':>9}{'vs eager':>10}"
+        + (f"{'pen/nll':>9}" if has_extra else "")
+        + f"{'params':>11}  note"
+    )
     eager = res.get(EAGER)
     for r in rows:
-        rec = dict(case=case, variant=variant, impl=r.name, device=device, median_s=None, iqr_s=None,
-                   ratio_vs_eager=None, bytes=None, params=n_params(r.module), shape=list(shape), note=r.note,
-                   extra=dict((extra or {}).get(r.name, {})))
+        rec = dict(
+            case=case,
+            variant=variant,
+            impl=r.name,
+            device=device,
+            median_s=None,
+            iqr_s=None,
+            ratio_vs_eager=None,
+            bytes=None,
+            params=n_params(r.module),
+            shape=list(shape),
+            note=r.note,
+            extra=dict((extra or {}).get(r.name, {})),
+        )
         t = res.get(r.name)
         if not r.ok:
             rec["note"] = r.missing
@@ -1070,26 +1320,39 @@ def emit(out: list, case: str, variant: str, rows: list, res: dict, device: str,
 
 
 # -------------------------------------------------------------------------------- main
-RUNNERS = {"step": run_step, "model": run_model, "model_paper_size": run_model_paper_size, "approx_mass": run_approx_mass,
-           "memory": run_memory, "bandwidth": run_bandwidth}
+RUNNERS = {
+    "step": run_step,
+    "model": run_model,
+    "model_paper_size": run_model_paper_size,
+    "approx_mass": run_approx_mass,
+    "memory": run_memory,
+    "bandwidth": run_bandwidth,
+}
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", choices=["cpu", "cuda"],
-                   default="cuda" if torch.cuda.is_available() else "cpu")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
+    )
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true",
-                      help="fewer repeats, smaller shapes (< 5 min on 2 CPU cores)")
-    mode.add_argument("--smoke", action="store_true",
-                      help="tiny shapes, one repeat (seconds; used by the tests)")
+    mode.add_argument(
+        "--quick", action="store_true", help="fewer repeats, smaller shapes (< 5 min on 2 CPU cores)"
+    )
+    mode.add_argument(
+        "--smoke", action="store_true", help="tiny shapes, one repeat (seconds; used by the tests)"
+    )
     p.add_argument("--json", metavar="PATH", help="write the records as a JSON list")
     p.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--compile-backend", help="torch.compile backend (default inductor; aot_eager in --smoke)")
-    p.add_argument("--paper-size-compile-fused", action="store_true",
-                   help="also run the torch.compile(fused) row of model_paper_size (compiles the whole K=32 model)")
+    p.add_argument(
+        "--paper-size-compile-fused",
+        action="store_true",
+        help="also run the torch.compile(fused) row of model_paper_size (compiles the whole K=32 model)",
+    )
     return p.parse_args(argv)
 
 
@@ -1115,15 +1378,21 @@ def main(argv=None) -> int:
         cfg.paper_size_compile_fused = True
     peers = peer_versions()
     meta = dict(torch=torch.__version__, commit=commit_hash(), machine=machine(args.device))
-    print(f"invflow compare: mode={mode} device={args.device} torch {meta['torch']} "
-          f"threads={torch.get_num_threads()} commit={meta['commit'] or '?'}")
+    print(
+        f"invflow compare: mode={mode} device={args.device} torch {meta['torch']} "
+        f"threads={torch.get_num_threads()} commit={meta['commit'] or '?'}"
+    )
     print(f"machine: {meta['machine']}")
     print("allocator: " + ", ".join(f"{k}={v}" for k, v in allocator_settings().items()))
-    print(f"fused extension: {invflow.fused_available()}; "
-          f"torch.compile backend: {cfg.compile_backend}; peers: "
-          + ", ".join(f"{k} {v or 'not installed'}" for k, v in peers.items()))
-    print(f"timing: {cfg.warmup} warm-up + {cfg.repeats} round-robin rounds per case "
-          f"(memory: {cfg.memory_repeats}), median and IQR per call")
+    print(
+        f"fused extension: {invflow.fused_available()}; "
+        f"torch.compile backend: {cfg.compile_backend}; peers: "
+        + ", ".join(f"{k} {v or 'not installed'}" for k, v in peers.items())
+    )
+    print(
+        f"timing: {cfg.warmup} warm-up + {cfg.repeats} round-robin rounds per case "
+        f"(memory: {cfg.memory_repeats}), median and IQR per call"
+    )
     records: list = []
     t0 = time.perf_counter()
     for case in CASES:
@@ -1134,9 +1403,22 @@ def main(argv=None) -> int:
             RUNNERS[case](cfg, args.device, records)
         except Exception as e:  # noqa: BLE001 - one broken case must not hide the others
             traceback.print_exc()
-            records.append(dict(case=case, variant="", impl="", device=args.device, median_s=None, iqr_s=None,
-                                ratio_vs_eager=None, bytes=None, params=None, shape=None,
-                                note="error: " + short(e), extra={}))
+            records.append(
+                dict(
+                    case=case,
+                    variant="",
+                    impl="",
+                    device=args.device,
+                    median_s=None,
+                    iqr_s=None,
+                    ratio_vs_eager=None,
+                    bytes=None,
+                    params=None,
+                    shape=None,
+                    note="error: " + short(e),
+                    extra={},
+                )
+            )
         print(f"   ({case}: {time.perf_counter() - tc:.1f} s)")
     print(f"\ntotal {time.perf_counter() - t0:.1f} s")
     for r in records:

@@ -117,11 +117,11 @@ for p in (str(REPO), str(BENCH)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-import invflow  # noqa: E402
-from invflow.data import standard_normal_log_prob  # noqa: E402
-
 from compare import allocator_settings, commit_hash, machine  # noqa: E402
 from test_bench_glow_step import SHAPE, make_layer  # noqa: E402
+
+import invflow  # noqa: E402
+from invflow.data import standard_normal_log_prob  # noqa: E402
 
 FUSED, EAGER, COMPILE = "invflow-fused", "invflow-eager", "torch.compile(reference)"
 IMPLS = (FUSED, EAGER, COMPILE)
@@ -142,18 +142,37 @@ COMPUTE = ("stnet_conv", "stnet_elementwise", "flow_fused", "flow_eager", "loss"
 
 STNET_SCOPE, LOSS_SCOPE = "invflow.stnet", "invflow.loss"
 CONV_OPS = {
-    "aten::conv2d", "aten::convolution", "aten::_convolution", "aten::mkldnn_convolution",
-    "aten::thnn_conv2d", "aten::_slow_conv2d_forward", "aten::convolution_backward",
-    "aten::_slow_conv2d_backward", "aten::mkldnn_convolution_backward",
-    "aten::mkldnn_convolution_backward_input", "aten::mkldnn_convolution_backward_weights",
-    "aten::slow_conv_dilated2d", "aten::_nnpack_spatial_convolution",
+    "aten::conv2d",
+    "aten::convolution",
+    "aten::_convolution",
+    "aten::mkldnn_convolution",
+    "aten::thnn_conv2d",
+    "aten::_slow_conv2d_forward",
+    "aten::convolution_backward",
+    "aten::_slow_conv2d_backward",
+    "aten::mkldnn_convolution_backward",
+    "aten::mkldnn_convolution_backward_input",
+    "aten::mkldnn_convolution_backward_weights",
+    "aten::slow_conv_dilated2d",
+    "aten::_nnpack_spatial_convolution",
 }
 EVALUATE = "autograd::engine::evaluate_function: "
-COMPILED_SCOPES = ("Torch-Compiled Region", "CompiledFunction", "CompiledFunctionBackward",
-                   "## Call CompiledFxGraph")
-COMPILED_RUNTIME = ("TorchDynamo Cache Lookup", "Torch-Compiled Region", "Pregraph bytecode",
-                    "AOTDispatcher Runtime Wrapper", "CompiledFunction", "CompiledFunctionBackward",
-                    "## Call CompiledFxGraph", EVALUATE + "CompiledFunctionBackward")
+COMPILED_SCOPES = (
+    "Torch-Compiled Region",
+    "CompiledFunction",
+    "CompiledFunctionBackward",
+    "## Call CompiledFxGraph",
+)
+COMPILED_RUNTIME = (
+    "TorchDynamo Cache Lookup",
+    "Torch-Compiled Region",
+    "Pregraph bytecode",
+    "AOTDispatcher Runtime Wrapper",
+    "CompiledFunction",
+    "CompiledFunctionBackward",
+    "## Call CompiledFxGraph",
+    EVALUATE + "CompiledFunctionBackward",
+)
 
 
 # --------------------------------------------------------------------------- the step
@@ -162,6 +181,7 @@ def build(impl: str, args):
     layer = make_layer("glow_step", "cpu", hidden=args.hidden)
     backend = "fused" if impl == FUSED else "reference"
     if impl == COMPILE:
+
         def nll(x):
             with invflow.backend("reference"):
                 y, logdet = layer(x)
@@ -216,8 +236,8 @@ def _is_conv(name: str) -> bool:
 def _conv_weight_shape(e):
     shapes = getattr(e, "input_shapes", None) or []
     if e.name.endswith("_backward"):
-        return shapes[2] if len(shapes) > 2 else None   # (grad_out, input, weight, ...)
-    return shapes[1] if len(shapes) > 1 else None        # (input, weight, ...)
+        return shapes[2] if len(shapes) > 2 else None  # (grad_out, input, weight, ...)
+    return shapes[1] if len(shapes) > 1 else None  # (input, weight, ...)
 
 
 def _conv_input_channels(e):
@@ -274,11 +294,17 @@ def categorise(events, channels: int) -> list[tuple]:
         elif any("invflow::" in n or "GeneratedBackwardFor_invflow" in n for n in names):
             cat = "flow_fused"
         # 3. our own ranges and the autograd engine's bookkeeping
-        elif (e.name in (STNET_SCOPE, LOSS_SCOPE) or e.name.startswith(EVALUATE)
-              or any("AccumulateGrad" in n for n in names)):
+        elif (
+            e.name in (STNET_SCOPE, LOSS_SCOPE)
+            or e.name.startswith(EVALUATE)
+            or any("AccumulateGrad" in n for n in names)
+        ):
             cat = "other"
-        elif (e.cpu_parent is not None and e.cpu_parent.name.startswith(EVALUATE)
-              and not e.name.startswith("aten::")):
+        elif (
+            e.cpu_parent is not None
+            and e.cpu_parent.name.startswith(EVALUATE)
+            and not e.name.startswith("aten::")
+        ):
             cat = "other"  # the autograd node itself (XBackward0)
         else:
             # 4. eager ops: scope from the forward range, or from the backward node's forward op
@@ -358,8 +384,13 @@ class Runner:
         conv = categories["stnet_conv"]
         return {
             "impl": self.impl,
-            "backend": (args.compile_backend if self.impl == COMPILE
-                        else "fused" if self.impl == FUSED else "reference"),
+            "backend": (
+                args.compile_backend
+                if self.impl == COMPILE
+                else "fused"
+                if self.impl == FUSED
+                else "reference"
+            ),
             "total_ms": total_ms,
             "recorded_ms": recorded_ms,
             "unprofiled_ms": statistics.median(self.wall) * 1e3,
@@ -372,8 +403,10 @@ class Runner:
             "non_conv_ms": total_ms - conv,
             "non_conv_compute_ms": sum(categories[k] for k in COMPUTE if k != "stnet_conv"),
             "overhead_ms": sum(v for k, v in categories.items() if k not in COMPUTE),
-            "top_ops": [{"name": name, "category": cat, "ms": us / 1e3 / n, "calls": c / n}
-                        for (name, cat), (us, c) in top],
+            "top_ops": [
+                {"name": name, "category": cat, "ms": us / 1e3 / n, "calls": c / n}
+                for (name, cat), (us, c) in top
+            ],
             "loss": self.loss,
         }
 
@@ -398,11 +431,12 @@ def run(args, x: torch.Tensor) -> list[dict]:
         if r.impl == EAGER:
             ref = r.loss
         elif ref is not None:
-            assert abs(r.loss - ref) <= 1e-4 * max(1.0, abs(ref)), \
+            assert abs(r.loss - ref) <= 1e-4 * max(1.0, abs(ref)), (
                 f"{r.impl}: loss {r.loss} != eager reference {ref}"
+            )
     for phase in (Runner.timed, Runner.profiled):
         for i in range(args.steps):
-            for r in runners[i % len(runners):] + runners[: i % len(runners)]:
+            for r in runners[i % len(runners) :] + runners[: i % len(runners)]:
                 phase(r, x)
     return sorted((r.record(args) for r in runners), key=lambda rec: IMPLS.index(rec["impl"]))
 
@@ -410,26 +444,32 @@ def run(args, x: torch.Tensor) -> list[dict]:
 def print_impl(r: dict) -> None:
     total = r["total_ms"]
     extra = f", backend={r['backend']}" if r["impl"] == COMPILE else ""
-    print(f"\n== {r['impl']}{extra}: {total:.3f} ms/step profiled "
-          f"({r['recorded_ms']:.3f} ms in recorded ops); "
-          f"unprofiled median {r['unprofiled_ms']:.3f} ms/step (IQR {r['unprofiled_iqr_ms']:.3f}; "
-          f"process CPU time {r['unprofiled_cpu_ms']:.3f}), "
-          f"{r['minor_faults_per_step']:g} minor page faults/step; first call {r['first_call_s']:.1f} s")
+    print(
+        f"\n== {r['impl']}{extra}: {total:.3f} ms/step profiled "
+        f"({r['recorded_ms']:.3f} ms in recorded ops); "
+        f"unprofiled median {r['unprofiled_ms']:.3f} ms/step (IQR {r['unprofiled_iqr_ms']:.3f}; "
+        f"process CPU time {r['unprofiled_cpu_ms']:.3f}), "
+        f"{r['minor_faults_per_step']:g} minor page faults/step; first call {r['first_call_s']:.1f} s"
+    )
     print(f"{'category':<44} {'ms/step':>9} {'% step':>7}")
     for k, name in CATEGORIES.items():
         v = r["categories"][k]
         if v > 0 or k in ("stnet_conv", "untracked"):
             print(f"{name:<44} {v:>9.3f} {100 * v / total:>6.1f}%")
     print(f"{'total':<44} {total:>9.3f} {100.0:>6.1f}%")
-    print(f"conv / non-conv: st-net convs {r['conv_ms']:.3f} ms ({100 * r['conv_ms'] / total:.1f}%), "
-          f"everything else {r['non_conv_ms']:.3f} ms = {r['non_conv_compute_ms']:.3f} ms non-conv compute "
-          f"+ {r['overhead_ms']:.3f} ms overhead (runtime, autograd, untracked)")
+    print(
+        f"conv / non-conv: st-net convs {r['conv_ms']:.3f} ms ({100 * r['conv_ms'] / total:.1f}%), "
+        f"everything else {r['non_conv_ms']:.3f} ms = {r['non_conv_compute_ms']:.3f} ms non-conv compute "
+        f"+ {r['overhead_ms']:.3f} ms overhead (runtime, autograd, untracked)"
+    )
     print(f"top {len(r['top_ops'])} ops by self time:")
     print(f"  {'op':<64} {'category':<18} {'ms/step':>8} {'% step':>7} {'calls':>6}")
     for op in r["top_ops"]:
         name = op["name"] if len(op["name"]) <= 64 else op["name"][:61] + "..."
-        print(f"  {name:<64} {op['category']:<18} {op['ms']:>8.3f} {100 * op['ms'] / total:>6.1f}% "
-              f"{op['calls']:>6g}")
+        print(
+            f"  {name:<64} {op['category']:<18} {op['ms']:>8.3f} {100 * op['ms'] / total:>6.1f}% "
+            f"{op['calls']:>6g}"
+        )
 
 
 def print_side_by_side(records: list[dict]) -> None:
@@ -442,15 +482,22 @@ def print_side_by_side(records: list[dict]) -> None:
         vals = [r["categories"][k] for r in records]
         if any(v > 0 for v in vals):
             print(f"{name:<44} " + " ".join(f"{v:>9.3f}" for v in vals))
-    rows = [("total (profiled wall)", "total_ms"), ("  st-net convolutions", "conv_ms"),
-            ("  everything else", "non_conv_ms"), ("    non-conv compute", "non_conv_compute_ms"),
-            ("    overhead (runtime, autograd, untracked)", "overhead_ms"),
-            ("unprofiled median", "unprofiled_ms"), ("unprofiled IQR", "unprofiled_iqr_ms"),
-            ("unprofiled median process CPU time", "unprofiled_cpu_ms"),
-            ("minor page faults / step (unprofiled)", "minor_faults_per_step")]
+    rows = [
+        ("total (profiled wall)", "total_ms"),
+        ("  st-net convolutions", "conv_ms"),
+        ("  everything else", "non_conv_ms"),
+        ("    non-conv compute", "non_conv_compute_ms"),
+        ("    overhead (runtime, autograd, untracked)", "overhead_ms"),
+        ("unprofiled median", "unprofiled_ms"),
+        ("unprofiled IQR", "unprofiled_iqr_ms"),
+        ("unprofiled median process CPU time", "unprofiled_cpu_ms"),
+        ("minor page faults / step (unprofiled)", "minor_faults_per_step"),
+    ]
     for label, key in rows:
-        print(f"{label:<44} " + " ".join(f"{r[key]:>9.3f}" if isinstance(r[key], float) else f"{r[key]:>9}"
-                                          for r in records))
+        print(
+            f"{label:<44} "
+            + " ".join(f"{r[key]:>9.3f}" if isinstance(r[key], float) else f"{r[key]:>9}" for r in records)
+        )
 
 
 def _layout_opt(args) -> bool | None:
@@ -462,24 +509,39 @@ def _layout_opt(args) -> bool | None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--steps", type=int, default=None, help="profiled (and unprofiled) steps per impl (10)")
     ap.add_argument("--warmup", type=int, default=None, help="warm-up steps, the first compiles (3)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--batch", type=int, default=None, help=f"batch size ({SHAPE[0]})")
     ap.add_argument("--hidden", type=int, default=None, help="st-net hidden channels (64)")
-    ap.add_argument("--compile-backend", default=None,
-                    help="torch.compile backend (inductor; smoke: aot_eager)")
-    ap.add_argument("--inductor-layout-opt", choices=("default", "on", "off"), default="default",
-                    help="torch._inductor.config.layout_optimization (default: inductor's, i.e. on: "
-                         "on CPU it runs every mkldnn conv of the graph in channels_last)")
-    ap.add_argument("--stnet-layout", choices=("nhwc", "nchw"), default="nhwc",
-                    help="eager impls' st-net convolutions: nhwc (invflow.nets.CPU_CHANNELS_LAST, the "
-                         "default) or nchw")
+    ap.add_argument(
+        "--compile-backend", default=None, help="torch.compile backend (inductor; smoke: aot_eager)"
+    )
+    ap.add_argument(
+        "--inductor-layout-opt",
+        choices=("default", "on", "off"),
+        default="default",
+        help="torch._inductor.config.layout_optimization (default: inductor's, i.e. on: "
+        "on CPU it runs every mkldnn conv of the graph in channels_last)",
+    )
+    ap.add_argument(
+        "--stnet-layout",
+        choices=("nhwc", "nchw"),
+        default="nhwc",
+        help="eager impls' st-net convolutions: nhwc (invflow.nets.CPU_CHANNELS_LAST, the default) or nchw",
+    )
     ap.add_argument("--top", type=int, default=15, help="top ops listed per impl")
-    ap.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS, metavar="IMPL",
-                    help=f"subset of {', '.join(IMPLS)}")
+    ap.add_argument(
+        "--impls",
+        nargs="+",
+        default=list(IMPLS),
+        choices=IMPLS,
+        metavar="IMPL",
+        help=f"subset of {', '.join(IMPLS)}",
+    )
     ap.add_argument("--smoke", action="store_true", help="batch 4, 1 warm-up + 1 step, aot_eager (for tests)")
     ap.add_argument("--json", type=Path, default=None, help="write the records here")
     args = ap.parse_args(argv)
@@ -500,21 +562,35 @@ def main(argv=None) -> int:
             inductor_config.layout_optimization = args.inductor_layout_opt == "on"
 
     mode = "smoke" if smoke else "profile"
-    header = {"mode": mode, "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "batch": args.batch, "shape": [args.batch, *SHAPE[1:]], "hidden": args.hidden,
-              "steps": args.steps, "warmup": args.warmup, "compile_backend": args.compile_backend,
-              "inductor_layout_opt": _layout_opt(args), "stnet_layout": args.stnet_layout,
-              "machine": machine("cpu"), "commit": commit_hash(),
-              "fused_available": invflow.fused_available(),
-              **allocator_settings()}
-    print(f"invflow profile_step: Glow step forward+backward, x {header['shape']} float32 cpu, "
-          f"hidden {args.hidden}; mode={mode}, {args.steps} profiled steps after {args.warmup} warm-up, "
-          f"threads={header['threads']}, "
-          f"torch {torch.__version__}, compile backend {args.compile_backend} "
-          f"(layout optimisation: {header['inductor_layout_opt']}); eager st-net "
-          f"{args.stnet_layout.upper()}")
-    print(f"machine: {header['machine']}; commit {header['commit']}; "
-          + ", ".join(f"{k}={v}" for k, v in allocator_settings().items()))
+    header = {
+        "mode": mode,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "batch": args.batch,
+        "shape": [args.batch, *SHAPE[1:]],
+        "hidden": args.hidden,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "compile_backend": args.compile_backend,
+        "inductor_layout_opt": _layout_opt(args),
+        "stnet_layout": args.stnet_layout,
+        "machine": machine("cpu"),
+        "commit": commit_hash(),
+        "fused_available": invflow.fused_available(),
+        **allocator_settings(),
+    }
+    print(
+        f"invflow profile_step: Glow step forward+backward, x {header['shape']} float32 cpu, "
+        f"hidden {args.hidden}; mode={mode}, {args.steps} profiled steps after {args.warmup} warm-up, "
+        f"threads={header['threads']}, "
+        f"torch {torch.__version__}, compile backend {args.compile_backend} "
+        f"(layout optimisation: {header['inductor_layout_opt']}); eager st-net "
+        f"{args.stnet_layout.upper()}"
+    )
+    print(
+        f"machine: {header['machine']}; commit {header['commit']}; "
+        + ", ".join(f"{k}={v}" for k, v in allocator_settings().items())
+    )
     if not invflow.fused_available():
         print("fused extension not built: skipping invflow-fused")
         args.impls = [i for i in args.impls if i != FUSED]

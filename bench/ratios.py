@@ -9,12 +9,12 @@ a measured copy.
 from __future__ import annotations
 
 import json
-import sys
 import math
+import sys
 from collections import defaultdict
 
 OPS = ("actnorm", "invconv", "coupling")  # the op-level cases (one fused kernel each)
-TARGET_EAGER, TARGET_COMPILE = 2.0, 1.1   # "CPU fused flow ops >= 2x eager, >= 1.1x torch.compile"
+TARGET_EAGER, TARGET_COMPILE = 2.0, 1.1  # "CPU fused flow ops >= 2x eager, >= 1.1x torch.compile"
 
 
 def fmt_ratio(r: float | None, width: int) -> str:
@@ -30,9 +30,11 @@ def target_summary(rows: dict[str, tuple[float, float | None]]) -> str | None:
     with_comp = {n: c for n, (_, c) in ops.items() if c is not None}
     comp_ok = [n for n, c in sorted(with_comp.items()) if c >= TARGET_COMPILE]
     missing = "" if len(with_comp) == len(ops) else f", {len(ops) - len(with_comp)} without a compile row"
-    return (f"op targets: >= {TARGET_EAGER:g}x eager {len(eager_ok)}/{len(ops)}: "
-            f"{', '.join(eager_ok) or 'none'}; >= {TARGET_COMPILE:g}x compile {len(comp_ok)}/{len(with_comp)}"
-            f"{missing}: {', '.join(comp_ok) or 'none'}")
+    return (
+        f"op targets: >= {TARGET_EAGER:g}x eager {len(eager_ok)}/{len(ops)}: "
+        f"{', '.join(eager_ok) or 'none'}; >= {TARGET_COMPILE:g}x compile {len(comp_ok)}/{len(with_comp)}"
+        f"{missing}: {', '.join(comp_ok) or 'none'}"
+    )
 
 
 def main(path: str) -> None:
@@ -44,8 +46,12 @@ def main(path: str) -> None:
     info = data["machine_info"]
     first = data["benchmarks"][0]["extra_info"] if data["benchmarks"] else {}
     alloc = ", ".join(f"{k}={v}" for k, v in first.items() if k.startswith(("MALLOC", "LD_", "PYTORCH")))
-    print(f"machine: {info.get('cpu', {}).get('brand_raw', '?')}, {info.get('cpu', {}).get('count', '?')} cpus; {alloc}")
-    print(f"\n{'case':<36} {'fused ms':>9} {'eager ms':>9} {'compile ms':>11} {'vs eager':>9} {'vs compile':>11}")
+    print(
+        f"machine: {info.get('cpu', {}).get('brand_raw', '?')}, {info.get('cpu', {}).get('count', '?')} cpus; {alloc}"
+    )
+    print(
+        f"\n{'case':<36} {'fused ms':>9} {'eager ms':>9} {'compile ms':>11} {'vs eager':>9} {'vs compile':>11}"
+    )
     ratios: dict[str, tuple[float, float | None]] = {}
     for name in sorted(g for g in groups if not g.startswith("bandwidth")):
         g = {impl: rec["stats"]["median"] * 1e3 for impl, rec in groups[name].items()}
@@ -56,8 +62,10 @@ def main(path: str) -> None:
         vs_comp = comp / g["fused"] if comp is not None else None
         ratios[name] = (vs_eager, vs_comp)
         comp_s = f"{comp:>11.3f}" if comp is not None else f"{'-':>11}"
-        print(f"{name:<36} {g['fused']:>9.3f} {g['reference']:>9.3f} {comp_s} "
-              f"{fmt_ratio(vs_eager, 8)} {fmt_ratio(vs_comp, 10)}")
+        print(
+            f"{name:<36} {g['fused']:>9.3f} {g['reference']:>9.3f} {comp_s} "
+            f"{fmt_ratio(vs_eager, 8)} {fmt_ratio(vs_comp, 10)}"
+        )
     print("vs eager = eager ms / fused ms, vs compile = compile ms / fused ms (above 1: fused is faster).")
     print("torch.compile: first order only -- it refuses double backward (no compile column there).")
     for name in sorted(g for g in groups if g.startswith("bandwidth")):

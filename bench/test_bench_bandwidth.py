@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import allocator_settings
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -43,13 +42,17 @@ def cases(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("case", ["copy", "actnorm_forward", "actnorm_backward", "coupling_forward", "coupling_backward"])
+@pytest.mark.parametrize(
+    "case", ["copy", "actnorm_forward", "actnorm_backward", "coupling_forward", "coupling_backward"]
+)
 def test_bandwidth(benchmark, case, device):
     fn, tensors = cases(device)[case]
     shape = LARGE[device]
     nbytes = tensors * torch.Size(shape).numel() * 4
     benchmark.group = f"bandwidth [{device}]"
-    benchmark.extra_info.update(impl=case, device=device, shape=list(shape), bytes=nbytes, **allocator_settings())
+    benchmark.extra_info.update(
+        impl=case, device=device, shape=list(shape), bytes=nbytes, **allocator_settings()
+    )
     fn()
 
     def timed():

@@ -23,12 +23,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch._dynamo
+from conftest import allocator_settings
 
 import invflow
 from invflow import masks
 from invflow.data import standard_normal_log_prob
-
-from conftest import allocator_settings
 
 SHAPE = (64, 12, 16, 16)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -53,7 +52,9 @@ def make_layer(kind: str, device: str, hidden: int = 64) -> invflow.Flow:
         "invconv": lambda: invflow.InvConv1x1(c, lu=True),
         "coupling": lambda: invflow.AffineCoupling(c, masks.Checkerboard(0), net=_identity_params),
         "glow_step": lambda: invflow.Sequential(
-            invflow.ActNorm(c), invflow.InvConv1x1(c), invflow.AffineCoupling(c, masks.Channel(0), hidden=hidden)
+            invflow.ActNorm(c),
+            invflow.InvConv1x1(c),
+            invflow.AffineCoupling(c, masks.Channel(0), hidden=hidden),
         ),
     }[kind]()
     with torch.no_grad():
@@ -145,8 +146,9 @@ def _check_compiled(eager_fn, compiled_fn, x, grad_leaves=(), backward=None):
     for i, (a, b) in enumerate(zip(comp_grads, eager_grads)):
         assert (a is None) == (b is None), f"gradient {i}: compiled {a is None=}, eager {b is None=}"
         if a is not None:
-            torch.testing.assert_close(a, b, **tol,
-                                       msg=lambda m, i=i: f"compiled gradient {i} != reference: {m}")
+            torch.testing.assert_close(
+                a, b, **tol, msg=lambda m, i=i: f"compiled gradient {i} != reference: {m}"
+            )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -211,8 +213,9 @@ def test_glow_step_forward_backward(benchmark, impl, device, batch):
     loss_fn = nll
     if impl == "compile":
         loss_fn = _compile_reference(nll)
-        _check_compiled(nll, loss_fn, x, grad_leaves=[x, *layer.parameters()],
-                        backward=lambda loss: loss.backward())
+        _check_compiled(
+            nll, loss_fn, x, grad_leaves=[x, *layer.parameters()], backward=lambda loss: loss.backward()
+        )
 
     def step():
         loss_fn(x).backward()

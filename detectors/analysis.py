@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -122,8 +122,8 @@ def pixel_differences(images) -> np.ndarray:
     total = np.zeros(arr.shape[:2] + (h - 2, w - 2))
     for di in range(3):
         for dj in range(3):
-            total += arr[:, :, di:di + h - 2, dj:dj + w - 2]
-    centre = arr[:, :, 1:h - 1, 1:w - 1]
+            total += arr[:, :, di : di + h - 2, dj : dj + w - 2]
+    centre = arr[:, :, 1 : h - 1, 1 : w - 1]
     return centre - (total - centre) / 8.0
 
 
@@ -143,14 +143,15 @@ class PixelDifferenceModel:
         if bins < 1:
             raise ValueError(f"PixelDifferenceModel: bins must be >= 1, got {bins}")
         if not alpha > 0:
-            raise ValueError(f"PixelDifferenceModel: alpha must be > 0 (smoothing keeps log densities "
-                             f"finite), got {alpha}")
+            raise ValueError(
+                f"PixelDifferenceModel: alpha must be > 0 (smoothing keeps log densities finite), got {alpha}"
+            )
         if range is not None and not range[1] > range[0]:
             raise ValueError(f"PixelDifferenceModel: range must be (low, high) with high > low, got {range}")
         self.bins, self.range, self.alpha = int(bins), range, float(alpha)
         self.edges_ = self.density_ = self.floor_ = None
 
-    def fit(self, images) -> "PixelDifferenceModel":
+    def fit(self, images) -> PixelDifferenceModel:
         d = pixel_differences(images).ravel()
         lo, hi = self.range if self.range is not None else (float(d.min()), float(d.max()))
         if not hi > lo:  # constant differences (e.g. constant images)
@@ -187,8 +188,9 @@ class PixelDifferenceModel:
         return -self.log_likelihood(images)
 
 
-def plot_pixel_difference_histograms(datasets: Mapping, path: str, bins: int = 100, range=None,
-                                     log: bool = False, percentiles=(0.5, 99.5)) -> None:
+def plot_pixel_difference_histograms(
+    datasets: Mapping, path: str, bins: int = 100, range=None, log: bool = False, percentiles=(0.5, 99.5)
+) -> None:
     """Overlaid normalised histograms of the pixel differences of each dataset (Schirrmeister et al. 2020
     Fig. 1A), on common bins over ``range`` (default: the ``percentiles`` range of the
     pooled differences, so rare extremes do not flatten the peak at zero)."""
@@ -204,8 +206,14 @@ def plot_pixel_difference_histograms(datasets: Mapping, path: str, bins: int = 1
     fig = new_figure((6.0, 4.0))
     ax = fig.add_subplot(1, 1, 1)
     for name, d in diffs.items():
-        ax.hist(d[(d >= edges[0]) & (d <= edges[-1])], bins=edges, density=True, histtype="step", lw=1.5,
-                label=name)
+        ax.hist(
+            d[(d >= edges[0]) & (d <= edges[-1])],
+            bins=edges,
+            density=True,
+            histtype="step",
+            lw=1.5,
+            label=name,
+        )
     if log:
         ax.set_yscale("log")
     ax.set_xlabel("pixel - mean of its 8 neighbours (0..255 scale)")
@@ -217,8 +225,9 @@ def plot_pixel_difference_histograms(datasets: Mapping, path: str, bins: int = 1
 
 
 # -- 2. Fourier mixing (Schirrmeister et al. 2020 S3, Fig. S1) ---------------------------------------------------
-def fourier_mix(amplitude_images: torch.Tensor, phase_images: torch.Tensor,
-                clip: bool = True) -> torch.Tensor:
+def fourier_mix(
+    amplitude_images: torch.Tensor, phase_images: torch.Tensor, clip: bool = True
+) -> torch.Tensor:
     """Images with the Fourier amplitudes of ``amplitude_images`` and the phases of
     ``phase_images`` (Schirrmeister et al. 2020 S3): per channel, fft2 -> |A| exp(i angle(P)) -> ifft2, real part.
 
@@ -234,14 +243,18 @@ def fourier_mix(amplitude_images: torch.Tensor, phase_images: torch.Tensor,
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"fourier_mix: {name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() < 2:
-            raise ValueError(f"fourier_mix: {name} must have at least 2 dimensions [..., H, W], "
-                             f"got {list(t.shape)}")
+            raise ValueError(
+                f"fourier_mix: {name} must have at least 2 dimensions [..., H, W], got {list(t.shape)}"
+            )
     if amplitude_images.shape != phase_images.shape:
-        raise ValueError(f"fourier_mix: shapes must match, got {list(amplitude_images.shape)} (amplitude) "
-                         f"and {list(phase_images.shape)} (phase)")
+        raise ValueError(
+            f"fourier_mix: shapes must match, got {list(amplitude_images.shape)} (amplitude) "
+            f"and {list(phase_images.shape)} (phase)"
+        )
     if amplitude_images.dtype != phase_images.dtype:
-        raise TypeError(f"fourier_mix: dtypes must match, got {amplitude_images.dtype} and "
-                        f"{phase_images.dtype}")
+        raise TypeError(
+            f"fourier_mix: dtypes must match, got {amplitude_images.dtype} and {phase_images.dtype}"
+        )
     dtype = amplitude_images.dtype
     uint8 = dtype == torch.uint8
     if not uint8 and not dtype.is_floating_point:
@@ -287,8 +300,10 @@ def _vector(values, name: str) -> np.ndarray:
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
     if np.isnan(arr).any():
-        raise ValueError(f"{name} contains {int(np.isnan(arr).sum())} NaN value(s); replace non-finite "
-                         "log-likelihoods by a floor (-3e6, Schirrmeister et al. 2020 S4.5) first")
+        raise ValueError(
+            f"{name} contains {int(np.isnan(arr).sum())} NaN value(s); replace non-finite "
+            "log-likelihoods by a floor (-3e6, Schirrmeister et al. 2020 S4.5) first"
+        )
     return arr
 
 
@@ -317,8 +332,10 @@ def correlation_matrix(scores: Mapping) -> tuple[list[str], np.ndarray]:
         raise ValueError("correlation_matrix: no scores given")
     vectors = [_vector(scores[n], f"correlation_matrix: {n!r}") for n in names]
     if len({v.size for v in vectors}) != 1:
-        raise ValueError(f"correlation_matrix: all scores need the same length, got "
-                         f"{ {n: v.size for n, v in zip(names, vectors)} }")
+        raise ValueError(
+            f"correlation_matrix: all scores need the same length, got "
+            f"{ {n: v.size for n, v in zip(names, vectors)} }"
+        )
     k = len(names)
     matrix = np.ones((k, k))
     for i in range(k):
@@ -331,8 +348,9 @@ def correlation_matrix(scores: Mapping) -> tuple[list[str], np.ndarray]:
 def _per_scale(values, name: str) -> np.ndarray:
     arr = _numpy(values).astype(np.float64)
     if arr.ndim != 2:
-        raise ValueError(f"per_scale_correlations: {name} must be [N, L] (out.per_scale), "
-                         f"got shape {arr.shape}")
+        raise ValueError(
+            f"per_scale_correlations: {name} must be [N, L] (out.per_scale), got shape {arr.shape}"
+        )
     return arr
 
 
@@ -372,16 +390,24 @@ def plot_correlation_matrix(names: Sequence[str], matrix, path: str, title: str 
     for i in range(k):
         for j in range(k):
             v = matrix[i, j]
-            ax.text(j, i, "nan" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8,
-                    color="white" if abs(v) > 0.6 else "black")
+            ax.text(
+                j,
+                i,
+                "nan" if np.isnan(v) else f"{v:.2f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if abs(v) > 0.6 else "black",
+            )
     fig.colorbar(im, ax=ax, label="Spearman correlation")
     ax.set_title(title or "Spearman correlations")
     fig.tight_layout()
     save_figure(fig, path)
 
 
-def plot_per_scale_correlations(per_scale_a, per_scale_b, path: str, labels=("model A", "model B"),
-                                title: str | None = None, groups=None) -> None:
+def plot_per_scale_correlations(
+    per_scale_a, per_scale_b, path: str, labels=("model A", "model B"), title: str | None = None, groups=None
+) -> None:
     """Scatter plots, one per scale plus the total log-likelihood, of two models'
     contributions c_i(x) on the same images, each titled with its Spearman correlation
     (Schirrmeister et al. 2020 Fig. 3C/D).  ``groups`` optionally labels each image (e.g. dataset names) for
@@ -411,8 +437,9 @@ def plot_per_scale_correlations(per_scale_a, per_scale_b, path: str, labels=("mo
     save_figure(fig, path)
 
 
-def plot_scatter(xs: Mapping, ys: Mapping, path: str, xlabel: str = "x", ylabel: str = "y",
-                 title: str | None = None) -> None:
+def plot_scatter(
+    xs: Mapping, ys: Mapping, path: str, xlabel: str = "x", ylabel: str = "y", title: str | None = None
+) -> None:
     """Scatter of paired scores per dataset (e.g. pixel-difference pseudo-likelihood vs Glow
     log-likelihood, Schirrmeister et al. 2020 Fig. 1B); the title gives the pooled Spearman correlation."""
     if list(xs) != list(ys) or not xs:
@@ -425,8 +452,10 @@ def plot_scatter(xs: Mapping, ys: Mapping, path: str, xlabel: str = "x", ylabel:
         if x.shape != y.shape:
             raise ValueError(f"plot_scatter: {name!r}: x and y lengths differ ({x.size} vs {y.size})")
         ax.scatter(x, y, s=5, alpha=0.6, label=f"{name} (rho = {spearman(x, y):.2f})")
-    rho = spearman(np.concatenate([_numpy(xs[n]).ravel() for n in xs]),
-                   np.concatenate([_numpy(ys[n]).ravel() for n in ys]))
+    rho = spearman(
+        np.concatenate([_numpy(xs[n]).ravel() for n in xs]),
+        np.concatenate([_numpy(ys[n]).ravel() for n in ys]),
+    )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(f"{title + ': ' if title else ''}Spearman rho = {rho:.2f}")
@@ -538,13 +567,21 @@ def coupling_st(model, x: torch.Tensor) -> list[dict]:
                 raw, t = None, h
                 s = torch.ones_like(t)
             else:
-                raw, t = h[:, : h.shape[1] // 2], h[:, h.shape[1] // 2:]
+                raw, t = h[:, : h.shape[1] // 2], h[:, h.shape[1] // 2 :]
                 s = scale_terms(raw, layer.scale, layer.clamp)[0]
             if mask is not None:
                 s = torch.where(mask.bool(), s, torch.ones_like(s))
                 t = t * mask
-            records.append({"name": name, "scale": "additive" if additive else layer.scale,
-                            "x": x_change.detach().clone(), "s": s.detach().clone(), "t": t.detach().clone()})
+            records.append(
+                {
+                    "name": name,
+                    "scale": "additive" if additive else layer.scale,
+                    "x": x_change.detach().clone(),
+                    "s": s.detach().clone(),
+                    "t": t.detach().clone(),
+                }
+            )
+
         return hook
 
     for name, module in model.named_modules():
@@ -560,8 +597,9 @@ def coupling_st(model, x: torch.Tensor) -> list[dict]:
     return records
 
 
-def plot_coupling_st(records: Sequence[dict], path: str, n: int = 4, image: int = 0,
-                     channel: int | None = 0) -> None:
+def plot_coupling_st(
+    records: Sequence[dict], path: str, n: int = 4, image: int = 0, channel: int | None = 0
+) -> None:
     """For ``n`` coupling layers (evenly spaced over ``records``, first and last included)
     and one image: the transformed input x_change, the scale s and the negated shift -t
     (Kirichenko et al. 2020 Fig. 3 / Fig. 11: -t approximating x_change is what earns high likelihood),
@@ -578,9 +616,13 @@ def plot_coupling_st(records: Sequence[dict], path: str, n: int = 4, image: int 
         s = _panel(rec["s"][image].cpu().double().numpy(), channel)
         neg_t = _panel(-rec["t"][image].cpu().double().numpy(), channel)
         lo, hi = float(min(xc.min(), neg_t.min())), float(max(xc.max(), neg_t.max()))
-        for c, (p, title, kw) in enumerate(((xc, "x_change", dict(cmap="gray", vmin=lo, vmax=hi)),
-                                            (s, f"s ({rec['scale']})", dict(cmap="viridis")),
-                                            (neg_t, "-t", dict(cmap="gray", vmin=lo, vmax=hi)))):
+        for c, (p, title, kw) in enumerate(
+            (
+                (xc, "x_change", dict(cmap="gray", vmin=lo, vmax=hi)),
+                (s, f"s ({rec['scale']})", dict(cmap="viridis")),
+                (neg_t, "-t", dict(cmap="gray", vmin=lo, vmax=hi)),
+            )
+        ):
             ax = fig.add_subplot(len(picks), 3, 3 * r + c + 1)
             im = ax.imshow(p, interpolation="nearest", **kw)
             ax.set_axis_off()

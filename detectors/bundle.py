@@ -67,38 +67,84 @@ class Spec:
 
 
 CATALOGUE: dict[str, Spec] = {
-    "likelihood": Spec("flow", "Likelihood", {}, "-", "raw -log p(x) (the baseline that fails on simpler OOD data)"),
+    "likelihood": Spec(
+        "flow", "Likelihood", {}, "-", "raw -log p(x) (the baseline that fails on simpler OOD data)"
+    ),
     "bpd": Spec("flow", "BitsPerDim", {}, "-", "bits per dimension"),
-    "last-scale": Spec("flow", "LastScale", {}, "-",
-                       "Schirrmeister et al. 2020, Eq. 3: -c_L(x), the last scale's contribution"),
-    "typicality": Spec("flow", "Typicality", {"batch_size": 1}, "-",
-                       "Nalisnick et al. 2019: |-log p(x) - H| (one input per test)"),
+    "last-scale": Spec(
+        "flow",
+        "LastScale",
+        {},
+        "-",
+        "Schirrmeister et al. 2020, Eq. 3: -c_L(x), the last scale's contribution",
+    ),
+    "typicality": Spec(
+        "flow",
+        "Typicality",
+        {"batch_size": 1},
+        "-",
+        "Nalisnick et al. 2019: |-log p(x) - H| (one input per test)",
+    ),
     "png": Spec("flow", "InputComplexity", {}, "-", "Serra et al. 2020: model bits - PNG bits"),
     "mass": Spec("flow", "ApproximateMass", {}, "-", "Chali et al. 2023, Eq. 1: ||d log p(x) / dx||"),
-    "diff": Spec("flow+general", "LikelihoodRatio", {}, "aux data",
-                 "Schirrmeister et al. 2020, Eq. 1: -(log p_in - log p_general), general = natural photo patches"),
-    "mse": Spec("features", "MSEToMean", {}, "-",
-                "Schmier et al. 2022 baseline: ||f - mean||^2 on EfficientNet features"),
+    "diff": Spec(
+        "flow+general",
+        "LikelihoodRatio",
+        {},
+        "aux data",
+        "Schirrmeister et al. 2020, Eq. 1: -(log p_in - log p_general), general = natural photo patches",
+    ),
+    "mse": Spec(
+        "features",
+        "MSEToMean",
+        {},
+        "-",
+        "Schmier et al. 2022 baseline: ||f - mean||^2 on EfficientNet features",
+    ),
     "knn": Spec("features", "KNN", {"k": 5}, "-", "k-th nearest-neighbour distance on EfficientNet features"),
     "kde": Spec("features", "KDE", {}, "-", "-log Gaussian KDE on EfficientNet features"),
-    "pca": Spec("features", "PCA", {"n_components": 0.9}, "-", "PCA reconstruction error on EfficientNet features"),
-    "feature-flow": Spec("features-flow", "Likelihood", {}, "-",
-                         "Schmier et al. 2022 'Flow' baseline: -log p of a vector flow on PCA-projected "
-                         "EfficientNet features"),
-    "mahalanobis": Spec("features+labels", "Mahalanobis", {}, "labels",
-                        "Lee et al. 2018: distance to the closest class mean on EfficientNet features "
-                        "(needs class sub-folders)"),
-    "png+pca": Spec("ensemble", "Ensemble", {"members": ["png", "pca"]}, "-",
-                    "detectors.Ensemble: the z-scores of png and pca summed, each standardised on the held-out "
-                    "part of TRAIN; the best worst case of the OOD suite without aux data (82.9 AUROC; 99.7 on "
-                    "MNIST; docs/RESULTS.md section 6)"),
-    "last-scale+pca": Spec("ensemble", "Ensemble", {"members": ["last-scale", "pca"]}, "-",
-                           "detectors.Ensemble: the z-scores of last-scale and pca summed, each standardised on "
-                           "the held-out part of TRAIN (OOD suite worst case 81.4 AUROC; docs/RESULTS.md section 6)"),
+    "pca": Spec(
+        "features", "PCA", {"n_components": 0.9}, "-", "PCA reconstruction error on EfficientNet features"
+    ),
+    "feature-flow": Spec(
+        "features-flow",
+        "Likelihood",
+        {},
+        "-",
+        "Schmier et al. 2022 'Flow' baseline: -log p of a vector flow on PCA-projected EfficientNet features",
+    ),
+    "mahalanobis": Spec(
+        "features+labels",
+        "Mahalanobis",
+        {},
+        "labels",
+        "Lee et al. 2018: distance to the closest class mean on EfficientNet features "
+        "(needs class sub-folders)",
+    ),
+    "png+pca": Spec(
+        "ensemble",
+        "Ensemble",
+        {"members": ["png", "pca"]},
+        "-",
+        "detectors.Ensemble: the z-scores of png and pca summed, each standardised on the held-out "
+        "part of TRAIN; the best worst case of the OOD suite without aux data (82.9 AUROC; 99.7 on "
+        "MNIST; docs/RESULTS.md section 6)",
+    ),
+    "last-scale+pca": Spec(
+        "ensemble",
+        "Ensemble",
+        {"members": ["last-scale", "pca"]},
+        "-",
+        "detectors.Ensemble: the z-scores of last-scale and pca summed, each standardised on "
+        "the held-out part of TRAIN (OOD suite worst case 81.4 AUROC; docs/RESULTS.md section 6)",
+    ),
 }
 FEATURE_NEEDS = ("features", "features+labels", "features-flow")
 ENSEMBLE = "ensemble"
-FEATURE_FLOW_DIM, FEATURE_NOISE = 32, 1e-2  # PCA dimensions before the vector flow; training noise (Schmier Sec. 5)
+FEATURE_FLOW_DIM, FEATURE_NOISE = (
+    32,
+    1e-2,
+)  # PCA dimensions before the vector flow; training noise (Schmier Sec. 5)
 
 
 def members(name: str) -> list:
@@ -128,22 +174,28 @@ class Projection:
         self.mean, self.components, self.scale = mean.double(), components.double(), float(scale)
 
     @classmethod
-    def fit(cls, f: torch.Tensor, dim: int) -> "Projection":
+    def fit(cls, f: torch.Tensor, dim: int) -> Projection:
         from sklearn.decomposition import PCA as SkPCA
 
         pca = SkPCA(n_components=min(dim, f.shape[1], len(f) - 1), svd_solver="full").fit(f.double().numpy())
-        return cls(torch.from_numpy(pca.mean_), torch.from_numpy(pca.components_),
-                   float(np.sqrt(pca.explained_variance_[0])))
+        return cls(
+            torch.from_numpy(pca.mean_),
+            torch.from_numpy(pca.components_),
+            float(np.sqrt(pca.explained_variance_[0])),
+        )
 
     def __call__(self, f: torch.Tensor) -> torch.Tensor:
         return ((f.double() - self.mean) @ self.components.T / self.scale).float()
 
     def tensors(self) -> dict:
-        return {"projection.mean": self.mean, "projection.components": self.components,
-                "projection.scale": torch.tensor([self.scale], dtype=torch.float64)}
+        return {
+            "projection.mean": self.mean,
+            "projection.components": self.components,
+            "projection.scale": torch.tensor([self.scale], dtype=torch.float64),
+        }
 
     @classmethod
-    def from_tensors(cls, t: dict) -> "Projection":
+    def from_tensors(cls, t: dict) -> Projection:
         return cls(t["projection.mean"], t["projection.components"], float(t["projection.scale"][0]))
 
 
@@ -183,18 +235,18 @@ class FitConfig:
     """Settings of :func:`fit_bundle` (the CLI's ``fit`` options)."""
 
     detectors: tuple = DEFAULT_DETECTORS
-    steps: int = 300            # optimisation steps per flow (a few minutes on 2 CPU cores at 32x32)
+    steps: int = 300  # optimisation steps per flow (a few minutes on 2 CPU cores at 32x32)
     batch_size: int = 32
     lr: float = 1e-3
-    levels: int = 2             # Glow scales; the image size must be a multiple of 2**levels
-    depth: int = 4              # Glow steps per scale
-    hidden: int = 32            # st-net channels (512 in Kingma & Dhariwal: impractical on a CPU)
-    size: int | None = None     # image side; default from the data (most common size, capped at max_size)
+    levels: int = 2  # Glow scales; the image size must be a multiple of 2**levels
+    depth: int = 4  # Glow steps per scale
+    hidden: int = 32  # st-net channels (512 in Kingma & Dhariwal: impractical on a CPU)
+    size: int | None = None  # image side; default from the data (most common size, capped at max_size)
     max_size: int = 32
     channels: int | None = None  # 1 grey / 3 RGB; default from the data
-    holdout: float = 0.2        # share of TRAIN held out to calibrate the thresholds
-    fpr: float = 0.05           # share of held-out in-distribution images flagged
-    feature_size: int = 96      # EfficientNet-Lite0 input side for the feature detectors
+    holdout: float = 0.2  # share of TRAIN held out to calibrate the thresholds
+    fpr: float = 0.05  # share of held-out in-distribution images flagged
+    feature_size: int = 96  # EfficientNet-Lite0 input side for the feature detectors
     seed: int = 0
     max_images: int | None = None  # a seeded random subset of TRAIN of this size (default: all)
     progress: bool = True
@@ -207,11 +259,16 @@ class FitConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        if self.size is not None and (not isinstance(self.size, int) or self.size < 2 ** self.levels
-                                      or self.size % 2 ** self.levels):
-            raise ValueError(f"size must be a positive multiple of {2 ** self.levels} (2**levels), got {self.size!r}")
+        if self.size is not None and (
+            not isinstance(self.size, int) or self.size < 2**self.levels or self.size % 2**self.levels
+        ):
+            raise ValueError(
+                f"size must be a positive multiple of {2**self.levels} (2**levels), got {self.size!r}"
+            )
         if self.channels not in (None, 1, 3):
-            raise ValueError(f"channels must be 1 (grey), 3 (RGB) or None (from the data), got {self.channels!r}")
+            raise ValueError(
+                f"channels must be 1 (grey), 3 (RGB) or None (from the data), got {self.channels!r}"
+            )
         if not 0.0 < self.holdout < 1.0:
             raise ValueError(f"holdout must be in (0, 1), got {self.holdout!r}")
         if not 0.0 < self.fpr < 1.0:
@@ -225,8 +282,16 @@ class FitConfig:
 
 
 # ------------------------------------------------------------------------- building
-def _build(name: str, spec: Spec, models: dict, feature_size: int, progress: bool, params: dict | None = None,
-           projection: Projection | None = None, built: dict | None = None):
+def _build(
+    name: str,
+    spec: Spec,
+    models: dict,
+    feature_size: int,
+    progress: bool,
+    params: dict | None = None,
+    projection: Projection | None = None,
+    built: dict | None = None,
+):
     """The unfitted detector ``name``; an ensemble is built from its members in ``built``
     (fitted detectors by name)."""
     from . import scores
@@ -256,8 +321,14 @@ def _versions() -> dict:
 
     import invflow
 
-    return {"invflow": invflow.__version__, "torch": torch.__version__, "numpy": np.__version__,
-            "scikit-learn": sklearn.__version__, "pillow": PIL.__version__, "python": platform.python_version()}
+    return {
+        "invflow": invflow.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+        "pillow": PIL.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def _write_json(path: str, obj) -> None:
@@ -288,8 +359,14 @@ def _read_tensors(path: str) -> tuple[dict, dict]:
 class Bundle(Mapping):
     """Fitted detectors sharing one preprocessing policy; a Mapping name -> Detector."""
 
-    def __init__(self, detectors: dict, policy: ImagePolicy, config: dict | None = None,
-                 feature_size: int = 96, path: str | None = None):
+    def __init__(
+        self,
+        detectors: dict,
+        policy: ImagePolicy,
+        config: dict | None = None,
+        feature_size: int = 96,
+        path: str | None = None,
+    ):
         self.detectors, self.policy, self.config = dict(detectors), policy, dict(config or {})
         self.feature_size, self.path = feature_size, path
 
@@ -305,7 +382,9 @@ class Bundle(Mapping):
 
     def __repr__(self) -> str:
         dets = ", ".join(f"{n}: {d!r}" for n, d in self.detectors.items())
-        return f"Bundle({self.path or ''} {self.policy.size}x{self.policy.size}x{self.policy.channels}; {dets})"
+        return (
+            f"Bundle({self.path or ''} {self.policy.size}x{self.policy.size}x{self.policy.channels}; {dets})"
+        )
 
     @property
     def thresholds(self) -> dict:
@@ -344,7 +423,8 @@ class Bundle(Mapping):
     def _scores_from_members(self, det) -> bool:
         """Whether ``det`` is an Ensemble of this bundle's own detectors (each under its name)."""
         return isinstance(det, Ensemble) and all(
-            self.detectors.get(m) is d and not isinstance(d, Ensemble) for m, d in det.members.items())
+            self.detectors.get(m) is d and not isinstance(d, Ensemble) for m, d in det.members.items()
+        )
 
     def decision_function(self, x) -> dict:
         return self.score(x)
@@ -364,9 +444,11 @@ def _floats_to_uint8(x: torch.Tensor) -> torch.Tensor:
     from invflow.models.base import IMAGE_RANGE
 
     if x.numel() and bool(torch.isfinite(x).all()) and bool((x.abs() > IMAGE_RANGE).any()):
-        raise ValueError(f"floating images must be preprocessed into [-{IMAGE_RANGE:g}, {IMAGE_RANGE:g}] (got min "
-                         f"{float(x.min()):.4g}, max {float(x.max()):.4g}: 0..255 or torchvision's 0..1?); pass "
-                         f"uint8 images, or preprocess them with invflow.data.preprocess")
+        raise ValueError(
+            f"floating images must be preprocessed into [-{IMAGE_RANGE:g}, {IMAGE_RANGE:g}] (got min "
+            f"{float(x.min()):.4g}, max {float(x.max()):.4g}: 0..255 or torchvision's 0..1?); pass "
+            f"uint8 images, or preprocess them with invflow.data.preprocess"
+        )
     return to_images(x)
 
 
@@ -379,7 +461,11 @@ def prepare(x, policy: ImagePolicy, progress: bool = False) -> torch.Tensor:
         return policy.apply(x.images, progress)
     if isinstance(x, (str, bytes)) or hasattr(x, "__fspath__"):
         return policy.apply(load_source(x, progress=progress).images, progress)
-    if (isinstance(x, (list, tuple)) or _is_dataset(x)) and not _is_dataloader(x) and not isinstance(x, torch.Tensor):
+    if (
+        (isinstance(x, (list, tuple)) or _is_dataset(x))
+        and not _is_dataloader(x)
+        and not isinstance(x, torch.Tensor)
+    ):
         items = []
         for i in range(len(x)):
             im, _ = _split_item(x[i])
@@ -395,8 +481,10 @@ def prepare(x, policy: ImagePolicy, progress: bool = False) -> torch.Tensor:
     if batch.is_floating_point():
         batch = _floats_to_uint8(batch)
     if batch.dtype != torch.uint8 or batch.dim() != 4:
-        raise TypeError(f"expected images (uint8 [N, C, H, W] or floats in [-0.5, 0.5]), got {batch.dtype} "
-                        f"{list(batch.shape)}")
+        raise TypeError(
+            f"expected images (uint8 [N, C, H, W] or floats in [-0.5, 0.5]), got {batch.dtype} "
+            f"{list(batch.shape)}"
+        )
     return policy.apply(batch, progress)
 
 
@@ -408,13 +496,17 @@ def load(path, progress: bool = False) -> Bundle:
 
     path = os.fspath(path)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: no such detector bundle (a directory written by "
-                                f"python -m detectors fit --data TRAIN --out {path})")
+        raise FileNotFoundError(
+            f"{path}: no such detector bundle (a directory written by "
+            f"python -m detectors fit --data TRAIN --out {path})"
+        )
     meta_path = os.path.join(path, BUNDLE_FILE)
     if not os.path.isfile(meta_path):
-        hint = ("the fit did not finish: re-run the same fit command to resume"
-                if os.path.isfile(os.path.join(path, FIT_FILE)) else
-                f"fit one with python -m detectors fit --data TRAIN --out {path}")
+        hint = (
+            "the fit did not finish: re-run the same fit command to resume"
+            if os.path.isfile(os.path.join(path, FIT_FILE))
+            else f"fit one with python -m detectors fit --data TRAIN --out {path}"
+        )
         raise ValueError(f"{path} is not a detector bundle (no {BUNDLE_FILE}); {hint}")
     try:
         with open(meta_path) as f:
@@ -424,26 +516,35 @@ def load(path, progress: bool = False) -> Bundle:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise ValueError(f"{meta_path}: not a {FORMAT} version {VERSION} file")
     models = {role: load_model(os.path.join(path, rel)) for role, rel in meta.get("models", {}).items()}
-    tensors = _read_tensors(os.path.join(path, STATE_FILE))[0] if os.path.isfile(os.path.join(path, STATE_FILE)) \
+    tensors = (
+        _read_tensors(os.path.join(path, STATE_FILE))[0]
+        if os.path.isfile(os.path.join(path, STATE_FILE))
         else {}
+    )
     feature_size = int(meta.get("feature_size", 96))
     built = {}
     for entry in meta["detectors"]:
         spec = CATALOGUE.get(entry["name"])
         if spec is None or spec.cls != entry["class"]:
             raise ValueError(f"{meta_path}: unknown detector {entry['name']!r} ({entry.get('class')})")
-    for entry in sorted(meta["detectors"], key=lambda e: CATALOGUE[e["name"]].needs == ENSEMBLE):  # members first
+    for entry in sorted(
+        meta["detectors"], key=lambda e: CATALOGUE[e["name"]].needs == ENSEMBLE
+    ):  # members first
         name = entry["name"]
         spec = CATALOGUE[name]
         if spec.needs == ENSEMBLE:
             missing = [m for m in entry.get("params", {}).get("members", []) if m not in built]
             if missing or not entry.get("params", {}).get("members"):
-                raise ValueError(f"{meta_path}: ensemble {name!r} needs its members {missing or '(none listed)'} "
-                                 "in the bundle; re-run the fit")
+                raise ValueError(
+                    f"{meta_path}: ensemble {name!r} needs its members {missing or '(none listed)'} "
+                    "in the bundle; re-run the fit"
+                )
         projection = None
         if spec.needs == "features-flow":
             if "projection.mean" not in tensors:
-                raise ValueError(f"{meta_path}: {name} needs its PCA projection in {STATE_FILE}, which lacks it")
+                raise ValueError(
+                    f"{meta_path}: {name} needs its PCA projection in {STATE_FILE}, which lacks it"
+                )
             projection = Projection.from_tensors(tensors)
         det = _build(name, spec, models, feature_size, progress, entry.get("params"), projection, built)
         _restore(det, spec, entry.get("state", {}), tensors, meta_path)
@@ -494,17 +595,22 @@ def _restore(det, spec: Spec, state: dict, tensors: dict, where: str) -> None:
     if spec.needs == ENSEMBLE:
         stats = state.get("standardisation", {})
         if set(stats) != set(det.members) or not all(len(v) == 2 and v[1] > 0 for v in stats.values()):
-            raise ValueError(f"{where}: ensemble {list(det.members)} needs a [mean, std > 0] per member in its "
-                             f"state, got {stats}; re-run the fit")
+            raise ValueError(
+                f"{where}: ensemble {list(det.members)} needs a [mean, std > 0] per member in its "
+                f"state, got {stats}; re-run the fit"
+            )
         det._stats = {name: (float(stats[name][0]), float(stats[name][1])) for name in det.members}
     elif spec.cls == "Typicality":
         det.entropy = float(state["entropy"])
     elif spec.needs in ("features", "features+labels"):
-        keys = [state.get("features", "features.fit")] + ([state.get("labels", "labels.fit")]
-                                                          if spec.needs == "features+labels" else [])
+        keys = [state.get("features", "features.fit")] + (
+            [state.get("labels", "labels.fit")] if spec.needs == "features+labels" else []
+        )
         missing = [k for k in keys if k not in tensors]
         if missing:
-            raise ValueError(f"{where}: detector {spec.cls} needs {missing} in {STATE_FILE}, which lacks them")
+            raise ValueError(
+                f"{where}: detector {spec.cls} needs {missing} in {STATE_FILE}, which lacks them"
+            )
         if spec.needs == "features":
             det._fit_features(tensors[keys[0]].double().numpy())
             det._fitted = True
@@ -517,8 +623,10 @@ def _split(n: int, holdout: float, seed: int) -> tuple[torch.Tensor, torch.Tenso
     """(fit indices, calibration indices): a seeded permutation, ``holdout`` of it held out."""
     n_cal = max(1, int(round(holdout * n)))
     if n - n_cal < 2:
-        raise ValueError(f"{n} images: too few to fit and hold out {holdout:.0%} for calibration "
-                         "(need at least 3; 100+ recommended)")
+        raise ValueError(
+            f"{n} images: too few to fit and hold out {holdout:.0%} for calibration "
+            "(need at least 3; 100+ recommended)"
+        )
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[n_cal:].sort().values, perm[:n_cal].sort().values
 
@@ -529,7 +637,9 @@ def _glow(policy: ImagePolicy, cfg: FitConfig):
     return invflow.Glow(policy.channels, policy.size, levels=cfg.levels, steps=cfg.depth, hidden=cfg.hidden)
 
 
-def _train_flow(run_dir: str, images: torch.Tensor, policy: ImagePolicy, cfg: FitConfig, say) -> torch.nn.Module:
+def _train_flow(
+    run_dir: str, images: torch.Tensor, policy: ImagePolicy, cfg: FitConfig, say
+) -> torch.nn.Module:
     """Trains (or resumes, or reuses) a Glow in the Trainer run directory ``run_dir``; returns it
     read back from its latest checkpoint, in eval mode."""
     import invflow
@@ -538,15 +648,27 @@ def _train_flow(run_dir: str, images: torch.Tensor, policy: ImagePolicy, cfg: Fi
     torch.manual_seed(cfg.seed)
     model = _glow(policy, cfg)
     resume = os.path.isfile(os.path.join(run_dir, "latest"))
-    trainer = Trainer(model, images, out_dir=run_dir, steps=cfg.steps, batch_size=min(cfg.batch_size, len(images)),
-                      lr=cfg.lr, warmup=max(1, min(100, cfg.steps // 5)), seed=cfg.seed,
-                      checkpoint_every=max(10, cfg.steps // 10), progress=cfg.progress, log_every=10)
+    trainer = Trainer(
+        model,
+        images,
+        out_dir=run_dir,
+        steps=cfg.steps,
+        batch_size=min(cfg.batch_size, len(images)),
+        lr=cfg.lr,
+        warmup=max(1, min(100, cfg.steps // 5)),
+        seed=cfg.seed,
+        checkpoint_every=max(10, cfg.steps // 10),
+        progress=cfg.progress,
+        log_every=10,
+    )
     if resume and trainer.load_latest() and trainer.step >= cfg.steps:
         say(f"{run_dir}: reusing the trained model (step {trainer.step})")
     else:
-        say(f"training a Glow ({sum(p.numel() for p in model.parameters()):,} parameters, "
+        say(
+            f"training a Glow ({sum(p.numel() for p in model.parameters()):,} parameters, "
             f"{policy.channels}x{policy.size}x{policy.size}) on {len(images)} images for {cfg.steps} steps"
-            + (f", resuming at step {trainer.step}" if resume else ""))
+            + (f", resuming at step {trainer.step}" if resume else "")
+        )
         trainer.step = 0  # fit(resume=True) reloads the checkpoint itself
         trainer.fit(resume=resume)
     return invflow.checkpoint.load(run_dir)
@@ -561,9 +683,19 @@ def _train_vector_flow(run_dir: str, z: torch.Tensor, cfg: FitConfig, say) -> to
     torch.manual_seed(cfg.seed)
     model = invflow.VectorFlow(z.shape[1], blocks=4, hidden=64)
     resume = os.path.isfile(os.path.join(run_dir, "latest"))
-    trainer = Trainer(model, z, out_dir=run_dir, steps=cfg.steps, batch_size=min(cfg.batch_size, len(z)), lr=cfg.lr,
-                      warmup=max(1, min(100, cfg.steps // 5)), seed=cfg.seed,
-                      checkpoint_every=max(10, cfg.steps // 10), progress=cfg.progress, log_every=10)
+    trainer = Trainer(
+        model,
+        z,
+        out_dir=run_dir,
+        steps=cfg.steps,
+        batch_size=min(cfg.batch_size, len(z)),
+        lr=cfg.lr,
+        warmup=max(1, min(100, cfg.steps // 5)),
+        seed=cfg.seed,
+        checkpoint_every=max(10, cfg.steps // 10),
+        progress=cfg.progress,
+        log_every=10,
+    )
     if resume and trainer.load_latest() and trainer.step >= cfg.steps:
         say(f"{run_dir}: reusing the trained feature flow (step {trainer.step})")
     else:
@@ -604,15 +736,22 @@ def _check_out(out: str, settings: dict) -> None:
         return
     with open(fit_path) as f:
         old = json.load(f)
-    changed = [k for k in ("data", "n_images", "preprocessing", "model", "holdout", "seed")
-               if old.get(k) != settings.get(k)]
+    changed = [
+        k
+        for k in ("data", "n_images", "preprocessing", "model", "holdout", "seed")
+        if old.get(k) != settings.get(k)
+    ]
     if changed:
         diffs = ", ".join(f"{k}: {old.get(k)} -> {settings.get(k)}" for k in changed)
-        raise ValueError(f"--out {out} holds a fit with other settings ({diffs}); resume with the same "
-                         "settings or choose a new directory")
+        raise ValueError(
+            f"--out {out} holds a fit with other settings ({diffs}); resume with the same "
+            "settings or choose a new directory"
+        )
 
 
-def fit_bundle(data, out: str, config: FitConfig | None = None, command: str | None = None, say=print) -> Bundle:
+def fit_bundle(
+    data, out: str, config: FitConfig | None = None, command: str | None = None, say=print
+) -> Bundle:
     """Fits the detectors of ``config`` on ``data`` (a path / named set, a ``Source``, or any
     input kind with images) and writes the bundle directory ``out``; see the module docstring.
 
@@ -633,8 +772,15 @@ def fit_bundle(data, out: str, config: FitConfig | None = None, command: str | N
         if added:
             say(f"{ens} combines {', '.join(members(ens))}: also fitting and reporting {', '.join(added)}")
     out = os.fspath(out)
-    src = data if isinstance(data, Source) else (
-        load_source(data, progress=cfg.progress, split="train") if isinstance(data, (str, os.PathLike)) else None)
+    src = (
+        data
+        if isinstance(data, Source)
+        else (
+            load_source(data, progress=cfg.progress, split="train")
+            if isinstance(data, (str, os.PathLike))
+            else None
+        )
+    )
     if src is not None:
         if src.skipped:
             from .folders import describe_skipped
@@ -652,23 +798,36 @@ def fit_bundle(data, out: str, config: FitConfig | None = None, command: str | N
             raw = _floats_to_uint8(raw)
         images_for_policy = raw
     if cfg.max_images is not None and len(raw) > cfg.max_images:
-        keep = torch.randperm(len(raw), generator=torch.Generator().manual_seed(cfg.seed + 1))[:cfg.max_images]
+        keep = torch.randperm(len(raw), generator=torch.Generator().manual_seed(cfg.seed + 1))[
+            : cfg.max_images
+        ]
         keep = keep.sort().values
         raw = [raw[int(i)] for i in keep] if isinstance(raw, (list, tuple)) else raw[keep]
         labels = labels[keep] if labels is not None else None
         images_for_policy = raw
         say(f"{name}: using a seeded random subset of {cfg.max_images} images")
-    policy = ImagePolicy.from_images(images_for_policy, cfg.size, cfg.channels, multiple=2 ** cfg.levels,
-                                     max_size=cfg.max_size)
-    say(f"{name}: {len(raw)} images -> {policy.channels}x{policy.size}x{policy.size} "
-        f"({'grey' if policy.channels == 1 else 'RGB'}; resize the shorter side and centre-crop)")
+    policy = ImagePolicy.from_images(
+        images_for_policy, cfg.size, cfg.channels, multiple=2**cfg.levels, max_size=cfg.max_size
+    )
+    say(
+        f"{name}: {len(raw)} images -> {policy.channels}x{policy.size}x{policy.size} "
+        f"({'grey' if policy.channels == 1 else 'RGB'}; resize the shorter side and centre-crop)"
+    )
     model_cfg = {"class": "Glow", "levels": cfg.levels, "depth": cfg.depth, "hidden": cfg.hidden}
-    settings = {"data": str(name), "n_images": len(raw), "max_images": cfg.max_images,
-                "preprocessing": policy.to_json(), "model": model_cfg,
-                "holdout": cfg.holdout, "seed": cfg.seed}
+    settings = {
+        "data": str(name),
+        "n_images": len(raw),
+        "max_images": cfg.max_images,
+        "preprocessing": policy.to_json(),
+        "model": model_cfg,
+        "holdout": cfg.holdout,
+        "seed": cfg.seed,
+    }
     _check_out(out, settings)
     os.makedirs(out, exist_ok=True)
-    _write_json(os.path.join(out, FIT_FILE), {**settings, "command": command, "config": dataclasses.asdict(cfg)})
+    _write_json(
+        os.path.join(out, FIT_FILE), {**settings, "command": command, "config": dataclasses.asdict(cfg)}
+    )
     x = policy.apply(raw, cfg.progress)
     fit_idx, cal_idx = _split(len(x), cfg.holdout, cfg.seed)
     x_fit, x_cal = x[fit_idx], x[cal_idx]
@@ -676,12 +835,16 @@ def fit_bundle(data, out: str, config: FitConfig | None = None, command: str | N
 
     needs = {CATALOGUE[d].needs for d in names}
     if ENSEMBLE in needs and len(x_cal) < 2:
-        raise ValueError(f"{[d for d in names if members(d)]} standardise their members on the held-out part of "
-                         f"TRAIN, which has {len(x_cal)} image(s); use more images or a larger --holdout")
+        raise ValueError(
+            f"{[d for d in names if members(d)]} standardise their members on the held-out part of "
+            f"TRAIN, which has {len(x_cal)} image(s); use more images or a larger --holdout"
+        )
     if "features+labels" in needs and labels is None:
         supervised = [d for d in names if CATALOGUE[d].needs == "features+labels"]
-        raise ValueError(f"detectors {supervised} need class labels: put TRAIN's images in one sub-folder "
-                         "per class (or pass a Dataset of (image, label) items)")
+        raise ValueError(
+            f"detectors {supervised} need class labels: put TRAIN's images in one sub-folder "
+            "per class (or pass a Dataset of (image, label) items)"
+        )
     models, model_paths = {}, {}
     if needs & {"flow", "flow+general"}:
         model_paths["flow"] = os.path.join("models", "flow")
@@ -689,8 +852,9 @@ def fit_bundle(data, out: str, config: FitConfig | None = None, command: str | N
     if "flow+general" in needs:
         from .datasets import natural_patches
 
-        general = natural_patches(max(1000, len(x_fit)), size=policy.size, channels=policy.channels,
-                                  seed=cfg.seed, split="train")
+        general = natural_patches(
+            max(1000, len(x_fit)), size=policy.size, channels=policy.channels, seed=cfg.seed, split="train"
+        )
         model_paths["general"] = os.path.join("models", "general")
         say("general-distribution model: natural photo patches (scikit-image, scikit-learn, matplotlib)")
         models["general"] = _train_flow(os.path.join(out, model_paths["general"]), general, policy, cfg, say)
@@ -710,7 +874,9 @@ def fit_bundle(data, out: str, config: FitConfig | None = None, command: str | N
         g = torch.Generator().manual_seed(cfg.seed + 2)
         z_fit = projection(f_fit + FEATURE_NOISE * torch.randn(f_fit.shape, generator=g))
         model_paths["feature-flow"] = os.path.join("models", "feature-flow")
-        models["feature-flow"] = _train_vector_flow(os.path.join(out, model_paths["feature-flow"]), z_fit, cfg, say)
+        models["feature-flow"] = _train_vector_flow(
+            os.path.join(out, model_paths["feature-flow"]), z_fit, cfg, say
+        )
     member_cal = {}  # ensemble members' scores on the held-out part
     for dname in sorted(names, key=lambda d: CATALOGUE[d].needs == ENSEMBLE):  # members before ensembles
         spec = CATALOGUE[dname]
@@ -719,7 +885,9 @@ def fit_bundle(data, out: str, config: FitConfig | None = None, command: str | N
             params["k"] = max(1, min(params["k"], len(x_fit) - 1))
         det = _build(dname, spec, models, cfg.feature_size, cfg.progress, params, projection, dets)
         fit_in, cal_in = (f_fit, f_cal) if spec.needs in FEATURE_NEEDS else (x_fit, x_cal)
-        if spec.needs == ENSEMBLE:  # Ensemble.fit: mean / std per member and the threshold, on the held-out part
+        if (
+            spec.needs == ENSEMBLE
+        ):  # Ensemble.fit: mean / std per member and the threshold, on the held-out part
             known = with_member_scores(det, member_cal).fit(x_cal, cfg.fpr)
             det._stats, det.threshold, det.fpr = known._stats, known.threshold, known.fpr
         else:
@@ -731,27 +899,50 @@ def fit_bundle(data, out: str, config: FitConfig | None = None, command: str | N
             if any(dname in members(d) for d in names):
                 member_cal[dname] = det.score(cal_in)
         dets[dname] = det
-        entries.append({"name": dname, "class": spec.cls, "params": params, "uses": det.uses,
-                        "source": spec.source, "threshold": det.threshold, "fpr": det.fpr,
-                        "state": _state(det, spec)})
+        entries.append(
+            {
+                "name": dname,
+                "class": spec.cls,
+                "params": params,
+                "uses": det.uses,
+                "source": spec.source,
+                "threshold": det.threshold,
+                "fpr": det.fpr,
+                "state": _state(det, spec),
+            }
+        )
         say(f"  {dname:<11} threshold {det.threshold:.5g} (flags {cfg.fpr:.0%} of held-out TRAIN)")
     if len(x_cal) * cfg.fpr < 5:
-        say(f"warning: the thresholds rest on {len(x_cal)} held-out image(s), about {len(x_cal) * cfg.fpr:.1f} "
+        say(
+            f"warning: the thresholds rest on {len(x_cal)} held-out image(s), about {len(x_cal) * cfg.fpr:.1f} "
             f"above each threshold: the share flagged on new in-distribution images can be far from "
-            f"{cfg.fpr:.0%}; fit on more images (or a larger --holdout) for a calibrated threshold")
+            f"{cfg.fpr:.0%}; fit on more images (or a larger --holdout) for a calibrated threshold"
+        )
     dets = {d: dets[d] for d in names}
     entries.sort(key=lambda e: names.index(e["name"]))
     if tensors:
         _write_tensors(os.path.join(out, STATE_FILE), tensors, {"format": FORMAT})
     meta = {
-        "format": FORMAT, "version": VERSION,
+        "format": FORMAT,
+        "version": VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": command, "versions": _versions(), "preprocessing": policy.to_json(),
-        "models": model_paths, "model": model_cfg, "feature_size": cfg.feature_size,
-        "data": {"train": str(name), "n_images": len(x), "n_fit": len(x_fit), "n_calibration": len(x_cal),
-                 "holdout": cfg.holdout, "seed": cfg.seed,
-                 "skipped": [p for p, _ in (src.skipped if src is not None else [])]},
-        "fit": dataclasses.asdict(cfg), "detectors": entries,
+        "command": command,
+        "versions": _versions(),
+        "preprocessing": policy.to_json(),
+        "models": model_paths,
+        "model": model_cfg,
+        "feature_size": cfg.feature_size,
+        "data": {
+            "train": str(name),
+            "n_images": len(x),
+            "n_fit": len(x_fit),
+            "n_calibration": len(x_cal),
+            "holdout": cfg.holdout,
+            "seed": cfg.seed,
+            "skipped": [p for p, _ in (src.skipped if src is not None else [])],
+        },
+        "fit": dataclasses.asdict(cfg),
+        "detectors": entries,
     }
     meta["fit"]["detectors"] = list(cfg.detectors)
     _write_json(os.path.join(out, BUNDLE_FILE), meta)

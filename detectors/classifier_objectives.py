@@ -21,7 +21,7 @@ BatchNorm sees both.  Losses are in nats per sample.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +41,10 @@ def _check_logits(logits: torch.Tensor, where: str, name: str) -> None:
 def _check_labels(logits: torch.Tensor, labels: torch.Tensor, where: str) -> torch.Tensor:
     if not isinstance(labels, torch.Tensor) or labels.shape != logits.shape[:1] or labels.is_floating_point():
         shape = list(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
-        raise ValueError(f"{where}: labels must be integer class indices [B] matching logits "
-                         f"{list(logits.shape)}, got {shape}")
+        raise ValueError(
+            f"{where}: labels must be integer class indices [B] matching logits "
+            f"{list(logits.shape)}, got {shape}"
+        )
     return labels.long()
 
 
@@ -53,8 +55,9 @@ def uniform_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -torch.log_softmax(logits, dim=1).mean(dim=1)
 
 
-def outlier_exposure_loss(logits_in: torch.Tensor, labels: torch.Tensor, logits_aux: torch.Tensor,
-                          weight: float = 0.5) -> torch.Tensor:
+def outlier_exposure_loss(
+    logits_in: torch.Tensor, labels: torch.Tensor, logits_aux: torch.Tensor, weight: float = 0.5
+) -> torch.Tensor:
     """Outlier exposure for classifiers (Hendrycks, Mazeika & Dietterich 2019, "Deep anomaly
     detection with outlier exposure", Sec. 3 / 4.2, lambda = 0.5 for vision):
 
@@ -65,15 +68,24 @@ def outlier_exposure_loss(logits_in: torch.Tensor, labels: torch.Tensor, logits_
     _check_logits(logits_in, "outlier_exposure_loss", "logits_in")
     _check_logits(logits_aux, "outlier_exposure_loss", "logits_aux")
     if logits_in.shape[1] != logits_aux.shape[1]:
-        raise ValueError(f"outlier_exposure_loss: logits_in and logits_aux have different numbers of classes "
-                         f"({logits_in.shape[1]} vs {logits_aux.shape[1]})")
+        raise ValueError(
+            f"outlier_exposure_loss: logits_in and logits_aux have different numbers of classes "
+            f"({logits_in.shape[1]} vs {logits_aux.shape[1]})"
+        )
     labels = _check_labels(logits_in, labels, "outlier_exposure_loss")
     weight = check_number(weight, "weight", "outlier_exposure_loss", low=0)
     return F.cross_entropy(logits_in, labels) + weight * uniform_cross_entropy(logits_aux).mean()
 
 
-def energy_loss(logits_in: torch.Tensor, labels: torch.Tensor, logits_aux: torch.Tensor, m_in: float = -25.0,
-                m_out: float = -7.0, weight: float = 0.1, temperature: float = 1.0) -> torch.Tensor:
+def energy_loss(
+    logits_in: torch.Tensor,
+    labels: torch.Tensor,
+    logits_aux: torch.Tensor,
+    m_in: float = -25.0,
+    m_out: float = -7.0,
+    weight: float = 0.1,
+    temperature: float = 1.0,
+) -> torch.Tensor:
     """Energy-bounded fine-tuning (Liu, Wang, Owens & Li 2020, Sec. 4.2):
 
         L = CE(f(x_in), y) + lambda * ( E_in[ max(0, E(x_in) - m_in)^2 ]
@@ -110,8 +122,10 @@ def _check_draw(data, n, where: str, what: str) -> None:
     if not isinstance(data, torch.Tensor) or data.dim() < 2 or len(data) == 0:
         raise ValueError(f"{where}: {what} must be a non-empty tensor of samples [N, ...]")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ValueError(f"{where}: the {what} batch size must be an int >= 1 (or None: as many as the "
-                         f"training batch), got {n!r}")
+        raise ValueError(
+            f"{where}: the {what} batch size must be an int >= 1 (or None: as many as the "
+            f"training batch), got {n!r}"
+        )
 
 
 def _in_and_drawn(model, batch: Batch, data: torch.Tensor, n: int | None):
@@ -119,7 +133,7 @@ def _in_and_drawn(model, batch: Batch, data: torch.Tensor, n: int | None):
     batch), both through the model in one pass."""
     drawn = _draw(data, n or len(batch.x), batch.generator, batch.x)
     logits = model(torch.cat([batch.x, drawn]))
-    return logits[: len(batch.x)], logits[len(batch.x):]
+    return logits[: len(batch.x)], logits[len(batch.x) :]
 
 
 def cross_entropy_objective() -> Callable:
@@ -135,8 +149,9 @@ def cross_entropy_objective() -> Callable:
     return objective
 
 
-def outlier_exposure_objective(aux: torch.Tensor, weight: float = 0.5,
-                               aux_batch: int | None = None) -> Callable:
+def outlier_exposure_objective(
+    aux: torch.Tensor, weight: float = 0.5, aux_batch: int | None = None
+) -> Callable:
     """Trainer objective of outlier exposure (``outlier_exposure_loss``): labelled batch plus
     ``aux_batch`` samples of ``aux`` (default: as many as the batch) drawn each step.  Logs
     "ce", "oe" (the uniform cross-entropy of the auxiliary samples) and "acc"."""
@@ -153,8 +168,13 @@ def outlier_exposure_objective(aux: torch.Tensor, weight: float = 0.5,
     return objective
 
 
-def energy_objective(aux: torch.Tensor, m_in: float = -25.0, m_out: float = -7.0, weight: float = 0.1,
-                     aux_batch: int | None = None) -> Callable:
+def energy_objective(
+    aux: torch.Tensor,
+    m_in: float = -25.0,
+    m_out: float = -7.0,
+    weight: float = 0.1,
+    aux_batch: int | None = None,
+) -> Callable:
     """Trainer objective of energy-bounded training (``energy_loss``, Liu et al. 2020) with
     auxiliary outliers ``aux`` drawn each step.  Logs "ce", "energy_in", "energy_aux", "acc"."""
     _check_draw(aux, aux_batch, "energy_objective", "aux")
@@ -166,10 +186,12 @@ def energy_objective(aux: torch.Tensor, m_in: float = -25.0, m_out: float = -7.0
         y = _labels(batch, "energy_objective")
         logits_in, logits_aux = _in_and_drawn(model, batch, aux, aux_batch)
         loss = energy_loss(logits_in, y, logits_aux, m_in, m_out, weight)
-        return loss, {"ce": F.cross_entropy(logits_in, y).detach(),
-                      "energy_in": -torch.logsumexp(logits_in, 1).mean().detach(),
-                      "energy_aux": -torch.logsumexp(logits_aux, 1).mean().detach(),
-                      "acc": _accuracy(logits_in, y)}
+        return loss, {
+            "ce": F.cross_entropy(logits_in, y).detach(),
+            "energy_in": -torch.logsumexp(logits_in, 1).mean().detach(),
+            "energy_aux": -torch.logsumexp(logits_aux, 1).mean().detach(),
+            "acc": _accuracy(logits_in, y),
+        }
 
     return objective
 
@@ -188,8 +210,10 @@ def in_vs_general_objective(general: torch.Tensor, general_batch: int | None = N
         if logits.dim() == 2 and logits.shape[1] == 1:
             logits = logits.squeeze(1)
         if logits.dim() != 1:
-            raise ValueError(f"in_vs_general_objective: the model must return one logit per sample "
-                             f"([B, 1] or [B]; ResNetClassifier(num_classes=1)), got {list(logits_in.shape)}")
+            raise ValueError(
+                f"in_vs_general_objective: the model must return one logit per sample "
+                f"([B, 1] or [B]; ResNetClassifier(num_classes=1)), got {list(logits_in.shape)}"
+            )
         target = torch.cat([logits.new_zeros(len(logits_in)), logits.new_ones(len(logits_g))])
         loss = F.binary_cross_entropy_with_logits(logits, target)
         acc = ((logits > 0).to(target.dtype) == target).float().mean().detach()

@@ -9,7 +9,14 @@ import os
 import sys
 
 #: exceptions that mean bad input (a missing path, an empty folder, a corrupt file, a bad value)
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError, TypeError)
+USER_ERRORS = (
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    ValueError,
+    TypeError,
+)
 
 
 def user_errors() -> tuple:
@@ -37,7 +44,11 @@ def run_guarded(prog: str, fn, *args) -> int:
         print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = "re-run with --resume to continue" if prog.endswith(" train") else "re-run the same command to resume"
+        hint = (
+            "re-run with --resume to continue"
+            if prog.endswith(" train")
+            else "re-run the same command to resume"
+        )
         print(f"{prog}: interrupted ({hint})", file=sys.stderr)
         return 130
     return 0

@@ -13,8 +13,15 @@ import invflow
 
 from .datasets import load_named as load_dataset
 from .report import format_table, write_report
-from .scores import (ApproximateMass, InputComplexity, Likelihood, LikelihoodRatio, ScaleContribution,
-                     ScaleRatio)
+from .scores import (
+    ApproximateMass,
+    InputComplexity,
+    Likelihood,
+    LikelihoodRatio,
+    ScaleContribution,
+    ScaleRatio,
+)
+
 
 def pad_to_model(x: torch.Tensor, model, name: str) -> torch.Tensor:
     """Pads uint8 images [N, C, H, W] at the bottom / right with 0 up to the model's input size,
@@ -25,8 +32,10 @@ def pad_to_model(x: torch.Tensor, model, name: str) -> torch.Tensor:
     c, mh, mw = shape
     h, w = x.shape[-2:]
     if x.shape[1] != c or h > mh or w > mw:
-        raise ValueError(f"{name}: images {list(x.shape[1:])} do not fit the model's input {list(shape)} "
-                         f"(channels must match; height and width at most the model's)")
+        raise ValueError(
+            f"{name}: images {list(x.shape[1:])} do not fit the model's input {list(shape)} "
+            f"(channels must match; height and width at most the model's)"
+        )
     print(f"{name}: padded images from {h}x{w} to {mh}x{mw} (as the train command did)")
     return torch.nn.functional.pad(x, (0, mw - w, 0, mh - h))
 
@@ -47,9 +56,14 @@ def run_evaluate(args) -> dict:
         if "last scale" in dets:
             dets["Diff, last scale"] = ScaleRatio(in_model, general, scales=-1)
     scores = {name: (d.score(x_in), d.score(x_out)) for name, d in dets.items()}
-    results = write_report(args.out, args.in_data, args.ood_data, scores,
-                           config={k: v for k, v in vars(args).items() if k != "func"},
-                           supervised={n: d.uses for n, d in dets.items()})
+    results = write_report(
+        args.out,
+        args.in_data,
+        args.ood_data,
+        scores,
+        config={k: v for k, v in vars(args).items() if k != "func"},
+        supervised={n: d.uses for n, d in dets.items()},
+    )
     print(format_table(results))
     print(f"report: {os.path.join(args.out, 'report.md')}")
     return results

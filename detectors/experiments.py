@@ -28,8 +28,21 @@ import invflow
 from invflow.train import Trainer, nll
 
 from . import objectives
-from .scores import (KDE, KNN, PCA, ApproximateMass, ContrastiveFlow, InputComplexity, Likelihood, LikelihoodRatio,
-                     MSERatio, MSEToMean, ScaleContribution, ScaleRatio, Typicality)
+from .scores import (
+    KDE,
+    KNN,
+    PCA,
+    ApproximateMass,
+    ContrastiveFlow,
+    InputComplexity,
+    Likelihood,
+    LikelihoodRatio,
+    MSERatio,
+    MSEToMean,
+    ScaleContribution,
+    ScaleRatio,
+    Typicality,
+)
 
 
 class Memoized(torch.nn.Module):
@@ -45,7 +58,11 @@ class Memoized(torch.nn.Module):
     def forward(self, x: torch.Tensor):
         if x.requires_grad or torch.is_grad_enabled():
             return self.model(x)
-        key = (x.dtype, tuple(x.shape), hashlib.sha1(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest())
+        key = (
+            x.dtype,
+            tuple(x.shape),
+            hashlib.sha1(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest(),
+        )
         if key not in self._cache:
             if len(self._cache) >= self.max_entries:
                 self._cache.pop(next(iter(self._cache)))
@@ -56,17 +73,37 @@ class Memoized(torch.nn.Module):
         return self(x).log_prob
 
 
-def train_model(name: str, model, data, out: str, cfg, steps: int, objective=nll, init=None,
-                lr: float | None = None, translate: int | None = None):
+def train_model(
+    name: str,
+    model,
+    data,
+    out: str,
+    cfg,
+    steps: int,
+    objective=nll,
+    init=None,
+    lr: float | None = None,
+    translate: int | None = None,
+):
     """Trains (or resumes, or reloads when finished) ``model`` under ``out/models/name``;
     returns it in eval mode.  ``cfg`` supplies seed, batch_size, lr, warmup and translate
     (``DemoConfig`` / ``ReproduceConfig``); ``init`` is a model whose weights start the run."""
     if init is not None:
         model.load_state_dict(init.state_dict())
-    trainer = Trainer(model, data, out_dir=os.path.join(out, "models", name), objective=objective,
-                      steps=steps, batch_size=cfg.batch_size, lr=lr or cfg.lr, warmup=cfg.warmup,
-                      translate=cfg.translate if translate is None else translate,
-                      checkpoint_every=max(1, steps // 3), seed=cfg.seed, log_every=10)
+    trainer = Trainer(
+        model,
+        data,
+        out_dir=os.path.join(out, "models", name),
+        objective=objective,
+        steps=steps,
+        batch_size=cfg.batch_size,
+        lr=lr or cfg.lr,
+        warmup=cfg.warmup,
+        translate=cfg.translate if translate is None else translate,
+        checkpoint_every=max(1, steps // 3),
+        seed=cfg.seed,
+        log_every=10,
+    )
     tqdm.write(f"[{name}] {steps} steps")
     trainer.fit(resume=True)
     model.eval()
@@ -139,9 +176,16 @@ def feature_detectors(train: torch.Tensor, aux: torch.Tensor | None = None, tran
 FEATURE_FLOWS = ("Flow", "Flow-ratio", "contrastive flow")
 
 
-def feature_flows(cfg, train: torch.Tensor, aux: torch.Tensor | None, out: str, which=FEATURE_FLOWS,
-                  name: str = "feature-flow", steps: int | None = None) -> dict:
-    """"Flow", "Flow-ratio" and "contrastive flow" (Schmier et al. 2022 Sec. 4-5): vector flows on a PCA
+def feature_flows(
+    cfg,
+    train: torch.Tensor,
+    aux: torch.Tensor | None,
+    out: str,
+    which=FEATURE_FLOWS,
+    name: str = "feature-flow",
+    steps: int | None = None,
+) -> dict:
+    """ "Flow", "Flow-ratio" and "contrastive flow" (Schmier et al. 2022 Sec. 4-5): vector flows on a PCA
     projection of the normalised features (Schmier et al. 2022 used 128-d MOCO outputs), trained on noisy
     copies so the density is valid (Sec. 5); the contrastive flow starts from the Flow and is
     clamped at its median in-distribution log p minus 20 (Algorithm 1).
@@ -164,12 +208,15 @@ def feature_flows(cfg, train: torch.Tensor, aux: torch.Tensor | None, out: str, 
         raise ValueError(f"feature_flows: which must be a non-empty subset of {FEATURE_FLOWS}, got {which!r}")
     steps = cfg.feature_flow_steps if steps is None else steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"feature_flows: steps must be an int >= 1 (or None for cfg.feature_flow_steps), "
-                         f"got {steps!r}")
+        raise ValueError(
+            f"feature_flows: steps must be an int >= 1 (or None for cfg.feature_flow_steps), got {steps!r}"
+        )
     need_aux = "Flow-ratio" in which or "contrastive flow" in which
     if need_aux and aux is None:
-        raise ValueError("feature_flows: aux (auxiliary features [M, D]) is required for 'Flow-ratio' and "
-                         "'contrastive flow'; pass aux or which=('Flow',)")
+        raise ValueError(
+            "feature_flows: aux (auxiliary features [M, D]) is required for 'Flow-ratio' and "
+            "'contrastive flow'; pass aux or which=('Flow',)"
+        )
     g = torch.Generator().manual_seed(cfg.seed + 1)
     noisy = lambda f: f + cfg.feature_noise * torch.randn(f.shape, generator=g)  # noqa: E731
     pca = SkPCA(n_components=min(cfg.feature_dim, train.shape[1], len(train)), random_state=cfg.seed)
@@ -198,14 +245,22 @@ def feature_flows(cfg, train: torch.Tensor, aux: torch.Tensor | None, out: str, 
         with torch.no_grad():
             clamp = float(flow_in.log_prob(z_train).median()) - 20.0
         objective = objectives.contrastive_objective(z_aux, clamp=clamp)
-        flow_cf = train_model(f"{name}-contrastive", vflow(), z_train, objective=objective, init=flow_in, **kw)
+        flow_cf = train_model(
+            f"{name}-contrastive", vflow(), z_train, objective=objective, init=flow_in, **kw
+        )
         dets["contrastive flow"] = ContrastiveFlow(flow_cf, transform=project)
     return dets
 
 
 #: the zoo model of each role in :func:`flow_detectors` / :func:`mass_detectors`
-ZOO_ROLES = {"in": "fmnist-glow", "general": "photos-glow-broad", "dagger": "photos-glow-dagger",
-             "outlier": "fmnist-glow-outlier", "vanilla": "fmnist-realnvp", "penalised": "fmnist-realnvp-mass"}
+ZOO_ROLES = {
+    "in": "fmnist-glow",
+    "general": "photos-glow-broad",
+    "dagger": "photos-glow-dagger",
+    "outlier": "fmnist-glow-outlier",
+    "vanilla": "fmnist-realnvp",
+    "penalised": "fmnist-realnvp-mass",
+}
 
 
 def zoo_models() -> dict:
@@ -220,8 +275,12 @@ def zoo_models() -> dict:
 #: the ensembles the demo reports: pixel-level (flow) and semantic (feature) evidence, which
 #: fail on different OOD sets (docs/RESULTS.md section 6, the OOD suite); names of the members
 #: as in the demo's table
-DEMO_ENSEMBLES = ("Diff-dagger + features: PCA", "outlier loss: Diff-dagger + features: PCA",
-                  "PNG complexity + features: PCA", "last scale + features: PCA")
+DEMO_ENSEMBLES = (
+    "Diff-dagger + features: PCA",
+    "outlier loss: Diff-dagger + features: PCA",
+    "PNG complexity + features: PCA",
+    "last scale + features: PCA",
+)
 
 
 def ensembles(dets: dict, specs, val_in: torch.Tensor) -> dict:
@@ -235,11 +294,16 @@ def ensembles(dets: dict, specs, val_in: torch.Tensor) -> dict:
     for spec in specs:
         names = [n.strip() for n in spec.split("+")]
         if len(names) < 2 or len(set(names)) != len(names) or not all(names):
-            raise ValueError(f"ensemble {spec!r}: expected two or more different detector names joined by '+'")
+            raise ValueError(
+                f"ensemble {spec!r}: expected two or more different detector names joined by '+'"
+            )
         unknown = [n for n in names if n not in dets]
         if unknown:
-            hint = (" (the 'features: ...' detectors need --features)"
-                    if any(n.startswith("features:") for n in unknown) else "")
+            hint = (
+                " (the 'features: ...' detectors need --features)"
+                if any(n.startswith("features:") for n in unknown)
+                else ""
+            )
             raise ValueError(f"ensemble {spec!r}: unknown detector(s) {unknown}{hint}; known: {sorted(dets)}")
         out[f"ensemble: {' + '.join(names)}"] = Ensemble({n: dets[n] for n in names}).fit(val_in)
     return out

@@ -67,8 +67,13 @@ class EfficientNetLite0(nn.Module):
         if k.shape[1] == 1:
             k = k.expand(-1, 3, -1, -1)
         if k.shape[-2:] != (self.input_size, self.input_size):
-            k = F.interpolate(k, size=(self.input_size, self.input_size), mode="bilinear",
-                              align_corners=False, antialias=True)
+            k = F.interpolate(
+                k,
+                size=(self.input_size, self.input_size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )
         return (k - 127.0) / 128.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,8 +83,9 @@ class EfficientNetLite0(nn.Module):
         return self.net.extract_features(z).mean(dim=(2, 3))
 
 
-def extract_features(extractor: nn.Module, images, batch_size: int = 128, progress: bool = True,
-                     device=None) -> torch.Tensor:
+def extract_features(
+    extractor: nn.Module, images, batch_size: int = 128, progress: bool = True, device=None
+) -> torch.Tensor:
     """``extractor`` applied to ``images`` in batches: float32 [N, F] on the CPU.
 
     Outputs [B, ...] are flattened to [B, F]. Runs under ``torch.no_grad()`` with the
@@ -103,11 +109,12 @@ def extract_features(extractor: nn.Module, images, batch_size: int = 128, progre
         with torch.no_grad():
             starts = range(0, len(images), batch_size)
             for i in tqdm(starts, desc="features", unit="batch", disable=not progress):
-                batch = images[i:i + batch_size].to(device)
+                batch = images[i : i + batch_size].to(device)
                 out = extractor(batch)
                 if out.shape[0] != batch.shape[0]:
-                    raise ValueError(f"extractor returned shape {tuple(out.shape)} "
-                                     f"for a batch of {batch.shape[0]}")
+                    raise ValueError(
+                        f"extractor returned shape {tuple(out.shape)} for a batch of {batch.shape[0]}"
+                    )
                 chunks.append(out.flatten(1).float().cpu())
             if not chunks:  # N = 0: run an empty batch for the feature size
                 chunks.append(extractor(images[:0].to(device)).flatten(1).float().cpu())
@@ -116,8 +123,9 @@ def extract_features(extractor: nn.Module, images, batch_size: int = 128, progre
     return torch.cat(chunks)
 
 
-def normalize_features(features: torch.Tensor, noise: float = 1e-2, generator: torch.Generator | None = None
-                       ) -> torch.Tensor:
+def normalize_features(
+    features: torch.Tensor, noise: float = 1e-2, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Each row scaled to unit L2 norm, plus N(0, noise^2) per coordinate (Schmier et al. 2022 Sec. 5:
     "we normalize all features to a hypersphere and add small noise afterwards to obtain a
     valid density"). The default 1e-2 is our choice (no value taken from the paper): a shell
@@ -166,7 +174,7 @@ class CachedFeatures:
         flat = images.detach().cpu().contiguous().reshape(len(images), -1).numpy()
         return [hashlib.sha1(row.tobytes()).digest() for row in flat]
 
-    def add(self, images: torch.Tensor, features: torch.Tensor) -> "CachedFeatures":
+    def add(self, images: torch.Tensor, features: torch.Tensor) -> CachedFeatures:
         if len(images) != len(features):
             raise ValueError(f"CachedFeatures.add: {len(images)} images but {len(features)} feature rows")
         for key, row in zip(self._keys(images), features):
@@ -178,8 +186,10 @@ class CachedFeatures:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
-            raise ValueError(f"CachedFeatures: expected images [B, C, H, W], got "
-                             f"{list(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
+            raise ValueError(
+                f"CachedFeatures: expected images [B, C, H, W], got "
+                f"{list(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}"
+            )
         keys = self._keys(images)
         first: dict[bytes, int] = {}
         for i, k in enumerate(keys):
@@ -188,8 +198,10 @@ class CachedFeatures:
         missing = list(first.values())
         if missing:
             if self.extractor is None:
-                raise KeyError(f"CachedFeatures: {len(missing)} of {len(images)} images have no stored features "
-                               f"and no extractor was given")
+                raise KeyError(
+                    f"CachedFeatures: {len(missing)} of {len(images)} images have no stored features "
+                    f"and no extractor was given"
+                )
             new = extract_features(self.extractor, images[missing], progress=False)
             if self.normalize:
                 new = normalize_features(new, noise=0.0)

@@ -50,16 +50,23 @@ def _open(path: str):
 
 def _scan(root: str, extensions) -> tuple[list[tuple[str, int]], list[str] | None]:
     """(sorted (path, label) pairs, class names or None) of the image files under ``root``."""
+
     def images_under(folder: str) -> list[str]:
         found = []
         for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            found += [os.path.join(dirpath, f) for f in sorted(filenames)
-                      if f.lower().endswith(extensions) and not f.startswith(".")]
+            found += [
+                os.path.join(dirpath, f)
+                for f in sorted(filenames)
+                if f.lower().endswith(extensions) and not f.startswith(".")
+            ]
         return found
 
-    top = sorted(e.name for e in os.scandir(root) if e.is_file() and e.name.lower().endswith(extensions)
-                 and not e.name.startswith("."))
+    top = sorted(
+        e.name
+        for e in os.scandir(root)
+        if e.is_file() and e.name.lower().endswith(extensions) and not e.name.startswith(".")
+    )
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     if top or not classes:
         return [(p, -1) for p in images_under(root)], None
@@ -95,8 +102,9 @@ class ImageFolder(torch.utils.data.Dataset):
         self.root, self.transform, self.extensions = root, transform, tuple(e.lower() for e in extensions)
         self.samples, self.classes = _scan(root, self.extensions)
         if not self.samples:
-            raise ValueError(f"{root}: no image files ({', '.join(self.extensions)}) in the folder or its "
-                             "sub-folders")
+            raise ValueError(
+                f"{root}: no image files ({', '.join(self.extensions)}) in the folder or its sub-folders"
+            )
 
     @property
     def paths(self) -> list[str]:
@@ -119,8 +127,14 @@ class ImageFolder(torch.utils.data.Dataset):
         from tqdm import tqdm
 
         images, labels, paths, skipped = [], [], [], []
-        for path, label in tqdm(self.samples, desc=f"reading {self.root}", unit="img", disable=not progress,
-                                leave=False, mininterval=0.5):
+        for path, label in tqdm(
+            self.samples,
+            desc=f"reading {self.root}",
+            unit="img",
+            disable=not progress,
+            leave=False,
+            mininterval=0.5,
+        ):
             try:
                 images.append(_open(path))
             except Exception as e:
@@ -131,8 +145,10 @@ class ImageFolder(torch.utils.data.Dataset):
         if skipped:
             warnings.warn(describe_skipped(skipped), UnreadableImagesWarning, stacklevel=2)
         if not images:
-            raise ValueError(f"{self.root}: none of its {len(self.samples)} image files could be read "
-                             f"(first: {skipped[0][0]}: {skipped[0][1]})")
+            raise ValueError(
+                f"{self.root}: none of its {len(self.samples)} image files could be read "
+                f"(first: {skipped[0][0]}: {skipped[0][1]})"
+            )
         lab = torch.tensor(labels, dtype=torch.int64) if self.classes is not None else None
         return images, lab, paths, skipped
 
@@ -163,7 +179,9 @@ class Source:
         return len(self.images)
 
 
-def load_source(spec, progress: bool = False, n: int | None = None, seed: int = 0, split: str = "test") -> Source:
+def load_source(
+    spec, progress: bool = False, n: int | None = None, seed: int = 0, split: str = "test"
+) -> Source:
     """Reads the source ``spec`` names: a folder of image files (:class:`ImageFolder`), one
     image file, a ``.npz`` (``detectors.datasets.load_npz``) or a named offline set
     (``detectors.datasets.load_named``: fashion-mnist, mnist, patches, ...).
@@ -191,7 +209,9 @@ def load_source(spec, progress: bool = False, n: int | None = None, seed: int = 
                 raise ValueError(f"{spec}: unreadable image ({type(e).__name__}: {e})") from None
             return Source(spec, [image], [spec])
         raise ValueError(f"{spec}: not a folder, an image file ({', '.join(IMAGE_EXTENSIONS)}) or a .npz")
-    looks_like_path = os.sep in spec or spec.lower().endswith((".npz",) + IMAGE_EXTENSIONS) or spec.startswith(".")
+    looks_like_path = (
+        os.sep in spec or spec.lower().endswith((".npz",) + IMAGE_EXTENSIONS) or spec.startswith(".")
+    )
     if looks_like_path:
         raise FileNotFoundError(f"{spec}: no such file or folder")
     if n is not None and (int(n) != n or n < 1):
@@ -214,12 +234,20 @@ def _pil(image, i: int = 0):
 
     if isinstance(image, Image.Image):
         return image
-    if isinstance(image, torch.Tensor) and image.dtype == torch.uint8 and image.dim() == 3 \
-            and image.shape[0] in (1, 3):
+    if (
+        isinstance(image, torch.Tensor)
+        and image.dtype == torch.uint8
+        and image.dim() == 3
+        and image.shape[0] in (1, 3)
+    ):
         arr = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
-        return Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr, mode="L" if arr.shape[2] == 1 else "RGB")
-    raise TypeError(f"image {i}: expected a PIL image or uint8 [C, H, W] with C in {{1, 3}}, got "
-                    f"{type(image).__name__} {getattr(image, 'dtype', '')} {list(getattr(image, 'shape', []))}")
+        return Image.fromarray(
+            arr[..., 0] if arr.shape[2] == 1 else arr, mode="L" if arr.shape[2] == 1 else "RGB"
+        )
+    raise TypeError(
+        f"image {i}: expected a PIL image or uint8 [C, H, W] with C in {{1, 3}}, got "
+        f"{type(image).__name__} {getattr(image, 'dtype', '')} {list(getattr(image, 'shape', []))}"
+    )
 
 
 def _size_mode(image) -> tuple[tuple[int, int], bool]:
@@ -249,8 +277,14 @@ class ImagePolicy:
             raise ValueError(f"resize must be 'shorter-side+center-crop', got {self.resize!r}")
 
     @classmethod
-    def from_images(cls, images, size: int | None = None, channels: int | None = None, multiple: int = 1,
-                    max_size: int | None = None) -> "ImagePolicy":
+    def from_images(
+        cls,
+        images,
+        size: int | None = None,
+        channels: int | None = None,
+        multiple: int = 1,
+        max_size: int | None = None,
+    ) -> ImagePolicy:
         """The policy the data suggest: ``size`` = the smaller side of the most common image size
         (capped at ``max_size``, rounded down to a multiple of ``multiple``), ``channels`` = 3
         when any image is in colour, else 1.  Given values are kept (``size`` must then be a
@@ -265,11 +299,15 @@ class ImagePolicy:
                 size = min(size, max_size)
             size -= size % multiple
             if size < max(1, multiple):
-                raise ValueError(f"the most common image size is {h}x{w}, smaller than the {multiple} pixels "
-                                 f"the model needs; pass a larger --size")
+                raise ValueError(
+                    f"the most common image size is {h}x{w}, smaller than the {multiple} pixels "
+                    f"the model needs; pass a larger --size"
+                )
         elif size % multiple:
-            raise ValueError(f"size {size} is not a multiple of {multiple} (needed by the model's scales); "
-                             f"use e.g. {max(multiple, size - size % multiple)}")
+            raise ValueError(
+                f"size {size} is not a multiple of {multiple} (needed by the model's scales); "
+                f"use e.g. {max(multiple, size - size % multiple)}"
+            )
         if channels is None:
             channels = 3 if any(c for _, c in stats) else 1
         return cls(int(size), int(channels))
@@ -282,13 +320,21 @@ class ImagePolicy:
         s = self.size
         if isinstance(images, torch.Tensor):
             if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):
-                raise TypeError(f"expected uint8 images [N, 1 or 3, H, W], got {images.dtype} {list(images.shape)}")
+                raise TypeError(
+                    f"expected uint8 images [N, 1 or 3, H, W], got {images.dtype} {list(images.shape)}"
+                )
             if images.shape[1] == self.channels and images.shape[2:] == (s, s):
                 return images
         out = torch.empty((len(images), self.channels, s, s), dtype=torch.uint8)
         mode = "L" if self.channels == 1 else "RGB"
-        for i in tqdm(range(len(images)), desc="resizing", unit="img", disable=not progress, leave=False,
-                      mininterval=0.5):
+        for i in tqdm(
+            range(len(images)),
+            desc="resizing",
+            unit="img",
+            disable=not progress,
+            leave=False,
+            mininterval=0.5,
+        ):
             im = _pil(images[i], i)
             if im.mode != mode:
                 im = im.convert(mode)
@@ -308,5 +354,5 @@ class ImagePolicy:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> "ImagePolicy":
+    def from_json(cls, d: dict) -> ImagePolicy:
         return cls(int(d["size"]), int(d["channels"]), str(d.get("resize", "shorter-side+center-crop")))

@@ -22,8 +22,9 @@ def extractor(input_size: int = DEFAULT_INPUT_SIZE):
     return EfficientNetLite0(input_size=int(input_size))
 
 
-def image_features(images: torch.Tensor, input_size: int = DEFAULT_INPUT_SIZE, progress: bool = False,
-                   batch_size: int = 64) -> torch.Tensor:
+def image_features(
+    images: torch.Tensor, input_size: int = DEFAULT_INPUT_SIZE, progress: bool = False, batch_size: int = 64
+) -> torch.Tensor:
     """uint8 images or floats in [-0.5, 0.5], [N, C, H, W] with C in {1, 3} -> float32 [N, 1280]
     unit vectors (``features.normalize_features`` with noise 0)."""
     from .features import extract_features, normalize_features

@@ -76,10 +76,13 @@ def _one_image(item, where: str, index: int) -> torch.Tensor:
     if isinstance(item, torch.Tensor):
         return item[None] if item.dim() == 2 else item
     if isinstance(item, (int, float, np.number)):  # one feature vector given as a list of numbers
-        raise TypeError(f"{where}: item {index} is a number; pass feature vectors as a tensor or "
-                        "numpy array [B, D]")
-    raise TypeError(f"{where}: item {index} is a {type(item).__name__}; expected a PIL image, a numpy "
-                    "array or a tensor (optionally in an (image, label) pair)")
+        raise TypeError(
+            f"{where}: item {index} is a number; pass feature vectors as a tensor or numpy array [B, D]"
+        )
+    raise TypeError(
+        f"{where}: item {index} is a {type(item).__name__}; expected a PIL image, a numpy "
+        "array or a tensor (optionally in an (image, label) pair)"
+    )
 
 
 def _split_item(item):
@@ -100,17 +103,24 @@ def _stack(images: list[torch.Tensor], where: str) -> torch.Tensor:
         raise ValueError(f"{where}: no inputs (empty list / dataset)")
     first = images[0]
     for i, im in enumerate(images):
-        if im.dim() != first.dim() or (im.dim() == 3 and im.shape[1:] != first.shape[1:]) or \
-                (im.dim() != 3 and im.shape != first.shape):
-            raise ValueError(f"{where}: item {i} has shape {list(im.shape)} but item 0 has "
-                             f"{list(first.shape)}; resize the images to one size first "
-                             "(or score them through a detector bundle, which resizes by its policy)")
+        if (
+            im.dim() != first.dim()
+            or (im.dim() == 3 and im.shape[1:] != first.shape[1:])
+            or (im.dim() != 3 and im.shape != first.shape)
+        ):
+            raise ValueError(
+                f"{where}: item {i} has shape {list(im.shape)} but item 0 has "
+                f"{list(first.shape)}; resize the images to one size first "
+                "(or score them through a detector bundle, which resizes by its policy)"
+            )
         if im.dtype != first.dtype:
             raise TypeError(f"{where}: item {i} has dtype {im.dtype} but item 0 has {first.dtype}")
     if first.dim() == 3 and len({im.shape[0] for im in images}) > 1:
         if {im.shape[0] for im in images} != {1, 3}:
-            raise ValueError(f"{where}: images with {sorted({im.shape[0] for im in images})} channels; "
-                             "expected 1 (grey) or 3 (RGB)")
+            raise ValueError(
+                f"{where}: images with {sorted({im.shape[0] for im in images})} channels; "
+                "expected 1 (grey) or 3 (RGB)"
+            )
         images = [im.expand(3, -1, -1) if im.shape[0] == 1 else im for im in images]
     return torch.stack(images)
 
@@ -121,7 +131,8 @@ def _is_dataloader(x) -> bool:
 
 def _is_dataset(x) -> bool:
     return isinstance(x, torch.utils.data.Dataset) or (
-        hasattr(x, "__getitem__") and hasattr(x, "__len__") and not isinstance(x, (list, tuple, str, dict)))
+        hasattr(x, "__getitem__") and hasattr(x, "__len__") and not isinstance(x, (list, tuple, str, dict))
+    )
 
 
 def as_batch_with_labels(x, where: str = "input", progress: bool = False):
@@ -137,11 +148,15 @@ def as_batch_with_labels(x, where: str = "input", progress: bool = False):
     if _is_pil(x):
         return pil_to_tensor(x)[None], None
     if isinstance(x, (str, bytes)) or hasattr(x, "__fspath__"):
-        raise TypeError(f"{where}: got a path {x!r}; load the images first (detectors.datasets.load_source "
-                        "or ImageFolder) or score files with a bundle: python -m detectors score DET --data PATH")
+        raise TypeError(
+            f"{where}: got a path {x!r}; load the images first (detectors.datasets.load_source "
+            "or ImageFolder) or score files with a bundle: python -m detectors score DET --data PATH"
+        )
     if _is_dataloader(x):
         images, labels = [], []
-        for batch in tqdm(x, desc=f"{where}: reading batches", unit="batch", disable=not progress, leave=False):
+        for batch in tqdm(
+            x, desc=f"{where}: reading batches", unit="batch", disable=not progress, leave=False
+        ):
             if isinstance(batch, (tuple, list)):
                 imgs = batch[0]
                 lab = batch[1] if len(batch) > 1 else None
@@ -149,8 +164,11 @@ def as_batch_with_labels(x, where: str = "input", progress: bool = False):
                 imgs, lab = batch, None
             imgs = imgs if isinstance(imgs, torch.Tensor) else as_batch(imgs, where)
             images.append(imgs)
-            labels.append(torch.as_tensor(lab).reshape(-1).long() if lab is not None and
-                          torch.as_tensor(lab).numel() == len(imgs) else None)
+            labels.append(
+                torch.as_tensor(lab).reshape(-1).long()
+                if lab is not None and torch.as_tensor(lab).numel() == len(imgs)
+                else None
+            )
         if not images:
             raise ValueError(f"{where}: the DataLoader yielded no batches")
         out = torch.cat(images)
@@ -162,14 +180,18 @@ def as_batch_with_labels(x, where: str = "input", progress: bool = False):
             raise ValueError(f"{where}: no inputs (empty {type(x).__name__})")
         images, labels = [], []
         kind = "items" if isinstance(x, (list, tuple)) else "dataset"
-        for i in tqdm(range(n), desc=f"{where}: reading {kind}", unit="img", disable=not progress, leave=False):
+        for i in tqdm(
+            range(n), desc=f"{where}: reading {kind}", unit="img", disable=not progress, leave=False
+        ):
             image, label = _split_item(x[i])
             images.append(_one_image(image, where, i))
             labels.append(label)
         lab = torch.tensor(labels, dtype=torch.int64) if all(v is not None for v in labels) else None
         return _stack(images, where), lab
-    raise TypeError(f"{where}: expected a torch.Tensor, numpy array, list of PIL images, "
-                    f"torch.utils.data.Dataset or DataLoader, got {type(x).__name__}")
+    raise TypeError(
+        f"{where}: expected a torch.Tensor, numpy array, list of PIL images, "
+        f"torch.utils.data.Dataset or DataLoader, got {type(x).__name__}"
+    )
 
 
 def as_batch(x, where: str = "input", progress: bool = False) -> torch.Tensor:

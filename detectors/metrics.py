@@ -32,8 +32,10 @@ def _as_array(scores, name: str) -> np.ndarray:
     if arr.size == 0:
         raise ValueError(f"evaluate: {name} is empty")
     if np.isnan(arr).any():
-        raise ValueError(f"evaluate: {name} contains NaN scores; set non-finite log-likelihoods to a "
-                         "finite floor (detectors use -3e6, Schirrmeister et al. 2020 S4.5) before scoring")
+        raise ValueError(
+            f"evaluate: {name} contains NaN scores; set non-finite log-likelihoods to a "
+            "finite floor (detectors use -3e6, Schirrmeister et al. 2020 S4.5) before scoring"
+        )
     return arr
 
 
@@ -73,7 +75,7 @@ def evaluate(s_in, s_out, balance: bool = False, seed: int = 0) -> dict[str, flo
     lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
     span = max(hi - lo, 1.0)
     both = np.where(both == np.inf, hi + span, np.where(both == -np.inf, lo - span, both))
-    s_in, s_out = both[: len(s_in)], both[len(s_in):]
+    s_in, s_out = both[: len(s_in)], both[len(s_in) :]
     labels_out = np.concatenate([np.zeros(len(s_in)), np.ones(len(s_out))])
     fpr95 = fpr_at_tpr(s_in, s_out, 0.95)
     return {

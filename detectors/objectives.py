@@ -15,7 +15,7 @@ parameter gradient NaN (0 * inf in its backward).  Numeric arguments are validat
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -33,11 +33,15 @@ MAX_DROPPED = 0.75
 def _check_pair(a: torch.Tensor, b: torch.Tensor, where: str, same_shape: bool = True) -> None:
     for name, t in (("first", a), ("second", b)):
         if not isinstance(t, torch.Tensor) or t.dim() != 1 or not t.is_floating_point():
-            raise ValueError(f"{where}: expected 1-D floating log-likelihood tensors [B], got {name} "
-                             f"{list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+            raise ValueError(
+                f"{where}: expected 1-D floating log-likelihood tensors [B], got {name} "
+                f"{list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}"
+            )
     if same_shape and a.shape != b.shape:
-        raise ValueError(f"{where}: the two log-likelihood tensors must have the same shape (one entry per "
-                         f"sample under each model), got {list(a.shape)} and {list(b.shape)}")
+        raise ValueError(
+            f"{where}: the two log-likelihood tensors must have the same shape (one entry per "
+            f"sample under each model), got {list(a.shape)} and {list(b.shape)}"
+        )
 
 
 def nll(log_p: torch.Tensor) -> torch.Tensor:
@@ -45,8 +49,12 @@ def nll(log_p: torch.Tensor) -> torch.Tensor:
     return finite_mean(-log_p, MAX_DROPPED)
 
 
-def outlier_loss(logp_in_model: torch.Tensor, logp_general_model: torch.Tensor, temperature: float = 1000.0,
-                 weight: float = 6000.0) -> torch.Tensor:
+def outlier_loss(
+    logp_in_model: torch.Tensor,
+    logp_general_model: torch.Tensor,
+    temperature: float = 1000.0,
+    weight: float = 6000.0,
+) -> torch.Tensor:
     """Outlier loss of Schirrmeister et al. 2020 Eq. 2 on general-distribution samples x_g:
 
         L_o = -lambda * log sigmoid((log p_g(x_g) - log p_in(x_g)) / T),   T=1000, lambda=6000
@@ -129,8 +137,13 @@ def approx_mass_penalty(model, x: torch.Tensor, alpha: float = 2.0, return_terms
     return loss
 
 
-def supervised_outlier_loss(class_log_probs: torch.Tensor, labels: torch.Tensor, logp_general: torch.Tensor,
-                            temperature: float = 1000.0, weight: float = 6000.0) -> torch.Tensor:
+def supervised_outlier_loss(
+    class_log_probs: torch.Tensor,
+    labels: torch.Tensor,
+    logp_general: torch.Tensor,
+    temperature: float = 1000.0,
+    weight: float = 6000.0,
+) -> torch.Tensor:
     """Supervised outlier loss (Schirrmeister et al. 2020 Sec. 3.2): each class-conditional mode k of p_in
     treats the samples of the other classes as its outliers, as the x_g of Eq. 2:
 
@@ -138,8 +151,10 @@ def supervised_outlier_loss(class_log_probs: torch.Tensor, labels: torch.Tensor,
 
     ``class_log_probs`` [B, K] = log p_in(x_i | k); ``logp_general`` [B] = log p_g(x_i)."""
     if class_log_probs.dim() != 2 or labels.shape != class_log_probs.shape[:1]:
-        raise ValueError(f"supervised_outlier_loss: expected class_log_probs [B, K] and labels [B], got "
-                         f"{list(class_log_probs.shape)} and {list(labels.shape)}")
+        raise ValueError(
+            f"supervised_outlier_loss: expected class_log_probs [B, K] and labels [B], got "
+            f"{list(class_log_probs.shape)} and {list(labels.shape)}"
+        )
     b, k = class_log_probs.shape
     others = torch.ones(b, k, dtype=torch.bool, device=class_log_probs.device)
     others[torch.arange(b), labels] = False
@@ -169,11 +184,16 @@ def _with_draw(model, batch: Batch, data: torch.Tensor, n: int | None = None):
     carry no gradient (``log_prob_dropping_non_finite``)."""
     drawn = _draw(data, n or len(batch.x), batch.generator, batch.x)
     lp = log_prob_dropping_non_finite(model, torch.cat([batch.x, drawn]))
-    return lp[: len(batch.x)], drawn, lp[len(batch.x):]
+    return lp[: len(batch.x)], drawn, lp[len(batch.x) :]
 
 
-def outlier_objective(general_model, outliers: torch.Tensor, temperature: float = 1000.0,
-                      weight: float = 6000.0, outlier_batch: int | None = None) -> Callable:
+def outlier_objective(
+    general_model,
+    outliers: torch.Tensor,
+    temperature: float = 1000.0,
+    weight: float = 6000.0,
+    outlier_batch: int | None = None,
+) -> Callable:
     """Trainer objective: NLL on the batch + the outlier loss (Eq. 2) on ``outliers`` drawn
     from the general distribution, scored by the frozen ``general_model``.  The sum is in
     nats per image as in the paper, divided by D log 2 (bits/dim units)."""

@@ -29,10 +29,20 @@ import torch.nn.functional as F
 
 from .metrics import evaluate
 
-KINDS = {"MNIST": "dataset", "sklearn digits": "dataset", "test photos": "dataset",
-         "FMNIST inverted": "transform", "FMNIST upside down": "transform", "FMNIST rotated 90": "transform",
-         "FMNIST low contrast": "transform", "FMNIST pixels shuffled": "transform",
-         "uniform noise": "synthetic", "smooth noise": "synthetic", "constant": "synthetic", "stripes": "synthetic"}
+KINDS = {
+    "MNIST": "dataset",
+    "sklearn digits": "dataset",
+    "test photos": "dataset",
+    "FMNIST inverted": "transform",
+    "FMNIST upside down": "transform",
+    "FMNIST rotated 90": "transform",
+    "FMNIST low contrast": "transform",
+    "FMNIST pixels shuffled": "transform",
+    "uniform noise": "synthetic",
+    "smooth noise": "synthetic",
+    "constant": "synthetic",
+    "stripes": "synthetic",
+}
 
 
 def _u8(x: torch.Tensor) -> torch.Tensor:
@@ -45,7 +55,7 @@ def in_and_base(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
     test = load_fashion_mnist("test")[0]
     perm = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
-    return test[perm[:n]], test[perm[n: 2 * n]]
+    return test[perm[:n]], test[perm[n : 2 * n]]
 
 
 def ood_sets(n: int = 1000, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -69,8 +79,11 @@ def ood_sets(n: int = 1000, seed: int = 0) -> dict[str, torch.Tensor]:
     freq = torch.rand(n, 1, 1, 1, generator=g) * 1.2 + 0.2
     phase = torch.rand(n, 1, 1, 1, generator=g) * 6.3
     vertical = torch.rand(n, 1, 1, 1, generator=g) < 0.5
-    stripes = torch.where(vertical, torch.sin(freq * t.view(1, 1, 1, 28) + phase).expand(n, 1, 28, 28),
-                          torch.sin(freq * t.view(1, 1, 28, 1) + phase).expand(n, 1, 28, 28))
+    stripes = torch.where(
+        vertical,
+        torch.sin(freq * t.view(1, 1, 1, 28) + phase).expand(n, 1, 28, 28),
+        torch.sin(freq * t.view(1, 1, 28, 1) + phase).expand(n, 1, 28, 28),
+    )
     smooth = F.interpolate(torch.rand(n, 1, 7, 7, generator=g), size=28, mode="bicubic", align_corners=False)
     return {
         "MNIST": mnist[torch.randperm(len(mnist), generator=g)[:n]],
@@ -96,7 +109,12 @@ def score_suite(detectors: dict, x_in: torch.Tensor, sets: dict[str, torch.Tenso
         s_in = det.score(x_in)
         per = {k: float(evaluate(s_in, det.score(x))["auroc"]) for k, x in sets.items()}
         worst = min(per, key=per.get)
-        out[name] = {"per_set": per, "worst": per[worst], "worst_set": worst, "mean": float(np.mean(list(per.values())))}
+        out[name] = {
+            "per_set": per,
+            "worst": per[worst],
+            "worst_set": worst,
+            "mean": float(np.mean(list(per.values()))),
+        }
     return out
 
 
@@ -113,12 +131,17 @@ def markdown(results: dict, floor: float = 0.9) -> str:
     lines = ["| detector | " + " | ".join(sets) + " | worst | mean |", "| --- |" + " --- |" * (len(sets) + 2)]
     for name in sorted(results, key=lambda k: -results[k]["worst"]):
         r = results[name]
-        lines.append(f"| {name} | " + " | ".join(f"{100 * r['per_set'][s]:.1f}" for s in sets) +
-                     f" | **{100 * r['worst']:.1f}** ({r['worst_set']}) | {100 * r['mean']:.1f} |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{100 * r['per_set'][s]:.1f}" for s in sets)
+            + f" | **{100 * r['worst']:.1f}** ({r['worst_set']}) | {100 * r['mean']:.1f} |"
+        )
     chosen = recommend(results, floor)
-    verdict = (f"Recommended (worst-case AUROC >= {100 * floor:.0f}): " + ", ".join(chosen)
-               if results[chosen[0]]["worst"] >= floor else
-               f"No detector reaches a worst-case AUROC of {100 * floor:.0f}; the best worst case: {chosen[0]}")
+    verdict = (
+        f"Recommended (worst-case AUROC >= {100 * floor:.0f}): " + ", ".join(chosen)
+        if results[chosen[0]]["worst"] >= floor
+        else f"No detector reaches a worst-case AUROC of {100 * floor:.0f}; the best worst case: {chosen[0]}"
+    )
     lines += ["", "Kinds: " + ", ".join(f"{k} ({v})" for k, v in KINDS.items()) + ".", "", verdict]
     return "\n".join(lines) + "\n"
 
@@ -135,17 +158,27 @@ def zoo_detectors(fit_images: torch.Tensor | None = None) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m detectors.ood_suite", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m detectors.ood_suite",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", default="runs/ood-suite")
     p.add_argument("--n", type=int, default=500, help="images per set (and in-distribution)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--floor", type=float, default=0.9, help="worst-case AUROC a recommended detector reaches")
-    p.add_argument("--features", action="store_true", help="add the EfficientNet feature detectors (slow on a CPU)")
+    p.add_argument(
+        "--features", action="store_true", help="add the EfficientNet feature detectors (slow on a CPU)"
+    )
     p.add_argument("--feature-size", type=int, default=64)
-    p.add_argument("--ensemble", action="append", default=[], metavar="A+B",
-                   help="add an ensemble (detectors.Ensemble: z-scores summed, standardised on held-out "
-                   "Fashion-MNIST test images) of the named detectors, e.g. 'features: PCA+last scale'")
+    p.add_argument(
+        "--ensemble",
+        action="append",
+        default=[],
+        metavar="A+B",
+        help="add an ensemble (detectors.Ensemble: z-scores summed, standardised on held-out "
+        "Fashion-MNIST test images) of the named detectors, e.g. 'features: PCA+last scale'",
+    )
     a = p.parse_args(argv)
     if a.n < 1:
         p.error(f"--n must be a positive integer, got {a.n}")
@@ -169,13 +202,18 @@ def main(argv=None) -> int:
         fit = feature_fit_images(cfg, train, zoo_general_images(cfg))
         for k, f in shipped_features(fit, a.feature_size).items():
             extractor.add(fit[k], f)
-        dets.update({f"features: {k}": v for k, v in
-                     feature_detectors(fit["train"], fit["aux"], transform=extractor).items()})
+        dets.update(
+            {
+                f"features: {k}": v
+                for k, v in feature_detectors(fit["train"], fit["aux"], transform=extractor).items()
+            }
+        )
     if a.ensemble:
         from .experiments import ensembles
 
-        val = load_fashion_mnist("test")[0][torch.randperm(10000, generator=torch.Generator().manual_seed(
-            a.seed))[2 * a.n: 3 * a.n]]  # disjoint from the scored and the transformed test images
+        val = load_fashion_mnist("test")[0][
+            torch.randperm(10000, generator=torch.Generator().manual_seed(a.seed))[2 * a.n : 3 * a.n]
+        ]  # disjoint from the scored and the transformed test images
         try:
             dets.update(ensembles(dets, a.ensemble, val))
         except ValueError as err:
@@ -183,8 +221,17 @@ def main(argv=None) -> int:
     results = score_suite(dets, x_in, sets)
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "suite.json"), "w") as f:
-        json.dump({"n": a.n, "seed": a.seed, "kinds": KINDS, "detectors": results,
-                   "recommended": recommend(results, a.floor)}, f, indent=1)
+        json.dump(
+            {
+                "n": a.n,
+                "seed": a.seed,
+                "kinds": KINDS,
+                "detectors": results,
+                "recommended": recommend(results, a.floor),
+            },
+            f,
+            indent=1,
+        )
     md = markdown(results, a.floor)
     with open(os.path.join(a.out, "suite.md"), "w") as f:
         f.write(md)

@@ -36,17 +36,52 @@ from .datasets import NATURAL_PHOTOS, DatasetUnavailable, natural_photos
 
 BACKGROUNDS = "/usr/share/backgrounds"
 #: (Debian package, path under /usr/share/backgrounds) of the wallpaper photographs
-WALLPAPER_PHOTOS = tuple(("mate-backgrounds", f"mate/nature/{n}.jpg") for n in (
-    "Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird", "RainDrops", "Storm",
-    "TwoWings", "Wood", "YellowFlower")) + tuple(("lomiri-wallpapers-16.04", f"{n}.jpg") for n in (
-        "Bridge_by_Sander_Klootwijk", "Dragonfly_by_Bolly", "Picture_0B_by_freespace", "Picture_1A_by_freespace",
-        "Wine_by_Jakkub_Mede", "aitzgorri_by_Aitzol_Berasategi", "free_by_Peter_Nerlich",
-        "friends_by_Aitzol_Berasategi", "greentock_by_Peter_Nerlich", "life_by_Aitzol_Berasategi",
-        "picosdeeuropa_by_Aitzol_Berasategi", "seeding_by_Clements_Engelhardt", "sunset_by_Aitzol_Berasategi"))
+WALLPAPER_PHOTOS = tuple(
+    ("mate-backgrounds", f"mate/nature/{n}.jpg")
+    for n in (
+        "Aqua",
+        "Blinds",
+        "Dune",
+        "FreshFlower",
+        "Garden",
+        "GreenMeadow",
+        "LadyBird",
+        "RainDrops",
+        "Storm",
+        "TwoWings",
+        "Wood",
+        "YellowFlower",
+    )
+) + tuple(
+    ("lomiri-wallpapers-16.04", f"{n}.jpg")
+    for n in (
+        "Bridge_by_Sander_Klootwijk",
+        "Dragonfly_by_Bolly",
+        "Picture_0B_by_freespace",
+        "Picture_1A_by_freespace",
+        "Wine_by_Jakkub_Mede",
+        "aitzgorri_by_Aitzol_Berasategi",
+        "free_by_Peter_Nerlich",
+        "friends_by_Aitzol_Berasategi",
+        "greentock_by_Peter_Nerlich",
+        "life_by_Aitzol_Berasategi",
+        "picosdeeuropa_by_Aitzol_Berasategi",
+        "seeding_by_Clements_Engelhardt",
+        "sunset_by_Aitzol_Berasategi",
+    )
+)
 PACKAGES = ("mate-backgrounds", "lomiri-wallpapers-16.04")
 #: photo names (file name without extension) held out for split="test"
-TEST_PHOTOS = ("coffee", "grass", "flower", "LadyBird", "Storm", "Wine_by_Jakkub_Mede",
-               "picosdeeuropa_by_Aitzol_Berasategi", "Dragonfly_by_Bolly")
+TEST_PHOTOS = (
+    "coffee",
+    "grass",
+    "flower",
+    "LadyBird",
+    "Storm",
+    "Wine_by_Jakkub_Mede",
+    "picosdeeuropa_by_Aitzol_Berasategi",
+    "Dragonfly_by_Bolly",
+)
 _MAX_SIDE = 1024  # wallpapers are up to 5k wide: read them at about 1024 px (Pillow draft + box filter)
 
 
@@ -61,10 +96,12 @@ def grey_photos() -> tuple[tuple[str, np.ndarray], ...]:
     from PIL import Image
 
     out = [(_name(name), arr) for (_, name), arr in zip(NATURAL_PHOTOS, natural_photos(grey=True))]
-    for package, rel in WALLPAPER_PHOTOS:
+    for _package, rel in WALLPAPER_PHOTOS:
         path = os.path.join(BACKGROUNDS, rel)
         if not os.path.isfile(path):
-            raise DatasetUnavailable(f"{path} is missing: make data (apt-get install -y {' '.join(PACKAGES)})")
+            raise DatasetUnavailable(
+                f"{path} is missing: make data (apt-get install -y {' '.join(PACKAGES)})"
+            )
         with Image.open(path) as im:
             im.draft("RGB", (_MAX_SIDE, _MAX_SIDE))
             im = im.convert("RGB")
@@ -85,8 +122,9 @@ def split_photos(split: str) -> list[tuple[str, np.ndarray]]:
     return [(n, a) for n, a in grey_photos() if (n in TEST_PHOTOS) == (split == "test")]
 
 
-def photo_patches(n: int, size: int = 28, split: str = "train", seed: int = 0, min_side: int | None = None
-                  ) -> torch.Tensor:
+def photo_patches(
+    n: int, size: int = 28, split: str = "train", seed: int = 0, min_side: int | None = None
+) -> torch.Tensor:
     """``n`` grey patches uint8 [n, 1, size, size] of the photos of ``split``.
 
     Each patch picks a photo uniformly, a square window with side log-uniform between

@@ -3,15 +3,20 @@ Sec. 4.3), with optional class balancing, running any set of fitted detectors.""
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 
 from .metrics import evaluate
 
 
-def one_vs_rest(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                normal_class: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def one_vs_rest(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    normal_class: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One class is in-distribution, all others OOD: returns (train_in, test_in, test_out),
     the training images of ``normal_class`` and the test images of it and of the rest."""
     for name, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
@@ -22,8 +27,9 @@ def one_vs_rest(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tens
     return train_x[train_y == normal_class], test_x[test_y == normal_class], test_x[test_y != normal_class]
 
 
-def evaluate_detectors(detectors: Mapping, x_in: torch.Tensor, x_out: torch.Tensor, balance: bool = False,
-                       seed: int = 0) -> dict[str, dict[str, float]]:
+def evaluate_detectors(
+    detectors: Mapping, x_in: torch.Tensor, x_out: torch.Tensor, balance: bool = False, seed: int = 0
+) -> dict[str, dict[str, float]]:
     """Scores ``x_in`` (in-distribution test) and ``x_out`` (OOD) with each fitted detector:
     {NAME: metrics}.  ``balance`` equalises the two sets (Chali et al. 2023 Sec. 4.3)."""
     results = {}

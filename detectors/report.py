@@ -22,7 +22,7 @@ import io
 import json
 import math
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -64,12 +64,16 @@ def _as_scores(values, name: str, which: str) -> np.ndarray:
         values = values.detach().cpu().double().numpy()
     arr = np.asarray(values, dtype=np.float64)
     if arr.ndim != 1 or arr.size == 0:
-        raise ValueError(f"write_report: detector {name!r}: {which} scores must be a non-empty 1-D array, "
-                         f"got shape {arr.shape}")
+        raise ValueError(
+            f"write_report: detector {name!r}: {which} scores must be a non-empty 1-D array, "
+            f"got shape {arr.shape}"
+        )
     if np.isnan(arr).any():
-        raise ValueError(f"write_report: detector {name!r}: {which} scores contain "
-                         f"{int(np.isnan(arr).sum())} NaN value(s); set non-finite log-likelihoods to a "
-                         "finite floor (-3e6, Schirrmeister et al. 2020 S4.5)")
+        raise ValueError(
+            f"write_report: detector {name!r}: {which} scores contain "
+            f"{int(np.isnan(arr).sum())} NaN value(s); set non-finite log-likelihoods to a "
+            "finite floor (-3e6, Schirrmeister et al. 2020 S4.5)"
+        )
     return arr
 
 
@@ -80,7 +84,7 @@ def _finite_for_ranking(s_in: np.ndarray, s_out: np.ndarray):
     lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
     span = max(hi - lo, 1.0)
     both = np.where(both == np.inf, hi + span, np.where(both == -np.inf, lo - span, both))
-    return both[: len(s_in)], both[len(s_in):]
+    return both[: len(s_in)], both[len(s_in) :]
 
 
 def _uses_label(value) -> str:
@@ -92,8 +96,16 @@ def _uses_label(value) -> str:
 
 
 # -- report -----------------------------------------------------------------------------------
-def write_report(out_dir, in_name: str, ood_name: str, scores: Mapping, config: dict | None = None,
-                 notes=(), supervised: Mapping | None = None, plots: bool = True) -> dict:
+def write_report(
+    out_dir,
+    in_name: str,
+    ood_name: str,
+    scores: Mapping,
+    config: dict | None = None,
+    notes=(),
+    supervised: Mapping | None = None,
+    plots: bool = True,
+) -> dict:
     """Evaluates every detector and writes the report directory; returns the results dict
     (as written to ``results.json``).
 
@@ -115,8 +127,9 @@ def write_report(out_dir, in_name: str, ood_name: str, scores: Mapping, config: 
     supervised = dict(supervised or {})
     unknown = [k for k in supervised if k not in scores]
     if unknown:
-        raise ValueError(f"write_report: supervised names {unknown} are not detectors in scores "
-                         f"{list(scores)}")
+        raise ValueError(
+            f"write_report: supervised names {unknown} are not detectors in scores {list(scores)}"
+        )
     arrays, metrics = {}, {}
     for name, pair in scores.items():
         if not isinstance(name, str) or not name:
@@ -143,8 +156,9 @@ def write_report(out_dir, in_name: str, ood_name: str, scores: Mapping, config: 
     os.makedirs(out_dir, exist_ok=True)
     if plots:
         plot_roc(arrays, metrics, os.path.join(out_dir, "roc.png"))
-        plot_histograms(arrays, os.path.join(out_dir, "histograms.png"), in_name=str(in_name),
-                        ood_name=str(ood_name))
+        plot_histograms(
+            arrays, os.path.join(out_dir, "histograms.png"), in_name=str(in_name), ood_name=str(ood_name)
+        )
     atomic_write(os.path.join(out_dir, "report.md"), render_markdown(results, plots=plots))
     atomic_write(os.path.join(out_dir, "results.json"), text)
     return results
@@ -176,17 +190,32 @@ def render_markdown(results: dict, plots: bool = True) -> str:
         lines.append("(none)")
     if results.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
-    lines += ["", "## Results", "",
-              "Scores: higher = more anomalous. AUROC and AUPR-out take OOD as the positive class, AUPR-in "
-              "the in-distribution data; FPR95 is the share of OOD samples accepted when 95% of the "
-              "in-distribution samples are accepted (lower is better). All in percent.", "",
-              markdown_table(results), ""]
+    lines += [
+        "",
+        "## Results",
+        "",
+        "Scores: higher = more anomalous. AUROC and AUPR-out take OOD as the positive class, AUPR-in "
+        "the in-distribution data; FPR95 is the share of OOD samples accepted when 95% of the "
+        "in-distribution samples are accepted (lower is better). All in percent.",
+        "",
+        markdown_table(results),
+        "",
+    ]
     if plots:
-        lines += ["## ROC curves", "", "![ROC curves](roc.png)", "",
-                  "## Score histograms", "", "![Score histograms](histograms.png)", "",
-                  f"Each histogram shows the bulk of the scores (per group, the {HIST_PERCENTILES[0]}-"
-                  f"{HIST_PERCENTILES[1]} percentile range within {HIST_IQR:g} interquartile ranges of the "
-                  "quartiles); the number of scores outside it is given in each panel.", ""]
+        lines += [
+            "## ROC curves",
+            "",
+            "![ROC curves](roc.png)",
+            "",
+            "## Score histograms",
+            "",
+            "![Score histograms](histograms.png)",
+            "",
+            f"Each histogram shows the bulk of the scores (per group, the {HIST_PERCENTILES[0]}-"
+            f"{HIST_PERCENTILES[1]} percentile range within {HIST_IQR:g} interquartile ranges of the "
+            "quartiles); the number of scores outside it is given in each panel.",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -281,8 +310,9 @@ def load_results(path) -> dict:
         for k in METRICS:
             v = m[k]
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0.0 <= v <= 1.0):
-                raise ValueError(f"load_results: {path}: detector {name!r}: {k} must be a number in [0, 1], "
-                                 f"got {v!r}")
+                raise ValueError(
+                    f"load_results: {path}: detector {name!r}: {k} must be a number in [0, 1], got {v!r}"
+                )
     return results
 
 
@@ -330,8 +360,9 @@ def robust_range(groups, percentiles=HIST_PERCENTILES, iqr: float = HIST_IQR) ->
     return (lo - 0.5, hi + 0.5) if not hi > lo else (lo, hi)
 
 
-def plot_histograms(arrays: Mapping, path: str, in_name: str = "in", ood_name: str = "ood",
-                    bins: int = 50) -> None:
+def plot_histograms(
+    arrays: Mapping, path: str, in_name: str = "in", ood_name: str = "ood", bins: int = 50
+) -> None:
     """Grid of per-detector score histograms, in-distribution vs OOD, density-normalised over
     the shown range (``robust_range`` of the two groups, so that floors like -3e6 do not
     squash the plot); each panel states how many scores fall outside it."""
@@ -353,8 +384,14 @@ def plot_histograms(arrays: Mapping, path: str, in_name: str = "in", ood_name: s
             inside = values[(values >= lo) & (values <= hi)]
             clipped.append(len(values) - len(inside))
             if inside.size:
-                ax.hist(inside, bins=edges, density=True, alpha=0.5, color=color,
-                        label=f"{label} (n={len(values)})")
+                ax.hist(
+                    inside,
+                    bins=edges,
+                    density=True,
+                    alpha=0.5,
+                    color=color,
+                    label=f"{label} (n={len(values)})",
+                )
         ax.set_title(f"{name}\noutside range: {in_name} {clipped[0]}, {ood_name} {clipped[1]}", fontsize=9)
         ax.set_xlabel("anomaly score (higher = more anomalous)", fontsize=8)
         ax.tick_params(labelsize=7)

@@ -36,8 +36,8 @@ import functools
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -53,8 +53,22 @@ from .experiments import Memoized, feature_flows
 from .experiments import train_model as _train
 from .metrics import evaluate
 from .report import setting, write_report
-from .scores import (KDE, KNN, PCA, ApproximateMass, BitsPerDim, Ensemble, InputComplexity, Likelihood,
-                     LikelihoodRatio, MSERatio, MSEToMean, ScaleContribution, ScaleRatio, Typicality)
+from .scores import (
+    KDE,
+    KNN,
+    PCA,
+    ApproximateMass,
+    BitsPerDim,
+    Ensemble,
+    InputComplexity,
+    Likelihood,
+    LikelihoodRatio,
+    MSERatio,
+    MSEToMean,
+    ScaleContribution,
+    ScaleRatio,
+    Typicality,
+)
 
 METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")
 #: the Schmier et al. 2022 flows that ``one-vs-rest`` trains per class (Tab. 1: Flow vs CF)
@@ -70,20 +84,20 @@ class ReproduceConfig:
     batch_size: int = 64
     lr: float = 5e-3
     warmup: int = 50
-    translate: int = 1          # Schirrmeister et al. 2020 S4.1
-    steps: int = 600            # in-distribution and general models
-    steps_finetune: int = 300   # every finetuned variant (no loss, margin, outlier, dagger, approx. mass)
+    translate: int = 1  # Schirrmeister et al. 2020 S4.1
+    steps: int = 600  # in-distribution and general models
+    steps_finetune: int = 300  # every finetuned variant (no loss, margin, outlier, dagger, approx. mass)
     lr_finetune: float = 2e-3
-    approx_mass_alpha: float = 2.0   # Chali et al. 2023 Eq. 2
-    steps_arch: int = 400       # architecture ablations
+    approx_mass_alpha: float = 2.0  # Chali et al. 2023 Eq. 2
+    steps_arch: int = 400  # architecture ablations
     n_general: int = 30000
-    n_eval: int = 5000          # Fashion-MNIST test images and MNIST digits scored (each)
+    n_eval: int = 5000  # Fashion-MNIST test images and MNIST digits scored (each)
     # PixelCNN++ and classifiers
-    pcnn_filters: int = 16      # Schirrmeister et al. 2020 S1.2: 120 filters; shrunk for the CPU
+    pcnn_filters: int = 16  # Schirrmeister et al. 2020 S1.2: 120 filters; shrunk for the CPU
     pcnn_steps: int = 200
     pcnn_batch: int = 32
     clf_width: int = 16
-    clf_steps: int = 600        # ResNet classifier; outlier exposure finetunes it for steps_finetune
+    clf_steps: int = 600  # ResNet classifier; outlier exposure finetunes it for steps_finetune
     # features
     feature_size: int = 128
     n_feature_train: int = 10000
@@ -92,13 +106,32 @@ class ReproduceConfig:
     feature_flow_steps: int = 300
     feature_noise: float = 1e-2
     ovr_train_per_class: int = 900
-    ovr_flow_steps: int = 300    # per class: the Flow, then as many contrastive-flow steps
+    ovr_flow_steps: int = 300  # per class: the Flow, then as many contrastive-flow steps
 
 
-SMOKE = dict(flow_steps=1, hidden=8, batch_size=16, warmup=1, steps=2, steps_finetune=2, steps_arch=2,
-             n_general=128, n_eval=48, pcnn_filters=4, pcnn_steps=2, pcnn_batch=8, clf_width=4, clf_steps=2, feature_size=32,
-             n_feature_train=120, n_feature_test=100, feature_dim=4, feature_flow_steps=2,
-             ovr_train_per_class=8, ovr_flow_steps=2)
+SMOKE = dict(
+    flow_steps=1,
+    hidden=8,
+    batch_size=16,
+    warmup=1,
+    steps=2,
+    steps_finetune=2,
+    steps_arch=2,
+    n_general=128,
+    n_eval=48,
+    pcnn_filters=4,
+    pcnn_steps=2,
+    pcnn_batch=8,
+    clf_width=4,
+    clf_steps=2,
+    feature_size=32,
+    n_feature_train=120,
+    n_feature_test=100,
+    feature_dim=4,
+    feature_flow_steps=2,
+    ovr_train_per_class=8,
+    ovr_flow_steps=2,
+)
 
 
 def parse_overrides(items) -> dict:
@@ -108,8 +141,10 @@ def parse_overrides(items) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in fields or key == "seed":
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY one of "
-                             f"{sorted(k for k in fields if k != 'seed')}")
+            raise ValueError(
+                f"--set {item!r}: expected KEY=VALUE with KEY one of "
+                f"{sorted(k for k in fields if k != 'seed')}"
+            )
         kind = {"int": int, "float": float}.get(str(fields[key]), str)
         try:
             out[key] = kind(value)
@@ -134,12 +169,12 @@ def _general(n: int, seed: int) -> torch.Tensor:
 
 @dataclass
 class Data:
-    train: torch.Tensor      # Fashion-MNIST training images
+    train: torch.Tensor  # Fashion-MNIST training images
     train_y: torch.Tensor
-    x_in: torch.Tensor       # scored Fashion-MNIST test images
-    x_out: torch.Tensor      # scored MNIST digits
-    x_val: torch.Tensor      # held-out Fashion-MNIST test images (not scored): ensemble standardisation
-    general: torch.Tensor    # general-distribution training patches
+    x_in: torch.Tensor  # scored Fashion-MNIST test images
+    x_out: torch.Tensor  # scored MNIST digits
+    x_val: torch.Tensor  # held-out Fashion-MNIST test images (not scored): ensemble standardisation
+    general: torch.Tensor  # general-distribution training patches
 
 
 def load_data(cfg: ReproduceConfig) -> Data:
@@ -147,7 +182,7 @@ def load_data(cfg: ReproduceConfig) -> Data:
     fm_train, y_train, fm_test, _, mnist = _raw_data()
     g = torch.Generator().manual_seed(cfg.seed)
     perm = torch.randperm(len(fm_test), generator=g)
-    x_in, x_val = fm_test[perm[: cfg.n_eval]], fm_test[perm[cfg.n_eval: 2 * cfg.n_eval]]
+    x_in, x_val = fm_test[perm[: cfg.n_eval]], fm_test[perm[cfg.n_eval : 2 * cfg.n_eval]]
     x_out = mnist[torch.randperm(len(mnist), generator=g)[: cfg.n_eval]]
     return Data(fm_train, y_train, x_in, x_out, x_val, _general(cfg.n_general, cfg.seed))
 
@@ -176,8 +211,9 @@ class Run:
 
     def finetune(self, name: str, init, data, objective=invflow.train.nll):
         c = self.cfg
-        return self.train(name, self.glow(), data, c.steps_finetune, objective=objective, init=init,
-                          lr=c.lr_finetune)
+        return self.train(
+            name, self.glow(), data, c.steps_finetune, objective=objective, init=init, lr=c.lr_finetune
+        )
 
 
 def _score_all(dets: dict, x_in, x_out) -> dict:
@@ -196,11 +232,18 @@ def exp_glow(run: Run) -> dict:
     # every finetuned variant gets the same number of extra steps; "no loss" is the fair baseline
     no_loss = run.finetune("in-no-loss", in_glow, d.train)
     margin = run.finetune("in-margin-loss", in_glow, d.train, objectives.margin_objective(d.general))
-    outlier = run.finetune("in-outlier-loss", in_glow, d.train, objectives.outlier_objective(general, d.general))
-    dagger = run.finetune("general-dagger", general, d.general, objectives.diff_dagger_objective(in_glow, d.train))
-    mass = run.finetune("in-approx-mass", in_glow, d.train, objectives.approx_mass_objective(c.approx_mass_alpha))
+    outlier = run.finetune(
+        "in-outlier-loss", in_glow, d.train, objectives.outlier_objective(general, d.general)
+    )
+    dagger = run.finetune(
+        "general-dagger", general, d.general, objectives.diff_dagger_objective(in_glow, d.train)
+    )
+    mass = run.finetune(
+        "in-approx-mass", in_glow, d.train, objectives.approx_mass_objective(c.approx_mass_alpha)
+    )
     in_glow, general, no_loss, margin, outlier, dagger, mass = map(
-        Memoized, (in_glow, general, no_loss, margin, outlier, dagger, mass))
+        Memoized, (in_glow, general, no_loss, margin, outlier, dagger, mass)
+    )
     dets = {
         "likelihood": Likelihood(in_glow),
         "scale 1 (14x14)": ScaleContribution(in_glow, scales=0),
@@ -225,14 +268,18 @@ def exp_glow(run: Run) -> dict:
     pca = PCA(n_components=0.9, transform=_feature_lookup(run)).fit(d.train[: c.n_feature_train])
     dets["features: PCA"] = pca
     dets["ensemble: PNG complexity + features PCA"] = Ensemble(
-        {"PNG complexity": dets["PNG complexity"], "features: PCA": pca}).fit(d.x_val)
+        {"PNG complexity": dets["PNG complexity"], "features: PCA": pca}
+    ).fit(d.x_val)
     dets["ensemble: Diff-dagger + features PCA"] = Ensemble(
-        {"Diff-dagger": dets["Diff-dagger"], "features: PCA": pca}).fit(d.x_val)
+        {"Diff-dagger": dets["Diff-dagger"], "features: PCA": pca}
+    ).fit(d.x_val)
     scores = _score_all(dets, d.x_in, d.x_out)
     uses = {k: det.uses for k, det in dets.items()}
     uses.update({k: "aux data" for k in scores if k.startswith(("margin loss", "outlier loss"))})
     pdm = analysis.PixelDifferenceModel().fit(d.train[:10000])
-    scores["pixel-difference pseudo-likelihood"] = tuple(torch.from_numpy(pdm.score(x)) for x in (d.x_in, d.x_out))
+    scores["pixel-difference pseudo-likelihood"] = tuple(
+        torch.from_numpy(pdm.score(x)) for x in (d.x_in, d.x_out)
+    )
     uses["pixel-difference pseudo-likelihood"] = "-"
 
     # analyses: Schirrmeister et al. 2020 Fig. 1C (likelihoods of models trained on different data, and of
@@ -240,18 +287,27 @@ def exp_glow(run: Run) -> dict:
     x_all = torch.cat([d.x_in, d.x_out])
     with torch.no_grad():
         pre = invflow.data.preprocess(x_all, dequantize=False)
-        ps = {k: torch.cat([m(b).per_scale for b in pre.split(256)]).numpy()
-              for k, m in (("in", in_glow), ("general", general))}
+        ps = {
+            k: torch.cat([m(b).per_scale for b in pre.split(256)]).numpy()
+            for k, m in (("in", in_glow), ("general", general))
+        }
     corr = analysis.likelihood_correlations(ps["in"], ps["general"])
     pixel_ll = pdm.log_likelihood(x_all)
-    extra = {"spearman": {"in vs general Glow, total": corr["total"],
-                          **{f"in vs general Glow, scale {i + 1}": v for i, v in enumerate(corr["per_scale"])},
-                          "in Glow vs pixel-difference model": analysis.spearman(ps["in"].sum(1), pixel_ll),
-                          "general Glow vs pixel-difference model": analysis.spearman(ps["general"].sum(1),
-                                                                                      pixel_ll)}}
+    extra = {
+        "spearman": {
+            "in vs general Glow, total": corr["total"],
+            **{f"in vs general Glow, scale {i + 1}": v for i, v in enumerate(corr["per_scale"])},
+            "in Glow vs pixel-difference model": analysis.spearman(ps["in"].sum(1), pixel_ll),
+            "general Glow vs pixel-difference model": analysis.spearman(ps["general"].sum(1), pixel_ll),
+        }
+    }
     os.makedirs(run.report_dir, exist_ok=True)
-    analysis.plot_per_scale_correlations(ps["in"], ps["general"], os.path.join(run.report_dir, "per_scale.png"),
-                                         labels=("Fashion-MNIST Glow", "general Glow"))
+    analysis.plot_per_scale_correlations(
+        ps["in"],
+        ps["general"],
+        os.path.join(run.report_dir, "per_scale.png"),
+        labels=("Fashion-MNIST Glow", "general Glow"),
+    )
     return dict(scores=scores, uses=uses, extra=extra)
 
 
@@ -268,16 +324,28 @@ def exp_architectures(run: Run) -> dict:
     h = c.hidden
     models = {
         "conv Glow": (in_glow, d.train, None),
-        "fully-connected Glow": (invflow.DenseGlow(1, 28, levels=2, steps=c.flow_steps, hidden=4 * h), d.train, None),
-        "8x8-patch Glow": (invflow.PatchGlow(1, 32, patch_size=8, levels=1, steps=c.flow_steps, hidden=h),
-                           _pad32(d.train), _pad32),
+        "fully-connected Glow": (
+            invflow.DenseGlow(1, 28, levels=2, steps=c.flow_steps, hidden=4 * h),
+            d.train,
+            None,
+        ),
+        "8x8-patch Glow": (
+            invflow.PatchGlow(1, 32, patch_size=8, levels=1, steps=c.flow_steps, hidden=h),
+            _pad32(d.train),
+            _pad32,
+        ),
     }
     for mask in ("checkerboard", "horizontal", "cycle"):
-        models[f"RealNVP {mask}"] = (invflow.RealNVP(1, 28, levels=2, blocks=2, hidden=h // 2, mask=mask),
-                                     d.train, None)
+        models[f"RealNVP {mask}"] = (
+            invflow.RealNVP(1, 28, levels=2, blocks=2, hidden=h // 2, mask=mask),
+            d.train,
+            None,
+        )
     models["RealNVP checkerboard, bottleneck st-nets"] = (
         invflow.RealNVP(1, 28, levels=2, hidden=h // 2, net="bottleneck", bottleneck_dim=max(2, h // 4)),
-        d.train, None)
+        d.train,
+        None,
+    )
     scores, uses, bpd = {}, {}, {}
     for label, (model, data, transform) in models.items():
         if model is not in_glow:
@@ -301,16 +369,31 @@ def _feature_cache(out: str, cfg: ReproduceConfig) -> dict:
     path = os.path.join(out, "features", f"efficientnet-lite0-{cfg.feature_size}.pt")
     fm_train, y_train, fm_test, y_test, mnist = _raw_data()
     n_train = min(len(fm_train), cfg.n_feature_train)
-    fm_test, y_test, mnist = fm_test[: cfg.n_feature_test], y_test[: cfg.n_feature_test], mnist[: cfg.n_feature_test]
-    key = json.dumps({"size": cfg.feature_size, "n_train": n_train, "n_test": len(fm_test), "n_mnist": len(mnist),
-                      "n_general": cfg.n_general})
+    fm_test, y_test, mnist = (
+        fm_test[: cfg.n_feature_test],
+        y_test[: cfg.n_feature_test],
+        mnist[: cfg.n_feature_test],
+    )
+    key = json.dumps(
+        {
+            "size": cfg.feature_size,
+            "n_train": n_train,
+            "n_test": len(fm_test),
+            "n_mnist": len(mnist),
+            "n_general": cfg.n_general,
+        }
+    )
     if os.path.exists(path):
         cached = torch.load(path, weights_only=True)
         if cached.get("key") == key:
             return cached
     extractor = EfficientNetLite0(input_size=cfg.feature_size)
-    images = {"train": fm_train[:n_train], "test": fm_test, "mnist": mnist,
-              "general": _general(cfg.n_general, 0)[:n_train]}
+    images = {
+        "train": fm_train[:n_train],
+        "test": fm_test,
+        "mnist": mnist,
+        "general": _general(cfg.n_general, 0)[:n_train],
+    }
     cached = {"key": key, "y_train": y_train[:n_train], "y_test": y_test}
     for name, x in images.items():
         tqdm.write(f"[features] {name}: {len(x)} images at {cfg.feature_size}x{cfg.feature_size}")
@@ -339,8 +422,13 @@ def _feature_lookup(run: Run):
 
 
 def _feature_detectors(train: torch.Tensor, aux: torch.Tensor | None) -> dict:
-    dets = {"MSE to mean": MSEToMean(), "KNN (k=1)": KNN(k=1), "KNN (k=5)": KNN(k=5), "KDE": KDE(),
-            "PCA": PCA(n_components=0.9)}
+    dets = {
+        "MSE to mean": MSEToMean(),
+        "KNN (k=1)": KNN(k=1),
+        "KNN (k=5)": KNN(k=5),
+        "KDE": KDE(),
+        "PCA": PCA(n_components=0.9),
+    }
     if aux is not None:
         dets["MSE-ratio"] = MSERatio(aux)
     for det in dets.values():
@@ -384,13 +472,25 @@ def exp_one_vs_rest(run: Run) -> dict:
         train = feats["train"][pool[torch.randperm(len(pool), generator=g)[: c.ovr_train_per_class]]]
         f_in, f_out = feats["test"][feats["y_test"] == k], feats["test"][feats["y_test"] != k]
         dets = _feature_detectors(train, None)
-        dets.update(feature_flows(c, train, aux, run.seed_dir, which=OVR_FLOWS, name=f"ovr-class{k}-flow",
-                                  steps=c.ovr_flow_steps))
+        dets.update(
+            feature_flows(
+                c,
+                train,
+                aux,
+                run.seed_dir,
+                which=OVR_FLOWS,
+                name=f"ovr-class{k}-flow",
+                steps=c.ovr_flow_steps,
+            )
+        )
         for name, det in dets.items():
             per_class.setdefault(name, []).append(evaluate(det.score(f_in), det.score(f_out)))
             uses[name] = det.uses
-    detectors = {name: {m: float(np.mean([r[m] for r in rows])) for m in rows[0]} | {
-        "per_class_auroc": [r["auroc"] for r in rows]} for name, rows in per_class.items()}
+    detectors = {
+        name: {m: float(np.mean([r[m] for r in rows])) for m in rows[0]}
+        | {"per_class_auroc": [r["auroc"] for r in rows]}
+        for name, rows in per_class.items()
+    }
     return dict(results=detectors, uses=uses, extra={})
 
 
@@ -417,10 +517,18 @@ def exp_baselines(run: Run) -> dict:
     pc_in = run.train("pcnn-in", pcnn(), d.train, c.pcnn_steps, cfg=pcfg)
     labelled = (d.train, d.train_y)
     clf = run.train("classifier", resnet(10), labelled, c.clf_steps, objective=co.cross_entropy_objective())
-    clf_oe = run.train("classifier-oe", resnet(10), labelled, c.steps_finetune, init=clf, lr=c.lr_finetune,
-                       objective=co.outlier_exposure_objective(d.general))
-    binary = run.train("in-vs-general", resnet(1), d.train, c.clf_steps,
-                       objective=co.in_vs_general_objective(d.general))
+    clf_oe = run.train(
+        "classifier-oe",
+        resnet(10),
+        labelled,
+        c.steps_finetune,
+        init=clf,
+        lr=c.lr_finetune,
+        objective=co.outlier_exposure_objective(d.general),
+    )
+    binary = run.train(
+        "in-vs-general", resnet(1), d.train, c.clf_steps, objective=co.in_vs_general_objective(d.general)
+    )
     pc_in, pc_general = Memoized(pc_in), Memoized(pc_general)
     n_fit = min(len(d.train), 10000)
     dets = {
@@ -449,19 +557,38 @@ def _accuracy(clf, clf_oe, cfg: ReproduceConfig) -> dict:
     with torch.no_grad():
         for name, model in (("classifier", clf), ("classifier + OE", clf_oe)):
             model.eval()
-            pred = torch.cat([model(invflow.data.preprocess(b, dequantize=False)).argmax(1)
-                              for b in fm_test[:n].split(500)])
+            pred = torch.cat(
+                [
+                    model(invflow.data.preprocess(b, dequantize=False)).argmax(1)
+                    for b in fm_test[:n].split(500)
+                ]
+            )
             out[name] = float((pred == y_test[:n]).float().mean())
     return out
 
 
 EXPERIMENTS: dict[str, tuple[Callable[[Run], dict], str]] = {
-    "glow": (exp_glow, "Schirrmeister et al. 2020 Tab. 2/3, Sec. 5.3; Chali et al. 2023 Tab. 1; typicality, PNG; Spearman analyses"),
-    "architectures": (exp_architectures, "Schirrmeister et al. 2020 Sec. 2 (conv / fully-connected / patch Glow); Kirichenko et al. 2020 "
-                                         "Sec. 6-7 (RealNVP masks, bottleneck st-nets)"),
-    "features": (exp_features, "Schmier et al. 2022 Sec. 5: feature baselines and flows on EfficientNet-Lite0 features"),
-    "baselines": (exp_baselines, "Schirrmeister et al. 2020 Tab. 1/4, S9; Chali et al. 2023 Tab. 2: PixelCNN++ and classifier detectors"),
-    "one-vs-rest": (exp_one_vs_rest, "Schmier et al. 2022 / Chali et al. 2023: Fashion-MNIST one-vs-rest, 10 classes"),
+    "glow": (
+        exp_glow,
+        "Schirrmeister et al. 2020 Tab. 2/3, Sec. 5.3; Chali et al. 2023 Tab. 1; typicality, PNG; Spearman analyses",
+    ),
+    "architectures": (
+        exp_architectures,
+        "Schirrmeister et al. 2020 Sec. 2 (conv / fully-connected / patch Glow); Kirichenko et al. 2020 "
+        "Sec. 6-7 (RealNVP masks, bottleneck st-nets)",
+    ),
+    "features": (
+        exp_features,
+        "Schmier et al. 2022 Sec. 5: feature baselines and flows on EfficientNet-Lite0 features",
+    ),
+    "baselines": (
+        exp_baselines,
+        "Schirrmeister et al. 2020 Tab. 1/4, S9; Chali et al. 2023 Tab. 2: PixelCNN++ and classifier detectors",
+    ),
+    "one-vs-rest": (
+        exp_one_vs_rest,
+        "Schmier et al. 2022 / Chali et al. 2023: Fashion-MNIST one-vs-rest, 10 classes",
+    ),
 }
 
 
@@ -481,11 +608,24 @@ def run_experiment(name: str, seed: int, out: str, smoke: bool = False, **overri
     notes = [f"{what}.", f"Seed {seed}; wall time {seconds:.0f} s on {torch.get_num_threads()} thread(s)."]
     config = dataclasses.asdict(cfg) | {"experiment": name, "seconds": seconds}
     if "scores" in res:
-        results = write_report(run.report_dir, "Fashion-MNIST (test)", "MNIST", res["scores"], config=config,
-                               notes=notes, supervised=res["uses"])
+        results = write_report(
+            run.report_dir,
+            "Fashion-MNIST (test)",
+            "MNIST",
+            res["scores"],
+            config=config,
+            notes=notes,
+            supervised=res["uses"],
+        )
     else:
-        results = {"in_distribution": "Fashion-MNIST class k", "ood": "Fashion-MNIST other classes",
-                   "config": config, "detectors": res["results"], "notes": notes, "uses": res["uses"]}
+        results = {
+            "in_distribution": "Fashion-MNIST class k",
+            "ood": "Fashion-MNIST other classes",
+            "config": config,
+            "detectors": res["results"],
+            "notes": notes,
+            "uses": res["uses"],
+        }
     results["extra"] = res.get("extra", {})
     os.makedirs(run.report_dir, exist_ok=True)
     atomic_write(os.path.join(run.report_dir, "results.json"), json.dumps(results, indent=2) + "\n")
@@ -523,8 +663,13 @@ def summarize(name: str, out: str) -> dict:
     for key in runs[0][1].get("extra", {}):
         sub = [r["extra"][key] for _, r in runs]
         extra[key] = _aggregate_nested(sub)
-    summary = {"experiment": name, "seeds": seeds, "detectors": rows, "extra": extra,
-               "seconds": [r["config"].get("seconds") for _, r in runs]}
+    summary = {
+        "experiment": name,
+        "seeds": seeds,
+        "detectors": rows,
+        "extra": extra,
+        "seconds": [r["config"].get("seconds") for _, r in runs],
+    }
     atomic_write(os.path.join(root, "summary.json"), json.dumps(summary, indent=2) + "\n")
     atomic_write(os.path.join(root, "summary.md"), summary_markdown(summary))
     plot_summary(summary, os.path.join(root, "summary.png"))
@@ -543,8 +688,12 @@ def plot_summary(summary: dict, path: str) -> None:
         fig = new_figure((7.0, 4.0))
         ax = fig.add_subplot(1, 1, 1)
         for name in names:
-            ax.plot(range(10), [m for m, _ in rows[name]["per_class_auroc"]], marker="o",
-                    label=f"{name} (mean {rows[name]['auroc'][0]:.1f})")
+            ax.plot(
+                range(10),
+                [m for m, _ in rows[name]["per_class_auroc"]],
+                marker="o",
+                label=f"{name} (mean {rows[name]['auroc'][0]:.1f})",
+            )
         ax.set_xticks(range(10))
         ax.set_xlabel("normal class")
         ax.set_ylabel("AUROC (%)")
@@ -555,8 +704,12 @@ def plot_summary(summary: dict, path: str) -> None:
         means = [rows[n]["auroc"][0] for n in names]
         stds = [rows[n]["auroc"][1] for n in names]
         y = np.arange(len(names))[::-1]
-        ax.barh(y, means, xerr=stds, color=["tab:blue" if setting(rows[n]["uses"]) == "unsupervised" else
-                                             "tab:orange" for n in names])
+        ax.barh(
+            y,
+            means,
+            xerr=stds,
+            color=["tab:blue" if setting(rows[n]["uses"]) == "unsupervised" else "tab:orange" for n in names],
+        )
         ax.set_yticks(y)
         ax.set_yticklabels(names, fontsize=7)
         ax.axvline(50, color="grey", lw=0.8, ls="--")
@@ -610,8 +763,11 @@ def summary_markdown(summary: dict) -> str:
         lines.append("| detector | AUROC | AUPR-in | AUPR-out | FPR95 | setting | uses | paper AUROC |")
         lines.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for det, row in rows.items():
-            lines.append(f"| {det} | " + " | ".join(_pm(row[m]) for m in METRICS) +
-                         f" | {setting(row['uses'])} | {row['uses']} | {PAPER_AUROC.get(det, '')} |")
+            lines.append(
+                f"| {det} | "
+                + " | ".join(_pm(row[m]) for m in METRICS)
+                + f" | {setting(row['uses'])} | {row['uses']} | {PAPER_AUROC.get(det, '')} |"
+            )
     for key, value in summary.get("extra", {}).items():
         lines += ["", f"{key}:", ""]
         lines += [f"- {k}: {_fmt_extra(v)}" for k, v in value.items()]

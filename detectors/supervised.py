@@ -16,8 +16,8 @@ from torch import nn
 
 from invflow import checkpoint
 from invflow.data import standard_normal_log_prob
-from invflow.models import FlowOutput
 from invflow.layers.base import check_number
+from invflow.models import FlowOutput
 from invflow.priors import ClassConditionalGaussianMixture
 from invflow.train import drop_non_finite
 
@@ -42,7 +42,9 @@ class ClassConditionalFlow(nn.Module):
         super().__init__()
         check_number(num_classes, "num_classes", "ClassConditionalFlow", low=1, integer=True)
         if getattr(model, "split_prior", False):
-            raise ValueError("ClassConditionalFlow: the wrapped model must use N(0, I) latents (split_prior=False)")
+            raise ValueError(
+                "ClassConditionalFlow: the wrapped model must use N(0, I) latents (split_prior=False)"
+            )
         self.model = model
         dim = sum(math.prod(s) for s in model.latent_shapes())
         self.prior = ClassConditionalGaussianMixture(num_classes, dim)
@@ -50,11 +52,13 @@ class ClassConditionalFlow(nn.Module):
         self.input_shape = model.input_shape
 
     def config(self) -> dict:
-        return {"model": {"class": type(self.model).__name__, "config": self.model.config()},
-                "num_classes": self.num_classes}
+        return {
+            "model": {"class": type(self.model).__name__, "config": self.model.config()},
+            "num_classes": self.num_classes,
+        }
 
     @classmethod
-    def from_config(cls, config: dict) -> "ClassConditionalFlow":
+    def from_config(cls, config: dict) -> ClassConditionalFlow:
         inner = checkpoint.model_from_config(config["model"]["class"], config["model"]["config"])
         return cls(inner, config["num_classes"])
 
@@ -64,7 +68,7 @@ class ClassConditionalFlow(nn.Module):
     def _terms(self, x: torch.Tensor):
         out = self.model(x)
         z = torch.cat([t.flatten(1) for t in out.latents], 1)
-        base = out.log_prob - standard_normal_log_prob(z)   # log-determinant of x -> z
+        base = out.log_prob - standard_normal_log_prob(z)  # log-determinant of x -> z
         return out, z, base
 
     def class_log_probs(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,8 +88,11 @@ class ClassConditionalFlow(nn.Module):
         start = 0
         for i, t in enumerate(out.latents):
             n = t[0].numel()
-            zi = z[:, start: start + n]
-            mean, log_std = self.prior.means[k, start: start + n], self.prior._log_stds()[k, start: start + n]
+            zi = z[:, start : start + n]
+            mean, log_std = (
+                self.prior.means[k, start : start + n],
+                self.prior._log_stds()[k, start : start + n],
+            )
             gauss = self.prior._gauss(zi, mean, log_std).sum(1)
             per_scale[:, i] = per_scale[:, i] - standard_normal_log_prob(zi) + gauss
             start += n
@@ -93,8 +100,9 @@ class ClassConditionalFlow(nn.Module):
         return FlowOutput(log_prob=log_p, per_scale=per_scale, latents=out.latents)
 
 
-def supervised_objective(general_model: nn.Module | None = None, temperature: float = 1000.0,
-                         weight: float = 6000.0):
+def supervised_objective(
+    general_model: nn.Module | None = None, temperature: float = 1000.0, weight: float = 6000.0
+):
     """Trainer objective (data given as ``(images, labels)``): -log p(x | y) on the batch, plus,
     when a general model is given, the outlier loss of every class mode on the samples of the
     other classes (``objectives.supervised_outlier_loss``, Schirrmeister et al. 2020 Sec. 3.2), in bits/dim units."""

@@ -15,7 +15,16 @@ See docs/design.md for the contract; ``invflow.backend("fused" | "reference")`` 
 from . import checkpoint, data, masks, models, nets, ops, priors
 from ._backend import backend, current_backend, fused_available
 from .checkpoint import load, save
-from .layers import ActNorm, AdditiveCoupling, AffineCoupling, FixedLinear, Flow, InvConv1x1, Sequential, Squeeze
+from .layers import (
+    ActNorm,
+    AdditiveCoupling,
+    AffineCoupling,
+    FixedLinear,
+    Flow,
+    InvConv1x1,
+    Sequential,
+    Squeeze,
+)
 from .models import DenseGlow, FlowModel, FlowOutput, Glow, PatchGlow, RealNVP, VectorFlow
 
 __version__ = "0.1.0"

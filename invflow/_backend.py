@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -73,7 +73,7 @@ def default_backend(device: torch.device) -> str:
             warnings.warn(
                 "invflow: the CUDA kernels have not yet passed `make gpu-check` on a GPU, so CUDA "
                 "tensors use the pure-PyTorch reference backend by default; opt in to the fused "
-                "kernels with `with invflow.backend(\"fused\"): ...`.",
+                'kernels with `with invflow.backend("fused"): ...`.',
                 RuntimeWarning,
                 stacklevel=4,
             )

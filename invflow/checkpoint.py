@@ -26,7 +26,7 @@ import json
 import os
 import stat
 import tempfile
-from typing import Any, Dict, Union
+from typing import Any, Union
 
 try:
     import safetensors
@@ -45,7 +45,7 @@ VERSION = "1"
 
 # pickle protocol 2+ begins with the PROTO opcode (0x80); torch.save's zip format with "PK\3\4".
 _PICKLE_MAGICS = (b"\x80", b"PK\x03\x04")
-_REGISTRY: Dict[str, type] = {}
+_REGISTRY: dict[str, type] = {}
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -139,7 +139,7 @@ def save(model: nn.Module, path: PathLike) -> None:
     _atomic_write(tensors, metadata, os.fspath(path))
 
 
-def _metadata(model: nn.Module) -> Dict[str, str]:
+def _metadata(model: nn.Module) -> dict[str, str]:
     """The safetensors metadata for ``model`` (str -> str)."""
     name = _registered_name(model)
     config = model.config()
@@ -152,9 +152,9 @@ def _metadata(model: nn.Module) -> Dict[str, str]:
     return {"format": FORMAT, "version": VERSION, "class": name, "config": config_json}
 
 
-def _tensors_for_saving(state: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+def _tensors_for_saving(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Detached, contiguous tensors, cloned where two entries would share storage."""
-    out: Dict[str, torch.Tensor] = {}
+    out: dict[str, torch.Tensor] = {}
     seen = set()
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
@@ -170,7 +170,7 @@ def _tensors_for_saving(state: Dict[str, Any]) -> Dict[str, torch.Tensor]:
     return out
 
 
-def _atomic_write(tensors: Dict[str, torch.Tensor], metadata: Dict[str, str], path: str) -> None:
+def _atomic_write(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str) -> None:
     """safetensors-writes to a temporary sibling of ``path``, fsyncs, then replaces ``path``."""
     _require_safetensors()
     directory = os.path.dirname(os.path.abspath(path))
@@ -238,7 +238,7 @@ def _fsync_directory(directory: str) -> None:
 # --------------------------------------------------------------------------- load
 
 
-def load(path: PathLike, map_location: Union[str, torch.device] = "cpu", strict: bool = True) -> nn.Module:
+def load(path: PathLike, map_location: str | torch.device = "cpu", strict: bool = True) -> nn.Module:
     """Loads a checkpoint written by :func:`save` and returns the model on ``map_location``.
 
     Only the safetensors header and raw tensor bytes are read; nothing is unpickled. The model
@@ -282,8 +282,10 @@ def resolve(path: PathLike) -> str:
     """
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file or directory; expected an invflow checkpoint "
-                                f"(.safetensors) or a training run directory")
+        raise FileNotFoundError(
+            f"{path}: no such file or directory; expected an invflow checkpoint "
+            f"(.safetensors) or a training run directory"
+        )
     if not os.path.isdir(path):
         return path
     latest = os.path.join(path, "latest")
@@ -292,26 +294,33 @@ def resolve(path: PathLike) -> str:
             name = fh.read().strip()
         model = os.path.join(path, name, MODEL_FILE)
         if not name or not os.path.isfile(model):
-            raise FileNotFoundError(f"{latest} names checkpoint {name!r}, but {model} does not exist; "
-                                    f"the run directory is incomplete (pass a step-* directory or file)")
+            raise FileNotFoundError(
+                f"{latest} names checkpoint {name!r}, but {model} does not exist; "
+                f"the run directory is incomplete (pass a step-* directory or file)"
+            )
         return model
     model = os.path.join(path, MODEL_FILE)
     if os.path.isfile(model):
         return model
-    steps = sorted(d for d in os.listdir(path) if d.startswith("step-")
-                   and os.path.isfile(os.path.join(path, d, MODEL_FILE)))
+    steps = sorted(
+        d
+        for d in os.listdir(path)
+        if d.startswith("step-") and os.path.isfile(os.path.join(path, d, MODEL_FILE))
+    )
     hint = f" (found {steps[-1]}/{MODEL_FILE}: pass that)" if steps else ""
-    raise FileNotFoundError(f"{path} is a directory without a 'latest' file or {MODEL_FILE}; expected a "
-                            f"training run directory or a checkpoint directory{hint}")
+    raise FileNotFoundError(
+        f"{path} is a directory without a 'latest' file or {MODEL_FILE}; expected a "
+        f"training run directory or a checkpoint directory{hint}"
+    )
 
 
-def load_run(run_dir: PathLike, map_location: Union[str, torch.device] = "cpu") -> nn.Module:
+def load_run(run_dir: PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
     """The latest model of a training run directory, in eval mode; read-only (unlike
     ``Trainer.fit(resume=True)`` it opens no log and never trains). Same as :func:`load`."""
     return load(run_dir, map_location=map_location)
 
 
-def _device(map_location: Union[str, torch.device]) -> torch.device:
+def _device(map_location: str | torch.device) -> torch.device:
     try:
         return torch.device(map_location)
     except (RuntimeError, TypeError) as err:
@@ -381,7 +390,7 @@ def _parse_metadata(metadata: Any, path: str):
     return _REGISTRY[name], config
 
 
-def _build(cls: type, config: Dict[str, Any]) -> nn.Module:
+def _build(cls: type, config: dict[str, Any]) -> nn.Module:
     """``cls.from_config(config)``; a config the class rejects becomes ValueError."""
     try:
         model = cls.from_config(config)
@@ -394,7 +403,7 @@ def _build(cls: type, config: Dict[str, Any]) -> nn.Module:
     return model
 
 
-def _adopt_dtypes(model: nn.Module, tensors: Dict[str, torch.Tensor]) -> None:
+def _adopt_dtypes(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     """Gives the fresh model's floating tensors the checkpoint's dtypes before copying values
     (load_state_dict would otherwise cast a float64 checkpoint into a float32 model)."""
     floating = {t.dtype for t in tensors.values() if t.is_floating_point()}
@@ -421,7 +430,7 @@ def _needs_cast(current: Any, wanted: Any) -> bool:
     )
 
 
-def _load_state(model: nn.Module, tensors: Dict[str, torch.Tensor], strict: bool, name: str) -> None:
+def _load_state(model: nn.Module, tensors: dict[str, torch.Tensor], strict: bool, name: str) -> None:
     """``load_state_dict`` with key / shape mismatches reported as ValueError."""
     if strict:
         expected = set(model.state_dict())

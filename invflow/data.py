@@ -15,8 +15,12 @@ import torch
 BINS = 256
 
 
-def preprocess(images: torch.Tensor, dequantize: bool = True, generator: torch.Generator | None = None,
-               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def preprocess(
+    images: torch.Tensor,
+    dequantize: bool = True,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """uint8 images [B, C, H, W] (or [B, H, W] greyscale) -> floats in [-0.5, 0.5)."""
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"preprocess: expected a torch.Tensor of uint8 images, got {type(images).__name__}")
@@ -71,7 +75,9 @@ def to_images(x: torch.Tensor) -> torch.Tensor:
     return torch.floor((x.detach().cpu().double() + 0.5) * BINS).clamp(0, BINS - 1).to(torch.uint8)
 
 
-def image_grid(x: torch.Tensor, nrow: int | None = None, padding: int = 2, pad_value: int = 255) -> torch.Tensor:
+def image_grid(
+    x: torch.Tensor, nrow: int | None = None, padding: int = 2, pad_value: int = 255
+) -> torch.Tensor:
     """Images (see :func:`to_images`) tiled row by row into one uint8 image [C, H', W'];
     ``nrow`` images per row (default ceil(sqrt(B))), ``padding`` pixels of ``pad_value``
     between and around them."""
@@ -81,15 +87,18 @@ def image_grid(x: torch.Tensor, nrow: int | None = None, padding: int = 2, pad_v
         raise ValueError("image_grid: no images")
     nrow = nrow or math.ceil(math.sqrt(b))
     if nrow < 1 or padding < 0 or not 0 <= pad_value <= 255:
-        raise ValueError(f"image_grid: nrow must be >= 1, padding >= 0 and pad_value in 0..255, got "
-                         f"nrow={nrow}, padding={padding}, pad_value={pad_value}")
+        raise ValueError(
+            f"image_grid: nrow must be >= 1, padding >= 0 and pad_value in 0..255, got "
+            f"nrow={nrow}, padding={padding}, pad_value={pad_value}"
+        )
     rows = math.ceil(b / nrow)
-    grid = torch.full((c, rows * (h + padding) + padding, nrow * (w + padding) + padding), pad_value,
-                      dtype=torch.uint8)
+    grid = torch.full(
+        (c, rows * (h + padding) + padding, nrow * (w + padding) + padding), pad_value, dtype=torch.uint8
+    )
     for i in range(b):
         r, k = divmod(i, nrow)
         top, left = padding + r * (h + padding), padding + k * (w + padding)
-        grid[:, top: top + h, left: left + w] = images[i]
+        grid[:, top : top + h, left : left + w] = images[i]
     return grid
 
 

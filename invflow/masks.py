@@ -11,7 +11,7 @@ the coupling run its st-net on the conditioning channels only (no wasted compute
 from __future__ import annotations
 
 import abc
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

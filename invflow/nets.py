@@ -132,7 +132,6 @@ class ZeroConv2d(nn.Conv2d):
         return super().forward(x) * scale
 
 
-
 class GlowNet(nn.Sequential):
     """Glow's st-net (Kingma & Dhariwal 2018, Sec. 3.3 / Table 4): 3x3 conv -> ReLU ->
     1x1 conv -> ReLU -> ``ZeroConv2d`` (zero-initialised 3x3 conv, output scaled by
@@ -206,7 +205,7 @@ def _fold_layer(convs, actnorms):
         return [c.weight for c in convs], [c.bias for c in convs]
     many = len(convs) > 1
     stack = torch.stack if many else (lambda ts: ts[0].unsqueeze(0))
-    w = stack([c.weight for c in convs])                         # [K, out, in, kh, kw]
+    w = stack([c.weight for c in convs])  # [K, out, in, kh, kw]
     b = stack([c.bias for c in convs]) if conv.bias is not None else None
     if zero:
         e = torch.exp(stack([c.logs for c in convs]) * conv.logscale_factor)
@@ -230,10 +229,14 @@ def fold_plans(nets):
     first = structs[0]
     for st in structs[1:]:
         if len(st) != len(first) or any(
-            type(a[0]) is not type(b[0]) or a[0].weight.shape != b[0].weight.shape or (a[0].bias is None) !=
-            (b[0].bias is None) or (a[1] is None) != (b[1] is None) or a[2] != b[2] for a, b in zip(st, first)
+            type(a[0]) is not type(b[0])
+            or a[0].weight.shape != b[0].weight.shape
+            or (a[0].bias is None) != (b[0].bias is None)
+            or (a[1] is None) != (b[1] is None)
+            or a[2] != b[2]
+            for a, b in zip(st, first)
         ):
-            return [fold_plans([n])[0] for n in nets]             # different architectures: one by one
+            return [fold_plans([n])[0] for n in nets]  # different architectures: one by one
     plans: list = [[] for _ in nets]
     for j, (_, _, relu) in enumerate(first):
         weights, biases = _fold_layer([st[j][0] for st in structs], [st[j][1] for st in structs])
@@ -243,8 +246,12 @@ def fold_plans(nets):
 
 
 def _is_pointwise(conv: nn.Conv2d) -> bool:
-    return conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding in ((0, 0), "valid") \
+    return (
+        conv.kernel_size == (1, 1)
+        and conv.stride == (1, 1)
+        and conv.padding in ((0, 0), "valid")
         and conv.groups == 1
+    )
 
 
 def _run_folded(plan, x: torch.Tensor) -> torch.Tensor:
@@ -351,8 +358,13 @@ class Bottleneck(nn.Module):
     ):
         super().__init__()
         self.image_size = _pair(image_size)
-        _check_sizes("Bottleneck", in_channels=in_channels, out_channels=out_channels, hidden=hidden,
-                     latent_dim=latent_dim)
+        _check_sizes(
+            "Bottleneck",
+            in_channels=in_channels,
+            out_channels=out_channels,
+            hidden=hidden,
+            latent_dim=latent_dim,
+        )
         check_number(blocks, "blocks", "Bottleneck", low=0, integer=True)
         self.in_channels, self.hidden, self.latent_dim = in_channels, hidden, latent_dim
         h, w = self.image_size

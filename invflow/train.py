@@ -37,8 +37,8 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -81,8 +81,17 @@ def augment(images: torch.Tensor, generator: torch.Generator, flip: bool, transl
         dy = torch.randint(-translate, translate + 1, (b,), generator=generator)
         padded = nn.functional.pad(images.float(), (translate,) * 4, mode="reflect").to(images.dtype)
         h, w = images.shape[-2:]
-        images = torch.stack([padded[i, ..., translate + dy[i]: translate + dy[i] + h,
-                                     translate + dx[i]: translate + dx[i] + w] for i in range(b)])
+        images = torch.stack(
+            [
+                padded[
+                    i,
+                    ...,
+                    translate + dy[i] : translate + dy[i] + h,
+                    translate + dx[i] : translate + dx[i] + w,
+                ]
+                for i in range(b)
+            ]
+        )
     return images
 
 
@@ -100,8 +109,11 @@ def finite_mean(values: torch.Tensor, max_dropped: float = 0.75) -> torch.Tensor
     return values[finite].mean()
 
 
-def drop_non_finite(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                    again: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+def drop_non_finite(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    again: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """``fn(x)`` (per-sample rows [B, ...], e.g. log p(x)) whose non-finite rows are cut out of
     the autograd graph: when some but not all rows are non-finite (NaN / inf) and gradients are
     recorded, the finite rows are computed again (``again``, default ``fn``) on their own, and
@@ -148,11 +160,11 @@ def nll(model: nn.Module, batch: Batch):
 @dataclass
 class TrainConfig:
     steps: int = 1000
-    batch_size: int = 64             # global batch, split across processes
+    batch_size: int = 64  # global batch, split across processes
     lr: float = 5e-4
     weight_decay: float = 5e-5
-    warmup: int = 100                # linear learning-rate warm-up steps
-    grad_clip: float | None = None   # max gradient norm
+    warmup: int = 100  # linear learning-rate warm-up steps
+    grad_clip: float | None = None  # max gradient norm
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -160,24 +172,33 @@ class TrainConfig:
     flip: bool = False
     translate: int = 0
     progress: bool = True
-    init_batch: int | None = None    # examples for ActNorm's data-dependent init (None: the first global batch)
+    init_batch: int | None = None  # examples for ActNorm's data-dependent init (None: the first global batch)
 
 
 #: (name, integer, low, low_open, optional) of every numeric TrainConfig field
-_CONFIG_RULES = [("steps", True, 1, False, False), ("batch_size", True, 1, False, False),
-                 ("lr", False, 0, True, False), ("weight_decay", False, 0, False, False),
-                 ("warmup", True, 0, False, False), ("grad_clip", False, 0, True, True),
-                 ("checkpoint_every", True, 1, False, False), ("keep_checkpoints", True, 1, False, False),
-                 ("log_every", True, 1, False, False), ("seed", True, 0, False, False),
-                 ("translate", True, 0, False, False), ("init_batch", True, 1, False, True)]
+_CONFIG_RULES = [
+    ("steps", True, 1, False, False),
+    ("batch_size", True, 1, False, False),
+    ("lr", False, 0, True, False),
+    ("weight_decay", False, 0, False, False),
+    ("warmup", True, 0, False, False),
+    ("grad_clip", False, 0, True, True),
+    ("checkpoint_every", True, 1, False, False),
+    ("keep_checkpoints", True, 1, False, False),
+    ("log_every", True, 1, False, False),
+    ("seed", True, 0, False, False),
+    ("translate", True, 0, False, False),
+    ("init_batch", True, 1, False, True),
+]
 
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Raised by ``Trainer.fit`` after SIGINT / SIGTERM, once a checkpoint is written."""
 
     def __init__(self, signum: int, step: int, checkpoint_dir: str | None):
-        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; "
-                         f"checkpoint {checkpoint_dir}")
+        super().__init__(
+            f"interrupted by {signal.Signals(signum).name} at step {step}; checkpoint {checkpoint_dir}"
+        )
         self.signum, self.step, self.checkpoint_dir = signum, step, checkpoint_dir
 
 
@@ -192,14 +213,18 @@ def prepare_run_dir(out_dir: str, resume: bool = False, overwrite: bool = False)
     checkpoints, log.csv and tensorboard events (other files are kept).  ``resume`` and
     ``overwrite`` exclude each other (ValueError)."""
     if resume and overwrite:
-        raise ValueError("resume and overwrite exclude each other: resume continues the run in the directory, "
-                         "overwrite deletes it")
+        raise ValueError(
+            "resume and overwrite exclude each other: resume continues the run in the directory, "
+            "overwrite deletes it"
+        )
     if resume or not os.path.isdir(out_dir) or not os.listdir(out_dir):
         return
     if not overwrite:
-        raise ValueError(f"output directory {out_dir} is not empty ({', '.join(sorted(os.listdir(out_dir))[:4])}"
-                         f"...): resume the run in it (--resume / fit(resume=True)), start again "
-                         f"(--overwrite deletes its checkpoints and log), or choose another directory")
+        raise ValueError(
+            f"output directory {out_dir} is not empty ({', '.join(sorted(os.listdir(out_dir))[:4])}"
+            f"...): resume the run in it (--resume / fit(resume=True)), start again "
+            f"(--overwrite deletes its checkpoints and log), or choose another directory"
+        )
     for name in os.listdir(out_dir):
         if is_run_file(name):
             path = os.path.join(out_dir, name)
@@ -215,8 +240,16 @@ class Trainer:
     in-distribution models start from the general-distribution model).
     """
 
-    def __init__(self, model: nn.Module, data, out_dir: str, objective: Objective = nll,
-                 config: TrainConfig | None = None, finetune_from: str | None = None, **overrides):
+    def __init__(
+        self,
+        model: nn.Module,
+        data,
+        out_dir: str,
+        objective: Objective = nll,
+        config: TrainConfig | None = None,
+        finetune_from: str | None = None,
+        **overrides,
+    ):
         self.config = config or TrainConfig()
         for k, v in overrides.items():
             if not hasattr(self.config, k):
@@ -224,9 +257,20 @@ class Trainer:
             setattr(self.config, k, v)
         c = self.config
         for name, integer, low, low_open, optional in _CONFIG_RULES:
-            setattr(c, name, check_number(getattr(c, name), name, "Trainer", low=low, low_open=low_open,
-                                          integer=integer, optional=optional))
-        self.examples, self.labels = (data if isinstance(data, (tuple, list)) else (data, None))
+            setattr(
+                c,
+                name,
+                check_number(
+                    getattr(c, name),
+                    name,
+                    "Trainer",
+                    low=low,
+                    low_open=low_open,
+                    integer=integer,
+                    optional=optional,
+                ),
+            )
+        self.examples, self.labels = data if isinstance(data, (tuple, list)) else (data, None)
         if not isinstance(self.examples, torch.Tensor) or len(self.examples) == 0:
             raise ValueError("Trainer: data must be a non-empty tensor of examples (or (examples, labels))")
         self._check_range(model)
@@ -248,10 +292,12 @@ class Trainer:
             self.net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         # foreach: one multi-tensor kernel per update term instead of one per parameter (the same
         # values to the bit; 1.8x faster on a 168-parameter Glow, bench/compare.py's model case)
-        self.optimizer = torch.optim.Adamax(model.parameters(), lr=c.lr, weight_decay=c.weight_decay,
-                                            foreach=True)
+        self.optimizer = torch.optim.Adamax(
+            model.parameters(), lr=c.lr, weight_decay=c.weight_decay, foreach=True
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda i: min(1.0, (i + 1) / max(1, c.warmup)))
+            self.optimizer, lambda i: min(1.0, (i + 1) / max(1, c.warmup))
+        )
         self.step = 0
         self.skipped = 0
         self._order: tuple[int, torch.Tensor] | None = None
@@ -267,9 +313,11 @@ class Trainer:
             raise ValueError("Trainer: data contain NaN or Inf")
         lo, hi = float(x.min()), float(x.max())
         if lo < -IMAGE_RANGE or hi > IMAGE_RANGE:
-            raise ValueError(f"Trainer: floating images must be preprocessed into [-{IMAGE_RANGE:g}, {IMAGE_RANGE:g}] "
-                             f"(got min {lo:.4g}, max {hi:.4g}); pass uint8 images (preprocessed with "
-                             f"dequantisation here) or preprocess them with invflow.data.preprocess")
+            raise ValueError(
+                f"Trainer: floating images must be preprocessed into [-{IMAGE_RANGE:g}, {IMAGE_RANGE:g}] "
+                f"(got min {lo:.4g}, max {hi:.4g}); pass uint8 images (preprocessed with "
+                f"dequantisation here) or preprocess them with invflow.data.preprocess"
+            )
 
     # -- data ------------------------------------------------------------------------
     def _examples(self, idx: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -286,7 +334,7 @@ class Trainer:
         per_epoch = max(1, n // c.batch_size)
         epoch, k = divmod(step, per_epoch)
         order = self._epoch_order(epoch)
-        idx = order[(k * c.batch_size) % n:][: c.batch_size]
+        idx = order[(k * c.batch_size) % n :][: c.batch_size]
         if len(idx) < c.batch_size:  # fewer examples than one batch: wrap around
             idx = order[torch.arange(k * c.batch_size, (k + 1) * c.batch_size) % n]
         g = torch.Generator().manual_seed(c.seed * 7_919 + 104_729 * (step + 1))
@@ -325,8 +373,10 @@ class Trainer:
         except ValueError as e:
             if "value per channel" not in str(e):
                 raise
-            raise ValueError(f"Trainer: ActNorm initialisation on {len(x)} example(s) cannot estimate a variance "
-                             f"({e}); set init_batch >= 2 (e.g. init_batch=64) or a larger batch_size") from e
+            raise ValueError(
+                f"Trainer: ActNorm initialisation on {len(x)} example(s) cannot estimate a variance "
+                f"({e}); set init_batch >= 2 (e.g. init_batch=64) or a larger batch_size"
+            ) from e
 
     # -- one step ----------------------------------------------------------------------
     def _all_true(self, flag: bool) -> bool:
@@ -354,7 +404,9 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             return False, logs
         if self.config.grad_clip is not None:
-            logs["grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip))
+            logs["grad_norm"] = float(
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            )
         self.optimizer.step()
         return True, logs
 
@@ -364,7 +416,6 @@ class Trainer:
         in ``out_dir`` (saying so and starting from scratch if there is none).  SIGINT / SIGTERM
         (when fit runs in the main thread) end the current step, write a checkpoint and raise
         ``TrainingInterrupted``; a second Ctrl-C stops at once.  Returns a summary."""
-        c = self.config
         if self.rank == 0:
             os.makedirs(self.out_dir, exist_ok=True)
         if resume and self.load_latest():
@@ -377,12 +428,18 @@ class Trainer:
         with _SignalCatcher() as caught:
             return self._loop(resume, caught)
 
-    def _loop(self, resume: bool, caught: "_SignalCatcher") -> dict:
+    def _loop(self, resume: bool, caught: _SignalCatcher) -> dict:
         c = self.config
         log = self._open_log(append=resume and self.step > 0)
         start, first = time.perf_counter(), self.step
-        bar = tqdm(total=c.steps, initial=self.step, disable=not c.progress or self.rank != 0,
-                   mininterval=1.0, unit="step", dynamic_ncols=True)
+        bar = tqdm(
+            total=c.steps,
+            initial=self.step,
+            disable=not c.progress or self.rank != 0,
+            mininterval=1.0,
+            unit="step",
+            dynamic_ncols=True,
+        )
         try:
             while self.step < c.steps:
                 taken, logs = self.train_step(self._batch(self.step))
@@ -395,7 +452,12 @@ class Trainer:
                     shown = {k: f"{v:.4g}" for k, v in logs.items()}
                     bar.set_postfix(skipped=self.skipped, **shown, refresh=False)
                     if log is not None:
-                        row = {"step": self.step, "skipped": self.skipped, "lr": self.scheduler.get_last_lr()[0], **logs}
+                        row = {
+                            "step": self.step,
+                            "skipped": self.skipped,
+                            "lr": self.scheduler.get_last_lr()[0],
+                            **logs,
+                        }
                         log.writerow(row)
                         if self.tensorboard is not None:
                             for k, v in row.items():
@@ -407,8 +469,10 @@ class Trainer:
                     if self.step % c.checkpoint_every and self.step != c.steps:
                         self.save_checkpoint()
                     signum = caught.signum or signal.SIGTERM
-                    self._say(f"{signal.Signals(signum).name} at step {self.step}: checkpoint written to "
-                              f"{self.latest_dir()}; continue with resume (python -m detectors train --resume)")
+                    self._say(
+                        f"{signal.Signals(signum).name} at step {self.step}: checkpoint written to "
+                        f"{self.latest_dir()}; continue with resume (python -m detectors train --resume)"
+                    )
                     raise TrainingInterrupted(signum, self.step, self.latest_dir())
         finally:
             bar.close()
@@ -417,11 +481,17 @@ class Trainer:
             if self.tensorboard is not None:
                 self.tensorboard.close()
         seconds = time.perf_counter() - start
-        summary = {"steps": self.step, "skipped": self.skipped, "seconds": seconds,
-                   "steps_per_second": (self.step - first) / seconds if seconds > 0 else float("nan"),
-                   "out_dir": self.out_dir}
-        self._say(f"done: {summary['steps']} steps, {self.skipped} skipped, "
-                  f"{summary['steps_per_second']:.2f} steps/s; checkpoints and log in {self.out_dir}")
+        summary = {
+            "steps": self.step,
+            "skipped": self.skipped,
+            "seconds": seconds,
+            "steps_per_second": (self.step - first) / seconds if seconds > 0 else float("nan"),
+            "out_dir": self.out_dir,
+        }
+        self._say(
+            f"done: {summary['steps']} steps, {self.skipped} skipped, "
+            f"{summary['steps_per_second']:.2f} steps/s; checkpoints and log in {self.out_dir}"
+        )
         return summary
 
     def _say(self, msg: str) -> None:
@@ -460,11 +530,13 @@ class Trainer:
         tmp = tempfile.mkdtemp(prefix=".tmp-", dir=self.out_dir)
         try:
             checkpoint.save(self.model, os.path.join(tmp, "model.safetensors"))
-            tensors, meta = _flatten_state({
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"},
-                "rng": torch.get_rng_state(),
-            })
+            tensors, meta = _flatten_state(
+                {
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"},
+                    "rng": torch.get_rng_state(),
+                }
+            )
             meta.update(step=self.step, skipped=self.skipped, config=vars(self.config))
             save_file(tensors, os.path.join(tmp, "state.safetensors"), metadata={"trainer": json.dumps(meta)})
             if os.path.exists(final):
@@ -560,8 +632,12 @@ def _flatten_state(obj) -> tuple[dict, dict]:
             tensors[key] = o.detach().cpu().contiguous().clone()
             return {"__tensor__": key}
         if isinstance(o, dict):
-            return {"__dict__": [[walk(k, None) if not isinstance(k, (str, int)) else k, walk(v, f"{path}.{k}")]
-                                 for k, v in o.items()]}
+            return {
+                "__dict__": [
+                    [walk(k, None) if not isinstance(k, (str, int)) else k, walk(v, f"{path}.{k}")]
+                    for k, v in o.items()
+                ]
+            }
         if isinstance(o, (list, tuple)):
             return {"__list__": [walk(v, f"{path}.{i}") for i, v in enumerate(o)]}
         if o is None or isinstance(o, (bool, int, float, str)):

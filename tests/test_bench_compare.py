@@ -14,8 +14,21 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "bench" / "compare.py"
 CASES = {"step", "model", "model_paper_size", "approx_mass", "memory", "bandwidth"}
-FIELDS = {"case", "impl", "device", "median_s", "iqr_s", "ratio_vs_eager", "bytes", "params", "shape", "note",
-          "torch", "commit", "machine"}
+FIELDS = {
+    "case",
+    "impl",
+    "device",
+    "median_s",
+    "iqr_s",
+    "ratio_vs_eager",
+    "bytes",
+    "params",
+    "shape",
+    "note",
+    "torch",
+    "commit",
+    "machine",
+}
 INVFLOW = ("invflow-fused", "invflow-eager")
 COMPILE = "torch.compile(reference)"
 COMPILE_FUSED = "torch.compile(fused)"
@@ -25,16 +38,22 @@ PEERS = ("FrEIA", "normflows")
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare") / "smoke.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--device", "cpu", "--threads", "1",
-                           "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--smoke", "--device", "cpu", "--threads", "1", "--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(out.read_text())
 
 
 def rows(records, case, variant=None):
-    return {r["impl"]: r for r in records
-            if r["case"] == case and (variant is None or r["variant"] == variant)}
+    return {
+        r["impl"]: r for r in records if r["case"] == case and (variant is None or r["variant"] == variant)
+    }
 
 
 def test_every_case_and_field_present(records):
@@ -47,8 +66,13 @@ def test_every_case_and_field_present(records):
 
 
 def test_impls_named_and_timed(records):
-    timed = [("step", "fwd+bwd"), ("model", "train_step"), ("model_paper_size", "train_step"), ("approx_mass", "nll"),
-             ("approx_mass", "penalty")]
+    timed = [
+        ("step", "fwd+bwd"),
+        ("model", "train_step"),
+        ("model_paper_size", "train_step"),
+        ("approx_mass", "nll"),
+        ("approx_mass", "penalty"),
+    ]
     for case, variant in timed:
         got = rows(records, case, variant)
         for name in INVFLOW + (COMPILE, COMPILE_FUSED) + PEERS:
@@ -56,14 +80,18 @@ def test_impls_named_and_timed(records):
         for name in INVFLOW:
             assert got[name]["median_s"] > 0, got[name]
         assert got["invflow-eager"]["ratio_vs_eager"] == pytest.approx(1.0)
-        for name in PEERS:   # either numbers, or a row that says why not
+        for name in PEERS:  # either numbers, or a row that says why not
             r = got[name]
             assert r["median_s"] is not None or "not installed" in r["note"], r
             if r["median_s"] is not None:
                 assert r["params"] > 0
     assert "FrEIA-AllInOne" in rows(records, "step")
-    for case, variant in [("step", "fwd+bwd"), ("model", "train_step"), ("model_paper_size", "train_step"),
-                          ("approx_mass", "nll")]:
+    for case, variant in [
+        ("step", "fwd+bwd"),
+        ("model", "train_step"),
+        ("model_paper_size", "train_step"),
+        ("approx_mass", "nll"),
+    ]:
         for name in (COMPILE, COMPILE_FUSED):
             assert rows(records, case, variant)[name]["median_s"] > 0, (case, name)
     # the fused ops inside torch.compile: the whole model is one graph (fullgraph=True, no breaks)

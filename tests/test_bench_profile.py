@@ -21,8 +21,14 @@ IMPLS = {"invflow-fused", "invflow-eager", "torch.compile(reference)"}
 def records(tmp_path_factory):
     out = tmp_path_factory.mktemp("profile") / "smoke.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--threads", "1", "--json", str(out)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--smoke", "--threads", "1", "--json", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     log = proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.returncode == 0, log
     assert "Traceback" not in proc.stdout + proc.stderr, log

@@ -45,7 +45,7 @@ class TinyCheckpointModel(nn.Module):
         return {"features": self.features, "out": self.out, "shift": self.shift}
 
     @classmethod
-    def from_config(cls, config: dict) -> "TinyCheckpointModel":
+    def from_config(cls, config: dict) -> TinyCheckpointModel:
         return cls(**config)
 
 
@@ -71,8 +71,12 @@ def _write_safetensors(path, metadata) -> None:
 
 
 def _metadata(**overrides) -> dict:
-    meta = {"format": "invflow", "version": "1", "class": "TinyCheckpointModel",
-            "config": json.dumps({"features": 3, "out": 2, "shift": 0.5})}
+    meta = {
+        "format": "invflow",
+        "version": "1",
+        "class": "TinyCheckpointModel",
+        "config": json.dumps({"features": 3, "out": 2, "shift": 0.5}),
+    }
     meta.update(overrides)
     return meta
 

@@ -17,8 +17,11 @@ from invflow.train import Trainer
 
 
 def _tree(path):
-    return sorted((os.path.relpath(os.path.join(d, f), path), os.stat(os.path.join(d, f)).st_mtime_ns)
-                  for d, _, files in os.walk(path) for f in files)
+    return sorted(
+        (os.path.relpath(os.path.join(d, f), path), os.stat(os.path.join(d, f)).st_mtime_ns)
+        for d, _, files in os.walk(path)
+        for f in files
+    )
 
 
 @pytest.fixture
@@ -26,8 +29,16 @@ def run_dir(tmp_path):
     torch.manual_seed(0)
     model = invflow.Glow(1, 4, levels=1, steps=1, hidden=4)
     data = torch.randint(0, 256, (8, 1, 4, 4), dtype=torch.uint8)
-    trainer = Trainer(model, data, out_dir=str(tmp_path / "run"), steps=3, batch_size=4, checkpoint_every=1,
-                      keep_checkpoints=2, progress=False)
+    trainer = Trainer(
+        model,
+        data,
+        out_dir=str(tmp_path / "run"),
+        steps=3,
+        batch_size=4,
+        checkpoint_every=1,
+        keep_checkpoints=2,
+        progress=False,
+    )
     trainer.fit()
     return tmp_path / "run", model
 
@@ -64,7 +75,9 @@ def test_to_images_inverts_preprocess():
     k = torch.randint(0, 256, (5, 3, 6, 7), dtype=torch.uint8)
     g = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.float64):
-        assert torch.equal(invflow.data.to_images(invflow.data.preprocess(k, dequantize=False, dtype=dtype)), k)
+        assert torch.equal(
+            invflow.data.to_images(invflow.data.preprocess(k, dequantize=False, dtype=dtype)), k
+        )
         assert torch.equal(invflow.data.to_images(invflow.data.preprocess(k, generator=g, dtype=dtype)), k)
     assert invflow.data.to_images(torch.tensor([[[[-0.9, 0.7]]]])).tolist() == [[[[0, 255]]]]  # clamped
     assert torch.equal(invflow.data.to_images(k), k)

@@ -56,7 +56,9 @@ def test_constant_channels_keep_scale_one_and_others_are_normalised(dtype):
     x = torch.stack([torch.full((8,), 0.3), torch.linspace(-1, 1, 8), torch.zeros(8)], 1).to(dtype)
     y, _ = a(x)
     assert a.log_scale[0].item() == 0.0 and a.log_scale[2].item() == 0.0
-    torch.testing.assert_close(a.bias.detach(), torch.tensor([-0.3, 0.0, 0.0], dtype=dtype), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        a.bias.detach(), torch.tensor([-0.3, 0.0, 0.0], dtype=dtype), atol=1e-6, rtol=0
+    )
     std = torch.linspace(-1, 1, 8, dtype=torch.float64).std(unbiased=False)
     assert a.log_scale[1].item() == pytest.approx(-math.log(std + 1e-6), rel=1e-6)
     # a fresh input is mapped to a bounded value, and the log-density stays moderate
@@ -80,8 +82,9 @@ def test_glow_with_a_constant_image_and_trainer_batch_of_one(tmp_path):
     trainer = Trainer(model, data, out_dir=str(tmp_path / "r"), steps=1, batch_size=1, progress=False)
     with pytest.raises(ValueError, match="init_batch"):
         trainer.fit()
-    trainer = Trainer(model, data, out_dir=str(tmp_path / "r2"), steps=1, batch_size=1, init_batch=4,
-                      progress=False)
+    trainer = Trainer(
+        model, data, out_dir=str(tmp_path / "r2"), steps=1, batch_size=1, init_batch=4, progress=False
+    )
     trainer.fit()
     assert all(bool(m.initialized) for m in model.modules() if isinstance(m, invflow.ActNorm))
 
@@ -96,7 +99,7 @@ def _ddp_worker(rank, world, init_file, out_dir):
     data = torch.randn(8, 4, generator=g, dtype=torch.float64)
     data[4:] = 3 * data[4:] + 2  # the shards differ in distribution
     ddp.train()
-    ddp(data[rank * 4: (rank + 1) * 4])
+    ddp(data[rank * 4 : (rank + 1) * 4])
     torch.save({k: v.clone() for k, v in model.state_dict().items()}, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -111,7 +114,9 @@ def test_actnorm_under_ddp_gives_identical_replicas_from_the_global_batch(tmp_pa
     data[4:] = 3 * data[4:] + 2
     # the first ActNorm sees the data itself: its init is that of the global batch
     torch.testing.assert_close(s0["flow.flows.0.flows.0.bias"], -data.mean(0))
-    torch.testing.assert_close(s0["flow.flows.0.flows.0.log_scale"], -torch.log(data.std(0, unbiased=False) + 1e-6))
+    torch.testing.assert_close(
+        s0["flow.flows.0.flows.0.log_scale"], -torch.log(data.std(0, unbiased=False) + 1e-6)
+    )
 
 
 # --------------------------------------------------------------- 5: numeric arguments
@@ -157,12 +162,15 @@ def test_low_precision_glow_runs_forward_inverse_and_sample(dtype, lu):
     assert s.dtype == dtype and s.shape == (3, 1, 8, 8) and torch.isfinite(s).all()
 
 
-@pytest.mark.parametrize("make", [
-    lambda: invflow.RealNVP(1, 4, levels=2, blocks=1, hidden=4),
-    lambda: invflow.PatchGlow(1, 4, patch_size=2, steps=1, hidden=4),
-    lambda: invflow.DenseGlow(1, 4, levels=2, steps=1, hidden=4),
-    lambda: invflow.Glow(1, 4, levels=2, steps=1, hidden=4, split_prior=True),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: invflow.RealNVP(1, 4, levels=2, blocks=1, hidden=4),
+        lambda: invflow.PatchGlow(1, 4, patch_size=2, steps=1, hidden=4),
+        lambda: invflow.DenseGlow(1, 4, levels=2, steps=1, hidden=4),
+        lambda: invflow.Glow(1, 4, levels=2, steps=1, hidden=4, split_prior=True),
+    ],
+)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_every_image_model_runs_in_low_precision_and_under_autocast(make, dtype):
     torch.manual_seed(0)
@@ -230,12 +238,15 @@ def test_vector_flow_half_precision():
 
 
 # ----------------------------------------------------------------- 7: input range
-@pytest.mark.parametrize("make", [
-    lambda: invflow.Glow(1, 8, levels=2, steps=1, hidden=4),
-    lambda: invflow.RealNVP(1, 8, levels=2, blocks=1, hidden=4),
-    lambda: invflow.PatchGlow(1, 8, patch_size=4, steps=1, hidden=4),
-    lambda: invflow.DenseGlow(1, 4, levels=2, steps=1, hidden=4),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: invflow.Glow(1, 8, levels=2, steps=1, hidden=4),
+        lambda: invflow.RealNVP(1, 8, levels=2, blocks=1, hidden=4),
+        lambda: invflow.PatchGlow(1, 8, patch_size=4, steps=1, hidden=4),
+        lambda: invflow.DenseGlow(1, 4, levels=2, steps=1, hidden=4),
+    ],
+)
 def test_image_models_refuse_floats_outside_the_preprocessed_range(make):
     model = make().double()
     size = model.input_shape[-1]
@@ -259,8 +270,13 @@ def test_trainer_refuses_float_images_outside_the_range(tmp_path):
             Trainer(glow, bad, out_dir=str(tmp_path), steps=1, batch_size=4)
     Trainer(glow, invflow.data.preprocess(k), out_dir=str(tmp_path), steps=1, batch_size=4)  # in range
     Trainer(glow, k, out_dir=str(tmp_path), steps=1, batch_size=4)  # uint8: preprocessed by the trainer
-    Trainer(invflow.VectorFlow(3, blocks=1, hidden=2), 50 * torch.randn(8, 3), out_dir=str(tmp_path), steps=1,
-            batch_size=4)  # vectors: any finite values
+    Trainer(
+        invflow.VectorFlow(3, blocks=1, hidden=2),
+        50 * torch.randn(8, 3),
+        out_dir=str(tmp_path),
+        steps=1,
+        batch_size=4,
+    )  # vectors: any finite values
 
 
 def test_vector_flows_take_any_finite_values():
@@ -309,49 +325,95 @@ def _trainer(tmp_path, **kw):
 _TINY_GLOW = invflow.Glow(1, 4, levels=1, steps=1, hidden=2)
 
 ENTRY_POINTS = {
-    "Glow": (lambda **k: invflow.Glow(**{"in_channels": 1, "image_size": 4, "levels": 1, "steps": 1,
-                                          "hidden": 2, **k}),
-             {"in_channels": "pos_int", "image_size": "pos_int", "levels": "pos_int", "steps": "pos_int",
-              "hidden": "pos_int"}),
-    "RealNVP": (lambda **k: invflow.RealNVP(**{"in_channels": 1, "image_size": 4, "levels": 1, "blocks": 1,
-                                                "hidden": 2, **k}),
-                {"levels": "pos_int", "blocks": "pos_int", "hidden": "pos_int", "clamp": "pos"}),
-    "PatchGlow": (lambda **k: invflow.PatchGlow(**{"in_channels": 1, "image_size": 4, "patch_size": 2, "steps": 1,
-                                                    "hidden": 2, **k}),
-                  {"patch_size": "pos_int", "steps": "pos_int", "hidden": "pos_int"}),
-    "DenseGlow": (lambda **k: invflow.DenseGlow(**{"in_channels": 1, "image_size": 4, "levels": 1, "steps": 1,
-                                                    "hidden": 2, **k}),
-                  {"steps": "pos_int", "hidden": "pos_int", "seed": "nonneg_int"}),
-    "VectorFlow": (lambda **k: invflow.VectorFlow(**{"dim": 2, "blocks": 1, "hidden": 2, **k}),
-                   {"blocks": "pos_int", "hidden": "pos_int", "clamp": "pos", "seed": "nonneg_int"}),
-    "ActNorm": (lambda **k: invflow.ActNorm(**{"num_channels": 2, **k}), {"num_channels": "pos_int", "eps": "nonneg"}),
+    "Glow": (
+        lambda **k: invflow.Glow(
+            **{"in_channels": 1, "image_size": 4, "levels": 1, "steps": 1, "hidden": 2, **k}
+        ),
+        {
+            "in_channels": "pos_int",
+            "image_size": "pos_int",
+            "levels": "pos_int",
+            "steps": "pos_int",
+            "hidden": "pos_int",
+        },
+    ),
+    "RealNVP": (
+        lambda **k: invflow.RealNVP(
+            **{"in_channels": 1, "image_size": 4, "levels": 1, "blocks": 1, "hidden": 2, **k}
+        ),
+        {"levels": "pos_int", "blocks": "pos_int", "hidden": "pos_int", "clamp": "pos"},
+    ),
+    "PatchGlow": (
+        lambda **k: invflow.PatchGlow(
+            **{"in_channels": 1, "image_size": 4, "patch_size": 2, "steps": 1, "hidden": 2, **k}
+        ),
+        {"patch_size": "pos_int", "steps": "pos_int", "hidden": "pos_int"},
+    ),
+    "DenseGlow": (
+        lambda **k: invflow.DenseGlow(
+            **{"in_channels": 1, "image_size": 4, "levels": 1, "steps": 1, "hidden": 2, **k}
+        ),
+        {"steps": "pos_int", "hidden": "pos_int", "seed": "nonneg_int"},
+    ),
+    "VectorFlow": (
+        lambda **k: invflow.VectorFlow(**{"dim": 2, "blocks": 1, "hidden": 2, **k}),
+        {"blocks": "pos_int", "hidden": "pos_int", "clamp": "pos", "seed": "nonneg_int"},
+    ),
+    "ActNorm": (
+        lambda **k: invflow.ActNorm(**{"num_channels": 2, **k}),
+        {"num_channels": "pos_int", "eps": "nonneg"},
+    ),
     "InvConv1x1": (lambda **k: invflow.InvConv1x1(**{"num_channels": 2, **k}), {"num_channels": "pos_int"}),
-    "FixedLinear": (lambda **k: invflow.FixedLinear(**{"num_channels": 2, **k}),
-                    {"num_channels": "pos_int", "seed": "nonneg_int"}),
-    "nets.GlowNet": (lambda **k: nets.GlowNet(**{"in_channels": 2, "out_channels": 2, "hidden": 2, **k}),
-                     {"hidden": "pos_int"}),
-    "nets.MLP": (lambda **k: nets.MLP(**{"in_features": 2, "out_features": 2, "hidden": 2, **k}),
-                 {"hidden": "pos_int", "layers": "nonneg_int"}),
-    "Glow.sample": (lambda **k: _TINY_GLOW.sample(**{"n": 1, **k}),
-                    {"n": "pos_int", "temperature": "nonneg"}),
+    "FixedLinear": (
+        lambda **k: invflow.FixedLinear(**{"num_channels": 2, **k}),
+        {"num_channels": "pos_int", "seed": "nonneg_int"},
+    ),
+    "nets.GlowNet": (
+        lambda **k: nets.GlowNet(**{"in_channels": 2, "out_channels": 2, "hidden": 2, **k}),
+        {"hidden": "pos_int"},
+    ),
+    "nets.MLP": (
+        lambda **k: nets.MLP(**{"in_features": 2, "out_features": 2, "hidden": 2, **k}),
+        {"hidden": "pos_int", "layers": "nonneg_int"},
+    ),
+    "Glow.sample": (
+        lambda **k: _TINY_GLOW.sample(**{"n": 1, **k}),
+        {"n": "pos_int", "temperature": "nonneg"},
+    ),
     "priors.ClassConditionalGaussianMixture.sample": (
         lambda **k: invflow.priors.ClassConditionalGaussianMixture(2, 3).sample(**{"n": 2, **k}),
-        {"temperature": "nonneg"}),
-    "invflow.train.finite_mean": (lambda **k: invflow.train.finite_mean(torch.zeros(3), **k),
-                                  {"max_dropped": "nonneg"}),
+        {"temperature": "nonneg"},
+    ),
+    "invflow.train.finite_mean": (
+        lambda **k: invflow.train.finite_mean(torch.zeros(3), **k),
+        {"max_dropped": "nonneg"},
+    ),
 }
 
-TRAINER_FIELDS = {"steps": "pos_int", "batch_size": "pos_int", "lr": "pos", "weight_decay": "nonneg",
-                  "warmup": "nonneg_int", "grad_clip": "pos", "checkpoint_every": "pos_int",
-                  "keep_checkpoints": "pos_int", "log_every": "pos_int", "translate": "nonneg_int",
-                  "init_batch": "pos_int"}
+TRAINER_FIELDS = {
+    "steps": "pos_int",
+    "batch_size": "pos_int",
+    "lr": "pos",
+    "weight_decay": "nonneg",
+    "warmup": "nonneg_int",
+    "grad_clip": "pos",
+    "checkpoint_every": "pos_int",
+    "keep_checkpoints": "pos_int",
+    "log_every": "pos_int",
+    "translate": "nonneg_int",
+    "init_batch": "pos_int",
+}
 OPTIONAL = {("Trainer", "grad_clip"), ("Trainer", "init_batch")}
 
 
 def _cases(entry):
     if entry == "Trainer":
-        return [(arg, bad) for arg, kind in TRAINER_FIELDS.items() for bad in _bad_for(kind)
-                if not (("Trainer", arg) in OPTIONAL and bad is None)]
+        return [
+            (arg, bad)
+            for arg, kind in TRAINER_FIELDS.items()
+            for bad in _bad_for(kind)
+            if not (("Trainer", arg) in OPTIONAL and bad is None)
+        ]
     return [(arg, bad) for arg, kind in ENTRY_POINTS[entry][1].items() for bad in _bad_for(kind)]
 
 

@@ -21,8 +21,12 @@ pytestmark = pytest.mark.skipif(not invflow.fused_available(), reason="the fused
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "15"))
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=2e-4, atol=2e-4)}
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def _build(kind: str, c: int, scale: str, mask_kind: str, parity: int) -> invflow.Flow:
@@ -35,10 +39,16 @@ def _build(kind: str, c: int, scale: str, mask_kind: str, parity: int) -> invflo
         return invflow.InvConv1x1(c, lu=False)
     if kind == "fixed":
         return invflow.FixedLinear(c, seed=parity)
-    mask = {"channel": masks.Channel(parity), "checkerboard": masks.Checkerboard(parity),
-            "horizontal": masks.Horizontal(parity), "cycle": masks.Cycle(parity)}[mask_kind]
+    mask = {
+        "channel": masks.Channel(parity),
+        "checkerboard": masks.Checkerboard(parity),
+        "horizontal": masks.Horizontal(parity),
+        "cycle": masks.Cycle(parity),
+    }[mask_kind]
+
     def net(i, o):
         return nets.GlowNet(i, o, hidden=6)
+
     if kind == "additive":
         return invflow.AdditiveCoupling(c, mask, net=net)
     return invflow.AffineCoupling(c, mask, net=net, scale=scale)
@@ -75,18 +85,30 @@ devices = st.sampled_from(DEVICES)
 
 
 @FUZZ
-@given(kind=st.sampled_from(["actnorm", "invconv_lu", "invconv", "fixed"]), c=st.integers(1, 9),
-       b=st.integers(1, 5), spatial=st.sampled_from([(), (3,), (1, 1), (2, 3), (5, 4), (7, 7)]),
-       dtype=dtypes, device=devices)
+@given(
+    kind=st.sampled_from(["actnorm", "invconv_lu", "invconv", "fixed"]),
+    c=st.integers(1, 9),
+    b=st.integers(1, 5),
+    spatial=st.sampled_from([(), (3,), (1, 1), (2, 3), (5, 4), (7, 7)]),
+    dtype=dtypes,
+    device=devices,
+)
 def test_fuzz_channel_layers_fused_equal_reference(kind, c, b, spatial, dtype, device):
     _check(kind, c, b, spatial, dtype, device, "sigmoid", "channel", 0)
 
 
 @FUZZ
-@given(kind=st.sampled_from(["affine", "additive"]), c=st.integers(2, 7), b=st.integers(1, 4),
-       hw=st.sampled_from([(2, 2), (3, 5), (4, 4), (6, 3)]), dtype=dtypes, device=devices,
-       scale=st.sampled_from(["sigmoid", "exp", "tanh"]),
-       mask_kind=st.sampled_from(["channel", "checkerboard", "horizontal", "cycle"]), parity=st.integers(0, 1))
+@given(
+    kind=st.sampled_from(["affine", "additive"]),
+    c=st.integers(2, 7),
+    b=st.integers(1, 4),
+    hw=st.sampled_from([(2, 2), (3, 5), (4, 4), (6, 3)]),
+    dtype=dtypes,
+    device=devices,
+    scale=st.sampled_from(["sigmoid", "exp", "tanh"]),
+    mask_kind=st.sampled_from(["channel", "checkerboard", "horizontal", "cycle"]),
+    parity=st.integers(0, 1),
+)
 def test_fuzz_couplings_fused_equal_reference(kind, c, b, hw, dtype, device, scale, mask_kind, parity):
     if mask_kind == "cycle" and (hw[0] % 2 or hw[1] % 2):
         hw = (4, 4)  # quadrant masks need even sizes
@@ -94,11 +116,20 @@ def test_fuzz_couplings_fused_equal_reference(kind, c, b, hw, dtype, device, sca
 
 
 @FUZZ
-@given(c=st.integers(1, 5), b=st.integers(1, 4), hw=st.sampled_from([(2, 2), (4, 6), (8, 2)]), dtype=dtypes,
-       device=devices)
+@given(
+    c=st.integers(1, 5),
+    b=st.integers(1, 4),
+    hw=st.sampled_from([(2, 2), (4, 6), (8, 2)]),
+    dtype=dtypes,
+    device=devices,
+)
 def test_fuzz_squeeze_and_sequential_step(c, b, hw, dtype, device):
-    step = invflow.Sequential(invflow.Squeeze(), invflow.ActNorm(4 * c), invflow.InvConv1x1(4 * c),
-                              invflow.AffineCoupling(4 * c, masks.Channel(0), net=lambda i, o: nets.GlowNet(i, o, 6)))
+    step = invflow.Sequential(
+        invflow.Squeeze(),
+        invflow.ActNorm(4 * c),
+        invflow.InvConv1x1(4 * c),
+        invflow.AffineCoupling(4 * c, masks.Channel(0), net=lambda i, o: nets.GlowNet(i, o, 6)),
+    )
     step = step.to(device=device, dtype=dtype)
     _perturb(step, b + c)
     layer = step.eval()

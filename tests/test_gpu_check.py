@@ -26,8 +26,9 @@ GPU_CHECK = os.path.join(TOOLS, "gpu_check.sh")
 DRIVER = os.path.join(TOOLS, "gpu_driver.py")
 HASH_LINE = re.compile(r"^source hash: [0-9a-f]{64} \(sha256 over \d+ files", re.M)
 
-pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
-                                reason="needs bash and coreutils timeout")
+pytestmark = pytest.mark.skipif(
+    shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and coreutils timeout"
+)
 
 
 def _load(name):
@@ -45,9 +46,15 @@ def _run(args, env=None, timeout=120):
 
 # ----------------------------------------------------------------------------- source hash
 def _fake_tree(root):
-    for rel, text in {"csrc/ops.h": "int f();\n", "csrc/cuda/k.cu": "__global__ void k() {}\n",
-                      "invflow/__init__.py": "x = 1\n", "tests/test_a.py": "def test(): pass\n",
-                      "setup.py": "print()\n", "Makefile": "all:\n", "README.md": "not hashed\n"}.items():
+    for rel, text in {
+        "csrc/ops.h": "int f();\n",
+        "csrc/cuda/k.cu": "__global__ void k() {}\n",
+        "invflow/__init__.py": "x = 1\n",
+        "tests/test_a.py": "def test(): pass\n",
+        "setup.py": "print()\n",
+        "Makefile": "all:\n",
+        "README.md": "not hashed\n",
+    }.items():
         path = os.path.join(root, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
@@ -62,8 +69,13 @@ def test_source_hash_is_stable_and_follows_the_sources(tmp_path):
     first, count = sh.source_hash(str(a))
     assert count == 6 and sh.source_hash(str(b)) == (first, count), "same tree, another place: same hash"
     # build products and caches do not count
-    for rel in ("invflow/_C.cpython-311-x86_64-linux-gnu.so", "invflow/.build-stamp",
-                "invflow/__pycache__/x.cpython-311.pyc", "bench/results-cpu.json", "tests/.hypothesis/db"):
+    for rel in (
+        "invflow/_C.cpython-311-x86_64-linux-gnu.so",
+        "invflow/.build-stamp",
+        "invflow/__pycache__/x.cpython-311.pyc",
+        "bench/results-cpu.json",
+        "tests/.hypothesis/db",
+    ):
         os.makedirs(os.path.dirname(a / rel), exist_ok=True)
         (a / rel).write_text("built")
     (a / "README.md").write_text("edited, outside the hashed set")
@@ -83,8 +95,10 @@ def test_source_hash_cli_matches_the_function():
 
 # ------------------------------------------------------------------ gpu_check.sh, dry run
 def test_dry_run_with_a_tiny_budget_skips_every_stage_and_records_the_hash(tmp_path):
-    out = _run(["bash", GPU_CHECK, str(tmp_path)], env={"DRY_RUN": "1", "GPU_CHECK_BUDGET_S": "1",
-                                                        "PY": sys.executable})
+    out = _run(
+        ["bash", GPU_CHECK, str(tmp_path)],
+        env={"DRY_RUN": "1", "GPU_CHECK_BUDGET_S": "1", "PY": sys.executable},
+    )
     assert out.returncode == 0, out.stdout + out.stderr  # a budget skip does not fail the dry run
     summary = (tmp_path / "summary.txt").read_text()
     for name in ("build", "probe", "tests-collect", "smoke", "driver-cpu"):
@@ -176,8 +190,17 @@ def test_real_path_passes_and_says_verification_complete(fake_gpu):
     assert re.search(r"^bench +FAIL", summary, re.M), "the bench's failure is reported"
     assert "bench FAIL(rc=1) (the bench does not gate)" in stdout
     order = [m.group(1) for m in re.finditer(r"^(\S+) +(?:PASS|FAIL)", summary, re.M)]
-    assert order == ["build", "probe", "tests", "smoke", "sanitize-memcheck", "sanitize-racecheck",
-                     "sanitize-initcheck", "sanitize-synccheck", "bench"]
+    assert order == [
+        "build",
+        "probe",
+        "tests",
+        "smoke",
+        "sanitize-memcheck",
+        "sanitize-racecheck",
+        "sanitize-initcheck",
+        "sanitize-synccheck",
+        "bench",
+    ]
 
 
 def test_real_path_fails_below_the_cuda_test_floor(fake_gpu):
@@ -234,8 +257,17 @@ def test_probe_on_cpu_every_case_raises_cleanly():
 
 
 def test_probe_names_a_crashing_case_and_keeps_going():
-    out = _run([sys.executable, os.path.join(TOOLS, "gpu_probe.py"), "--device", "cpu", "--self-test-crash",
-                "--only", "e"])  # "e": the self-test and the other cases
+    out = _run(
+        [
+            sys.executable,
+            os.path.join(TOOLS, "gpu_probe.py"),
+            "--device",
+            "cpu",
+            "--self-test-crash",
+            "--only",
+            "e",
+        ]
+    )  # "e": the self-test and the other cases
     assert out.returncode == 1
     assert "gpu_probe: CRASH signal 11 (SIGSEGV): cpu self-test crash" in out.stdout
     assert re.search(r"gpu_probe: 1 of \d+ bad-input cases did not raise cleanly on cpu", out.stdout)
@@ -265,8 +297,13 @@ def test_probe_wrong_device_cases_run_on_cuda_only():
     assert not any("wrong device" in name for name in cpu)
     assert any("wrong device" in c.name for c, d in both if d == "cuda")
     names = {c.name for c in probe.all_cases()}
-    for op in ("actnorm_backward", "coupling_backward", "channel_mix_backward", "coupling_cl_backward",
-               "coupling_cl_double_backward"):
+    for op in (
+        "actnorm_backward",
+        "coupling_backward",
+        "channel_mix_backward",
+        "coupling_cl_backward",
+        "coupling_cl_double_backward",
+    ):
         assert f"{op} grad_y wrong shape" in names
     for arg in ("u_x", "u_h"):
         assert f"coupling_cl_double_backward {arg} wrong shape" in names

@@ -12,13 +12,12 @@ import math
 
 import pytest
 import torch
+from helpers import perturb_
 from torch import distributions as D
 from torch.autograd import gradcheck, gradgradcheck
 
 from invflow import nets
 from invflow.priors import ClassConditionalGaussianMixture, StandardNormal
-
-from helpers import perturb_
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -40,6 +39,7 @@ def _jacobian(net, x):
     (grad,) = torch.autograd.grad(out, xs, torch.eye(n_out, dtype=out.dtype))
     return grad.reshape(n_out, -1)
 
+
 # ------------------------------------------------------------------------------ st-nets
 
 # (name, constructor, input shape, output shape): small, odd channels and H != W.
@@ -47,15 +47,30 @@ NETS = [
     ("glow", lambda: nets.GlowNet(3, 6, hidden=8), (2, 3, 5, 4), (2, 6, 5, 4)),
     ("glow_actnorm", lambda: nets.GlowNet(3, 6, hidden=8, actnorm=True), (2, 3, 5, 4), (2, 6, 5, 4)),
     ("resnet", lambda: nets.ResNet(3, 4, hidden=8, blocks=2), (2, 3, 5, 4), (2, 4, 5, 4)),
-    ("resnet_wn", lambda: nets.ResNet(3, 4, hidden=8, blocks=1, weight_norm=True), (2, 3, 4, 4),
-     (2, 4, 4, 4)),
-    ("bottleneck", lambda: nets.Bottleneck(3, 4, (5, 4), hidden=6, latent_dim=3, blocks=2), (2, 3, 5, 4),
-     (2, 4, 5, 4)),
-    ("bottleneck_b0", lambda: nets.Bottleneck(1, 2, 4, hidden=4, latent_dim=2, blocks=0), (3, 1, 4, 4),
-     (3, 2, 4, 4)),
-    ("bottleneck_wn",
-     lambda: nets.Bottleneck(2, 2, (4, 4), hidden=4, latent_dim=2, blocks=1, weight_norm=True),
-     (2, 2, 4, 4), (2, 2, 4, 4)),
+    (
+        "resnet_wn",
+        lambda: nets.ResNet(3, 4, hidden=8, blocks=1, weight_norm=True),
+        (2, 3, 4, 4),
+        (2, 4, 4, 4),
+    ),
+    (
+        "bottleneck",
+        lambda: nets.Bottleneck(3, 4, (5, 4), hidden=6, latent_dim=3, blocks=2),
+        (2, 3, 5, 4),
+        (2, 4, 5, 4),
+    ),
+    (
+        "bottleneck_b0",
+        lambda: nets.Bottleneck(1, 2, 4, hidden=4, latent_dim=2, blocks=0),
+        (3, 1, 4, 4),
+        (3, 2, 4, 4),
+    ),
+    (
+        "bottleneck_wn",
+        lambda: nets.Bottleneck(2, 2, (4, 4), hidden=4, latent_dim=2, blocks=1, weight_norm=True),
+        (2, 2, 4, 4),
+        (2, 2, 4, 4),
+    ),
     ("mlp", lambda: nets.MLP(5, 6, hidden=8), (3, 5), (3, 6)),
 ]
 IDS = [n[0] for n in NETS]
@@ -167,8 +182,10 @@ def test_actnorm2d_no_init_in_eval_mode_and_gradcheck():
     an.train()
     an(x)
     assert bool(an.initialized)
-    assert gradcheck(lambda v, b, s: (v + b.view(1, -1, 1, 1)) * s.exp().view(1, -1, 1, 1) - an(v),
-                     (x.requires_grad_(), an.bias.detach(), an.logs.detach()))
+    assert gradcheck(
+        lambda v, b, s: (v + b.view(1, -1, 1, 1)) * s.exp().view(1, -1, 1, 1) - an(v),
+        (x.requires_grad_(), an.bias.detach(), an.logs.detach()),
+    )
     fn = lambda v: an(v)  # noqa: E731
     assert gradcheck(fn, (x,)) and gradgradcheck(fn, (x,))
     with pytest.raises(ValueError, match=r"\[B, 3, \.\.\.\]"):
@@ -193,9 +210,11 @@ def test_resnet_defaults_follow_kirichenko_2020():
 
 def test_st_nets_are_batch_independent():
     """No BatchNorm: a sample's output does not depend on the rest of the batch."""
-    for net in (nets.ResNet(2, 4, hidden=8, blocks=2),
-                nets.Bottleneck(2, 4, 4, hidden=4, latent_dim=3, blocks=2),
-                nets.GlowNet(2, 4, hidden=8, actnorm=True)):
+    for net in (
+        nets.ResNet(2, 4, hidden=8, blocks=2),
+        nets.Bottleneck(2, 4, 4, hidden=4, latent_dim=3, blocks=2),
+        nets.GlowNet(2, 4, hidden=8, actnorm=True),
+    ):
         net = perturb_(net.double()).train()
         x = torch.randn(5, 2, 4, 4, dtype=torch.float64)
         if any(isinstance(m, nets.ActNorm2d) for m in net.modules()):
@@ -247,9 +266,11 @@ def test_nets_drive_a_coupling_as_identity_at_init():
     from invflow import masks
 
     x = torch.randn(2, 4, 4, 4, dtype=torch.float64)
-    for factory in (lambda i, o: nets.ResNet(i, o, hidden=4, blocks=1),
-                    lambda i, o: nets.Bottleneck(i, o, 4, hidden=4, latent_dim=2, blocks=1),
-                    lambda i, o: nets.GlowNet(i, o, hidden=4, actnorm=True)):
+    for factory in (
+        lambda i, o: nets.ResNet(i, o, hidden=4, blocks=1),
+        lambda i, o: nets.Bottleneck(i, o, 4, hidden=4, latent_dim=2, blocks=1),
+        lambda i, o: nets.GlowNet(i, o, hidden=4, actnorm=True),
+    ):
         layer = invflow.AffineCoupling(4, masks.Checkerboard(0), net=factory, scale="exp").double()
         y, logdet = layer(x)
         torch.testing.assert_close(y, x)
@@ -425,7 +446,11 @@ def test_cpu_channels_last_st_nets_match_nchw(kind, actnorm, monkeypatch):
     """CPU st-nets run their convolutions in channels_last (faster oneDNN path); the result,
     its gradients and the output layout must equal the NCHW computation."""
     torch.manual_seed(0)
-    net = (nets.GlowNet(6, 8, hidden=16, actnorm=actnorm) if kind == "glow" else nets.ResNet(6, 8, hidden=16, blocks=2))
+    net = (
+        nets.GlowNet(6, 8, hidden=16, actnorm=actnorm)
+        if kind == "glow"
+        else nets.ResNet(6, 8, hidden=16, blocks=2)
+    )
     net = net.double()
     with torch.no_grad():
         for p in net.parameters():

@@ -34,7 +34,9 @@ ptxas info    : Used 255 registers, used 1 barriers, 8192 bytes smem
 def test_parse_pairs_each_entry_with_its_own_properties():
     kernels = ptxas_report.parse(CLEAN + SPILLING)
     assert [(k.name, k.registers, k.spill_stores, k.spill_loads) for k in kernels] == [
-        ("_Z4fastPf", 56, 0, 0), ("_Z4slowPd", 255, 10508, 10508)]
+        ("_Z4fastPf", 56, 0, 0),
+        ("_Z4slowPd", 255, 10508, 10508),
+    ]
     assert not kernels[0].spills and kernels[1].spills
 
 

@@ -57,7 +57,15 @@ def run_script(tmp_path, out, steps, resume=False, env=None, nproc=1, wait=True)
     args = [str(script), str(out), str(steps), "resume" if resume else "fresh"]
     if nproc > 1:
         # --standalone: a local rendezvous on a free port (no fixed port to collide on)
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(nproc),
+            *args,
+        ]
     else:
         cmd = [sys.executable, *args]
     full_env = {**os.environ, "PYTHONPATH": ROOT, **(env or {})}
@@ -118,7 +126,9 @@ def tiny(tmp_path, objective=nll, **kw):
     model = invflow.Glow(1, 4, levels=1, steps=1, hidden=4).double()
     # structured 8-bit images (a ramp plus small noise): far below 8 bits/dim of entropy
     ramp = (torch.arange(16).view(1, 1, 4, 4) * 12).expand(16, 1, 4, 4)
-    images = (ramp + torch.randint(0, 4, (16, 1, 4, 4), generator=torch.Generator().manual_seed(2))).to(torch.uint8)
+    images = (ramp + torch.randint(0, 4, (16, 1, 4, 4), generator=torch.Generator().manual_seed(2))).to(
+        torch.uint8
+    )
     opts = dict(steps=6, batch_size=4, checkpoint_every=3, log_every=1, progress=False)
     opts.update(kw)
     return Trainer(model, images, out_dir=str(tmp_path / "run"), objective=objective, **opts)
@@ -167,7 +177,9 @@ def test_non_finite_gradients_are_skipped(tmp_path):
 def test_finite_mean_drops_non_finite_and_gives_up_past_75_percent():
     v = torch.tensor([1.0, float("inf"), 3.0, float("nan")])
     assert finite_mean(v).item() == 2.0
-    assert torch.isnan(finite_mean(torch.tensor([1.0, float("nan"), float("nan"), float("-inf"), float("inf")])))
+    assert torch.isnan(
+        finite_mean(torch.tensor([1.0, float("nan"), float("nan"), float("-inf"), float("inf")]))
+    )
 
 
 def test_nll_training_reduces_bits_per_dim_and_checkpoints_load(tmp_path):
@@ -203,7 +215,9 @@ def test_augmentation_flips_and_translates_deterministically():
     moved = augment(images, torch.Generator().manual_seed(0), flip=False, translate=1)
     assert moved.shape == images.shape and moved.dtype == torch.uint8
     assert not torch.equal(moved, images)
-    torch.testing.assert_close(moved, augment(images, torch.Generator().manual_seed(0), flip=False, translate=1))
+    torch.testing.assert_close(
+        moved, augment(images, torch.Generator().manual_seed(0), flip=False, translate=1)
+    )
 
 
 def test_gradient_clipping_is_applied_and_logged(tmp_path):
@@ -211,7 +225,7 @@ def test_gradient_clipping_is_applied_and_logged(tmp_path):
     trainer.initialize()
     taken, logs = trainer.train_step(trainer._batch(0))
     assert taken and "grad_norm" in logs
-    total = torch.sqrt(sum((p.grad ** 2).sum() for p in trainer.model.parameters() if p.grad is not None))
+    total = torch.sqrt(sum((p.grad**2).sum() for p in trainer.model.parameters() if p.grad is not None))
     assert total.item() <= 1e-3 * (1 + 1e-6)
 
 
@@ -222,8 +236,14 @@ def test_finetuning_starts_from_another_models_weights(tmp_path):
     path = os.path.join(general.latest_dir(), "model.safetensors")
     torch.manual_seed(123)  # a differently initialised model of the same architecture
     model = invflow.Glow(1, 4, levels=1, steps=1, hidden=4).double()
-    Trainer(model, torch.zeros(4, 1, 4, 4, dtype=torch.uint8), out_dir=str(tmp_path / "ft"), finetune_from=path,
-            steps=1, progress=False)
+    Trainer(
+        model,
+        torch.zeros(4, 1, 4, 4, dtype=torch.uint8),
+        out_dir=str(tmp_path / "ft"),
+        finetune_from=path,
+        steps=1,
+        progress=False,
+    )
     for k, v in general.model.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
 
@@ -246,7 +266,7 @@ def test_multi_tensor_adamax_equals_the_per_parameter_update_and_stays_on_after_
     trainer.initialize()
     for p, q in zip(trainer.model.parameters(), twin):
         q.data.copy_(p.data)
-    for step in range(3):
+    for _ in range(3):
         grads = [torch.randn_like(p) for p in twin]
         for p, q, g in zip(trainer.model.parameters(), twin, grads):
             p.grad, q.grad = g.clone(), g.clone()
@@ -255,7 +275,7 @@ def test_multi_tensor_adamax_equals_the_per_parameter_update_and_stays_on_after_
     for p, q in zip(trainer.model.parameters(), twin):
         assert torch.equal(p.detach(), q.detach())
     trainer.fit()
-    for group in trainer.optimizer.param_groups:       # an old checkpoint's groups say foreach=None
+    for group in trainer.optimizer.param_groups:  # an old checkpoint's groups say foreach=None
         group["foreach"] = None
     trainer.save_checkpoint()
     resumed = tiny(tmp_path, steps=6)

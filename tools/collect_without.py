@@ -22,7 +22,9 @@ class _Blocker(importlib.abc.MetaPathFinder):
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname.split(".")[0] in self.names:
-            raise ModuleNotFoundError(f"No module named {fullname!r} (blocked by collect_without)", name=fullname)
+            raise ModuleNotFoundError(
+                f"No module named {fullname!r} (blocked by collect_without)", name=fullname
+            )
         return None
 
 

@@ -85,8 +85,9 @@ def check_registration(device: str) -> int:
     no_schema, no_kernel = missing_kernels(device)
     key = dispatch_key(device)
     if no_schema:
-        print(f"gpu_driver: ops defined in csrc/ but not loaded from invflow._C: {no_schema}",
-              file=sys.stderr)
+        print(
+            f"gpu_driver: ops defined in csrc/ but not loaded from invflow._C: {no_schema}", file=sys.stderr
+        )
     if no_kernel:
         print(f"gpu_driver: ops with no {key} kernel registered: {no_kernel}", file=sys.stderr)
     if no_schema or no_kernel:
@@ -147,8 +148,11 @@ def call_all(device: str, dtype: torch.dtype, small: bool) -> set[str]:
     if dtype in (torch.float32, torch.float64):
         x = torch.randn(2, 6, 4, 4, **g, requires_grad=True)
         with invflow.backend("fused"):
-            flow = invflow.Sequential(invflow.ActNorm(6), invflow.InvConv1x1(6),
-                                      invflow.AffineCoupling(6, invflow.masks.Channel(0), hidden=8))
+            flow = invflow.Sequential(
+                invflow.ActNorm(6),
+                invflow.InvConv1x1(6),
+                invflow.AffineCoupling(6, invflow.masks.Channel(0), hidden=8),
+            )
             flow = flow.to(device=device, dtype=dtype).eval()
             y, ld = flow(x)
             (gx,) = torch.autograd.grad((y.square().sum() + ld.sum()), x, create_graph=True)
@@ -160,8 +164,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--small", action="store_true", help="skip the largest shape (sanitizers are slow)")
-    parser.add_argument("--check-registration", action="store_true",
-                        help="only assert that every op has a kernel for the device's dispatch key")
+    parser.add_argument(
+        "--check-registration",
+        action="store_true",
+        help="only assert that every op has a kernel for the device's dispatch key",
+    )
     args = parser.parse_args(argv)
     if not invflow.fused_available():
         print("gpu_driver: invflow._C is not built", file=sys.stderr)
@@ -176,8 +183,10 @@ def main(argv=None) -> int:
         torch.cuda.synchronize()
     missing = registered_ops() - called
     if missing:
-        print(f"gpu_driver: ops registered in csrc/registration.cpp but never called: {sorted(missing)}",
-              file=sys.stderr)
+        print(
+            f"gpu_driver: ops registered in csrc/registration.cpp but never called: {sorted(missing)}",
+            file=sys.stderr,
+        )
         return 1
     print(f"gpu_driver: called all {len(called)} ops on {args.device} in {len(dtypes)} dtypes")
     return 0

@@ -25,8 +25,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -57,9 +57,15 @@ def _inputs(device: str) -> dict:
     def rand(*shape):
         return torch.randn(*shape, generator=g, dtype=DTYPE).to(device)
 
-    a = dict(x=rand(2, 3, 4, 4), bias=rand(3), log_scale=0.1 * rand(3), h=rand(2, 6, 4, 4),
-             mask=(rand(3, 4, 4) > 0).to(DTYPE), gl=rand(2),
-             weight=(torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=DTYPE))[0]).to(device))
+    a = dict(
+        x=rand(2, 3, 4, 4),
+        bias=rand(3),
+        log_scale=0.1 * rand(3),
+        h=rand(2, 6, 4, 4),
+        mask=(rand(3, 4, 4) > 0).to(DTYPE),
+        gl=rand(2),
+        weight=(torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=DTYPE))[0]).to(device),
+    )
     a["gy"] = torch.randn_like(a["x"])
     a["x_cl"], a["h_cl"], a["gy_cl"] = (a[k].movedim(1, -1).contiguous() for k in ("x", "h", "gy"))
     a["u_x"], a["u_h"] = torch.randn_like(a["x_cl"]), torch.randn_like(a["h_cl"])
@@ -135,42 +141,80 @@ def _forward_cases() -> list[Case]:
     """Wrong-shape (and, on CUDA, host-resident) h / mask / bias / weight for the forward ops."""
     bad = _bad
     return [
-        _forward_case("actnorm_forward bias wrong shape",
-                      lambda a: OP.actnorm_forward(a["x"], bad(a["bias"], "shape"), a["log_scale"])),
-        _forward_case("actnorm_forward log_scale wrong shape",
-                      lambda a: OP.actnorm_forward(a["x"], a["bias"], bad(a["log_scale"], "shape"))),
-        _forward_case("actnorm_inverse bias wrong shape",
-                      lambda a: OP.actnorm_inverse(a["x"], bad(a["bias"], "shape"), a["log_scale"])),
-        _forward_case("actnorm_forward bias wrong device",
-                      lambda a: OP.actnorm_forward(a["x"], bad(a["bias"], "device"), a["log_scale"]), True),
-        _forward_case("channel_mix weight wrong shape",
-                      lambda a: OP.channel_mix(a["x"], torch.eye(4, dtype=DTYPE, device=a["x"].device))),
-        _forward_case("channel_mix weight not square",
-                      lambda a: OP.channel_mix(a["x"], bad(a["weight"], "shape"))),
-        _forward_case("channel_mix weight wrong device",
-                      lambda a: OP.channel_mix(a["x"], bad(a["weight"], "device")), True),
-        _forward_case("coupling_forward h wrong shape",
-                      lambda a: OP.coupling_forward(a["x"], a["h"][:, :5], None, "exp", 2.0)),
-        _forward_case("coupling_forward h wrong batch",
-                      lambda a: OP.coupling_forward(a["x"], a["h"][:1], None, "exp", 2.0)),
-        _forward_case("coupling_forward mask wrong shape",
-                      lambda a: OP.coupling_forward(a["x"], a["h"], a["mask"][0], "exp", 2.0)),
-        _forward_case("coupling_forward h wrong device",
-                      lambda a: OP.coupling_forward(a["x"], bad(a["h"], "device"), None, "exp", 2.0), True),
-        _forward_case("coupling_inverse h wrong shape",
-                      lambda a: OP.coupling_inverse(a["x"], bad(a["h"], "shape"), None, "sigmoid", 2.0)),
-        _forward_case("coupling_inverse mask wrong shape",
-                      lambda a: OP.coupling_inverse(a["x"], a["h"], bad(a["mask"], "shape"), "sigmoid", 2.0)),
-        _forward_case("coupling_backward mask wrong shape",
-                      lambda a: OP.coupling_backward(a["gy"], a["gl"], a["x"], a["h"],
-                                                     bad(a["mask"], "shape"), "sigmoid", 2.0)),
-        _forward_case("coupling_cl_forward h wrong shape",
-                      lambda a: OP.coupling_cl_forward(a["x_cl"], bad(a["h_cl"], "shape"), "exp", 2.0)),
-        _forward_case("coupling_cl_forward h wrong spatial shape",
-                      lambda a: OP.coupling_cl_forward(a["x_cl"], a["h_cl"][:, :3], "exp", 2.0)),
-        _forward_case("coupling_cl_backward h wrong shape",
-                      lambda a: OP.coupling_cl_backward(a["gy_cl"], a["gl"], a["x_cl"],
-                                                        bad(a["h_cl"], "shape"), "exp", 2.0)),
+        _forward_case(
+            "actnorm_forward bias wrong shape",
+            lambda a: OP.actnorm_forward(a["x"], bad(a["bias"], "shape"), a["log_scale"]),
+        ),
+        _forward_case(
+            "actnorm_forward log_scale wrong shape",
+            lambda a: OP.actnorm_forward(a["x"], a["bias"], bad(a["log_scale"], "shape")),
+        ),
+        _forward_case(
+            "actnorm_inverse bias wrong shape",
+            lambda a: OP.actnorm_inverse(a["x"], bad(a["bias"], "shape"), a["log_scale"]),
+        ),
+        _forward_case(
+            "actnorm_forward bias wrong device",
+            lambda a: OP.actnorm_forward(a["x"], bad(a["bias"], "device"), a["log_scale"]),
+            True,
+        ),
+        _forward_case(
+            "channel_mix weight wrong shape",
+            lambda a: OP.channel_mix(a["x"], torch.eye(4, dtype=DTYPE, device=a["x"].device)),
+        ),
+        _forward_case(
+            "channel_mix weight not square", lambda a: OP.channel_mix(a["x"], bad(a["weight"], "shape"))
+        ),
+        _forward_case(
+            "channel_mix weight wrong device",
+            lambda a: OP.channel_mix(a["x"], bad(a["weight"], "device")),
+            True,
+        ),
+        _forward_case(
+            "coupling_forward h wrong shape",
+            lambda a: OP.coupling_forward(a["x"], a["h"][:, :5], None, "exp", 2.0),
+        ),
+        _forward_case(
+            "coupling_forward h wrong batch",
+            lambda a: OP.coupling_forward(a["x"], a["h"][:1], None, "exp", 2.0),
+        ),
+        _forward_case(
+            "coupling_forward mask wrong shape",
+            lambda a: OP.coupling_forward(a["x"], a["h"], a["mask"][0], "exp", 2.0),
+        ),
+        _forward_case(
+            "coupling_forward h wrong device",
+            lambda a: OP.coupling_forward(a["x"], bad(a["h"], "device"), None, "exp", 2.0),
+            True,
+        ),
+        _forward_case(
+            "coupling_inverse h wrong shape",
+            lambda a: OP.coupling_inverse(a["x"], bad(a["h"], "shape"), None, "sigmoid", 2.0),
+        ),
+        _forward_case(
+            "coupling_inverse mask wrong shape",
+            lambda a: OP.coupling_inverse(a["x"], a["h"], bad(a["mask"], "shape"), "sigmoid", 2.0),
+        ),
+        _forward_case(
+            "coupling_backward mask wrong shape",
+            lambda a: OP.coupling_backward(
+                a["gy"], a["gl"], a["x"], a["h"], bad(a["mask"], "shape"), "sigmoid", 2.0
+            ),
+        ),
+        _forward_case(
+            "coupling_cl_forward h wrong shape",
+            lambda a: OP.coupling_cl_forward(a["x_cl"], bad(a["h_cl"], "shape"), "exp", 2.0),
+        ),
+        _forward_case(
+            "coupling_cl_forward h wrong spatial shape",
+            lambda a: OP.coupling_cl_forward(a["x_cl"], a["h_cl"][:, :3], "exp", 2.0),
+        ),
+        _forward_case(
+            "coupling_cl_backward h wrong shape",
+            lambda a: OP.coupling_cl_backward(
+                a["gy_cl"], a["gl"], a["x_cl"], bad(a["h_cl"], "shape"), "exp", 2.0
+            ),
+        ),
     ]
 
 
@@ -271,7 +315,7 @@ def _verdict(job: _Running, status: int) -> tuple[bool, str]:
         return False, f"CRASH signal {number} ({_signal_name(number)}): {job.label}"
     if os.waitstatus_to_exitcode(status) == 0:
         return True, f"PASS {job.label}: {message}"
-    return False, f"FAIL {job.label}: {message or 'exit status %d' % os.waitstatus_to_exitcode(status)}"
+    return False, f"FAIL {job.label}: {message or f'exit status {os.waitstatus_to_exitcode(status)}'}"
 
 
 def run_cases(jobs: list[tuple[Case, str]], parallel: int, timeout: float, report=print) -> int:
@@ -311,8 +355,7 @@ def select(devices: list[str], only: str | None, self_test: bool) -> list[tuple[
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", action="append", choices=["cpu", "cuda"],
-                        help="repeatable; default: cpu")
+    parser.add_argument("--device", action="append", choices=["cpu", "cuda"], help="repeatable; default: cpu")
     parser.add_argument("--only", help="run the cases whose name contains this text")
     parser.add_argument("--parallel", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per case")
@@ -337,8 +380,10 @@ def main(argv=None) -> int:
     took = time.monotonic() - start
     where = ", ".join(devices)
     if failed:
-        print(f"gpu_probe: {failed} of {len(jobs)} bad-input cases did not raise cleanly on {where} "
-              f"({took:.1f} s)")
+        print(
+            f"gpu_probe: {failed} of {len(jobs)} bad-input cases did not raise cleanly on {where} "
+            f"({took:.1f} s)"
+        )
         return 1
     print(f"gpu_probe: all {len(jobs)} bad-input cases raised RuntimeError on {where} ({took:.1f} s)")
     return 0

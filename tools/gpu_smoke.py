@@ -66,7 +66,7 @@ def check_autocast_training(device: str) -> str:
     opt = torch.optim.Adam(model.parameters(), lr=2e-3 if device == "cuda" else 5e-3)
     losses = []
     for step in range(steps):
-        x = data[(step * batch) % 256:(step * batch) % 256 + batch]
+        x = data[(step * batch) % 256 : (step * batch) % 256 + batch]
         with torch.autocast(device_type=device, dtype=torch.bfloat16):
             loss = nll(model, x)
         if not torch.isfinite(loss):
@@ -150,9 +150,11 @@ def check_cuda_graph() -> str:
         loss_floor = max(loss_floor, abs(eager[0] - eager[1]))
     param_diff, param_name = max_param_diff(model, twin)
     param_floor, floor_name = max_param_diff(twin, control)
-    report = (f"max |loss diff| graph vs eager {loss_diff:.3g} (eager vs eager {loss_floor:.3g}), "
-              f"max |param diff| {param_diff:.3g} in {param_name} "
-              f"(eager vs eager {param_floor:.3g} in {floor_name})")
+    report = (
+        f"max |loss diff| graph vs eager {loss_diff:.3g} (eager vs eager {loss_floor:.3g}), "
+        f"max |param diff| {param_diff:.3g} in {param_name} "
+        f"(eager vs eager {param_floor:.3g} in {floor_name})"
+    )
     loss_ok = loss_diff <= max(GRAPH_LOSS_TOL * (1 + abs(eager[0])), FLOOR_FACTOR * loss_floor)
     param_ok = param_diff <= max(GRAPH_PARAM_TOL, FLOOR_FACTOR * param_floor)
     if not (loss_ok and param_ok):
@@ -173,27 +175,37 @@ def _op_args(device: str, seed: int) -> list[tuple[str, str, tuple]]:
     for c in (12, 40):
         x, gy = rand(2, c, 8, 8), rand(2, c, 8, 8)
         w = torch.linalg.qr(torch.randn(c, c, generator=g, dtype=torch.float64))[0].float().to(device)
-        calls += [(f"channel_mix C={c}", "channel_mix", (x, w)),
-                  (f"channel_mix_backward C={c}", "channel_mix_backward", (gy, x, w))]
+        calls += [
+            (f"channel_mix C={c}", "channel_mix", (x, w)),
+            (f"channel_mix_backward C={c}", "channel_mix_backward", (gy, x, w)),
+        ]
     x, gy, gl = rand(2, 12, 8, 8), rand(2, 12, 8, 8), rand(2)
     b, ls, h = rand(12), 0.1 * rand(12), rand(2, 24, 8, 8)
     mask = (torch.rand(12, 8, 8, generator=g) > 0.5).float().to(device)
-    calls += [("actnorm_forward", "actnorm_forward", (x, b, ls)),
-              ("actnorm_inverse", "actnorm_inverse", (x, b, ls)),
-              ("actnorm_backward", "actnorm_backward", (gy, gl, x, b, ls)),
-              ("actnorm_backward no grad_logdet", "actnorm_backward", (gy, None, x, b, ls))]
+    calls += [
+        ("actnorm_forward", "actnorm_forward", (x, b, ls)),
+        ("actnorm_inverse", "actnorm_inverse", (x, b, ls)),
+        ("actnorm_backward", "actnorm_backward", (gy, gl, x, b, ls)),
+        ("actnorm_backward no grad_logdet", "actnorm_backward", (gy, None, x, b, ls)),
+    ]
     x_cl, h_cl, gy_cl = (t.movedim(1, -1).contiguous() for t in (x, h, gy))
     u_x, u_h = rand(*x_cl.shape), rand(*h_cl.shape)
     for scale in SCALES:
         for m, tag in ((None, ""), (mask, " masked")):
-            calls += [(f"coupling_forward {scale}{tag}", "coupling_forward", (x, h, m, scale, 2.0)),
-                      (f"coupling_inverse {scale}{tag}", "coupling_inverse", (x, h, m, scale, 2.0)),
-                      (f"coupling_backward {scale}{tag}", "coupling_backward", (gy, gl, x, h, m, scale, 2.0))]
-        calls += [(f"coupling_cl_forward {scale}", "coupling_cl_forward", (x_cl, h_cl, scale, 2.0)),
-                  (f"coupling_cl_backward {scale}", "coupling_cl_backward",
-                   (gy_cl, gl, x_cl, h_cl, scale, 2.0)),
-                  (f"coupling_cl_double_backward {scale}", "coupling_cl_double_backward",
-                   (u_x, u_h, gy_cl, gl, x_cl, h_cl, scale, 2.0))]
+            calls += [
+                (f"coupling_forward {scale}{tag}", "coupling_forward", (x, h, m, scale, 2.0)),
+                (f"coupling_inverse {scale}{tag}", "coupling_inverse", (x, h, m, scale, 2.0)),
+                (f"coupling_backward {scale}{tag}", "coupling_backward", (gy, gl, x, h, m, scale, 2.0)),
+            ]
+        calls += [
+            (f"coupling_cl_forward {scale}", "coupling_cl_forward", (x_cl, h_cl, scale, 2.0)),
+            (f"coupling_cl_backward {scale}", "coupling_cl_backward", (gy_cl, gl, x_cl, h_cl, scale, 2.0)),
+            (
+                f"coupling_cl_double_backward {scale}",
+                "coupling_cl_double_backward",
+                (u_x, u_h, gy_cl, gl, x_cl, h_cl, scale, 2.0),
+            ),
+        ]
     return calls
 
 
@@ -207,8 +219,10 @@ def bitwise_equal(a, b) -> bool:
         return a is None and b is None
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
-    return torch.equal(a.detach().contiguous().reshape(-1).view(torch.uint8),
-                       b.detach().contiguous().reshape(-1).view(torch.uint8))
+    return torch.equal(
+        a.detach().contiguous().reshape(-1).view(torch.uint8),
+        b.detach().contiguous().reshape(-1).view(torch.uint8),
+    )
 
 
 def _run_captured(op, args):
@@ -256,10 +270,13 @@ def _compare_one(op, static: tuple, fresh: tuple, device: str) -> str:
         torch.cuda.synchronize()
     if len(replayed) == len(eager) and all(bitwise_equal(r, e) for r, e in zip(replayed, eager)):
         return ""
-    diffs = [(r.double() - e.double()).abs().max().item()
-             if r is not None and e is not None and r.shape == e.shape and r.numel() else float("nan")
-             for r, e in zip(replayed, eager)]
-    return f"not bitwise equal, max |diff| per output {['%.3g' % d for d in diffs]}"
+    diffs = [
+        (r.double() - e.double()).abs().max().item()
+        if r is not None and e is not None and r.shape == e.shape and r.numel()
+        else float("nan")
+        for r, e in zip(replayed, eager)
+    ]
+    return f"not bitwise equal, max |diff| per output {[f'{d:.3g}' for d in diffs]}"
 
 
 def check_op_capture(device: str) -> str:
@@ -283,8 +300,9 @@ def check_op_capture(device: str) -> str:
             bad.append(f"{label}: {problem}")
     what = "CUDA-graph replay" if device == "cuda" else "a second eager call"
     if bad:
-        raise AssertionError(f"{len(bad)} of {len(static_calls)} op calls, {what} vs eager: "
-                             + "; ".join(bad))
+        raise AssertionError(
+            f"{len(bad)} of {len(static_calls)} op calls, {what} vs eager: " + "; ".join(bad)
+        )
     return f"per-op capture: {len(static_calls)} calls of {len(covered)} ops, {what} bitwise equal to eager"
 
 
@@ -310,8 +328,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     args = parser.parse_args(argv)
-    checks = [("autocast", lambda: check_autocast_training(args.device)),
-              ("ops", lambda: check_op_capture(args.device))]
+    checks = [
+        ("autocast", lambda: check_autocast_training(args.device)),
+        ("ops", lambda: check_op_capture(args.device)),
+    ]
     if args.device == "cuda":
         deterministic_cuda()
         checks.insert(1, ("graph", check_cuda_graph))

@@ -96,8 +96,11 @@ def main(argv=None) -> int:
     worst = max(k.registers for k in kernels)
     print(f"ptxas_report: {len(kernels)} kernels, at most {worst} registers, {len(spilling)} spilling")
     for k, name in spilling:
-        print(f"ptxas_report: SPILL {k.spill_stores} B stores / {k.spill_loads} B loads, {k.registers} registers: "
-              f"{short(name)}", file=sys.stderr)
+        print(
+            f"ptxas_report: SPILL {k.spill_stores} B stores / {k.spill_loads} B loads, {k.registers} registers: "
+            f"{short(name)}",
+            file=sys.stderr,
+        )
     return 1 if spilling else 0
 
 

@@ -20,8 +20,17 @@ import sys
 TOP_DIRS = ("csrc", "invflow", "tools", "tests", "bench")
 TOP_FILES = ("setup.py", "pyproject.toml", "Makefile")
 # the .gitignore entries that can occur below TOP_DIRS
-SKIP_DIRS = ("__pycache__", ".pytest_cache", ".benchmarks", ".hypothesis", "build", "runs", "out",
-             ".venv", "*.egg-info")
+SKIP_DIRS = (
+    "__pycache__",
+    ".pytest_cache",
+    ".benchmarks",
+    ".hypothesis",
+    "build",
+    "runs",
+    "out",
+    ".venv",
+    "*.egg-info",
+)
 SKIP_FILES = ("*.so", "*.o", "*.pyc", ".build-stamp", "results-*.json")
 
 

@@ -63,8 +63,11 @@ class PreActBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
-        self.shortcut = (nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
-                         if stride != 1 or in_channels != out_channels else None)
+        self.shortcut = (
+            nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+            if stride != 1 or in_channels != out_channels
+            else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.bn1(x))
@@ -90,21 +93,26 @@ class ResNetClassifier(nn.Module):
     (after global average pooling); ``num_features`` = 4 * width.
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size=28, width: int = 32,
-                 blocks=(1, 1, 1)):
+    def __init__(
+        self, in_channels: int = 1, num_classes: int = 10, image_size=28, width: int = 32, blocks=(1, 1, 1)
+    ):
         super().__init__()
         c = _positive_int("in_channels", in_channels)
         k = _positive_int("num_classes", num_classes)
         w = _positive_int("width", width)
-        if isinstance(image_size, bool) or not isinstance(image_size, (int, list, tuple)) or (
-                not isinstance(image_size, int) and len(image_size) != 2):
+        if (
+            isinstance(image_size, bool)
+            or not isinstance(image_size, (int, list, tuple))
+            or (not isinstance(image_size, int) and len(image_size) != 2)
+        ):
             raise ValueError(f"ResNetClassifier: image_size must be an int or (H, W), got {image_size!r}")
         h, wd = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         for name, size in (("height", h), ("width", wd)):
             _positive_int(f"image {name}", size, MIN_IMAGE_SIZE)
         if not isinstance(blocks, (list, tuple)) or len(blocks) != 3:
-            raise ValueError(f"ResNetClassifier: blocks must be three ints (blocks per stage), "
-                             f"got {blocks!r}")
+            raise ValueError(
+                f"ResNetClassifier: blocks must be three ints (blocks per stage), got {blocks!r}"
+            )
         for i, b in enumerate(blocks):
             _positive_int(f"blocks[{i}]", b)
 
@@ -126,11 +134,16 @@ class ResNetClassifier(nn.Module):
 
     # -- checkpoints -------------------------------------------------------------------
     def config(self) -> dict:
-        return {"in_channels": self.in_channels, "num_classes": self.num_classes,
-                "image_size": list(self.image_size), "width": self.width, "blocks": list(self.blocks)}
+        return {
+            "in_channels": self.in_channels,
+            "num_classes": self.num_classes,
+            "image_size": list(self.image_size),
+            "width": self.width,
+            "blocks": list(self.blocks),
+        }
 
     @classmethod
-    def from_config(cls, config: dict) -> "ResNetClassifier":
+    def from_config(cls, config: dict) -> ResNetClassifier:
         return cls(**config)
 
     def extra_repr(self) -> str:
@@ -152,6 +165,12 @@ class ResNetClassifier(nn.Module):
         """TypeError for non-tensors, integer dtypes and a dtype other than the parameters';
         ValueError for wrong rank, channels or size, another device, an empty batch, NaN / Inf
         and values outside [-0.5, 0.5] (not preprocessed: 0..255 or torchvision's 0..1)."""
-        check_model_input(x, type(self).__name__, self.input_shape, self.stem.weight, max_abs=IMAGE_RANGE,
-                          integer_hint="; preprocess the images, or pass the raw uint8 images to a detector, "
-                                       "which preprocesses them")
+        check_model_input(
+            x,
+            type(self).__name__,
+            self.input_shape,
+            self.stem.weight,
+            max_abs=IMAGE_RANGE,
+            integer_hint="; preprocess the images, or pass the raw uint8 images to a detector, "
+            "which preprocesses them",
+        )

@@ -91,13 +91,14 @@ from invflow.models.base import FlowOutput, check_model_input
 __all__ = ["PixelCNNpp", "discretized_logistic_log_mass"]
 
 BINS = 256
-LOG_SCALE_MIN = -7.0          # PixelCNN++ clamps the log-scales below at -7
+LOG_SCALE_MIN = -7.0  # PixelCNN++ clamps the log-scales below at -7
 _HALF_BIN = 1.0 / (BINS - 1)  # half a bin on the v = 2k/255 - 1 scale
 
 
 # ------------------------------------------------------------------------ likelihood
-def discretized_logistic_log_mass(k: torch.Tensor, mean: torch.Tensor,
-                                  log_scale: torch.Tensor) -> torch.Tensor:
+def discretized_logistic_log_mass(
+    k: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor
+) -> torch.Tensor:
     """log P(k) of the 8-bit value(s) ``k`` (long, broadcastable) under the logistic with
     ``mean`` and ``exp(log_scale)`` on the v = 2k/255 - 1 scale, discretised to 256 bins
     (PixelCNN++ Eq. 2 with the k = 0 / k = 255 edge bins extended to -inf / +inf).  The
@@ -108,13 +109,13 @@ def discretized_logistic_log_mass(k: torch.Tensor, mean: torch.Tensor,
     centred = v - mean
     plus = inv_s * (centred + _HALF_BIN)
     minus = inv_s * (centred - _HALF_BIN)
-    log_cdf_plus = F.logsigmoid(plus)                   # k = 0: log CDF(upper edge)
-    log_one_minus_cdf_minus = F.logsigmoid(-minus)      # k = 255: log(1 - CDF(lower edge))
+    log_cdf_plus = F.logsigmoid(plus)  # k = 0: log CDF(upper edge)
+    log_one_minus_cdf_minus = F.logsigmoid(-minus)  # k = 255: log(1 - CDF(lower edge))
     # interior: log(sigmoid(plus) - sigmoid(minus)), exact in log space (see module docstring)
-    width = -torch.expm1(-2.0 * _HALF_BIN * inv_s)      # 1 - exp(minus - plus), in (0, 1)
+    width = -torch.expm1(-2.0 * _HALF_BIN * inv_s)  # 1 - exp(minus - plus), in (0, 1)
     tiny = torch.finfo(width.dtype).tiny
     exact = log_cdf_plus + log_one_minus_cdf_minus + torch.log(width.clamp(min=tiny))
-    mid_in = inv_s * centred                            # mid-bin fallback: log pdf(v) + log(bin width)
+    mid_in = inv_s * centred  # mid-bin fallback: log pdf(v) + log(bin width)
     mid = mid_in - log_scale - 2.0 * F.softplus(mid_in) + math.log(2.0 * _HALF_BIN)
     interior = torch.where(width > tiny, exact, mid)
     return torch.where(k == 0, log_cdf_plus, torch.where(k == BINS - 1, log_one_minus_cdf_minus, interior))
@@ -228,24 +229,37 @@ class PixelCNNpp(nn.Module):
         dropout: dropout rate inside the gated resnets (PixelCNN++: 0.5), active in train mode.
     """
 
-    def __init__(self, in_channels: int = 1, image_size=28, filters: int = 32, resnets: int = 1,
-                 levels: int = 2, mixtures: int = 5, dropout: float = 0.0):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size=28,
+        filters: int = 32,
+        resnets: int = 1,
+        levels: int = 2,
+        mixtures: int = 5,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         c = _positive_int("in_channels", in_channels)
         _positive_int("filters", filters)
         _positive_int("resnets", resnets)
         _positive_int("levels", levels)
         _positive_int("mixtures", mixtures)
-        if isinstance(image_size, bool) or not isinstance(image_size, (int, list, tuple)) or (
-                not isinstance(image_size, int) and len(image_size) != 2):
+        if (
+            isinstance(image_size, bool)
+            or not isinstance(image_size, (int, list, tuple))
+            or (not isinstance(image_size, int) and len(image_size) != 2)
+        ):
             raise ValueError(f"PixelCNNpp: image_size must be an int or (H, W), got {image_size!r}")
         h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         for name, size in (("height", h), ("width", w)):
             _positive_int(f"image {name}", size)
             if size % 2 ** (levels - 1):
-                raise ValueError(f"PixelCNNpp: image {name} {size} is not divisible by 2**(levels - 1) = "
-                                 f"{2 ** (levels - 1)}: levels={levels} halves the resolution "
-                                 f"{levels - 1} times")
+                raise ValueError(
+                    f"PixelCNNpp: image {name} {size} is not divisible by 2**(levels - 1) = "
+                    f"{2 ** (levels - 1)}: levels={levels} halves the resolution "
+                    f"{levels - 1} times"
+                )
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"PixelCNNpp: dropout must be a float in [0, 1), got {dropout!r}")
 
@@ -272,10 +286,10 @@ class PixelCNNpp(nn.Module):
             return GatedResnet(f, DownRightShiftedConv, skip, self.dropout)
 
         # first pass (full -> coarsest resolution) and second pass (coarsest -> full)
-        self.first_u = nn.ModuleList(nn.ModuleList(u_block(0) for _ in range(resnets))
-                                     for _ in range(levels))
-        self.first_ul = nn.ModuleList(nn.ModuleList(ul_block(1) for _ in range(resnets))
-                                      for _ in range(levels))
+        self.first_u = nn.ModuleList(nn.ModuleList(u_block(0) for _ in range(resnets)) for _ in range(levels))
+        self.first_ul = nn.ModuleList(
+            nn.ModuleList(ul_block(1) for _ in range(resnets)) for _ in range(levels)
+        )
         self.down_u = nn.ModuleList(DownShiftedConv(f, f, (2, 3), stride=2) for _ in range(levels - 1))
         self.down_ul = nn.ModuleList(DownRightShiftedConv(f, f, (2, 2), stride=2) for _ in range(levels - 1))
         counts = [resnets] + [resnets + 1] * (levels - 1)
@@ -287,12 +301,18 @@ class PixelCNNpp(nn.Module):
 
     # -- checkpoints -------------------------------------------------------------------
     def config(self) -> dict:
-        return {"in_channels": self.in_channels, "image_size": list(self.image_size), "filters": self.filters,
-                "resnets": self.resnets, "levels": self.levels, "mixtures": self.mixtures,
-                "dropout": self.dropout}
+        return {
+            "in_channels": self.in_channels,
+            "image_size": list(self.image_size),
+            "filters": self.filters,
+            "resnets": self.resnets,
+            "levels": self.levels,
+            "mixtures": self.mixtures,
+            "dropout": self.dropout,
+        }
 
     @classmethod
-    def from_config(cls, config: dict) -> "PixelCNNpp":
+    def from_config(cls, config: dict) -> PixelCNNpp:
         return cls(**config)
 
     def extra_repr(self) -> str:
@@ -334,11 +354,11 @@ class PixelCNNpp(nn.Module):
         rest = params.shape[2:]
         p = params.reshape(b, m, self.params_per_mixture, *rest)
         log_pi = torch.log_softmax(p[:, :, 0], dim=1)
-        means = p[:, :, 1: 1 + c]
-        log_scales = p[:, :, 1 + c: 1 + 2 * c]
+        means = p[:, :, 1 : 1 + c]
+        log_scales = p[:, :, 1 + c : 1 + 2 * c]
         coefs = torch.zeros(b, m, c, c, *rest, dtype=params.dtype, device=params.device)
         if t:
-            coefs[:, :, self._coef_rows, self._coef_cols] = torch.tanh(p[:, :, 1 + 2 * c:])
+            coefs[:, :, self._coef_rows, self._coef_cols] = torch.tanh(p[:, :, 1 + 2 * c :])
         return log_pi, means, log_scales, coefs
 
     def _joint_log_probs(self, k: torch.Tensor) -> torch.Tensor:
@@ -379,8 +399,9 @@ class PixelCNNpp(nn.Module):
         return torch.floor((x.detach() + 0.5) * BINS).clamp(0, BINS - 1).long()
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """n images [n, C, H, W] as bin centres (k + 1/2) / 256 - 0.5, drawn pixel by pixel in
         raster order (one network pass per pixel) and channel by channel within a pixel, one
         mixture component per pixel.  ``temperature`` multiplies the logistic scales (1 = the
@@ -399,7 +420,7 @@ class PixelCNNpp(nn.Module):
                 log_pi, means, log_scales, coefs = self._split(self.network(v)[:, :, i, j])
                 comp = torch.multinomial(log_pi.exp(), 1, generator=generator).squeeze(1)
                 rows = torch.arange(n, device=device)
-                means, coefs = means[rows, comp], coefs[rows, comp]                # [n, C], [n, C, C]
+                means, coefs = means[rows, comp], coefs[rows, comp]  # [n, C], [n, C, C]
                 scales = log_scales[rows, comp].clamp(min=LOG_SCALE_MIN).exp() * temperature
                 values = torch.zeros(n, c, dtype=dtype, device=device)
                 for ch in range(c):

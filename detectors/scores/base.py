@@ -60,7 +60,9 @@ def as_model_input(x: torch.Tensor, model=None, dtype: torch.dtype | None = None
         m_dtype, device = model_dtype_device(model) if model is not None else (torch.float32, x.device)
         return preprocess(x, dequantize=False, dtype=dtype or m_dtype).to(device)
     if not x.is_floating_point():
-        raise TypeError(f"expected uint8 images (0..255) or floats preprocessed into [-0.5, 0.5], got {x.dtype}")
+        raise TypeError(
+            f"expected uint8 images (0..255) or floats preprocessed into [-0.5, 0.5], got {x.dtype}"
+        )
     if model is not None:
         _, device = model_dtype_device(model)
         if x.device != device:
@@ -128,7 +130,7 @@ class Detector:
 
     # -- API -------------------------------------------------------------------------
     @accepts_any_input
-    def fit(self, x: torch.Tensor, fpr: float = 0.05) -> "Detector":
+    def fit(self, x: torch.Tensor, fpr: float = 0.05) -> Detector:
         """Fits the detector's own state on in-distribution ``x`` (if it has any) and sets the
         threshold so that a fraction ``fpr`` of *fresh* in-distribution data is flagged: a
         detector that fits a state calibrates on out-of-fold scores (``FOLDS``-fold
@@ -142,8 +144,9 @@ class Detector:
         self._fit(x)
         if type(self)._fit is Detector._fit or self.calibrate_on_fit_data:
             return self._set_threshold(self._calibration_scores(x), fpr)
-        held_out = self._cross_fitted_scores(len(x), lambda det, idx: det._fit(x[idx]),
-                                             lambda det, idx: det._calibration_scores(x[idx]))
+        held_out = self._cross_fitted_scores(
+            len(x), lambda det, idx: det._fit(x[idx]), lambda det, idx: det._calibration_scores(x[idx])
+        )
         return self._set_threshold(held_out, fpr)
 
     def _cross_fitted_scores(self, n: int, fit_subset, score_subset) -> torch.Tensor:
@@ -151,8 +154,9 @@ class Detector:
         shallow copy of the detector is fitted on the other folds (``fit_subset(copy, idx)``)
         and scores the fold (``score_subset(copy, idx)``)."""
         if n < 2:
-            raise ValueError(f"{self.name}.fit: needs at least 2 in-distribution samples to fit and calibrate, "
-                             f"got {n}")
+            raise ValueError(
+                f"{self.name}.fit: needs at least 2 in-distribution samples to fit and calibrate, got {n}"
+            )
         folds = min(FOLDS, n)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
         scores = torch.empty(n, dtype=torch.float64)
@@ -168,12 +172,12 @@ class Detector:
         return check_number(fpr, "fpr", f"{self.name}.{where}", low=0, high=1, high_open=True)
 
     @accepts_any_input
-    def calibrate(self, x: torch.Tensor, fpr: float = 0.05) -> "Detector":
+    def calibrate(self, x: torch.Tensor, fpr: float = 0.05) -> Detector:
         """Sets the threshold so that a fraction ``fpr`` of in-distribution ``x`` scores above it."""
         fpr = self._check_fpr(fpr, "calibrate")
         return self._set_threshold(self._calibration_scores(x), fpr)
 
-    def _set_threshold(self, in_scores: torch.Tensor, fpr: float) -> "Detector":
+    def _set_threshold(self, in_scores: torch.Tensor, fpr: float) -> Detector:
         """Threshold = the (1 - fpr) quantile of in-distribution scores (an observed score)."""
         s = in_scores.numpy()
         self.threshold = float(np.quantile(s, 1.0 - fpr, method="higher")) if fpr > 0 else float(s.max())
@@ -189,11 +193,14 @@ class Detector:
         models = [v for v in vars(self).values() if isinstance(v, nn.Module)]
         for m in models:  # an untrained model's scores are meaningless (its ActNorms say so)
             warn_if_uninitialized(m, f"{self.name}.score", stacklevel=4)
-        with eval_mode(*models), warnings.catch_warnings(), tqdm(total=n, disable=not self.progress, desc=self.name, unit="img",
-                                       leave=False) as bar:
+        with (
+            eval_mode(*models),
+            warnings.catch_warnings(),
+            tqdm(total=n, disable=not self.progress, desc=self.name, unit="img", leave=False) as bar,
+        ):
             warnings.simplefilter("ignore", UninitializedWarning)  # said once above, not per batch
             for i in range(0, n, self.batch_size):
-                xb = x[i: i + self.batch_size]
+                xb = x[i : i + self.batch_size]
                 if self.needs_grad:
                     s = self._score_batch(xb)
                 else:
@@ -210,8 +217,10 @@ class Detector:
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """True where ``x`` is flagged anomalous (score above the calibrated threshold)."""
         if self.threshold is None:
-            raise RuntimeError(f"{type(self).__name__}.predict: no threshold yet; call fit(x_in) or "
-                               f"calibrate(x_val_in, fpr=...) first")
+            raise RuntimeError(
+                f"{type(self).__name__}.predict: no threshold yet; call fit(x_in) or "
+                f"calibrate(x_val_in, fpr=...) first"
+            )
         return self.score(x) > self.threshold
 
     def decision_function(self, x) -> torch.Tensor:
@@ -240,21 +249,28 @@ class Detector:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{self.name}.{where}: expected a torch.Tensor batch, got {type(x).__name__}")
         if x.dim() < 2:
-            raise ValueError(f"{self.name}.{where}: expected a batch [B, ...] (images [B, C, H, W] or "
-                             f"vectors [B, D]), got shape {list(x.shape)}")
+            raise ValueError(
+                f"{self.name}.{where}: expected a batch [B, ...] (images [B, C, H, W] or "
+                f"vectors [B, D]), got shape {list(x.shape)}"
+            )
         if len(x) == 0:
             raise ValueError(f"{self.name}.{where}: empty batch")
         if x.is_floating_point() and not bool(torch.isfinite(x).all()):
             raise ValueError(f"{self.name}.{where}: input contains NaN or Inf")
         # float images go to models that take [-0.5, 0.5]; a user's ``transform`` sets its own convention
-        if (x.is_floating_point() and x.dim() == 4 and getattr(self, "transform", None) is None
-                and bool((x.abs() > IMAGE_RANGE).any())):
-            raise ValueError(f"{self.name}.{where}: floating images must be preprocessed into [-{IMAGE_RANGE:g}, "
-                             f"{IMAGE_RANGE:g}] (got min {float(x.min()):.4g}, max {float(x.max()):.4g}: 0..255 or "
-                             f"torchvision's 0..1?); pass uint8 images, or preprocess them with "
-                             f"invflow.data.preprocess")
+        if (
+            x.is_floating_point()
+            and x.dim() == 4
+            and getattr(self, "transform", None) is None
+            and bool((x.abs() > IMAGE_RANGE).any())
+        ):
+            raise ValueError(
+                f"{self.name}.{where}: floating images must be preprocessed into [-{IMAGE_RANGE:g}, "
+                f"{IMAGE_RANGE:g}] (got min {float(x.min()):.4g}, max {float(x.max()):.4g}: 0..255 or "
+                f"torchvision's 0..1?); pass uint8 images, or preprocess them with "
+                f"invflow.data.preprocess"
+            )
 
     def __repr__(self) -> str:
         t = "uncalibrated" if self.threshold is None else f"threshold={self.threshold:.4g} at fpr={self.fpr}"
         return f"{self.name}({t})"
-

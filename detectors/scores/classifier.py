@@ -35,8 +35,9 @@ def _logits(model, x: torch.Tensor, where: str, min_classes: int = 1) -> torch.T
         shape = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(f"{where}: the model must return logits [B, K], got {shape}")
     if logits.shape[1] < min_classes:
-        raise ValueError(f"{where}: needs a classifier with at least {min_classes} classes, got "
-                         f"{logits.shape[1]} logit(s)")
+        raise ValueError(
+            f"{where}: needs a classifier with at least {min_classes} classes, got {logits.shape[1]} logit(s)"
+        )
     return logits
 
 
@@ -129,47 +130,58 @@ class Mahalanobis(Detector):
     def __init__(self, model, epsilon: float = 0.0, covariance: str = "ledoit_wolf", **kw):
         super().__init__(**kw)
         if not callable(getattr(model, "features", None)):
-            raise TypeError(f"Mahalanobis: the model must have a features(x) -> [B, F] method (e.g. "
-                            f"ResNetClassifier), got {type(model).__name__}")
+            raise TypeError(
+                f"Mahalanobis: the model must have a features(x) -> [B, F] method (e.g. "
+                f"ResNetClassifier), got {type(model).__name__}"
+            )
         epsilon = check_number(epsilon, "epsilon", "Mahalanobis", low=0)
         if covariance not in ("ledoit_wolf", "empirical"):
-            raise ValueError(f"Mahalanobis: covariance must be 'ledoit_wolf' or 'empirical', "
-                             f"got {covariance!r}")
+            raise ValueError(
+                f"Mahalanobis: covariance must be 'ledoit_wolf' or 'empirical', got {covariance!r}"
+            )
         self.model = model
         self.epsilon = float(epsilon)
         self.covariance = covariance
         self.needs_grad = self.epsilon > 0
         self.classes_: torch.Tensor | None = None
-        self.means_: torch.Tensor | None = None      # [K, F] float64
+        self.means_: torch.Tensor | None = None  # [K, F] float64
         self.precision_: torch.Tensor | None = None  # [F, F] float64
 
     # -- fitting -------------------------------------------------------------------------
-    def fit(self, x: torch.Tensor, fpr: float = 0.05, *, y=None) -> "Mahalanobis":
+    def fit(self, x: torch.Tensor, fpr: float = 0.05, *, y=None) -> Mahalanobis:
         """Fits class means and the tied precision on ``model.features(x)`` with labels ``y``
         ([N] ints), then sets the threshold on cross-fitted scores of ``x`` (``Detector.fit``:
         each fold scored by means and precision fitted without it), so that a fraction ``fpr``
         of fresh in-distribution data is flagged."""
         if isinstance(fpr, torch.Tensor) or isinstance(fpr, np.ndarray):
-            raise TypeError("Mahalanobis.fit: the second argument is fpr; pass the class labels as "
-                            "fit(x, y=labels)")
+            raise TypeError(
+                "Mahalanobis.fit: the second argument is fpr; pass the class labels as fit(x, y=labels)"
+            )
         fpr = self._check_fpr(fpr, "fit")
         self._check_batch(x, "fit")
         if y is None:
-            raise ValueError("Mahalanobis.fit: class labels are required: fit(x_in, y=labels), with one "
-                             "label per in-distribution sample (class means and a tied covariance are "
-                             "fitted per class)")
+            raise ValueError(
+                "Mahalanobis.fit: class labels are required: fit(x_in, y=labels), with one "
+                "label per in-distribution sample (class means and a tied covariance are "
+                "fitted per class)"
+            )
         labels = y if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y))
         labels = labels.reshape(-1)
         if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
             raise ValueError(f"Mahalanobis.fit: labels must be integers, got dtype {labels.dtype}")
         if len(labels) != len(x) or (isinstance(y, torch.Tensor) and y.dim() != 1):
-            raise ValueError(f"Mahalanobis.fit: need one label per sample: x has {len(x)} samples, y has "
-                             f"shape {list(y.shape) if hasattr(y, 'shape') else [len(labels)]}")
+            raise ValueError(
+                f"Mahalanobis.fit: need one label per sample: x has {len(x)} samples, y has "
+                f"shape {list(y.shape) if hasattr(y, 'shape') else [len(labels)]}"
+            )
         labels = labels.cpu().numpy()
         feats = self._features(x).numpy()
         self._fit_state(feats, labels)
-        held_out = self._cross_fitted_scores(len(x), lambda det, i: det._fit_state(feats[i.numpy()], labels[i.numpy()]),
-                                             lambda det, i: det.score(x[i]))
+        held_out = self._cross_fitted_scores(
+            len(x),
+            lambda det, i: det._fit_state(feats[i.numpy()], labels[i.numpy()]),
+            lambda det, i: det.score(x[i]),
+        )
         return self._set_threshold(held_out, fpr)
 
     def _fit_state(self, feats: np.ndarray, labels: np.ndarray) -> None:
@@ -188,10 +200,12 @@ class Mahalanobis(Detector):
         parts = []
         with eval_mode(self.model), torch.no_grad():
             for i in range(0, len(x), self.batch_size):
-                f = self.model.features(as_model_input(x[i: i + self.batch_size], self.model))
+                f = self.model.features(as_model_input(x[i : i + self.batch_size], self.model))
                 if not isinstance(f, torch.Tensor) or f.dim() != 2:
-                    raise ValueError(f"Mahalanobis: model.features must return [B, F], got "
-                                     f"{list(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__}")
+                    raise ValueError(
+                        f"Mahalanobis: model.features must return [B, F], got "
+                        f"{list(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__}"
+                    )
                 parts.append(f.to("cpu", torch.float64))
         return torch.cat(parts)
 
@@ -203,7 +217,7 @@ class Mahalanobis(Detector):
         f = self.model.features(x)
         f = f.to(torch.float64)
         means, prec = self.means_.to(f.device), self.precision_.to(f.device)
-        d = f.unsqueeze(1) - means.unsqueeze(0)                     # [B, K, F]
+        d = f.unsqueeze(1) - means.unsqueeze(0)  # [B, K, F]
         return torch.einsum("bkf,fg,bkg->bk", d, prec, d)
 
     def _score_batch(self, x):
@@ -239,6 +253,8 @@ class BinaryClassifierScore(Detector):
         out = self.model(as_model_input(x, self.model))
         if not isinstance(out, torch.Tensor) or out.shape not in ((len(x),), (len(x), 1)):
             shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"{self.name}: the model must return one logit per sample ([B, 1] or [B]; "
-                             f"ResNetClassifier(num_classes=1)), got {shape}")
+            raise ValueError(
+                f"{self.name}: the model must return one logit per sample ([B, 1] or [B]; "
+                f"ResNetClassifier(num_classes=1)), got {shape}"
+            )
         return out.reshape(-1).double()

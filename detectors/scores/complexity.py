@@ -52,8 +52,9 @@ class InputComplexity(Detector):
     def __init__(self, model, compress_level: int = 9, **kw):
         super().__init__(**kw)
         self.model = model
-        self.compress_level = check_number(compress_level, "compress_level", "InputComplexity", low=0, high=9,
-                                           integer=True)
+        self.compress_level = check_number(
+            compress_level, "compress_level", "InputComplexity", low=0, high=9, integer=True
+        )
 
     def _score_batch(self, x):
         xin = as_model_input(x, self.model)

@@ -12,7 +12,7 @@ split), otherwise the members' training data look more typical than new in-distr
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -38,8 +38,10 @@ class Ensemble(Detector):
             if not isinstance(det, Detector):
                 raise TypeError(f"Ensemble: member {name!r} is a {type(det).__name__}, expected a Detector")
         self.members = dict(members)
-        self.weights = {name: check_number((weights or {}).get(name, 1.0), f"weights[{name!r}]", "Ensemble")
-                        for name in self.members}
+        self.weights = {
+            name: check_number((weights or {}).get(name, 1.0), f"weights[{name!r}]", "Ensemble")
+            for name in self.members
+        }
         unknown = set(weights or {}) - set(self.members)
         if unknown:
             raise ValueError(f"Ensemble: weights for unknown members {sorted(unknown)}")
@@ -50,15 +52,19 @@ class Ensemble(Detector):
 
     def _fit(self, x: torch.Tensor) -> None:
         if len(x) < 2:
-            raise ValueError(f"Ensemble.fit: needs at least 2 in-distribution samples to estimate each member's "
-                             f"standard deviation, got {len(x)}")
+            raise ValueError(
+                f"Ensemble.fit: needs at least 2 in-distribution samples to estimate each member's "
+                f"standard deviation, got {len(x)}"
+            )
         stats = {}
         for name, det in self.members.items():
             s = det.score(x)
             sd = float(s.std())
             if not sd > 0:
-                raise ValueError(f"Ensemble.fit: member {name!r} gives the same score to every in-distribution "
-                                 f"sample; it cannot be standardised")
+                raise ValueError(
+                    f"Ensemble.fit: member {name!r} gives the same score to every in-distribution "
+                    f"sample; it cannot be standardised"
+                )
             stats[name] = (float(s.mean()), sd)
         self._stats = stats
 
@@ -66,8 +72,10 @@ class Ensemble(Detector):
         """Each member's standardised score on ``x``: {NAME: [B]}."""
         if self._stats is None:
             raise RuntimeError("Ensemble.score: call fit(x_val_in) first (it standardises the members)")
-        return {name: (det.score(x) - self._stats[name][0]) / self._stats[name][1]
-                for name, det in self.members.items()}
+        return {
+            name: (det.score(x) - self._stats[name][0]) / self._stats[name][1]
+            for name, det in self.members.items()
+        }
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         self._check_batch(x, "score")

@@ -18,12 +18,12 @@ vector flow (``invflow.VectorFlow``) trained on the features.
 from __future__ import annotations
 
 import numbers
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
-from sklearn.decomposition import PCA as _SkPCA
 from scipy.special import logsumexp
+from sklearn.decomposition import PCA as _SkPCA
 from sklearn.neighbors import KernelDensity, NearestNeighbors
 
 from invflow.layers.base import check_number
@@ -37,8 +37,10 @@ def _vectors(x: torch.Tensor, transform: Callable | None) -> np.ndarray:
         x = transform(x)
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
         shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"feature-space detectors expect feature vectors [B, D] or images [B, C, H, W] "
-                         f"(run through EfficientNet-Lite0, or a given transform=), got {shape}")
+        raise ValueError(
+            f"feature-space detectors expect feature vectors [B, D] or images [B, C, H, W] "
+            f"(run through EfficientNet-Lite0, or a given transform=), got {shape}"
+        )
     return x.detach().to("cpu", torch.float64).numpy()
 
 
@@ -49,7 +51,9 @@ class _FeatureDetector(Detector):
     def __init__(self, transform: Callable | None = None, feature_size: int = 96, **kw):
         super().__init__(**kw)
         self.transform = transform
-        self.feature_size = check_number(feature_size, "feature_size", type(self).__name__, low=1, integer=True)
+        self.feature_size = check_number(
+            feature_size, "feature_size", type(self).__name__, low=1, integer=True
+        )
         self._fitted = False
 
     def _vectors(self, x) -> np.ndarray:
@@ -57,9 +61,11 @@ class _FeatureDetector(Detector):
             from ..imagefeatures import image_features
 
             if x.is_floating_point() and bool((x.abs() > IMAGE_RANGE).any()):
-                raise ValueError(f"{self.name}: floating images must be preprocessed into [-{IMAGE_RANGE:g}, "
-                                 f"{IMAGE_RANGE:g}] (got min {float(x.min()):.4g}, max {float(x.max()):.4g}); pass "
-                                 f"uint8 images, preprocess them with invflow.data.preprocess, or give a transform")
+                raise ValueError(
+                    f"{self.name}: floating images must be preprocessed into [-{IMAGE_RANGE:g}, "
+                    f"{IMAGE_RANGE:g}] (got min {float(x.min()):.4g}, max {float(x.max()):.4g}); pass "
+                    f"uint8 images, preprocess them with invflow.data.preprocess, or give a transform"
+                )
 
             return _vectors(image_features(x, self.feature_size, progress=self.progress), None)
         return _vectors(x, self.transform)
@@ -81,8 +87,11 @@ class _FeatureDetector(Detector):
 
     def _held_out_scores(self, f: np.ndarray) -> np.ndarray:
         """Scores of the fitting features from states that did not see them (k-fold)."""
-        return self._cross_fitted_scores(len(f), lambda det, idx: det._fit_features(f[idx.numpy()]),
-                                         lambda det, idx: det._score_features(f[idx.numpy()])).numpy()
+        return self._cross_fitted_scores(
+            len(f),
+            lambda det, idx: det._fit_features(f[idx.numpy()]),
+            lambda det, idx: det._score_features(f[idx.numpy()]),
+        ).numpy()
 
     def _score_batch(self, x):
         if not self._fitted:
@@ -156,7 +165,9 @@ class KDE(_FeatureDetector):
         super().__init__(transform=transform, **kw)
         if not (isinstance(bandwidth, str) and bandwidth in ("scott", "silverman")):
             if isinstance(bandwidth, str):
-                raise ValueError(f"KDE: bandwidth must be 'scott', 'silverman' or a number > 0, got {bandwidth!r}")
+                raise ValueError(
+                    f"KDE: bandwidth must be 'scott', 'silverman' or a number > 0, got {bandwidth!r}"
+                )
             bandwidth = check_number(bandwidth, "bandwidth", "KDE", low=0, low_open=True)
         self.bandwidth = bandwidth
 
@@ -168,15 +179,15 @@ class KDE(_FeatureDetector):
     def _score_features(self, f, leave_one_out: bool = False):
         h, (n, d) = self.bandwidth_, self.train_.shape
         norm = np.log(n - leave_one_out) + 0.5 * d * np.log(2 * np.pi * h * h)
-        sq_train = (self.train_ ** 2).sum(1)
+        sq_train = (self.train_**2).sum(1)
         out = np.empty(len(f))
         for i in range(0, len(f), 1024):
-            q = f[i: i + 1024]
-            sq = (q ** 2).sum(1)[:, None] + sq_train[None, :] - 2 * q @ self.train_.T
+            q = f[i : i + 1024]
+            sq = (q**2).sum(1)[:, None] + sq_train[None, :] - 2 * q @ self.train_.T
             if leave_one_out:  # f is the training set: drop each point's own kernel
                 rows = np.arange(len(q))
                 sq[rows, i + rows] = np.inf
-            out[i: i + 1024] = logsumexp(-0.5 * np.maximum(sq, 0.0) / (h * h), axis=1) - norm
+            out[i : i + 1024] = logsumexp(-0.5 * np.maximum(sq, 0.0) / (h * h), axis=1) - norm
         return -out
 
     def _held_out_scores(self, f):
@@ -196,8 +207,15 @@ class PCA(_FeatureDetector):
         if isinstance(n_components, numbers.Integral) and not isinstance(n_components, bool):
             n_components = check_number(n_components, "n_components", "PCA", low=1, integer=True)
         else:
-            n_components = check_number(n_components, "n_components", "PCA (a fraction of variance)", low=0,
-                                        high=1, low_open=True, high_open=True)
+            n_components = check_number(
+                n_components,
+                "n_components",
+                "PCA (a fraction of variance)",
+                low=0,
+                high=1,
+                low_open=True,
+                high_open=True,
+            )
         self.n_components = n_components
 
     def _fit_features(self, f):

@@ -7,7 +7,7 @@ Non-finite log-likelihoods are set to -3e6 before any difference (Schirrmeister 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -86,8 +86,10 @@ def _contribution(model, x: torch.Tensor, idx: list[int]) -> torch.Tensor:
     out = model(x)
     per_scale = getattr(out, "per_scale", None)
     if per_scale is None:
-        raise TypeError(f"{type(model).__name__} returns no per_scale contributions; per-scale scores "
-                        f"need a multi-scale model (invflow.Glow, RealNVP, ...)")
+        raise TypeError(
+            f"{type(model).__name__} returns no per_scale contributions; per-scale scores "
+            f"need a multi-scale model (invflow.Glow, RealNVP, ...)"
+        )
     n = per_scale.shape[1]
     for i in idx:
         if not -n <= i < n:
@@ -131,7 +133,9 @@ class ScaleRatio(Detector):
         return -(c_in - c_g.to(c_in.device))
 
 
-def log_prob_and_mass(model, x: torch.Tensor, create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def log_prob_and_mass(
+    model, x: torch.Tensor, create_graph: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(log p(x), ||d log p(x) / dx||_2) per sample (Chali et al. 2023 Eq. 1), x preprocessed floats
     [B, ...]; ``create_graph`` keeps the gradient differentiable (the Eq. 2 penalty)."""
     x = x.detach().requires_grad_(True)

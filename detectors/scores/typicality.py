@@ -25,7 +25,9 @@ class Typicality(Detector):
     calibrate_on_fit_data = True
 
     def __init__(self, model, batch_size: int = 1, bootstrap: int = 1000, seed: int = 0, **kw):
-        batch_size = check_number(batch_size, "batch_size (inputs per test)", "Typicality", low=1, integer=True)
+        batch_size = check_number(
+            batch_size, "batch_size (inputs per test)", "Typicality", low=1, integer=True
+        )
         bootstrap = check_number(bootstrap, "bootstrap", "Typicality", low=1, integer=True)
         seed = check_number(seed, "seed", "Typicality", low=0, integer=True)
         super().__init__(**kw)

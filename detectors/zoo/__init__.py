@@ -22,8 +22,11 @@ def _names() -> list[str]:
     cards = os.path.join(ZOO_DIR, "cards")
     if not os.path.isdir(cards):
         return []
-    return sorted(f[:-5] for f in os.listdir(cards)
-                  if f.endswith(".json") and os.path.exists(os.path.join(ZOO_DIR, "weights", f[:-5] + ".safetensors")))
+    return sorted(
+        f[:-5]
+        for f in os.listdir(cards)
+        if f.endswith(".json") and os.path.exists(os.path.join(ZOO_DIR, "weights", f[:-5] + ".safetensors"))
+    )
 
 
 def card(name: str) -> dict:
@@ -43,8 +46,10 @@ def available() -> dict[str, str]:
     for name in _names():
         c = card(name)
         t = c["training"]
-        out[name] = (f"{c['summary']}; {t['steps']} steps ({t['epochs']} epochs), {t['wall_s'] / 60:.0f} min; "
-                     f"held-out {c['heldout_bpd']:.3f} bits/dim; {c['status']}")
+        out[name] = (
+            f"{c['summary']}; {t['steps']} steps ({t['epochs']} epochs), {t['wall_s'] / 60:.0f} min; "
+            f"held-out {c['heldout_bpd']:.3f} bits/dim; {c['status']}"
+        )
     return out
 
 

@@ -24,12 +24,12 @@ CHECK_N = 256  # the subset the zoo test re-evaluates (seconds)
 class Recipe:
     name: str
     summary: str
-    arch: str                      # "glow" or "realnvp"
-    data: str                      # "fashion-mnist" (training split), "photos" (training photos) or
-                                   # "photos-broad" (the same, photometrically broadened)
-    objective: str = "nll"         # nll, outlier, dagger, approx_mass
-    init: str | None = None        # zoo model whose run initialises this one (finetuning)
-    reference: str | None = None   # the frozen second model of outlier / dagger
+    arch: str  # "glow" or "realnvp"
+    data: str  # "fashion-mnist" (training split), "photos" (training photos) or
+    # "photos-broad" (the same, photometrically broadened)
+    objective: str = "nll"  # nll, outlier, dagger, approx_mass
+    init: str | None = None  # zoo model whose run initialises this one (finetuning)
+    reference: str | None = None  # the frozen second model of outlier / dagger
     lr: float = 1e-3
     warmup: int = 200
     batch: int = 64
@@ -40,25 +40,75 @@ class Recipe:
 GLOW = dict(levels=2, steps=4, hidden=64)
 REALNVP = dict(levels=2, blocks=1, hidden=16)
 
-RECIPES = {r.name: r for r in (
-    Recipe("fmnist-glow", "in-distribution Glow on Fashion-MNIST (train split)", "glow", "fashion-mnist",
-           translate=1),
-    Recipe("photos-glow", "general-distribution Glow on grey natural-photo patches (32 training photos)", "glow",
-           "photos"),
-    Recipe("photos-glow-broad", "general-distribution Glow on photometrically broadened grey photo patches "
-           "(datasets.broaden: dark flat regions, light-on-dark structure), finetuned from photos-glow", "glow",
-           "photos-broad", init="photos-glow", lr=5e-4, warmup=50),
-    Recipe("photos-glow-dagger", "Diff-dagger general Glow: photos-glow-broad finetuned with Fashion-MNIST as "
-           "outliers (Schirrmeister et al. 2020 Sec. 5.3)", "glow", "photos-broad", objective="dagger", init="photos-glow-broad",
-           reference="fmnist-glow", lr=5e-4, warmup=50),
-    Recipe("fmnist-glow-outlier", "in-distribution Glow finetuned with the outlier loss against photos-glow-broad "
-           "(Schirrmeister et al. 2020 Eq. 2)", "glow", "fashion-mnist", objective="outlier", init="fmnist-glow",
-           reference="photos-glow-broad", lr=5e-4, warmup=50, translate=1),
-    Recipe("fmnist-realnvp-mass", "RealNVP on Fashion-MNIST with the approximate-mass penalty from the start "
-           "(Chali et al. 2023 Eq. 2, alpha=2)", "realnvp", "fashion-mnist", objective="approx_mass", translate=1),
-    Recipe("fmnist-realnvp", "vanilla RealNVP on Fashion-MNIST, the same budget as fmnist-realnvp-mass", "realnvp",
-           "fashion-mnist", translate=1),
-)}
+RECIPES = {
+    r.name: r
+    for r in (
+        Recipe(
+            "fmnist-glow",
+            "in-distribution Glow on Fashion-MNIST (train split)",
+            "glow",
+            "fashion-mnist",
+            translate=1,
+        ),
+        Recipe(
+            "photos-glow",
+            "general-distribution Glow on grey natural-photo patches (32 training photos)",
+            "glow",
+            "photos",
+        ),
+        Recipe(
+            "photos-glow-broad",
+            "general-distribution Glow on photometrically broadened grey photo patches "
+            "(datasets.broaden: dark flat regions, light-on-dark structure), finetuned from photos-glow",
+            "glow",
+            "photos-broad",
+            init="photos-glow",
+            lr=5e-4,
+            warmup=50,
+        ),
+        Recipe(
+            "photos-glow-dagger",
+            "Diff-dagger general Glow: photos-glow-broad finetuned with Fashion-MNIST as "
+            "outliers (Schirrmeister et al. 2020 Sec. 5.3)",
+            "glow",
+            "photos-broad",
+            objective="dagger",
+            init="photos-glow-broad",
+            reference="fmnist-glow",
+            lr=5e-4,
+            warmup=50,
+        ),
+        Recipe(
+            "fmnist-glow-outlier",
+            "in-distribution Glow finetuned with the outlier loss against photos-glow-broad "
+            "(Schirrmeister et al. 2020 Eq. 2)",
+            "glow",
+            "fashion-mnist",
+            objective="outlier",
+            init="fmnist-glow",
+            reference="photos-glow-broad",
+            lr=5e-4,
+            warmup=50,
+            translate=1,
+        ),
+        Recipe(
+            "fmnist-realnvp-mass",
+            "RealNVP on Fashion-MNIST with the approximate-mass penalty from the start "
+            "(Chali et al. 2023 Eq. 2, alpha=2)",
+            "realnvp",
+            "fashion-mnist",
+            objective="approx_mass",
+            translate=1,
+        ),
+        Recipe(
+            "fmnist-realnvp",
+            "vanilla RealNVP on Fashion-MNIST, the same budget as fmnist-realnvp-mass",
+            "realnvp",
+            "fashion-mnist",
+            translate=1,
+        ),
+    )
+}
 
 
 def build(recipe: Recipe) -> torch.nn.Module:
@@ -108,6 +158,6 @@ def heldout_bpd(model: torch.nn.Module, images: torch.Tensor, batch: int = 250) 
     model.eval()
     g = torch.Generator().manual_seed(12345)
     x = invflow.data.preprocess(images, dequantize=True, generator=g)
-    lp = torch.cat([model.log_prob(x[i:i + batch]) for i in range(0, len(x), batch)]).double()
+    lp = torch.cat([model.log_prob(x[i : i + batch]) for i in range(0, len(x), batch)]).double()
     d = images[0].numel()
     return float(((-lp + d * math.log(256)) / (d * math.log(2))).mean())

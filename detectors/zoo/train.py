@@ -63,15 +63,37 @@ def train(name: str, steps: int, eval_every: int, root: str, patience: int) -> N
         init_dir = os.path.join(root, recipe.init)
         model.load_state_dict(invflow.checkpoint.load_run(init_dir).state_dict())
         with open(init_note, "w") as f:
-            json.dump({"init": recipe.init, "checkpoint": invflow.checkpoint.resolve(init_dir),
-                       "reference": recipe.reference,
-                       "reference_checkpoint": (invflow.checkpoint.resolve(os.path.join(root, recipe.reference))
-                                                if recipe.reference else None)}, f)
+            json.dump(
+                {
+                    "init": recipe.init,
+                    "checkpoint": invflow.checkpoint.resolve(init_dir),
+                    "reference": recipe.reference,
+                    "reference_checkpoint": (
+                        invflow.checkpoint.resolve(os.path.join(root, recipe.reference))
+                        if recipe.reference
+                        else None
+                    ),
+                },
+                f,
+            )
     data = training_data(recipe)
     held = heldout_data(recipe.data)
-    trainer = Trainer(model, data, out_dir=out, objective=_objective(recipe, root), steps=eval_every,
-                      batch_size=recipe.batch, lr=recipe.lr, warmup=recipe.warmup, translate=recipe.translate,
-                      checkpoint_every=eval_every, keep_checkpoints=2, seed=0, log_every=25, progress=False)
+    trainer = Trainer(
+        model,
+        data,
+        out_dir=out,
+        objective=_objective(recipe, root),
+        steps=eval_every,
+        batch_size=recipe.batch,
+        lr=recipe.lr,
+        warmup=recipe.warmup,
+        translate=recipe.translate,
+        checkpoint_every=eval_every,
+        keep_checkpoints=2,
+        seed=0,
+        log_every=25,
+        progress=False,
+    )
     if recipe.init:  # the init weights are already trained: no data-dependent ActNorm init
         trainer.initialize = lambda: None
     log_path = os.path.join(out, "heldout.csv")
@@ -93,28 +115,41 @@ def train(name: str, steps: int, eval_every: int, root: str, patience: int) -> N
         print(f"[{name}] step {trainer.step}: held-out {bpd:.4f} bits/dim, {wall:.0f} s", flush=True)
         best = min(range(len(rows)), key=lambda i: float(rows[i]["heldout_bpd"]))
         if len(rows) - 1 - best >= patience:
-            print(f"[{name}] held-out bits/dim has not improved for {patience} evaluations: stopping", flush=True)
+            print(
+                f"[{name}] held-out bits/dim has not improved for {patience} evaluations: stopping",
+                flush=True,
+            )
             break
         target += eval_every
 
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=os.path.dirname(__file__)).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=os.path.dirname(__file__),
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
 
 def _data_card(data: str, n_train: int) -> dict:
     if data == "fashion-mnist":
-        return {"train": "Fashion-MNIST training split (60000)",
-                "heldout": f"first {HELDOUT_N} Fashion-MNIST test images"}
+        return {
+            "train": "Fashion-MNIST training split (60000)",
+            "heldout": f"first {HELDOUT_N} Fashion-MNIST test images",
+        }
     broad = data == "photos-broad"
     how = ", photometrically broadened (detectors.datasets.broaden, seed {})" if broad else ""
-    return {"train": f"{n_train} grey 28x28 patches of the 32 training photos (detectors.photos, seed 0)"
-                     + how.format(0),
-            "heldout": f"{HELDOUT_N} patches of the 8 test photos (detectors.photos.TEST_PHOTOS, seed 1)" + how.format(1)}
+    return {
+        "train": f"{n_train} grey 28x28 patches of the 32 training photos (detectors.photos, seed 0)"
+        + how.format(0),
+        "heldout": f"{HELDOUT_N} patches of the 8 test photos (detectors.photos.TEST_PHOTOS, seed 1)"
+        + how.format(1),
+    }
 
 
 def export(name: str, root: str, status: str) -> dict:
@@ -137,17 +172,26 @@ def export(name: str, root: str, status: str) -> dict:
     card = {
         "name": name,
         "summary": recipe.summary,
-        "model": {"class": type(model).__name__, "config": model.config(),
-                  "parameters": sum(p.numel() for p in model.parameters())},
+        "model": {
+            "class": type(model).__name__,
+            "config": model.config(),
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
         "data": _data_card(recipe.data, n_train),
         "objective": recipe.objective,
         "init": init,
         "reference": recipe.reference,
-        "training": {"steps": step, "batch": recipe.batch, "epochs": round(step * recipe.batch / n_train, 2),
-                     "lr": recipe.lr, "warmup": recipe.warmup, "translate": recipe.translate,
-                     "optimizer": "Adamax, weight decay 5e-5 (invflow.train defaults)",
-                     "wall_s": float(row["wall_s"]),
-                     "machine": "2 shared CPU cores, 1 torch thread, nice 19 (other jobs running)"},
+        "training": {
+            "steps": step,
+            "batch": recipe.batch,
+            "epochs": round(step * recipe.batch / n_train, 2),
+            "lr": recipe.lr,
+            "warmup": recipe.warmup,
+            "translate": recipe.translate,
+            "optimizer": "Adamax, weight decay 5e-5 (invflow.train defaults)",
+            "wall_s": float(row["wall_s"]),
+            "machine": "2 shared CPU cores, 1 torch thread, nice 19 (other jobs running)",
+        },
         "command": f"python -m detectors.zoo.train {name} --root {root}  (resumable; then --export)",
         "heldout_bpd": round(heldout_bpd(model, held), 5),
         "check": {"n": CHECK_N, "bpd": heldout_bpd(model, held[:CHECK_N])},
@@ -179,21 +223,38 @@ def export_features(size: int = 96) -> str:
     cfg = DemoConfig(feature_size=size)
     images = feature_fit_images(cfg, load_fashion_mnist("train")[0], zoo_general_images(cfg))
     extractor = EfficientNetLite0(input_size=size)
-    feats = {k: normalize_features(extract_features(extractor, x), noise=0.0).half().contiguous()
-             for k, x in images.items()}
+    feats = {
+        k: normalize_features(extract_features(extractor, x), noise=0.0).half().contiguous()
+        for k, x in images.items()
+    }
     path = os.path.join(ZOO_DIR, "weights", f"features-efficientnet-lite0-{size}.safetensors")
-    save_file(feats, path, metadata={"digests": json.dumps({k: images_digest(x) for k, x in images.items()}),
-                                     "size": str(size), "commit": _commit()})
+    save_file(
+        feats,
+        path,
+        metadata={
+            "digests": json.dumps({k: images_digest(x) for k, x in images.items()}),
+            "size": str(size),
+            "commit": _commit(),
+        },
+    )
     print(f"features of {', '.join(f'{k} ({len(x)})' for k, x in images.items())} at {size} px -> {path}")
     return path
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m detectors.zoo.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("name", choices=sorted(RECIPES) + ["features"], help="a zoo model, or 'features' (with "
-                   "--export: the demo's feature fit sets)")
-    p.add_argument("--steps", type=int, default=20000, help="upper bound; early stop on the held-out bits/dim")
+    p = argparse.ArgumentParser(
+        prog="python -m detectors.zoo.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "name",
+        choices=sorted(RECIPES) + ["features"],
+        help="a zoo model, or 'features' (with --export: the demo's feature fit sets)",
+    )
+    p.add_argument(
+        "--steps", type=int, default=20000, help="upper bound; early stop on the held-out bits/dim"
+    )
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--patience", type=int, default=4)
     p.add_argument("--root", default="runs/zoo")

@@ -7,4 +7,14 @@ from .fixed import FixedLinear
 from .invconv import InvConv1x1
 from .squeeze import Squeeze
 
-__all__ = ["Flow", "Sequential", "ActNorm", "InvConv1x1", "AffineCoupling", "AdditiveCoupling", "FixedLinear", "Squeeze", "check_input"]
+__all__ = [
+    "Flow",
+    "Sequential",
+    "ActNorm",
+    "InvConv1x1",
+    "AffineCoupling",
+    "AdditiveCoupling",
+    "FixedLinear",
+    "Squeeze",
+    "check_input",
+]

@@ -58,7 +58,8 @@ def data_init(x: torch.Tensor, eps: float, where: str = "ActNorm") -> tuple[torc
         raise ValueError(
             f"{where}: data-dependent initialisation needs more than 1 value per channel to estimate a variance, "
             f"got input of shape {list(x.shape)}; initialise on a batch of >= 2 samples (e.g. "
-            f"invflow.train.Trainer(init_batch=...)), or load trained weights before training")
+            f"invflow.train.Trainer(init_batch=...)), or load trained weights before training"
+        )
     mean = total[:-1] / n
     centred = xd - mean.view((1, -1) + (1,) * (x.dim() - 2))
     var = _all_reduce(centred.square().sum(dim=dims)) / n
@@ -71,8 +72,11 @@ def data_init(x: torch.Tensor, eps: float, where: str = "ActNorm") -> tuple[torc
 def uninitialized_layers(module: nn.Module) -> list[str]:
     """Names of the sub-modules of ``module`` (itself included) whose data-dependent
     initialisation never ran (ActNorm, nets.ActNorm2d)."""
-    return [name or type(module).__name__ for name, m in module.named_modules()
-            if isinstance(m, DataInitFlag) and m.needs_init()]
+    return [
+        name or type(module).__name__
+        for name, m in module.named_modules()
+        if isinstance(m, DataInitFlag) and m.needs_init()
+    ]
 
 
 def warn_if_uninitialized(module: nn.Module, where: str, stacklevel: int = 3) -> bool:
@@ -84,7 +88,9 @@ def warn_if_uninitialized(module: nn.Module, where: str, stacklevel: int = 3) ->
             f"{where}: {len(missing)} ActNorm layer(s) of {type(module).__name__} were never initialised "
             f"(e.g. {missing[0]}): the model is untrained, so its log-likelihoods and scores are meaningless. "
             f"Train it, load trained weights (invflow.load), or run one training-mode forward on data first.",
-            UninitializedWarning, stacklevel=stacklevel)
+            UninitializedWarning,
+            stacklevel=stacklevel,
+        )
     return bool(missing)
 
 

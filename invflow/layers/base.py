@@ -15,7 +15,6 @@ import numbers
 import torch
 from torch import nn
 
-
 #: dtypes whose log-determinants (and small linear algebra) are computed in float32
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -45,7 +44,9 @@ class Sequential(Flow):
         super().__init__()
         for i, f in enumerate(flows):
             if not isinstance(f, Flow):
-                raise TypeError(f"invflow.Sequential: argument {i} is {type(f).__name__}, not an invflow.Flow")
+                raise TypeError(
+                    f"invflow.Sequential: argument {i} is {type(f).__name__}, not an invflow.Flow"
+                )
         self.flows = nn.ModuleList(flows)
 
     def __len__(self) -> int:
@@ -113,9 +114,18 @@ def check_input(x, layer: str, channels: int | None = None, ranks: tuple[int, ..
         )
 
 
-def check_number(value, name: str, where: str, *, low: float | None = None, high: float | None = None,
-                 low_open: bool = False, high_open: bool = False, integer: bool = False,
-                 optional: bool = False):
+def check_number(
+    value,
+    name: str,
+    where: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    integer: bool = False,
+    optional: bool = False,
+):
     """Validates a public numeric argument and returns it (as int or float).
 
     ``value`` must be a real number (Python, numpy, or a one-element tensor; not a bool), finite,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -53,7 +53,10 @@ class AffineCoupling(Flow):
         self.split = mask.channel_split(num_channels)
         if self.split is not None:
             cond, trans = self.split
-            in_ch, self.out_channels = cond.stop - cond.start, self.params_per_entry * (trans.stop - trans.start)
+            in_ch, self.out_channels = (
+                cond.stop - cond.start,
+                self.params_per_entry * (trans.stop - trans.start),
+            )
         else:
             in_ch, self.out_channels = num_channels, self.params_per_entry * num_channels
         if net is None:

@@ -28,7 +28,9 @@ class FixedLinear(Flow):
     def _rotation(self, dtype, device) -> torch.Tensor:
         """The seed's rotation, computed in float64 and rounded once to ``dtype``."""
         g = torch.Generator().manual_seed(self.seed)
-        w = torch.linalg.qr(torch.randn(self.num_channels, self.num_channels, generator=g, dtype=torch.float64))[0]
+        w = torch.linalg.qr(
+            torch.randn(self.num_channels, self.num_channels, generator=g, dtype=torch.float64)
+        )[0]
         return w.to(device=device, dtype=dtype)
 
     def _apply(self, fn, recurse=True):

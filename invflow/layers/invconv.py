@@ -58,7 +58,8 @@ class InvConv1x1(Flow):
                 return w, torch.linalg.slogdet(w)[1]
             lower = self.lower.to(work) * self.lower_mask.to(work) + self.eye.to(work)
             upper = self.upper.to(work) * self.lower_mask.t().to(work) + torch.diag(
-                self.sign_s.to(work) * torch.exp(self.log_s.to(work)))
+                self.sign_s.to(work) * torch.exp(self.log_s.to(work))
+            )
             return self.perm.to(work) @ lower @ upper, self.log_s.to(work).sum()
 
     def _mix(self, x: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:

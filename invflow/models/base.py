@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -56,8 +56,10 @@ def as_size(image_size, where: str = "model") -> tuple[int, int]:
         h, w = image_size
     else:
         h = w = image_size
-    return (check_number(h, "image_size", where, low=1, integer=True),
-            check_number(w, "image_size", where, low=1, integer=True))
+    return (
+        check_number(h, "image_size", where, low=1, integer=True),
+        check_number(w, "image_size", where, low=1, integer=True),
+    )
 
 
 def check_ints(where: str, low: int = 1, **values) -> None:
@@ -66,8 +68,15 @@ def check_ints(where: str, low: int = 1, **values) -> None:
         check_number(v, name, where, low=low, integer=True)
 
 
-def check_model_input(x, name: str, input_shape, param: torch.Tensor, max_abs: float | None = None,
-                      integer_hint: str = "", values: bool = True) -> None:
+def check_model_input(
+    x,
+    name: str,
+    input_shape,
+    param: torch.Tensor,
+    max_abs: float | None = None,
+    integer_hint: str = "",
+    values: bool = True,
+) -> None:
     """The docs/design.md input rules for any model taking preprocessed images (flows, and the
     PixelCNN++ / classifier baselines of ``detectors.models``): TypeError for non-tensors,
     integer dtypes and a dtype other than ``param``'s; ValueError for another device, wrong
@@ -80,11 +89,15 @@ def check_model_input(x, name: str, input_shape, param: torch.Tensor, max_abs: f
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor of shape {expected}, got {type(x).__name__}")
     if not x.is_floating_point():
-        raise TypeError(f"{name}: expected floating inputs preprocessed into [-0.5, 0.5] "
-                        f"(invflow.data.preprocess), got dtype {x.dtype}{integer_hint}")
+        raise TypeError(
+            f"{name}: expected floating inputs preprocessed into [-0.5, 0.5] "
+            f"(invflow.data.preprocess), got dtype {x.dtype}{integer_hint}"
+        )
     if x.dtype != param.dtype:
-        raise TypeError(f"{name}: input dtype {x.dtype} differs from the model's {param.dtype}; "
-                        f"convert one of them (model.to(dtype) or x.to(dtype))")
+        raise TypeError(
+            f"{name}: input dtype {x.dtype} differs from the model's {param.dtype}; "
+            f"convert one of them (model.to(dtype) or x.to(dtype))"
+        )
     if x.device != param.device:
         raise ValueError(f"{name}: input on {x.device} but the model is on {param.device}")
     if x.dim() != len(input_shape) + 1:
@@ -104,10 +117,15 @@ def check_model_input(x, name: str, input_shape, param: torch.Tensor, max_abs: f
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name}: input contains NaN or Inf")
     if max_abs is not None and bool((x.abs() > max_abs).any()):
-        hint = (" (0..255 or torchvision's ToTensor 0..1 floats are not preprocessed)" if float(x.max()) > max_abs
-                else "")
-        raise ValueError(f"{name}: input values outside [-{max_abs:g}, {max_abs:g}] (min {float(x.min()):.4g}, max "
-                         f"{float(x.max()):.4g}){hint}; preprocess 8-bit images with invflow.data.preprocess")
+        hint = (
+            " (0..255 or torchvision's ToTensor 0..1 floats are not preprocessed)"
+            if float(x.max()) > max_abs
+            else ""
+        )
+        raise ValueError(
+            f"{name}: input values outside [-{max_abs:g}, {max_abs:g}] (min {float(x.min()):.4g}, max "
+            f"{float(x.max()):.4g}){hint}; preprocess 8-bit images with invflow.data.preprocess"
+        )
 
 
 #: The range of preprocessed images (invflow.data.preprocess: (k + u) / 256 - 0.5 with
@@ -152,22 +170,30 @@ class FlowModel(nn.Module, metaclass=abc.ABCMeta):
     def inverse(self, latents: Sequence[torch.Tensor]) -> torch.Tensor:
         shapes = self.latent_shapes()
         if not isinstance(latents, (list, tuple)) or len(latents) != len(shapes):
-            raise ValueError(f"{self._name}.inverse: expected a list of {len(shapes)} latents with per-sample "
-                             f"shapes {shapes}")
+            raise ValueError(
+                f"{self._name}.inverse: expected a list of {len(shapes)} latents with per-sample "
+                f"shapes {shapes}"
+            )
         for i, (z, s) in enumerate(zip(latents, shapes)):
             if not isinstance(z, torch.Tensor) or tuple(z.shape[1:]) != tuple(s):
                 got = list(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
-                raise ValueError(f"{self._name}.inverse: latent {i} must have shape [B, {', '.join(map(str, s))}], got {got}")
+                raise ValueError(
+                    f"{self._name}.inverse: latent {i} must have shape [B, {', '.join(map(str, s))}], got {got}"
+                )
         return self._inverse(list(latents))
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """n samples x = f^{-1}(z) with z_i ~ N(0, temperature^2 I) (Glow Sec. 5 'temperature').
         Raises ValueError unless n is an integer >= 1 and temperature a finite number >= 0."""
         n, temperature = self._check_sample_args(n, temperature)
         p = self._any_param()
-        latents = [temperature * torch.randn((n, *s), generator=generator, device=p.device, dtype=p.dtype)
-                   for s in self.latent_shapes()]
+        latents = [
+            temperature * torch.randn((n, *s), generator=generator, device=p.device, dtype=p.dtype)
+            for s in self.latent_shapes()
+        ]
         return self._inverse(latents)
 
     @abc.abstractmethod
@@ -197,8 +223,10 @@ class FlowModel(nn.Module, metaclass=abc.ABCMeta):
         return type(self).__name__
 
     def _check_sample_args(self, n, temperature) -> tuple[int, float]:
-        return (check_number(n, "n", f"{self._name}.sample", low=1, integer=True),
-                check_number(temperature, "temperature", f"{self._name}.sample", low=0))
+        return (
+            check_number(n, "n", f"{self._name}.sample", low=1, integer=True),
+            check_number(temperature, "temperature", f"{self._name}.sample", low=0),
+        )
 
     def _any_param(self) -> torch.Tensor:
         for t in self.parameters():
@@ -220,8 +248,13 @@ class FlowModel(nn.Module, metaclass=abc.ABCMeta):
         # CUDA training: the values of the first batch only, so that a training step has no host
         # sync (a data pipeline that forgets preprocessing fails at its first batch)
         cuda_training = isinstance(x, torch.Tensor) and x.is_cuda and self.training
-        check_model_input(x, self._name, self.input_shape, self._any_param(),
-                          max_abs=IMAGE_RANGE if self.is_image_model else None,
-                          values=not (cuda_training and self._values_checked))
+        check_model_input(
+            x,
+            self._name,
+            self.input_shape,
+            self._any_param(),
+            max_abs=IMAGE_RANGE if self.is_image_model else None,
+            values=not (cuda_training and self._values_checked),
+        )
         if cuda_training:
             self._values_checked = True

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
@@ -20,8 +19,13 @@ def dense_step(dim: int, k: int, hidden: int, scale: str, clamp: float, seed: in
     return Sequential(
         ActNorm(dim),
         FixedLinear(dim, seed=seed),
-        AffineCoupling(dim, masks.Channel(k % 2), net=lambda i, o: nets.MLP(i, o, hidden=hidden), scale=scale,
-                       clamp=clamp),
+        AffineCoupling(
+            dim,
+            masks.Channel(k % 2),
+            net=lambda i, o: nets.MLP(i, o, hidden=hidden),
+            scale=scale,
+            clamp=clamp,
+        ),
     )
 
 
@@ -31,8 +35,16 @@ class VectorFlow(FlowModel):
     and soft-clamped scales (s = exp(clamp * tanh(raw / clamp)), clamp 3).  One scale:
     per_scale is [B, 1]."""
 
-    def __init__(self, dim: int, blocks: int = 8, hidden: int = 512, clamp: float = 3.0, scale: str = "tanh",
-                 memory_free: bool = False, seed: int = 0):
+    def __init__(
+        self,
+        dim: int,
+        blocks: int = 8,
+        hidden: int = 512,
+        clamp: float = 3.0,
+        scale: str = "tanh",
+        memory_free: bool = False,
+        seed: int = 0,
+    ):
         super().__init__()
         check_ints("VectorFlow", blocks=blocks, hidden=hidden)
         check_ints("VectorFlow", low=2, dim=dim)
@@ -40,11 +52,20 @@ class VectorFlow(FlowModel):
         clamp = check_number(clamp, "clamp", "VectorFlow", low=0, low_open=True)
         if dim < 2 or blocks < 1:
             raise ValueError(f"VectorFlow: needs dim >= 2 and blocks >= 1, got dim={dim}, blocks={blocks}")
-        self._config = dict(dim=dim, blocks=blocks, hidden=hidden, clamp=clamp, scale=scale,
-                            memory_free=memory_free, seed=seed)
+        self._config = dict(
+            dim=dim,
+            blocks=blocks,
+            hidden=hidden,
+            clamp=clamp,
+            scale=scale,
+            memory_free=memory_free,
+            seed=seed,
+        )
         self.input_shape = (dim,)
         self.memory_free = memory_free
-        self.flow = Sequential(*[dense_step(dim, k, hidden, scale, clamp, seed * 1000 + k) for k in range(blocks)])
+        self.flow = Sequential(
+            *[dense_step(dim, k, hidden, scale, clamp, seed * 1000 + k) for k in range(blocks)]
+        )
 
     def latent_shapes(self):
         return [self.input_shape]
@@ -65,24 +86,46 @@ class DenseGlow(FlowModel):
     ``hidden`` (1536 -> 512 -> 512 -> 3072 for 3 x 32 x 32 images); after every scale but the
     last, half of the dimensions leave as z_i."""
 
-    def __init__(self, in_channels: int, image_size, levels: int = 3, steps: int = 8, hidden: int = 512,
-                 scale: str = "sigmoid", memory_free: bool = False, seed: int = 0):
+    def __init__(
+        self,
+        in_channels: int,
+        image_size,
+        levels: int = 3,
+        steps: int = 8,
+        hidden: int = 512,
+        scale: str = "sigmoid",
+        memory_free: bool = False,
+        seed: int = 0,
+    ):
         super().__init__()
         h, w = as_size(image_size, "DenseGlow")
         check_ints("DenseGlow", in_channels=in_channels, levels=levels, steps=steps, hidden=hidden)
         check_ints("DenseGlow", low=0, seed=seed)
         dim = in_channels * h * w
         if levels < 1 or steps < 1 or dim >> (levels - 1) < 2:
-            raise ValueError(f"DenseGlow: {levels} levels need at least 2**levels input dimensions, got {dim}")
-        self._config = dict(in_channels=in_channels, image_size=[h, w], levels=levels, steps=steps, hidden=hidden,
-                            scale=scale, memory_free=memory_free, seed=seed)
+            raise ValueError(
+                f"DenseGlow: {levels} levels need at least 2**levels input dimensions, got {dim}"
+            )
+        self._config = dict(
+            in_channels=in_channels,
+            image_size=[h, w],
+            levels=levels,
+            steps=steps,
+            hidden=hidden,
+            scale=scale,
+            memory_free=memory_free,
+            seed=seed,
+        )
         self.input_shape = (in_channels, h, w)
         self.memory_free = memory_free
         self.scales = nn.ModuleList()
         self._latent_shapes = []
         for i in range(levels):
-            self.scales.append(Sequential(*[dense_step(dim, k, hidden, scale, 2.0, seed * 1000 + 100 * i + k)
-                                            for k in range(steps)]))
+            self.scales.append(
+                Sequential(
+                    *[dense_step(dim, k, hidden, scale, 2.0, seed * 1000 + 100 * i + k) for k in range(steps)]
+                )
+            )
             if i < levels - 1:
                 self._latent_shapes.append((dim - dim // 2,))
                 dim //= 2

@@ -109,7 +109,7 @@ def _folded_mix(steps, n_positions: int):
         w = stack([p[0] for p in pairs])
         ld_w = stack([p[1] for p in pairs]).sum()
     a_s = stack([a.log_scale for a in ans])
-    wp = w * torch.exp(a_s).unsqueeze(1)                       # W diag(exp(s))
+    wp = w * torch.exp(a_s).unsqueeze(1)  # W diag(exp(s))
     cvec = (wp @ stack([a.bias for a in ans]).unsqueeze(-1)).squeeze(-1)
     splits = [st.flows[2].split for st in steps]
     logdet = n_positions * (a_s.sum() + ld_w)
@@ -166,8 +166,10 @@ def _run_rows(flows, X: torch.Tensor, b: int, h2: int, w2: int):
         cond4 = y_cond.view(b, h2, w2, cc).permute(0, 3, 1, 2)  # channels-last [B, Cc, H, W]
         h = _net_channels_last(cp.net, plan, cond4)
         if h.shape != (b, 2 * ct, h2, w2):
-            raise ValueError(f"AffineCoupling: the st-net must return [B, {2 * ct}, ...] matching its input "
-                             f"{list(cond4.shape)}, got {list(h.shape)}")
+            raise ValueError(
+                f"AffineCoupling: the st-net must return [B, {2 * ct}, ...] matching its input "
+                f"{list(cond4.shape)}, got {list(h.shape)}"
+            )
         h_rows = h.permute(0, 2, 3, 1).reshape(b, N, 2 * ct)  # a view when h is channels-last
         out, ld_c = ops.coupling_cl(y_trans.reshape(b, N, ct), h_rows, cp.scale, cp.clamp)
         logdet = logdet + ld_c

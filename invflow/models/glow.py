@@ -13,16 +13,16 @@ For 3 x 32 x 32 inputs with the defaults the scales process 12 x 16 x 16, 24 x 8
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from .. import masks, nets
+from .._backend import backend_for
 from ..data import standard_normal_log_prob
 from ..layers import ActNorm, AffineCoupling, InvConv1x1, Sequential, Squeeze
 from .base import FlowModel, as_size, check_ints, flow_output, split_latent
-from .._backend import backend_for
 from .fused_scale import fused_glow_scale
 from .memory import memory_free_applies, run_memory_free
 
@@ -78,17 +78,39 @@ class Glow(FlowModel):
         net: st-net, "glow" or "resnet".
     """
 
-    def __init__(self, in_channels: int, image_size, levels: int = 3, steps: int = 32, hidden: int = 512,
-                 scale: str = "sigmoid", lu: bool = True, split_prior: bool = False, memory_free: bool = False,
-                 net: str = "glow"):
+    def __init__(
+        self,
+        in_channels: int,
+        image_size,
+        levels: int = 3,
+        steps: int = 32,
+        hidden: int = 512,
+        scale: str = "sigmoid",
+        lu: bool = True,
+        split_prior: bool = False,
+        memory_free: bool = False,
+        net: str = "glow",
+    ):
         super().__init__()
         h, w = as_size(image_size, "Glow")
         check_ints("Glow", in_channels=in_channels, levels=levels, steps=steps, hidden=hidden)
         if h % 2**levels or w % 2**levels:
-            raise ValueError(f"Glow: image size {h}x{w} is not divisible by 2**levels = {2**levels}; "
-                             f"pad the images or use fewer levels")
-        self._config = dict(in_channels=in_channels, image_size=[h, w], levels=levels, steps=steps, hidden=hidden,
-                            scale=scale, lu=lu, split_prior=split_prior, memory_free=memory_free, net=net)
+            raise ValueError(
+                f"Glow: image size {h}x{w} is not divisible by 2**levels = {2**levels}; "
+                f"pad the images or use fewer levels"
+            )
+        self._config = dict(
+            in_channels=in_channels,
+            image_size=[h, w],
+            levels=levels,
+            steps=steps,
+            hidden=hidden,
+            scale=scale,
+            lu=lu,
+            split_prior=split_prior,
+            memory_free=memory_free,
+            net=net,
+        )
         self.input_shape = (in_channels, h, w)
         self.memory_free = memory_free
         factory = make_st_net(net, hidden)
@@ -126,8 +148,12 @@ class Glow(FlowModel):
         free = memory_free_applies(self, x)
         # the channels-last fused scales: float32/64 outside autocast (under autocast and in half
         # precision the layer path keeps the flow's maps in float32, see invflow.ops)
-        fused = (not free and backend_for(h) == "fused" and h.dtype in (torch.float32, torch.float64)
-                 and not torch.is_autocast_enabled(h.device.type))
+        fused = (
+            not free
+            and backend_for(h) == "fused"
+            and h.dtype in (torch.float32, torch.float64)
+            and not torch.is_autocast_enabled(h.device.type)
+        )
         for i in range(len(self.scales)):
             res = fused_glow_scale(self.scales[i].flows, h) if fused else None
             if res is None:
@@ -156,7 +182,9 @@ class Glow(FlowModel):
         return h
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         if not self.split_prior:
             return super().sample(n, temperature, generator)
         n, temperature = self._check_sample_args(n, temperature)

@@ -16,7 +16,7 @@ their input requires grad (the approximate-mass penalty differentiates d log p /
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -60,8 +60,9 @@ class _MemoryFreeChain(torch.autograd.Function):
                 with torch.enable_grad():
                     x_in = x_in.detach().requires_grad_(True)
                     y_re, ld_re = block(x_in)
-                    found = torch.autograd.grad((y_re, ld_re), [x_in, *params], (grad_y, grad_logdet),
-                                                allow_unused=True)
+                    found = torch.autograd.grad(
+                        (y_re, ld_re), [x_in, *params], (grad_y, grad_logdet), allow_unused=True
+                    )
                 grad_y = found[0]
                 for p, g in zip(params, found[1:]):
                     if g is not None and id(p) in grads:
@@ -75,8 +76,12 @@ def memory_free_applies(model: torch.nn.Module, x: torch.Tensor) -> bool:
     training mode, while recording gradients, and only if x itself does not require grad
     (a gradient with respect to x, e.g. for the approximate-mass penalty, may be
     differentiated again, so such inputs take standard autograd)."""
-    return bool(getattr(model, "memory_free", False)) and model.training and torch.is_grad_enabled() \
+    return (
+        bool(getattr(model, "memory_free", False))
+        and model.training
+        and torch.is_grad_enabled()
         and not x.requires_grad
+    )
 
 
 def run_memory_free(blocks: Sequence[Flow], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,22 +18,46 @@ class PatchGlow(FlowModel):
     contributions summed over patches ([B, levels]); each latent holds all patches:
     [B, num_patches, *patch latent shape]."""
 
-    def __init__(self, in_channels: int, image_size, patch_size: int = 8, levels: int = 1, steps: int = 8,
-                 hidden: int = 256, scale: str = "sigmoid", memory_free: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        image_size,
+        patch_size: int = 8,
+        levels: int = 1,
+        steps: int = 8,
+        hidden: int = 256,
+        scale: str = "sigmoid",
+        memory_free: bool = False,
+    ):
         super().__init__()
         h, w = as_size(image_size, "PatchGlow")
         check_ints("PatchGlow", in_channels=in_channels, levels=levels, steps=steps, hidden=hidden)
         check_ints("PatchGlow", low=2, patch_size=patch_size)
         if patch_size < 2 or h % patch_size or w % patch_size:
             raise ValueError(f"PatchGlow: image size {h}x{w} must be divisible by patch_size {patch_size}")
-        self._config = dict(in_channels=in_channels, image_size=[h, w], patch_size=patch_size, levels=levels,
-                            steps=steps, hidden=hidden, scale=scale, memory_free=memory_free)
+        self._config = dict(
+            in_channels=in_channels,
+            image_size=[h, w],
+            patch_size=patch_size,
+            levels=levels,
+            steps=steps,
+            hidden=hidden,
+            scale=scale,
+            memory_free=memory_free,
+        )
         self.input_shape = (in_channels, h, w)
         self.patch_size = patch_size
         self.grid = (h // patch_size, w // patch_size)
         self.num_patches = self.grid[0] * self.grid[1]
-        self.glow = Glow(in_channels, patch_size, levels=levels, steps=steps, hidden=hidden, scale=scale,
-                         memory_free=memory_free)
+        self.glow = Glow(
+            in_channels,
+            patch_size,
+            levels=levels,
+            steps=steps,
+            hidden=hidden,
+            scale=scale,
+            memory_free=memory_free,
+        )
 
     def latent_shapes(self):
         return [(self.num_patches, *s) for s in self.glow.latent_shapes()]

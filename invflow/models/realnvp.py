@@ -41,23 +41,52 @@ class RealNVP(FlowModel):
             flows_ood; "exp" is Dinh et al.'s unbounded form).
     """
 
-    def __init__(self, in_channels: int, image_size, levels: int = 2, blocks: int = 8, hidden: int = 64,
-                 net: str = "resnet", bottleneck_dim: int = 50, mask: str = "checkerboard", scale: str = "tanh",
-                 clamp: float = 2.0, memory_free: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        image_size,
+        levels: int = 2,
+        blocks: int = 8,
+        hidden: int = 64,
+        net: str = "resnet",
+        bottleneck_dim: int = 50,
+        mask: str = "checkerboard",
+        scale: str = "tanh",
+        clamp: float = 2.0,
+        memory_free: bool = False,
+    ):
         super().__init__()
         h, w = as_size(image_size, "RealNVP")
-        check_ints("RealNVP", in_channels=in_channels, levels=levels, blocks=blocks, hidden=hidden,
-                   bottleneck_dim=bottleneck_dim)
+        check_ints(
+            "RealNVP",
+            in_channels=in_channels,
+            levels=levels,
+            blocks=blocks,
+            hidden=hidden,
+            bottleneck_dim=bottleneck_dim,
+        )
         clamp = check_number(clamp, "clamp", "RealNVP", low=0, low_open=True)
         if h % 2 ** (levels - 1) or w % 2 ** (levels - 1):
-            raise ValueError(f"RealNVP: image size {h}x{w} is not divisible by 2**(levels - 1) = {2 ** (levels - 1)}")
+            raise ValueError(
+                f"RealNVP: image size {h}x{w} is not divisible by 2**(levels - 1) = {2 ** (levels - 1)}"
+            )
         if mask not in SPATIAL_MASKS:
             raise ValueError(f"RealNVP: mask must be one of {sorted(SPATIAL_MASKS)}, got {mask!r}")
         if net not in ("resnet", "bottleneck", "glow"):
             raise ValueError(f"RealNVP: net must be 'resnet', 'bottleneck' or 'glow', got {net!r}")
-        self._config = dict(in_channels=in_channels, image_size=[h, w], levels=levels, blocks=blocks, hidden=hidden,
-                            net=net, bottleneck_dim=bottleneck_dim, mask=mask, scale=scale, clamp=clamp,
-                            memory_free=memory_free)
+        self._config = dict(
+            in_channels=in_channels,
+            image_size=[h, w],
+            levels=levels,
+            blocks=blocks,
+            hidden=hidden,
+            net=net,
+            bottleneck_dim=bottleneck_dim,
+            mask=mask,
+            scale=scale,
+            clamp=clamp,
+            memory_free=memory_free,
+        )
         self.input_shape = (in_channels, h, w)
         self.memory_free = memory_free
 
@@ -65,21 +94,25 @@ class RealNVP(FlowModel):
             if net == "resnet":
                 return lambda i, o: nets.ResNet(i, o, hidden=hidden, blocks=blocks)
             if net == "bottleneck":
-                return lambda i, o: nets.Bottleneck(i, o, image_size=size, hidden=hidden, latent_dim=bottleneck_dim)
+                return lambda i, o: nets.Bottleneck(
+                    i, o, image_size=size, hidden=hidden, latent_dim=bottleneck_dim
+                )
             return lambda i, o: nets.GlowNet(i, o, hidden)
 
         def coupling(c, m, size):
             return AffineCoupling(c, m, net=factory(size), scale=scale, clamp=clamp)
 
         self.squeeze = Squeeze()
-        self.pre = nn.ModuleList()   # spatial couplings of each scale
+        self.pre = nn.ModuleList()  # spatial couplings of each scale
         self.post = nn.ModuleList()  # channel couplings after the squeeze (all but the last scale)
         self._latent_shapes = []
         c = in_channels
         for i in range(levels):
             last = i == levels - 1
             n_spatial = 4 if last else 3
-            self.pre.append(Sequential(*[coupling(c, _spatial_mask(mask, k), (h, w)) for k in range(n_spatial)]))
+            self.pre.append(
+                Sequential(*[coupling(c, _spatial_mask(mask, k), (h, w)) for k in range(n_spatial)])
+            )
             if last:
                 self._latent_shapes.append((c, h, w))
                 break

@@ -41,7 +41,8 @@ def _bwd_backward(ctx, u_x, u_h):
     if not torch.is_grad_enabled():
         # no third order asked for: the closed-form kernel computes the same in one pass
         d_gy, d_gl, d_x, d_h = torch.ops.invflow.coupling_cl_double_backward(
-            u_x, u_h, gy, gl, x, h, ctx.scale, ctx.clamp)
+            u_x, u_h, gy, gl, x, h, ctx.scale, ctx.clamp
+        )
         return d_gy, (d_gl if ctx.has_grad_logdet else None), d_x, d_h, None, None
     u_r, u_t = u_h[..., :C], u_h[..., C:]
     s, _, d1, d2 = ref.scale_terms(h[..., :C], ctx.scale, ctx.clamp)
@@ -61,10 +62,13 @@ def _like(t):
 
 def _register() -> None:
     lib = "invflow::"
-    torch.library.register_fake(lib + "coupling_cl_forward")(lambda x, h, s, c: (_like(x), fused._batch_vector(x)))
+    torch.library.register_fake(lib + "coupling_cl_forward")(
+        lambda x, h, s, c: (_like(x), fused._batch_vector(x))
+    )
     torch.library.register_fake(lib + "coupling_cl_backward")(lambda gy, gl, x, h, s, c: (_like(x), _like(h)))
     torch.library.register_fake(lib + "coupling_cl_double_backward")(
-        lambda ux, uh, gy, gl, x, h, s, c: (_like(x), fused._batch_vector(x), _like(x), _like(h)))
+        lambda ux, uh, gy, gl, x, h, s, c: (_like(x), fused._batch_vector(x), _like(x), _like(h))
+    )
     torch.library.register_autograd(lib + "coupling_cl_backward", _bwd_backward, setup_context=_bwd_setup)
 
 

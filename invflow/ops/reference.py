@@ -135,6 +135,6 @@ def coupling_cl_forward(x, h, scale, clamp):
     """Channels-last coupling: x [B, ..., C], h [B, ..., 2C] with h[..., :C] = raw and
     h[..., C:] = t at every position; y = s(raw) * x + t, log|det| = sum of log s(raw)."""
     hw = _wide(h)
-    raw, shift = hw[..., : x.shape[-1]], hw[..., x.shape[-1]:]
+    raw, shift = hw[..., : x.shape[-1]], hw[..., x.shape[-1] :]
     s, log_s, _, _ = scale_terms(raw, scale, clamp)
     return (s * _wide(x) + shift).to(x.dtype), log_s.flatten(1).sum(1)

@@ -212,8 +212,9 @@ def test_correlation_plots(tmp_path):
     names, m = A.correlation_matrix({"x": rng.normal(size=20), "y": rng.normal(size=20)})
     A.plot_correlation_matrix(names, m, str(tmp_path / "m.png"), title="test")
     a = rng.normal(size=(20, 2))
-    A.plot_per_scale_correlations(a, a + rng.normal(size=(20, 2)), str(tmp_path / "s.png"),
-                                  groups=["in"] * 10 + ["ood"] * 10)
+    A.plot_per_scale_correlations(
+        a, a + rng.normal(size=(20, 2)), str(tmp_path / "s.png"), groups=["in"] * 10 + ["ood"] * 10
+    )
     A.plot_scatter({"in": a[:, 0]}, {"in": a[:, 1]}, str(tmp_path / "sc.png"))
     for f in ("m.png", "s.png", "sc.png"):
         assert_png(tmp_path / f)
@@ -243,8 +244,10 @@ def test_coupling_st_records_reproduce_the_coupling():
             p.add_(0.2 * torch.randn_like(p))
     couplings = [(n, m) for n, m in model.named_modules() if isinstance(m, invflow.AffineCoupling)]
     outputs = {}
-    hooks = [m.register_forward_hook(lambda mod, a, out, n=n: outputs.__setitem__(n, (a[0], out[0])))
-             for n, m in couplings]
+    hooks = [
+        m.register_forward_hook(lambda mod, a, out, n=n: outputs.__setitem__(n, (a[0], out[0])))
+        for n, m in couplings
+    ]
     state = {k: v.clone() for k, v in model.state_dict().items()}
     records = A.coupling_st(model, x)
     for h in hooks:

@@ -16,9 +16,15 @@ from sklearn.covariance import LedoitWolf
 from torch import nn
 
 import invflow
-from detectors.classifier_objectives import (cross_entropy_objective, energy_loss, energy_objective,
-                                             in_vs_general_objective, outlier_exposure_loss,
-                                             outlier_exposure_objective, uniform_cross_entropy)
+from detectors.classifier_objectives import (
+    cross_entropy_objective,
+    energy_loss,
+    energy_objective,
+    in_vs_general_objective,
+    outlier_exposure_loss,
+    outlier_exposure_objective,
+    uniform_cross_entropy,
+)
 from detectors.models.classifier import ResNetClassifier
 from detectors.scores.classifier import BinaryClassifierScore, Energy, Mahalanobis, MaxSoftmax
 from invflow.data import preprocess
@@ -44,15 +50,19 @@ class TinyNet(nn.Module):
 
 def _inputs(n: int = 10, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return (torch.rand(n, 1, 4, 4, generator=g, dtype=torch.float64) - 0.5)
+    return torch.rand(n, 1, 4, 4, generator=g, dtype=torch.float64) - 0.5
 
 
 def _labelled(n_per_class: int = 30, seed: int = 0):
     """Three classes of 1 x 4 x 4 inputs around different centres (float64, in [-0.5, 0.5])."""
     g = torch.Generator().manual_seed(seed)
     centres = torch.tensor([-0.25, 0.0, 0.25], dtype=torch.float64)
-    x = torch.cat([c + 0.15 * (torch.rand(n_per_class, 1, 4, 4, generator=g, dtype=torch.float64) - 0.5)
-                   for c in centres])
+    x = torch.cat(
+        [
+            c + 0.15 * (torch.rand(n_per_class, 1, 4, 4, generator=g, dtype=torch.float64) - 0.5)
+            for c in centres
+        ]
+    )
     y = torch.arange(3).repeat_interleave(n_per_class)
     return x, y
 
@@ -83,6 +93,7 @@ def test_energy_formula(temperature):
 
 def test_energy_direction_confident_inputs_have_lower_energy():
     """Large logits (a confident in-distribution input) -> low energy -> low score."""
+
     class Fixed(nn.Module):
         def forward(self, x):
             return x.flatten(1)[:, :3] * torch.tensor([10.0, 0.0, 0.0], dtype=x.dtype)
@@ -262,8 +273,9 @@ def test_outlier_exposure_loss_formula(weight):
     uniform = (-log_softmax(b).mean(1)).mean()
     got = outlier_exposure_loss(li, y, la, weight)
     assert got.item() == pytest.approx(ce + weight * uniform, rel=1e-12)
-    assert outlier_exposure_loss(li, y, la, weight=0.0).item() == pytest.approx(F.cross_entropy(li, y).item(),
-                                                                                rel=1e-12)
+    assert outlier_exposure_loss(li, y, la, weight=0.0).item() == pytest.approx(
+        F.cross_entropy(li, y).item(), rel=1e-12
+    )
     default = outlier_exposure_loss(li, y, la).item()  # weight 0.5
     assert default == pytest.approx(ce + 0.5 * uniform, rel=1e-12)
 
@@ -275,7 +287,8 @@ def test_uniform_term_minimal_for_uniform_logits():
     assert bool((uniform_cross_entropy(_logits(50, k, 2)) > math.log(k)).all())
     li, y = _logits(4, k, 3), torch.tensor([0, 1, 2, 3])
     assert outlier_exposure_loss(li, y, flat, 0.5).item() == pytest.approx(
-        F.cross_entropy(li, y).item() + 0.5 * math.log(k), rel=1e-12)
+        F.cross_entropy(li, y).item() + 0.5 * math.log(k), rel=1e-12
+    )
     with pytest.raises(ValueError):
         outlier_exposure_loss(li, y[:3], flat)
     with pytest.raises(ValueError):
@@ -322,8 +335,13 @@ def test_resnet_errors():
         m(torch.full((2, 1, 8, 8), float("nan")))
     with pytest.raises(ValueError, match="preprocess"):
         m(torch.full((2, 1, 8, 8), 255.0))
-    bad_kwargs = ({"image_size": 4}, {"blocks": (1, 1)}, {"blocks": (1, 0, 1)}, {"width": 0},
-                  {"num_classes": 0})
+    bad_kwargs = (
+        {"image_size": 4},
+        {"blocks": (1, 1)},
+        {"blocks": (1, 0, 1)},
+        {"width": 0},
+        {"num_classes": 0},
+    )
     for bad in bad_kwargs:
         with pytest.raises(ValueError):
             ResNetClassifier(**bad)
@@ -365,8 +383,18 @@ def test_train_cross_entropy_end_to_end(tmp_path):
     images, y = _dark_bright()
     torch.manual_seed(0)
     model = ResNetClassifier(1, 2, image_size=16, width=8)
-    summary = Trainer(model, (images, y), str(tmp_path), objective=cross_entropy_objective(), steps=30,
-                      batch_size=16, lr=1e-2, warmup=1, progress=False, checkpoint_every=100).fit()
+    summary = Trainer(
+        model,
+        (images, y),
+        str(tmp_path),
+        objective=cross_entropy_objective(),
+        steps=30,
+        batch_size=16,
+        lr=1e-2,
+        warmup=1,
+        progress=False,
+        checkpoint_every=100,
+    ).fit()
     assert summary["steps"] == 30 and summary["skipped"] == 0
     row = _last_row(tmp_path)
     assert {"ce", "acc", "loss"} <= set(row) and math.isfinite(float(row["ce"]))
@@ -394,8 +422,16 @@ def test_objectives_with_auxiliary_data(tmp_path, which):
         "energy": (energy_objective(aux), (images, y), {"ce", "energy_in", "energy_aux", "acc"}),
         "in_vs_general": (in_vs_general_objective(aux), images, {"bce", "acc"}),
     }[which]
-    summary = Trainer(model, data, str(tmp_path), objective=objective, steps=3, batch_size=8, progress=False,
-                      checkpoint_every=100).fit()
+    summary = Trainer(
+        model,
+        data,
+        str(tmp_path),
+        objective=objective,
+        steps=3,
+        batch_size=8,
+        progress=False,
+        checkpoint_every=100,
+    ).fit()
     assert summary["skipped"] == 0
     row = _last_row(tmp_path)
     assert keys <= set(row)
@@ -408,5 +444,7 @@ def test_objectives_with_auxiliary_data(tmp_path, which):
     if which == "in_vs_general":
         assert 0.0 <= float(row["acc"]) <= 1.0
         with pytest.raises(ValueError, match="one logit"):
-            in_vs_general_objective(aux)(ResNetClassifier(1, 3, image_size=8, width=4),
-                                         Batch(x=preprocess(images[:4]), generator=torch.Generator()))
+            in_vs_general_objective(aux)(
+                ResNetClassifier(1, 3, image_size=8, width=4),
+                Batch(x=preprocess(images[:4]), generator=torch.Generator()),
+            )

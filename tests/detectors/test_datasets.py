@@ -86,6 +86,7 @@ def test_load_idx_images(tmp_path):
 
 # ---------------------------------------------------------------------- Fashion-MNIST
 
+
 def needs_fmnist(test):
     """The real Fashion-MNIST files: `make test` installs them (`make data`), so a missing
     package fails these tests instead of skipping them."""
@@ -248,8 +249,16 @@ def _cifar10_dir(tmp_path, protocol=4):
         data = rng.integers(0, 256, (2, 3072), dtype=np.uint8)
         data[0, :1024], data[0, 1024:] = 255, 0  # image 0: pure red
         with open(root / name, "wb") as f:
-            pickle.dump({b"batch_label": b"x", b"data": data, b"labels": [i, 9 - i],
-                         b"filenames": [b"a.png", b"b.png"]}, f, protocol=protocol)
+            pickle.dump(
+                {
+                    b"batch_label": b"x",
+                    b"data": data,
+                    b"labels": [i, 9 - i],
+                    b"filenames": [b"a.png", b"b.png"],
+                },
+                f,
+                protocol=protocol,
+            )
     return tmp_path
 
 

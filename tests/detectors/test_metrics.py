@@ -72,8 +72,9 @@ def test_aupr_in_is_in_distribution_positive_on_negated_scores():
     assert r["aupr_in"] > 0.9 > 0.6 > r["aupr_out"]  # the majority class is easy to be precise on
 
 
-@pytest.mark.parametrize("n_in,n_out,seed", [(100, 80, 0), (101, 57, 1), (37, 200, 2), (1000, 1000, 3),
-                                             (20, 20, 4), (999, 31, 5)])
+@pytest.mark.parametrize(
+    "n_in,n_out,seed", [(100, 80, 0), (101, 57, 1), (37, 200, 2), (1000, 1000, 3), (20, 20, 4), (999, 31, 5)]
+)
 def test_fpr95_against_numpy_threshold(n_in, n_out, seed):
     s_in, s_out = _scores(n_in, n_out, shift=1.5, seed=seed)
     r = evaluate(s_in, s_out)
@@ -136,9 +137,9 @@ def test_torch_and_numpy_inputs_agree():
 def test_infinities_ranked_at_the_ends():
     s_in, s_out = _scores(seed=8)
     s_in, s_out = s_in.copy(), s_out.copy()
-    s_out[:10] = np.inf     # e.g. -log p with p = 0: maximally anomalous
-    s_in[:3] = -np.inf      # maximally normal
-    s_in[3] = np.inf        # an in-distribution sample with an infinite score
+    s_out[:10] = np.inf  # e.g. -log p with p = 0: maximally anomalous
+    s_in[:3] = -np.inf  # maximally normal
+    s_in[3] = np.inf  # an in-distribution sample with an infinite score
     r = evaluate(s_in, s_out)
     for v in r.values():
         assert math.isfinite(v)

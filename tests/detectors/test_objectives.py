@@ -15,10 +15,21 @@ from torch import nn
 from torch.func import functional_call
 
 import invflow
-from detectors.objectives import (approx_mass_objective, approx_mass_penalty, contrastive_loss,
-                                  contrastive_objective, diff_dagger_objective, margin_loss, margin_objective,
-                                  negative_loss, negative_objective, nll, outlier_loss, outlier_objective,
-                                  supervised_outlier_loss)
+from detectors.objectives import (
+    approx_mass_objective,
+    approx_mass_penalty,
+    contrastive_loss,
+    contrastive_objective,
+    diff_dagger_objective,
+    margin_loss,
+    margin_objective,
+    negative_loss,
+    negative_objective,
+    nll,
+    outlier_loss,
+    outlier_objective,
+    supervised_outlier_loss,
+)
 from invflow.data import preprocess
 from invflow.train import Batch, Trainer
 
@@ -40,8 +51,8 @@ def test_nll_mean_and_drop_rule():
     lp = _t(-1.0, -2.0, -3.0, -6.0)
     assert nll(lp).item() == pytest.approx(3.0)
     assert nll(_t(-1.0, -INF, -3.0, -5.0)).item() == pytest.approx(3.0)  # 1 of 4 dropped
-    assert nll(_t(-1.0, NAN, NAN, NAN)).item() == pytest.approx(1.0)   # exactly 75% dropped: kept
-    assert math.isnan(nll(_t(-1.0, NAN, NAN, -INF, -INF)).item())     # more than 75%: NaN (step skipped)
+    assert nll(_t(-1.0, NAN, NAN, NAN)).item() == pytest.approx(1.0)  # exactly 75% dropped: kept
+    assert math.isnan(nll(_t(-1.0, NAN, NAN, -INF, -INF)).item())  # more than 75%: NaN (step skipped)
 
 
 # ---------------------------------------------------------------------- outlier loss (Eq. 2)
@@ -66,8 +77,9 @@ def test_outlier_loss_equals_both_forms_of_eq2(scale):
         if (lp_g - lp_in).abs().max() / T < 30:  # the naive sigmoid form is accurate here
             torch.testing.assert_close(got, _eq2_sigmoid(lp_in, lp_g, T, lam), rtol=1e-10, atol=1e-9)
     # defaults T = 1000, lambda = 6000 (Schirrmeister et al. 2020 S4.2)
-    torch.testing.assert_close(outlier_loss(lp_in, lp_g), _eq2_roots(lp_in, lp_g, 1000.0, 6000.0), rtol=1e-10,
-                               atol=1e-9)
+    torch.testing.assert_close(
+        outlier_loss(lp_in, lp_g), _eq2_roots(lp_in, lp_g, 1000.0, 6000.0), rtol=1e-10, atol=1e-9
+    )
 
 
 def test_outlier_loss_extreme_values_stay_finite():
@@ -132,11 +144,16 @@ def test_supervised_outlier_loss_against_loop():
     labels = torch.tensor([0, 3, 1, 1, 2, 0])
     lp_g = -100 * torch.rand(b, dtype=torch.float64, generator=g)
     T, lam = 10.0, 3.0
-    terms = [-lam * torch.log(torch.sigmoid((lp_g[i] - class_lp[i, c]) / T))
-             for i in range(b) for c in range(k) if c != labels[i]]
+    terms = [
+        -lam * torch.log(torch.sigmoid((lp_g[i] - class_lp[i, c]) / T))
+        for i in range(b)
+        for c in range(k)
+        if c != labels[i]
+    ]
     expected = torch.stack(terms).mean()
-    torch.testing.assert_close(supervised_outlier_loss(class_lp, labels, lp_g, T, lam), expected, rtol=1e-12,
-                               atol=0)
+    torch.testing.assert_close(
+        supervised_outlier_loss(class_lp, labels, lp_g, T, lam), expected, rtol=1e-12, atol=0
+    )
     with pytest.raises(ValueError):
         supervised_outlier_loss(class_lp, labels[:3], lp_g)
 
@@ -155,8 +172,10 @@ def test_margin_loss_formula_and_zero_when_separated():
     loss.backward()
     assert torch.equal(a.grad, torch.zeros(2, dtype=torch.float64))
     # non-finite pairs are dropped
-    torch.testing.assert_close(margin_loss(_t(-10.0, -INF, -20.0), _t(-12.0, -1.0, -15.0), m),
-                               torch.clamp(m + _t(-12.0, -15.0) - _t(-10.0, -20.0), min=0).mean())
+    torch.testing.assert_close(
+        margin_loss(_t(-10.0, -INF, -20.0), _t(-12.0, -1.0, -15.0), m),
+        torch.clamp(m + _t(-12.0, -15.0) - _t(-10.0, -20.0), min=0).mean(),
+    )
     assert margin_loss(_t(NAN), _t(1.0), m).item() == 0.0
 
 
@@ -235,12 +254,12 @@ def test_approx_mass_penalty_analytic_with_parameter_gradients():
     r = x.flatten(1).norm(dim=1)
     loss, (mean_lp, mean_g) = approx_mass_penalty(m, x, alpha, return_terms=True)
     a = 1.5
-    expected = (0.5 * a * r ** 2 - 0.25).mean() + alpha * a * r.mean()
+    expected = (0.5 * a * r**2 - 0.25).mean() + alpha * a * r.mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
     assert mean_g.item() == pytest.approx(a * r.mean().item(), rel=1e-12)
-    assert mean_lp.item() == pytest.approx((-0.5 * a * r ** 2 + 0.25).mean().item(), rel=1e-12)
+    assert mean_lp.item() == pytest.approx((-0.5 * a * r**2 + 0.25).mean().item(), rel=1e-12)
     loss.backward()  # d/da = 0.5 mean r^2 + alpha mean r: needs the graph of the input gradient
-    assert m.a.grad.item() == pytest.approx((0.5 * r ** 2).mean().item() + alpha * r.mean().item(), rel=1e-12)
+    assert m.a.grad.item() == pytest.approx((0.5 * r**2).mean().item() + alpha * r.mean().item(), rel=1e-12)
     assert m.b.grad.item() == pytest.approx(-1.0)
     assert not x.requires_grad  # the input is not modified
     with pytest.raises(TypeError):
@@ -251,7 +270,7 @@ def _direct_penalty(model, x, alpha):
     xr = x.clone().requires_grad_(True)
     lp = model.log_prob(xr)
     (g,) = torch.autograd.grad(lp.sum(), xr, create_graph=True)
-    return -lp.mean() + alpha * torch.sqrt((g ** 2).sum(dim=(1, 2, 3))).mean()
+    return -lp.mean() + alpha * torch.sqrt((g**2).sum(dim=(1, 2, 3))).mean()
 
 
 def _backends():
@@ -260,7 +279,9 @@ def _backends():
 
 def test_approx_mass_penalty_on_glow_equals_direct_double_autograd_both_backends():
     model = _glow(3)
-    x = (0.25 * torch.randn(4, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(5))).clamp(-0.5, 0.5)
+    x = (
+        0.25 * torch.randn(4, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    ).clamp(-0.5, 0.5)
     results = {}
     for name in _backends():
         with invflow.backend(name):
@@ -292,11 +313,18 @@ def test_approx_mass_penalty_gradcheck_wrt_parameters(name):
     if name == "fused" and not invflow.fused_available():
         pytest.skip("the extension invflow._C is not built")
     model = _glow(4)
-    x = (0.25 * torch.randn(3, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(6))).clamp(-0.5, 0.5)
-    names = ["scales.0.flows.0.flows.0.bias", "scales.0.flows.0.flows.0.log_scale",
-             "scales.0.flows.0.flows.1.log_s", "scales.0.flows.0.flows.2.net.6.bias",
-             "scales.0.flows.0.flows.2.net.6.logs", "scales.1.flows.0.flows.0.log_scale",
-             "scales.1.flows.0.flows.1.log_s"]
+    x = (
+        0.25 * torch.randn(3, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    ).clamp(-0.5, 0.5)
+    names = [
+        "scales.0.flows.0.flows.0.bias",
+        "scales.0.flows.0.flows.0.log_scale",
+        "scales.0.flows.0.flows.1.log_s",
+        "scales.0.flows.0.flows.2.net.6.bias",
+        "scales.0.flows.0.flows.2.net.6.logs",
+        "scales.1.flows.0.flows.0.log_scale",
+        "scales.1.flows.0.flows.1.log_s",
+    ]
     params = dict(model.named_parameters())
     leaves = tuple(params[n].detach().clone().requires_grad_() for n in names)
 
@@ -328,7 +356,9 @@ def _objectives(uint8_data):
     general = _glow(11)
     return {
         "outlier": outlier_objective(general, x_out),
-        "outlier_small_batch": outlier_objective(general, x_out, temperature=10.0, weight=2.0, outlier_batch=3),
+        "outlier_small_batch": outlier_objective(
+            general, x_out, temperature=10.0, weight=2.0, outlier_batch=3
+        ),
         "diff_dagger": diff_dagger_objective(_glow(12), x_out),
         "margin": margin_objective(x_out),
         "margin_fixed": margin_objective(x_out, margin=5.0, weight=0.5),
@@ -338,16 +368,35 @@ def _objectives(uint8_data):
     }
 
 
-@pytest.mark.parametrize("which", ["outlier", "outlier_small_batch", "diff_dagger", "margin", "margin_fixed",
-                                   "contrastive", "negative", "approx_mass"])
+@pytest.mark.parametrize(
+    "which",
+    [
+        "outlier",
+        "outlier_small_batch",
+        "diff_dagger",
+        "margin",
+        "margin_fixed",
+        "contrastive",
+        "negative",
+        "approx_mass",
+    ],
+)
 def test_trainer_objectives_run_three_steps(uint8_data, tmp_path, which):
     x_in, _ = uint8_data
     torch.manual_seed(0)
     model = invflow.Glow(1, 8, levels=2, steps=1, hidden=8).double()
     before = [p.detach().clone() for p in model.parameters()]
     objective = _objectives(uint8_data)[which]
-    trainer = Trainer(model, x_in, out_dir=str(tmp_path), objective=objective, steps=3, batch_size=8,
-                      progress=False, checkpoint_every=100)
+    trainer = Trainer(
+        model,
+        x_in,
+        out_dir=str(tmp_path),
+        objective=objective,
+        steps=3,
+        batch_size=8,
+        progress=False,
+        checkpoint_every=100,
+    )
     summary = trainer.fit()
     assert summary["steps"] == 3 and summary["skipped"] == 0
     with open(tmp_path / "log.csv") as f:
@@ -392,23 +441,27 @@ def test_trainer_objective_values(uint8_data):
 
         # Diff-dagger: the trained (general) model gets in-distribution samples as outliers
         loss, _ = diff_dagger_objective(general, x_out)(model, batch(1))
-        torch.testing.assert_close(loss, (nll_x + _eq2_roots(lp_o, lp_g, 1000.0, 6000.0)) / DLOG2, rtol=1e-10,
-                                   atol=1e-10)
+        torch.testing.assert_close(
+            loss, (nll_x + _eq2_roots(lp_o, lp_g, 1000.0, 6000.0)) / DLOG2, rtol=1e-10, atol=1e-10
+        )
 
         loss, logs = margin_objective(x_out)(model, batch(1))
         m = 64 * math.log(2)
-        torch.testing.assert_close(loss, (nll_x + torch.clamp(m + lp_o - lp_x, min=0).mean()) / DLOG2,
-                                   rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(
+            loss, (nll_x + torch.clamp(m + lp_o - lp_x, min=0).mean()) / DLOG2, rtol=1e-10, atol=1e-10
+        )
 
         loss, _ = contrastive_objective(x_out, clamp=-40.0)(model, batch(1))
-        torch.testing.assert_close(loss, (-lp_x.mean() + torch.clamp(lp_o, min=-40.0).mean()) / DLOG2,
-                                   rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(
+            loss, (-lp_x.mean() + torch.clamp(lp_o, min=-40.0).mean()) / DLOG2, rtol=1e-10, atol=1e-10
+        )
 
         c = float(lp_o.median())
         loss, _ = negative_objective(x_out, threshold=c)(model, batch(1))
         above = lp_o > c
-        torch.testing.assert_close(loss, (-lp_x.mean() + lp_o[above].sum() / above.sum()) / DLOG2, rtol=1e-10,
-                                   atol=1e-10)
+        torch.testing.assert_close(
+            loss, (-lp_x.mean() + lp_o[above].sum() / above.sum()) / DLOG2, rtol=1e-10, atol=1e-10
+        )
 
     loss, logs = approx_mass_objective(alpha=2.0)(model, batch(1))
     torch.testing.assert_close(loss, _direct_penalty(model, x, 2.0) / DLOG2, rtol=1e-10, atol=1e-12)
@@ -427,7 +480,7 @@ class GaussianMixture1D(nn.Module):
 
     def log_prob(self, x):
         z = (x[:, None] - self.mu) / self.log_sigma.exp()
-        comp = -0.5 * z ** 2 - self.log_sigma - 0.5 * math.log(2 * math.pi)
+        comp = -0.5 * z**2 - self.log_sigma - 0.5 * math.log(2 * math.pi)
         return torch.logsumexp(comp + torch.log_softmax(self.logits, 0), 1)
 
 
@@ -449,8 +502,8 @@ def test_contrastive_toy_learns_normalised_positive_difference():
 
     grid = torch.linspace(-10, 10, 20001, dtype=torch.float64)
     dx = float(grid[1] - grid[0])
-    p = torch.exp(-grid ** 2 / 2) / math.sqrt(2 * math.pi)
-    q = torch.exp(-(grid - 1) ** 2 / 4) / math.sqrt(4 * math.pi)
+    p = torch.exp(-(grid**2) / 2) / math.sqrt(2 * math.pi)
+    q = torch.exp(-((grid - 1) ** 2) / 4) / math.sqrt(4 * math.pi)
     p_bar = (p - q).clamp(min=0)
     p_bar = p_bar / (p_bar.sum() * dx)
     with torch.no_grad():

@@ -15,7 +15,9 @@ def test_sets_are_offline_uint8_and_deterministic():
         assert x.shape == (12, 1, 28, 28) and x.dtype == torch.uint8, name
         assert torch.equal(x, b[name]), name
     x_in, base = in_and_base(12, seed=1)
-    assert torch.equal(a["FMNIST inverted"], 255 - base) and torch.equal(a["FMNIST upside down"], base.flip(-2))
+    assert torch.equal(a["FMNIST inverted"], 255 - base) and torch.equal(
+        a["FMNIST upside down"], base.flip(-2)
+    )
     # transformations start from test images disjoint from the scored ones
     assert not any(torch.equal(u, v) for u in x_in for v in base)
     # shuffling keeps each image's pixel values, only their places change
@@ -32,14 +34,18 @@ class MeanBrightness(Detector):
 
 def test_worst_case_and_recommendation():
     x_in = torch.full((10, 1, 28, 28), 100, dtype=torch.uint8)
-    sets = {"bright": torch.full((10, 1, 28, 28), 200, dtype=torch.uint8),
-            "dark": torch.full((10, 1, 28, 28), 10, dtype=torch.uint8)}
+    sets = {
+        "bright": torch.full((10, 1, 28, 28), 200, dtype=torch.uint8),
+        "dark": torch.full((10, 1, 28, 28), 10, dtype=torch.uint8),
+    }
     res = score_suite({"brightness": MeanBrightness()}, x_in, sets)["brightness"]
     assert res["per_set"] == {"bright": 1.0, "dark": 0.0}
     assert res["worst"] == 0.0 and res["worst_set"] == "dark" and res["mean"] == 0.5
-    results = {"a": {"worst": 0.95, "per_set": {"s": 0.95}, "worst_set": "s", "mean": 0.95},
-               "b": {"worst": 0.97, "per_set": {"s": 0.97}, "worst_set": "s", "mean": 0.97},
-               "c": {"worst": 0.4, "per_set": {"s": 0.4}, "worst_set": "s", "mean": 0.4}}
+    results = {
+        "a": {"worst": 0.95, "per_set": {"s": 0.95}, "worst_set": "s", "mean": 0.95},
+        "b": {"worst": 0.97, "per_set": {"s": 0.97}, "worst_set": "s", "mean": 0.97},
+        "c": {"worst": 0.4, "per_set": {"s": 0.4}, "worst_set": "s", "mean": 0.4},
+    }
     assert recommend(results, floor=0.9) == ["b", "a"]
     assert recommend(results, floor=0.99) == ["b"]
     assert "No detector reaches" in markdown(results, floor=0.99)
@@ -48,10 +54,12 @@ def test_worst_case_and_recommendation():
 def test_suite_cli_refuses_bad_arguments_before_any_work(capsys):
     from detectors.ood_suite import main
 
-    for argv, what in ((["--n", "0"], "--n must be a positive integer"),
-                       (["--ensemble", "Diff-dagger"], "two or more different detector names"),
-                       (["--ensemble", "likelihood+likelihood"], "two or more different detector names"),
-                       (["--ensemble", "Diff-dagger+"], "two or more different detector names")):
+    for argv, what in (
+        (["--n", "0"], "--n must be a positive integer"),
+        (["--ensemble", "Diff-dagger"], "two or more different detector names"),
+        (["--ensemble", "likelihood+likelihood"], "two or more different detector names"),
+        (["--ensemble", "Diff-dagger+"], "two or more different detector names"),
+    ):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2 and what in capsys.readouterr().err, argv

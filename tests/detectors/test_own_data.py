@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 import detectors
-import invflow
 import detectors.imagefeatures
+import invflow
 from detectors import bundle as bundle_mod
 from detectors.__main__ import main
 from detectors.folders import ImageFolder, ImagePolicy, UnreadableImagesWarning, load_source
@@ -34,6 +34,8 @@ def _one_blas_thread():
 
     with threadpool_limits(limits=1, user_api="blas"):
         yield
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -46,7 +48,7 @@ def _patches(root, photos, sizes, seed, exts=(".png", ".jpg")):
         p = photos[i % len(photos)]
         y, x = rng.integers(0, p.shape[0] - s), rng.integers(0, p.shape[1] - s)
         path = os.path.join(root, f"img{i:03d}{exts[i % len(exts)]}")
-        Image.fromarray(p[y:y + s, x:x + s]).save(path)
+        Image.fromarray(p[y : y + s, x : x + s]).save(path)
         paths.append(path)
     return paths
 
@@ -57,7 +59,7 @@ def folders(tmp_path_factory):
     photos = [skimage_data.astronaut(), skimage_data.chelsea(), skimage_data.coffee()]
     rng = np.random.default_rng(1)
     noise = [(rng.random((120, 120, 3)) * 255).astype(np.uint8)]
-    train_sizes = [24] * 30 + [20] * 8 + [30] * 8       # majority 24x24
+    train_sizes = [24] * 30 + [20] * 8 + [30] * 8  # majority 24x24
     _patches(base / "train", photos, train_sizes, 0)
     with open(base / "train" / "broken.png", "wb") as f:  # unreadable: reported and skipped
         f.write(b"not a png at all")
@@ -120,14 +122,38 @@ def test_policy_from_mixed_sizes():
 
 
 def _fit_argv(data, out, *extra):
-    return ["fit", "--data", str(data), "--out", str(out), "--steps", "3", "--depth", "1", "--hidden", "8",
-            "--batch", "16", "--feature-size", "32", "--no-progress",
-            "--detectors", "last-scale", "png", "knn", "typicality", *extra]
+    return [
+        "fit",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--steps",
+        "3",
+        "--depth",
+        "1",
+        "--hidden",
+        "8",
+        "--batch",
+        "16",
+        "--feature-size",
+        "32",
+        "--no-progress",
+        "--detectors",
+        "last-scale",
+        "png",
+        "knn",
+        "typicality",
+        *extra,
+    ]
 
 
 def _tree(path):
-    return sorted((os.path.relpath(os.path.join(d, f), path), os.stat(os.path.join(d, f)).st_mtime_ns)
-                  for d, _, files in os.walk(path) for f in files)
+    return sorted(
+        (os.path.relpath(os.path.join(d, f), path), os.stat(os.path.join(d, f)).st_mtime_ns)
+        for d, _, files in os.walk(path)
+        for f in files
+    )
 
 
 def test_fit_then_score_end_to_end(folders, tmp_path, capsys):
@@ -153,20 +179,44 @@ def test_fit_then_score_end_to_end(folders, tmp_path, capsys):
     assert len(cal_idx) == 9 and not set(fit_idx.tolist()) & set(cal_idx.tolist())
     held_out = bundle.score(x[cal_idx])
     for name, s in held_out.items():
-        assert bundle[name].threshold == pytest.approx(float(np.quantile(s.numpy(), 0.95, method="higher")),
-                                                       rel=1e-6), name
+        assert bundle[name].threshold == pytest.approx(
+            float(np.quantile(s.numpy(), 0.95, method="higher")), rel=1e-6
+        ), name
     assert _tree(det) == before, "loading and scoring a bundle must not write"
     assert not bundle["last-scale"].model.training
 
     # score: scores.csv for every TEST and OOD file, the report (docs/design.md) with --ood
-    assert main(["score", str(det), "--data", str(folders / "test"), "--ood", str(folders / "ood"),
-                 "--out", str(rep), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                str(det),
+                "--data",
+                str(folders / "test"),
+                "--ood",
+                str(folders / "ood"),
+                "--out",
+                str(rep),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     with open(rep / "scores.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 12 and [r["source"] for r in rows] == ["data"] * 6 + ["ood"] * 6
     assert rows[0]["path"].endswith("img000.png") and set(rows[0]) == {
-        "path", "source", "last-scale_score", "last-scale_flag", "png_score", "png_flag", "knn_score", "knn_flag",
-        "typicality_score", "typicality_flag"}
+        "path",
+        "source",
+        "last-scale_score",
+        "last-scale_flag",
+        "png_score",
+        "png_flag",
+        "knn_score",
+        "knn_flag",
+        "typicality_score",
+        "typicality_flag",
+    }
     test_x = bundle.prepare(str(folders / "test"))
     direct = bundle.score(test_x)
     for name in bundle:
@@ -207,8 +257,9 @@ def test_fit_then_score_end_to_end(folders, tmp_path, capsys):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "detectors", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "detectors", *args], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
 
 
 def test_user_errors_are_one_line_with_exit_code_2(tmp_path):
@@ -249,8 +300,19 @@ def test_nested_class_folders_feed_the_supervised_detector(tmp_path, capsys):
     _patches(tmp_path / "train" / "coffee", [skimage_data.coffee()], [16, 20] * 6, 1)
     _patches(tmp_path / "ood", [skimage_data.checkerboard()], [16] * 4, 2)
     det = tmp_path / "det"
-    argv = ["fit", "--data", str(tmp_path / "train"), "--out", str(det), "--feature-size", "32", "--no-progress",
-            "--detectors", "mahalanobis", "pca"]
+    argv = [
+        "fit",
+        "--data",
+        str(tmp_path / "train"),
+        "--out",
+        str(det),
+        "--feature-size",
+        "32",
+        "--no-progress",
+        "--detectors",
+        "mahalanobis",
+        "pca",
+    ]
     assert main(argv) == 0
     bundle = detectors.load(det)
     assert bundle.uses == {"mahalanobis": "labels", "pca": "-"}
@@ -260,20 +322,49 @@ def test_nested_class_folders_feed_the_supervised_detector(tmp_path, capsys):
     x = bundle.policy.apply(src.images)
     fit_idx, cal_idx = bundle_mod._split(len(x), 0.2, 0)
     for name, s in bundle.score(x[cal_idx]).items():  # thresholds from the held-out part
-        assert bundle[name].threshold == pytest.approx(float(np.quantile(s.numpy(), 0.95, method="higher"))), name
+        assert bundle[name].threshold == pytest.approx(
+            float(np.quantile(s.numpy(), 0.95, method="higher"))
+        ), name
     # the restored state is the state fitted on the fit part with its labels
     m = bundle["mahalanobis"]
     assert m.classes_.tolist() == [0, 1]
     feats = detectors.imagefeatures.image_features(x[fit_idx], 32).double()
     lab = src.labels[fit_idx]
     assert torch.allclose(m.means_[1], feats[lab == 1].mean(0), atol=1e-5)
-    assert main(["score", str(det), "--data", str(tmp_path / "train"), "--ood", str(tmp_path / "ood"),
-                 "--out", str(tmp_path / "rep"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                str(det),
+                "--data",
+                str(tmp_path / "train"),
+                "--ood",
+                str(tmp_path / "ood"),
+                "--out",
+                str(tmp_path / "rep"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     results = json.loads((tmp_path / "rep" / "results.json").read_text())
     assert results["uses"]["mahalanobis"] == "labels"
     capsys.readouterr()
-    assert main(["fit", "--data", str(tmp_path / "ood"), "--out", str(tmp_path / "d2"), "--no-progress",
-                 "--detectors", "mahalanobis"]) == 2
+    assert (
+        main(
+            [
+                "fit",
+                "--data",
+                str(tmp_path / "ood"),
+                "--out",
+                str(tmp_path / "d2"),
+                "--no-progress",
+                "--detectors",
+                "mahalanobis",
+            ]
+        )
+        == 2
+    )
     assert "need class labels" in capsys.readouterr().err
 
 
@@ -284,7 +375,7 @@ def test_named_source_subset_names_rows_of_the_whole_set():
     whole = load_mnist_5k()[0]
     assert len(src) == 6 and src.images.shape == (6, 1, 28, 28)
     for i, p in enumerate(src.paths):
-        assert torch.equal(whole[int(p[len("mnist["):-1])], src.images[i]), p
+        assert torch.equal(whole[int(p[len("mnist[") : -1])], src.images[i]), p
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         load_source("missing/folder")
     with pytest.raises(ValueError, match="no such file or folder, and unknown dataset"):
@@ -294,13 +385,49 @@ def test_named_source_subset_names_rows_of_the_whole_set():
 def test_evaluate_takes_the_run_directory_train_wrote(tmp_path, capsys):
     torch.set_num_threads(1)
     run = tmp_path / "run"
-    assert main(["train", "--data", "mnist", "--out", str(run), "--steps", "2", "--levels", "3", "--depth", "1",
-                 "--hidden", "8", "--batch", "8"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                "mnist",
+                "--out",
+                str(run),
+                "--steps",
+                "2",
+                "--levels",
+                "3",
+                "--depth",
+                "1",
+                "--hidden",
+                "8",
+                "--batch",
+                "8",
+            ]
+        )
+        == 0
+    )
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith(f"model: {run}/step-0000002/model.safetensors")
     # 28x28 digits were padded to 32x32 for 3 scales; evaluate pads them the same way
-    assert main(["evaluate", "--in-model", str(run), "--in-data", "mnist", "--ood-data", "patches", "--n", "12",
-                 "--out", str(tmp_path / "rep")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--in-model",
+                str(run),
+                "--in-data",
+                "mnist",
+                "--ood-data",
+                "patches",
+                "--n",
+                "12",
+                "--out",
+                str(tmp_path / "rep"),
+            ]
+        )
+        == 0
+    )
     assert "padded images from 28x28 to 32x32" in capsys.readouterr().out
     results = json.loads((tmp_path / "rep" / "results.json").read_text())
     assert "likelihood" in results["detectors"] and results["counts"]["likelihood"] == {"in": 12, "ood": 12}
@@ -336,7 +463,9 @@ def test_sixteen_bit_tiff_and_exif_orientation(tmp_path):
     src = load_source(str(tmp_path))
     assert src.paths == [str(tmp_path / "deep.tif"), str(tmp_path / "phone.jpg")]
     deep, phone = src.images
-    assert deep.mode == "L" and np.array_equal(np.array(deep), (a >> 8).astype(np.uint8))  # top 8 bits, not clipped
+    assert deep.mode == "L" and np.array_equal(
+        np.array(deep), (a >> 8).astype(np.uint8)
+    )  # top 8 bits, not clipped
     assert phone.size == (4, 8)  # upright: width and height swapped
 
 
@@ -356,11 +485,19 @@ def test_default_set_is_the_ensemble_of_png_and_pca_and_its_members():
     assert bundle_mod.CATALOGUE["png+pca"].params == {"members": ["png", "pca"]}
     assert bundle_mod.CATALOGUE["last-scale+pca"].params == {"members": ["last-scale", "pca"]}
     # every ensemble's members are catalogue detectors that score the bundle's images
-    for name, spec in bundle_mod.CATALOGUE.items():
+    for name in bundle_mod.CATALOGUE:
         for m in bundle_mod.members(name):
-            assert bundle_mod.CATALOGUE[m].needs in ("flow", "flow+general", "features", "features+labels"), (name, m)
+            assert bundle_mod.CATALOGUE[m].needs in ("flow", "flow+general", "features", "features+labels"), (
+                name,
+                m,
+            )
     # an ensemble listed without its members gets them, right after it
-    assert bundle_mod.with_members(["knn", "last-scale+pca"]) == ("knn", "last-scale+pca", "last-scale", "pca")
+    assert bundle_mod.with_members(["knn", "last-scale+pca"]) == (
+        "knn",
+        "last-scale+pca",
+        "last-scale",
+        "pca",
+    )
     assert bundle_mod.with_members(["pca", "last-scale+pca"]) == ("pca", "last-scale+pca", "last-scale")
     assert bundle_mod.with_members(["png"]) == ("png",)
 
@@ -371,8 +508,15 @@ def test_ensemble_in_a_bundle_is_detectors_ensemble_of_its_members(tmp_path, cap
     _patches(tmp_path / "train", photos, [16, 20] * 10, 0)
     _patches(tmp_path / "test", photos + [skimage_data.checkerboard()], [16] * 6, 1)
     said = []
-    cfg = bundle_mod.FitConfig(detectors=("last-scale+pca",), steps=2, depth=1, hidden=8, batch_size=16,
-                               feature_size=32, progress=False)
+    cfg = bundle_mod.FitConfig(
+        detectors=("last-scale+pca",),
+        steps=2,
+        depth=1,
+        hidden=8,
+        batch_size=16,
+        feature_size=32,
+        progress=False,
+    )
     fitted = bundle_mod.fit_bundle(str(tmp_path / "train"), tmp_path / "det", cfg, say=said.append)
     # asked for the ensemble only: its members are fitted and reported too (and said so)
     assert list(fitted) == ["last-scale+pca", "last-scale", "pca"]
@@ -388,8 +532,9 @@ def test_ensemble_in_a_bundle_is_detectors_ensemble_of_its_members(tmp_path, cap
     stats = {m: (float(cal[m].mean()), float(cal[m].std())) for m in ("last-scale", "pca")}
     for m in stats:
         assert ens._stats[m] == pytest.approx(stats[m], rel=1e-9), m
-    assert ens.threshold == pytest.approx(float(np.quantile(cal["last-scale+pca"].numpy(), 0.95, method="higher")),
-                                          rel=1e-9)
+    assert ens.threshold == pytest.approx(
+        float(np.quantile(cal["last-scale+pca"].numpy(), 0.95, method="higher")), rel=1e-9
+    )
     # the ensemble's scores: the members' z-scores summed, by hand and by detectors.Ensemble itself
     test_x = fitted.prepare(str(tmp_path / "test"))
     s = fitted.score(test_x)
@@ -397,15 +542,20 @@ def test_ensemble_in_a_bundle_is_detectors_ensemble_of_its_members(tmp_path, cap
     assert torch.allclose(s["last-scale+pca"], by_hand, rtol=1e-9, atol=1e-9)
     direct = detectors.Ensemble({"last-scale": fitted["last-scale"], "pca": fitted["pca"]}).fit(x[cal_idx])
     assert torch.allclose(direct.score(test_x), s["last-scale+pca"], rtol=1e-6, atol=1e-6)
-    assert torch.allclose(ens.score(test_x), s["last-scale+pca"], rtol=1e-6, atol=1e-6)  # standalone on images
+    assert torch.allclose(
+        ens.score(test_x), s["last-scale+pca"], rtol=1e-6, atol=1e-6
+    )  # standalone on images
     assert not torch.allclose(s["last-scale+pca"], s["last-scale"])
 
     # save / load round trip: the same statistics, thresholds and scores, exactly
     meta = json.loads((tmp_path / "det" / "bundle.json").read_text())
     assert meta["fit"]["detectors"] == ["last-scale+pca"]
     entry = meta["detectors"][0]
-    assert (entry["name"], entry["class"], entry["params"]) == ("last-scale+pca", "Ensemble",
-                                                                {"members": ["last-scale", "pca"]})
+    assert (entry["name"], entry["class"], entry["params"]) == (
+        "last-scale+pca",
+        "Ensemble",
+        {"members": ["last-scale", "pca"]},
+    )
     loaded = detectors.load(tmp_path / "det")
     assert list(loaded) == list(fitted) and loaded.thresholds == fitted.thresholds
     assert loaded["last-scale+pca"]._stats == ens._stats
@@ -426,11 +576,25 @@ def test_ensemble_in_a_bundle_is_detectors_ensemble_of_its_members(tmp_path, cap
                 loaded.score(form)
 
     # the score CLI writes the ensemble's column like any other
-    assert main(["score", str(tmp_path / "det"), "--data", str(tmp_path / "test"), "--out", str(tmp_path / "rep"),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                str(tmp_path / "det"),
+                "--data",
+                str(tmp_path / "test"),
+                "--out",
+                str(tmp_path / "rep"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     with open(tmp_path / "rep" / "scores.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [float(r["last-scale+pca_score"]) for r in rows] == pytest.approx(s["last-scale+pca"].tolist(), rel=1e-9)
+    assert [float(r["last-scale+pca_score"]) for r in rows] == pytest.approx(
+        s["last-scale+pca"].tolist(), rel=1e-9
+    )
 
     # a bundle whose ensemble lacks a member, or its statistics, is refused by name
     broken = dict(meta, detectors=[e for e in meta["detectors"] if e["name"] != "pca"])
@@ -444,7 +608,9 @@ def test_ensemble_in_a_bundle_is_detectors_ensemble_of_its_members(tmp_path, cap
 
 
 def test_bad_detector_names_and_too_few_held_out_images(tmp_path, capsys):
-    with pytest.raises(ValueError, match=r"detectors: unknown \['last-scale\+knn'\]; choose from .*last-scale\+pca"):
+    with pytest.raises(
+        ValueError, match=r"detectors: unknown \['last-scale\+knn'\]; choose from .*last-scale\+pca"
+    ):
         bundle_mod.FitConfig(detectors=("last-scale+knn",)).check()
     with pytest.raises(SystemExit) as exit_:
         main(["fit", "--data", str(tmp_path), "--out", str(tmp_path / "d"), "--detectors", "last-scale+knn"])

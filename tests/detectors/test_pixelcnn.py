@@ -125,7 +125,7 @@ def test_channels_of_a_pixel_enter_only_through_the_mixing_coefficients():
             cond = m.pixel_log_probs(_x(other))
             same = torch.ones(3, 2, 2, dtype=torch.bool)
             same[ch:, 1, 0] = False  # later channels of the same pixel may change ...
-            same[:, 1, 1] = False    # ... and so may the later pixel
+            same[:, 1, 1] = False  # ... and so may the later pixel
             torch.testing.assert_close(cond[0][same], base[0][same], atol=1e-12, rtol=0)
             if ch < 2:  # the coefficients make the next channel depend on this one
                 assert (cond[0, ch + 1, 1, 0] - base[0, ch + 1, 1, 0]).abs().item() > 1e-6
@@ -174,9 +174,16 @@ def test_input_errors():
         m(k.long())
     with pytest.raises(TypeError, match="dtype"):
         m(torch.zeros(2, 1, 4, 4, dtype=torch.float32))
-    bad = [torch.zeros(2, 3, 4, 4), torch.zeros(2, 1, 4, 6), torch.zeros(1, 4, 4), torch.zeros(0, 1, 4, 4),
-           torch.full((2, 1, 4, 4), float("nan")), torch.full((2, 1, 4, 4), float("inf")),
-           torch.full((2, 1, 4, 4), 0.6), torch.full((2, 1, 4, 4), -0.51)]
+    bad = [
+        torch.zeros(2, 3, 4, 4),
+        torch.zeros(2, 1, 4, 6),
+        torch.zeros(1, 4, 4),
+        torch.zeros(0, 1, 4, 4),
+        torch.full((2, 1, 4, 4), float("nan")),
+        torch.full((2, 1, 4, 4), float("inf")),
+        torch.full((2, 1, 4, 4), 0.6),
+        torch.full((2, 1, 4, 4), -0.51),
+    ]
     for x in bad:
         with pytest.raises(ValueError):
             m(x.double())
@@ -192,18 +199,31 @@ def test_input_errors():
         m.sample(2, temperature=0.0)
 
 
-@pytest.mark.parametrize("kw", [dict(in_channels=0), dict(filters=0), dict(resnets=0), dict(levels=0),
-                                dict(mixtures=0), dict(image_size=28, levels=4),
-                                dict(image_size=(28, 30), levels=3), dict(image_size=(28,)),
-                                dict(image_size=0), dict(dropout=1.0), dict(dropout=-0.1), dict(filters=2.5)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(in_channels=0),
+        dict(filters=0),
+        dict(resnets=0),
+        dict(levels=0),
+        dict(mixtures=0),
+        dict(image_size=28, levels=4),
+        dict(image_size=(28, 30), levels=3),
+        dict(image_size=(28,)),
+        dict(image_size=0),
+        dict(dropout=1.0),
+        dict(dropout=-0.1),
+        dict(filters=2.5),
+    ],
+)
 def test_constructor_errors(kw):
     with pytest.raises(ValueError):
         PixelCNNpp(**kw)
 
 
 def test_levels_count_resolutions():
-    PixelCNNpp(1, 28, levels=3, filters=2)   # 28, 14, 7
-    PixelCNNpp(1, 7, levels=1, filters=2)    # no down-sampling: any size
+    PixelCNNpp(1, 28, levels=3, filters=2)  # 28, 14, 7
+    PixelCNNpp(1, 7, levels=1, filters=2)  # no down-sampling: any size
     with pytest.raises(ValueError, match="2\\*\\*\\(levels - 1\\)"):
         PixelCNNpp(1, 7, levels=2, filters=2)
 
@@ -225,8 +245,9 @@ def test_trainer_runs(tmp_path):
     m = PixelCNNpp(1, 4, filters=4, resnets=1, levels=2, mixtures=2, dropout=0.1)
     before = [p.detach().clone() for p in m.parameters()]
     images = torch.randint(0, 256, (8, 1, 4, 4), dtype=torch.uint8)
-    summary = Trainer(m, images, out_dir=str(tmp_path), steps=3, batch_size=4, progress=False,
-                      checkpoint_every=3).fit()
+    summary = Trainer(
+        m, images, out_dir=str(tmp_path), steps=3, batch_size=4, progress=False, checkpoint_every=3
+    ).fit()
     assert summary["steps"] == 3 and summary["skipped"] == 0
     with open(tmp_path / "log.csv") as f:
         rows = list(csv.DictReader(f))
@@ -275,10 +296,12 @@ def test_samples_follow_the_model(c, shape):
     per = m.params_per_mixture
     with torch.no_grad():  # concentrated, well-separated logistics so the moments are informative
         bias = m.out.bias.view(m.mixtures, per)
-        bias[:, 1: 1 + c] = torch.linspace(-0.6, 0.6, m.mixtures * c, dtype=torch.float64).view(m.mixtures, c)
-        bias[:, 1 + c: 1 + 2 * c] = -2.5
+        bias[:, 1 : 1 + c] = torch.linspace(-0.6, 0.6, m.mixtures * c, dtype=torch.float64).view(
+            m.mixtures, c
+        )
+        bias[:, 1 + c : 1 + 2 * c] = -2.5
         if c == 2:
-            bias[:, 1 + 2 * c:] = 0.8
+            bias[:, 1 + 2 * c :] = 0.8
     k = torch.cartesian_prod(torch.arange(256), torch.arange(256)).view(-1, c, *shape)
     p = _log_p(m, k).exp()
     k0, k1 = k.flatten(1)[:, 0].double(), k.flatten(1)[:, 1].double()

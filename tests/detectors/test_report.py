@@ -31,8 +31,15 @@ def make_scores(seed=0):
 def test_write_report_schema_and_values(tmp_path):
     scores = make_scores()
     config = {"model": "glow", "levels": 2, "lr": 5e-4, "shape": (1, 28, 28)}
-    res = R.write_report(tmp_path, "mnist", "fashion", scores, config=config, notes=["tiny run"],
-                         supervised={"ratio": "aux data"})
+    res = R.write_report(
+        tmp_path,
+        "mnist",
+        "fashion",
+        scores,
+        config=config,
+        notes=["tiny run"],
+        supervised={"ratio": "aux data"},
+    )
     with open(tmp_path / "results.json") as f:
         on_disk = json.load(f)
     assert on_disk == res
@@ -56,8 +63,15 @@ def test_write_report_schema_and_values(tmp_path):
 
 def test_report_md_and_pngs(tmp_path):
     scores = make_scores()
-    res = R.write_report(tmp_path, "mnist", "fashion", scores, config={"model": "glow"}, notes=["hello note"],
-                         supervised={"ratio": "labels"})
+    res = R.write_report(
+        tmp_path,
+        "mnist",
+        "fashion",
+        scores,
+        config={"model": "glow"},
+        notes=["hello note"],
+        supervised={"ratio": "labels"},
+    )
     md = (tmp_path / "report.md").read_text()
     for name in scores:
         assert f"| {name} |" in md
@@ -108,11 +122,21 @@ def test_robust_range_ignores_floors_but_keeps_groups():
 
 
 def test_format_table_and_markdown_table():
-    results = {"in_distribution": "a", "ood": "b", "config": {},
-               "detectors": {"likelihood": {"auroc": 0.12345, "aupr_in": 0.5, "aupr_out": 0.25,
-                                            "fpr95": 0.999, "tnr95": 0.001},
-                             "a_longer_name": {"auroc": 1.0, "aupr_in": 0.0, "aupr_out": 0.05, "fpr95": 0.0,
-                                               "tnr95": 1.0}}}
+    results = {
+        "in_distribution": "a",
+        "ood": "b",
+        "config": {},
+        "detectors": {
+            "likelihood": {
+                "auroc": 0.12345,
+                "aupr_in": 0.5,
+                "aupr_out": 0.25,
+                "fpr95": 0.999,
+                "tnr95": 0.001,
+            },
+            "a_longer_name": {"auroc": 1.0, "aupr_in": 0.0, "aupr_out": 0.05, "fpr95": 0.0, "tnr95": 1.0},
+        },
+    }
     table = R.format_table(results)
     lines = table.splitlines()
     assert lines[0].split() == ["detector", "AUROC", "AUPR-in", "AUPR-out", "FPR95"]
@@ -134,16 +158,17 @@ def test_format_table_and_markdown_table():
 
 
 def test_load_results_validates(tmp_path):
-    good = {"in_distribution": "a", "ood": "b", "config": {},
-            "detectors": {"x": {k: 0.5 for k in METRICS}}}
+    good = {"in_distribution": "a", "ood": "b", "config": {}, "detectors": {"x": {k: 0.5 for k in METRICS}}}
     p = tmp_path / "results.json"
     p.write_text(json.dumps(good))
     assert R.load_results(p) == good
-    for bad in ({k: v for k, v in good.items() if k != "ood"},
-                {**good, "detectors": {"x": {"auroc": 0.5}}},
-                {**good, "detectors": {"x": {**good["detectors"]["x"], "auroc": 1.5}}},
-                {**good, "config": []},
-                [1, 2]):
+    for bad in (
+        {k: v for k, v in good.items() if k != "ood"},
+        {**good, "detectors": {"x": {"auroc": 0.5}}},
+        {**good, "detectors": {"x": {**good["detectors"]["x"], "auroc": 1.5}}},
+        {**good, "config": []},
+        [1, 2],
+    ):
         p.write_text(json.dumps(bad))
         with pytest.raises(ValueError):
             R.load_results(p)

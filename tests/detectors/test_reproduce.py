@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from detectors.experiments import DEMO_ENSEMBLES, FEATURE_FLOWS, ensembles, feature_flows
 from detectors.features import CachedFeatures
 from detectors.metrics import evaluate
-from detectors.experiments import DEMO_ENSEMBLES, FEATURE_FLOWS, ensembles, feature_flows
 from detectors.reproduce import EXPERIMENTS, OVR_FLOWS, SMOKE, ReproduceConfig, summarize, summary_markdown
 from detectors.scores import KNN, Detector, Ensemble, MSEToMean
 
@@ -37,7 +37,9 @@ def test_ensemble_is_the_sum_of_standardised_member_scores():
     a, b = Coordinate(0, scale=10.0), Coordinate(1, scale=0.1)
     ens = Ensemble({"a": a, "b": b}, weights={"b": 2.0}).fit(val)
     sa, sb = 10 * val[:, 0].double(), 0.1 * val[:, 1].double()
-    expected = (10 * x[:, 0].double() - sa.mean()) / sa.std() + 2 * (0.1 * x[:, 1].double() - sb.mean()) / sb.std()
+    expected = (10 * x[:, 0].double() - sa.mean()) / sa.std() + 2 * (
+        0.1 * x[:, 1].double() - sb.mean()
+    ) / sb.std()
     torch.testing.assert_close(ens.score(x), expected)
     z = ens.member_z_scores(val)
     assert abs(float(z["a"].mean())) < 1e-9 and abs(float(z["a"].std()) - 1) < 1e-9
@@ -67,8 +69,10 @@ def test_ensemble_beats_members_that_see_different_evidence():
     x_out = torch.randn(2000, 2, generator=g) + torch.tensor([1.5, 1.5])  # shifted in both coordinates
     a, b = Coordinate(0), Coordinate(1)
     ens = Ensemble({"a": a, "b": b}).fit(x_in[:1000])
-    auc = {name: evaluate(d.score(x_in[1000:]), d.score(x_out[:1000]))["auroc"]
-           for name, d in (("a", a), ("b", b), ("ens", ens))}
+    auc = {
+        name: evaluate(d.score(x_in[1000:]), d.score(x_out[:1000]))["auroc"]
+        for name, d in (("a", a), ("b", b), ("ens", ens))
+    }
     assert auc["ens"] > max(auc["a"], auc["b"]) + 0.02
 
 
@@ -111,7 +115,7 @@ def test_cached_features_looks_up_by_content_and_extracts_the_rest():
     direct = ext.w.detach()
     new = images[[7, 9]].float().flatten(1) @ direct + 1.0
     torch.testing.assert_close(out[2:], torch.nn.functional.normalize(new[[0, 0, 1]], dim=1))
-    assert ext.calls == 2 and len(feats) == 8      # 7 and 9 extracted once, then cached
+    assert ext.calls == 2 and len(feats) == 8  # 7 and 9 extracted once, then cached
     feats(images[[7, 9]])
     assert ext.calls == 2
     with pytest.raises(KeyError):
@@ -127,8 +131,16 @@ def _fake_results(root, name, seed, auroc, extra):
     d = root / name / f"seed{seed}"
     d.mkdir(parents=True)
     dets = {"likelihood": {"auroc": auroc, "aupr_in": 0.5, "aupr_out": 0.5, "fpr95": 0.9, "tnr95": 0.1}}
-    (d / "results.json").write_text(json.dumps({"detectors": dets, "uses": {"likelihood": "-"},
-                                                "config": {"seconds": 10.0 + seed}, "extra": extra}))
+    (d / "results.json").write_text(
+        json.dumps(
+            {
+                "detectors": dets,
+                "uses": {"likelihood": "-"},
+                "config": {"seconds": 10.0 + seed},
+                "extra": extra,
+            }
+        )
+    )
 
 
 def test_summarize_mean_and_sample_std_over_seeds(tmp_path):
@@ -137,7 +149,7 @@ def test_summarize_mean_and_sample_std_over_seeds(tmp_path):
     s = summarize("exp", str(tmp_path))
     assert s["seeds"] == [0, 1, 2]
     mean, std = s["detectors"]["likelihood"]["auroc"]
-    assert math.isclose(mean, 20.0) and math.isclose(std, 10.0)    # percent, ddof=1
+    assert math.isclose(mean, 20.0) and math.isclose(std, 10.0)  # percent, ddof=1
     assert np.allclose(s["extra"]["spearman"]["total"], (0.8, 0.1))
     text = (tmp_path / "exp" / "summary.md").read_text()
     assert "| likelihood | 20.0 ± 10.0 |" in text and text == summary_markdown(s)
@@ -150,9 +162,28 @@ def test_reproduce_smoke_end_to_end(tmp_path):
     """Every experiment runs in its tiny configuration for two seeds and is summarised."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     names = list(EXPERIMENTS)
-    proc = subprocess.run([sys.executable, "-m", "detectors", "reproduce", *names, "--seeds", "0", "1", "--smoke",
-                           "--out", str(tmp_path), "--threads", "1"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "detectors",
+            "reproduce",
+            *names,
+            "--seeds",
+            "0",
+            "1",
+            "--smoke",
+            "--out",
+            str(tmp_path),
+            "--threads",
+            "1",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in names:
         summary = json.loads((tmp_path / name / "summary.json").read_text())
@@ -162,15 +193,41 @@ def test_reproduce_smoke_end_to_end(tmp_path):
         assert (tmp_path / name / "seed1" / "results.json").exists()
         assert (tmp_path / name / "summary.png").stat().st_size > 1000
     glow = json.loads((tmp_path / "glow" / "summary.json").read_text())
-    for row in ("likelihood", "Diff", "Diff-dagger", "outlier loss: Diff", "margin loss: likelihood",
-                "penalised: approximate mass", "PNG complexity", "ensemble: PNG complexity + features PCA"):
+    for row in (
+        "likelihood",
+        "Diff",
+        "Diff-dagger",
+        "outlier loss: Diff",
+        "margin loss: likelihood",
+        "penalised: approximate mass",
+        "PNG complexity",
+        "ensemble: PNG complexity + features PCA",
+    ):
         assert row in glow["detectors"]
     assert glow["detectors"]["outlier loss: Diff"]["uses"] == "aux data"
     assert "in vs general Glow, total" in glow["extra"]["spearman"]
     # the models are shared between experiments of a seed and reused on a second run
-    proc2 = subprocess.run([sys.executable, "-m", "detectors", "reproduce", "architectures", "--seeds", "0",
-                            "--smoke", "--out", str(tmp_path), "--threads", "1"], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=300)
+    proc2 = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "detectors",
+            "reproduce",
+            "architectures",
+            "--seeds",
+            "0",
+            "--smoke",
+            "--out",
+            str(tmp_path),
+            "--threads",
+            "1",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc2.returncode == 0, proc2.stderr[-3000:]
     assert "resumed from step 2" in proc2.stdout + proc2.stderr
     # one-vs-rest: Schmier et al. 2022's Flow and contrastive flow per class beside the feature baselines
@@ -179,7 +236,7 @@ def test_reproduce_smoke_end_to_end(tmp_path):
     for row in ovr.values():
         assert len(row["per_class_auroc"]) == 10 and all(0 <= m <= 100 for m, _ in row["per_class_auroc"])
     assert ovr["contrastive flow"]["uses"] == "aux data" and ovr["Flow"]["uses"] == "-"
-    for k in range(10):   # one Flow and one contrastive flow per class, at the smoke step count
+    for k in range(10):  # one Flow and one contrastive flow per class, at the smoke step count
         for model in ("in", "contrastive"):
             latest = tmp_path / "seed1" / "models" / f"ovr-class{k}-flow-{model}" / "latest"
             assert latest.read_text().strip() == f"step-{SMOKE['ovr_flow_steps']:07d}"
@@ -212,15 +269,24 @@ def test_feature_flows_trains_only_the_flows_asked_for(tmp_path):
     assert list(feature_flows(cfg, train, aux, str(tmp_path), name="c")) == list(FEATURE_FLOWS)
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(which=("KDE",)), "which"), (dict(which=()), "which"), (dict(steps=0), "steps"),
-    (dict(steps=2.0), "steps"), (dict(which=("contrastive flow",), aux=None), "aux"),
-    (dict(which=("Flow-ratio",), aux=None), "aux")])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(which=("KDE",)), "which"),
+        (dict(which=()), "which"),
+        (dict(steps=0), "steps"),
+        (dict(steps=2.0), "steps"),
+        (dict(which=("contrastive flow",), aux=None), "aux"),
+        (dict(which=("Flow-ratio",), aux=None), "aux"),
+    ],
+)
 def test_feature_flows_rejects_bad_arguments(tmp_path, kw, match):
     args = dict(aux=_unit_features(10, 6, 1)) | kw
     with pytest.raises(ValueError, match=match):
         feature_flows(ReproduceConfig(**SMOKE), _unit_features(10, 6, 0), out=str(tmp_path), **args)
-    assert not (tmp_path / "models").exists()    # nothing trained before the check
+    assert not (tmp_path / "models").exists()  # nothing trained before the check
+
+
 def test_unknown_experiment_is_refused():
     from detectors.reproduce import reproduce, run_experiment
 

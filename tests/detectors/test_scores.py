@@ -18,10 +18,28 @@ from sklearn.neighbors import KernelDensity
 from torch import nn
 
 import invflow
-from detectors.scores import (KDE, KNN, LOG_LIKELIHOOD_FLOOR, PCA, ApproximateMass, BitsPerDim, ContrastiveFlow,
-                              Detector, InputComplexity, LastScale, Likelihood, LikelihoodRatio, MSERatio,
-                              MSEToMean, ScaleContribution, ScaleRatio, Typicality, approximate_mass,
-                              floor_log_likelihood, png_bits)
+from detectors.scores import (
+    KDE,
+    KNN,
+    LOG_LIKELIHOOD_FLOOR,
+    PCA,
+    ApproximateMass,
+    BitsPerDim,
+    ContrastiveFlow,
+    Detector,
+    InputComplexity,
+    LastScale,
+    Likelihood,
+    LikelihoodRatio,
+    MSERatio,
+    MSEToMean,
+    ScaleContribution,
+    ScaleRatio,
+    Typicality,
+    approximate_mass,
+    floor_log_likelihood,
+    png_bits,
+)
 from invflow.data import preprocess
 from invflow.models.base import FlowOutput
 
@@ -132,9 +150,15 @@ def test_likelihood_is_negative_log_prob(glow_in, images):
 def test_uint8_equals_hand_preprocessed(glow_in, glow_g, images):
     k, x = images
     assert torch.equal(preprocess(k, dequantize=False, dtype=torch.float64), x)
-    for det in (Likelihood(glow_in), BitsPerDim(glow_in), LikelihoodRatio(glow_in, glow_g),
-                ScaleContribution(glow_in, scales=0), ScaleRatio(glow_in, glow_g, scales=[0, 1]),
-                ApproximateMass(glow_in), InputComplexity(glow_in)):
+    for det in (
+        Likelihood(glow_in),
+        BitsPerDim(glow_in),
+        LikelihoodRatio(glow_in, glow_g),
+        ScaleContribution(glow_in, scales=0),
+        ScaleRatio(glow_in, glow_g, scales=[0, 1]),
+        ApproximateMass(glow_in),
+        InputComplexity(glow_in),
+    ):
         torch.testing.assert_close(det.score(k), det.score(x), rtol=1e-12, atol=1e-12, msg=det.name)
 
 
@@ -144,7 +168,9 @@ def test_bits_per_dim_formula(glow_in, images):
         lp = glow_in.log_prob(x)
     expected = (-lp + D_IMG * math.log(256)) / (D_IMG * math.log(2))
     torch.testing.assert_close(BitsPerDim(glow_in).score(x), expected, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(BitsPerDim(glow_in).score(x), glow_in.bits_per_dim(x).detach(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        BitsPerDim(glow_in).score(x), glow_in.bits_per_dim(x).detach(), rtol=1e-12, atol=0
+    )
 
 
 def test_likelihood_ratio_formula(glow_in, glow_g, images):
@@ -153,7 +179,9 @@ def test_likelihood_ratio_formula(glow_in, glow_g, images):
         lp_in, lp_g = glow_in.log_prob(x), glow_g.log_prob(x)
     assert not torch.allclose(lp_in, lp_g)  # two different models
     s = LikelihoodRatio(glow_in, glow_g).score(x)
-    torch.testing.assert_close(s, -(lp_in - lp_g), rtol=1e-12, atol=1e-12)  # Schirrmeister et al. 2020 Eq. 1, negated
+    torch.testing.assert_close(
+        s, -(lp_in - lp_g), rtol=1e-12, atol=1e-12
+    )  # Schirrmeister et al. 2020 Eq. 1, negated
     # swapping the models negates the score
     torch.testing.assert_close(LikelihoodRatio(glow_g, glow_in).score(x), -s, rtol=1e-12, atol=1e-12)
 
@@ -164,19 +192,25 @@ def test_per_scale_columns_sum_to_log_prob(glow_in, images):
         out = glow_in(x)
     assert out.per_scale.shape == (10, 2)
     torch.testing.assert_close(out.per_scale.sum(1), out.log_prob, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(ScaleContribution(glow_in, scales=[0, 1]).score(x), Likelihood(glow_in).score(x),
-                               rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(
+        ScaleContribution(glow_in, scales=[0, 1]).score(x),
+        Likelihood(glow_in).score(x),
+        rtol=1e-12,
+        atol=1e-10,
+    )
 
 
-@pytest.mark.parametrize("scales,cols", [(-1, [1]), (0, [0]), (1, [1]), ([0, 1], [0, 1]), ([1, 0], [0, 1]),
-                                         ((0,), [0])])
+@pytest.mark.parametrize(
+    "scales,cols", [(-1, [1]), (0, [0]), (1, [1]), ([0, 1], [0, 1]), ([1, 0], [0, 1]), ((0,), [0])]
+)
 def test_scale_contribution_formula(glow_in, images, scales, cols):
     _, x = images
     with torch.no_grad():
         per_scale = glow_in(x).per_scale
     expected = -per_scale[:, cols].sum(1)
-    torch.testing.assert_close(ScaleContribution(glow_in, scales=scales).score(x), expected, rtol=1e-12,
-                               atol=1e-12)
+    torch.testing.assert_close(
+        ScaleContribution(glow_in, scales=scales).score(x), expected, rtol=1e-12, atol=1e-12
+    )
 
 
 def test_last_scale_is_minus_last_column(glow_in, images):
@@ -184,7 +218,9 @@ def test_last_scale_is_minus_last_column(glow_in, images):
     with torch.no_grad():
         per_scale = glow_in(x).per_scale
     torch.testing.assert_close(LastScale(glow_in).score(x), -per_scale[:, -1], rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(LastScale(glow_in).score(x), ScaleContribution(glow_in).score(x), rtol=0, atol=0)
+    torch.testing.assert_close(
+        LastScale(glow_in).score(x), ScaleContribution(glow_in).score(x), rtol=0, atol=0
+    )
 
 
 @pytest.mark.parametrize("scales,cols", [(-1, [1]), (0, [0]), ([0, 1], [0, 1])])
@@ -193,11 +229,16 @@ def test_scale_ratio_formula(glow_in, glow_g, images, scales, cols):
     with torch.no_grad():
         c_in, c_g = glow_in(x).per_scale, glow_g(x).per_scale
     expected = -(c_in[:, cols].sum(1) - c_g[:, cols].sum(1))
-    torch.testing.assert_close(ScaleRatio(glow_in, glow_g, scales=scales).score(x), expected, rtol=1e-12,
-                               atol=1e-10)
+    torch.testing.assert_close(
+        ScaleRatio(glow_in, glow_g, scales=scales).score(x), expected, rtol=1e-12, atol=1e-10
+    )
     if scales == [0, 1]:
-        torch.testing.assert_close(ScaleRatio(glow_in, glow_g, scales=scales).score(x),
-                                   LikelihoodRatio(glow_in, glow_g).score(x), rtol=1e-12, atol=1e-10)
+        torch.testing.assert_close(
+            ScaleRatio(glow_in, glow_g, scales=scales).score(x),
+            LikelihoodRatio(glow_in, glow_g).score(x),
+            rtol=1e-12,
+            atol=1e-10,
+        )
 
 
 def test_scale_index_errors(glow_in, images):
@@ -269,8 +310,10 @@ def test_non_finite_log_likelihoods_floored_before_the_difference():
     torch.testing.assert_close(r2[bad], -(lp_g[bad] + 3e6), rtol=1e-15, atol=0)
 
     b = BitsPerDim(broken).score(x)
-    torch.testing.assert_close(b[bad], torch.full((int(bad.sum()),), (3e6 + 3 * math.log(256)) / (3 * math.log(2)),
-                                                  dtype=torch.float64))
+    torch.testing.assert_close(
+        b[bad],
+        torch.full((int(bad.sum()),), (3e6 + 3 * math.log(256)) / (3 * math.log(2)), dtype=torch.float64),
+    )
 
     sc = ScaleContribution(broken, scales=[0, 1]).score(x)  # per-scale columns floored too
     torch.testing.assert_close(sc, -(lp_floored - 1.0))
@@ -282,7 +325,7 @@ def test_non_finite_log_likelihoods_floored_before_the_difference():
 def test_typicality_and_input_complexity_floor():
     k = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(6))
     k[0, 0, 0, 0] = 250  # x_0 > 0.3: -inf
-    k[1, 0, 0, 0] = 5    # x_0 < -0.3: NaN
+    k[1, 0, 0, 0] = 5  # x_0 < -0.3: NaN
     k[2:, 0, 0, 0] = 128
     x = preprocess(k, dequantize=False, dtype=torch.float64)
     broken = Broken()
@@ -310,9 +353,11 @@ def test_approximate_mass_equals_direct_autograd(glow_in, images):
     _, x = images
     xr = x.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(glow_in.log_prob(xr).sum(), xr)
-    expected = torch.sqrt((g ** 2).sum(dim=(1, 2, 3)))
+    expected = torch.sqrt((g**2).sum(dim=(1, 2, 3)))
     torch.testing.assert_close(approximate_mass(glow_in, x), expected, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(ApproximateMass(glow_in, batch_size=3).score(x), expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        ApproximateMass(glow_in, batch_size=3).score(x), expected, rtol=1e-10, atol=1e-12
+    )
     # inside no_grad as well (scoring pipelines often are)
     with torch.no_grad():
         torch.testing.assert_close(ApproximateMass(glow_in).score(x), expected, rtol=1e-10, atol=1e-12)
@@ -344,8 +389,9 @@ def test_png_bits_against_pillow_and_complexity_order():
     # RGB
     rgb = torch.randint(0, 256, (1, 3, 8, 8), dtype=torch.uint8, generator=g)
     buf = io.BytesIO()
-    Image.fromarray(rgb[0].permute(1, 2, 0).numpy(), mode="RGB").save(buf, format="PNG", optimize=True,
-                                                                      compress_level=9)
+    Image.fromarray(rgb[0].permute(1, 2, 0).numpy(), mode="RGB").save(
+        buf, format="PNG", optimize=True, compress_level=9
+    )
     assert png_bits(rgb).item() == 8 * len(buf.getvalue())
     with pytest.raises(ValueError):
         png_bits(torch.zeros(1, 2, 8, 8, dtype=torch.uint8))
@@ -368,8 +414,10 @@ def test_input_complexity_formula(glow_in, images):
 @pytest.fixture(scope="module")
 def normal_data():
     g = torch.Generator().manual_seed(9)
-    return (torch.randn(20000, 4, dtype=torch.float64, generator=g),
-            torch.randn(20000, 4, dtype=torch.float64, generator=g))
+    return (
+        torch.randn(20000, 4, dtype=torch.float64, generator=g),
+        torch.randn(20000, 4, dtype=torch.float64, generator=g),
+    )
 
 
 @pytest.mark.parametrize("fpr", [0.05, 0.1, 0.3])
@@ -434,8 +482,14 @@ def test_errors(glow_in, images):
     with pytest.raises(TypeError):
         det.score(x.float())
     # the other detectors share the checks
-    for d in (LikelihoodRatio(glow_in, glow_in), ApproximateMass(glow_in), InputComplexity(glow_in),
-              MSEToMean(), KNN(k=2), Typicality(glow_in)):
+    for d in (
+        LikelihoodRatio(glow_in, glow_in),
+        ApproximateMass(glow_in),
+        InputComplexity(glow_in),
+        MSEToMean(),
+        KNN(k=2),
+        Typicality(glow_in),
+    ):
         with pytest.raises(TypeError):
             d.fit([1, 2, 3])
         with pytest.raises(ValueError):
@@ -449,13 +503,15 @@ def test_errors(glow_in, images):
 def test_batch_size_splitting_gives_identical_scores(glow_in, glow_g):
     x = _x(11, seed=10)
     k = ((x + 0.5) * 256).floor().clamp(0, 255).to(torch.uint8)
-    for make in (lambda bs: Likelihood(glow_in, batch_size=bs),
-                 lambda bs: BitsPerDim(glow_in, batch_size=bs),
-                 lambda bs: LikelihoodRatio(glow_in, glow_g, batch_size=bs),
-                 lambda bs: ScaleContribution(glow_in, scales=0, batch_size=bs),
-                 lambda bs: ScaleRatio(glow_in, glow_g, batch_size=bs),
-                 lambda bs: ApproximateMass(glow_in, batch_size=bs),
-                 lambda bs: InputComplexity(glow_in, batch_size=bs)):
+    for make in (
+        lambda bs: Likelihood(glow_in, batch_size=bs),
+        lambda bs: BitsPerDim(glow_in, batch_size=bs),
+        lambda bs: LikelihoodRatio(glow_in, glow_g, batch_size=bs),
+        lambda bs: ScaleContribution(glow_in, scales=0, batch_size=bs),
+        lambda bs: ScaleRatio(glow_in, glow_g, batch_size=bs),
+        lambda bs: ApproximateMass(glow_in, batch_size=bs),
+        lambda bs: InputComplexity(glow_in, batch_size=bs),
+    ):
         one = make(256)
         for xb in (x, k):
             ref = one.score(xb)
@@ -594,28 +650,36 @@ def test_kde_against_sklearn_and_numpy(feats, bandwidth):
     # so the exact comparisons use the in-distribution rows; far rows only need to rank higher.
     train, _, test = feats
     s = KDE(bandwidth=bandwidth).fit(train).score(test).numpy()
-    ref = -KernelDensity(kernel="gaussian", bandwidth=bandwidth).fit(train.numpy()).score_samples(test.numpy())
+    ref = (
+        -KernelDensity(kernel="gaussian", bandwidth=bandwidth).fit(train.numpy()).score_samples(test.numpy())
+    )
     np.testing.assert_allclose(s[:40], ref[:40], rtol=1e-6)
     assert s[40:].min() > s[:40].max()
     tr, te = train.numpy()[:], test.numpy()[:40]
     s = s[:40]
     sq = ((te[:, None, :] - tr[None, :, :]) ** 2).sum(-1)
     d = tr.shape[1]
-    log_density = logsumexp(-sq / (2 * bandwidth ** 2), axis=1) - math.log(len(tr)) \
-        - 0.5 * d * math.log(2 * math.pi * bandwidth ** 2)
+    log_density = (
+        logsumexp(-sq / (2 * bandwidth**2), axis=1)
+        - math.log(len(tr))
+        - 0.5 * d * math.log(2 * math.pi * bandwidth**2)
+    )
     np.testing.assert_allclose(s, -log_density, rtol=1e-6)
 
 
 def test_kde_default_bandwidth_scott(feats):
     train, _, test = feats
     s = KDE().fit(train[:, :3]).score(test[:40, :3]).numpy()
-    ref = -KernelDensity(kernel="gaussian", bandwidth="scott").fit(train[:, :3].numpy()).score_samples(
-        test[:40, :3].numpy())
+    ref = (
+        -KernelDensity(kernel="gaussian", bandwidth="scott")
+        .fit(train[:, :3].numpy())
+        .score_samples(test[:40, :3].numpy())
+    )
     np.testing.assert_allclose(s, ref, rtol=1e-6)
     h = len(train) ** (-1 / (3 + 4))  # Scott's factor n^(-1/(d+4))
     tr, te = train[:, :3].numpy(), test[:40, :3].numpy()
     sq = ((te[:, None, :] - tr[None, :, :]) ** 2).sum(-1)
-    exact = logsumexp(-sq / (2 * h ** 2), axis=1) - math.log(len(tr)) - 1.5 * math.log(2 * math.pi * h ** 2)
+    exact = logsumexp(-sq / (2 * h**2), axis=1) - math.log(len(tr)) - 1.5 * math.log(2 * math.pi * h**2)
     np.testing.assert_allclose(s, -exact, rtol=1e-6)
 
 
@@ -625,7 +689,7 @@ def test_pca_against_numpy_svd(feats, n_components, k_expected):
     tr, te = train.numpy(), test.numpy()
     mu = tr.mean(0)
     _, sv, vt = np.linalg.svd(tr - mu, full_matrices=False)
-    ratio = np.cumsum(sv ** 2) / np.sum(sv ** 2)
+    ratio = np.cumsum(sv**2) / np.sum(sv**2)
     k = n_components if isinstance(n_components, int) else int(np.argmax(ratio > n_components)) + 1
     assert k == k_expected
     v = vt[:k]
@@ -640,10 +704,13 @@ def test_feature_detectors_need_vectors_or_a_transform(feats):
     imgs_test = test[:, :4].reshape(-1, 1, 2, 2).contiguous()
     aux_imgs = aux[:, :4].reshape(-1, 1, 2, 2).contiguous()
     flat = lambda t: t.flatten(1)  # noqa: E731
-    makers = {"mse": lambda tf: MSEToMean(transform=tf), "ratio": lambda tf: MSERatio(aux_imgs if tf else
-                                                                                       aux[:, :4], transform=tf),
-              "knn": lambda tf: KNN(k=2, transform=tf), "kde": lambda tf: KDE(bandwidth=0.7, transform=tf),
-              "pca": lambda tf: PCA(n_components=2, transform=tf)}
+    makers = {
+        "mse": lambda tf: MSEToMean(transform=tf),
+        "ratio": lambda tf: MSERatio(aux_imgs if tf else aux[:, :4], transform=tf),
+        "knn": lambda tf: KNN(k=2, transform=tf),
+        "kde": lambda tf: KDE(bandwidth=0.7, transform=tf),
+        "pca": lambda tf: PCA(n_components=2, transform=tf),
+    }
     for name, make in makers.items():  # 3-D inputs are neither vectors nor images (those run EfficientNet)
         with pytest.raises(ValueError, match=r"\[B, D\]"):
             make(None).fit(imgs_train[:, 0])
@@ -651,8 +718,9 @@ def test_feature_detectors_need_vectors_or_a_transform(feats):
         with pytest.raises(ValueError, match=r"\[B, D\]"):
             fitted.score(imgs_test[:, 0])
         with_tf = make(flat).fit(imgs_train)
-        torch.testing.assert_close(with_tf.score(imgs_test), fitted.score(test[:, :4]), rtol=1e-12, atol=1e-12,
-                                   msg=name)
+        torch.testing.assert_close(
+            with_tf.score(imgs_test), fitted.score(test[:, :4]), rtol=1e-12, atol=1e-12, msg=name
+        )
         assert with_tf.threshold == pytest.approx(fitted.threshold)
     with pytest.raises(ValueError):
         MSERatio(aux_imgs)  # the aux set is mapped like the rest

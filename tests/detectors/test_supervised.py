@@ -58,8 +58,16 @@ def test_supervised_objective_trains(tmp_path):
     general = invflow.Glow(1, 8, levels=2, steps=1, hidden=8)
     images = torch.randint(0, 256, (32, 1, 8, 8), dtype=torch.uint8)
     labels = torch.arange(32) % 3
-    trainer = Trainer(flow, (images, labels), str(tmp_path), objective=supervised_objective(general),
-                      steps=3, batch_size=8, progress=False, checkpoint_every=100)
+    trainer = Trainer(
+        flow,
+        (images, labels),
+        str(tmp_path),
+        objective=supervised_objective(general),
+        steps=3,
+        batch_size=8,
+        progress=False,
+        checkpoint_every=100,
+    )
     summary = trainer.fit()
     assert summary["skipped"] == 0
     assert flow.prior.means.abs().sum() > 0  # the class modes moved apart from N(0, I)

@@ -69,8 +69,9 @@ def test_shipped_features_are_the_fit_sets_features():
     images = feature_fit_images(cfg, load_fashion_mnist("train")[0], zoo_general_images(cfg))
     shipped = shipped_features(images, cfg.feature_size)
     assert set(shipped) == {"train", "aux"} and shipped["train"].shape == (cfg.n_feature_train, 1280)
-    fresh = normalize_features(extract_features(EfficientNetLite0(cfg.feature_size), images["train"][:3],
-                                                progress=False), noise=0.0)
+    fresh = normalize_features(
+        extract_features(EfficientNetLite0(cfg.feature_size), images["train"][:3], progress=False), noise=0.0
+    )
     assert torch.allclose(shipped["train"][:3], fresh, atol=2e-3)
     # other images (one changed pixel) are not served from the shipped features
     changed = images["train"].clone()

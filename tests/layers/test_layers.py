@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import brute_force_logdet, functional, perturb_
 from torch.autograd import gradcheck, gradgradcheck
 
 import invflow
 from invflow import masks, nets
-
-from helpers import brute_force_logdet, functional, perturb_
 
 
 def small_net(i, o):
@@ -28,20 +27,46 @@ LAYERS = [
     ("invconv_lu", lambda: invflow.InvConv1x1(3, lu=True), (2, 3, 4, 2)),
     ("invconv_plain", lambda: invflow.InvConv1x1(3, lu=False), (2, 3, 2, 3)),
     ("invconv_vec", lambda: invflow.InvConv1x1(4), (3, 4)),
-    ("coupling_channel0_sigmoid", lambda: invflow.AffineCoupling(3, masks.Channel(0), net=small_net), (2, 3, 4, 2)),
-    ("coupling_channel1_exp", lambda: invflow.AffineCoupling(3, masks.Channel(1), net=small_net, scale="exp"), (2, 3, 2, 3)),
-    ("coupling_checker_tanh", lambda: invflow.AffineCoupling(3, masks.Checkerboard(1), net=small_net, scale="tanh"), (2, 3, 4, 2)),
-    ("coupling_vec_mlp", lambda: invflow.AffineCoupling(5, masks.Channel(0), net=mlp_net, scale="exp"), (3, 5)),
-    ("coupling_horizontal_exp", lambda: invflow.AffineCoupling(2, masks.Horizontal(0), net=small_net, scale="exp"), (2, 2, 4, 3)),
+    (
+        "coupling_channel0_sigmoid",
+        lambda: invflow.AffineCoupling(3, masks.Channel(0), net=small_net),
+        (2, 3, 4, 2),
+    ),
+    (
+        "coupling_channel1_exp",
+        lambda: invflow.AffineCoupling(3, masks.Channel(1), net=small_net, scale="exp"),
+        (2, 3, 2, 3),
+    ),
+    (
+        "coupling_checker_tanh",
+        lambda: invflow.AffineCoupling(3, masks.Checkerboard(1), net=small_net, scale="tanh"),
+        (2, 3, 4, 2),
+    ),
+    (
+        "coupling_vec_mlp",
+        lambda: invflow.AffineCoupling(5, masks.Channel(0), net=mlp_net, scale="exp"),
+        (3, 5),
+    ),
+    (
+        "coupling_horizontal_exp",
+        lambda: invflow.AffineCoupling(2, masks.Horizontal(0), net=small_net, scale="exp"),
+        (2, 2, 4, 3),
+    ),
     ("coupling_cycle", lambda: invflow.AffineCoupling(2, masks.Cycle(1), net=small_net), (2, 2, 4, 4)),
     ("additive_channel", lambda: invflow.AdditiveCoupling(3, masks.Channel(1), net=small_net), (2, 3, 2, 3)),
-    ("additive_checker", lambda: invflow.AdditiveCoupling(2, masks.Checkerboard(0), net=small_net), (2, 2, 2, 4)),
+    (
+        "additive_checker",
+        lambda: invflow.AdditiveCoupling(2, masks.Checkerboard(0), net=small_net),
+        (2, 2, 2, 4),
+    ),
     ("fixed_linear", lambda: invflow.FixedLinear(4, seed=3), (2, 4, 2, 2)),
     ("squeeze", lambda: invflow.Squeeze(), (2, 3, 4, 2)),
     (
         "glow_step",
         lambda: invflow.Sequential(
-            invflow.ActNorm(3), invflow.InvConv1x1(3), invflow.AffineCoupling(3, masks.Channel(0), net=small_net)
+            invflow.ActNorm(3),
+            invflow.InvConv1x1(3),
+            invflow.AffineCoupling(3, masks.Channel(0), net=small_net),
         ),
         (2, 3, 2, 4),
     ),
@@ -111,7 +136,9 @@ def test_actnorm_data_dependent_init(backend):
     assert bool(layer.initialized)
     torch.testing.assert_close(y.mean(dim=(0, 2, 3)), torch.zeros(4, dtype=torch.float64), atol=1e-10, rtol=0)
     # std + eps with eps = 1e-6 in the denominator
-    torch.testing.assert_close(y.std(dim=(0, 2, 3), unbiased=False), torch.ones(4, dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        y.std(dim=(0, 2, 3), unbiased=False), torch.ones(4, dtype=torch.float64), atol=1e-6, rtol=0
+    )
     before = layer.bias.detach().clone()
     layer(torch.randn(8, 4, 5, 5, dtype=torch.float64))  # no re-initialisation
     torch.testing.assert_close(layer.bias.detach(), before)
@@ -172,8 +199,14 @@ def test_st_net_with_wrong_output_shape_is_reported():
         layer(torch.randn(2, 4, 3, 3))
 
 
-PARITY_MASKS = [masks.Channel(0), masks.Channel(1), masks.Checkerboard(0), masks.Checkerboard(1),
-                masks.Horizontal(0), masks.Horizontal(1)]
+PARITY_MASKS = [
+    masks.Channel(0),
+    masks.Channel(1),
+    masks.Checkerboard(0),
+    masks.Checkerboard(1),
+    masks.Horizontal(0),
+    masks.Horizontal(1),
+]
 
 
 @pytest.mark.parametrize("mask", PARITY_MASKS, ids=repr)
@@ -262,13 +295,13 @@ def test_actnorm_init_flag_mirror_survives_state_dict_round_trip():
     assert layer._ready and bool(layer.initialized)
     y, _ = layer(x)
     torch.testing.assert_close(y.mean((0, 2, 3)), torch.zeros(3), atol=1e-4, rtol=0)
-    layer.load_state_dict(fresh)           # back to uninitialised: must re-initialise on x2
+    layer.load_state_dict(fresh)  # back to uninitialised: must re-initialise on x2
     assert not layer._ready
     x2 = -1 + 0.5 * torch.randn(64, 3, 4, 4)
     y2, _ = layer(x2)
     torch.testing.assert_close(y2.std((0, 2, 3)), torch.ones(3), atol=1e-2, rtol=0)
     trained = layer.state_dict()
     other = invflow.ActNorm(3)
-    other.load_state_dict(trained)         # initialised weights: must not re-initialise
+    other.load_state_dict(trained)  # initialised weights: must not re-initialise
     y3, _ = other(x)
     torch.testing.assert_close(y3, layer(x)[0])

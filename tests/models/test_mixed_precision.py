@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_models import IDS, MODELS  # noqa: E402  (tests/models is on sys.path)
 
 import invflow
-
-from test_models import MODELS, IDS  # noqa: E402  (tests/models is on sys.path)
 
 
 def build32(make):

@@ -7,25 +7,41 @@ import os
 
 import pytest
 import torch
+from helpers import perturb_
 from torch.autograd import gradcheck, gradgradcheck
 
 import invflow
 from invflow.data import standard_normal_log_prob
 from invflow.models.base import FlowModel
 
-from helpers import perturb_
-
 
 def small_models():
     """(name, constructor, per-sample input shape): tiny float64-friendly configurations."""
     return [
         ("glow", lambda: invflow.Glow(1, 4, levels=2, steps=2, hidden=4), (1, 4, 4)),
-        ("glow_split_prior", lambda: invflow.Glow(2, 4, levels=2, steps=1, hidden=4, split_prior=True), (2, 4, 4)),
-        ("glow_rgb_odd", lambda: invflow.Glow(3, (4, 8), levels=2, steps=1, hidden=4, scale="exp"), (3, 4, 8)),
+        (
+            "glow_split_prior",
+            lambda: invflow.Glow(2, 4, levels=2, steps=1, hidden=4, split_prior=True),
+            (2, 4, 4),
+        ),
+        (
+            "glow_rgb_odd",
+            lambda: invflow.Glow(3, (4, 8), levels=2, steps=1, hidden=4, scale="exp"),
+            (3, 4, 8),
+        ),
         ("realnvp", lambda: invflow.RealNVP(1, 4, levels=2, blocks=1, hidden=4), (1, 4, 4)),
-        ("realnvp_cycle", lambda: invflow.RealNVP(1, 4, levels=1, blocks=1, hidden=4, mask="cycle"), (1, 4, 4)),
-        ("realnvp_horizontal_bottleneck", lambda: invflow.RealNVP(1, 4, levels=2, hidden=4, net="bottleneck",
-                                                                  bottleneck_dim=3, mask="horizontal"), (1, 4, 4)),
+        (
+            "realnvp_cycle",
+            lambda: invflow.RealNVP(1, 4, levels=1, blocks=1, hidden=4, mask="cycle"),
+            (1, 4, 4),
+        ),
+        (
+            "realnvp_horizontal_bottleneck",
+            lambda: invflow.RealNVP(
+                1, 4, levels=2, hidden=4, net="bottleneck", bottleneck_dim=3, mask="horizontal"
+            ),
+            (1, 4, 4),
+        ),
         ("patch_glow", lambda: invflow.PatchGlow(1, 4, patch_size=2, steps=2, hidden=4), (1, 4, 4)),
         ("dense_glow", lambda: invflow.DenseGlow(1, 4, levels=2, steps=2, hidden=8), (1, 4, 4)),
         ("vector_flow", lambda: invflow.VectorFlow(5, blocks=3, hidden=8), (5,)),
@@ -61,8 +77,11 @@ def test_log_prob_equals_brute_force_change_of_variables(name, make, shape, back
             return torch.cat([z.flatten(1) for z in model(v.view_as(xb)).latents], dim=1).flatten()
 
         jac = torch.autograd.functional.jacobian(to_latents, xb.flatten())
-        log_pz = sum(standard_normal_log_prob(z[b : b + 1]) for z in out.latents) if not getattr(
-            model, "split_prior", False) else None
+        log_pz = (
+            sum(standard_normal_log_prob(z[b : b + 1]) for z in out.latents)
+            if not getattr(model, "split_prior", False)
+            else None
+        )
         if log_pz is not None:
             torch.testing.assert_close(out.log_prob[b], (log_pz + torch.linalg.slogdet(jac)[1])[0])
         else:  # conditional prior: check the log-det part through the per-scale sum instead
@@ -88,6 +107,7 @@ def test_glow_per_scale_contributions_match_each_scale_jacobian():
     model = build(lambda: invflow.Glow(1, 4, levels=2, steps=2, hidden=4))
     x = inputs((1, 4, 4), n=1)
     out = model(x)
+
     # scale 1: h_0 = x -> y_1 = (h_1, z_1) is squeeze + steps
     def scale1(v):
         h, _ = model.squeeze(v.view_as(x))

@@ -61,8 +61,10 @@ def test_coupling_cl_non_contiguous_inputs(device):
     x, h = cl_args((3, 4, 10), device, torch.float64)
     xs, hs = x[..., 1:6], torch.cat([h[..., 1:6], h[..., 11:16]], -1)[:, ::2]
     xs = xs[:, ::2]
-    torch.testing.assert_close(channels_last.coupling_cl_forward(xs, hs, "sigmoid", 2.0),
-                               reference.coupling_cl_forward(xs, hs, "sigmoid", 2.0))
+    torch.testing.assert_close(
+        channels_last.coupling_cl_forward(xs, hs, "sigmoid", 2.0),
+        reference.coupling_cl_forward(xs, hs, "sigmoid", 2.0),
+    )
 
 
 @pytest.mark.parametrize("scale", SCALES)
@@ -105,11 +107,15 @@ def test_double_backward_kernel_equals_autograd_of_reference(shape, scale):
     y, ld = reference.coupling_cl_forward(x, h, scale, 2.0)
     gx, gh = torch.autograd.grad((y, ld), (x, h), (gy, gl), create_graph=True)
     want = torch.autograd.grad((gx, gh), (gy, gl, x, h), (u_x, u_h))
-    got = OP.coupling_cl_double_backward(u_x, u_h, gy.detach(), gl.detach(), x.detach(), h.detach(), scale, 2.0)
+    got = OP.coupling_cl_double_backward(
+        u_x, u_h, gy.detach(), gl.detach(), x.detach(), h.detach(), scale, 2.0
+    )
     for a, b, name in zip(got, want, ("grad_y", "grad_logdet", "x", "h")):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m: f"{name}: {m}")
     # float32 (the vectorised path) against the float64 values
-    got32 = OP.coupling_cl_double_backward(*(t.detach().float() for t in (u_x, u_h, gy, gl, x, h)), scale, 2.0)
+    got32 = OP.coupling_cl_double_backward(
+        *(t.detach().float() for t in (u_x, u_h, gy, gl, x, h)), scale, 2.0
+    )
     for a, b in zip(got32, want):
         torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-3)
 
@@ -130,7 +136,14 @@ def test_penalty_second_backward_uses_kernel_and_matches_formula():
 
 def test_opcheck_coupling_cl_double_backward():
     x, h = cl_args((2, 6, 3), "cpu", torch.float64)
-    args = (torch.randn_like(x), torch.randn_like(h), torch.randn_like(x), torch.randn(2, dtype=x.dtype), x, h)
+    args = (
+        torch.randn_like(x),
+        torch.randn_like(h),
+        torch.randn_like(x),
+        torch.randn(2, dtype=x.dtype),
+        x,
+        h,
+    )
     for scale in SCALES:
         torch.library.opcheck(OP.coupling_cl_double_backward.default, args + (scale, 2.0))
 
@@ -153,7 +166,7 @@ def test_glownet_folded_equals_layer_by_layer(actnorm):
     x = torch.randn(2, 3, 5, 4, dtype=torch.float64)
     net.train()
     with invflow.backend("reference"):
-        net(x)                                    # data-dependent init of the ActNorm2d layers
+        net(x)  # data-dependent init of the ActNorm2d layers
     with torch.no_grad():
         for p in net.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -163,8 +176,8 @@ def test_glownet_folded_equals_layer_by_layer(actnorm):
         n, xx = copy.deepcopy(net), x.clone().requires_grad_()
         with invflow.backend(be):
             y = n(xx)
-            g, = torch.autograd.grad(y.square().sum(), xx, create_graph=True)
-            g.square().sum().backward()           # second order, as the approximate-mass penalty
+            (g,) = torch.autograd.grad(y.square().sum(), xx, create_graph=True)
+            g.square().sum().backward()  # second order, as the approximate-mass penalty
         out[be] = (y, xx.grad, [p.grad for p in n.parameters()])
     torch.testing.assert_close(out["fused"][0], out["reference"][0], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(out["fused"][1], out["reference"][1], rtol=1e-10, atol=1e-10)
@@ -174,7 +187,7 @@ def test_glownet_folded_equals_layer_by_layer(actnorm):
 
 def test_glownet_waits_for_actnorm_init():
     net = nets.GlowNet(3, 6, hidden=8, actnorm=True).train()
-    assert net._fold_plan() is None               # ActNorm2d not initialised: layer by layer
+    assert net._fold_plan() is None  # ActNorm2d not initialised: layer by layer
     with invflow.backend("fused"):
         net(torch.randn(2, 3, 4, 4))
     assert net._fold_plan() is not None
@@ -203,11 +216,11 @@ def test_fused_scale_equals_reference_model(scale):
         m, xx = copy.deepcopy(model), x.clone().requires_grad_()
         with invflow.backend(be):
             o = m(xx)
-            g, = torch.autograd.grad(o.log_prob.sum(), xx, create_graph=True)
+            (g,) = torch.autograd.grad(o.log_prob.sum(), xx, create_graph=True)
             (o.log_prob.mean() + g.square().sum()).backward()
         out[be] = (o.log_prob, o.per_scale, o.latents, xx.grad, [p.grad for p in m.parameters()])
     f, r = out["fused"], out["reference"]
-    torch.testing.assert_close(f[0], r[0], rtol=1e-10, atol=1e-10)   # "exp" reaches |log p| ~ 1e90
+    torch.testing.assert_close(f[0], r[0], rtol=1e-10, atol=1e-10)  # "exp" reaches |log p| ~ 1e90
     torch.testing.assert_close(f[1], r[1], rtol=1e-10, atol=1e-10)
     for a, b in zip(f[2], r[2]):
         assert a.shape == b.shape and a.is_contiguous()
@@ -234,9 +247,9 @@ def test_fused_scale_does_not_apply_before_init_or_to_other_layers():
     torch.manual_seed(0)
     model = invflow.Glow(3, 8, levels=2, steps=2, hidden=8).train()
     x = torch.rand(2, 3, 8, 8) - 0.5
-    assert not fused_scale.applies(model.scales[0].flows, x)      # actnorm awaits its data init
+    assert not fused_scale.applies(model.scales[0].flows, x)  # actnorm awaits its data init
     with invflow.backend("fused"):
-        model(x)                                                  # initialises, layer by layer
+        model(x)  # initialises, layer by layer
     assert fused_scale.applies(model.scales[0].flows, x)
     assert fused_scale.fused_glow_scale([invflow.Squeeze()], x) is None
 
@@ -258,10 +271,10 @@ def test_bare_glow_steps_take_the_channels_last_path_and_equal_the_layers(as_run
         m, xx = copy.deepcopy(seq), x.clone().requires_grad_()
         with invflow.backend(be):
             y, ld = m(xx)
-            g, = torch.autograd.grad(y.square().sum() + ld.sum(), xx, create_graph=True)
+            (g,) = torch.autograd.grad(y.square().sum() + ld.sum(), xx, create_graph=True)
             (ld.mean() + g.square().sum()).backward()
         out[be] = (y, ld, xx.grad, [p.grad for p in m.parameters()])
-    assert calls == [1]                                  # the fused run only
+    assert calls == [1]  # the fused run only
     f, r = out["fused"], out["reference"]
     assert f[0].is_contiguous()
     for a, b in zip(f[:3], r[:3]):
@@ -275,11 +288,11 @@ def test_bare_glow_step_falls_back_to_the_layers_for_hooks_and_bad_inputs():
     step = model.scales[0].flows[0]
     x = torch.rand(3, 12, 4, 4, dtype=torch.float64)
     assert fused_scale.fused_glow_steps(fused_scale.step_list(step), x) is not None
-    assert fused_scale.fused_glow_steps([step], x.float()) is None          # dtype differs from the params
+    assert fused_scale.fused_glow_steps([step], x.float()) is None  # dtype differs from the params
     with invflow.backend("fused"), pytest.raises(ValueError, match="expected 12 channels"):
         step(torch.rand(3, 10, 4, 4, dtype=torch.float64))
     seen = []
     step.flows[2].register_forward_hook(lambda *a: seen.append(1))
     with invflow.backend("fused"):
         step(x)
-    assert seen == [1]                                                      # hooks: the layers ran
+    assert seen == [1]  # hooks: the layers ran

@@ -24,8 +24,12 @@ def cl_args(shape, device, dtype):
 
 
 def _tol(dtype):
-    return {torch.float16: dict(rtol=3e-3, atol=3e-3), torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
-            torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}[dtype]
+    return {
+        torch.float16: dict(rtol=3e-3, atol=3e-3),
+        torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
+        torch.float32: dict(rtol=1e-5, atol=1e-5),
+        torch.float64: dict(rtol=1e-10, atol=1e-10),
+    }[dtype]
 
 
 def _expected(name, args, device):
@@ -57,8 +61,9 @@ def test_coupling_cl_kernels_match(shape, dtype, scale, device):
         for i, (g, w) in enumerate(zip(got, _expected(name, args, device))):
             assert g.dtype == w.dtype and g.shape == w.shape, f"{name} output {i}: {g.dtype} {g.shape}"
             assert g.is_contiguous(), f"{name} output {i} is not contiguous"
-            torch.testing.assert_close(g.cpu().double(), w.double(), **_tol(dtype),
-                                       msg=lambda m: f"{name} output {i}: {m}")
+            torch.testing.assert_close(
+                g.cpu().double(), w.double(), **_tol(dtype), msg=lambda m: f"{name} output {i}: {m}"
+            )
         again = getattr(OP, name)(*args)  # per-sample sums in a fixed order: bitwise repeatable
         for a, b in zip(got, again):
             assert torch.equal(a, b), f"{name} is not deterministic"
@@ -77,13 +82,17 @@ def _column_blocks(device, dtype):
 def test_coupling_cl_strided_inputs(dtype, device):
     for x, h in _column_blocks(device, dtype):
         # directions and gradients as column blocks too
-        gy, ux = (torch.randn(x.shape[:-1] + (x.shape[-1] + 2,), device=device, dtype=dtype)[..., 1:-1]
-                  for _ in range(2))
+        gy, ux = (
+            torch.randn(x.shape[:-1] + (x.shape[-1] + 2,), device=device, dtype=dtype)[..., 1:-1]
+            for _ in range(2)
+        )
         uh = torch.randn(h.shape[:-1] + (h.shape[-1] + 1,), device=device, dtype=dtype)[..., 1:]
         gl = torch.randn(x.shape[0], device=device, dtype=dtype)
-        calls = {"coupling_cl_forward": (x, h, "sigmoid", 2.0),
-                 "coupling_cl_backward": (gy, gl, x, h, "tanh", 2.0),
-                 "coupling_cl_double_backward": (ux, uh, gy, gl, x, h, "exp", 2.0)}
+        calls = {
+            "coupling_cl_forward": (x, h, "sigmoid", 2.0),
+            "coupling_cl_backward": (gy, gl, x, h, "tanh", 2.0),
+            "coupling_cl_double_backward": (ux, uh, gy, gl, x, h, "exp", 2.0),
+        }
         for name, args in calls.items():
             contiguous = tuple(t.contiguous() if isinstance(t, torch.Tensor) else t for t in args)
             for g, w in zip(getattr(OP, name)(*args), getattr(OP, name)(*contiguous)):
@@ -106,17 +115,24 @@ def test_coupling_cl_half_sums_accumulate_in_float32(dtype, device):
     u_h = torch.zeros_like(h)
     u_h[..., :C] = 3.0
     gl = torch.zeros(B, device=device, dtype=torch.float32)
-    _, d_gl, _, _ = OP.coupling_cl_double_backward(torch.zeros_like(x), u_h, torch.zeros_like(x), gl, x, h, "exp", 2.0)
+    _, d_gl, _, _ = OP.coupling_cl_double_backward(
+        torch.zeros_like(x), u_h, torch.zeros_like(x), gl, x, h, "exp", 2.0
+    )
     assert d_gl.dtype == torch.float32
     torch.testing.assert_close(d_gl.cpu(), torch.full((B,), 3.0 * P * C), rtol=1e-6, atol=0)
 
 
 def test_coupling_cl_double_backward_checks_every_argument(device):
     x, h = cl_args((2, 3, 4), device, torch.float64)
-    gy, ux, uh, gl = torch.randn_like(x), torch.randn_like(x), torch.randn_like(h), torch.randn(2, device=device,
-                                                                                              dtype=x.dtype)
+    gy, ux, uh, gl = (
+        torch.randn_like(x),
+        torch.randn_like(x),
+        torch.randn_like(h),
+        torch.randn(2, device=device, dtype=x.dtype),
+    )
     call = lambda **kw: OP.coupling_cl_double_backward(  # noqa: E731
-        kw.get("ux", ux), kw.get("uh", uh), kw.get("gy", gy), kw.get("gl", gl), x, h, "sigmoid", 2.0)
+        kw.get("ux", ux), kw.get("uh", uh), kw.get("gy", gy), kw.get("gl", gl), x, h, "sigmoid", 2.0
+    )
     call()
     bad = {
         "u_x must have the input x's shape": dict(ux=torch.randn(2, 3, 1, device=device, dtype=x.dtype)),

@@ -31,42 +31,50 @@ CLAMP = 2.0
 # x shapes [B, C, ...] for actnorm, with the path they exercise (float32 W = 4, 2048 columns
 # per block pass; float64 W = 2, 1024; half W = 8, 2048).
 ACTNORM_SHAPES = [
-    (4, 8, 16, 16),   # N = 256: vector path, 8 channels per column block (shared-memory sums)
-    (3, 5, 7),        # N = 7, L = 35: scalar path with tails
-    (8, 12, 3),       # N = 3, L = 36: vectors straddle channels (float, double); half scalar
-    (64, 3072),       # N = 1: DenseGlow's [B, 3072], vector path, several column blocks
-    (3, 5),           # N = 1, tiny: scalar, 32-thread blocks
-    (16, 4099),       # N = 1, odd C over several column blocks: scalar
-    (2, 1, 37, 41),   # C = 1, N = 1517 odd: one channel per block, block_sum path
-    (1, 3, 64, 80),   # B = 1, N = 5120: several column blocks per channel, a short last one
-    (2, 4, 40, 40),   # N = 1600: one whole channel per block (float), 2 blocks per channel (double)
-    (300, 7, 2),      # many samples per block (the sample loop)
-    (5, 6, 1, 1),     # N = 1 through trailing ones
+    (4, 8, 16, 16),  # N = 256: vector path, 8 channels per column block (shared-memory sums)
+    (3, 5, 7),  # N = 7, L = 35: scalar path with tails
+    (8, 12, 3),  # N = 3, L = 36: vectors straddle channels (float, double); half scalar
+    (64, 3072),  # N = 1: DenseGlow's [B, 3072], vector path, several column blocks
+    (3, 5),  # N = 1, tiny: scalar, 32-thread blocks
+    (16, 4099),  # N = 1, odd C over several column blocks: scalar
+    (2, 1, 37, 41),  # C = 1, N = 1517 odd: one channel per block, block_sum path
+    (1, 3, 64, 80),  # B = 1, N = 5120: several column blocks per channel, a short last one
+    (2, 4, 40, 40),  # N = 1600: one whole channel per block (float), 2 blocks per channel (double)
+    (300, 7, 2),  # many samples per block (the sample loop)
+    (5, 6, 1, 1),  # N = 1 through trailing ones
 ]
 
 # x shapes for the coupling (h is [B, 2C, ...], the mask [C, ...]).
 COUPLING_SHAPES = [
-    (4, 6, 16, 16),   # M = 1536: vector path
-    (3, 5, 7),        # M = 35: scalar path with a tail
-    (2, 12, 3),       # M = 36: vector path (float, double) with a partial last vector group
-    (1, 4, 64, 80),   # B = 1, M = 20480: many chunks per sample, several blocks per sample
-    (64, 1536),       # N = 1 vectors
-    (3, 5),           # tiny
-    (2, 1, 37, 41),   # C = 1, M = 1517 odd
-    (300, 3, 2),      # many samples
+    (4, 6, 16, 16),  # M = 1536: vector path
+    (3, 5, 7),  # M = 35: scalar path with a tail
+    (2, 12, 3),  # M = 36: vector path (float, double) with a partial last vector group
+    (1, 4, 64, 80),  # B = 1, M = 20480: many chunks per sample, several blocks per sample
+    (64, 1536),  # N = 1 vectors
+    (3, 5),  # tiny
+    (2, 1, 37, 41),  # C = 1, M = 1517 odd
+    (300, 3, 2),  # many samples
 ]
 
 
 def _tol(dtype):
     """Elementwise tolerances (as tests/ops/test_kernel_defects.py)."""
-    return {torch.float16: dict(rtol=3e-3, atol=3e-3), torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
-            torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}[dtype]
+    return {
+        torch.float16: dict(rtol=3e-3, atol=3e-3),
+        torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
+        torch.float32: dict(rtol=1e-5, atol=1e-5),
+        torch.float64: dict(rtol=1e-10, atol=1e-10),
+    }[dtype]
 
 
 def _ulp(dtype):
     """Relative spacing of dtype: the rounding of one output."""
-    return {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7, torch.float32: 2.0**-23,
-            torch.float64: 2.0**-52}[dtype]
+    return {
+        torch.float16: 2.0**-10,
+        torch.bfloat16: 2.0**-7,
+        torch.float32: 2.0**-23,
+        torch.float64: 2.0**-52,
+    }[dtype]
 
 
 def _logdet_dtype(dtype):
@@ -86,8 +94,9 @@ def assert_sum_close(got, want, bound, dtype, what):
     err = (got - want).abs()
     allowed = 2 * _ulp(dtype) * want.abs() + _acc_eps(dtype) * (bound + 1.0)
     bad = ~(err <= allowed)
-    assert not bad.any(), \
+    assert not bad.any(), (
         f"{what}: max error {err.max().item():.3g}, first bad at {bad.nonzero()[0].tolist()}"
+    )
 
 
 def offset_copy(t):
@@ -104,8 +113,10 @@ def offset_copy(t):
 def layouts(tensors):
     """(name, tensors) variants: all aligned (fresh allocations), all offset, and each one
     offset alone (a host check that forgets one pointer must fail here)."""
-    out = [("aligned", list(tensors)),
-           ("all-offset", [offset_copy(t) if t is not None else None for t in tensors])]
+    out = [
+        ("aligned", list(tensors)),
+        ("all-offset", [offset_copy(t) if t is not None else None for t in tensors]),
+    ]
     for i, t in enumerate(tensors):
         if t is not None:
             out.append((f"offset-{i}", [offset_copy(u) if j == i else u for j, u in enumerate(tensors)]))
@@ -264,6 +275,8 @@ def test_cuda_coupling_vectorized_empty(shape, dtype):
         args = (x, h, mask, "tanh", CLAMP)
         for got, want in zip(getattr(OP, op)(*args), getattr(OP, op)(*cpu(args))):
             torch.testing.assert_close(got.cpu(), want)
-    for got, want in zip(OP.coupling_backward(gy, gl, x, h, mask, "exp", CLAMP),
-                         OP.coupling_backward(*cpu((gy, gl, x, h, mask, "exp", CLAMP)))):
+    for got, want in zip(
+        OP.coupling_backward(gy, gl, x, h, mask, "exp", CLAMP),
+        OP.coupling_backward(*cpu((gy, gl, x, h, mask, "exp", CLAMP))),
+    ):
         torch.testing.assert_close(got.cpu(), want)

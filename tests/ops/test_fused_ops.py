@@ -53,8 +53,17 @@ def assert_fused_matches_reference(a, scale, dtype):
 
 # B = 1, odd C, H != W, vectors and 3-D; channel counts in every bucket of the fused CUDA
 # 1x1-conv kernel (<= 4, 8, 16, 32) and above it (BLAS path).
-AWKWARD = [(1, 1, 1, 1), (1, 3, 5, 2), (2, 5, 3, 7), (3, 7, 1, 4), (4, 12, 16, 16), (2, 24, 5, 3), (2, 6), (5, 3, 9),
-           (2, 33, 3, 3)]
+AWKWARD = [
+    (1, 1, 1, 1),
+    (1, 3, 5, 2),
+    (2, 5, 3, 7),
+    (3, 7, 1, 4),
+    (4, 12, 16, 16),
+    (2, 24, 5, 3),
+    (2, 6),
+    (5, 3, 9),
+    (2, 33, 3, 3),
+]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -79,10 +88,13 @@ def test_fused_accepts_non_contiguous(device):
     ht = a["h"][:, :, :, :].transpose(0, 1).contiguous().transpose(0, 1)
     assert not xt.is_contiguous() and not ht.is_contiguous()
     for M in (fused, reference):
-        torch.testing.assert_close(M.coupling_forward(xt, ht, a["mask"], "exp", 2.0)[0],
-                                   reference.coupling_forward(a["x"], a["h"], a["mask"], "exp", 2.0)[0])
-        torch.testing.assert_close(M.channel_mix(xt, a["weight"].t()),
-                                   reference.channel_mix(a["x"], a["weight"].t()))
+        torch.testing.assert_close(
+            M.coupling_forward(xt, ht, a["mask"], "exp", 2.0)[0],
+            reference.coupling_forward(a["x"], a["h"], a["mask"], "exp", 2.0)[0],
+        )
+        torch.testing.assert_close(
+            M.channel_mix(xt, a["weight"].t()), reference.channel_mix(a["x"], a["weight"].t())
+        )
 
 
 @pytest.mark.parametrize("masked", [False, True])
@@ -163,8 +175,10 @@ def test_backward_matches_reference_autograd(device):
         (gx,) = torch.autograd.grad(logp.sum(), x, create_graph=True)
         return logp.sum() + gx.norm()  # approximate-mass style penalty needs double backward
 
-    for got, want in zip(torch.autograd.grad(loss(fused), (x, b, ls, w, h)),
-                         torch.autograd.grad(loss(reference), (x, b, ls, w, h))):
+    for got, want in zip(
+        torch.autograd.grad(loss(fused), (x, b, ls, w, h)),
+        torch.autograd.grad(loss(reference), (x, b, ls, w, h)),
+    ):
         torch.testing.assert_close(got, want)
 
 
@@ -222,12 +236,15 @@ def test_cuda_batch_beyond_one_grid(dtype):
     gy = torch.randn_like(a["x"])
     gl = torch.randn(shape[0], device="cuda", dtype=dtype)
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else {}
-    for got, want in zip(OP.coupling_backward(gy, gl, a["x"], a["h"], a["mask"], "exp", 2.0),
-                         OP.coupling_backward(gy.cpu(), gl.cpu(), a["x"].cpu(), a["h"].cpu(), a["mask"].cpu(),
-                                              "exp", 2.0)):
+    for got, want in zip(
+        OP.coupling_backward(gy, gl, a["x"], a["h"], a["mask"], "exp", 2.0),
+        OP.coupling_backward(gy.cpu(), gl.cpu(), a["x"].cpu(), a["h"].cpu(), a["mask"].cpu(), "exp", 2.0),
+    ):
         torch.testing.assert_close(got.cpu(), want, **tol)
-    for got, want in zip(OP.actnorm_backward(gy, gl, a["x"], a["bias"], a["log_scale"]),
-                         OP.actnorm_backward(gy.cpu(), gl.cpu(), a["x"].cpu(), a["bias"].cpu(), a["log_scale"].cpu())):
+    for got, want in zip(
+        OP.actnorm_backward(gy, gl, a["x"], a["bias"], a["log_scale"]),
+        OP.actnorm_backward(gy.cpu(), gl.cpu(), a["x"].cpu(), a["bias"].cpu(), a["log_scale"].cpu()),
+    ):
         torch.testing.assert_close(got.cpu(), want, rtol=1e-3 if dtype == torch.float32 else 1e-7, atol=1e-2)
 
 

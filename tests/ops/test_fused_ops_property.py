@@ -13,7 +13,6 @@ import torch
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-
 from test_fused_ops import SCALES, assert_fused_matches_reference, make_args  # noqa: E402
 
 

@@ -40,8 +40,10 @@ def as_tuple(out):
 
 
 def rand_weight(c, dtype, device):
-    return (torch.linalg.qr(torch.randn(c, c, dtype=torch.float64))[0] + 0.1 * torch.randn(c, c, dtype=torch.float64)) \
-        .to(device=device, dtype=dtype)
+    return (
+        torch.linalg.qr(torch.randn(c, c, dtype=torch.float64))[0]
+        + 0.1 * torch.randn(c, c, dtype=torch.float64)
+    ).to(device=device, dtype=dtype)
 
 
 # ------------------------------------------------------------- 1. rows of W stay independent
@@ -52,8 +54,10 @@ def test_channel_mix_nonfinite_row_stays_in_its_row(c, dtype, bad, device):
     """A NaN / Inf in row k of W reaches output channel k only (0 * NaN must never happen),
     in y = W x, in the backward's grad_x = W^T g, and after a kernel that left NaNs behind."""
     # pollute whatever scratch memory the kernels use with NaN first
-    OP.channel_mix(torch.randn(4, 32, 3, 3, device=device, dtype=dtype),
-                   torch.full((32, 32), float("nan"), device=device, dtype=dtype))
+    OP.channel_mix(
+        torch.randn(4, 32, 3, 3, device=device, dtype=dtype),
+        torch.full((32, 32), float("nan"), device=device, dtype=dtype),
+    )
     x = torch.randn(2, c, 3, 5, device=device, dtype=dtype)
     gy = torch.randn_like(x)
     for k in {0, c // 2, c - 1}:
@@ -70,8 +74,12 @@ def test_channel_mix_nonfinite_row_stays_in_its_row(c, dtype, bad, device):
 
 
 def _tol(dtype):
-    return {torch.float16: dict(rtol=3e-3, atol=3e-3), torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
-            torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}[dtype]
+    return {
+        torch.float16: dict(rtol=3e-3, atol=3e-3),
+        torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
+        torch.float32: dict(rtol=1e-5, atol=1e-5),
+        torch.float64: dict(rtol=1e-10, atol=1e-10),
+    }[dtype]
 
 
 # -------------------------------------------------------------------------- 2. TF32 is off
@@ -154,17 +162,25 @@ class _LinearNet(torch.nn.Module):
 
 def _layers(device):
     torch.manual_seed(0)
-    conv = invflow.Sequential(invflow.ActNorm(4), invflow.InvConv1x1(4),
-                              invflow.AffineCoupling(4, masks.Channel(0), hidden=8),
-                              invflow.AffineCoupling(4, masks.Checkerboard(0), hidden=8, scale="exp"))
-    vec = invflow.Sequential(invflow.ActNorm(6), invflow.InvConv1x1(6),
-                             invflow.AffineCoupling(6, masks.Channel(1), net=_LinearNet, scale="tanh"))
+    conv = invflow.Sequential(
+        invflow.ActNorm(4),
+        invflow.InvConv1x1(4),
+        invflow.AffineCoupling(4, masks.Channel(0), hidden=8),
+        invflow.AffineCoupling(4, masks.Checkerboard(0), hidden=8, scale="exp"),
+    )
+    vec = invflow.Sequential(
+        invflow.ActNorm(6),
+        invflow.InvConv1x1(6),
+        invflow.AffineCoupling(6, masks.Channel(1), net=_LinearNet, scale="tanh"),
+    )
     for m in (conv, vec):
         with torch.no_grad():
             for p in m.parameters():
                 p.add_(0.1 * torch.randn_like(p))
-    return [(conv.to(device).eval(), torch.randn(3, 4, 6, 6, device=device)),
-            (vec.to(device).eval(), torch.randn(5, 6, device=device))]
+    return [
+        (conv.to(device).eval(), torch.randn(3, 4, 6, 6, device=device)),
+        (vec.to(device).eval(), torch.randn(5, 6, device=device)),
+    ]
 
 
 def test_layers_run_under_autocast_on_both_backends(device):
@@ -248,8 +264,14 @@ def test_extreme_raw_values_match_reference_ieee(scale, raw, device):
         want = getattr(reference, name)(x.cpu(), h.cpu(), None, scale, 2.0)
         for g, w in zip(got, want):
             # atol: entries below FLT_MIN flush to zero in the vectorised CPU exp (no denormals)
-            torch.testing.assert_close(g.cpu(), w, equal_nan=True, rtol=1e-5, atol=1.2e-38,
-                                       msg=lambda m: f"{name} {scale} raw={raw}: {m}")
+            torch.testing.assert_close(
+                g.cpu(),
+                w,
+                equal_nan=True,
+                rtol=1e-5,
+                atol=1.2e-38,
+                msg=lambda m: f"{name} {scale} raw={raw}: {m}",
+            )
 
 
 # ------------------------------------------------------------------ 7. performance defects
@@ -310,14 +332,20 @@ SHAPES = [(0, 3, 4, 4), (2, 3, 0, 4), (1, 1, 1, 1), (3, 5)]
 def test_empty_and_tiny_shapes(shape, device):
     x = torch.randn(shape, device=device, dtype=torch.float64)
     c = shape[1]
-    b, ls = torch.randn(c, device=device, dtype=torch.float64), torch.randn(c, device=device, dtype=torch.float64)
+    b, ls = (
+        torch.randn(c, device=device, dtype=torch.float64),
+        torch.randn(c, device=device, dtype=torch.float64),
+    )
     w = rand_weight(c, torch.float64, device)
     h = torch.randn((shape[0], 2 * c, *shape[2:]), device=device, dtype=torch.float64)
     gy = torch.randn_like(x)
     gl = torch.randn(shape[0], device=device, dtype=torch.float64)
     calls = {
-        "actnorm_forward": (x, b, ls), "actnorm_inverse": (x, b, ls), "channel_mix": (x, w),
-        "coupling_forward": (x, h, None, "tanh", 2.0), "coupling_inverse": (x, h, None, "exp", 2.0),
+        "actnorm_forward": (x, b, ls),
+        "actnorm_inverse": (x, b, ls),
+        "channel_mix": (x, w),
+        "coupling_forward": (x, h, None, "tanh", 2.0),
+        "coupling_inverse": (x, h, None, "exp", 2.0),
     }
     for name, args in calls.items():
         for g, want in zip(as_tuple(getattr(OP, name)(*args)), expected(name, args, device)):
@@ -343,12 +371,17 @@ def test_non_contiguous_inputs(layout, device):
         x, h = base.to(memory_format=torch.channels_last), hb.to(memory_format=torch.channels_last)
     else:
         x, h = base.transpose(2, 3), hb.transpose(2, 3)
-    b, ls = torch.randn(5, device=device, dtype=torch.float64), torch.randn(5, device=device, dtype=torch.float64)
+    b, ls = (
+        torch.randn(5, device=device, dtype=torch.float64),
+        torch.randn(5, device=device, dtype=torch.float64),
+    )
     w = rand_weight(5, torch.float64, device)
     m = (torch.rand(x.shape[1:], device=device) > 0.5).double()
     calls = {
-        "actnorm_forward": (x, b, ls), "channel_mix": (x, w),
-        "coupling_forward": (x, h, m, "sigmoid", 2.0), "coupling_inverse": (x, h, m, "exp", 2.0),
+        "actnorm_forward": (x, b, ls),
+        "channel_mix": (x, w),
+        "coupling_forward": (x, h, m, "sigmoid", 2.0),
+        "coupling_inverse": (x, h, m, "exp", 2.0),
     }
     for name, args in calls.items():
         for g, want in zip(as_tuple(getattr(OP, name)(*args)), expected(name, args, device)):
@@ -390,7 +423,9 @@ def test_cuda_more_than_2_31_elements():
     ls = torch.full((C,), 0.5, device="cuda", dtype=torch.float16)
     y, ld = OP.actnorm_forward(x, torch.zeros_like(ls), ls)
     tail = (slice(None), slice(None), slice(H - 2, H), slice(W - 3, W))
-    torch.testing.assert_close(y[tail].float(), (x[tail].float() * torch.exp(torch.tensor(0.5))), rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(
+        y[tail].float(), (x[tail].float() * torch.exp(torch.tensor(0.5))), rtol=2e-3, atol=2e-3
+    )
     assert ld[0].item() == pytest.approx(0.5 * C * H * W, rel=1e-6)
     del y
     h = torch.zeros(B, 2 * C, H, W, device="cuda", dtype=torch.float16)
@@ -416,4 +451,6 @@ def test_channel_mix_gemm_weight_grad_rounds_once(shape, dtype, device):
     assert gw.dtype == dtype
     exact = torch.einsum("bcn,bdn->cd", gl.cpu().double(), xl.cpu().double())
     err = ((gw.cpu().double() - exact).abs() / (exact.abs() + 1)).max().item()
-    assert err < 2 * torch.finfo(dtype).eps, f"relative error {err:.2e} ({err / torch.finfo(dtype).eps:.1f} eps)"
+    assert err < 2 * torch.finfo(dtype).eps, (
+        f"relative error {err:.2e} ({err / torch.finfo(dtype).eps:.1f} eps)"
+    )

@@ -12,7 +12,7 @@
 See docs/design.md for the contract; ``invflow.backend("fused" | "reference")`` switches kernels.
 """
 
-from . import checkpoint, data, masks, models, nets, ops, priors
+from . import checkpoint, data, io, layers, masks, models, nets, ops, priors, train, validation
 from ._backend import backend, current_backend, fused_available
 from .checkpoint import load, save
 from .layers import (
@@ -27,7 +27,7 @@ from .layers import (
 )
 from .models import DenseGlow, FlowModel, FlowOutput, Glow, PatchGlow, RealNVP, VectorFlow
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it)
 
 __all__ = [
     "Flow",
@@ -53,6 +53,10 @@ __all__ = [
     "data",
     "models",
     "checkpoint",
+    "io",
+    "layers",
+    "train",
+    "validation",
     "ops",
     "backend",
     "current_backend",

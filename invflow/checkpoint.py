@@ -36,7 +36,7 @@ except ImportError:  # a torch-only machine (the GPU check): layers and models w
 import torch
 from torch import nn
 
-from ._io import atomic_write  # noqa: F401  (re-exported: reports write atomically too)
+from .io import atomic_write  # noqa: F401  (re-exported: reports write atomically too)
 
 __all__ = ["register", "save", "load", "load_run", "resolve", "model_from_config", "atomic_write"]
 

@@ -109,7 +109,7 @@ def save_grid(x: torch.Tensor, path, nrow: int | None = None, padding: int = 2) 
 
     from PIL import Image
 
-    from ._io import atomic_write
+    from .io import atomic_write
 
     grid = image_grid(x, nrow, padding)
     if grid.shape[0] not in (1, 3):

@@ -48,8 +48,8 @@ from torch import nn
 from tqdm import tqdm
 
 from . import checkpoint
-from ._io import atomic_write
 from .data import bits_per_dim, preprocess
+from .io import atomic_write
 from .layers.base import check_number
 from .models.base import IMAGE_RANGE
 

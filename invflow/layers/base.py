@@ -9,20 +9,11 @@ No log-determinant is ever stored on a module.
 from __future__ import annotations
 
 import abc
-import math
-import numbers
 
 import torch
 from torch import nn
 
-#: dtypes whose log-determinants (and small linear algebra) are computed in float32
-LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def logdet_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype of log-determinants for inputs of ``dtype``: float32 for float16 / bfloat16
-    (docs/design.md: a sum of N * C log-scales loses all precision in half), else ``dtype``."""
-    return torch.float32 if dtype in LOW_PRECISION else dtype
+from ..validation import LOW_PRECISION, check_input, check_number, logdet_dtype  # noqa: F401  (layers import them here)
 
 
 class Flow(nn.Module, metaclass=abc.ABCMeta):
@@ -89,69 +80,3 @@ def _fused_glow_steps(seq: Sequential, x):
 
     steps = fused_scale.step_list(seq)
     return None if steps is None else fused_scale.fused_glow_steps(steps, x)
-
-
-def check_input(x, layer: str, channels: int | None = None, ranks: tuple[int, ...] = (2, 3, 4)) -> None:
-    """Validates a layer input: a floating tensor of an allowed rank with ``channels`` channels.
-
-    Raises TypeError for non-tensors and non-floating dtypes, ValueError for shapes, with a
-    message that says what was expected.
-    """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{layer}: expected a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(
-            f"{layer}: expected a floating tensor, got dtype {x.dtype} "
-            "(convert images with invflow.data preprocessing first)"
-        )
-    if x.dim() not in ranks:
-        shapes = " or ".join({2: "[B, C]", 3: "[B, C, L]", 4: "[B, C, H, W]"}[r] for r in ranks)
-        raise ValueError(f"{layer}: expected input of shape {shapes}, got {list(x.shape)}")
-    if channels is not None and x.shape[1] != channels:
-        raise ValueError(
-            f"{layer}: expected {channels} channels (input of shape [B, {channels}, ...]), "
-            f"got {list(x.shape)}"
-        )
-
-
-def check_number(
-    value,
-    name: str,
-    where: str,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-    integer: bool = False,
-    optional: bool = False,
-):
-    """Validates a public numeric argument and returns it (as int or float).
-
-    ``value`` must be a real number (Python, numpy, or a one-element tensor; not a bool), finite,
-    an integer when ``integer``, and within ``low`` / ``high`` (inclusive unless ``low_open`` /
-    ``high_open``); ``None`` passes when ``optional``.  Raises TypeError for a non-number and
-    ValueError otherwise, both as "``where``: ``name`` must be <what>, got <value>".
-    """
-    if optional and value is None:
-        return None
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype == torch.bool:
-        value = value.item()
-    kind = "an integer" if integer else "a finite number"
-    bounds = []
-    if low is not None:
-        bounds.append(f"{'>' if low_open else '>='} {low:g}")
-    if high is not None:
-        bounds.append(f"{'<' if high_open else '<='} {high:g}")
-    what = kind + (" " + " and ".join(bounds) if bounds else "") + (" (or None)" if optional else "")
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{where}: {name} must be {what}, got {value!r} ({type(value).__name__})")
-    if integer and not isinstance(value, numbers.Integral):
-        raise TypeError(f"{where}: {name} must be {what}, got {value!r} ({type(value).__name__})")
-    if not math.isfinite(value):
-        raise ValueError(f"{where}: {name} must be {what}, got {value!r}")
-    too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and (value >= high if high_open else value > high)
-    if too_low or too_high:
-        raise ValueError(f"{where}: {name} must be {what}, got {value!r}")
-    return int(value) if integer else float(value)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..layers.actnorm import warn_if_uninitialized
-from ..layers.base import check_number
+from ..validation import IMAGE_RANGE, as_size, check_ints, check_model_input, check_number  # noqa: F401
 
 
 @dataclass
@@ -46,91 +46,6 @@ def flow_output(per_scale: list[torch.Tensor], latents: list[torch.Tensor]) -> F
     """FlowOutput from the per-scale contributions c_i (each [B]) and the latents."""
     stacked = torch.stack(per_scale, dim=1)
     return FlowOutput(log_prob=stacked.sum(1), per_scale=stacked, latents=latents)
-
-
-def as_size(image_size, where: str = "model") -> tuple[int, int]:
-    """image_size (an int or (H, W)) -> (H, W), each an integer >= 1 (ValueError / TypeError)."""
-    if isinstance(image_size, torch.Size) or isinstance(image_size, (list, tuple)):
-        if len(image_size) != 2:
-            raise ValueError(f"{where}: image_size must be an int or (H, W), got {image_size!r}")
-        h, w = image_size
-    else:
-        h = w = image_size
-    return (
-        check_number(h, "image_size", where, low=1, integer=True),
-        check_number(w, "image_size", where, low=1, integer=True),
-    )
-
-
-def check_ints(where: str, low: int = 1, **values) -> None:
-    """Every keyword argument must be an integer >= ``low`` (TypeError / ValueError naming it)."""
-    for name, v in values.items():
-        check_number(v, name, where, low=low, integer=True)
-
-
-def check_model_input(
-    x,
-    name: str,
-    input_shape,
-    param: torch.Tensor,
-    max_abs: float | None = None,
-    integer_hint: str = "",
-    values: bool = True,
-) -> None:
-    """The docs/design.md input rules for any model taking preprocessed images (flows, and the
-    PixelCNN++ / classifier baselines of ``detectors.models``): TypeError for non-tensors,
-    integer dtypes and a dtype other than ``param``'s; ValueError for another device, wrong
-    rank, channels or size, an empty batch, NaN / Inf and, with ``max_abs``, values with
-    |x| > max_abs.  ``integer_hint`` is appended to the integer-dtype message.
-
-    The value checks (``values=True``) read x once (one host sync on CUDA); they are skipped
-    while a CUDA graph is being captured, where a sync is not allowed."""
-    expected = "[B, " + ", ".join(map(str, input_shape)) + "]"
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor of shape {expected}, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(
-            f"{name}: expected floating inputs preprocessed into [-0.5, 0.5] "
-            f"(invflow.data.preprocess), got dtype {x.dtype}{integer_hint}"
-        )
-    if x.dtype != param.dtype:
-        raise TypeError(
-            f"{name}: input dtype {x.dtype} differs from the model's {param.dtype}; "
-            f"convert one of them (model.to(dtype) or x.to(dtype))"
-        )
-    if x.device != param.device:
-        raise ValueError(f"{name}: input on {x.device} but the model is on {param.device}")
-    if x.dim() != len(input_shape) + 1:
-        raise ValueError(f"{name}: expected input of shape {expected}, got {list(x.shape)}")
-    if tuple(x.shape[1:]) != tuple(input_shape):
-        what = "channels" if x.shape[1] != input_shape[0] else "size"
-        raise ValueError(f"{name}: wrong {what}: expected input of shape {expected}, got {list(x.shape)}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name}: empty batch")
-    if not values or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
-        return
-    bad = ~torch.isfinite(x)
-    if max_abs is not None:
-        bad = bad | (x.abs() > max_abs)
-    if not bool(bad.any()):  # the one sync; details below only on failure
-        return
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name}: input contains NaN or Inf")
-    if max_abs is not None and bool((x.abs() > max_abs).any()):
-        hint = (
-            " (0..255 or torchvision's ToTensor 0..1 floats are not preprocessed)"
-            if float(x.max()) > max_abs
-            else ""
-        )
-        raise ValueError(
-            f"{name}: input values outside [-{max_abs:g}, {max_abs:g}] (min {float(x.min()):.4g}, max "
-            f"{float(x.max()):.4g}){hint}; preprocess 8-bit images with invflow.data.preprocess"
-        )
-
-
-#: The range of preprocessed images (invflow.data.preprocess: (k + u) / 256 - 0.5 with
-#: k in 0..255 and u in [0, 1) lies in [-0.5, 0.5], float rounding included).
-IMAGE_RANGE = 0.5
 
 
 class FlowModel(nn.Module, metaclass=abc.ABCMeta):

@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..validation import logdet_dtype  # noqa: F401  (the ops and their callers use it from here)
+
 SCALES = ("sigmoid", "exp", "tanh")
 
 
@@ -43,11 +45,6 @@ def channel_view(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def reduce_dims(x: torch.Tensor) -> list[int]:
     """All dimensions of [B, C, ...] except the channel dimension."""
     return [0] + list(range(2, x.dim()))
-
-
-def logdet_dtype(dtype: torch.dtype) -> torch.dtype:
-    """dtype of the log-dets of inputs of ``dtype``: float64 for float64, else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def per_sample(value: torch.Tensor, batch: int) -> torch.Tensor:

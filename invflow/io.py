@@ -1,4 +1,5 @@
-"""Atomic file writes shared by checkpoints, the trainer and reports."""
+"""Atomic file writes (public): checkpoints, the trainer, bundles and reports use them, so a
+crash or Ctrl-C leaves the old file or the complete new one, never a partial one."""
 
 from __future__ import annotations
 

@@ -1,0 +1,184 @@
+"""Argument and input validation shared by invflow and the packages built on it (public).
+
+Every public entry point validates its arguments with these helpers, so errors read alike:
+TypeError for the wrong kind of value, ValueError for a wrong shape or value, both naming the
+entry point, the argument and what was expected (docs/design.md, "Errors").
+
+    check_number(value, name, where, low=, high=, integer=)   numeric arguments
+    check_ints(where, **values)                                positive integer arguments
+    check_input(x, layer, channels)                            layer inputs
+    check_model_input(x, name, input_shape, param, max_abs)    model inputs
+    as_size(image_size)                                        int or (H, W) -> (H, W)
+    logdet_dtype(dtype)                                        float32 for half / bfloat16
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+#: The range of preprocessed images (invflow.data.preprocess: (k + u) / 256 - 0.5 with
+#: k in 0..255 and u in [0, 1) lies in [-0.5, 0.5], float rounding included).
+IMAGE_RANGE = 0.5
+
+#: dtypes whose log-determinants (and small linear algebra) are computed in float32
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def logdet_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of log-determinants for inputs of ``dtype``: float32 for float16 / bfloat16
+    (docs/design.md: a sum of N * C log-scales loses all precision in half), else ``dtype``."""
+    return torch.float32 if dtype in LOW_PRECISION else dtype
+
+
+def check_input(x, layer: str, channels: int | None = None, ranks: tuple[int, ...] = (2, 3, 4)) -> None:
+    """Validates a layer input: a floating tensor of an allowed rank with ``channels`` channels.
+
+    Raises TypeError for non-tensors and non-floating dtypes, ValueError for shapes, with a
+    message that says what was expected.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{layer}: expected a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{layer}: expected a floating tensor, got dtype {x.dtype} "
+            "(convert images with invflow.data preprocessing first)"
+        )
+    if x.dim() not in ranks:
+        shapes = " or ".join({2: "[B, C]", 3: "[B, C, L]", 4: "[B, C, H, W]"}[r] for r in ranks)
+        raise ValueError(f"{layer}: expected input of shape {shapes}, got {list(x.shape)}")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(
+            f"{layer}: expected {channels} channels (input of shape [B, {channels}, ...]), "
+            f"got {list(x.shape)}"
+        )
+
+
+def check_number(
+    value,
+    name: str,
+    where: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    integer: bool = False,
+    optional: bool = False,
+):
+    """Validates a public numeric argument and returns it (as int or float).
+
+    ``value`` must be a real number (Python, numpy, or a one-element tensor; not a bool), finite,
+    an integer when ``integer``, and within ``low`` / ``high`` (inclusive unless ``low_open`` /
+    ``high_open``); ``None`` passes when ``optional``.  Raises TypeError for a non-number and
+    ValueError otherwise, both as "``where``: ``name`` must be <what>, got <value>".
+    """
+    if optional and value is None:
+        return None
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype == torch.bool:
+        value = value.item()
+    kind = "an integer" if integer else "a finite number"
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        bounds.append(f"{'<' if high_open else '<='} {high:g}")
+    what = kind + (" " + " and ".join(bounds) if bounds else "") + (" (or None)" if optional else "")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{where}: {name} must be {what}, got {value!r} ({type(value).__name__})")
+    if integer and not isinstance(value, numbers.Integral):
+        raise TypeError(f"{where}: {name} must be {what}, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value):
+        raise ValueError(f"{where}: {name} must be {what}, got {value!r}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        raise ValueError(f"{where}: {name} must be {what}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def as_size(image_size, where: str = "model") -> tuple[int, int]:
+    """image_size (an int or (H, W)) -> (H, W), each an integer >= 1 (ValueError / TypeError)."""
+    if isinstance(image_size, torch.Size) or isinstance(image_size, (list, tuple)):
+        if len(image_size) != 2:
+            raise ValueError(f"{where}: image_size must be an int or (H, W), got {image_size!r}")
+        h, w = image_size
+    else:
+        h = w = image_size
+    return (
+        check_number(h, "image_size", where, low=1, integer=True),
+        check_number(w, "image_size", where, low=1, integer=True),
+    )
+
+
+def check_ints(where: str, low: int = 1, **values) -> None:
+    """Every keyword argument must be an integer >= ``low`` (TypeError / ValueError naming it)."""
+    for name, v in values.items():
+        check_number(v, name, where, low=low, integer=True)
+
+
+def check_model_input(
+    x,
+    name: str,
+    input_shape,
+    param: torch.Tensor,
+    max_abs: float | None = None,
+    integer_hint: str = "",
+    values: bool = True,
+) -> None:
+    """The docs/design.md input rules for any model taking preprocessed images (flows, and the
+    PixelCNN++ / classifier baselines of ``detectors.models``): TypeError for non-tensors,
+    integer dtypes and a dtype other than ``param``'s; ValueError for another device, wrong
+    rank, channels or size, an empty batch, NaN / Inf and, with ``max_abs``, values with
+    |x| > max_abs.  ``integer_hint`` is appended to the integer-dtype message.
+
+    The value checks (``values=True``) read x once (one host sync on CUDA); they are skipped
+    while a CUDA graph is being captured, where a sync is not allowed."""
+    expected = "[B, " + ", ".join(map(str, input_shape)) + "]"
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor of shape {expected}, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name}: expected floating inputs preprocessed into [-0.5, 0.5] "
+            f"(invflow.data.preprocess), got dtype {x.dtype}{integer_hint}"
+        )
+    if x.dtype != param.dtype:
+        raise TypeError(
+            f"{name}: input dtype {x.dtype} differs from the model's {param.dtype}; "
+            f"convert one of them (model.to(dtype) or x.to(dtype))"
+        )
+    if x.device != param.device:
+        raise ValueError(f"{name}: input on {x.device} but the model is on {param.device}")
+    if x.dim() != len(input_shape) + 1:
+        raise ValueError(f"{name}: expected input of shape {expected}, got {list(x.shape)}")
+    if tuple(x.shape[1:]) != tuple(input_shape):
+        what = "channels" if x.shape[1] != input_shape[0] else "size"
+        raise ValueError(f"{name}: wrong {what}: expected input of shape {expected}, got {list(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name}: empty batch")
+    if not values or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return
+    bad = ~torch.isfinite(x)
+    if max_abs is not None:
+        bad = bad | (x.abs() > max_abs)
+    if not bool(bad.any()):  # the one sync; details below only on failure
+        return
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name}: input contains NaN or Inf")
+    if max_abs is not None and bool((x.abs() > max_abs).any()):
+        hint = (
+            " (0..255 or torchvision's ToTensor 0..1 floats are not preprocessed)"
+            if float(x.max()) > max_abs
+            else ""
+        )
+        raise ValueError(
+            f"{name}: input values outside [-{max_abs:g}, {max_abs:g}] (min {float(x.min()):.4g}, max "
+            f"{float(x.max()):.4g}){hint}; preprocess 8-bit images with invflow.data.preprocess"
+        )
+
+
+#: The range of preprocessed images (invflow.data.preprocess: (k + u) / 256 - 0.5 with
+#: k in 0..255 and u in [0, 1) lies in [-0.5, 0.5], float rounding included).
+IMAGE_RANGE = 0.5

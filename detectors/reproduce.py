@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import invflow
-from invflow._io import atomic_write
+from invflow.io import atomic_write
 
 from . import analysis, objectives
 from .datasets import broaden, load_fashion_mnist, load_mnist_5k, natural_patches

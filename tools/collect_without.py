@@ -1,7 +1,7 @@
 """Runs pytest with some packages made unimportable, to prove that a test selection still
 collects on a machine without them (the GPU check's machine has torch and pytest only).
 
-    python tools/collect_without.py --block hypothesis,numpy --min 100 -- --collect-only -k cuda tests/ops
+    python tools/collect_without.py --block hypothesis,numpy --min 100 -- --collect-only -k cuda tests/invflow/ops
 
 Exits non-zero when collection fails or selects fewer than --min tests.
 """

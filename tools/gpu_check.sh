@@ -15,8 +15,8 @@
 #                         each in its own process, CPU and CUDA: clean
 #                         RuntimeError, never a crash
 #   tests                 pytest -k "cuda or reject_bad_gradients" over         120   420
-#                         tests/ops tests/layers tests/models
-#                         tests/test_backend.py, --maxfail=20; fails below
+#                         tests/invflow/{ops,layers,models}
+#                         tests/invflow/test_backend.py, --maxfail=20; fails below
 #                         GPU_CHECK_MIN_CUDA_TESTS passed (skips can't pass it)
 #   smoke                 tools/gpu_smoke.py: bf16 autocast training, CUDA-      45   240
 #                         graph training step vs eager twins, per-op capture
@@ -250,7 +250,7 @@ if want probe; then
 fi
 
 # ---- 3. tests --------------------------------------------------------------------------
-TESTS=(tests/ops tests/layers tests/models tests/test_backend.py)
+TESTS=(tests/invflow/ops tests/invflow/layers tests/invflow/models tests/invflow/test_backend.py)
 SELECT="cuda or reject_bad_gradients"  # + the raw-op error tests' cpu ids, beside their cuda ids
 if want tests; then
   if [ -n "$DRY_RUN" ]; then
@@ -297,7 +297,7 @@ fi
 # ---- 6. bench (never gates) ------------------------------------------------------------
 if want bench; then
   if [ -n "$DRY_RUN" ]; then
-    skip bench "dry run" "tests/test_bench_compare.py runs compare.py --smoke"
+    skip bench "dry run" "tests/bench/test_compare.py runs compare.py --smoke"
   else
     run_after_build bench 120 300 - "$PY" bench/compare.py --device cuda --quick --json "$OUT/compare-cuda.json"
     cp "$OUT/bench.log" "$OUT/compare-cuda.txt" 2>/dev/null

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_models import IDS, MODELS  # noqa: E402  (tests/models is on sys.path)
+from test_models import IDS, MODELS  # noqa: E402  (tests/invflow/models is on sys.path)
 
 import invflow
 

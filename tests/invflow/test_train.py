@@ -17,7 +17,7 @@ import torch
 import invflow
 from invflow.train import Batch, Trainer, finite_mean, nll
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # A training script run in subprocesses: tiny Glow, 8-bit random images, deterministic.
 SCRIPT = textwrap.dedent(

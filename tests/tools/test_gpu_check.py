@@ -20,7 +20,7 @@ import textwrap
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOLS = os.path.join(ROOT, "tools")
 GPU_CHECK = os.path.join(TOOLS, "gpu_check.sh")
 DRIVER = os.path.join(TOOLS, "gpu_driver.py")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "profile_step.py"
 IMPLS = {"invflow-fused", "invflow-eager", "torch.compile(reference)"}
 

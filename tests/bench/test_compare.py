@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "compare.py"
 CASES = {"step", "model", "model_paper_size", "approx_mass", "memory", "bandwidth"}
 FIELDS = {

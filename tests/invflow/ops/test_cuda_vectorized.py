@@ -58,7 +58,7 @@ COUPLING_SHAPES = [
 
 
 def _tol(dtype):
-    """Elementwise tolerances (as tests/ops/test_kernel_defects.py)."""
+    """Elementwise tolerances (as tests/invflow/ops/test_kernel_edge_cases.py)."""
     return {
         torch.float16: dict(rtol=3e-3, atol=3e-3),
         torch.bfloat16: dict(rtol=2e-2, atol=2e-2),

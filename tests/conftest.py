@@ -35,3 +35,19 @@ def backend(request):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """An offline dataset that is not installed skips the test with the loader's one-line
+    reason instead of failing it: `make test` installs the Debian data packages only where it
+    can (as root), so a machine without them still runs every other test.  Matched by class
+    name (``DatasetUnavailable`` of detectors' data loaders) so this file imports no detectors
+    module."""
+    outcome = yield
+    report = outcome.get_result()
+    exc = call.excinfo
+    if report.failed and exc is not None and type(exc.value).__name__ == "DatasetUnavailable":
+        reason = str(exc.value).splitlines()[0] if str(exc.value) else "an offline dataset is not installed"
+        report.outcome = "skipped"
+        report.longrepr = (str(item.path), item.location[1] or 0, f"Skipped: {reason}")

@@ -13,17 +13,27 @@
 Detectors take tensors, numpy arrays, lists of PIL images, Datasets and DataLoaders
 (``detectors.inputs``); ``det.decision_function(x)`` and ``det(x)`` are ``det.score(x)``.
 
-Scores (``detectors.scores``), training objectives (``detectors.objectives``; classifier
-training in ``detectors.classifier_objectives``), baseline models (``detectors.models``:
-PixelCNN++ and a ResNet classifier), offline
-datasets, features, analyses and reports; ``python -m detectors demo`` runs them all on
-Fashion-MNIST vs MNIST.  Built only on invflow's public API.
+The packages:
+
+* ``scores`` -- the detectors (every class here is one), HIGHER = MORE ANOMALOUS;
+* ``metrics`` -- AUROC, AUPR, FPR at 95% TPR;
+* ``objectives`` -- training losses of flows (``objectives.classifier``: of classifiers;
+  ``objectives.supervised``: the class-conditional flow);
+* ``baselines`` -- models that are not flows: PixelCNN++ and a ResNet classifier;
+* ``features`` -- images -> EfficientNet-Lite0 feature vectors for the feature-space detectors;
+* ``zoo`` -- trained models shipped with the package (no network);
+* ``data`` -- the named offline datasets and image folders; ``inputs`` -- any input -> one batch;
+* ``bundle`` -- fitted detectors saved as a directory (``load``, ``fit_bundle``);
+* ``experiments`` -- the demo, the papers' experiments, the OOD suite and the analyses;
+* ``report`` -- tables, plots and ``report.md``; ``cli`` -- ``python -m detectors``.
+
+Built only on invflow's public API.
 """
 
-from . import classifier_objectives, datasets, imagefeatures, inputs, metrics, models, objectives, scores, zoo
+from . import baselines, inputs, metrics, objectives, scores, zoo
+from .baselines import PixelCNNpp, ResNetClassifier
 from .bundle import Bundle, fit_bundle, load
 from .metrics import evaluate
-from .models import PixelCNNpp, ResNetClassifier
 from .scores import (
     KDE,
     KNN,
@@ -48,17 +58,56 @@ from .scores import (
     Typicality,
 )
 
+#: submodules imported on first access (``detectors.data``, ``detectors.experiments``, ...),
+#: the deprecated ones among them with their DeprecationWarning (not on ``import detectors``)
+_LAZY = frozenset(
+    {
+        "bundle",
+        "cli",
+        "data",
+        "experiments",
+        "features",
+        "report",
+        # deprecated aliases (one release)
+        "analysis",
+        "classifier_objectives",
+        "cli_common",
+        "cli_evaluate",
+        "cli_fit",
+        "cli_score",
+        "cli_train",
+        "datasets",
+        "demo",
+        "folders",
+        "imagefeatures",
+        "models",
+        "ood_suite",
+        "photos",
+        "protocols",
+        "reproduce",
+        "supervised",
+    }
+)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "load",
     "Bundle",
     "fit_bundle",
     "inputs",
-    "datasets",
     "metrics",
-    "models",
+    "baselines",
     "objectives",
-    "classifier_objectives",
     "scores",
+    "zoo",
     "evaluate",
     "PixelCNNpp",
     "ResNetClassifier",

@@ -1,8 +1,10 @@
-"""Likelihood models and classifiers that are not flows, for the baselines of the
-papers: PixelCNN++ (Schirrmeister et al. 2020 Tab. 1) and a small ResNet classifier (MSP, outlier exposure,
-energy, Mahalanobis, in-vs-general classifier)."""
+"""Deprecated alias of ``detectors.baselines`` (moved there); it goes in the next release."""
 
-from .classifier import ResNetClassifier
-from .pixelcnn import PixelCNNpp
+import warnings
 
-__all__ = ["PixelCNNpp", "ResNetClassifier"]
+warnings.warn("detectors.models is deprecated; import detectors.baselines", DeprecationWarning, stacklevel=2)
+
+from detectors import baselines as _new  # noqa: E402
+from detectors.baselines import *  # noqa: E402,F403
+
+globals().update({k: v for k, v in vars(_new).items() if not k.startswith("__")})

@@ -27,8 +27,7 @@ from tqdm import tqdm
 
 from invflow.data import preprocess
 from invflow.layers.actnorm import UninitializedWarning, warn_if_uninitialized
-from invflow.layers.base import check_number
-from invflow.models.base import IMAGE_RANGE
+from invflow.validation import IMAGE_RANGE, check_number
 
 from ..inputs import accepts_any_input
 

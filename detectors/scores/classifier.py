@@ -23,8 +23,7 @@ import numpy as np
 import torch
 from sklearn.covariance import EmpiricalCovariance, LedoitWolf
 
-from invflow.layers.base import check_number
-from invflow.models.base import IMAGE_RANGE
+from invflow.validation import IMAGE_RANGE, check_number
 
 from .base import Detector, as_model_input, eval_mode
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from invflow.layers.base import check_number
+from invflow.validation import check_number
 
 from .base import Detector, as_model_input, floor_log_likelihood, log_prob
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import torch
 
-from invflow.layers.base import check_number
+from invflow.validation import check_number
 
 from .base import Detector
 

@@ -26,8 +26,7 @@ from scipy.special import logsumexp
 from sklearn.decomposition import PCA as _SkPCA
 from sklearn.neighbors import KernelDensity, NearestNeighbors
 
-from invflow.layers.base import check_number
-from invflow.models.base import IMAGE_RANGE
+from invflow.validation import IMAGE_RANGE, check_number
 
 from .base import Detector
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from invflow.layers.base import check_number
+from invflow.validation import check_number
 
 from .base import Detector
 from .likelihood import Likelihood

@@ -13,15 +13,12 @@ from the latest checkpoint of their ``init`` run, and use the latest checkpoint 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
 import subprocess
 import sys
 import time
-
-import torch
 
 import invflow
 from invflow.train import Trainer
@@ -242,34 +239,10 @@ def export_features(size: int = 96) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m detectors.zoo.train",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "name",
-        choices=sorted(RECIPES) + ["features"],
-        help="a zoo model, or 'features' (with --export: the demo's feature fit sets)",
-    )
-    p.add_argument(
-        "--steps", type=int, default=20000, help="upper bound; early stop on the held-out bits/dim"
-    )
-    p.add_argument("--eval-every", type=int, default=250)
-    p.add_argument("--patience", type=int, default=4)
-    p.add_argument("--root", default="runs/zoo")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--export", action="store_true", help="export the latest checkpoint into detectors/zoo")
-    p.add_argument("--status", default="training continues")
-    a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    if a.name == "features":
-        export_features()
-    elif a.export:
-        export(a.name, a.root, a.status)
-    else:
-        train(a.name, a.steps, a.eval_every, a.root, a.patience)
-    return 0
+    """``python -m detectors zoo ARGV`` (the flags are in ``detectors.cli.zoo``)."""
+    from ..cli.zoo import main as zoo_main
+
+    return zoo_main(argv)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from invflow.data import preprocess
-from invflow.layers.base import check_number
 from invflow.train import Batch, finite_mean, log_prob_dropping_non_finite
+from invflow.validation import check_number
 
-from .scores.base import log_prob
-from .scores.likelihood import log_prob_and_mass
+from ..scores.base import log_prob
+from ..scores.likelihood import log_prob_and_mass
 
 MAX_DROPPED = 0.75
 

@@ -27,8 +27,8 @@ from tqdm import tqdm
 import invflow
 from invflow.train import Trainer, nll
 
-from . import objectives
-from .scores import (
+from .. import objectives
+from ..scores import (
     KDE,
     KNN,
     PCA,
@@ -266,7 +266,7 @@ ZOO_ROLES = {
 def zoo_models() -> dict:
     """{role: model} of the shipped models (``detectors.zoo``) for the roles of
     :data:`ZOO_ROLES`; roles whose model is not shipped are left out."""
-    from . import zoo
+    from .. import zoo
 
     have = zoo.available()
     return {role: zoo.load(name) for role, name in ZOO_ROLES.items() if name in have}
@@ -288,7 +288,7 @@ def ensembles(dets: dict, specs, val_in: torch.Tensor) -> dict:
     ``dets``, already fitted, scoring the same inputs), standardised on ``val_in``:
     in-distribution inputs that no member was fitted on and that are not scored.  ValueError
     naming the unknown members and the known names."""
-    from .scores import Ensemble
+    from ..scores import Ensemble
 
     out = {}
     for spec in specs:

@@ -1,0 +1,68 @@
+"""``python -m detectors zoo NAME``: trains a zoo model for real (resumable, early stop on the
+held-out bits/dim) or, with ``--export``, exports it with its model card into detectors/zoo
+(``detectors.zoo.train``)."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "zoo"
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Adds the ``zoo`` subcommand (same flags and defaults as the old
+    ``python -m detectors.zoo.train``)."""
+    from ..zoo import train as zoo_train
+    from ..zoo.recipes import RECIPES
+
+    p = subparsers.add_parser(
+        NAME,
+        help="train or export a shipped zoo model (detectors.zoo)",
+        description=zoo_train.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "name",
+        choices=sorted(RECIPES) + ["features"],
+        help="a zoo model, or 'features' (with --export: the demo's feature fit sets)",
+    )
+    p.add_argument(
+        "--steps", type=int, default=20000, help="upper bound; early stop on the held-out bits/dim"
+    )
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--patience", type=int, default=4)
+    p.add_argument("--root", default="runs/zoo")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--export", action="store_true", help="export the latest checkpoint into detectors/zoo")
+    p.add_argument("--status", default="training continues")
+    return p
+
+
+def run(args) -> int:
+    """Trains (``detectors.zoo.train.train``) or exports (``export`` / ``export_features``)."""
+    import torch
+
+    from ..zoo.train import export, export_features, train
+
+    torch.set_num_threads(args.threads)
+    if args.name == "features":
+        export_features()
+    elif args.export:
+        export(args.name, args.root, args.status)
+    else:
+        train(args.name, args.steps, args.eval_every, args.root, args.patience)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m detectors zoo ARGV`` (what ``python -m detectors.zoo.train`` runs)."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        from . import main as cli_main
+    except ImportError:  # the one command line is not there: this subcommand alone
+        from .ood_suite import standalone_main
+
+        return standalone_main(NAME, argv, add_parser, run)
+    return cli_main([NAME, *argv])

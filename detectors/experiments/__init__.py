@@ -1,0 +1,47 @@
+"""The experiments of the papers, run on the detectors of this package.
+
+* :mod:`.runs` -- the pieces the runs share: training with resume, the detector sets of the
+  papers built from trained models, feature-space detectors and flows, the zoo models;
+* :mod:`.protocols` -- dataset vs dataset and one-vs-rest evaluation;
+* :mod:`.demo` -- ``python -m detectors demo``: Fashion-MNIST vs MNIST with every detector;
+* :mod:`.reproduce` -- ``python -m detectors reproduce``: the papers' experiments over seeds;
+* :mod:`.ood_suite` -- ``python -m detectors ood-suite``: the zoo detectors on many OOD kinds;
+* :mod:`.analysis` -- the analyses and plots of the papers (pixel differences, Fourier mixes,
+  correlations, latents, coupling scales and shifts).
+
+``detectors.experiments`` was one module; its names now live in :mod:`.runs` and stay
+importable from here for one release with a ``DeprecationWarning``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+
+_MOVED_TO_RUNS = (
+    "Memoized",
+    "train_model",
+    "flow_detectors",
+    "mass_detectors",
+    "feature_detectors",
+    "FEATURE_FLOWS",
+    "feature_flows",
+    "ZOO_ROLES",
+    "zoo_models",
+    "DEMO_ENSEMBLES",
+    "ensembles",
+)
+
+
+def __getattr__(name: str):
+    if name in _MOVED_TO_RUNS:
+        warnings.warn(
+            f"detectors.experiments.{name} is deprecated; import it from detectors.experiments.runs",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module(".runs", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["analysis", "demo", "ood_suite", "protocols", "reproduce", "runs"]

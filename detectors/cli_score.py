@@ -40,7 +40,7 @@ def add_parser(sub) -> None:
 
 
 def _read(spec: str, bundle, progress: bool, n, seed: int):
-    from .folders import describe_skipped, load_source
+    from .data import describe_skipped, load_source
 
     src = load_source(spec, progress=progress, n=n, seed=seed)
     if src.skipped:
@@ -65,7 +65,7 @@ def _share(flags) -> float:
 
 def run_score(args) -> dict:
     from . import bundle as bundle_mod
-    from .folders import UnreadableImagesWarning
+    from .data import UnreadableImagesWarning
     from .report import format_table, write_report
 
     if args.n is not None and args.n < 1:

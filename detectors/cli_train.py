@@ -15,7 +15,7 @@ import torch.distributed as dist
 import invflow
 from invflow.train import Trainer, prepare_run_dir
 
-from .datasets import load_named
+from .data import load_named
 
 
 def run_train(args) -> dict:

@@ -133,7 +133,7 @@ def test_feature_detectors_take_images_and_vectors():
 
 
 def test_labels_of_a_dataset_reach_the_supervised_detector():
-    from detectors.models import ResNetClassifier
+    from detectors.baselines import ResNetClassifier
 
     torch.manual_seed(0)
     model = ResNetClassifier(in_channels=1, num_classes=3, image_size=8, width=4)

@@ -20,7 +20,7 @@ import detectors.imagefeatures
 import invflow
 from detectors import bundle as bundle_mod
 from detectors.__main__ import main
-from detectors.folders import ImageFolder, ImagePolicy, UnreadableImagesWarning, load_source
+from detectors.data import UnreadableImagesWarning, load_source
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -66,59 +66,6 @@ def folders(tmp_path_factory):
     _patches(base / "test", photos, [24, 28, 20, 24, 36, 24], 2)
     _patches(base / "ood", noise, [24, 24, 32, 24, 20, 24], 3)
     return base
-
-
-def test_image_folder_flat_and_nested(tmp_path):
-    photo = skimage_data.astronaut()
-    _patches(tmp_path / "flat", [photo], [16, 20, 24], 0)
-    flat = ImageFolder(tmp_path / "flat")
-    assert len(flat) == 3 and flat.classes is None
-    image, label = flat[1]
-    assert image.size == (20, 20) and image.mode == "RGB" and label == -1
-    _patches(tmp_path / "nested" / "cats" / "deeper", [photo], [16, 16], 1)
-    _patches(tmp_path / "nested" / "dogs", [skimage_data.camera()], [12], 2)
-    nested = ImageFolder(tmp_path / "nested")
-    assert nested.classes == ["cats", "dogs"]
-    assert [lab for _, lab in nested.samples] == [0, 0, 1]
-    assert nested[2][0].mode == "L"  # a greyscale file stays one channel
-    with pytest.raises(ValueError, match="item 2 has shape"):  # sizes differ: a clear error, no silent resize
-        detectors.inputs.as_batch_with_labels(nested)
-
-
-def test_image_folder_nested_labels_via_policy(tmp_path):
-    photo = skimage_data.astronaut()
-    _patches(tmp_path / "a", [photo], [16, 16], 1)
-    _patches(tmp_path / "b", [photo], [16], 2)
-    src = load_source(str(tmp_path))
-    assert src.classes == ["a", "b"] and src.labels.tolist() == [0, 0, 1]
-    x = ImagePolicy.from_images(src.images).apply(src.images)
-    assert x.shape == (3, 3, 16, 16) and x.dtype == torch.uint8
-    ds = ImageFolder(tmp_path, transform=lambda im: torch.from_numpy(np.array(im)).permute(2, 0, 1))
-    xb, yb = detectors.inputs.as_batch_with_labels(ds)
-    assert torch.equal(xb, x) and yb.tolist() == [0, 0, 1]
-
-
-def test_unreadable_files_are_named_and_skipped(folders):
-    with pytest.warns(UnreadableImagesWarning, match="broken.png"):
-        src = load_source(str(folders / "train"))
-    assert len(src) == 46 and [os.path.basename(p) for p, _ in src.skipped] == ["broken.png"]
-    assert all("broken" not in p for p in src.paths)
-
-
-def test_policy_from_mixed_sizes():
-    imgs = [Image.new("L", (24, 24))] * 3 + [Image.new("RGB", (30, 20))] + [Image.new("L", (40, 40))]
-    p = ImagePolicy.from_images(imgs, multiple=8)
-    assert (p.size, p.channels) == (24, 3)  # most common 24x24; one colour image -> RGB
-    assert ImagePolicy.from_images(imgs[:3], multiple=8).channels == 1
-    x = p.apply(imgs)
-    assert x.shape == (5, 3, 24, 24)
-    # a 30x20 image: shorter side 20 -> 24 (36x24), centre crop 24x24
-    ref = Image.new("RGB", (30, 20)).resize((36, 24), Image.LANCZOS).crop((6, 0, 30, 24))
-    assert torch.equal(x[3], torch.from_numpy(np.array(ref)).permute(2, 0, 1))
-    same = torch.randint(0, 256, (2, 3, 24, 24), dtype=torch.uint8)
-    assert p.apply(same) is same  # already the policy's size and mode: untouched
-    with pytest.raises(ValueError, match="multiple of 8"):
-        ImagePolicy.from_images(imgs, size=30, multiple=8)
 
 
 def _fit_argv(data, out, *extra):
@@ -368,20 +315,6 @@ def test_nested_class_folders_feed_the_supervised_detector(tmp_path, capsys):
     assert "need class labels" in capsys.readouterr().err
 
 
-def test_named_source_subset_names_rows_of_the_whole_set():
-    from detectors.datasets import load_mnist_5k
-
-    src = load_source("mnist", n=6, seed=3)
-    whole = load_mnist_5k()[0]
-    assert len(src) == 6 and src.images.shape == (6, 1, 28, 28)
-    for i, p in enumerate(src.paths):
-        assert torch.equal(whole[int(p[len("mnist[") : -1])], src.images[i]), p
-    with pytest.raises(FileNotFoundError, match="no such file or folder"):
-        load_source("missing/folder")
-    with pytest.raises(ValueError, match="no such file or folder, and unknown dataset"):
-        load_source("not-a-set")
-
-
 def test_evaluate_takes_the_run_directory_train_wrote(tmp_path, capsys):
     torch.set_num_threads(1)
     run = tmp_path / "run"
@@ -451,22 +384,6 @@ def test_feature_flow_saves_its_pca_projection(tmp_path):
     expected = pca.transform(f) / proj.scale
     got = proj(torch.from_numpy(f)).double().numpy()
     assert np.allclose(np.abs(got), np.abs(expected), atol=1e-4)  # component signs are arbitrary
-
-
-def test_sixteen_bit_tiff_and_exif_orientation(tmp_path):
-    a = (np.arange(24 * 20).reshape(24, 20) * 100).astype(np.uint16)  # values up to 47900
-    Image.fromarray(a).save(tmp_path / "deep.tif")
-    im = Image.new("RGB", (8, 4), (10, 20, 30))
-    exif = im.getexif()
-    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
-    im.save(tmp_path / "phone.jpg", exif=exif)
-    src = load_source(str(tmp_path))
-    assert src.paths == [str(tmp_path / "deep.tif"), str(tmp_path / "phone.jpg")]
-    deep, phone = src.images
-    assert deep.mode == "L" and np.array_equal(
-        np.array(deep), (a >> 8).astype(np.uint8)
-    )  # top 8 bits, not clipped
-    assert phone.size == (4, 8)  # upright: width and height swapped
 
 
 def test_default_set_is_the_ensemble_of_png_and_pca_and_its_members():
@@ -620,3 +537,23 @@ def test_bad_detector_names_and_too_few_held_out_images(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"held-out part of TRAIN, which has 1 image\(s\); use more images"):
         bundle_mod.fit_bundle(str(tmp_path / "three"), tmp_path / "d3", cfg, say=lambda *_: None)
     assert not os.path.exists(tmp_path / "d3" / "models")  # refused before any training
+
+
+def test_fit_reads_training_splits_of_named_sets(monkeypatch, tmp_path):
+    """`fit --data fashion-mnist` fits on the training split (the fit path)."""
+    from detectors import bundle
+    from detectors.data import folders, named
+
+    seen = []
+
+    def fake_load_named(spec, n=None, seed=0, split="test"):
+        seen.append(split)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(named, "load_named", fake_load_named)
+    with pytest.raises(RuntimeError, match="stop here"):
+        bundle.fit_bundle("fashion-mnist", tmp_path / "det")
+    assert seen == ["train"]
+    with pytest.raises(RuntimeError, match="stop here"):
+        folders.load_source("fashion-mnist")  # scoring reads the test split
+    assert seen == ["train", "test"]

@@ -1,0 +1,77 @@
+"""Images as users and the experiments have them, as uint8 batches ``[N, C, H, W]``.
+
+* :mod:`~detectors.data.files`: one image file (:func:`open_image`; the one list of image
+  extensions :data:`IMAGE_EXTENSIONS`, TIFF included) and array files (IDX, CIFAR pickles,
+  SVHN ``.mat``, ``.npz``);
+* :mod:`~detectors.data.named`: the named offline sets (Fashion-MNIST, MNIST, natural photo
+  patches; :func:`load_named`);
+* :mod:`~detectors.data.folders`: folders of image files of any size (:class:`ImageFolder`,
+  :func:`load_image_folder`), every kind of source by name (:func:`load_source`) and the
+  resize / colour policy of detector bundles (:class:`ImagePolicy`);
+* :mod:`~detectors.data.photos`: the broad photo set of the general distribution (40 photos).
+
+Layers: ``files`` <- ``named`` <- ``folders``; ``photos`` uses ``named``. Nothing here imports
+the rest of ``detectors``.
+"""
+
+from .files import (
+    GREY_MODES,
+    IMAGE_EXTENSIONS,
+    DatasetUnavailable,
+    load_cifar,
+    load_idx_images,
+    load_npz,
+    load_svhn,
+    open_image,
+    read_idx,
+)
+from .folders import (
+    ImageFolder,
+    ImagePolicy,
+    Source,
+    UnreadableImagesWarning,
+    describe_skipped,
+    load_image_folder,
+    load_source,
+)
+from .named import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_DIR,
+    NAMED_DATASETS,
+    NATURAL_PHOTOS,
+    broaden,
+    load_fashion_mnist,
+    load_mnist_5k,
+    load_named,
+    natural_patches,
+    natural_photos,
+)
+
+__all__ = [
+    "GREY_MODES",
+    "IMAGE_EXTENSIONS",
+    "DatasetUnavailable",
+    "open_image",
+    "read_idx",
+    "load_idx_images",
+    "load_cifar",
+    "load_svhn",
+    "load_npz",
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_DIR",
+    "NAMED_DATASETS",
+    "NATURAL_PHOTOS",
+    "broaden",
+    "load_fashion_mnist",
+    "load_mnist_5k",
+    "load_named",
+    "natural_patches",
+    "natural_photos",
+    "ImageFolder",
+    "ImagePolicy",
+    "Source",
+    "UnreadableImagesWarning",
+    "describe_skipped",
+    "load_image_folder",
+    "load_source",
+]

@@ -1,0 +1,307 @@
+"""Reading files: one image file (any format Pillow reads) and the array files users already
+have (IDX, CIFAR-10/100 pickles, SVHN ``.mat``, ``.npz``).
+
+Conventions: images are ``torch.uint8 [N, C, H, W]``, labels ``torch.int64 [N]``. Missing
+files or packages raise :class:`DatasetUnavailable` (with the install command), malformed
+files or arguments raise ``ValueError`` naming what was expected.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import pickle
+import zlib
+
+import numpy as np
+import torch
+
+#: file name endings (lower case) read as images, by folders and single-file sources
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+#: Pillow modes read as greyscale (one channel); every other mode is read as RGB
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+class DatasetUnavailable(RuntimeError):
+    """A dataset's files are not installed; the message says how to install them."""
+
+
+def _rgb_to_grey(rgb: np.ndarray) -> np.ndarray:
+    """uint8 [..., 3] -> uint8 [...]: 0.2989 r + 0.5870 g + 0.1140 b, rounded (Schirrmeister et al. 2020 S5.1)."""
+    rgb = rgb.astype(np.float32)
+    grey = 0.2989 * rgb[..., 0] + 0.5870 * rgb[..., 1] + 0.1140 * rgb[..., 2]
+    return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+
+
+def open_image(path: str):
+    """The image at ``path``, fully decoded and turned upright (EXIF orientation), as a PIL
+    image in mode "L" (greyscale files) or "RGB" (everything else; alpha dropped).  16-bit
+    greyscale (TIFF / PNG modes I;16 and I with values above 255) keeps its top 8 bits.
+    Raises what Pillow raises for an unreadable file (``OSError``, ``ValueError``, ...)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        im.seek(0)
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        if im.mode.startswith("I;16") or (im.mode == "I" and im.getextrema()[1] > 255):
+            arr = np.asarray(im).astype(np.int64)
+            return Image.fromarray(np.clip(arr >> 8, 0, 255).astype(np.uint8), mode="L")
+        return im.convert("L") if im.mode in GREY_MODES else im.convert("RGB")
+
+
+# --------------------------------------------------------------------------------------
+# IDX files (MNIST format)
+
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path) -> np.ndarray:
+    """Reads an IDX file (the MNIST format), gzip-compressed or raw (detected by the bytes 1f 8b).
+
+    Header: two zero bytes, a type code (0x08 uint8, 0x09 int8, 0x0B int16, 0x0C int32,
+    0x0D float32, 0x0E float64; big-endian), the number of dimensions, then each size as a
+    big-endian uint32. Returns a native-endian array of that shape; ``ValueError`` on a bad
+    magic, a truncated file or trailing bytes.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as e:
+            raise ValueError(f"{path}: corrupt or truncated gzip stream ({e})") from None
+    if len(raw) < 4:
+        raise ValueError(f"{path}: {len(raw)} bytes, expected an IDX header of at least 4 bytes")
+    if raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise ValueError(
+            f"{path}: bad IDX magic {raw[:4].hex()}, expected 0000 then a type code in "
+            f"{{08, 09, 0b, 0c, 0d, 0e}} and the number of dimensions"
+        )
+    dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
+    if ndim == 0:
+        raise ValueError(f"{path}: IDX header declares 0 dimensions, expected at least 1")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes, expected {header})")
+    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    expected = header + math.prod(shape) * dtype.itemsize
+    if len(raw) != expected:
+        what = "truncated" if len(raw) < expected else "trailing bytes after the data"
+        raise ValueError(
+            f"{path}: {what}: {len(raw)} bytes, expected {expected} for shape {shape} {dtype.name}"
+        )
+    data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    return data.astype(dtype.newbyteorder("="))
+
+
+def load_idx_images(images_path, labels_path=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """IDX images uint8 [N, H, W] (and optionally IDX labels [N]): (uint8 [N, 1, H, W], int64 [N] or None)."""
+    images = read_idx(images_path)
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise ValueError(
+            f"{images_path}: IDX images of dtype {images.dtype} and shape {images.shape}, "
+            "expected uint8 [N, H, W]"
+        )
+    labels = None
+    if labels_path is not None:
+        lab = read_idx(labels_path)
+        if lab.ndim != 1 or lab.dtype.kind not in "iu":
+            raise ValueError(
+                f"{labels_path}: IDX labels of dtype {lab.dtype} and shape {lab.shape}, expected integers [N]"
+            )
+        if len(lab) != len(images):
+            raise ValueError(f"{labels_path}: {len(lab)} labels for {len(images)} images in {images_path}")
+        labels = torch.from_numpy(lab.astype(np.int64))
+    return torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1), labels
+
+
+# --------------------------------------------------------------------------------------
+# Files users already have
+
+
+def _numpy_pickle_globals() -> dict[tuple[str, str], object]:
+    """The few callables a pickle of dicts, lists and numpy arrays refers to, by (module, name)."""
+    reconstruct = np.zeros(1).__reduce__()[0]  # numpy(._)core.multiarray._reconstruct
+    scalar = np.float64(0).__reduce__()[0]  # numpy(._)core.multiarray.scalar
+    frombuffer = np.zeros(1).__reduce_ex__(5)[0]  # numpy(._)core.numeric._frombuffer (protocol 5)
+
+    def latin1_encode(text, encoding="latin1"):  # how Python 3 pickles bytes at protocol < 3
+        if encoding.replace("-", "").replace("_", "").lower() != "latin1":
+            raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} is not allowed")
+        return text.encode("latin1")
+
+    allowed = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): latin1_encode,
+    }
+    for core in ("numpy.core", "numpy._core"):
+        allowed[(core + ".multiarray", "_reconstruct")] = reconstruct
+        allowed[(core + ".multiarray", "scalar")] = scalar
+        allowed[(core + ".numeric", "_frombuffer")] = frombuffer
+    return allowed
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, str/bytes, numbers and numpy arrays, and nothing else: any other
+    global (os.system, eval, ...) raises ``pickle.UnpicklingError`` before it is looked up."""
+
+    _allowed = None
+
+    def find_class(self, module, name):
+        if _NumpyOnlyUnpickler._allowed is None:
+            _NumpyOnlyUnpickler._allowed = _numpy_pickle_globals()
+        try:
+            return _NumpyOnlyUnpickler._allowed[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"refusing to unpickle global {module}.{name}: only numpy arrays, dicts and lists are allowed"
+            ) from None
+
+
+def _safe_unpickle(path: str):
+    with open(path, "rb") as f:
+        return _NumpyOnlyUnpickler(f, encoding="bytes").load()
+
+
+def _get(d: dict, key: str, path: str):
+    for k in (key.encode(), key):
+        if k in d:
+            return d[k]
+    raise ValueError(f"{path}: no key {key!r}; keys: {sorted(map(str, d))}")
+
+
+def load_cifar(
+    root, which: int = 10, split: str = "train", label: str = "fine"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-10/100 "python version" pickles: (uint8 [N, 3, 32, 32], int64 [N]).
+
+    ``root`` holds ``data_batch_1..5`` and ``test_batch`` (CIFAR-10) or ``train`` and
+    ``test`` (CIFAR-100), or is their parent (``cifar-10-batches-py`` / ``cifar-100-python``).
+    ``label``: CIFAR-100 ``"fine"`` (100 classes) or ``"coarse"`` (20). The pickles are read
+    by an unpickler that only builds numpy arrays, dicts and lists (no code runs).
+    """
+    if which not in (10, 100):
+        raise ValueError(f"which={which!r}, expected 10 or 100")
+    if split not in ("train", "test"):
+        raise ValueError(f"split={split!r}, expected 'train' or 'test'")
+    if label not in ("fine", "coarse"):
+        raise ValueError(f"label={label!r}, expected 'fine' or 'coarse'")
+    root = os.fspath(root)
+    sub = os.path.join(root, "cifar-10-batches-py" if which == 10 else "cifar-100-python")
+    if os.path.isdir(sub):
+        root = sub
+    if which == 10:
+        names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+        key = "labels"
+    else:
+        names, key = [split], f"{label}_labels"
+    paths = [os.path.join(root, n) for n in names]
+    missing = [n for n, p in zip(names, paths) if not os.path.isfile(p)]
+    if missing:
+        archive = "cifar-10-python.tar.gz" if which == 10 else "cifar-100-python.tar.gz"
+        raise DatasetUnavailable(
+            f"CIFAR-{which} {split}: {', '.join(missing)} not found in {root}; download "
+            f"{archive} from https://www.cs.toronto.edu/~kriz/cifar.html and extract it "
+            f"there: tar xzf {archive} -C {root}"
+        )
+    images, labels = [], []
+    for path in paths:
+        batch = _safe_unpickle(path)
+        if not isinstance(batch, dict):
+            raise ValueError(f"{path}: unpickled a {type(batch).__name__}, expected a dict")
+        data, lab = np.asarray(_get(batch, "data", path)), np.asarray(_get(batch, key, path))
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            raise ValueError(
+                f"{path}: data of dtype {data.dtype} and shape {data.shape}, expected uint8 [N, 3072]"
+            )
+        if lab.ndim != 1 or len(lab) != len(data) or (lab.size and lab.dtype.kind not in "iu"):
+            raise ValueError(f"{path}: {key} of shape {lab.shape}, expected {len(data)} integers")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(lab.astype(np.int64))
+    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+
+
+def load_svhn(path) -> tuple[torch.Tensor, torch.Tensor]:
+    """SVHN cropped digits (``train_32x32.mat`` format: X uint8 [32, 32, 3, N], y [N, 1] in 1..10,
+    10 meaning the digit 0): (uint8 [N, 3, 32, 32], int64 [N] in 0..9)."""
+    import scipy.io
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DatasetUnavailable(
+            f"{path} not found; download train_32x32.mat / test_32x32.mat from "
+            "http://ufldl.stanford.edu/housenumbers/"
+        )
+    try:
+        mat = scipy.io.loadmat(path)
+    except (ValueError, NotImplementedError, TypeError) as e:
+        raise ValueError(f"{path}: not a MATLAB v5 .mat file with X and y ({e})") from None
+    if "X" not in mat or "y" not in mat:
+        found = sorted(k for k in mat if not k.startswith("__"))
+        raise ValueError(f"{path}: expected variables X and y, found {found}")
+    x, y = mat["X"], np.asarray(mat["y"]).reshape(-1)
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[2] != 3:
+        raise ValueError(f"{path}: X of dtype {x.dtype} and shape {x.shape}, expected uint8 [H, W, 3, N]")
+    if len(y) != x.shape[3]:
+        raise ValueError(f"{path}: {len(y)} labels for {x.shape[3]} images")
+    if len(y) and (np.any(y != np.round(y)) or y.min() < 1 or y.max() > 10):
+        raise ValueError(f"{path}: labels outside 1..10")
+    labels = y.astype(np.int64) % 10
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 0, 1))), torch.from_numpy(labels)
+
+
+_NPZ_IMAGE_KEYS = ("images", "x", "X", "data")
+_NPZ_LABEL_KEYS = ("labels", "y", "Y", "targets")
+
+
+def load_npz(
+    path, images_key: str | None = None, labels_key: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Images (and labels) from a ``.npz`` (no pickles): (uint8 [N, C, H, W], int64 [N] or None).
+
+    ``images_key`` defaults to the first of "images", "x", "X", "data" present, ``labels_key``
+    to the first of "labels", "y", "Y", "targets" (None when absent). Images: uint8 [N, H, W],
+    [N, H, W, C] with C in {1, 3} (channels-last), or [N, C, H, W].
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DatasetUnavailable(f"{path} not found")
+    with np.load(path, allow_pickle=False) as npz:
+        keys = list(npz.keys())
+        if images_key is None:
+            images_key = next((k for k in _NPZ_IMAGE_KEYS if k in keys), None)
+            if images_key is None:
+                raise ValueError(
+                    f"{path}: none of the keys {_NPZ_IMAGE_KEYS} present (keys: {keys}); pass images_key"
+                )
+        elif images_key not in keys:
+            raise ValueError(f"{path}: no key {images_key!r} (keys: {keys})")
+        if labels_key is None:
+            labels_key = next((k for k in _NPZ_LABEL_KEYS if k in keys), None)
+        elif labels_key not in keys:
+            raise ValueError(f"{path}: no key {labels_key!r} (keys: {keys})")
+        x = npz[images_key]
+        y = npz[labels_key] if labels_key is not None else None
+    if x.dtype != np.uint8:
+        raise TypeError(f"{path}: {images_key} has dtype {x.dtype}, expected uint8 (convert to uint8 0..255)")
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[3] in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    elif not (x.ndim == 4 and x.shape[1] in (1, 3)):
+        raise ValueError(
+            f"{path}: {images_key} of shape {x.shape}, expected [N, H, W], [N, H, W, C] "
+            "or [N, C, H, W] with C in {1, 3}"
+        )
+    labels = None
+    if y is not None:
+        if y.ndim != 1 or len(y) != len(x) or (y.size and y.dtype.kind not in "iu"):
+            raise ValueError(
+                f"{path}: {labels_key} of dtype {y.dtype} and shape {y.shape}, expected {len(x)} integers"
+            )
+        labels = torch.from_numpy(y.astype(np.int64))
+    return torch.from_numpy(np.ascontiguousarray(x)), labels

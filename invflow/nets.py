@@ -9,9 +9,10 @@ constant initial scale (sigmoid(2) for Glow's scale function; Glow Sec. 3.3).
     Bottleneck(in, out, image_size, ...)          Kirichenko et al. 2020 Sec. 7, "st-networks with bottleneck"
     MLP(in, out, hidden=512, layers=2)            vectors [B, D]
 
-Helpers: ``zero_init``, ``ActNorm2d`` (activation normalisation inside a net, not a flow)
-and ``ZeroConv2d`` (Glow's zero-initialised, learned-scale output conv).  No network
-uses BatchNorm: an st-net's output must not depend on the other samples of a batch.
+Helpers: ``zero_init``, ``ActNorm2d`` (activation normalisation inside a net, not a flow),
+``ZeroConv2d`` (Glow's zero-initialised, learned-scale output conv), and the data-dependent
+initialisation ``data_init`` / ``DataInitFlag`` (Glow Sec. 3.1) that ``invflow.ActNorm``
+shares.  No network uses BatchNorm: an st-net's output must not depend on the other samples of a batch.
 """
 
 from __future__ import annotations
@@ -20,13 +21,86 @@ import operator
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
 from . import ops
 from ._backend import backend_for
-from .layers.actnorm import DataInitFlag, data_init
-from .layers.base import check_number
+from .validation import check_number
+
+#: A channel whose standard deviation on the initialisation batch is at most
+#: ``CONSTANT_STD * (1 + |mean|)`` counts as constant (a dead unit, a constant image channel,
+#: rounding noise of one repeated value): it is centred but keeps log_scale = 0 (scale 1),
+#: instead of the -log(eps) = 13.8 (scale 1e6) that dividing by its zero spread would give.
+CONSTANT_STD = 1e-5
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    """Sums ``t`` over the processes of torch.distributed when it is initialised (no-op otherwise)."""
+    if _distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+@torch.no_grad()
+def data_init(x: torch.Tensor, eps: float, where: str = "ActNorm") -> tuple[torch.Tensor, torch.Tensor]:
+    """Glow's data-dependent initialisation (Kingma & Dhariwal 2018, Sec. 3.1) from a batch
+    [B, C, ...], shared by ``ActNorm2d`` and the flow layer ``invflow.ActNorm``:
+    (bias, log_scale) = (-mean, -log(std + eps)) per channel, so that
+    (x + bias) * exp(log_scale) has zero mean and unit variance per channel.
+
+    * The statistics are computed in float64 (whatever x's dtype) by the two-pass algorithm,
+      and returned in x's dtype.
+    * When ``torch.distributed`` is initialised, the per-channel sums (and counts) are summed
+      over all processes, so every replica gets the statistics of the global batch and the
+      same parameters: every process must run the initialising forward (as DDP requires).
+    * Constant channels (std <= CONSTANT_STD * (1 + |mean|)) get log_scale = 0.
+    * Raises ValueError when the (global) batch has fewer than 2 values per channel (B = 1
+      for [B, C], or B = 1 with a 1 x 1 spatial size): no variance can be estimated, as
+      BatchNorm refuses such a batch in training.
+    """
+    dims = [0] + list(range(2, x.dim()))
+    xd = x.detach().to(torch.float64)
+    count = xd.new_tensor([float(x.numel() // max(1, x.shape[1]))])
+    total = _all_reduce(torch.cat([xd.sum(dim=dims), count]))
+    n = float(total[-1])
+    if n < 2:
+        raise ValueError(
+            f"{where}: data-dependent initialisation needs more than 1 value per channel to estimate a variance, "
+            f"got input of shape {list(x.shape)}; initialise on a batch of >= 2 samples (e.g. "
+            f"invflow.train.Trainer(init_batch=...)), or load trained weights before training"
+        )
+    mean = total[:-1] / n
+    centred = xd - mean.view((1, -1) + (1,) * (x.dim() - 2))
+    var = _all_reduce(centred.square().sum(dim=dims)) / n
+    std = var.sqrt()
+    log_scale = -torch.log(std + eps)
+    log_scale = torch.where(std <= CONSTANT_STD * (1 + mean.abs()), torch.zeros_like(log_scale), log_scale)
+    return (-mean).to(x.dtype), log_scale.to(x.dtype)
+
+
+class DataInitFlag:
+    """Mixin for layers with a data-dependent initialisation flagged by the buffer
+    ``initialized``: once the flag is seen set, a Python mirror answers, so a training-mode
+    forward costs no host sync per layer (CUDA) and no graph break (torch.compile).  Loading
+    a state dict resets the mirror; call ``initialize`` rather than writing the buffer."""
+
+    _ready: bool = False
+
+    def needs_init(self) -> bool:
+        if self._ready:
+            return False
+        self._ready = bool(self.initialized)
+        return not self._ready
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._ready = False
+        super()._load_from_state_dict(*args, **kwargs)
 
 
 def _check_sizes(where: str, **sizes) -> None:
@@ -66,10 +140,10 @@ class ActNorm2d(DataInitFlag, nn.Module):
 
     Data-dependent initialisation: the first forward in training mode (or an explicit
     ``initialize(x)``) sets bias = -mean, logs = -log(std + eps) per channel, so that the
-    output of that batch has zero mean and unit variance per channel (``invflow.layers.actnorm.
-    data_init``: global-batch statistics under torch.distributed, ValueError for a batch with
-    one value per channel, logs = 0 for constant channels such as dead ReLU units).  Afterwards both are
-    ordinary learned parameters.  Returns only the tensor: this is a network layer, not an
+    output of that batch has zero mean and unit variance per channel (``data_init``:
+    global-batch statistics under torch.distributed, ValueError for a batch with one value
+    per channel, logs = 0 for constant channels such as dead ReLU units).  Afterwards both
+    are ordinary learned parameters.  Returns only the tensor: this is a network layer, not an
     ``invflow.Flow`` (see ``invflow.ActNorm`` for the invertible one)."""
 
     def __init__(self, num_channels: int, eps: float = 1e-6):

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .layers.base import check_number
+from .validation import check_number
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 

@@ -50,8 +50,7 @@ from tqdm import tqdm
 from . import checkpoint
 from .data import bits_per_dim, preprocess
 from .io import atomic_write
-from .layers.base import check_number
-from .models.base import IMAGE_RANGE
+from .validation import IMAGE_RANGE, check_number
 
 Objective = Callable[[nn.Module, "Batch"], "torch.Tensor | tuple[torch.Tensor, dict]"]
 

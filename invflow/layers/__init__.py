@@ -1,7 +1,8 @@
 """Flow layers; each follows the contract of ``invflow.Flow``."""
 
-from .actnorm import ActNorm
-from .base import Flow, Sequential, check_input
+from ..validation import check_input
+from .actnorm import ActNorm, UninitializedWarning, warn_if_uninitialized
+from .base import Flow, Sequential
 from .coupling import AdditiveCoupling, AffineCoupling
 from .fixed import FixedLinear
 from .invconv import InvConv1x1
@@ -17,4 +18,6 @@ __all__ = [
     "FixedLinear",
     "Squeeze",
     "check_input",
+    "UninitializedWarning",
+    "warn_if_uninitialized",
 ]

@@ -1,4 +1,6 @@
-"""The flow contract (docs/design.md): every layer and model is an ``invflow.Flow``.
+"""The flow contract (docs/design.md): ``Flow``, the base of every layer and model, and
+``Sequential``, their composition (Kingma & Dhariwal 2018, Sec. 2: the log-determinants of a
+composition add up).
 
     y, logdet = flow(x)          # logdet: [B], log|det dy/dx| per sample
     x, logdet = flow.inverse(y)  # logdet: log|det dx/dy| = -(forward logdet)
@@ -9,11 +11,18 @@ No log-determinant is ever stored on a module.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from ..validation import LOW_PRECISION, check_input, check_number, logdet_dtype  # noqa: F401  (layers import them here)
+from ..validation import logdet_dtype
+
+#: What a fast path returns: (y, logdet [B]) or None where it does not apply.
+FastPath = Callable[["Sequential", torch.Tensor], "tuple[torch.Tensor, torch.Tensor] | None"]
+
+# the fast paths ``Sequential.forward`` tries, in registration order (see register_fast_path)
+_FAST_PATHS: list[FastPath] = []
 
 
 class Flow(nn.Module, metaclass=abc.ABCMeta):
@@ -29,7 +38,11 @@ class Flow(nn.Module, metaclass=abc.ABCMeta):
 
 
 class Sequential(Flow):
-    """Composition of flows; log-determinants add up, the inverse runs in reverse order."""
+    """Composition of flows; log-determinants add up, the inverse runs in reverse order.
+
+    ``forward`` first offers the whole composition to the registered fast paths (see
+    ``register_fast_path``); when none applies it runs the flows one by one.
+    """
 
     def __init__(self, *flows: Flow):
         super().__init__()
@@ -40,6 +53,24 @@ class Sequential(Flow):
                 )
         self.flows = nn.ModuleList(flows)
 
+    @staticmethod
+    def register_fast_path(fn: FastPath) -> FastPath:
+        """Registers ``fn(seq, x)``, tried by every ``Sequential.forward`` (in registration
+        order, before the layer-by-layer loop): it returns (y, logdet [B]) computing the same
+        function as the flows of ``seq``, or None where it does not apply (then the next one is
+        tried, and finally the layers run and raise their errors).  Registering the same
+        function twice is a no-op.  Returns ``fn`` (usable as a decorator).
+
+        ``invflow.models.fused_scale`` registers the channels-last Glow step at import."""
+        if fn not in _FAST_PATHS:
+            _FAST_PATHS.append(fn)
+        return fn
+
+    @staticmethod
+    def fast_paths() -> tuple[FastPath, ...]:
+        """The registered fast paths, in the order ``forward`` tries them."""
+        return tuple(_FAST_PATHS)
+
     def __len__(self) -> int:
         return len(self.flows)
 
@@ -47,9 +78,10 @@ class Sequential(Flow):
         return self.flows[i]
 
     def forward(self, x):
-        fused = _fused_glow_steps(self, x)
-        if fused is not None:
-            return fused
+        for fast in _FAST_PATHS:
+            out = fast(self, x)
+            if out is not None:
+                return out
         logdet = x.new_zeros(x.shape[0], dtype=logdet_dtype(x.dtype))
         for f in self.flows:
             x, ld = f(x)
@@ -62,21 +94,3 @@ class Sequential(Flow):
             y, ld = f.inverse(y)
             logdet = logdet + ld
         return y, logdet
-
-
-def _fused_glow_steps(seq: Sequential, x):
-    """A Glow step (ActNorm -> InvConv1x1 -> channel AffineCoupling), or a run of them, on the
-    fused backend: the channels-last path of ``invflow.models.fused_scale`` (actnorm folded into
-    the 1x1 conv, the st-net and the coupling on channels-last rows); None where it does not
-    apply (other layers, other backends, autocast / half precision, wrong inputs: the layers
-    then run, and raise their errors)."""
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.dtype not in (torch.float32, torch.float64):
-        return None
-    from .._backend import backend_for
-
-    if backend_for(x) != "fused" or torch.is_autocast_enabled(x.device.type):
-        return None
-    from ..models import fused_scale
-
-    steps = fused_scale.step_list(seq)
-    return None if steps is None else fused_scale.fused_glow_steps(steps, x)

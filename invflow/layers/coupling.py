@@ -10,7 +10,8 @@ from torch import nn
 from .. import nets, ops
 from ..masks import Mask
 from ..ops.reference import SCALES
-from .base import Flow, check_input
+from ..validation import check_input
+from .base import Flow
 
 
 class AffineCoupling(Flow):

@@ -6,7 +6,8 @@ import torch
 
 from .. import ops
 from ..ops.reference import inner_size, per_sample
-from .base import Flow, check_input, check_number, logdet_dtype
+from ..validation import check_input, check_number, logdet_dtype
+from .base import Flow
 
 
 class FixedLinear(Flow):

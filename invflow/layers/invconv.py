@@ -7,7 +7,8 @@ from torch import nn
 
 from .. import ops
 from ..ops.reference import inner_size, per_sample
-from .base import LOW_PRECISION, Flow, check_input, check_number, logdet_dtype
+from ..validation import LOW_PRECISION, check_input, check_number, logdet_dtype
+from .base import Flow
 
 
 class InvConv1x1(Flow):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .base import Flow, check_input
+from ..validation import check_input
+from .base import Flow
 
 
 class Squeeze(Flow):

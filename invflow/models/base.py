@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..layers.actnorm import warn_if_uninitialized
-from ..validation import IMAGE_RANGE, as_size, check_ints, check_model_input, check_number  # noqa: F401
+from ..layers import warn_if_uninitialized
+from ..validation import IMAGE_RANGE, as_size, check_ints, check_model_input, check_number  # noqa: F401  (re-exported until detectors imports invflow.validation)
 
 
 @dataclass

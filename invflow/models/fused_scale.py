@@ -21,6 +21,8 @@ Every op is an ordinary differentiable torch op or a registered fused op with do
 backward, so gradients of any order are those of the layer-by-layer computation.
 ``fused_glow_scale`` returns None where this path does not apply (an actnorm awaiting its
 data-dependent initialisation, layers other than Glow's), and the caller runs the layers.
+Importing this module registers ``sequential_fast_path`` with ``invflow.Sequential`` (a Glow
+step, or a run of them, outside a model takes this path too).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import torch
 
 from .. import ops
+from .._backend import backend_for
 from ..layers import ActNorm, AffineCoupling, InvConv1x1, Sequential
 from ..nets import _run_folded, fold_plans
 from ..ops.reference import per_sample
@@ -79,6 +82,24 @@ def step_list(seq) -> list | None:
     if steps and all(_step_parts(st) is not None for st in steps):
         return steps
     return None
+
+
+def sequential_fast_path(seq: Sequential, x):
+    """The fast path of ``invflow.Sequential`` (registered below): a Glow step (ActNorm ->
+    InvConv1x1 -> channel AffineCoupling), or a run of them, on the fused backend runs as
+    ``fused_glow_steps`` (actnorm folded into the 1x1 conv, the st-net and the coupling on
+    channels-last rows); returns (y, logdet [B]), or None where it does not apply (other
+    layers, other backends, autocast / half precision, wrong inputs: the layers then run, and
+    raise their errors)."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.dtype not in (torch.float32, torch.float64):
+        return None
+    if backend_for(x) != "fused" or torch.is_autocast_enabled(x.device.type):
+        return None
+    steps = step_list(seq)
+    return None if steps is None else fused_glow_steps(steps, x)
+
+
+Sequential.register_fast_path(sequential_fast_path)
 
 
 def _net_channels_last(net, plan, cond: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,8 @@ from .. import masks, nets
 from .._backend import backend_for
 from ..data import standard_normal_log_prob
 from ..layers import ActNorm, AffineCoupling, InvConv1x1, Sequential, Squeeze
-from .base import FlowModel, as_size, check_ints, flow_output, split_latent
+from ..validation import as_size, check_ints
+from .base import FlowModel, flow_output, split_latent
 from .fused_scale import fused_glow_scale
 from .memory import memory_free_applies, run_memory_free
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import FlowModel, FlowOutput, as_size, check_ints
+from ..validation import as_size, check_ints
+from .base import FlowModel, FlowOutput
 from .glow import Glow
 
 

@@ -15,8 +15,8 @@ from torch import nn
 from .. import masks, nets
 from ..data import standard_normal_log_prob
 from ..layers import AffineCoupling, Sequential, Squeeze
-from ..layers.base import check_number
-from .base import FlowModel, as_size, check_ints, flow_output, split_latent
+from ..validation import as_size, check_ints, check_number
+from .base import FlowModel, flow_output, split_latent
 from .memory import memory_free_applies, run_memory_free
 
 SPATIAL_MASKS = {"checkerboard": masks.Checkerboard, "horizontal": masks.Horizontal, "cycle": masks.Cycle}

@@ -1,7 +1,6 @@
-"""Faults users of other flow libraries reported, each fixed across its kind.
-
-1 data-dependent init on zero variance, 4 ActNorm under torch.distributed, 5 numeric
-arguments, 6 low precision, 7 input range, 10 untrained models warn (invflow side)."""
+"""Faults users of other flow libraries reported, each fixed across its kind: data-dependent
+init on zero variance, ActNorm under torch.distributed, numeric arguments, low precision,
+input range, untrained models warn (the invflow side)."""
 
 from __future__ import annotations
 
@@ -17,8 +16,9 @@ import torch.multiprocessing as mp
 import invflow
 import invflow.train
 from invflow import nets
-from invflow.layers.actnorm import CONSTANT_STD, UninitializedWarning
-from invflow.layers.base import check_number
+from invflow.layers import UninitializedWarning
+from invflow.nets import CONSTANT_STD
+from invflow.validation import check_number
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 import invflow
-from invflow.ops.reference import scale_terms
+from invflow.ops import scale_terms
 
 from ..report import new_figure, save_figure
 

@@ -13,7 +13,7 @@ plain loss functions of logits plus factories of objectives for ``invflow.train.
 
 Training batches arrive preprocessed (uint8 images dequantised into [-0.5, 0.5) by the
 Trainer); auxiliary / general-distribution batches are drawn each step with the batch's
-generator and dequantised the same way (``detectors.objectives._draw``), so runs are
+generator and dequantised the same way (``detectors.objectives.draw_samples``), so runs are
 deterministic and resumable.  In-distribution and auxiliary samples go through the model in
 one pass (one concatenated batch, as in Hendrycks et al.'s outlier-exposure code), so
 BatchNorm sees both.  Losses are in nats per sample.
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from invflow.train import Batch
 from invflow.validation import check_number
 
-from .flow import _draw
+from .flow import draw_samples
 
 
 def _check_logits(logits: torch.Tensor, where: str, name: str) -> None:
@@ -131,7 +131,7 @@ def _check_draw(data, n, where: str, what: str) -> None:
 def _in_and_drawn(model, batch: Batch, data: torch.Tensor, n: int | None):
     """Logits of the batch and of ``n`` samples drawn from ``data`` (default: as many as the
     batch), both through the model in one pass."""
-    drawn = _draw(data, n or len(batch.x), batch.generator, batch.x)
+    drawn = draw_samples(data, n or len(batch.x), batch.generator, batch.x)
     logits = model(torch.cat([batch.x, drawn]))
     return logits[: len(batch.x)], logits[len(batch.x) :]
 

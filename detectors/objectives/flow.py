@@ -164,13 +164,20 @@ def supervised_outlier_loss(
 
 
 # ---------------------------------------------------------------- trainer objectives
-def _draw(data: torch.Tensor, n: int, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
-    """n samples of ``data`` (uint8 images are dequantised like training data), seeded."""
+def draw_samples(
+    data: torch.Tensor, n: int, generator: torch.Generator | None, like: torch.Tensor
+) -> torch.Tensor:
+    """``n`` samples of ``data`` [N, ...] drawn with ``generator`` (uint8 images are dequantised
+    like training data), on the device and in the dtype of ``like``: [n, ...].  The extra data
+    of the trainer objectives (outliers, auxiliary, general samples) is drawn with it."""
     idx = torch.randint(len(data), (n,), generator=generator)
     x = data[idx]
     if x.dtype == torch.uint8:
         x = preprocess(x, dequantize=True, generator=generator, dtype=like.dtype)
     return x.to(like.device, like.dtype)
+
+
+_draw = draw_samples  # the old private name
 
 
 def _per_dim(loss: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -182,7 +189,7 @@ def _with_draw(model, batch: Batch, data: torch.Tensor, n: int | None = None):
     """(log p(batch.x), draws, log p(draws)) for ``n`` samples of ``data`` (default: one per
     batch element), both sets through the model in one pass; non-finite log-likelihoods
     carry no gradient (``log_prob_dropping_non_finite``)."""
-    drawn = _draw(data, n or len(batch.x), batch.generator, batch.x)
+    drawn = draw_samples(data, n or len(batch.x), batch.generator, batch.x)
     lp = log_prob_dropping_non_finite(model, torch.cat([batch.x, drawn]))
     return lp[: len(batch.x)], drawn, lp[len(batch.x) :]
 

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from invflow.data import preprocess
-from invflow.layers.actnorm import UninitializedWarning, warn_if_uninitialized
+from invflow.layers import UninitializedWarning, warn_if_uninitialized
 from invflow.validation import IMAGE_RANGE, check_number
 
 from ..inputs import accepts_any_input

@@ -12,9 +12,9 @@ Energy).  All scores: HIGHER = MORE ANOMALOUS, float64 [B] on the CPU.
   in-distribution (0) vs general-distribution (1) classifier (Schirrmeister et al. 2020 S9).
 
 ``f(x)`` are the logits [B, K] of any classifier module (e.g.
-``detectors.models.classifier.ResNetClassifier``); inputs are raw uint8 images or floats
+``detectors.baselines.ResNetClassifier``); inputs are raw uint8 images or floats
 preprocessed into [-0.5, 0.5] (``as_model_input``).  Train the classifiers with
-``detectors.classifier_objectives``.
+``detectors.objectives.classifier``.
 """
 
 from __future__ import annotations

@@ -78,28 +78,3 @@ def run(args) -> int:
             raise ValueError(f"--ensemble: {err}") from err
         raise
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m detectors ood-suite ARGV`` (what ``python -m detectors.ood_suite`` runs)."""
-    import sys
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        from . import main as cli_main
-    except ImportError:  # the one command line is not there: this subcommand alone
-        return standalone_main(NAME, argv, add_parser, run)
-    return cli_main([NAME, *argv])
-
-
-def standalone_main(name: str, argv: list[str], add, run_fn) -> int:
-    """One subcommand on its own parser (while ``detectors.cli.main`` is not there): bad
-    arguments and ValueErrors exit 2 with argparse's one-line error."""
-    parser = argparse.ArgumentParser(prog="python -m detectors")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = add(sub)
-    args = parser.parse_args([name, *argv])
-    try:
-        return run_fn(args)
-    except ValueError as err:
-        p.error(str(err))

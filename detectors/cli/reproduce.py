@@ -23,7 +23,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a field of detectors.experiments.reproduce.ReproduceConfig, e.g. --set steps_arch=250",
+        help="override a field of detectors.experiments.config.ReproduceConfig, e.g. --set steps_arch=250",
     )
     return p
 

@@ -52,17 +52,3 @@ def run(args) -> int:
     else:
         train(args.name, args.steps, args.eval_every, args.root, args.patience)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m detectors zoo ARGV`` (what ``python -m detectors.zoo.train`` runs)."""
-    import sys
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        from . import main as cli_main
-    except ImportError:  # the one command line is not there: this subcommand alone
-        from .ood_suite import standalone_main
-
-        return standalone_main(NAME, argv, add_parser, run)
-    return cli_main([NAME, *argv])

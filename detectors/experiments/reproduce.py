@@ -48,7 +48,7 @@ import invflow
 from invflow.io import atomic_write
 
 from .. import objectives
-from ..datasets import broaden, load_fashion_mnist, load_mnist_5k, natural_patches
+from ..data import broaden, load_fashion_mnist, load_mnist_5k, natural_patches
 from ..metrics import evaluate
 from ..report import setting, write_report
 from ..scores import (
@@ -68,46 +68,13 @@ from ..scores import (
     Typicality,
 )
 from . import analysis
+from .config import ReproduceConfig
 from .runs import Memoized, feature_flows
 from .runs import train_model as _train
 
 METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")
 #: the Schmier et al. 2022 flows that ``one-vs-rest`` trains per class (Tab. 1: Flow vs CF)
 OVR_FLOWS = ("Flow", "contrastive flow")
-
-
-@dataclass
-class ReproduceConfig:
-    seed: int = 0
-    # Glow on [1, 28, 28]: 2 scales (14x14, 7x7) of `flow_steps` steps, st-net width `hidden`
-    flow_steps: int = 4
-    hidden: int = 64
-    batch_size: int = 64
-    lr: float = 5e-3
-    warmup: int = 50
-    translate: int = 1  # Schirrmeister et al. 2020 S4.1
-    steps: int = 600  # in-distribution and general models
-    steps_finetune: int = 300  # every finetuned variant (no loss, margin, outlier, dagger, approx. mass)
-    lr_finetune: float = 2e-3
-    approx_mass_alpha: float = 2.0  # Chali et al. 2023 Eq. 2
-    steps_arch: int = 400  # architecture ablations
-    n_general: int = 30000
-    n_eval: int = 5000  # Fashion-MNIST test images and MNIST digits scored (each)
-    # PixelCNN++ and classifiers
-    pcnn_filters: int = 16  # Schirrmeister et al. 2020 S1.2: 120 filters; shrunk for the CPU
-    pcnn_steps: int = 200
-    pcnn_batch: int = 32
-    clf_width: int = 16
-    clf_steps: int = 600  # ResNet classifier; outlier exposure finetunes it for steps_finetune
-    # features
-    feature_size: int = 128
-    n_feature_train: int = 10000
-    n_feature_test: int = 10000  # Fashion-MNIST test images (and MNIST digits, at most 5000) with features
-    feature_dim: int = 64
-    feature_flow_steps: int = 300
-    feature_noise: float = 1e-2
-    ovr_train_per_class: int = 900
-    ovr_flow_steps: int = 300  # per class: the Flow, then as many contrastive-flow steps
 
 
 SMOKE = dict(
@@ -137,7 +104,7 @@ SMOKE = dict(
 
 def parse_overrides(items) -> dict:
     """["steps=100", "lr=1e-3"] -> {"steps": 100, "lr": 0.001}, typed by ReproduceConfig's fields."""
-    fields = {f.name: f.type for f in dataclasses.fields(ReproduceConfig)}
+    fields = ReproduceConfig.field_types()
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -146,7 +113,7 @@ def parse_overrides(items) -> dict:
                 f"--set {item!r}: expected KEY=VALUE with KEY one of "
                 f"{sorted(k for k in fields if k != 'seed')}"
             )
-        kind = {"int": int, "float": float}.get(str(fields[key]), str)
+        kind = fields[key]
         try:
             out[key] = kind(value)
         except ValueError as e:
@@ -607,7 +574,7 @@ def run_experiment(name: str, seed: int, out: str, smoke: bool = False, **overri
     res = fn(run)
     seconds = time.perf_counter() - t0
     notes = [f"{what}.", f"Seed {seed}; wall time {seconds:.0f} s on {torch.get_num_threads()} thread(s)."]
-    config = dataclasses.asdict(cfg) | {"experiment": name, "seconds": seconds}
+    config = cfg.settings() | {"experiment": name, "seconds": seconds}
     if "scores" in res:
         results = write_report(
             run.report_dir,

@@ -6,7 +6,7 @@ Public (used by demo, reproduce and the OOD suite):
 
 * :func:`train_model` -- trains / resumes / reloads a model under ``out/models/NAME`` with
   ``invflow.train.Trainer``;
-* :func:`flow_detectors` -- the likelihood-based detectors of seeds 000 / 004 from an
+* :func:`flow_detectors` -- the likelihood-based detectors of Schirrmeister et al. 2020 from an
   in-distribution flow and optionally a general, a Diff-dagger and an outlier-loss flow;
 * :func:`mass_detectors` -- approximate mass (Chali et al. 2023) of a vanilla and a penalised flow;
 * :func:`feature_detectors`, :func:`feature_flows` -- Schmier et al. 2022 Sec. 4-5 on image features;
@@ -87,7 +87,7 @@ def train_model(
 ):
     """Trains (or resumes, or reloads when finished) ``model`` under ``out/models/name``;
     returns it in eval mode.  ``cfg`` supplies seed, batch_size, lr, warmup and translate
-    (``DemoConfig`` / ``ReproduceConfig``); ``init`` is a model whose weights start the run."""
+    (a ``detectors.experiments.config.RunConfig``); ``init`` is a model whose weights start the run."""
     if init is not None:
         model.load_state_dict(init.state_dict())
     trainer = Trainer(

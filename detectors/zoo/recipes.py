@@ -5,7 +5,7 @@ Architectures are sized for 2 shared CPU cores (measured, 1 thread, batch 64: Gl
 x 4 steps, width 64: ~0.35 s/step; RealNVP 2 scales x 1 block, width 16: ~0.3 s/step, ~1 s/step with the
 approximate-mass penalty).  Held-out data:
 the first 1000 Fashion-MNIST *test* images (models trained on the training split), or 1000
-patches of the *test photos* (detectors.photos.TEST_PHOTOS, disjoint from the training photos)."""
+patches of the *test photos* (detectors.data.photos.TEST_PHOTOS, disjoint from the training photos)."""
 
 from __future__ import annotations
 
@@ -121,17 +121,17 @@ def training_data(recipe: Recipe, n_photos: int = 60000) -> torch.Tensor:
     """uint8 [N, 1, 28, 28]: Fashion-MNIST training split, or patches of the training photos
     (broadened for "photos-broad")."""
     if recipe.data == "fashion-mnist":
-        from ..datasets import load_fashion_mnist
+        from ..data import load_fashion_mnist
 
         return load_fashion_mnist("train")[0]
-    from ..photos import photo_patches
+    from ..data.photos import photo_patches
 
     patches = photo_patches(n_photos, 28, split="train", seed=0)
     return _broaden(patches, 0) if recipe.data == "photos-broad" else patches
 
 
 def _broaden(images: torch.Tensor, seed: int) -> torch.Tensor:
-    from ..datasets import broaden
+    from ..data import broaden
 
     return broaden(images, seed=seed)
 
@@ -140,11 +140,11 @@ def heldout_data(data: str, n: int = HELDOUT_N) -> torch.Tensor:
     """The held-out images of ``data`` ("fashion-mnist", "photos" or "photos-broad"), uint8
     [n, 1, 28, 28]."""
     if data == "fashion-mnist":
-        from ..datasets import load_fashion_mnist
+        from ..data import load_fashion_mnist
 
         return load_fashion_mnist("test")[0][:n]
     if data in ("photos", "photos-broad"):
-        from ..photos import photo_patches
+        from ..data.photos import photo_patches
 
         patches = photo_patches(HELDOUT_N, 28, split="test", seed=1)
         return (_broaden(patches, 1) if data == "photos-broad" else patches)[:n]

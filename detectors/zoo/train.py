@@ -1,7 +1,9 @@
 """Trains a zoo model for real and exports it with its model card.
 
-    python -m detectors.zoo.train NAME [--steps 20000] [--eval-every 250] [--root runs/zoo]
-    python -m detectors.zoo.train NAME --export        # weights + card into detectors/zoo/
+    python -m detectors zoo NAME [--steps 20000] [--eval-every 250] [--root runs/zoo]
+    python -m detectors zoo NAME --export        # weights + card into detectors/zoo/
+
+(``python -m detectors.zoo.train ...`` runs the same command.)
 
 Training runs through ``invflow.train.Trainer`` in ``ROOT/NAME`` and always resumes there;
 every ``--eval-every`` steps it writes the held-out bits/dim and the cumulative training wall
@@ -140,11 +142,11 @@ def _data_card(data: str, n_train: int) -> dict:
             "heldout": f"first {HELDOUT_N} Fashion-MNIST test images",
         }
     broad = data == "photos-broad"
-    how = ", photometrically broadened (detectors.datasets.broaden, seed {})" if broad else ""
+    how = ", photometrically broadened (detectors.data.broaden, seed {})" if broad else ""
     return {
-        "train": f"{n_train} grey 28x28 patches of the 32 training photos (detectors.photos, seed 0)"
+        "train": f"{n_train} grey 28x28 patches of the 32 training photos (detectors.data.photos, seed 0)"
         + how.format(0),
-        "heldout": f"{HELDOUT_N} patches of the 8 test photos (detectors.photos.TEST_PHOTOS, seed 1)"
+        "heldout": f"{HELDOUT_N} patches of the 8 test photos (detectors.data.photos.TEST_PHOTOS, seed 1)"
         + how.format(1),
     }
 
@@ -213,8 +215,8 @@ def export_features(size: int = 96) -> str:
     sets (``demo.feature_fit_images``), so the default demo extracts only the scored images."""
     from safetensors.torch import save_file
 
-    from ..datasets import load_fashion_mnist
-    from ..demo import DemoConfig, feature_fit_images, images_digest, zoo_general_images
+    from ..data import load_fashion_mnist
+    from ..experiments.demo import DemoConfig, feature_fit_images, images_digest, zoo_general_images
     from ..features import EfficientNetLite0, extract_features, normalize_features
 
     cfg = DemoConfig(feature_size=size)
@@ -238,12 +240,8 @@ def export_features(size: int = 96) -> str:
     return path
 
 
-def main(argv=None) -> int:
-    """``python -m detectors zoo ARGV`` (the flags are in ``detectors.cli.zoo``)."""
-    from ..cli.zoo import main as zoo_main
+if __name__ == "__main__":  # python -m detectors.zoo.train ARGS runs python -m detectors zoo ARGS
+    import runpy
 
-    return zoo_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.argv[:1] = ["python -m detectors", "zoo"]
+    runpy.run_module("detectors", run_name="__main__", alter_sys=True)

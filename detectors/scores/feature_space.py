@@ -1,7 +1,7 @@
 """Feature-space baselines of Schmier et al. 2022 Sec. 5.1 (on e.g. normalised EfficientNet / MOCO
 features, ``detectors.features``), all with scikit-learn.  Inputs are vectors [B, D]; with a
 ``transform`` (e.g. a feature extractor) raw inputs are mapped first; images given without
-one go through EfficientNet-Lite0 at ``feature_size`` (``detectors.imagefeatures``).
+one go through EfficientNet-Lite0 at ``feature_size`` (``detectors.features``).
 HIGHER = MORE ANOMALOUS.
 
 * ``MSEToMean``: ||f - mean_in||^2, the squared distance to the mean of the in-distribution
@@ -45,7 +45,7 @@ def _vectors(x: torch.Tensor, transform: Callable | None) -> np.ndarray:
 
 class _FeatureDetector(Detector):
     """Images [B, C, H, W] given without a ``transform`` go through EfficientNet-Lite0 at
-    ``feature_size`` (``detectors.imagefeatures``, unit-norm features) first."""
+    ``feature_size`` (``detectors.features``, unit-norm features) first."""
 
     def __init__(self, transform: Callable | None = None, feature_size: int = 96, **kw):
         super().__init__(**kw)
@@ -57,7 +57,7 @@ class _FeatureDetector(Detector):
 
     def _vectors(self, x) -> np.ndarray:
         if self.transform is None and isinstance(x, torch.Tensor) and x.dim() == 4:
-            from ..imagefeatures import image_features
+            from ..features import image_features
 
             if x.is_floating_point() and bool((x.abs() > IMAGE_RANGE).any()):
                 raise ValueError(

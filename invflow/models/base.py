@@ -23,8 +23,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..data import standard_normal_log_prob
 from ..layers import warn_if_uninitialized
 from ..validation import IMAGE_RANGE, as_size, check_ints, check_model_input, check_number  # noqa: F401  (re-exported until detectors imports invflow.validation)
+from .memory import memory_free_applies
 
 
 @dataclass
@@ -173,3 +175,71 @@ class FlowModel(nn.Module, metaclass=abc.ABCMeta):
         )
         if cuda_training:
             self._values_checked = True
+
+
+class MultiScaleModel(FlowModel):
+    """The multi-scale loop, written once (Dinh et al. 2017, Sec. 3.6; the per-scale
+    contributions of Schirrmeister et al. 2020, Eq. 3).  With h_0 = enter(x):
+
+        h_i, logdet_i = scale_i(h_{i-1})                for i = 1 .. L
+        h_i, z_i = split_latent(h_i)  (i < L),          z_L = h_L
+        c_i(x) = log p(z_i | h_i) + logdet_i,           log p(x) = sum_i c_i(x)
+
+    and the inverse (and sampling) unwinds it: h = z_L, then for i = L .. 1
+    h = scale_i^{-1}(cat([h, z_i])) (no cat at i = L), x = leave(h).
+
+    Subclasses implement ``_run_scale(i, h, free) -> (h, logdet [B])`` (everything scale i does
+    before its split: squeeze, steps; ``free``: run memory-free, see invflow.models.memory) and
+    ``_invert_scale(i, h) -> h``; they may override ``_latent_log_prob(i, z, h)`` (default:
+    standard normal; h is the continuing part, None at the last scale) and ``_enter`` /
+    ``_leave`` (default: identity; DenseGlow flattens).  The number of scales is
+    ``len(self.latent_shapes())``.
+    """
+
+    @abc.abstractmethod
+    def _run_scale(self, i: int, h: torch.Tensor, free: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scale i up to its split: (h_i, logdet_i [B])."""
+
+    @abc.abstractmethod
+    def _invert_scale(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        """The inverse of ``_run_scale(i, ...)``: h_{i-1} from h_i."""
+
+    def _latent_log_prob(self, i: int, z: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
+        """log p(z_i | h_i) per sample [B]; standard normal by default."""
+        return standard_normal_log_prob(z)
+
+    def _enter(self, x: torch.Tensor) -> torch.Tensor:
+        """h_0 from the validated input x."""
+        return x
+
+    def _leave(self, h: torch.Tensor) -> torch.Tensor:
+        """x from h_0 (the inverse of ``_enter``)."""
+        return h
+
+    def _forward(self, x):
+        free = memory_free_applies(self, x)
+        h, per_scale, latents = self._enter(x), [], []
+        last = len(self.latent_shapes()) - 1
+        for i in range(last + 1):
+            h, logdet = self._run_scale(i, h, free)
+            if i < last:
+                h, z = split_latent(h)
+                log_pz = self._latent_log_prob(i, z, h)
+            else:
+                z, log_pz = h, self._latent_log_prob(i, h, None)
+            latents.append(z)
+            per_scale.append(log_pz + logdet)
+        return flow_output(per_scale, latents)
+
+    def _inverse(self, latents):
+        return self._unwind(latents[-1], lambda i, h: latents[i])
+
+    def _unwind(self, h: torch.Tensor, latent) -> torch.Tensor:
+        """x from h = z_L, with z_i = ``latent(i, h)`` for i = L - 1 .. 1 (h: the continuing
+        part at scale i, which a learned prior conditions on when sampling)."""
+        last = len(self.latent_shapes()) - 1
+        for i in reversed(range(last + 1)):
+            if i < last:
+                h = torch.cat([h, latent(i, h)], dim=1)
+            h = self._invert_scale(i, h)
+        return self._leave(h)

@@ -7,11 +7,10 @@ import torch
 from torch import nn
 
 from .. import masks, nets
-from ..data import standard_normal_log_prob
 from ..layers import ActNorm, AffineCoupling, FixedLinear, Sequential
 from ..validation import as_size, check_ints, check_number
-from .base import FlowModel, FlowOutput, flow_output, split_latent
-from .memory import memory_free_applies, run_memory_free
+from .base import MultiScaleModel
+from .memory import run_memory_free
 
 
 def dense_step(dim: int, k: int, hidden: int, scale: str, clamp: float, seed: int) -> Sequential:
@@ -29,7 +28,7 @@ def dense_step(dim: int, k: int, hidden: int, scale: str, clamp: float, seed: in
     )
 
 
-class VectorFlow(FlowModel):
+class VectorFlow(MultiScaleModel):
     """Flow on vectors [B, dim] (Schmier et al. 2022 A.1): ``blocks`` coupling blocks, each actnorm, a
     fixed soft permutation and an affine coupling with an MLP st-net of width ``hidden``
     and soft-clamped scales (s = exp(clamp * tanh(raw / clamp)), clamp 3).  One scale:
@@ -70,16 +69,14 @@ class VectorFlow(FlowModel):
     def latent_shapes(self):
         return [self.input_shape]
 
-    def _forward(self, x):
-        z, logdet = run_memory_free(self.flow.flows, x) if memory_free_applies(self, x) else self.flow(x)
-        per_scale = (standard_normal_log_prob(z) + logdet).unsqueeze(1)
-        return FlowOutput(log_prob=per_scale[:, 0], per_scale=per_scale, latents=[z])
+    def _run_scale(self, i: int, h: torch.Tensor, free: bool):
+        return run_memory_free(self.flow.flows, h) if free else self.flow(h)
 
-    def _inverse(self, latents):
-        return self.flow.inverse(latents[0])[0]
+    def _invert_scale(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        return self.flow.inverse(h)[0]
 
 
-class DenseGlow(FlowModel):
+class DenseGlow(MultiScaleModel):
     """Fully-connected Glow (Schirrmeister et al. 2020 S2.2): the image is flattened; each of ``levels`` scales
     is ``steps`` steps of actnorm, a fixed random invertible linear map and an affine
     coupling whose MLP st-net maps half of the dimensions through two hidden layers of width
@@ -135,23 +132,15 @@ class DenseGlow(FlowModel):
     def latent_shapes(self):
         return list(self._latent_shapes)
 
-    def _forward(self, x):
-        h, per_scale, latents = x.flatten(1), [], []
-        free = memory_free_applies(self, x)
-        for i, seq in enumerate(self.scales):
-            h, logdet = run_memory_free(seq.flows, h) if free else seq(h)
-            if i < len(self.scales) - 1:
-                h, z = split_latent(h)
-            else:
-                z = h
-            latents.append(z)
-            per_scale.append(standard_normal_log_prob(z) + logdet)
-        return flow_output(per_scale, latents)
+    def _enter(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
 
-    def _inverse(self, latents):
-        h = latents[-1]
-        for i in reversed(range(len(self.scales))):
-            if i < len(self.scales) - 1:
-                h = torch.cat([h, latents[i]], dim=1)
-            h, _ = self.scales[i].inverse(h)
+    def _leave(self, h: torch.Tensor) -> torch.Tensor:
         return h.view(h.shape[0], *self.input_shape)
+
+    def _run_scale(self, i: int, h: torch.Tensor, free: bool):
+        seq = self.scales[i]
+        return run_memory_free(seq.flows, h) if free else seq(h)
+
+    def _invert_scale(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        return self.scales[i].inverse(h)[0]

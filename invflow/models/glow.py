@@ -23,9 +23,9 @@ from .._backend import backend_for
 from ..data import standard_normal_log_prob
 from ..layers import ActNorm, AffineCoupling, InvConv1x1, Sequential, Squeeze
 from ..validation import as_size, check_ints
-from .base import FlowModel, flow_output, split_latent
+from .base import MultiScaleModel
 from .fused_scale import fused_glow_scale
-from .memory import memory_free_applies, run_memory_free
+from .memory import run_memory_free
 
 
 def make_st_net(kind: str | Callable, hidden: int) -> Callable[[int, int], nn.Module]:
@@ -65,7 +65,7 @@ class _SplitPrior(nn.Module):
         return standard_normal_log_prob((z - mean) * torch.exp(-log_sigma)) - log_sigma.flatten(1).sum(1)
 
 
-class Glow(FlowModel):
+class Glow(MultiScaleModel):
     """Multi-scale Glow; see the module docstring.
 
     Args:
@@ -136,51 +136,30 @@ class Glow(FlowModel):
         return list(self._latent_shapes)
 
     def _run_scale(self, i: int, h: torch.Tensor, free: bool):
+        # the channels-last fused scale: float32/64 outside autocast (under autocast and in half
+        # precision the layer path keeps the flow's maps in float32, see invflow.ops)
+        if (
+            not free
+            and backend_for(h) == "fused"
+            and h.dtype in (torch.float32, torch.float64)
+            and not torch.is_autocast_enabled(h.device.type)
+        ):
+            res = fused_glow_scale(self.scales[i].flows, h)
+            if res is not None:
+                h, logdet = res
+                return (h.contiguous() if i == len(self.scales) - 1 else h), logdet
+        h, _ = self.squeeze(h)
         return run_memory_free(self.scales[i].flows, h) if free else self.scales[i](h)
+
+    def _invert_scale(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        h, _ = self.scales[i].inverse(h)
+        h, _ = self.squeeze.inverse(h)
+        return h
 
     def _latent_log_prob(self, i: int, z: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
         if self.split_prior and h is not None:
             return self.priors[i].log_prob(z, h)
         return standard_normal_log_prob(z)
-
-    def _forward(self, x):
-        h, per_scale, latents = x, [], []
-        last = len(self.scales) - 1
-        free = memory_free_applies(self, x)
-        # the channels-last fused scales: float32/64 outside autocast (under autocast and in half
-        # precision the layer path keeps the flow's maps in float32, see invflow.ops)
-        fused = (
-            not free
-            and backend_for(h) == "fused"
-            and h.dtype in (torch.float32, torch.float64)
-            and not torch.is_autocast_enabled(h.device.type)
-        )
-        for i in range(len(self.scales)):
-            res = fused_glow_scale(self.scales[i].flows, h) if fused else None
-            if res is None:
-                h, _ = self.squeeze(h)
-                h, logdet = self._run_scale(i, h, free)
-            else:
-                h, logdet = res
-                if i == last:
-                    h = h.contiguous()
-            if i < last:
-                h, z = split_latent(h)
-                log_pz = self._latent_log_prob(i, z, h)
-            else:
-                z, log_pz = h, self._latent_log_prob(i, h, None)
-            latents.append(z)
-            per_scale.append(log_pz + logdet)
-        return flow_output(per_scale, latents)
-
-    def _inverse(self, latents):
-        h = latents[-1]
-        for i in reversed(range(len(self.scales))):
-            if i < len(self.scales) - 1:
-                h = torch.cat([h, latents[i]], dim=1)
-            h, _ = self.scales[i].inverse(h)
-            h, _ = self.squeeze.inverse(h)
-        return h
 
     @torch.no_grad()
     def sample(
@@ -191,13 +170,9 @@ class Glow(FlowModel):
         n, temperature = self._check_sample_args(n, temperature)
         p = self._any_param()
         g = dict(generator=generator, device=p.device, dtype=p.dtype)
-        shapes = self.latent_shapes()
-        h = temperature * torch.randn((n, *shapes[-1]), **g)
-        for i in reversed(range(len(self.scales))):
-            if i < len(self.scales) - 1:
-                mean, log_sigma = self.priors[i](h)
-                z = mean + temperature * torch.exp(log_sigma) * torch.randn(mean.shape, **g)
-                h = torch.cat([h, z], dim=1)
-            h, _ = self.scales[i].inverse(h)
-            h, _ = self.squeeze.inverse(h)
-        return h
+
+        def latent(i, h):  # z_i ~ N(mu(h_i), (temperature * sigma(h_i))^2)
+            mean, log_sigma = self.priors[i](h)
+            return mean + temperature * torch.exp(log_sigma) * torch.randn(mean.shape, **g)
+
+        return self._unwind(temperature * torch.randn((n, *self.latent_shapes()[-1]), **g), latent)

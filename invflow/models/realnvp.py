@@ -13,11 +13,10 @@ import torch
 from torch import nn
 
 from .. import masks, nets
-from ..data import standard_normal_log_prob
 from ..layers import AffineCoupling, Sequential, Squeeze
 from ..validation import as_size, check_ints, check_number
-from .base import FlowModel, flow_output, split_latent
-from .memory import memory_free_applies, run_memory_free
+from .base import MultiScaleModel
+from .memory import run_memory_free
 
 SPATIAL_MASKS = {"checkerboard": masks.Checkerboard, "horizontal": masks.Horizontal, "cycle": masks.Cycle}
 
@@ -28,7 +27,7 @@ def _spatial_mask(kind: str, k: int) -> masks.Mask:
     return SPATIAL_MASKS[kind](k % 2)
 
 
-class RealNVP(FlowModel):
+class RealNVP(MultiScaleModel):
     """Multi-scale RealNVP; see the module docstring.
 
     Args:
@@ -128,28 +127,18 @@ class RealNVP(FlowModel):
     def _run(seq: Sequential, h, free: bool):
         return run_memory_free(seq.flows, h) if free else seq(h)
 
-    def _forward(self, x):
-        h, per_scale, latents = x, [], []
-        free = memory_free_applies(self, x)
-        for i in range(len(self.pre)):
-            h, logdet = self._run(self.pre[i], h, free)
-            if i < len(self.post):
-                h, _ = self.squeeze(h)
-                h, ld = self._run(self.post[i], h, free)
-                logdet = logdet + ld
-                h, z = split_latent(h)
-            else:
-                z = h
-            latents.append(z)
-            per_scale.append(standard_normal_log_prob(z) + logdet)
-        return flow_output(per_scale, latents)
+    def _run_scale(self, i: int, h: torch.Tensor, free: bool):
+        # spatial couplings, then (all but the last scale) squeeze and channel couplings
+        h, logdet = self._run(self.pre[i], h, free)
+        if i < len(self.post):
+            h, _ = self.squeeze(h)
+            h, ld = self._run(self.post[i], h, free)
+            logdet = logdet + ld
+        return h, logdet
 
-    def _inverse(self, latents):
-        h = latents[-1]
-        for i in reversed(range(len(self.pre))):
-            if i < len(self.post):
-                h = torch.cat([h, latents[i]], dim=1)
-                h, _ = self.post[i].inverse(h)
-                h, _ = self.squeeze.inverse(h)
-            h, _ = self.pre[i].inverse(h)
+    def _invert_scale(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        if i < len(self.post):
+            h, _ = self.post[i].inverse(h)
+            h, _ = self.squeeze.inverse(h)
+        h, _ = self.pre[i].inverse(h)
         return h

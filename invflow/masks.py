@@ -1,4 +1,6 @@
-"""Coupling masks: which entries an affine coupling transforms and which condition it.
+"""Coupling masks: which entries an affine coupling transforms and which condition it
+(checkerboard and channel masks: Dinh et al. 2017, Sec. 3.4; horizontal and cycle masks:
+Kirichenko et al. 2020, Sec. 6.2 and App. I.1).
 
 A mask answers ``transformed(shape)``: a bool tensor of the input's per-sample shape
 [C, ...], True where the coupling transforms the entry; and ``conditioning(shape)``: True

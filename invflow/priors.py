@@ -1,4 +1,5 @@
-"""Latent priors p(z) for flows: log p(x) = log p(z) + log|det dz/dx|.
+"""Latent priors p(z) for flows, log p(x) = log p(z) + log|det dz/dx|: the standard normal and
+the class-conditional mixture of Schirrmeister et al. 2020, Sec. 3.2.
 
     StandardNormal()                                   unsupervised setting
     ClassConditionalGaussianMixture(K, shape)          supervised setting (Schirrmeister et al. 2020 Sec. 3.2)

@@ -177,8 +177,3 @@ def check_model_input(
             f"{name}: input values outside [-{max_abs:g}, {max_abs:g}] (min {float(x.min()):.4g}, max "
             f"{float(x.max()):.4g}){hint}; preprocess 8-bit images with invflow.data.preprocess"
         )
-
-
-#: The range of preprocessed images (invflow.data.preprocess: (k + u) / 256 - 0.5 with
-#: k in 0..255 and u in [0, 1) lies in [-0.5, 0.5], float rounding included).
-IMAGE_RANGE = 0.5

@@ -1,4 +1,5 @@
-"""Flow layers; each follows the contract of ``invflow.Flow``."""
+"""Flow layers, each an ``invflow.Flow`` (layers.base): actnorm, 1x1 conv, couplings, squeeze
+(Glow, Kingma & Dhariwal 2018, Sec. 3; RealNVP, Dinh et al. 2017, Sec. 3)."""
 
 from ..validation import check_input
 from .actnorm import ActNorm, UninitializedWarning, warn_if_uninitialized

@@ -1,4 +1,5 @@
-"""Affine coupling (RealNVP, Dinh et al. 2017, Eq. 7-9; Glow, Kingma & Dhariwal 2018, Table 1)."""
+"""Affine coupling (RealNVP, Dinh et al. 2017, Eq. 7-9; Glow, Kingma & Dhariwal 2018, Table 1)
+and additive coupling (NICE, Dinh et al. 2015, Eq. 5)."""
 
 from __future__ import annotations
 

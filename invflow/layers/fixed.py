@@ -1,4 +1,5 @@
-"""A fixed random invertible linear map (soft permutation)."""
+"""A fixed random invertible linear map: the soft permutation of Schmier et al. 2022, A.1
+(FrEIA's AllInOneBlock) and the fully-connected Glow of Schirrmeister et al. 2020, S2.2."""
 
 from __future__ import annotations
 

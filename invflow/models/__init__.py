@@ -1,4 +1,5 @@
-"""Multi-scale models (the contract is in invflow.models.base)."""
+"""The models: Glow (Kingma & Dhariwal 2018), RealNVP (Dinh et al. 2017), patch and dense Glow
+(Schirrmeister et al. 2020, S2), VectorFlow; contract and multi-scale loop in models.base."""
 
 from ..checkpoint import register
 from .base import FlowModel, FlowOutput

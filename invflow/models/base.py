@@ -1,4 +1,5 @@
-"""The model contract (docs/design.md): multi-scale wholes, as opposed to layers.
+"""The model contract (docs/design.md), ``FlowModel``, and the multi-scale loop every model
+shares, ``MultiScaleModel`` (Dinh et al. 2017, Sec. 3.6; Schirrmeister et al. 2020, Eq. 3).
 
     out = model(x)                  # x preprocessed into [-0.5, 0.5] (invflow.data)
     out.log_prob                    # [B]

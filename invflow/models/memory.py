@@ -1,5 +1,5 @@
 """Memory-free backpropagation through invertible blocks (Gomez et al. 2017, "The
-Reversible Residual Network"; the option FrEIA users ask for in FrEIA #36/#102/#122).
+Reversible Residual Network", backpropagation without storing activations).
 
 ``run_memory_free(blocks, x)`` runs a sequence of ``invflow.Flow`` blocks without storing
 their activations: autograd keeps only the chain's output.  During backward each block's

@@ -9,8 +9,8 @@ and read by ``detectors.load(DET)`` / ``python -m detectors score``.
     bundle["png+pca"]                        # a detectors.Ensemble of the bundle's png and pca
 
 ``images`` are anything ``detectors.inputs`` takes (tensors, numpy, lists of PIL images of
-any sizes, Datasets, DataLoaders) or a path / named set (``detectors.folders.load_source``);
-they are resized and converted by the bundle's :class:`~detectors.folders.ImagePolicy`,
+any sizes, Datasets, DataLoaders) or a path / named set (``detectors.data.load_source``);
+they are resized and converted by the bundle's :class:`~detectors.data.ImagePolicy`,
 the same at fit and score time.
 
 Layout of ``DET/``:
@@ -43,8 +43,8 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from .folders import ImagePolicy, Source, load_source
-from .inputs import _is_dataloader, _is_dataset, _split_item, as_batch, as_batch_with_labels
+from .data.folders import ImagePolicy, Source, describe_skipped, load_source
+from .inputs import as_images_with_labels
 from .scores import Detector, Ensemble
 
 BUNDLE_FILE, STATE_FILE = "bundle.json", "state.safetensors"
@@ -436,56 +436,23 @@ class Bundle(Mapping):
         return {n: s > self.detectors[n].threshold for n, s in self.score(x, progress).items()}
 
 
-def _floats_to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Preprocessed float images (``invflow.data.preprocess``: [-0.5, 0.5]) back to uint8;
-    ValueError for any other range (0..255 or torchvision's 0..1 would be clamped into
-    garbage), as every detector does."""
-    from invflow.data import to_images
-    from invflow.models.base import IMAGE_RANGE
-
-    if x.numel() and bool(torch.isfinite(x).all()) and bool((x.abs() > IMAGE_RANGE).any()):
-        raise ValueError(
-            f"floating images must be preprocessed into [-{IMAGE_RANGE:g}, {IMAGE_RANGE:g}] (got min "
-            f"{float(x.min()):.4g}, max {float(x.max()):.4g}: 0..255 or torchvision's 0..1?); pass "
-            f"uint8 images, or preprocess them with invflow.data.preprocess"
-        )
-    return to_images(x)
+def read_images(x, progress: bool = False, split: str = "test"):
+    """The one way images come in, for fit and score: (uint8 images, labels or None, name,
+    skipped files).  A path / named set is read with ``detectors.data.load_source`` (named sets
+    from ``split``), a ``Source`` as it is, every other kind with
+    ``detectors.inputs.as_images_with_labels`` (preprocessed floats mapped back to uint8 once).
+    Images are a uint8 batch [N, C, H, W] or a list of PIL images / uint8 [C, H, W] (any sizes)."""
+    if isinstance(x, (str, bytes)) or hasattr(x, "__fspath__"):
+        x = load_source(x, progress=progress, split=split)
+    if isinstance(x, Source):
+        return x.images, x.labels, x.name, x.skipped
+    images, labels = as_images_with_labels(x, "images", progress)
+    return images, labels, type(x).__name__, []
 
 
 def prepare(x, policy: ImagePolicy, progress: bool = False) -> torch.Tensor:
-    """``x`` -> uint8 [N, C, S, S] by ``policy``: paths / named sets are read with
-    ``load_source`` (unreadable files reported), lists and Datasets item by item (any sizes),
-    tensors and DataLoaders as batches; preprocessed floats are mapped back to uint8 first
-    (``invflow.data.to_images``; ValueError for floats outside [-0.5, 0.5])."""
-    if isinstance(x, Source):
-        return policy.apply(x.images, progress)
-    if isinstance(x, (str, bytes)) or hasattr(x, "__fspath__"):
-        return policy.apply(load_source(x, progress=progress).images, progress)
-    if (
-        (isinstance(x, (list, tuple)) or _is_dataset(x))
-        and not _is_dataloader(x)
-        and not isinstance(x, torch.Tensor)
-    ):
-        items = []
-        for i in range(len(x)):
-            im, _ = _split_item(x[i])
-            if isinstance(im, np.ndarray):
-                im = as_batch(im[None], "images")[0]
-            if isinstance(im, torch.Tensor) and im.is_floating_point():
-                im = _floats_to_uint8(im[None])[0]
-            items.append(im if not hasattr(im, "mode") else im)
-        if not items:
-            raise ValueError("no images to score")
-        return policy.apply(items, progress)
-    batch = as_batch(x, "images", progress)
-    if batch.is_floating_point():
-        batch = _floats_to_uint8(batch)
-    if batch.dtype != torch.uint8 or batch.dim() != 4:
-        raise TypeError(
-            f"expected images (uint8 [N, C, H, W] or floats in [-0.5, 0.5]), got {batch.dtype} "
-            f"{list(batch.shape)}"
-        )
-    return policy.apply(batch, progress)
+    """``x`` -> uint8 [N, C, S, S] by ``policy``: :func:`read_images`, then ``policy.apply``."""
+    return policy.apply(read_images(x, progress)[0], progress)
 
 
 def load(path, progress: bool = False) -> Bundle:
@@ -772,31 +739,10 @@ def fit_bundle(
         if added:
             say(f"{ens} combines {', '.join(members(ens))}: also fitting and reporting {', '.join(added)}")
     out = os.fspath(out)
-    src = (
-        data
-        if isinstance(data, Source)
-        else (
-            load_source(data, progress=cfg.progress, split="train")
-            if isinstance(data, (str, os.PathLike))
-            else None
-        )
-    )
-    if src is not None:
-        if src.skipped:
-            from .folders import describe_skipped
-
-            say(describe_skipped(src.skipped))
-        raw, name, labels = src.images, src.name, src.labels
-    else:
-        raw, name, labels = data, type(data).__name__, None
-    if isinstance(raw, (list, tuple)) and not any(isinstance(r, (tuple, list)) for r in raw[:1]):
-        images_for_policy = raw
-    else:
-        raw, more = as_batch_with_labels(raw, "data", cfg.progress)
-        labels = labels if labels is not None else more
-        if raw.is_floating_point():
-            raw = _floats_to_uint8(raw)
-        images_for_policy = raw
+    raw, labels, name, skipped = read_images(data, cfg.progress, split="train")
+    if skipped:
+        say(describe_skipped(skipped))
+    images_for_policy = raw
     if cfg.max_images is not None and len(raw) > cfg.max_images:
         keep = torch.randperm(len(raw), generator=torch.Generator().manual_seed(cfg.seed + 1))[
             : cfg.max_images
@@ -850,7 +796,7 @@ def fit_bundle(
         model_paths["flow"] = os.path.join("models", "flow")
         models["flow"] = _train_flow(os.path.join(out, model_paths["flow"]), x_fit, policy, cfg, say)
     if "flow+general" in needs:
-        from .datasets import natural_patches
+        from .data.named import natural_patches
 
         general = natural_patches(
             max(1000, len(x_fit)), size=policy.size, channels=policy.channels, seed=cfg.seed, split="train"
@@ -939,7 +885,7 @@ def fit_bundle(
             "n_calibration": len(x_cal),
             "holdout": cfg.holdout,
             "seed": cfg.seed,
-            "skipped": [p for p, _ in (src.skipped if src is not None else [])],
+            "skipped": [p for p, _ in skipped],
         },
         "fit": dataclasses.asdict(cfg),
         "detectors": entries,

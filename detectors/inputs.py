@@ -20,6 +20,11 @@ mode RGB (an alpha channel is dropped).  A list mixing greyscale and RGB images 
 as RGB (grey replicated).  Images of different sizes raise ``ValueError``: resize them first
 (``detectors.bundle`` does it with a stored policy).  Values are never rescaled: floats must
 already be preprocessed (``invflow.data.preprocess``) and the detectors check their range.
+
+Detector bundles take images of any sizes: :func:`as_images_with_labels` turns every kind into
+uint8 images (one batch, or a list of PIL images / uint8 [C, H, W] tensors of any sizes) in one
+pass, mapping preprocessed floats back to uint8 once (:func:`floats_to_uint8`), ready for the
+bundle's resize policy (``detectors.data.ImagePolicy``).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-_GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+from .data.files import GREY_MODES as _GREY_MODES
 
 
 def _is_pil(x) -> bool:
@@ -149,7 +154,7 @@ def as_batch_with_labels(x, where: str = "input", progress: bool = False):
         return pil_to_tensor(x)[None], None
     if isinstance(x, (str, bytes)) or hasattr(x, "__fspath__"):
         raise TypeError(
-            f"{where}: got a path {x!r}; load the images first (detectors.datasets.load_source "
+            f"{where}: got a path {x!r}; load the images first (detectors.data.load_source "
             "or ImageFolder) or score files with a bundle: python -m detectors score DET --data PATH"
         )
     if _is_dataloader(x):
@@ -219,3 +224,56 @@ def accepts_any_input(method):
 
     wrapper._accepts_any_input = True
     return wrapper
+
+
+def floats_to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Preprocessed float images (``invflow.data.preprocess``: [-0.5, 0.5]) back to uint8 with
+    ``invflow.data.to_images``; ``ValueError`` for any other range (0..255 or torchvision's 0..1
+    would be clamped into garbage), as every detector does."""
+    from invflow.data import to_images
+    from invflow.validation import IMAGE_RANGE
+
+    if x.numel() and bool(torch.isfinite(x).all()) and bool((x.abs() > IMAGE_RANGE).any()):
+        raise ValueError(
+            f"floating images must be preprocessed into [-{IMAGE_RANGE:g}, {IMAGE_RANGE:g}] (got min "
+            f"{float(x.min()):.4g}, max {float(x.max()):.4g}: 0..255 or torchvision's 0..1?); pass "
+            f"uint8 images, or preprocess them with invflow.data.preprocess"
+        )
+    return to_images(x)
+
+
+def as_images_with_labels(x, where: str = "images", progress: bool = False):
+    """(uint8 images, labels int64 [N] or None) of any accepted kind but a path, in one pass.
+
+    Lists, tuples and Datasets are read item by item and may hold images of any sizes: the
+    images are then a list of PIL images and uint8 [C, H, W] tensors (numpy images as
+    :func:`as_batch` reads them, preprocessed float tensors mapped back to uint8).  Every
+    other kind (tensors, numpy arrays, DataLoaders, one PIL image) becomes one uint8 batch
+    [N, C, H, W].  Floats outside [-0.5, 0.5] raise ``ValueError``, an empty input
+    ``ValueError``, anything that is not images ``TypeError``.
+    """
+    if (isinstance(x, (list, tuple)) or _is_dataset(x)) and not (
+        _is_dataloader(x) or isinstance(x, (torch.Tensor, np.ndarray))
+    ):
+        items, labels = [], []
+        for i in tqdm(range(len(x)), desc=f"{where}: reading", unit="img", disable=not progress, leave=False):
+            im, label = _split_item(x[i])
+            if isinstance(im, np.ndarray):
+                im = _numpy_batch(im[None])[0]
+            if isinstance(im, torch.Tensor) and im.is_floating_point():
+                im = floats_to_uint8(im[None])[0]
+            items.append(im)
+            labels.append(label)
+        if not items:
+            raise ValueError(f"{where}: no images (empty {type(x).__name__})")
+        lab = torch.tensor(labels, dtype=torch.int64) if all(v is not None for v in labels) else None
+        return items, lab
+    batch, labels = as_batch_with_labels(x, where, progress)
+    if batch.is_floating_point():
+        batch = floats_to_uint8(batch)
+    if batch.dtype != torch.uint8 or batch.dim() != 4:
+        raise TypeError(
+            f"expected images (uint8 [N, C, H, W] or floats in [-0.5, 0.5]), got {batch.dtype} "
+            f"{list(batch.shape)}"
+        )
+    return batch, labels

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..data import standard_normal_log_prob
 from ..layers import warn_if_uninitialized
-from ..validation import IMAGE_RANGE, as_size, check_ints, check_model_input, check_number  # noqa: F401  (re-exported until detectors imports invflow.validation)
+from ..validation import IMAGE_RANGE, check_model_input, check_number
 from .memory import memory_free_applies
 
 

@@ -1,5 +1,7 @@
 """The experiments of the papers, run on the detectors of this package.
 
+* :mod:`.config` -- :class:`RunConfig`, the settings of a run (``DemoConfig`` and
+  ``ReproduceConfig``: the same with the demo's and the experiments' defaults);
 * :mod:`.runs` -- the pieces the runs share: training with resume, the detector sets of the
   papers built from trained models, feature-space detectors and flows, the zoo models;
 * :mod:`.protocols` -- dataset vs dataset and one-vs-rest evaluation;
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import importlib
 import warnings
+
+from .config import DemoConfig, ReproduceConfig, RunConfig
 
 _MOVED_TO_RUNS = (
     "Memoized",
@@ -44,4 +48,15 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["analysis", "demo", "ood_suite", "protocols", "reproduce", "runs"]
+__all__ = [
+    "RunConfig",
+    "DemoConfig",
+    "ReproduceConfig",
+    "analysis",
+    "config",
+    "demo",
+    "ood_suite",
+    "protocols",
+    "reproduce",
+    "runs",
+]

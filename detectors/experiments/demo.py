@@ -34,8 +34,8 @@ import invflow
 
 from .. import objectives
 from ..data import broaden, load_fashion_mnist, load_mnist_5k, natural_patches
-from ..features import CachedFeatures, EfficientNetLite0
 from ..data.photos import photo_patches
+from ..features import CachedFeatures, EfficientNetLite0
 from ..report import format_table, write_report
 from ..scores import PCA
 from . import analysis

@@ -6,7 +6,8 @@
     >>> detectors.zoo.card("fmnist-glow")["heldout_bpd"]
 
 Each card (``detectors/zoo/cards/NAME.json``) gives the training data, the exact command
-(``python -m detectors.zoo.train NAME``), steps / epochs, wall time on the machine that trained
+(``python -m detectors zoo NAME``; cards written before say ``python -m detectors.zoo.train NAME``,
+which runs the same), steps / epochs, wall time on the machine that trained
 it, the held-out bits/dim and the commit.  Recipes: ``detectors.zoo.recipes``.
 """
 

@@ -191,7 +191,7 @@ def export(name: str, root: str, status: str) -> dict:
             "wall_s": float(row["wall_s"]),
             "machine": "2 shared CPU cores, 1 torch thread, nice 19 (other jobs running)",
         },
-        "command": f"python -m detectors.zoo.train {name} --root {root}  (resumable; then --export)",
+        "command": f"python -m detectors zoo {name} --root {root}  (resumable; then --export)",
         "heldout_bpd": round(heldout_bpd(model, held), 5),
         "check": {"n": CHECK_N, "bpd": heldout_bpd(model, held[:CHECK_N])},
         "heldout_curve": [[int(r["step"]), float(r["heldout_bpd"])] for r in rows],

@@ -13,96 +13,90 @@ Environment: K (steps per scale, 4), HID (st-net width, 64), B (batch, 16), R (r
 MODE (train | penalty).
 """
 
+from __future__ import annotations
+
 import copy
 import os
-import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import harness  # puts the repository root on sys.path
 import torch
 
 import invflow
 import invflow.models.glow as glow_mod
 from invflow import nets
-from invflow.data import preprocess
 
-torch.set_num_threads(1)
-K = int(os.environ.get("K", "4"))
-H = int(os.environ.get("HID", "64"))
-B = int(os.environ.get("B", "16"))
-torch.manual_seed(0)
-base = invflow.Glow(3, 32, levels=3, steps=K, hidden=H)
-g = torch.Generator().manual_seed(0)
-x = preprocess(
-    torch.randint(0, 256, (B, 3, 32, 32), dtype=torch.uint8, generator=g), dequantize=True, generator=g
-)
-with torch.no_grad(), invflow.backend("reference"):
-    base.train()
-    base(x)
 NEW_SCALE, NEW_FOLD = glow_mod.fused_glow_scale, nets.GlowNet._fold_structure
+# row -> (backend, the channels-last Glow scale and the folded GlowNet switched on)
+CONFIGS = {"eager": ("reference", True), "fused-before": ("fused", False), "fused-now": ("fused", True)}
 
 
-def set_paths(on):
+def set_paths(on: bool) -> None:
+    """Switches the fused model path's two optimisations on (as shipped) or off."""
     glow_mod.fused_glow_scale = NEW_SCALE if on else (lambda *a: None)
     nets.GlowNet._fold_structure = NEW_FOLD if on else (lambda self: None)
 
 
-cfgs = {"eager": ("reference", True), "fused-before": ("fused", False), "fused-now": ("fused", True)}
-from detectors.objectives import approx_mass_penalty  # noqa: E402
+class LogProb:
+    """``approx_mass_penalty`` calls ``model.log_prob(x)``."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def log_prob(self, x):
+        return self.model(x).log_prob
 
 
-class LP:
-    def __init__(s, m):
-        s.m = m
+def main() -> int:
+    from detectors.objectives import approx_mass_penalty
 
-    def log_prob(s, x):
-        return s.m(x).log_prob
+    torch.set_num_threads(1)
+    k = int(os.environ.get("K", "4"))
+    hidden = int(os.environ.get("HID", "64"))
+    batch = int(os.environ.get("B", "16"))
+    repeats = int(os.environ.get("R", "20"))
+    mode = os.environ.get("MODE", "train")
+    base, x = harness.glow_model(32, 3, k, hidden, batch)
+
+    fns = {}
+    for name, (be, on) in CONFIGS.items():
+        m = copy.deepcopy(base).train()
+        opt = harness.trainer_optimizer(m.parameters())
+
+        def f(m=m, opt=opt, be=be, on=on):
+            set_paths(on)
+            opt.zero_grad(set_to_none=True)
+            with invflow.backend(be):
+                loss = -m(x).log_prob.mean() if mode == "train" else approx_mass_penalty(LogProb(m), x)
+            loss.backward()
+            if mode == "train":
+                opt.step()
+
+        fns[name] = f
+    with torch.no_grad():
+        lps = {}
+        for name, (be, on) in CONFIGS.items():
+            set_paths(on)
+            with invflow.backend(be):
+                lps[name] = base(x).log_prob
+        print(
+            "log p max rel diff vs eager:",
+            {n: float((lps[n] - lps["eager"]).abs().max() / lps["eager"].abs().max()) for n in lps},
+        )
+    samples = harness.rounds(fns, repeats, warmup=2, clock=time.process_time)
+    for s in samples.values():
+        if isinstance(s, Exception):
+            raise s
+    e = harness.median_iqr(samples["eager"], method="exclusive")[0]
+    for n, ts in samples.items():
+        med, iqr = harness.median_iqr(ts, method="exclusive")
+        print(
+            f"{mode} K={k} hidden={hidden} B={batch}: {n:14s} median {1e3 * med:8.2f} ms  "
+            f"IQR {1e3 * iqr:6.2f}  min {1e3 * min(ts):8.2f}  vs eager {e / med:.3f}x"
+        )
+    return 0
 
 
-fns = {}
-mode = os.environ.get("MODE", "train")
-for name, (be, on) in cfgs.items():
-    m = copy.deepcopy(base).train()
-    opt = torch.optim.Adamax(m.parameters(), lr=5e-4, weight_decay=5e-5, foreach=True)
-
-    def f(m=m, opt=opt, be=be, on=on):
-        set_paths(on)
-        opt.zero_grad(set_to_none=True)
-        with invflow.backend(be):
-            loss = -m(x).log_prob.mean() if mode == "train" else approx_mass_penalty(LP(m), x)
-        loss.backward()
-        if mode == "train":
-            opt.step()
-
-    fns[name] = f
-with torch.no_grad():
-    lps = {}
-    for name, (be, on) in cfgs.items():
-        set_paths(on)
-        with invflow.backend(be):
-            lps[name] = base(x).log_prob
-    print(
-        "log p max rel diff vs eager:",
-        {n: float((lps[n] - lps["eager"]).abs().max() / lps["eager"].abs().max()) for n in lps},
-    )
-for f in fns.values():
-    f()
-    f()
-ts = {n: [] for n in fns}
-names = list(fns)
-R = int(os.environ.get("R", "20"))
-for r in range(R):
-    k = r % len(names)
-    for n in names[k:] + names[:k]:
-        t0 = time.process_time()
-        fns[n]()
-        ts[n].append(time.process_time() - t0)
-e = statistics.median(ts["eager"])
-for n in names:
-    med = statistics.median(ts[n])
-    q = statistics.quantiles(ts[n], n=4) if len(ts[n]) > 1 else [med, med, med]
-    print(
-        f"{mode} K={K} hidden={H} B={B}: {n:14s} median {1e3 * med:8.2f} ms  IQR {1e3 * (q[2] - q[0]):6.2f}  min {1e3 * min(ts[n]):8.2f}  vs eager {e / med:.3f}x"
-    )
+if __name__ == "__main__":
+    sys.exit(main())

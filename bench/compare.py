@@ -26,19 +26,20 @@ Cases (see BENCHMARKS.md for what each measures and the matching caveats):
                with and without Glow(memory_free=True), K=32
   bandwidth    effective bandwidth of the elementwise kernels against a measured copy
 
-Timing: warm-up calls, then ``repeats`` rounds in which the implementations of a case run
-round-robin (the starting implementation rotates every round) so machine noise is spread
-over all of them; every sample is timed with ``time.perf_counter`` around a synchronised
-call (``torch.cuda.synchronize()`` on GPU), repeated ``inner`` times when one call is
-shorter than the mode's target sample time.  Reported: median and inter-quartile range
-(p75 - p25) per call, and ``vs eager`` = median(invflow-eager) / median(row) (> 1: faster
-than the eager reference; for memory rows the same ratio of bytes).
+Timing (``harness.rounds``): warm-up calls, then ``repeats`` rounds in which the
+implementations of a case run round-robin (the starting implementation rotates every round)
+so machine noise is spread over all of them; every sample is timed with
+``time.perf_counter`` around a synchronised call (``torch.cuda.synchronize()`` on GPU),
+repeated ``inner`` times when one call is shorter than the mode's target sample time.
+Reported: median and inter-quartile range (p75 - p25) per call, and ``vs eager`` =
+median(invflow-eager) / median(row) (> 1: faster than the eager reference; for memory rows
+the same ratio of bytes).
 
 ``--quick`` (< 5 min on 2 CPU cores) uses fewer repeats and smaller shapes, ``--smoke``
 (seconds) tiny shapes, one repeat and torch.compile(backend="aot_eager"); both are for
 checking that everything runs, not for numbers.  ``--json PATH`` writes one record per row.
-FrEIA and normflows are optional (``pip install -e .[bench]``); a missing one prints
-"not installed" in its rows.
+FrEIA and normflows are optional (``pip install -e .[bench]``; their adapters are in
+peers.py); a missing one prints "not installed" in its rows.
 """
 
 from __future__ import annotations
@@ -48,9 +49,6 @@ import contextlib
 import copy
 import json
 import logging
-import math
-import os
-import platform
 import sys
 import time
 import traceback
@@ -59,30 +57,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+import harness  # puts the repository root on sys.path
+import peers
 import torch
+from harness import allocator_line, commit_hash, init_actnorm, machine, rounds, summarise
+from peers import FREIA, FREIA_AIO, NORMFLOWS
 from torch import nn
-from torch.nn import functional as F
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-import invflow  # noqa: E402
-from invflow import masks  # noqa: E402
-from invflow.data import preprocess, standard_normal_log_prob  # noqa: E402
+import invflow
+from invflow.data import standard_normal_log_prob
 
 CASES = ("step", "model", "model_paper_size", "approx_mass", "memory", "bandwidth")
 FUSED, EAGER, COMPILE = "invflow-fused", "invflow-eager", "torch.compile(reference)"
 COMPILE_FUSED = "torch.compile(fused)"
 COMPILED = (COMPILE, COMPILE_FUSED)
-FREIA, FREIA_AIO, NORMFLOWS = "FrEIA", "FrEIA-AllInOne", "normflows"
-PIP = {
-    FREIA: "pip install FrEIA, or pip install -e .[bench]",
-    FREIA_AIO: "pip install FrEIA, or pip install -e .[bench]",
-    NORMFLOWS: "pip install normflows, or pip install -e .[bench]",
-}
-ALLOCATOR_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD", "PYTORCH_CUDA_ALLOC_CONF")
 
 
 # ------------------------------------------------------------------------------- configs
@@ -183,11 +171,6 @@ def make_config(mode: str, device: str) -> Config:
 
 
 # ------------------------------------------------------------------------------ helpers
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def n_params(module: nn.Module | None) -> int | None:
     if module is None:
         return None
@@ -199,104 +182,13 @@ def short(exc: BaseException, limit: int = 160) -> str:
     return msg if len(msg) <= limit else msg[: limit - 3] + "..."
 
 
-def peer_versions() -> dict:
-    out = {}
-    for name, mod in (("FrEIA", "FrEIA"), ("normflows", "normflows")):
-        try:
-            from importlib.metadata import version
-
-            __import__(mod)
-            out[name] = version(name)
-        except Exception:  # noqa: BLE001 - any failure means "not usable"
-            out[name] = None
-    return out
-
-
-def commit_hash() -> str | None:
-    """HEAD's commit read from .git (no git process): handles worktrees and packed refs."""
-    try:
-        git = REPO / ".git"
-        if git.is_file():
-            git = (REPO / git.read_text().split("gitdir:", 1)[1].strip()).resolve()
-        head = (git / "HEAD").read_text().strip()
-        if not head.startswith("ref:"):
-            return head
-        ref = head.split(":", 1)[1].strip()
-        common = git
-        if (git / "commondir").exists():
-            common = (git / (git / "commondir").read_text().strip()).resolve()
-        for base in (git, common):
-            if (base / ref).exists():
-                return (base / ref).read_text().strip()
-        for base in (git, common):
-            packed = base / "packed-refs"
-            if packed.exists():
-                for line in packed.read_text().splitlines():
-                    if line.endswith(" " + ref):
-                        return line.split()[0]
-    except Exception:  # noqa: BLE001
-        pass
-    return None
-
-
-def machine(device: str) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    desc = f"{cpu}, {os.cpu_count()} cpus"
-    if device == "cuda":
-        desc += f", {torch.cuda.get_device_name()}"
-    return desc
-
-
-def allocator_settings() -> dict:
-    return {k: os.environ.get(k, "<unset>") for k in ALLOCATOR_ENV}
-
-
 # ------------------------------------------------------------------------------ timing
-def time_call(fn: Callable, device: str, inner: int = 1) -> float:
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(inner):
-        fn()
-    sync(device)
-    return (time.perf_counter() - t0) / inner
-
-
 def bench(fns: dict, cfg: Config, device: str, repeats: int | None = None, calibrate: bool = True) -> dict:
-    """Round-robin timing of callables; returns name -> (median_s, iqr_s) or an exception."""
+    """Round-robin timing of callables (:func:`harness.rounds` with the mode's warm-up, rounds
+    and target sample time); returns name -> (median_s, iqr_s) or an exception."""
     repeats = cfg.repeats if repeats is None else repeats
-    out: dict = {}
-    live = {}
-    for name, fn in fns.items():
-        try:
-            for _ in range(cfg.warmup):
-                fn()
-            sync(device)
-            live[name] = fn
-        except Exception as e:  # noqa: BLE001 - reported in the row
-            out[name] = e
-    inner = {}
-    for name, fn in live.items():
-        inner[name] = 1
-        if calibrate and cfg.target_s > 0:
-            t = time_call(fn, device)
-            inner[name] = max(1, min(10_000, math.ceil(cfg.target_s / max(t, 1e-7))))
-    samples: dict = {name: [] for name in live}
-    names = list(live)
-    for r in range(repeats):
-        k = r % max(1, len(names))
-        for name in names[k:] + names[:k]:
-            samples[name].append(time_call(live[name], device, inner[name]))
-    for name, s in samples.items():
-        a = np.asarray(s)
-        out[name] = (float(np.median(a)), float(np.percentile(a, 75) - np.percentile(a, 25)))
-    return out
+    target_s = cfg.target_s if calibrate else 0.0
+    return summarise(rounds(fns, repeats, device, warmup=cfg.warmup, target_s=target_s))
 
 
 # ------------------------------------------------------------------------ implementations
@@ -379,93 +271,11 @@ def invflow_impls(
     return rows
 
 
-def glow_log_scale(raw: torch.Tensor) -> torch.Tensor:
-    """FrEIA clamp_activation giving Glow's scale: clamp(=1) * f(raw) = log sigmoid(raw + 2)."""
-    return F.logsigmoid(raw + 2.0)
-
-
-def _copy_invconv_to_normflows(conv: invflow.InvConv1x1, nf_conv) -> None:
-    with torch.no_grad():
-        nf_conv.P.copy_(conv.perm)
-        nf_conv.L.copy_(conv.lower)
-        nf_conv.U.copy_(conv.upper)
-        nf_conv.log_S.copy_(conv.log_s)
-        nf_conv.sign_S.copy_(conv.sign_s)
-
-
-def _copy_actnorm_to_normflows_inverse(an: invflow.ActNorm, nf_an) -> None:
-    """normflows' ActNorm runs backwards in the data direction: x -> (x - t) * exp(-s)."""
-    with torch.no_grad():
-        nf_an.s.copy_(-an.log_scale.view_as(nf_an.s))
-        nf_an.t.copy_(-an.bias.view_as(nf_an.t))
-        nf_an.data_dep_init_done.fill_(1.0)
-
-
-def _copy_glownet_to_normflows(net: nn.Module, param_map) -> None:
-    """invflow GlowNet -> normflows ConvNet2d: the three convs (the last is zero-initialised in
-    both; invflow's ZeroConv2d ``logs`` has no normflows counterpart and is 0 = scale 1) and
-    the hidden ActNorm2d layers (net_actnorm=True)."""
-    from invflow.nets import ActNorm2d
-
-    src_convs = [m for m in net if isinstance(m, nn.Conv2d)]
-    dst_convs = [m for m in param_map.net if isinstance(m, nn.Conv2d)]
-    src_an = [m for m in net if isinstance(m, ActNorm2d)]
-    dst_an = [m for m in param_map.net if type(m).__name__ == "ActNorm"]
-    assert len(src_convs) == len(dst_convs) == 3 and len(src_an) == len(dst_an)
-    with torch.no_grad():
-        for s, d in zip(src_convs, dst_convs):
-            d.weight.copy_(s.weight)
-            if d.bias is not None:
-                d.bias.copy_(s.bias if s.bias is not None else torch.zeros_like(d.bias))
-        for s, d in zip(src_an, dst_an):  # ActNorm2d: (x + b) e^logs = x e^s + t
-            d.actNorm.s.copy_(s.logs.view_as(d.actNorm.s))
-            d.actNorm.t.copy_((s.bias * torch.exp(s.logs)).view_as(d.actNorm.t))
-            d.actNorm.data_dep_init_done.fill_(1.0)
-
-
-def _freia_actnorm(mod, bias: torch.Tensor, log_scale: torch.Tensor) -> None:
-    """FrEIA ActNorm computes x e^scale + bias; invflow's (x + b) e^log_s."""
-    with torch.no_grad():
-        mod.scale.copy_(log_scale.view_as(mod.scale))
-        mod.bias.copy_((bias * torch.exp(log_scale)).view_as(mod.bias))
-    mod.init_on_next_batch = False
-
-
-def _nf_glow_block(channels: int, hidden: int, parity: int, net_actnorm: bool):
-    import normflows as nf
-
-    return nf.flows.GlowBlock(
-        channels,
-        hidden,
-        scale=True,
-        scale_map="sigmoid",
-        split_mode="channel" if parity == 0 else "channel_inv",
-        leaky=0.0,
-        init_zeros=True,
-        use_lu=True,
-        net_actnorm=net_actnorm,
-    )
-
-
-def _nf_copy_step(step: invflow.Sequential, block) -> None:
-    an, conv, cp = step.flows
-    coupling_block, nf_conv, nf_an = block.flows
-    _copy_actnorm_to_normflows_inverse(an, nf_an)
-    _copy_invconv_to_normflows(conv, nf_conv)
-    _copy_glownet_to_normflows(cp.net, coupling_block.flows[1].param_map)
-
-
-def _parity(cp: invflow.AffineCoupling) -> int:
-    return 0 if cp.split[0].start == 0 else 1
-
-
 def peer_row(name: str, build: Callable) -> Impl:
     """Builds a peer row, or a row saying why it has no numbers."""
-    mod = {FREIA: "FrEIA", FREIA_AIO: "FrEIA", NORMFLOWS: "normflows"}[name]
-    try:
-        __import__(mod)
-    except ImportError:
-        return Impl(name, missing=f"not installed ({PIP[name]})")
+    why = peers.missing(name)
+    if why is not None:
+        return Impl(name, missing=why)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -499,82 +309,25 @@ def compile_whole(cfg: Config, backend: str = "reference") -> Callable:
 
 def build_step(cfg: Config, device: str):
     b, c, s, hidden = cfg.step
-    torch.manual_seed(0)
-    base = invflow.Sequential(
-        invflow.ActNorm(c),
-        invflow.InvConv1x1(c, lu=True),
-        invflow.AffineCoupling(c, masks.Channel(0), hidden=hidden),
-    ).to(device)
+    base = harness.glow_step(c, hidden).to(device)
     x = torch.randn(b, c, s, s, device=device)
-    with torch.no_grad(), invflow.backend("reference"):
-        base.train()
-        base(x)  # ActNorm's data-dependent initialisation
+    init_actnorm(base, x)
     base.eval()
     rows = invflow_impls(base, step_log_prob, compile_whole(cfg), cfg, compile_whole(cfg, "fused"))
-    an, conv, cp = base.flows
 
     def freia():
-        import FrEIA.framework as Ff
-        import FrEIA.modules as Fm
-
-        inn = Ff.SequenceINN(c, s, s)
-        inn.append(Fm.ActNorm)
-        w = conv.weight_and_logdet()[0].detach()
-        inn.append(Fm.Fixed1x1Conv, M=w.t().cpu().clone())  # conv2d with M^T: y = W x
-        net = copy.deepcopy(cp.net)
-        inn.append(
-            Fm.AffineCouplingOneSided,
-            subnet_constructor=lambda cin, cout: net,
-            clamp=1.0,
-            clamp_activation=glow_log_scale,
-            split_len=cp.split[0].stop,
-        )
-        inn = inn.to(device).eval()
-        _freia_actnorm(inn.module_list[0], an.bias, an.log_scale)
-
-        def log_prob(x):
-            z, jac = inn(x)
-            return standard_normal_log_prob(z) + jac
-
+        inn, log_prob = peers.freia_step(base, c, s, device)
         return Impl(FREIA, inn, log_prob, reference_ctx, note="1x1 conv fixed (Fixed1x1Conv)")
 
     def freia_aio():
-        import FrEIA.framework as Ff
-        import FrEIA.modules as Fm
-
-        inn = Ff.SequenceINN(c, s, s)
-        inn.append(
-            Fm.AllInOneBlock,
-            affine_clamping=2.0,
-            permute_soft=False,
-            subnet_constructor=lambda cin, cout: invflow.nets.GlowNet(cin, cout, hidden),
-        )
-        inn = inn.to(device).eval()
-
-        def log_prob(x):
-            z, jac = inn(x)
-            return standard_normal_log_prob(z) + jac
-
-        return Impl(
-            FREIA_AIO,
-            inn,
-            log_prob,
-            reference_ctx,
-            note="own maths: tanh clamp, softplus global affine, hard permutation",
-        )
+        inn, log_prob = peers.freia_allinone_step(c, s, hidden, device)
+        note = "own maths: tanh clamp, softplus global affine, hard permutation"
+        return Impl(FREIA_AIO, inn, log_prob, reference_ctx, note=note)
 
     def normflows():
-        block = _nf_glow_block(c, hidden, 0, net_actnorm=False).to(device)
-        _nf_copy_step(base, block)
-        block.eval()
-
-        def log_prob(x):
-            z, logdet = block.inverse(x)  # normflows flows run data -> latent in .inverse
-            return standard_normal_log_prob(z) + logdet
-
-        return Impl(
-            NORMFLOWS, block, log_prob, reference_ctx, note="shift before scale; no logs in last conv"
-        )
+        block, log_prob = peers.normflows_step(base, c, hidden, device)
+        note = "shift before scale; no logs in last conv"
+        return Impl(NORMFLOWS, block, log_prob, reference_ctx, note=note)
 
     rows += [peer_row(FREIA, freia), peer_row(FREIA_AIO, freia_aio), peer_row(NORMFLOWS, normflows)]
     x.requires_grad_(True)
@@ -636,13 +389,6 @@ def run_step(cfg, device, out):
 _MODEL_CACHE: dict = {}
 
 
-def model_input(gcfg: dict, device: str) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    s = gcfg["image"]
-    raw = torch.randint(0, 256, (gcfg["batch"], 3, s, s), dtype=torch.uint8, generator=g)
-    return preprocess(raw, dequantize=True, generator=g).to(device)
-
-
 def model_log_prob(model: nn.Module) -> Callable:
     return lambda x: model(x).log_prob
 
@@ -685,113 +431,13 @@ def actnorm_eval(model: nn.Module) -> None:
             m.eval()
 
 
-def freia_glow(model: invflow.Glow, device: str):
-    """FrEIA GraphINN equal to ``model`` (same weights).  FrEIA's one-sided coupling always
-    conditions on the first half; a parity-1 invflow step (conditions on the second half)
-    is emulated exactly by folding the half swap S into the fixed 1x1 matrix (S W) and the
-    next layer's parameters, so no extra op runs."""
-    import FrEIA.framework as Ff
-    import FrEIA.modules as Fm
-
-    c, s = model.input_shape[0], model.input_shape[1]
-    nodes = [Ff.InputNode(c, s, s, name="x")]
-    node = nodes[0]
-    outs, pending = [], []
-    for j, scale in enumerate(model.scales):
-        node = Ff.Node(node, Fm.IRevNetDownsampling, {})  # same channel order as invflow.Squeeze
-        nodes.append(node)
-        c *= 4
-        assert c % 2 == 0
-        idx = torch.cat([torch.arange(c // 2, c), torch.arange(0, c // 2)])
-        swap = torch.eye(c)[idx]  # swap @ v = [v2, v1]
-        swapped = False
-        for step in scale.flows:
-            an, conv, cp = step.flows
-            bias, log_scale = an.bias.detach().cpu(), an.log_scale.detach().cpu()
-            if swapped:
-                bias, log_scale = bias[idx], log_scale[idx]
-            w = conv.weight_and_logdet()[0].detach().cpu()
-            parity = _parity(cp)
-            m = (swap if parity else torch.eye(c)) @ w @ (swap if swapped else torch.eye(c))
-            an_node = Ff.Node(node, Fm.ActNorm, {})
-            conv_node = Ff.Node(an_node, Fm.Fixed1x1Conv, {"M": m.t().contiguous()})
-            net = copy.deepcopy(cp.net)
-            node = Ff.Node(
-                conv_node,
-                Fm.AffineCouplingOneSided,
-                {
-                    "subnet_constructor": (lambda n: lambda cin, cout: n)(net),
-                    "clamp": 1.0,
-                    "clamp_activation": glow_log_scale,
-                    "split_len": c // 2,
-                },
-            )
-            nodes += [an_node, conv_node, node]
-            pending.append((an_node, bias, log_scale))
-            swapped = parity == 1
-        if j < len(model.scales) - 1:
-            split = Ff.Node(node, Fm.Split, {"n_sections": 2, "dim": 0})
-            nodes.append(split)
-            latent, keep = (0, 1) if swapped else (1, 0)
-            outs.append(Ff.OutputNode((split, latent)))
-            node = (split, keep)
-            c //= 2
-        else:
-            outs.append(Ff.OutputNode(node))
-    inn = Ff.GraphINN(nodes + outs, force_tuple_output=True)
-    for an_node, bias, log_scale in pending:
-        _freia_actnorm(an_node.module, bias, log_scale)
-    inn = inn.to(device)
-
-    def log_prob(x):
-        zs, jac = inn(x)
-        return sum(standard_normal_log_prob(z) for z in zs) + jac
-
-    return inn, log_prob
-
-
-def normflows_glow(model: invflow.Glow, device: str):
-    """normflows MultiscaleFlow equal to ``model`` (same weights): per level a list
-    [GlowBlock_{K-1}, ..., GlowBlock_0, Squeeze] (normflows lists flows in the sampling
-    direction), channel Merge between levels, fixed standard-normal DiagGaussian priors."""
-    import normflows as nf
-
-    c_in, s = model.input_shape[0], model.input_shape[1]
-    levels = len(model.scales)
-    q0, flows, merges = [], [], []
-    for i in range(levels):  # normflows level 0 is the coarsest
-        j = levels - 1 - i
-        c = c_in * 2 ** (j + 2)
-        blocks = []
-        for step in model.scales[j].flows:
-            cp = step.flows[2]
-            block = _nf_glow_block(c, model.config()["hidden"], _parity(cp), net_actnorm=True)
-            _nf_copy_step(step, block)
-            blocks.append(block)
-        flows.append(list(reversed(blocks)) + [nf.flows.Squeeze()])
-        side = s // 2 ** (j + 1)
-        shape = (c, side, side) if j == levels - 1 else (c // 2, side, side)
-        q0.append(nf.distributions.DiagGaussian(shape, trainable=False))
-        if i > 0:
-            merges.append(nf.flows.Merge())
-    nfm = nf.MultiscaleFlow(q0, flows, merges, class_cond=False).to(device)
-    return nfm, lambda x: nfm.log_prob(x, None)
-
-
 def build_model_rows(
     gcfg: dict, cfg: Config, device: str, with_compile: bool = True, compile_fused: bool = True
 ):
     key = (tuple(sorted(gcfg.items())), device, with_compile, compile_fused)
     if key in _MODEL_CACHE:
         return _MODEL_CACHE[key]
-    torch.manual_seed(0)
-    base = invflow.Glow(
-        3, gcfg["image"], levels=gcfg["levels"], steps=gcfg["steps"], hidden=gcfg["hidden"]
-    ).to(device)
-    x = model_input(gcfg, device)
-    with torch.no_grad(), invflow.backend("reference"):
-        base.train()
-        base(x)  # data-dependent init of every ActNorm / ActNorm2d
+    base, x = harness.glow_model(**gcfg, device=device)
     comp = compile_regional(cfg.compile_backend) if with_compile else None
     comp_fused = compile_model_fused(cfg.compile_backend) if with_compile and compile_fused else None
     rows = invflow_impls(base, model_log_prob, comp, cfg, comp_fused)
@@ -810,11 +456,11 @@ def build_model_rows(
             r.note = f"backend={cfg.compile_backend}, whole model (Glow._forward), fullgraph"
 
     def freia():
-        inn, lp = freia_glow(base, device)
+        inn, lp = peers.freia_glow(base, device)
         return Impl(FREIA, inn, lp, reference_ctx, note="GraphINN; 1x1 conv fixed (Fixed1x1Conv)")
 
     def normflows():
-        nfm, lp = normflows_glow(base, device)
+        nfm, lp = peers.normflows_glow(base, device)
         return Impl(NORMFLOWS, nfm, lp, reference_ctx, note="MultiscaleFlow; shift before scale")
 
     rows += [peer_row(FREIA, freia), peer_row(NORMFLOWS, normflows)]
@@ -845,13 +491,7 @@ def graph_breaks() -> int:
 def run_model(cfg, device, out, g=None, case="model", repeats=None, compile_fused=True):
     g = cfg.model if g is None else g
     rows, x, _ = build_model_rows(g, cfg, device, compile_fused=compile_fused)
-    opts = {
-        r.name: torch.optim.Adamax(
-            r.module.parameters(), lr=5e-4, weight_decay=5e-5, foreach=True
-        )  # Trainer's
-        for r in rows
-        if r.ok
-    }
+    opts = {r.name: harness.trainer_optimizer(r.module.parameters()) for r in rows if r.ok}
 
     def train_step(r):
         opt = opts[r.name]
@@ -973,10 +613,7 @@ def compile_double_backward_status() -> str:
     """Whether torch.compile can double-backward, tried once on a tiny Glow step compiled with
     backend aot_eager (the aot_autograd path that inductor uses too, without code generation;
     donated buffers off so that the error is aot_autograd's own)."""
-    torch.manual_seed(0)
-    step = invflow.Sequential(
-        invflow.ActNorm(4), invflow.InvConv1x1(4), invflow.AffineCoupling(4, masks.Channel(0), hidden=4)
-    ).eval()
+    step = harness.glow_step(4, 4).eval()
     x = torch.randn(2, 4, 4, 4, requires_grad=True)
     lp = step_log_prob(step)
 
@@ -1156,14 +793,8 @@ def run_bandwidth(cfg, device, out):
     from invflow.ops import reference as ref
 
     shape = cfg.bandwidth
-    g = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(shape, device=device, generator=g)
-    h = 0.5 * torch.randn((shape[0], 2 * shape[1]) + tuple(shape[2:]), device=device, generator=g)
-    gy = torch.randn(shape, device=device, generator=g)
-    gl = torch.randn(shape[0], device=device, generator=g)
-    b = torch.randn(shape[1], device=device, generator=g)
-    ls = 0.1 * torch.randn(shape[1], device=device, generator=g)
-    dst = torch.empty_like(x)
+    data = harness.bandwidth_inputs(shape, device)
+    x, h, gy, gl, b, ls = (data[k] for k in ("x", "h", "gy", "gl", "b", "ls"))
     numel = x.numel()
 
     def eager_backward(forward, *inputs):
@@ -1171,43 +802,21 @@ def run_bandwidth(cfg, device, out):
         y, logdet = forward(*leaves)
         return lambda: torch.autograd.grad((y, logdet), leaves, (gy, gl), retain_graph=True)
 
-    op = torch.ops.invflow if invflow.fused_available() else None
-
     def coupling_ref(a, hh):
         return ref.coupling_forward(a, hh, None, "sigmoid", 2.0)
 
-    def coupling_fused_bwd():
-        return op.coupling_backward(gy, gl, x, h, None, "sigmoid", 2.0)
-
-    # op -> (tensors moved: every input read once and every output written once, {impl: fn})
-    ops = {
-        "copy": (2, {"torch copy_": lambda: dst.copy_(x)}),
-        "actnorm_forward": (
-            2,
-            {
-                FUSED: op and (lambda: op.actnorm_forward(x, b, ls)),
-                EAGER: lambda: ref.actnorm_forward(x, b, ls),
-            },
-        ),
-        "actnorm_backward": (
-            3,
-            {
-                FUSED: op and (lambda: op.actnorm_backward(gy, gl, x, b, ls)),
-                EAGER: eager_backward(ref.actnorm_forward, x, b, ls),
-            },
-        ),
-        "coupling_forward": (
-            4,
-            {
-                FUSED: op and (lambda: op.coupling_forward(x, h, None, "sigmoid", 2.0)),
-                EAGER: lambda: coupling_ref(x, h),
-            },
-        ),
-        "coupling_backward": (
-            7,
-            {FUSED: op and coupling_fused_bwd, EAGER: eager_backward(coupling_ref, x, h)},
-        ),
+    calls = harness.bandwidth_calls(data)
+    fused = calls if invflow.fused_available() else {}
+    eager = {
+        "actnorm_forward": lambda: ref.actnorm_forward(x, b, ls),
+        "actnorm_backward": eager_backward(ref.actnorm_forward, x, b, ls),
+        "coupling_forward": lambda: coupling_ref(x, h),
+        "coupling_backward": eager_backward(coupling_ref, x, h),
     }
+    # op -> (tensors moved: every input read once and every output written once, {impl: fn})
+    ops = {"copy": (harness.BANDWIDTH_TENSORS["copy"], {"torch copy_": calls["copy"]})}
+    for name, fn in eager.items():
+        ops[name] = (harness.BANDWIDTH_TENSORS[name], {FUSED: fused.get(name), EAGER: fn})
     fns = {
         (name, impl): fn for name, (_, impls) in ops.items() for impl, fn in impls.items() if fn is not None
     }
@@ -1376,18 +985,18 @@ def main(argv=None) -> int:
         cfg.compile_backend = args.compile_backend
     if args.paper_size_compile_fused:
         cfg.paper_size_compile_fused = True
-    peers = peer_versions()
+    versions = peers.versions()
     meta = dict(torch=torch.__version__, commit=commit_hash(), machine=machine(args.device))
     print(
         f"invflow compare: mode={mode} device={args.device} torch {meta['torch']} "
         f"threads={torch.get_num_threads()} commit={meta['commit'] or '?'}"
     )
     print(f"machine: {meta['machine']}")
-    print("allocator: " + ", ".join(f"{k}={v}" for k, v in allocator_settings().items()))
+    print("allocator: " + allocator_line())
     print(
         f"fused extension: {invflow.fused_available()}; "
         f"torch.compile backend: {cfg.compile_backend}; peers: "
-        + ", ".join(f"{k} {v or 'not installed'}" for k, v in peers.items())
+        + ", ".join(f"{k} {v or 'not installed'}" for k, v in versions.items())
     )
     print(
         f"timing: {cfg.warmup} warm-up + {cfg.repeats} round-robin rounds per case "

@@ -6,7 +6,7 @@ side by side in one process, aggregated into categories.
     python bench/profile_step.py --threads 1 --steps 10 --json bench/profile-cpu.json
     python bench/profile_step.py --smoke                    # seconds: batch 4, 1 step (tests)
 
-The step is the one of ``bench/test_bench_glow_step.py`` (``make_layer("glow_step")``:
+The step is the one of ``bench/test_bench_glow_step.py`` (``harness.make_layer("glow_step")``:
 ActNorm -> InvConv1x1 (LU) -> AffineCoupling(Channel mask, GlowNet st-net: 3x3 conv -> ReLU ->
 1x1 conv -> ReLU -> ZeroConv2d)), x [64, 12, 16, 16] float32 on CPU, requires grad, loss
 -(log N(z) + logdet).mean(), then ``loss.backward()`` (gradients accumulate, no optimizer,
@@ -108,20 +108,13 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import harness  # puts the repository root on sys.path
 import torch
+from harness import SHAPE, allocator_line, commit_hash, machine, make_layer, median_iqr, rotated, step_nll
 from torch.profiler import ProfilerActivity, profile, record_function
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-for p in (str(REPO), str(BENCH)):
-    if p not in sys.path:
-        sys.path.insert(0, p)
-
-from compare import allocator_settings, commit_hash, machine  # noqa: E402
-from test_bench_glow_step import SHAPE, make_layer  # noqa: E402
-
-import invflow  # noqa: E402
-from invflow.data import standard_normal_log_prob  # noqa: E402
+import invflow
+from invflow.data import standard_normal_log_prob
 
 FUSED, EAGER, COMPILE = "invflow-fused", "invflow-eager", "torch.compile(reference)"
 IMPLS = (FUSED, EAGER, COMPILE)
@@ -184,8 +177,7 @@ def build(impl: str, args):
 
         def nll(x):
             with invflow.backend("reference"):
-                y, logdet = layer(x)
-            return -(standard_normal_log_prob(y) + logdet).mean()
+                return step_nll(layer, x)
 
         loss_fn = torch.compile(nll, backend=args.compile_backend)
     else:
@@ -382,6 +374,7 @@ class Runner:
         categories["untracked"] = max(0.0, total_ms - recorded_ms)
         top = sorted(self.ops.items(), key=lambda kv: -kv[1][0])[: args.top]
         conv = categories["stnet_conv"]
+        wall_ms, wall_iqr_ms = (1e3 * v for v in median_iqr(self.wall, method="exclusive"))
         return {
             "impl": self.impl,
             "backend": (
@@ -393,8 +386,8 @@ class Runner:
             ),
             "total_ms": total_ms,
             "recorded_ms": recorded_ms,
-            "unprofiled_ms": statistics.median(self.wall) * 1e3,
-            "unprofiled_iqr_ms": _iqr(self.wall) * 1e3,
+            "unprofiled_ms": wall_ms,
+            "unprofiled_iqr_ms": wall_iqr_ms,
             "unprofiled_cpu_ms": statistics.median(self.cpu) * 1e3,
             "minor_faults_per_step": int(statistics.median(self.faults)),
             "first_call_s": self.first_s,
@@ -409,13 +402,6 @@ class Runner:
             ],
             "loss": self.loss,
         }
-
-
-def _iqr(xs: list[float]) -> float:
-    if len(xs) < 2:
-        return 0.0
-    q = statistics.quantiles(xs, n=4)
-    return q[2] - q[0]
 
 
 def run(args, x: torch.Tensor) -> list[dict]:
@@ -436,7 +422,7 @@ def run(args, x: torch.Tensor) -> list[dict]:
             )
     for phase in (Runner.timed, Runner.profiled):
         for i in range(args.steps):
-            for r in runners[i % len(runners) :] + runners[: i % len(runners)]:
+            for r in rotated(runners, i):
                 phase(r, x)
     return sorted((r.record(args) for r in runners), key=lambda rec: IMPLS.index(rec["impl"]))
 
@@ -577,7 +563,7 @@ def main(argv=None) -> int:
         "machine": machine("cpu"),
         "commit": commit_hash(),
         "fused_available": invflow.fused_available(),
-        **allocator_settings(),
+        **harness.allocator_settings(),
     }
     print(
         f"invflow profile_step: Glow step forward+backward, x {header['shape']} float32 cpu, "
@@ -587,10 +573,7 @@ def main(argv=None) -> int:
         f"(layout optimisation: {header['inductor_layout_opt']}); eager st-net "
         f"{args.stnet_layout.upper()}"
     )
-    print(
-        f"machine: {header['machine']}; commit {header['commit']}; "
-        + ", ".join(f"{k}={v}" for k, v in allocator_settings().items())
-    )
+    print(f"machine: {header['machine']}; commit {header['commit']}; " + allocator_line())
     if not invflow.fused_available():
         print("fused extension not built: skipping invflow-fused")
         args.impls = [i for i in args.impls if i != FUSED]

@@ -10,45 +10,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import allocator_settings
+from harness import BANDWIDTH_TENSORS, allocator_settings, bandwidth_calls, bandwidth_inputs, sync
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 LARGE = {"cpu": (256, 12, 32, 32), "cuda": (1024, 12, 64, 64)}
-OP = torch.ops.invflow
-
-
-def sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def cases(device):
-    """name -> (callable, tensors moved); inputs are made once per case."""
-    shape = LARGE[device]
-    x = torch.randn(shape, device=device)
-    h = 0.5 * torch.randn((shape[0], 2 * shape[1]) + shape[2:], device=device)
-    gy = torch.randn_like(x)
-    gl = torch.randn(shape[0], device=device)
-    b = torch.randn(shape[1], device=device)
-    ls = 0.1 * torch.randn(shape[1], device=device)
-    out = torch.empty_like(x)
-    return {
-        "copy": (lambda: out.copy_(x), 2),
-        "actnorm_forward": (lambda: OP.actnorm_forward(x, b, ls), 2),
-        "actnorm_backward": (lambda: OP.actnorm_backward(gy, gl, x, b, ls), 3),
-        "coupling_forward": (lambda: OP.coupling_forward(x, h, None, "sigmoid", 2.0), 4),  # x, h (2x) -> y
-        "coupling_backward": (lambda: OP.coupling_backward(gy, gl, x, h, None, "sigmoid", 2.0), 7),
-    }
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize(
-    "case", ["copy", "actnorm_forward", "actnorm_backward", "coupling_forward", "coupling_backward"]
-)
+@pytest.mark.parametrize("case", list(BANDWIDTH_TENSORS))
 def test_bandwidth(benchmark, case, device):
-    fn, tensors = cases(device)[case]
     shape = LARGE[device]
-    nbytes = tensors * torch.Size(shape).numel() * 4
+    fn = bandwidth_calls(bandwidth_inputs(shape, device))[case]
+    nbytes = BANDWIDTH_TENSORS[case] * torch.Size(shape).numel() * 4
     benchmark.group = f"bandwidth [{device}]"
     benchmark.extra_info.update(
         impl=case, device=device, shape=list(shape), bytes=nbytes, **allocator_settings()

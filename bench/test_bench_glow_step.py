@@ -1,6 +1,6 @@
 """Fused kernels vs the eager PyTorch reference, side by side in one process.
 
-Cases (CPU always, CUDA when present), at the foundation issue's shape [64, 12, 16, 16]:
+Cases (CPU always, CUDA when present), at ``harness.SHAPE`` = [64, 12, 16, 16]:
 each op (actnorm, LU 1x1 conv, affine coupling) forward and forward+backward, and a Glow
 step (actnorm -> LU 1x1 -> affine coupling with a small GlowNet st-net) forward+backward
 and the double-backward step (log p plus the norm of d log p / dx, Chali et al. 2023's penalty).
@@ -23,13 +23,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch._dynamo
-from conftest import allocator_settings
+from harness import SHAPE, allocator_settings, make_layer, step_nll, sync
 
 import invflow
-from invflow import masks
 from invflow.data import standard_normal_log_prob
 
-SHAPE = (64, 12, 16, 16)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 IMPLS = ["fused", "reference"]
 FIRST_ORDER_IMPLS = IMPLS + ["compile"]  # torch.compile refuses double backward
@@ -37,45 +35,6 @@ FIRST_ORDER_IMPLS = IMPLS + ["compile"]  # torch.compile refuses double backward
 COMPILE_RTOL, COMPILE_ATOL = 1e-4, 1e-4
 # Glow-step cases run at batch 64 everywhere and also at a large batch on CUDA.
 STEP_CASES = [(d, b) for d in DEVICES for b in ([64, 1024] if d == "cuda" else [64])]
-
-
-def sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def make_layer(kind: str, device: str, hidden: int = 64) -> invflow.Flow:
-    c = SHAPE[1]
-    torch.manual_seed(0)
-    layer = {
-        "actnorm": lambda: invflow.ActNorm(c),
-        "invconv": lambda: invflow.InvConv1x1(c, lu=True),
-        "coupling": lambda: invflow.AffineCoupling(c, masks.Checkerboard(0), net=_identity_params),
-        "glow_step": lambda: invflow.Sequential(
-            invflow.ActNorm(c),
-            invflow.InvConv1x1(c),
-            invflow.AffineCoupling(c, masks.Channel(0), hidden=hidden),
-        ),
-    }[kind]()
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return layer.to(device).eval()
-
-
-class _ParamsFromInput(torch.nn.Module):
-    """A free st-net: h = [x, x] * w. Isolates the coupling's elementwise part in the op benchmark."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.full((1, 2 * channels, 1, 1), 0.1))
-
-    def forward(self, x):
-        return torch.cat([x, x], dim=1) * self.w
-
-
-def _identity_params(i, o):
-    return _ParamsFromInput(i)
 
 
 def _record(benchmark, impl, device, group, batch=SHAPE[0]):
@@ -207,8 +166,7 @@ def test_glow_step_forward_backward(benchmark, impl, device, batch):
 
     def nll(x):
         with invflow.backend(backend):
-            y, logdet = layer(x)
-        return -(standard_normal_log_prob(y) + logdet).mean()
+            return step_nll(layer, x)
 
     loss_fn = nll
     if impl == "compile":

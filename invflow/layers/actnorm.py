@@ -15,6 +15,19 @@ from ..validation import LOW_PRECISION, check_input, check_number
 from .base import Flow
 
 
+def __getattr__(name: str):
+    if name == "CONSTANT_STD":  # moved with data_init (one release)
+        warnings.warn(
+            "invflow.layers.actnorm.CONSTANT_STD is deprecated; import it from invflow.nets",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        from .. import nets
+
+        return nets.CONSTANT_STD
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 class UninitializedWarning(UserWarning):
     """A model whose data-dependent initialisation (ActNorm) never ran is being evaluated."""
 

@@ -11,6 +11,7 @@ No log-determinant is ever stored on a module.
 from __future__ import annotations
 
 import abc
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -23,6 +24,22 @@ FastPath = Callable[["Sequential", torch.Tensor], "tuple[torch.Tensor, torch.Ten
 
 # the fast paths ``Sequential.forward`` tries, in registration order (see register_fast_path)
 _FAST_PATHS: list[FastPath] = []
+
+# the checks this module re-exported before invflow.validation was public (one release)
+_MOVED = ("LOW_PRECISION", "check_input", "check_number")
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        warnings.warn(
+            f"invflow.layers.base.{name} is deprecated; import it from invflow.validation",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        from .. import validation
+
+        return getattr(validation, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Flow(nn.Module, metaclass=abc.ABCMeta):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,22 @@ from ..data import standard_normal_log_prob
 from ..layers import warn_if_uninitialized
 from ..validation import IMAGE_RANGE, check_model_input, check_number
 from .memory import memory_free_applies
+
+# the checks this module re-exported before invflow.validation was public (one release)
+_MOVED = ("as_size", "check_ints")
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        warnings.warn(
+            f"invflow.models.base.{name} is deprecated; import it from invflow.validation",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        from .. import validation
+
+        return getattr(validation, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass

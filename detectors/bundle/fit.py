@@ -1,0 +1,483 @@
+"""Fitting a bundle, in named steps: :func:`fit_bundle` reads TRAIN (:func:`read_train`),
+chooses the preprocessing policy (:func:`choose_policy`), starts or resumes the run directory
+(:func:`start_run`), splits TRAIN into a fit part and a held-out part (:func:`split_train`),
+trains the flows (:func:`train_flows`), extracts image features (:func:`extract_features`),
+trains the feature flow (:func:`train_feature_flow`), fits and calibrates every detector
+(:func:`fit_detectors`) and writes ``bundle.json`` (:func:`write_bundle`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+
+import numpy as np
+import torch
+
+from ..data.folders import ImagePolicy, describe_skipped
+from .catalogue import (
+    CATALOGUE,
+    DEFAULT_DETECTORS,
+    ENSEMBLE,
+    FEATURE_FLOW_DIM,
+    FEATURE_NEEDS,
+    FEATURE_NOISE,
+    Projection,
+    build,
+    members,
+    with_members,
+)
+from .scoring import Bundle, read_images, with_member_scores
+from .store import (
+    BUNDLE_FILE,
+    FEATURES_FILE,
+    FIT_FILE,
+    FORMAT,
+    STATE_FILE,
+    VERSION,
+    check_out,
+    read_tensors,
+    state,
+    versions,
+    write_json,
+    write_tensors,
+)
+
+
+@dataclasses.dataclass
+class FitConfig:
+    """Settings of :func:`fit_bundle` (the CLI's ``fit`` options)."""
+
+    detectors: tuple = DEFAULT_DETECTORS
+    steps: int = 300  # optimisation steps per flow (a few minutes on 2 CPU cores at 32x32)
+    batch_size: int = 32
+    lr: float = 1e-3
+    levels: int = 2  # Glow scales; the image size must be a multiple of 2**levels
+    depth: int = 4  # Glow steps per scale
+    hidden: int = 32  # st-net channels (512 in Kingma & Dhariwal: impractical on a CPU)
+    size: int | None = None  # image side; default from the data (most common size, capped at max_size)
+    max_size: int = 32
+    channels: int | None = None  # 1 grey / 3 RGB; default from the data
+    holdout: float = 0.2  # share of TRAIN held out to calibrate the thresholds
+    fpr: float = 0.05  # share of held-out in-distribution images flagged
+    feature_size: int = 96  # EfficientNet-Lite0 input side for the feature detectors
+    seed: int = 0
+    max_images: int | None = None  # a seeded random subset of TRAIN of this size (default: all)
+    progress: bool = True
+
+    def check(self) -> None:
+        unknown = [d for d in self.detectors if d not in CATALOGUE]
+        if unknown or not self.detectors:
+            raise ValueError(f"detectors: unknown {unknown}; choose from {', '.join(CATALOGUE)}")
+        for name in ("steps", "batch_size", "levels", "depth", "hidden", "max_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        if self.size is not None and (
+            not isinstance(self.size, int) or self.size < 2**self.levels or self.size % 2**self.levels
+        ):
+            raise ValueError(
+                f"size must be a positive multiple of {2**self.levels} (2**levels), got {self.size!r}"
+            )
+        if self.channels not in (None, 1, 3):
+            raise ValueError(
+                f"channels must be 1 (grey), 3 (RGB) or None (from the data), got {self.channels!r}"
+            )
+        if not 0.0 < self.holdout < 1.0:
+            raise ValueError(f"holdout must be in (0, 1), got {self.holdout!r}")
+        if not 0.0 < self.fpr < 1.0:
+            raise ValueError(f"fpr must be in (0, 1), got {self.fpr!r}")
+        if not np.isfinite(self.lr) or self.lr <= 0:
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if self.max_images is not None and (not isinstance(self.max_images, int) or self.max_images < 3):
+            raise ValueError(f"max_images must be an int >= 3 or None, got {self.max_images!r}")
+        if not isinstance(self.feature_size, int) or self.feature_size < 32:
+            raise ValueError(f"feature_size must be an int >= 32, got {self.feature_size!r}")
+
+
+def _split(n: int, holdout: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fit indices, calibration indices): a seeded permutation, ``holdout`` of it held out."""
+    n_cal = max(1, int(round(holdout * n)))
+    if n - n_cal < 2:
+        raise ValueError(
+            f"{n} images: too few to fit and hold out {holdout:.0%} for calibration "
+            "(need at least 3; 100+ recommended)"
+        )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[n_cal:].sort().values, perm[:n_cal].sort().values
+
+
+def _glow(policy: ImagePolicy, cfg: FitConfig):
+    import invflow
+
+    return invflow.Glow(policy.channels, policy.size, levels=cfg.levels, steps=cfg.depth, hidden=cfg.hidden)
+
+
+def _train_flow(
+    run_dir: str, images: torch.Tensor, policy: ImagePolicy, cfg: FitConfig, say
+) -> torch.nn.Module:
+    """Trains (or resumes, or reuses) a Glow in the Trainer run directory ``run_dir``; returns it
+    read back from its latest checkpoint, in eval mode."""
+    import invflow
+    from invflow.train import Trainer
+
+    torch.manual_seed(cfg.seed)
+    model = _glow(policy, cfg)
+    resume = os.path.isfile(os.path.join(run_dir, "latest"))
+    trainer = Trainer(
+        model,
+        images,
+        out_dir=run_dir,
+        steps=cfg.steps,
+        batch_size=min(cfg.batch_size, len(images)),
+        lr=cfg.lr,
+        warmup=max(1, min(100, cfg.steps // 5)),
+        seed=cfg.seed,
+        checkpoint_every=max(10, cfg.steps // 10),
+        progress=cfg.progress,
+        log_every=10,
+    )
+    if resume and trainer.load_latest() and trainer.step >= cfg.steps:
+        say(f"{run_dir}: reusing the trained model (step {trainer.step})")
+    else:
+        say(
+            f"training a Glow ({sum(p.numel() for p in model.parameters()):,} parameters, "
+            f"{policy.channels}x{policy.size}x{policy.size}) on {len(images)} images for {cfg.steps} steps"
+            + (f", resuming at step {trainer.step}" if resume else "")
+        )
+        trainer.step = 0  # fit(resume=True) reloads the checkpoint itself
+        trainer.fit(resume=resume)
+    return invflow.checkpoint.load(run_dir)
+
+
+def _train_vector_flow(run_dir: str, z: torch.Tensor, cfg: FitConfig, say) -> torch.nn.Module:
+    """A ``VectorFlow`` on projected features (Schmier et al. 2022's "Flow"), trained or resumed
+    in the run directory ``run_dir`` like the image flow."""
+    import invflow
+    from invflow.train import Trainer
+
+    torch.manual_seed(cfg.seed)
+    model = invflow.VectorFlow(z.shape[1], blocks=4, hidden=64)
+    resume = os.path.isfile(os.path.join(run_dir, "latest"))
+    trainer = Trainer(
+        model,
+        z,
+        out_dir=run_dir,
+        steps=cfg.steps,
+        batch_size=min(cfg.batch_size, len(z)),
+        lr=cfg.lr,
+        warmup=max(1, min(100, cfg.steps // 5)),
+        seed=cfg.seed,
+        checkpoint_every=max(10, cfg.steps // 10),
+        progress=cfg.progress,
+        log_every=10,
+    )
+    if resume and trainer.load_latest() and trainer.step >= cfg.steps:
+        say(f"{run_dir}: reusing the trained feature flow (step {trainer.step})")
+    else:
+        say(f"training a feature flow ({z.shape[1]} PCA dimensions) for {cfg.steps} steps")
+        trainer.step = 0
+        trainer.fit(resume=resume)
+    return invflow.checkpoint.load(run_dir)
+
+
+def _cached_features(out: str, images: torch.Tensor, cfg: FitConfig) -> torch.Tensor:
+    """EfficientNet-Lite0 features of ``images``, cached in ``out/features.safetensors``
+    (keyed by the images' digest and the input size) so a re-run fit skips the extraction."""
+    import hashlib
+
+    from ..features import image_features
+
+    digest = hashlib.sha1(images.numpy().tobytes()).hexdigest()
+    path = os.path.join(out, FEATURES_FILE)
+    if os.path.isfile(path):
+        tensors, meta = read_tensors(path)
+        if meta.get("digest") == digest and meta.get("feature_size") == str(cfg.feature_size):
+            return tensors["features"]
+    feats = image_features(images, cfg.feature_size, progress=cfg.progress)
+    write_tensors(path, {"features": feats}, {"digest": digest, "feature_size": str(cfg.feature_size)})
+    return feats
+
+
+# ------------------------------------------------------------------------- the steps
+@dataclasses.dataclass
+class Train:
+    """TRAIN as read: uint8 images (a batch or a list of any sizes), labels or None, its name
+    and the unreadable files skipped."""
+
+    images: object
+    labels: torch.Tensor | None
+    name: str
+    skipped: list
+
+
+def announce_members(cfg: FitConfig, say) -> tuple:
+    """The detectors to fit: ``cfg.detectors`` with each ensemble's members (``with_members``),
+    saying which members were added."""
+    for ens in (d for d in cfg.detectors if members(d)):
+        added = [m for m in members(ens) if m not in cfg.detectors]
+        if added:
+            say(f"{ens} combines {', '.join(members(ens))}: also fitting and reporting {', '.join(added)}")
+    return with_members(cfg.detectors)
+
+
+def read_train(data, cfg: FitConfig, say) -> Train:
+    """TRAIN (named sets from their training split), unreadable files reported on one line, and
+    a seeded random subset of ``cfg.max_images`` when set."""
+    raw, labels, name, skipped = read_images(data, cfg.progress, split="train")
+    if skipped:
+        say(describe_skipped(skipped))
+    if cfg.max_images is not None and len(raw) > cfg.max_images:
+        keep = torch.randperm(len(raw), generator=torch.Generator().manual_seed(cfg.seed + 1))[
+            : cfg.max_images
+        ]
+        keep = keep.sort().values
+        raw = [raw[int(i)] for i in keep] if isinstance(raw, (list, tuple)) else raw[keep]
+        labels = labels[keep] if labels is not None else None
+        say(f"{name}: using a seeded random subset of {cfg.max_images} images")
+    return Train(raw, labels, name, skipped)
+
+
+def choose_policy(train: Train, cfg: FitConfig, say) -> ImagePolicy:
+    """The resize / colour policy of the bundle: from ``cfg`` or from the data."""
+    policy = ImagePolicy.from_images(
+        train.images, cfg.size, cfg.channels, multiple=2**cfg.levels, max_size=cfg.max_size
+    )
+    say(
+        f"{train.name}: {len(train.images)} images -> {policy.channels}x{policy.size}x{policy.size} "
+        f"({'grey' if policy.channels == 1 else 'RGB'}; resize the shorter side and centre-crop)"
+    )
+    return policy
+
+
+def model_config(cfg: FitConfig) -> dict:
+    return {"class": "Glow", "levels": cfg.levels, "depth": cfg.depth, "hidden": cfg.hidden}
+
+
+def start_run(out: str, train: Train, policy: ImagePolicy, cfg: FitConfig, command) -> None:
+    """Refuses an ``out`` holding something else or a fit with other settings, then writes
+    ``fit.json`` (the settings a re-run must match to resume)."""
+    settings = {
+        "data": str(train.name),
+        "n_images": len(train.images),
+        "max_images": cfg.max_images,
+        "preprocessing": policy.to_json(),
+        "model": model_config(cfg),
+        "holdout": cfg.holdout,
+        "seed": cfg.seed,
+    }
+    check_out(out, settings)
+    os.makedirs(out, exist_ok=True)
+    write_json(
+        os.path.join(out, FIT_FILE), {**settings, "command": command, "config": dataclasses.asdict(cfg)}
+    )
+
+
+@dataclasses.dataclass
+class Split:
+    """TRAIN by the policy (uint8 [N, C, S, S]) and its seeded split: fit part, held-out part."""
+
+    x: torch.Tensor
+    fit_idx: torch.Tensor
+    cal_idx: torch.Tensor
+
+    @property
+    def fit(self) -> torch.Tensor:
+        return self.x[self.fit_idx]
+
+    @property
+    def cal(self) -> torch.Tensor:
+        return self.x[self.cal_idx]
+
+
+def split_train(train: Train, policy: ImagePolicy, cfg: FitConfig, say) -> Split:
+    """Applies the policy and holds out ``cfg.holdout`` of TRAIN for calibration (:func:`_split`)."""
+    x = policy.apply(train.images, cfg.progress)
+    fit_idx, cal_idx = _split(len(x), cfg.holdout, cfg.seed)
+    split = Split(x, fit_idx, cal_idx)
+    say(f"fit part: {len(fit_idx)} images; calibration part (held out): {len(cal_idx)} images")
+    return split
+
+
+def check_needs(names: tuple, split: Split, labels) -> set:
+    """What the detectors need (``Spec.needs``); ValueError when TRAIN cannot provide it."""
+    needs = {CATALOGUE[d].needs for d in names}
+    if ENSEMBLE in needs and len(split.cal_idx) < 2:
+        raise ValueError(
+            f"{[d for d in names if members(d)]} standardise their members on the held-out part of "
+            f"TRAIN, which has {len(split.cal_idx)} image(s); use more images or a larger --holdout"
+        )
+    if "features+labels" in needs and labels is None:
+        supervised = [d for d in names if CATALOGUE[d].needs == "features+labels"]
+        raise ValueError(
+            f"detectors {supervised} need class labels: put TRAIN's images in one sub-folder "
+            "per class (or pass a Dataset of (image, label) items)"
+        )
+    return needs
+
+
+def train_flows(out: str, needs: set, x_fit: torch.Tensor, policy: ImagePolicy, cfg: FitConfig, say):
+    """The image flow (and the general-distribution flow of ``diff``, trained on natural photo
+    patches): (models by role, their run directories relative to ``out``)."""
+    models, model_paths = {}, {}
+    if needs & {"flow", "flow+general"}:
+        model_paths["flow"] = os.path.join("models", "flow")
+        models["flow"] = _train_flow(os.path.join(out, model_paths["flow"]), x_fit, policy, cfg, say)
+    if "flow+general" in needs:
+        from ..data.named import natural_patches
+
+        general = natural_patches(
+            max(1000, len(x_fit)), size=policy.size, channels=policy.channels, seed=cfg.seed, split="train"
+        )
+        model_paths["general"] = os.path.join("models", "general")
+        say("general-distribution model: natural photo patches (scikit-image, scikit-learn, matplotlib)")
+        models["general"] = _train_flow(os.path.join(out, model_paths["general"]), general, policy, cfg, say)
+    return models, model_paths
+
+
+def extract_features(out: str, needs: set, split: Split, labels, cfg: FitConfig, tensors: dict, say):
+    """EfficientNet-Lite0 features of the fit and held-out parts ((None, None) when no detector
+    needs them); the fit part's features (and labels) go into ``tensors`` for the state file."""
+    f_fit = f_cal = None
+    if needs & set(FEATURE_NEEDS):
+        say(f"EfficientNet-Lite0 features at {cfg.feature_size}x{cfg.feature_size}")
+        feats = _cached_features(out, split.x, cfg)
+        f_fit, f_cal = feats[split.fit_idx], feats[split.cal_idx]
+        tensors["features.fit"] = f_fit.float()
+    if "features+labels" in needs:
+        tensors["labels.fit"] = labels[split.fit_idx].long()
+    return f_fit, f_cal
+
+
+def train_feature_flow(out: str, needs: set, f_fit, cfg: FitConfig, models, model_paths, tensors, say):
+    """Schmier et al. 2022's "Flow": the PCA projection of the fit part's features (saved in
+    ``tensors``) and a vector flow trained on them with noise; returns the projection or None."""
+    if "features-flow" not in needs:
+        return None
+    projection = Projection.fit(f_fit, FEATURE_FLOW_DIM)
+    tensors.update(projection.tensors())
+    g = torch.Generator().manual_seed(cfg.seed + 2)
+    z_fit = projection(f_fit + FEATURE_NOISE * torch.randn(f_fit.shape, generator=g))
+    model_paths["feature-flow"] = os.path.join("models", "feature-flow")
+    models["feature-flow"] = _train_vector_flow(
+        os.path.join(out, model_paths["feature-flow"]), z_fit, cfg, say
+    )
+    return projection
+
+
+def fit_detectors(names, split: Split, labels, features, models, projection, cfg: FitConfig, say):
+    """Fits each detector on the fit part and sets its threshold on the held-out part (members
+    before ensembles; an ensemble standardises its members' held-out scores): (detectors by
+    name, their ``bundle.json`` entries), both in the order of ``names``."""
+    f_fit, f_cal = features
+    x_fit, x_cal = split.fit, split.cal
+    entries, dets = [], {}
+    member_cal = {}  # ensemble members' scores on the held-out part
+    for dname in sorted(names, key=lambda d: CATALOGUE[d].needs == ENSEMBLE):  # members before ensembles
+        spec = CATALOGUE[dname]
+        params = dict(spec.params)
+        if spec.cls == "KNN":
+            params["k"] = max(1, min(params["k"], len(x_fit) - 1))
+        det = build(dname, spec, models, cfg.feature_size, cfg.progress, params, projection, dets)
+        fit_in, cal_in = (f_fit, f_cal) if spec.needs in FEATURE_NEEDS else (x_fit, x_cal)
+        if (
+            spec.needs == ENSEMBLE
+        ):  # Ensemble.fit: mean / std per member and the threshold, on the held-out part
+            known = with_member_scores(det, member_cal).fit(x_cal, cfg.fpr)
+            det._stats, det.threshold, det.fpr = known._stats, known.threshold, known.fpr
+        else:
+            if spec.needs == "features+labels":  # the detector's own state, from the fit part only
+                det._fit_state(f_fit.double().numpy(), labels[split.fit_idx].numpy())
+            else:
+                det._fit(fit_in)
+            det.calibrate(cal_in, cfg.fpr)  # the threshold, from the held-out part
+            if any(dname in members(d) for d in names):
+                member_cal[dname] = det.score(cal_in)
+        dets[dname] = det
+        entries.append(
+            {
+                "name": dname,
+                "class": spec.cls,
+                "params": params,
+                "uses": det.uses,
+                "source": spec.source,
+                "threshold": det.threshold,
+                "fpr": det.fpr,
+                "state": state(det, spec),
+            }
+        )
+        say(f"  {dname:<11} threshold {det.threshold:.5g} (flags {cfg.fpr:.0%} of held-out TRAIN)")
+    n_cal = len(split.cal_idx)
+    if n_cal * cfg.fpr < 5:
+        say(
+            f"warning: the thresholds rest on {n_cal} held-out image(s), about {n_cal * cfg.fpr:.1f} "
+            f"above each threshold: the share flagged on new in-distribution images can be far from "
+            f"{cfg.fpr:.0%}; fit on more images (or a larger --holdout) for a calibrated threshold"
+        )
+    entries.sort(key=lambda e: names.index(e["name"]))
+    return {d: dets[d] for d in names}, entries
+
+
+def write_bundle(out: str, train: Train, split: Split, policy, model_paths, entries, tensors, cfg, command):
+    """Writes ``state.safetensors`` (when there are fitted arrays), then ``bundle.json`` last;
+    returns the metadata written."""
+    if tensors:
+        write_tensors(os.path.join(out, STATE_FILE), tensors, {"format": FORMAT})
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "versions": versions(),
+        "preprocessing": policy.to_json(),
+        "models": model_paths,
+        "model": model_config(cfg),
+        "feature_size": cfg.feature_size,
+        "data": {
+            "train": str(train.name),
+            "n_images": len(split.x),
+            "n_fit": len(split.fit_idx),
+            "n_calibration": len(split.cal_idx),
+            "holdout": cfg.holdout,
+            "seed": cfg.seed,
+            "skipped": [p for p, _ in train.skipped],
+        },
+        "fit": dataclasses.asdict(cfg),
+        "detectors": entries,
+    }
+    meta["fit"]["detectors"] = list(cfg.detectors)
+    write_json(os.path.join(out, BUNDLE_FILE), meta)
+    return meta
+
+
+def fit_bundle(
+    data, out: str, config: FitConfig | None = None, command: str | None = None, say=print
+) -> Bundle:
+    """Fits the detectors of ``config`` on ``data`` (a path / named set, a ``Source``, or any
+    input kind with images) and writes the bundle directory ``out`` (``detectors.bundle.store``).
+
+    TRAIN is split (seeded) into a fit part and a held-out part of ``config.holdout``: flows
+    train and fitted state is estimated on the fit part, every threshold is set on the
+    held-out part so that a fraction ``config.fpr`` of it is flagged.  An ensemble
+    (``detectors.Ensemble``, e.g. ``last-scale+pca``) standardises its members' scores on
+    that held-out part too (its state is a monotone map of each member's score, so the same
+    images may set its threshold: ``Ensemble.calibrate_on_fit_data``); its members are
+    fitted and reported as well, added after it when not listed (``with_members``).
+    Re-running resumes: trained flows and extracted features are reused.
+    """
+    cfg = config or FitConfig()
+    cfg.check()
+    names = announce_members(cfg, say)
+    out = os.fspath(out)
+    train = read_train(data, cfg, say)
+    policy = choose_policy(train, cfg, say)
+    start_run(out, train, policy, cfg, command)
+    split = split_train(train, policy, cfg, say)
+    needs = check_needs(names, split, train.labels)
+    models, model_paths = train_flows(out, needs, split.fit, policy, cfg, say)
+    tensors = {}
+    features = extract_features(out, needs, split, train.labels, cfg, tensors, say)
+    projection = train_feature_flow(out, needs, features[0], cfg, models, model_paths, tensors, say)
+    dets, entries = fit_detectors(names, split, train.labels, features, models, projection, cfg, say)
+    meta = write_bundle(out, train, split, policy, model_paths, entries, tensors, cfg, command)
+    return Bundle(dets, policy, meta, cfg.feature_size, out)

@@ -16,7 +16,7 @@ Implementations (rows):
   FrEIA-AllInOne            FrEIA's idiomatic AllInOneBlock (step case only; different maths)
   normflows                 normflows 1.7: GlowBlock (MultiscaleFlow for the multi-scale model)
 
-Cases (see BENCHMARKS.md for what each measures and the matching caveats):
+Cases (see docs/benchmarks.md for what each measures and the matching caveats):
   step         one Glow step forward+backward, loss = -(log N(z; 0, I) + logdet).mean()
   model        whole-model training step of invflow.Glow: forward + backward + Adamax step
   model_paper_size  the same at the size of Schirrmeister et al. 2020: K=32 steps per scale, hidden 512, 3x32x32

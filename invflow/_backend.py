@@ -8,7 +8,7 @@ the reference.
 
 CUDA tensors: until the CUDA kernels have passed ``make gpu-check`` on hardware
 (``CUDA_KERNELS_VERIFIED``, flipped in the commit that records such a run in
-BENCHMARKS.md), the default for CUDA tensors is the reference, with one warning naming the
+docs/benchmarks.md), the default for CUDA tensors is the reference, with one warning naming the
 opt-in ``invflow.backend("fused")``.  An explicit choice always wins.
 """
 
@@ -29,7 +29,7 @@ _state = threading.local()
 _warned = False
 _warned_cuda = False
 
-# True once `make gpu-check` has passed on a GPU (see BENCHMARKS.md, section "H200").
+# True once `make gpu-check` has passed on a GPU (see docs/benchmarks.md, "GPU verification").
 CUDA_KERNELS_VERIFIED = False
 
 

@@ -1,7 +1,7 @@
-"""Classifier-based OOD baselines: ``detectors.models.classifier.ResNetClassifier``, the
+"""Classifier-based OOD baselines: ``detectors.baselines.ResNetClassifier``, the
 scores of ``detectors.scores.classifier`` (MSP, Energy, Mahalanobis, in-vs-general binary
 classifier) against their formulas written out independently in numpy, the training losses
-of ``detectors.classifier_objectives`` and a tiny end-to-end training run."""
+of ``detectors.objectives.classifier`` and a tiny end-to-end training run."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from sklearn.covariance import LedoitWolf
 from torch import nn
 
 import invflow
-from detectors.classifier_objectives import (
+from detectors.baselines import ResNetClassifier
+from detectors.objectives.classifier import (
     cross_entropy_objective,
     energy_loss,
     energy_objective,
@@ -25,7 +26,6 @@ from detectors.classifier_objectives import (
     outlier_exposure_objective,
     uniform_cross_entropy,
 )
-from detectors.models.classifier import ResNetClassifier
 from detectors.scores.classifier import BinaryClassifierScore, Energy, Mahalanobis, MaxSoftmax
 from invflow.data import preprocess
 from invflow.train import Batch, Trainer

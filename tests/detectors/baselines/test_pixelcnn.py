@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import invflow
-from detectors.models.pixelcnn import PixelCNNpp, discretized_logistic_log_mass
+from detectors.baselines.pixelcnn import PixelCNNpp, discretized_logistic_log_mass
 from detectors.objectives import outlier_objective
 from detectors.scores import Likelihood, LikelihoodRatio
 from invflow.data import bits_per_dim, preprocess

@@ -8,10 +8,10 @@ import sys
 import pytest
 import torch
 
-from detectors.datasets import broaden, natural_patches
+from detectors.data import broaden, natural_patches
 from detectors.report import load_results
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 def test_broaden_is_deterministic_and_photometric_only():
@@ -160,8 +160,8 @@ def test_evaluate_cli_on_saved_flows(tmp_path):
 def test_demo_scores_the_zoo_models_without_training(tmp_path):
     """The default demo (no --train) uses detectors.zoo: no model is trained, the report names
     the zoo models and every flow detector of detectors.experiments is in the table."""
-    from detectors import demo
-    from detectors.experiments import ZOO_ROLES
+    from detectors.experiments import demo
+    from detectors.experiments.runs import ZOO_ROLES
 
     torch.set_num_threads(1)
     results = demo.run(out=str(tmp_path), n_eval=24, features=False)

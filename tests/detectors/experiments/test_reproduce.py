@@ -11,13 +11,20 @@ import numpy as np
 import pytest
 import torch
 
-from detectors.experiments import DEMO_ENSEMBLES, FEATURE_FLOWS, ensembles, feature_flows
+from detectors.experiments.reproduce import (
+    EXPERIMENTS,
+    OVR_FLOWS,
+    SMOKE,
+    ReproduceConfig,
+    summarize,
+    summary_markdown,
+)
+from detectors.experiments.runs import DEMO_ENSEMBLES, FEATURE_FLOWS, ensembles, feature_flows
 from detectors.features import CachedFeatures
 from detectors.metrics import evaluate
-from detectors.reproduce import EXPERIMENTS, OVR_FLOWS, SMOKE, ReproduceConfig, summarize, summary_markdown
 from detectors.scores import KNN, Detector, Ensemble, MSEToMean
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 class Coordinate(Detector):
@@ -288,7 +295,7 @@ def test_feature_flows_rejects_bad_arguments(tmp_path, kw, match):
 
 
 def test_unknown_experiment_is_refused():
-    from detectors.reproduce import reproduce, run_experiment
+    from detectors.experiments.reproduce import reproduce, run_experiment
 
     with pytest.raises(ValueError, match="unknown experiment"):
         reproduce(["nope"], seeds=[0], out="/nonexistent")
@@ -297,7 +304,7 @@ def test_unknown_experiment_is_refused():
 
 
 def test_parse_overrides_types_and_errors():
-    from detectors.reproduce import ReproduceConfig, parse_overrides
+    from detectors.experiments.reproduce import ReproduceConfig, parse_overrides
 
     o = parse_overrides(["steps_arch=250", "lr=1e-3"])
     assert o == {"steps_arch": 250, "lr": 0.001} and isinstance(o["steps_arch"], int)

@@ -4,7 +4,7 @@ case and the recommendation follow the per-set AUROCs."""
 import pytest
 import torch
 
-from detectors.ood_suite import KINDS, in_and_base, markdown, ood_sets, recommend, score_suite
+from detectors.experiments.ood_suite import KINDS, in_and_base, markdown, ood_sets, recommend, score_suite
 from detectors.scores import Detector
 
 
@@ -51,22 +51,8 @@ def test_worst_case_and_recommendation():
     assert "No detector reaches" in markdown(results, floor=0.99)
 
 
-def test_suite_cli_refuses_bad_arguments_before_any_work(capsys):
-    from detectors.ood_suite import main
-
-    for argv, what in (
-        (["--n", "0"], "--n must be a positive integer"),
-        (["--ensemble", "Diff-dagger"], "two or more different detector names"),
-        (["--ensemble", "likelihood+likelihood"], "two or more different detector names"),
-        (["--ensemble", "Diff-dagger+"], "two or more different detector names"),
-    ):
-        with pytest.raises(SystemExit) as exit_info:
-            main(argv)
-        assert exit_info.value.code == 2 and what in capsys.readouterr().err, argv
-
-
 def test_named_ensembles_refuse_one_member_and_duplicates_and_hint_at_features():
-    from detectors.experiments import ensembles
+    from detectors.experiments.runs import ensembles
 
     dets = {"likelihood": object(), "last scale": object()}
     for spec in ("likelihood", "likelihood+likelihood", "likelihood+"):

@@ -5,8 +5,8 @@ import torch
 
 import invflow
 from detectors import Likelihood
-from detectors.protocols import evaluate_detectors, one_vs_rest, scores_for
-from detectors.supervised import ClassConditionalFlow, supervised_objective
+from detectors.experiments.protocols import evaluate_detectors, one_vs_rest, scores_for
+from detectors.objectives.supervised import ClassConditionalFlow, supervised_objective
 from invflow.train import Trainer
 
 

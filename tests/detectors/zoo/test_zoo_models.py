@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import detectors.zoo as zoo
-from detectors.experiments import ZOO_ROLES
+from detectors.experiments.runs import ZOO_ROLES
 from detectors.zoo.recipes import CHECK_N, RECIPES, heldout_bpd, heldout_data
 
 
@@ -40,7 +40,9 @@ def test_model_loads_offline_in_eval_mode_and_matches_its_card(name, offline):
     t = card["training"]
     assert t["steps"] > 0 and math.isfinite(t["wall_s"]) and t["wall_s"] > 0
     assert math.isclose(t["epochs"], t["steps"] * t["batch"] / 60000, abs_tol=0.01)
-    assert card["command"].startswith(f"python -m detectors.zoo.train {name}")
+    assert card["command"].startswith(
+        (f"python -m detectors.zoo.train {name}", f"python -m detectors zoo {name}")
+    )
     assert len(card["commit"]) == 40 and card["data"]["train"] and card["data"]["heldout"]
     # the held-out bits/dim of the card, re-evaluated on a subset (same images, same noise)
     held = heldout_data(RECIPES[name].data, CHECK_N)
@@ -61,8 +63,13 @@ def test_unknown_name_is_refused_with_the_list():
 def test_shipped_features_are_the_fit_sets_features():
     """The demo's feature fit sets ship with their EfficientNet-Lite0 features: they are found by
     the images' bytes and equal a fresh extraction (float16 storage)."""
-    from detectors.datasets import load_fashion_mnist
-    from detectors.demo import DemoConfig, feature_fit_images, shipped_features, zoo_general_images
+    from detectors.data import load_fashion_mnist
+    from detectors.experiments.demo import (
+        DemoConfig,
+        feature_fit_images,
+        shipped_features,
+        zoo_general_images,
+    )
     from detectors.features import EfficientNetLite0, extract_features, normalize_features
 
     cfg = DemoConfig()

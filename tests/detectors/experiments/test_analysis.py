@@ -1,4 +1,4 @@
-"""detectors.analysis: pixel differences, Fourier mixing, correlations, latent / coupling plots."""
+"""detectors.experiments.analysis: pixel differences, Fourier mixing, correlations, latent / coupling plots."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from scipy.stats import spearmanr
 from torch import nn
 
 import invflow
-from detectors import analysis as A
+from detectors.experiments import analysis as A
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

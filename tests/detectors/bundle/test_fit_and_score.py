@@ -18,7 +18,7 @@ import detectors
 import detectors.features
 import invflow
 from detectors import bundle as bundle_mod
-from detectors.__main__ import main
+from detectors.cli import main
 from detectors.data import UnreadableImagesWarning, load_source
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -298,7 +298,7 @@ def test_default_set_is_the_ensemble_of_png_and_pca_and_its_members():
     without aux data (docs/RESULTS.md section 6): the ensemble png+pca plus its members."""
     import argparse
 
-    from detectors import cli_fit
+    from detectors.cli import fit as cli_fit
 
     assert bundle_mod.DEFAULT_DETECTORS == ("png+pca", "png", "pca")
     assert bundle_mod.FitConfig().detectors == bundle_mod.DEFAULT_DETECTORS

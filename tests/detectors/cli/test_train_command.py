@@ -45,7 +45,7 @@ def _train(tmp_path, out, *extra, wait=True):
 
 
 def _train_in_process(tmp_path, out, *extra):
-    from detectors.__main__ import main
+    from detectors.cli import main
 
     data = tmp_path / "tiny.npz"
     return main(
@@ -107,7 +107,7 @@ def test_train_cli_resume_with_nothing_says_so(tmp_path, capsys):
 
 
 def test_train_help_shows_checkpoint_every_default(capsys):
-    from detectors.__main__ import main
+    from detectors.cli import main
 
     with pytest.raises(SystemExit):
         main(["train", "--help"])
@@ -132,7 +132,7 @@ def test_prepare_run_dir_keeps_foreign_files(tmp_path):
 
 
 def test_train_reads_the_training_split(monkeypatch):
-    from detectors import cli_train
+    from detectors.cli import train as cli_train
 
     calls = []
 

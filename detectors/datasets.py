@@ -2,6 +2,8 @@
 (``detectors.data.named`` and ``detectors.data.files``); this module re-exports them for one
 release."""
 
+import warnings
+
 from .data import files as _files
 from .data import folders as _folders
 from .data import named as _named
@@ -13,3 +15,5 @@ from .data.named import *  # noqa: F403
 globals().update(
     {k: v for m in (_files, _named, _folders) for k, v in vars(m).items() if not k.startswith("__")}
 )
+
+warnings.warn("detectors.datasets is deprecated; import detectors.data", DeprecationWarning, stacklevel=2)

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from invflow.checkpoint import atomic_write
+from invflow.io import atomic_write
 
 from .metrics import METRICS, evaluate
 

@@ -72,18 +72,8 @@ def test_suite_refuses_bad_arguments_before_any_work(capsys):
         assert exit_info.value.code == 2 and what in capsys.readouterr().err, argv
 
 
-def _has_one_command_line() -> bool:
-    try:
-        from detectors.cli import main  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.mark.parametrize("module", ["detectors.ood_suite", "detectors.zoo.train"])
 def test_old_module_entry_points_still_run(module):
-    if module == "detectors.zoo.train" and not _has_one_command_line():
-        pytest.skip("python -m detectors.zoo.train forwards to detectors.cli.main, not there yet")
     proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert ("--feature-size" if module.endswith("ood_suite") else "--eval-every") in proc.stdout

@@ -1,6 +1,8 @@
 """Builds the extension invflow._C from csrc/.
 
-CPU kernels are always built (CppExtension, -O3 -fopenmp at compile and link time so that
+Sources (globs, so a new file needs no edit here): csrc/*.cpp (the schemas and the shared
+argument checks), csrc/common/*.cpp (host code shared by both backends) and csrc/cpu/*.cpp
+are always built (CppExtension, -O3 -fopenmp at compile and link time so that
 at::parallel_for really runs in parallel).  The CUDA kernels in csrc/cuda/*.cu are added
 (CUDAExtension) only when torch was built with CUDA and nvcc is found; TORCH_CUDA_ARCH_LIST
 is respected and defaults to sm_80, sm_86 and sm_90 plus PTX (newer GPUs JIT-compile it
@@ -22,7 +24,7 @@ def sources(pattern):
 
 
 def extension():
-    cpp = sources("csrc/*.cpp") + sources("csrc/cpu/*.cpp")
+    cpp = sources("csrc/*.cpp") + sources("csrc/common/*.cpp") + sources("csrc/cpu/*.cpp")
     cu = sources("csrc/cuda/*.cu")
     # -fno-trapping-math lets GCC if-convert the branch-free vector math (csrc/cpu/vec_math.h);
     # it changes no result (NaN and Inf propagate as before), only FP-exception flag timing.

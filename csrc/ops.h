@@ -1,6 +1,12 @@
-// Declarations of every kernel behind the TORCH_LIBRARY(invflow) schemas in
-// registration.cpp.  Tensors are viewed as [B, C, N] (N = product of the trailing
-// dimensions), so the same kernels serve images [B, C, H, W] and vectors [B, D].
+// Declarations of every kernel behind the TORCH_LIBRARY(invflow) schemas of registration.cpp,
+// one block per op, and of the host helpers the CPU and CUDA kernels share.  Tensors are
+// viewed as [B, C, N] (N = product of the trailing dimensions), so the same kernels serve
+// images [B, C, H, W] and vectors [B, D]; coupling_cl takes channels last, [B, ..., C].
+//
+// Each INVFLOW_<OP>_KERNELS block is declared in namespace cpu (cpu/<op>.cpp, registered in
+// cpu/register.cpp) and in namespace cuda (cuda/<op>.cu, registered in cuda/register.cu)
+// with the same signatures; the argument types follow the schema (Tensor? ->
+// c10::optional<at::Tensor>, str -> std::string, float -> double).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -11,13 +17,14 @@
 
 namespace invflow {
 
+// ------------------------------------------------------------ shared helpers (checks.cpp)
 // Parses the `scale` argument of the coupling ops ("sigmoid" | "exp" | "tanh").
 int parse_scale_kind(const std::string& scale);
 
 // "[2, 3, 4, 4]": sizes formatted with std::to_string (error messages never stream integers).
 std::string shape_str(at::IntArrayRef sizes);
 
-// Shape checks shared by the CPU and CUDA entry points (see ops_checks.cpp).
+// Shape checks shared by the CPU and CUDA entry points.
 void check_actnorm_args(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& log_scale);
 void check_channel_mix_args(const at::Tensor& x, const at::Tensor& weight);
 void check_coupling_args(const at::Tensor& x, const at::Tensor& h,
@@ -43,53 +50,65 @@ at::ScalarType logdet_dtype(at::ScalarType input);
 void check_grad_args(const char* op, const at::Tensor& grad_y, const c10::optional<at::Tensor>& grad_logdet,
                      const at::Tensor& x);
 
+// ---------------------------------------- shared by both backends (common/channel_mix_gemm.cpp)
 // GEMM forms of the 1x1 convolution for channel counts above the direct kernels' range
-// (channel_mix_gemm.cpp; any device): y = W x as one GEMM when N = 1 (vectors), and
+// (ATen GEMMs, any device): y = W x as one GEMM when N = 1 (vectors), and
 // dL/dW = sum_b g_b x_b^T without materialising B C x C products when that is larger.
 at::Tensor mix_gemm(const at::Tensor& xc, const at::Tensor& weight);
 at::Tensor weight_grad_gemm(const at::Tensor& gc, const at::Tensor& xc);
 
-// Every backend implements the same kernels with the same signatures.  The channels-last
-// coupling (coupling_cl_*) has its schemas in csrc/cpu/coupling_cl.cpp.
-#define INVFLOW_DECLARE_KERNELS \
-  std::tuple<at::Tensor, at::Tensor> actnorm_forward(const at::Tensor& x, const at::Tensor& bias, \
-                                                     const at::Tensor& log_scale); \
-  std::tuple<at::Tensor, at::Tensor> actnorm_inverse(const at::Tensor& y, const at::Tensor& bias, \
-                                                     const at::Tensor& log_scale); \
-  std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward( \
+// ------------------------------------------------ actnorm (cpu/actnorm.cpp, cuda/actnorm.cu)
+#define INVFLOW_ACTNORM_KERNELS                                                                     \
+  std::tuple<at::Tensor, at::Tensor> actnorm_forward(const at::Tensor& x, const at::Tensor& bias,   \
+                                                     const at::Tensor& log_scale);                  \
+  std::tuple<at::Tensor, at::Tensor> actnorm_inverse(const at::Tensor& y, const at::Tensor& bias,   \
+                                                     const at::Tensor& log_scale);                  \
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward(                                  \
       const at::Tensor& grad_y, const c10::optional<at::Tensor>& grad_logdet, const at::Tensor& x, \
-      const at::Tensor& bias, const at::Tensor& log_scale); \
-  \
-  at::Tensor channel_mix(const at::Tensor& x, const at::Tensor& weight); \
-  std::tuple<at::Tensor, at::Tensor> channel_mix_backward(const at::Tensor& grad_y, \
-                                                          const at::Tensor& x, \
-                                                          const at::Tensor& weight); \
-  \
-  std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x, const at::Tensor& h, \
-                                                      const c10::optional<at::Tensor>& mask, \
-                                                      const std::string& scale, double clamp); \
-  std::tuple<at::Tensor, at::Tensor> coupling_inverse(const at::Tensor& y, const at::Tensor& h, \
-                                                      const c10::optional<at::Tensor>& mask, \
-                                                      const std::string& scale, double clamp); \
-  std::tuple<at::Tensor, at::Tensor> coupling_backward( \
-      const at::Tensor& grad_y, const c10::optional<at::Tensor>& grad_logdet, const at::Tensor& x, \
-      const at::Tensor& h, const c10::optional<at::Tensor>& mask, const std::string& scale, \
-      double clamp); \
-  \
-  std::tuple<at::Tensor, at::Tensor> coupling_cl_forward(const at::Tensor& x, const at::Tensor& h, \
-                                                         const std::string& scale, double clamp); \
-  std::tuple<at::Tensor, at::Tensor> coupling_cl_backward( \
-      const at::Tensor& grad_y, const c10::optional<at::Tensor>& grad_logdet, const at::Tensor& x, \
-      const at::Tensor& h, const std::string& scale, double clamp); \
-  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> coupling_cl_double_backward( \
-      const at::Tensor& u_x, const at::Tensor& u_h, const at::Tensor& grad_y, const at::Tensor& grad_logdet, \
-      const at::Tensor& x, const at::Tensor& h, const std::string& scale, double clamp);
+      const at::Tensor& bias, const at::Tensor& log_scale);
 
+// ---------------------------------------- channel_mix (cpu/channel_mix.cpp, cuda/channel_mix.cu)
+#define INVFLOW_CHANNEL_MIX_KERNELS                                                                 \
+  at::Tensor channel_mix(const at::Tensor& x, const at::Tensor& weight);                            \
+  std::tuple<at::Tensor, at::Tensor> channel_mix_backward(const at::Tensor& grad_y, const at::Tensor& x, \
+                                                          const at::Tensor& weight);
+
+// ---------------------------------------------- coupling (cpu/coupling.cpp, cuda/coupling.cu)
+#define INVFLOW_COUPLING_KERNELS                                                                    \
+  std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x, const at::Tensor& h,     \
+                                                      const c10::optional<at::Tensor>& mask,        \
+                                                      const std::string& scale, double clamp);      \
+  std::tuple<at::Tensor, at::Tensor> coupling_inverse(const at::Tensor& y, const at::Tensor& h,     \
+                                                      const c10::optional<at::Tensor>& mask,        \
+                                                      const std::string& scale, double clamp);      \
+  std::tuple<at::Tensor, at::Tensor> coupling_backward(                                             \
+      const at::Tensor& grad_y, const c10::optional<at::Tensor>& grad_logdet, const at::Tensor& x, \
+      const at::Tensor& h, const c10::optional<at::Tensor>& mask, const std::string& scale, double clamp);
+
+// ------------------------------------- coupling_cl (cpu/coupling_cl.cpp, cuda/coupling_cl.cu)
+#define INVFLOW_COUPLING_CL_KERNELS                                                                 \
+  std::tuple<at::Tensor, at::Tensor> coupling_cl_forward(const at::Tensor& x, const at::Tensor& h,  \
+                                                         const std::string& scale, double clamp);   \
+  std::tuple<at::Tensor, at::Tensor> coupling_cl_backward(                                          \
+      const at::Tensor& grad_y, const c10::optional<at::Tensor>& grad_logdet, const at::Tensor& x, \
+      const at::Tensor& h, const std::string& scale, double clamp);                                 \
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> coupling_cl_double_backward(           \
+      const at::Tensor& u_x, const at::Tensor& u_h, const at::Tensor& grad_y,                       \
+      const at::Tensor& grad_logdet, const at::Tensor& x, const at::Tensor& h,                      \
+      const std::string& scale, double clamp);
+
+#define INVFLOW_DECLARE_KERNELS \
+  INVFLOW_ACTNORM_KERNELS       \
+  INVFLOW_CHANNEL_MIX_KERNELS   \
+  INVFLOW_COUPLING_KERNELS      \
+  INVFLOW_COUPLING_CL_KERNELS
+
+// CPU kernels (csrc/cpu/), always built.
 namespace cpu {
 INVFLOW_DECLARE_KERNELS
 }  // namespace cpu
 
-// CUDA kernels (csrc/cuda/*.cu), built only when torch has CUDA and nvcc is found.
+// CUDA kernels (csrc/cuda/), built only when torch has CUDA and nvcc is found.
 namespace cuda {
 INVFLOW_DECLARE_KERNELS
 }  // namespace cuda

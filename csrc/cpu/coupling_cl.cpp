@@ -9,10 +9,6 @@
 // [raw | t] rows into two contiguous buffers and runs the vectorised span kernels of
 // coupling.cpp over tile * C entries, so short channel rows (6..48 channels in Glow) cost no
 // per-row overhead.  Per-tile log-det partial sums are reduced in a fixed order (deterministic).
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/csrc/autograd/custom_function.h>
-#include <torch/library.h>
-
 #include <algorithm>
 #include <cmath>
 #include <tuple>
@@ -269,7 +265,7 @@ std::tuple<at::Tensor, at::Tensor> coupling_cl_backward(const at::Tensor& grad_y
 
 // Second-order kernel: the vector-Jacobian product of coupling_cl_backward with (u_x, u_h),
 // i.e. the gradients (d_grad_y, d_grad_logdet, d_x, d_h) that its autograd formula in
-// invflow/ops/channels_last.py computes with eager ops, in one pass.
+// invflow/ops/fused.py computes with eager ops, in one pass.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> coupling_cl_double_backward(
     const at::Tensor& u_x, const at::Tensor& u_h, const at::Tensor& grad_y, const at::Tensor& grad_logdet,
     const at::Tensor& x, const at::Tensor& h, const std::string& scale, double clamp) {
@@ -318,87 +314,3 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> coupling_cl_double_ba
 
 }  // namespace cpu
 }  // namespace invflow
-
-// ------------------------------------------------------------------------ autograd (C++)
-// First-order autograd of coupling_cl_forward in C++: the Python autograd wrapper of
-// torch.library costs more than this kernel on Glow-sized tensors.  The backward calls the
-// op coupling_cl_backward through the dispatcher, whose own autograd (second order, for the
-// approximate-mass penalty) is registered from Python (invflow/ops/channels_last.py).
-namespace invflow {
-namespace {
-
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
-
-using ForwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const std::string&,
-                                                      double);
-using BackwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const c10::optional<at::Tensor>&,
-                                                       const at::Tensor&, const at::Tensor&, const std::string&,
-                                                       double);
-
-const c10::TypedOperatorHandle<ForwardSig>& forward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("invflow::coupling_cl_forward", "")
-                             .typed<ForwardSig>();
-  return op;
-}
-
-const c10::TypedOperatorHandle<BackwardSig>& backward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("invflow::coupling_cl_backward", "")
-                             .typed<BackwardSig>();
-  return op;
-}
-
-class CouplingClFunction : public torch::autograd::Function<CouplingClFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& h,
-                               const std::string& scale, double clamp) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto out = forward_op().call(x, h, scale, clamp);
-    ctx->save_for_backward({x, h});
-    ctx->saved_data["scale"] = scale;
-    ctx->saved_data["clamp"] = clamp;
-    return {std::get<0>(out), std::get<1>(out)};
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const at::Tensor& x = saved[0];
-    const at::Tensor& h = saved[1];
-    const at::Tensor gy = grads[0].defined() ? grads[0] : at::zeros_like(x);
-    const c10::optional<at::Tensor> gl = grads[1].defined() ? c10::optional<at::Tensor>(grads[1]) : c10::nullopt;
-    auto g = backward_op().call(gy, gl, x, h, ctx->saved_data["scale"].toStringRef(),
-                                ctx->saved_data["clamp"].toDouble());
-    return {std::get<0>(g), std::get<1>(g), at::Tensor(), at::Tensor()};
-  }
-};
-
-std::tuple<at::Tensor, at::Tensor> coupling_cl_forward_autograd(const at::Tensor& x, const at::Tensor& h,
-                                                                const std::string& scale, double clamp) {
-  auto out = CouplingClFunction::apply(x, h, scale, clamp);
-  return {out[0], out[1]};
-}
-
-}  // namespace
-}  // namespace invflow
-
-TORCH_LIBRARY_FRAGMENT(invflow, m) {
-  m.def("coupling_cl_forward(Tensor x, Tensor h, str scale, float clamp) -> (Tensor, Tensor)");
-  m.def(
-      "coupling_cl_backward(Tensor grad_y, Tensor? grad_logdet, Tensor x, Tensor h, str scale, float clamp) "
-      "-> (Tensor, Tensor)");
-  m.def(
-      "coupling_cl_double_backward(Tensor u_x, Tensor u_h, Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor h, "
-      "str scale, float clamp) -> (Tensor, Tensor, Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(invflow, CPU, m) {
-  m.impl("coupling_cl_forward", &invflow::cpu::coupling_cl_forward);
-  m.impl("coupling_cl_backward", &invflow::cpu::coupling_cl_backward);
-  m.impl("coupling_cl_double_backward", &invflow::cpu::coupling_cl_double_backward);
-}
-
-TORCH_LIBRARY_IMPL(invflow, Autograd, m) {
-  m.impl("coupling_cl_forward", &invflow::coupling_cl_forward_autograd);
-}

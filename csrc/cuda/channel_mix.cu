@@ -1,7 +1,7 @@
 // Invertible 1x1 convolution on CUDA: y[b, :, n] = W x[b, :, n] (Glow Sec. 3.2).
 // For C <= 32 one thread computes all C outputs of one pixel, with W in shared memory (one
 // read and one write of the activations); above that cuBLAS wins (mix_gemm /
-// weight_grad_gemm in csrc/channel_mix_gemm.cpp).
+// weight_grad_gemm in csrc/common/channel_mix_gemm.cpp).
 //
 // Launch: a 1-D grid-stride loop over the B * N pixels, kThreads per block.  Each thread
 // loads the pixel's C inputs into registers (xin, padded with zeros to the bucket MAXC),

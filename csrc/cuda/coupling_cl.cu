@@ -1,5 +1,5 @@
-// Channels-last affine coupling on CUDA: the semantics of csrc/cpu/coupling_cl.cpp (which
-// also defines the schemas).  x [B, ..., C] and h [B, ..., 2C] are read in place as rows of
+// Channels-last affine coupling on CUDA: the semantics of csrc/cpu/coupling_cl.cpp.
+// x [B, ..., C] and h [B, ..., 2C] are read in place as rows of
 // C (resp. 2C) entries with one row stride each (as_rows: a column block of a wider matrix
 // needs no copy), h[row, :C] = raw and h[row, C:] = t.  Outputs are contiguous.
 //
@@ -15,8 +15,6 @@
 // the block's partial sum goes to partial[b, chunk].  A second launch (sum_partials,
 // utils.cuh) adds each sample's partials in a fixed order (deterministic, no float atomics).  Sums accumulate in
 // at::opmath_type (float32 for half / bfloat16); log-dets are in logdet_dtype.
-#include <torch/library.h>
-
 #include "../common/scale.h"
 #include "../ops.h"
 #include "utils.cuh"
@@ -289,9 +287,3 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> coupling_cl_double_ba
 
 }  // namespace cuda
 }  // namespace invflow
-
-TORCH_LIBRARY_IMPL(invflow, CUDA, m) {
-  m.impl("coupling_cl_forward", &invflow::cuda::coupling_cl_forward);
-  m.impl("coupling_cl_backward", &invflow::cuda::coupling_cl_backward);
-  m.impl("coupling_cl_double_backward", &invflow::cuda::coupling_cl_double_backward);
-}

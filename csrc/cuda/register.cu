@@ -1,4 +1,4 @@
-// CUDA implementations of the TORCH_LIBRARY(invflow) schemas (defined in registration.cpp).
+// CUDA implementations of every TORCH_LIBRARY(invflow) schema (registration.cpp).
 #include <torch/library.h>
 
 #include "../ops.h"
@@ -12,4 +12,7 @@ TORCH_LIBRARY_IMPL(invflow, CUDA, m) {
   m.impl("coupling_forward", &invflow::cuda::coupling_forward);
   m.impl("coupling_inverse", &invflow::cuda::coupling_inverse);
   m.impl("coupling_backward", &invflow::cuda::coupling_backward);
+  m.impl("coupling_cl_forward", &invflow::cuda::coupling_cl_forward);
+  m.impl("coupling_cl_backward", &invflow::cuda::coupling_cl_backward);
+  m.impl("coupling_cl_double_backward", &invflow::cuda::coupling_cl_double_backward);
 }

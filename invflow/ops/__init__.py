@@ -2,8 +2,10 @@
 
 Every function returns the transformed tensor and, where the op has one, the per-sample
 log|det| of its Jacobian (shape [B], in ``reference.logdet_dtype``: float32 for float16 /
-bfloat16 inputs).  Semantics are documented in ``invflow.ops.reference``;
-``invflow.ops.fused`` holds the kernel registrations.
+bfloat16 inputs).  Semantics are documented in ``invflow.ops.reference`` (the pure-PyTorch
+spec of every op); ``invflow.ops.fused`` holds the kernel registrations (fake kernels and
+autograd of every op of csrc/registration.cpp, docs/kernels.md).  ``scale_terms`` (the
+coupling's scale function and its derivatives) is re-exported here for other packages.
 
 Mixed precision: the arguments of an op are promoted to one dtype first (under
 ``torch.autocast`` an st-net may return bfloat16 parameters for a float32 x: the op runs in
@@ -16,9 +18,19 @@ from __future__ import annotations
 import torch
 
 from .._backend import backend_for, current_backend
-from . import channels_last, fused, reference
+from . import fused, reference
+from .reference import scale_terms
 
-__all__ = ["actnorm", "channel_mix", "coupling", "coupling_cl", "fused", "reference", "implementation"]
+__all__ = [
+    "actnorm",
+    "channel_mix",
+    "coupling",
+    "coupling_cl",
+    "fused",
+    "reference",
+    "implementation",
+    "scale_terms",
+]
 
 
 def implementation(x: torch.Tensor | None = None):
@@ -58,8 +70,8 @@ def coupling(x, h, mask=None, scale: str = "sigmoid", clamp: float = 2.0, invers
 
 def coupling_cl(x, h, scale: str = "sigmoid", clamp: float = 2.0):
     """Channels-last affine coupling: x [B, ..., C], h [B, ..., 2C] = [raw, t] along the last
-    dimension; returns (s(raw) * x + t, logdet [B]).  See ``invflow.ops.channels_last``."""
+    dimension; returns (s(raw) * x + t, logdet [B]).  See ``fused.coupling_cl_forward``."""
     x, h = _common(x, h)
     if backend_for(x) == "fused":
-        return channels_last.coupling_cl_forward(x, h, scale, clamp)
+        return fused.coupling_cl_forward(x, h, scale, clamp)
     return reference.coupling_cl_forward(x, h, scale, clamp)

@@ -1,11 +1,17 @@
 """Python side of the fused kernels: loads ``invflow._C`` and registers, for every op of
-``TORCH_LIBRARY(invflow)``, a fake (meta) kernel and its autograd.
+``TORCH_LIBRARY(invflow)`` (csrc/registration.cpp), a fake (meta) kernel and its autograd;
+then the functional surface the layers call (``invflow.ops`` dispatches between this module
+and ``invflow.ops.reference``).
 
 Double backward: the backward of each forward op is itself a fused op
-(``actnorm_backward``, ``channel_mix_backward``, ``coupling_backward``) whose own autograd
-is written below in differentiable PyTorch, so gradients of gradients (the
-approximate-mass penalty of Chali et al. 2023, Eq. 2) are exact to any order.  The inverse
-ops' backward is differentiable PyTorch directly.
+(``actnorm_backward``, ``channel_mix_backward``, ``coupling_backward``,
+``coupling_cl_backward``) whose own autograd is written below in differentiable PyTorch, so
+gradients of gradients (the approximate-mass penalty of Chali et al. 2023, Eq. 2) are exact
+to any order.  The inverse ops' backward is differentiable PyTorch directly.  When no higher
+order is being recorded (grad mode off, e.g. the second backward of the penalty), the
+autograd of ``coupling_cl_backward`` runs the closed-form kernel
+``coupling_cl_double_backward`` instead of the eager formula: the same values in one pass.
+``NO_AUTOGRAD`` names the ops that need no autograd, with the reason.
 """
 
 from __future__ import annotations
@@ -188,7 +194,63 @@ def _coupling_inverse_backward(ctx, grad_x, grad_logdet):
     return d_y, torch.cat([d_r, d_t], dim=1), None, None, None
 
 
+# ----------------------------------------------------------------------- coupling_cl
+# Channels last: x [B, ..., C], h [B, ..., 2C] = [raw, t] along the last dimension.
+def _coupling_cl_setup(ctx, inputs, output):
+    x, h, scale, clamp = inputs
+    ctx.scale, ctx.clamp = scale, clamp
+    ctx.save_for_backward(x, h)
+
+
+def _coupling_cl_backward(ctx, grad_y, grad_logdet):
+    x, h = ctx.saved_tensors
+    grad_y = _zeros_if_none(grad_y, x)
+    gx, gh = torch.ops.invflow.coupling_cl_backward(grad_y, grad_logdet, x, h, ctx.scale, ctx.clamp)
+    return gx, gh, None, None
+
+
+def _coupling_cl_bwd_setup(ctx, inputs, output):
+    grad_y, grad_logdet, x, h, scale, clamp = inputs
+    ctx.scale, ctx.clamp = scale, clamp
+    ctx.has_grad_logdet = grad_logdet is not None
+    gl = grad_logdet if grad_logdet is not None else x.new_zeros(x.shape[0], dtype=ref.logdet_dtype(x.dtype))
+    ctx.save_for_backward(grad_y, gl, x, h)
+
+
+def _coupling_cl_bwd_backward(ctx, u_x, u_h):
+    # coupling_cl_backward: gx = gy*s, g_raw = (gy*x*s + gl)*D, g_t = gy, with
+    # D = dlog s/draw and D2 = d^2 log s/draw^2 (as the channels-first coupling).
+    gy, gl, x, h = ctx.saved_tensors
+    C = x.shape[-1]
+    u_x = _zeros_if_none(u_x, x)
+    u_h = _zeros_if_none(u_h, h)
+    if not torch.is_grad_enabled():
+        # no third order asked for: the closed-form kernel computes the same in one pass
+        d_gy, d_gl, d_x, d_h = torch.ops.invflow.coupling_cl_double_backward(
+            u_x, u_h, gy, gl, x, h, ctx.scale, ctx.clamp
+        )
+        return d_gy, (d_gl if ctx.has_grad_logdet else None), d_x, d_h, None, None
+    u_r, u_t = u_h[..., :C], u_h[..., C:]
+    s, _, d1, d2 = ref.scale_terms(h[..., :C], ctx.scale, ctx.clamp)
+    gl_v = gl.view((-1,) + (1,) * (x.dim() - 1))
+    sd = s * d1
+    d_gy = u_x * s + u_r * x * sd + u_t
+    d_gl = (u_r * d1).flatten(1).sum(1) if ctx.has_grad_logdet else None
+    d_x = u_r * gy * sd
+    d_r = u_x * gy * sd + u_r * (gy * x * s * (d1 * d1 + d2) + gl_v * d2)
+    d_h = torch.cat([d_r, torch.zeros_like(d_r)], dim=-1)
+    return d_gy, d_gl, d_x, d_h, None, None
+
+
 # ---------------------------------------------------------------------- registration
+#: Ops registered without autograd, and why (tests/invflow/ops/test_registration.py checks
+#: that every other op has one).
+NO_AUTOGRAD = {
+    "coupling_cl_double_backward": "called only with grad mode off, by the autograd of "
+    "coupling_cl_backward; higher orders go through its eager formula instead",
+}
+
+
 def _like(t):
     return torch.empty_like(t, memory_format=torch.contiguous_format)
 
@@ -208,6 +270,11 @@ def _register() -> None:
     fake(lib + "coupling_forward")(lambda x, h, m, s, c: (_like(x), _batch_vector(x)))
     fake(lib + "coupling_inverse")(lambda y, h, m, s, c: (_like(y), _batch_vector(y)))
     fake(lib + "coupling_backward")(lambda gy, gl, x, h, m, s, c: (_like(x), _like(h)))
+    fake(lib + "coupling_cl_forward")(lambda x, h, s, c: (_like(x), _batch_vector(x)))
+    fake(lib + "coupling_cl_backward")(lambda gy, gl, x, h, s, c: (_like(x), _like(h)))
+    fake(lib + "coupling_cl_double_backward")(
+        lambda ux, uh, gy, gl, x, h, s, c: (_like(x), _batch_vector(x), _like(x), _like(h))
+    )
 
     autograd = torch.library.register_autograd
     autograd(lib + "actnorm_forward", _actnorm_backward, setup_context=_actnorm_setup)
@@ -218,6 +285,8 @@ def _register() -> None:
     autograd(lib + "coupling_forward", _coupling_backward, setup_context=_coupling_setup)
     autograd(lib + "coupling_backward", _coupling_bwd_backward, setup_context=_coupling_bwd_setup)
     autograd(lib + "coupling_inverse", _coupling_inverse_backward, setup_context=_coupling_inverse_setup)
+    autograd(lib + "coupling_cl_forward", _coupling_cl_backward, setup_context=_coupling_cl_setup)
+    autograd(lib + "coupling_cl_backward", _coupling_cl_bwd_backward, setup_context=_coupling_cl_bwd_setup)
 
 
 if AVAILABLE:
@@ -243,3 +312,11 @@ def coupling_forward(x, h, mask, scale, clamp):
 
 def coupling_inverse(y, h, mask, scale, clamp):
     return torch.ops.invflow.coupling_inverse(y, h, mask, scale, float(clamp))
+
+
+def coupling_cl_forward(x, h, scale, clamp):
+    """Channels-last coupling: x [B, ..., C], h [B, ..., 2C] with h[..., :C] = raw and
+    h[..., C:] = t at every position (the output of a channels-last st-net); returns
+    (y = s(raw) * x + t, log|det| [B] = the sum of log s(raw) per sample), Glow (Kingma &
+    Dhariwal 2018, Table 1).  Semantics: ``reference.coupling_cl_forward``."""
+    return torch.ops.invflow.coupling_cl_forward(x, h, scale, float(clamp))

@@ -53,7 +53,13 @@ def per_sample(value: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 def scale_terms(raw: torch.Tensor, scale: str, clamp: float):
-    """Returns (s, log s, d log s / d raw, d^2 log s / d raw^2) of csrc/common/scale.h."""
+    """The coupling's scale s(raw) and its derivatives, elementwise (csrc/common/scale.h).
+
+    Returns (s, log s, d log s / d raw, d^2 log s / d raw^2), each shaped like ``raw``.
+    ``scale``: "sigmoid" s = sigmoid(raw + 2) (Glow, Kingma & Dhariwal 2018), "exp"
+    s = exp(raw) (RealNVP, Dinh et al. 2017), "tanh" s = exp(clamp * tanh(raw / clamp))
+    (the bounded form of FrEIA).  Raises ValueError for another ``scale``.
+    """
     if scale == "sigmoid":
         z = raw + 2.0
         s = torch.sigmoid(z)

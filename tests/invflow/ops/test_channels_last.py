@@ -13,7 +13,7 @@ from torch.autograd import gradcheck, gradgradcheck
 import invflow
 from invflow import nets
 from invflow.models import fused_scale
-from invflow.ops import channels_last, reference
+from invflow.ops import fused, reference
 
 SCALES = ["sigmoid", "exp", "tanh"]
 OP = torch.ops.invflow
@@ -34,7 +34,7 @@ def cl_args(shape, device, dtype, requires_grad=False):
 def test_coupling_cl_equals_reference_and_channels_first(shape, dtype, scale, device):
     x, h = cl_args(shape, device, dtype)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
-    y, ld = channels_last.coupling_cl_forward(x, h, scale, 2.0)
+    y, ld = fused.coupling_cl_forward(x, h, scale, 2.0)
     y_ref, ld_ref = reference.coupling_cl_forward(x, h, scale, 2.0)
     torch.testing.assert_close(y, y_ref, **tol)
     torch.testing.assert_close(ld, ld_ref, **tol)
@@ -51,7 +51,7 @@ def test_coupling_cl_value_by_hand():
     """One position, sigmoid scale: y = sigmoid(raw + 2) x + t, logdet = log sigmoid(raw + 2)."""
     x = torch.tensor([[[1.5, -2.0]]], dtype=torch.float64)
     h = torch.tensor([[[0.0, -2.0, 0.5, 1.0]]], dtype=torch.float64)
-    y, ld = channels_last.coupling_cl_forward(x, h, "sigmoid", 2.0)
+    y, ld = fused.coupling_cl_forward(x, h, "sigmoid", 2.0)
     s = torch.sigmoid(torch.tensor([2.0, 0.0], dtype=torch.float64))
     torch.testing.assert_close(y, torch.stack([s[0] * 1.5 + 0.5, s[1] * -2.0 + 1.0]).view(1, 1, 2))
     torch.testing.assert_close(ld, torch.log(s).sum().view(1))
@@ -62,7 +62,7 @@ def test_coupling_cl_non_contiguous_inputs(device):
     xs, hs = x[..., 1:6], torch.cat([h[..., 1:6], h[..., 11:16]], -1)[:, ::2]
     xs = xs[:, ::2]
     torch.testing.assert_close(
-        channels_last.coupling_cl_forward(xs, hs, "sigmoid", 2.0),
+        fused.coupling_cl_forward(xs, hs, "sigmoid", 2.0),
         reference.coupling_cl_forward(xs, hs, "sigmoid", 2.0),
     )
 
@@ -84,7 +84,7 @@ def test_gradcheck_and_gradgradcheck_coupling_cl(shape, scale, device):
     h.data.mul_(0.5)
 
     def fn(x, h):
-        return channels_last.coupling_cl_forward(x, h, scale, 2.0)
+        return fused.coupling_cl_forward(x, h, scale, 2.0)
 
     assert gradcheck(fn, (x, h))
     assert gradgradcheck(fn, (x, h))
@@ -126,7 +126,7 @@ def test_penalty_second_backward_uses_kernel_and_matches_formula():
     x, h = cl_args((2, 5, 3), "cpu", torch.float64, requires_grad=True)
     grads = []
     for create_graph in (False, True):
-        y, ld = channels_last.coupling_cl_forward(x, h, "sigmoid", 2.0)
+        y, ld = fused.coupling_cl_forward(x, h, "sigmoid", 2.0)
         gx, gh = torch.autograd.grad(y.square().sum() + ld.sum(), (x, h), create_graph=True)
         pen = gx.square().sum() + gh.square().sum()
         grads.append(torch.autograd.grad(pen, (x, h), create_graph=create_graph))

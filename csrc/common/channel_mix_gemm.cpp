@@ -3,7 +3,7 @@
 //   y[b, :, n] = W x[b, :, n]            dL/dW = sum_{b, n} g[b, :, n] x[b, :, n]^T
 #include <algorithm>
 
-#include "ops.h"
+#include "../ops.h"
 
 namespace invflow {
 

@@ -10,7 +10,7 @@ NAME = "reproduce"
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Adds the ``reproduce`` subcommand."""
-    p = subparsers.add_parser(NAME, help="the five papers' experiments over several seeds (docs/RESULTS.md)")
+    p = subparsers.add_parser(NAME, help="the five papers' experiments over several seeds (docs/results.md)")
     p.add_argument(
         "names", nargs="+", help="experiments: glow, architectures, features, baselines, one-vs-rest, or all"
     )

@@ -463,7 +463,7 @@ def exp_one_vs_rest(run: Run) -> dict:
 
 
 def exp_baselines(run: Run) -> dict:
-    """The seeds' other systems on the same data: PixelCNN++ likelihood and likelihood ratio
+    """The papers' other systems on the same data: PixelCNN++ likelihood and likelihood ratio
     (Schirrmeister et al. 2020 Tab. 1, matching model bias: a general-distribution PixelCNN++ for the ratio),
     and classifier detectors (Schirrmeister et al. 2020 Tab. 4 / S9, Chali et al. 2023 Tab. 2): maximum softmax
     probability, energy, Mahalanobis, outlier exposure and the in-vs-general classifier."""
@@ -695,19 +695,19 @@ def _aggregate_nested(items: list):
 
 
 #: Published AUROCs (%) for Fashion-MNIST (in) vs MNIST (OOD), with where they are printed.
-#: Most rows of the seeds' tables are for CIFAR-10 / SVHN only; docs/RESULTS.md discusses those.
+#: Most rows of the papers' tables are for CIFAR-10 / SVHN only; docs/results.md discusses those.
 PAPER_AUROC = {
-    "likelihood": "15 (000 Sec. 2, Glow); 13.3 (003 App. D, Glow)",
-    "conv Glow: likelihood": "15 (000 Sec. 2); 13.3 (003 App. D)",
-    "fully-connected Glow: likelihood": "81 (000 Sec. 2)",
-    "RealNVP checkerboard: likelihood": "10.8 (003 App. D)",
-    "RealNVP horizontal: likelihood": "histograms only: OOD still higher on average (003 Sec. 7)",
-    "RealNVP cycle: likelihood": "histograms only: in-dist. higher on average (003 App. I.1)",
-    "RealNVP checkerboard, bottleneck st-nets: likelihood": "histograms only: in-dist. much higher, l=10/50 (003 Sec. 7)",
-    "vanilla: approximate mass": "97.7 (004 Tab. 1, RealNVP)",
-    "penalised: approximate mass": "99.4 (004 Tab. 1/2, RealNVP, alpha=2)",
-    "classifier: Mahalanobis": "99.5 (004 Tab. 2)",
-    "classifier: energy": "100 (004 Tab. 2, trained with MNIST as OOD)",
+    "likelihood": "15 (Schirrmeister et al. 2020 Sec. 2, Glow); 13.3 (Kirichenko et al. 2020 App. D, Glow)",
+    "conv Glow: likelihood": "15 (Schirrmeister et al. 2020 Sec. 2); 13.3 (Kirichenko et al. 2020 App. D)",
+    "fully-connected Glow: likelihood": "81 (Schirrmeister et al. 2020 Sec. 2)",
+    "RealNVP checkerboard: likelihood": "10.8 (Kirichenko et al. 2020 App. D)",
+    "RealNVP horizontal: likelihood": "histograms only: OOD still higher on average (Kirichenko et al. 2020 Sec. 7)",
+    "RealNVP cycle: likelihood": "histograms only: in-dist. higher on average (Kirichenko et al. 2020 App. I.1)",
+    "RealNVP checkerboard, bottleneck st-nets: likelihood": "histograms only: in-dist. much higher, l=10/50 (Kirichenko et al. 2020 Sec. 7)",
+    "vanilla: approximate mass": "97.7 (Chali et al. 2023 Tab. 1, RealNVP)",
+    "penalised: approximate mass": "99.4 (Chali et al. 2023 Tab. 1/2, RealNVP, alpha=2)",
+    "classifier: Mahalanobis": "99.5 (Chali et al. 2023 Tab. 2)",
+    "classifier: energy": "100 (Chali et al. 2023 Tab. 2, trained with MNIST as OOD)",
 }
 
 

@@ -273,7 +273,7 @@ def zoo_models() -> dict:
 
 
 #: the ensembles the demo reports: pixel-level (flow) and semantic (feature) evidence, which
-#: fail on different OOD sets (docs/RESULTS.md section 6, the OOD suite); names of the members
+#: fail on different OOD sets (docs/results.md section 6, the OOD suite); names of the members
 #: as in the demo's table
 DEMO_ENSEMBLES = (
     "Diff-dagger + features: PCA",

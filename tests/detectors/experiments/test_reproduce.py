@@ -1,4 +1,4 @@
-"""`python -m detectors reproduce` (docs/RESULTS.md) in its smoke configuration, the
+"""`python -m detectors reproduce` (docs/results.md) in its smoke configuration, the
 summary over seeds, and the pieces it adds: the z-score Ensemble and CachedFeatures."""
 
 import json

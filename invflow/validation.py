@@ -129,7 +129,7 @@ def check_model_input(
     values: bool = True,
 ) -> None:
     """The docs/design.md input rules for any model taking preprocessed images (flows, and the
-    PixelCNN++ / classifier baselines of ``detectors.models``): TypeError for non-tensors,
+    PixelCNN++ / classifier baselines of ``detectors.baselines``): TypeError for non-tensors,
     integer dtypes and a dtype other than ``param``'s; ValueError for another device, wrong
     rank, channels or size, an empty batch, NaN / Inf and, with ``max_abs``, values with
     |x| > max_abs.  ``integer_hint`` is appended to the integer-dtype message.

@@ -444,5 +444,5 @@ class PixelCNNpp(nn.Module):
     def check_input(self, x) -> None:
         """TypeError for non-tensors, integer dtypes and a dtype other than the parameters';
         ValueError for wrong rank, channels or size, another device, an empty batch,
-        NaN / Inf and values outside [-0.5, 0.5] (the invflow.models.base rules)."""
+        NaN / Inf and values outside [-0.5, 0.5] (the invflow.validation rules)."""
         check_model_input(x, type(self).__name__, self.input_shape, next(self.parameters()), max_abs=0.5)

@@ -3,7 +3,7 @@ needs, its class in ``detectors.scores``, its parameters, what it uses beyond un
 in-distribution data, and its source), and :func:`build` makes the unfitted detector.
 
 The default set is chosen by the worst case over the OOD suite (``detectors.experiments.ood_suite``;
-docs/RESULTS.md section 6, "The OOD suite: which detectors never collapse"): every single
+docs/results.md section 6, "The OOD suite: which detectors never collapse"): every single
 detector collapses on some kind of OOD data (PNG complexity on upside-down Fashion-MNIST,
 feature PCA and KNN on inverted Fashion-MNIST, the last scale on constant images), while the
 ensemble of PNG complexity and feature PCA keeps the best worst case without auxiliary data
@@ -94,7 +94,7 @@ CATALOGUE: dict[str, Spec] = {
         {"members": ["png", "pca"]},
         "-",
         "detectors.Ensemble: the z-scores of png and pca summed, each standardised on the held-out "
-        "part of TRAIN; the best worst case of the OOD suite without aux data (docs/RESULTS.md section 6)",
+        "part of TRAIN; the best worst case of the OOD suite without aux data (docs/results.md section 6)",
     ),
     "last-scale+pca": Spec(
         "ensemble",
@@ -102,7 +102,7 @@ CATALOGUE: dict[str, Spec] = {
         {"members": ["last-scale", "pca"]},
         "-",
         "detectors.Ensemble: the z-scores of last-scale and pca summed, each standardised on "
-        "the held-out part of TRAIN (its OOD suite worst case: docs/RESULTS.md section 6)",
+        "the held-out part of TRAIN (its OOD suite worst case: docs/results.md section 6)",
     ),
 }
 FEATURE_NEEDS = ("features", "features+labels", "features-flow")

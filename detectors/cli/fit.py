@@ -38,7 +38,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         metavar="NAME",
         choices=list(CATALOGUE),
         help=f"detectors to fit (default: {' '.join(DEFAULT_DETECTORS)}: the ensemble of png "
-        "and pca plus both members, chosen by the worst case over the OOD suite of docs/RESULTS.md "
+        "and pca plus both members, chosen by the worst case over the OOD suite of docs/results.md "
         "section 6: every single detector collapses on some kind of OOD data (png on upside-down "
         "Fashion-MNIST, pca on inverted Fashion-MNIST, last-scale on constant images), png+pca keeps "
         "the best worst case without auxiliary data; an ensemble's members are always fitted and "

@@ -294,7 +294,7 @@ def run(out: str = "runs/demo", smoke: bool = False, train: bool | None = None, 
         missing = [ZOO_ROLES[r] for r in ZOO_ROLES if r not in models]
         if missing:
             raise RuntimeError(
-                f"zoo models missing: {', '.join(missing)}; train them (python -m detectors.zoo.train "
+                f"zoo models missing: {', '.join(missing)}; train them (python -m detectors zoo "
                 f"NAME) or run the demo with --train"
             )
     baseline_dets = (
@@ -371,7 +371,7 @@ def run(out: str = "runs/demo", smoke: bool = False, train: bool | None = None, 
         ]
     else:
         budget = [
-            "Models: detectors.zoo (python -m detectors.zoo.train; cards in detectors/zoo/cards): "
+            "Models: detectors.zoo (python -m detectors zoo; cards in detectors/zoo/cards): "
             + "; ".join(_zoo_notes())
             + ". General distribution: grey patches of 32 photos (scikit-image, "
             "scikit-learn, matplotlib, Debian wallpapers; detectors.data.photos), photometrically broadened for the general "

@@ -1,5 +1,5 @@
 """detectors.bundle.catalogue: every detector a bundle can fit, described without result
-numbers (they live in docs/RESULTS.md and go stale in code)."""
+numbers (they live in docs/results.md and go stale in code)."""
 
 from __future__ import annotations
 

@@ -295,7 +295,7 @@ def test_feature_flow_saves_its_pca_projection(tmp_path):
 
 def test_default_set_is_the_ensemble_of_png_and_pca_and_its_members():
     """The default of fit is what the OOD suite recommends by the worst case
-    without aux data (docs/RESULTS.md section 6): the ensemble png+pca plus its members."""
+    without aux data (docs/results.md section 6): the ensemble png+pca plus its members."""
     import argparse
 
     from detectors.cli import fit as cli_fit

@@ -41,7 +41,7 @@ from detectors.scores import (
     png_bits,
 )
 from invflow.data import preprocess
-from invflow.models.base import FlowOutput
+from invflow.models import FlowOutput
 
 D_IMG = 64  # 1 x 8 x 8
 LOG2PI = math.log(2 * math.pi)

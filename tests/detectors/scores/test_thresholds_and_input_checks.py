@@ -27,7 +27,7 @@ from detectors.scores import (
     Typicality,
 )
 from detectors.scores.classifier import Energy, Mahalanobis, MaxSoftmax
-from invflow.layers.actnorm import UninitializedWarning
+from invflow.layers import UninitializedWarning
 
 
 def _vector_flow(seed=0):

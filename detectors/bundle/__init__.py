@@ -32,8 +32,11 @@ from .catalogue import (
     members,
     with_members,
 )
-from .fit import FitConfig, fit_bundle
-from .fit import _split as _split  # the seeded fit / held-out split, used by tests
+from .fit import (
+    FitConfig,
+    fit_bundle,
+    holdout_split,  # the seeded fit / held-out split
+)
 from .scoring import Bundle, prepare, read_images, with_member_scores
 from .store import BUNDLE_FILE, FEATURES_FILE, FIT_FILE, FORMAT, STATE_FILE, VERSION, load
 

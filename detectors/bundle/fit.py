@@ -95,7 +95,7 @@ class FitConfig:
             raise ValueError(f"feature_size must be an int >= 32, got {self.feature_size!r}")
 
 
-def _split(n: int, holdout: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def holdout_split(n: int, holdout: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(fit indices, calibration indices): a seeded permutation, ``holdout`` of it held out."""
     n_cal = max(1, int(round(holdout * n)))
     if n - n_cal < 2:
@@ -291,9 +291,9 @@ class Split:
 
 
 def split_train(train: Train, policy: ImagePolicy, cfg: FitConfig, say) -> Split:
-    """Applies the policy and holds out ``cfg.holdout`` of TRAIN for calibration (:func:`_split`)."""
+    """Applies the policy and holds out ``cfg.holdout`` of TRAIN for calibration (:func:`holdout_split`)."""
     x = policy.apply(train.images, cfg.progress)
-    fit_idx, cal_idx = _split(len(x), cfg.holdout, cfg.seed)
+    fit_idx, cal_idx = holdout_split(len(x), cfg.holdout, cfg.seed)
     split = Split(x, fit_idx, cal_idx)
     say(f"fit part: {len(fit_idx)} images; calibration part (held out): {len(cal_idx)} images")
     return split

@@ -27,7 +27,7 @@ class DatasetUnavailable(RuntimeError):
     """A dataset's files are not installed; the message says how to install them."""
 
 
-def _rgb_to_grey(rgb: np.ndarray) -> np.ndarray:
+def rgb_to_grey(rgb: np.ndarray) -> np.ndarray:
     """uint8 [..., 3] -> uint8 [...]: 0.2989 r + 0.5870 g + 0.1140 b, rounded (Schirrmeister et al. 2020 S5.1)."""
     rgb = rgb.astype(np.float32)
     grey = 0.2989 * rgb[..., 0] + 0.5870 * rgb[..., 1] + 0.1140 * rgb[..., 2]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import named
-from .files import GREY_MODES, IMAGE_EXTENSIONS, DatasetUnavailable, _rgb_to_grey, load_npz
+from .files import GREY_MODES, IMAGE_EXTENSIONS, DatasetUnavailable, rgb_to_grey, load_npz
 from .files import open_image as _open
 
 
@@ -260,7 +260,7 @@ def load_image_folder(
     out = np.empty((len(arrays), channels, *first[1]), dtype=np.uint8)
     for i, a in enumerate(arrays):
         if channels == 1:
-            out[i, 0] = a if a.ndim == 2 else _rgb_to_grey(a)
+            out[i, 0] = a if a.ndim == 2 else rgb_to_grey(a)
         else:
             out[i] = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
     labels = torch.tensor([c for _, c in files], dtype=torch.int64)

@@ -25,7 +25,7 @@ import os
 import numpy as np
 import torch
 
-from .files import DatasetUnavailable, _rgb_to_grey, load_idx_images, load_npz
+from .files import DatasetUnavailable, rgb_to_grey, load_idx_images, load_npz
 
 
 def _mnist_5k_path() -> str:
@@ -171,7 +171,7 @@ def _natural_photos(grey: bool) -> tuple[np.ndarray, ...]:
         with Image.open(_photo_path(package, name)) as im:
             arr = np.asarray(im.convert("L" if im.mode in ("L", "1") else "RGB"))
         if grey and arr.ndim == 3:
-            arr = _rgb_to_grey(arr)
+            arr = rgb_to_grey(arr)
         elif not grey and arr.ndim == 2:
             arr = np.repeat(arr[..., None], 3, axis=2)
         arr = np.ascontiguousarray(arr)

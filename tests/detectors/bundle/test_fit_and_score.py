@@ -118,7 +118,7 @@ def test_fit_then_score_end_to_end(folders, tmp_path, capsys):
     with pytest.warns(UnreadableImagesWarning):
         src = load_source(str(folders / "train"))
     x = bundle.policy.apply(src.images)
-    fit_idx, cal_idx = bundle_mod._split(len(x), 0.2, 0)
+    fit_idx, cal_idx = bundle_mod.holdout_split(len(x), 0.2, 0)
     assert len(cal_idx) == 9 and not set(fit_idx.tolist()) & set(cal_idx.tolist())
     held_out = bundle.score(x[cal_idx])
     for name, s in held_out.items():
@@ -225,7 +225,7 @@ def test_nested_class_folders_feed_the_supervised_detector(tmp_path, capsys):
     src = load_source(str(tmp_path / "train"))
     assert src.classes == ["astronaut", "coffee"]
     x = bundle.policy.apply(src.images)
-    fit_idx, cal_idx = bundle_mod._split(len(x), 0.2, 0)
+    fit_idx, cal_idx = bundle_mod.holdout_split(len(x), 0.2, 0)
     for name, s in bundle.score(x[cal_idx]).items():  # thresholds from the held-out part
         assert bundle[name].threshold == pytest.approx(
             float(np.quantile(s.numpy(), 0.95, method="higher"))
@@ -283,7 +283,7 @@ def test_feature_flow_saves_its_pca_projection(tmp_path):
     loaded = detectors.load(tmp_path / "det")
     x = fitted.prepare(str(tmp_path / "train"))
     assert torch.equal(loaded.score(x)["feature-flow"], fitted.score(x)["feature-flow"])
-    fit_idx, _ = bundle_mod._split(len(x), 0.2, 0)
+    fit_idx, _ = bundle_mod.holdout_split(len(x), 0.2, 0)
     f = detectors.features.image_features(x[fit_idx], 32).double().numpy()
     pca = SkPCA(n_components=min(32, len(f) - 1), svd_solver="full").fit(f)
     proj = loaded["feature-flow"].transform
@@ -351,7 +351,7 @@ def test_ensemble_in_a_bundle_is_detectors_ensemble_of_its_members(tmp_path, cap
 
     # standardisation and threshold from the held-out part of TRAIN (the thresholds' images)
     x = fitted.prepare(str(tmp_path / "train"))
-    fit_idx, cal_idx = bundle_mod._split(len(x), 0.2, 0)
+    fit_idx, cal_idx = bundle_mod.holdout_split(len(x), 0.2, 0)
     cal = fitted.score(x[cal_idx])
     stats = {m: (float(cal[m].mean()), float(cal[m].std())) for m in ("last-scale", "pca")}
     for m in stats:

@@ -43,6 +43,7 @@ from .store import BUNDLE_FILE, FEATURES_FILE, FIT_FILE, FORMAT, STATE_FILE, VER
 __all__ = [
     "Bundle",
     "fit_bundle",
+    "holdout_split",
     "load",
     "FitConfig",
     "CATALOGUE",

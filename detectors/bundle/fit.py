@@ -113,23 +113,21 @@ def _glow(policy: ImagePolicy, cfg: FitConfig):
     return invflow.Glow(policy.channels, policy.size, levels=cfg.levels, steps=cfg.depth, hidden=cfg.hidden)
 
 
-def _train_flow(
-    run_dir: str, images: torch.Tensor, policy: ImagePolicy, cfg: FitConfig, say
-) -> torch.nn.Module:
-    """Trains (or resumes, or reuses) a Glow in the Trainer run directory ``run_dir``; returns it
-    read back from its latest checkpoint, in eval mode."""
+def _train_or_reuse(model, data: torch.Tensor, run_dir: str, cfg: FitConfig, say, what: str, start: str):
+    """Trains ``model`` on ``data`` in the Trainer run directory ``run_dir`` (resuming a run
+    there, or reusing it when it already has ``cfg.steps`` steps) and returns it read back from
+    its latest checkpoint, in eval mode.  ``what`` names the model in messages, ``start`` is the
+    line printed before training."""
     import invflow
     from invflow.train import Trainer
 
-    torch.manual_seed(cfg.seed)
-    model = _glow(policy, cfg)
     resume = os.path.isfile(os.path.join(run_dir, "latest"))
     trainer = Trainer(
         model,
-        images,
+        data,
         out_dir=run_dir,
         steps=cfg.steps,
-        batch_size=min(cfg.batch_size, len(images)),
+        batch_size=min(cfg.batch_size, len(data)),
         lr=cfg.lr,
         warmup=max(1, min(100, cfg.steps // 5)),
         seed=cfg.seed,
@@ -138,47 +136,37 @@ def _train_flow(
         log_every=10,
     )
     if resume and trainer.load_latest() and trainer.step >= cfg.steps:
-        say(f"{run_dir}: reusing the trained model (step {trainer.step})")
+        say(f"{run_dir}: reusing the trained {what} (step {trainer.step})")
     else:
-        say(
-            f"training a Glow ({sum(p.numel() for p in model.parameters()):,} parameters, "
-            f"{policy.channels}x{policy.size}x{policy.size}) on {len(images)} images for {cfg.steps} steps"
-            + (f", resuming at step {trainer.step}" if resume else "")
-        )
+        say(start + (f", resuming at step {trainer.step}" if resume else ""))
         trainer.step = 0  # fit(resume=True) reloads the checkpoint itself
         trainer.fit(resume=resume)
     return invflow.checkpoint.load(run_dir)
+
+
+def _train_flow(
+    run_dir: str, images: torch.Tensor, policy: ImagePolicy, cfg: FitConfig, say
+) -> torch.nn.Module:
+    """Trains (or resumes, or reuses) a Glow in the Trainer run directory ``run_dir``; returns it
+    read back from its latest checkpoint, in eval mode."""
+    torch.manual_seed(cfg.seed)
+    model = _glow(policy, cfg)
+    start = (
+        f"training a Glow ({sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"{policy.channels}x{policy.size}x{policy.size}) on {len(images)} images for {cfg.steps} steps"
+    )
+    return _train_or_reuse(model, images, run_dir, cfg, say, "model", start)
 
 
 def _train_vector_flow(run_dir: str, z: torch.Tensor, cfg: FitConfig, say) -> torch.nn.Module:
     """A ``VectorFlow`` on projected features (Schmier et al. 2022's "Flow"), trained or resumed
     in the run directory ``run_dir`` like the image flow."""
     import invflow
-    from invflow.train import Trainer
 
     torch.manual_seed(cfg.seed)
     model = invflow.VectorFlow(z.shape[1], blocks=4, hidden=64)
-    resume = os.path.isfile(os.path.join(run_dir, "latest"))
-    trainer = Trainer(
-        model,
-        z,
-        out_dir=run_dir,
-        steps=cfg.steps,
-        batch_size=min(cfg.batch_size, len(z)),
-        lr=cfg.lr,
-        warmup=max(1, min(100, cfg.steps // 5)),
-        seed=cfg.seed,
-        checkpoint_every=max(10, cfg.steps // 10),
-        progress=cfg.progress,
-        log_every=10,
-    )
-    if resume and trainer.load_latest() and trainer.step >= cfg.steps:
-        say(f"{run_dir}: reusing the trained feature flow (step {trainer.step})")
-    else:
-        say(f"training a feature flow ({z.shape[1]} PCA dimensions) for {cfg.steps} steps")
-        trainer.step = 0
-        trainer.fit(resume=resume)
-    return invflow.checkpoint.load(run_dir)
+    start = f"training a feature flow ({z.shape[1]} PCA dimensions) for {cfg.steps} steps"
+    return _train_or_reuse(model, z, run_dir, cfg, say, "feature flow", start)
 
 
 def _cached_features(out: str, images: torch.Tensor, cfg: FitConfig) -> torch.Tensor:

@@ -50,7 +50,7 @@ from tqdm import tqdm
 from . import checkpoint
 from .data import bits_per_dim, preprocess
 from .io import atomic_write
-from .validation import IMAGE_RANGE, check_number
+from .validation import check_number, unpreprocessed_hint
 
 Objective = Callable[[nn.Module, "Batch"], "torch.Tensor | tuple[torch.Tensor, dict]"]
 
@@ -302,21 +302,18 @@ class Trainer:
         self._order: tuple[int, torch.Tensor] | None = None
 
     def _check_range(self, model: nn.Module) -> None:
-        """Floating image data must be preprocessed into [-0.5, 0.5] (docs/design.md); uint8 images
-        are preprocessed here, vectors (features, tabular data) take any finite values."""
+        """Floating image data must not look like raw pixels (0..255 or ToTensor 0..1 floats:
+        the rule of ``invflow.validation.unpreprocessed_hint``, the same as the models'); uint8
+        images are preprocessed here, other finite floats are used as they are."""
         x = self.examples
         image_model = getattr(model, "is_image_model", x.dim() == 4)
         if not x.is_floating_point() or not image_model:
             return
         if not bool(torch.isfinite(x).all()):
             raise ValueError("Trainer: data contain NaN or Inf")
-        lo, hi = float(x.min()), float(x.max())
-        if lo < -IMAGE_RANGE or hi > IMAGE_RANGE:
-            raise ValueError(
-                f"Trainer: floating images must be preprocessed into [-{IMAGE_RANGE:g}, {IMAGE_RANGE:g}] "
-                f"(got min {lo:.4g}, max {hi:.4g}); pass uint8 images (preprocessed with "
-                f"dequantisation here) or preprocess them with invflow.data.preprocess"
-            )
+        hint = unpreprocessed_hint(x)
+        if hint is not None:
+            raise ValueError(f"Trainer: floating images {hint}, or pass the uint8 images (dequantised here)")
 
     # -- data ------------------------------------------------------------------------
     def _examples(self, idx: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -7,7 +7,8 @@ entry point, the argument and what was expected (docs/design.md, "Errors").
     check_number(value, name, where, low=, high=, integer=)   numeric arguments
     check_ints(where, **values)                                positive integer arguments
     check_input(x, layer, channels)                            layer inputs
-    check_model_input(x, name, input_shape, param, max_abs)    model inputs
+    check_model_input(x, name, input_shape, param, images=)    model inputs
+    unpreprocessed_hint(x) / check_preprocessed(x, where)       images not run through preprocess
     as_size(image_size)                                        int or (H, W) -> (H, W)
     logdet_dtype(dtype)                                        float32 for half / bfloat16
 """
@@ -20,7 +21,9 @@ import numbers
 import torch
 
 #: The range of preprocessed images (invflow.data.preprocess: (k + u) / 256 - 0.5 with
-#: k in 0..255 and u in [0, 1) lies in [-0.5, 0.5], float rounding included).
+#: k in 0..255 and u in [0, 1) lies in [-0.5, 0.5], float rounding included).  It is the range
+#: of the DATA, not of a model's domain: a flow's density is defined on all of R^D, and its own
+#: samples leave this cube (see ``unpreprocessed_hint`` for what image models refuse).
 IMAGE_RANGE = 0.5
 
 #: dtypes whose log-determinants (and small linear algebra) are computed in float32
@@ -119,6 +122,51 @@ def check_ints(where: str, low: int = 1, **values) -> None:
         check_number(v, name, where, low=low, integer=True)
 
 
+def unpreprocessed_hint(x: torch.Tensor) -> str | None:
+    """Whether floating images ``x`` look like images that were never preprocessed, and which
+    kind; None when they do not.  This is the one rule every image model applies:
+
+    * the batch has **no negative value** and its **maximum exceeds IMAGE_RANGE (0.5)**.
+
+    Preprocessed 8-bit images (``invflow.data.preprocess``) lie in [-0.5, 0.5), so such a batch
+    is not preprocessed data, and it is exactly what raw pixel values give: maximum > 1 reads as
+    0..255 values, maximum <= 1 as torchvision's ``ToTensor`` 0..1 floats (both returned as a
+    hint naming the kind and the fix).  Everything else is accepted, because a flow's density is
+    defined on all of R^D: a model's own samples at any temperature leave [-0.5, 0.5] on both
+    sides (dark pixels below -0.5), and values such as 2.0 or -3.0 are valid inputs with a low
+    density.  The one blind spot: a batch of only bright samples (every value >= 0) reaching
+    above 0.5 is taken for raw pixels; score such samples together with others, or clamp them
+    into [-0.5, 0.5].  NaN / Inf are not judged here (``check_model_input`` refuses them).
+    Reads x once (one host sync on CUDA)."""
+    lo, hi = torch.aminmax(x.detach())
+    lo, hi = float(lo), float(hi)
+    if not (lo >= 0 and hi > IMAGE_RANGE and math.isfinite(hi)):
+        return None
+    if hi > 1:
+        kind = "0..255 pixel values"
+        fix = "preprocess the uint8 images with invflow.data.preprocess (x.round().to(torch.uint8) first)"
+    else:
+        kind = "torchvision's ToTensor 0..1 floats"
+        fix = (
+            "preprocess the 8-bit images with invflow.data.preprocess "
+            "((x * 255).round().to(torch.uint8) first)"
+        )
+    return (
+        f"values outside [-{IMAGE_RANGE:g}, {IMAGE_RANGE:g}] (min {lo:.4g}, max {hi:.4g}, none negative) "
+        f"look like {kind}, not preprocessed images; {fix}"
+    )
+
+
+def check_preprocessed(x: torch.Tensor, where: str) -> None:
+    """ValueError "``where``: <unpreprocessed_hint(x)>" when floating images ``x`` look like raw
+    pixel values (see ``unpreprocessed_hint`` for the rule); integer tensors and any other
+    floating values pass (check dtypes and NaN / Inf separately)."""
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and x.numel():
+        hint = unpreprocessed_hint(x)
+        if hint is not None:
+            raise ValueError(f"{where}: input {hint}")
+
+
 def check_model_input(
     x,
     name: str,
@@ -127,11 +175,14 @@ def check_model_input(
     max_abs: float | None = None,
     integer_hint: str = "",
     values: bool = True,
+    images: bool = False,
 ) -> None:
     """The docs/design.md input rules for any model taking preprocessed images (flows, and the
     PixelCNN++ / classifier baselines of ``detectors.baselines``): TypeError for non-tensors,
     integer dtypes and a dtype other than ``param``'s; ValueError for another device, wrong
-    rank, channels or size, an empty batch, NaN / Inf and, with ``max_abs``, values with
+    rank, channels or size, an empty batch, NaN / Inf; with ``images``, images that look
+    unpreprocessed (``unpreprocessed_hint``: no negative value and a maximum above 0.5); with
+    ``max_abs`` (models whose inputs are bounded, e.g. discrete ones), values with
     |x| > max_abs.  ``integer_hint`` is appended to the integer-dtype message.
 
     The value checks (``values=True``) read x once (one host sync on CUDA); they are skipped
@@ -160,20 +211,14 @@ def check_model_input(
         raise ValueError(f"{name}: empty batch")
     if not values or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
         return
-    bad = ~torch.isfinite(x)
-    if max_abs is not None:
-        bad = bad | (x.abs() > max_abs)
-    if not bool(bad.any()):  # the one sync; details below only on failure
-        return
-    if not bool(torch.isfinite(x).all()):
+    lo, hi = torch.stack(torch.aminmax(x.detach())).tolist()  # the one sync (NaN propagates)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{name}: input contains NaN or Inf")
-    if max_abs is not None and bool((x.abs() > max_abs).any()):
-        hint = (
-            " (0..255 or torchvision's ToTensor 0..1 floats are not preprocessed)"
-            if float(x.max()) > max_abs
-            else ""
-        )
+    if images and lo >= 0 and hi > IMAGE_RANGE:
+        check_preprocessed(x, name)
+    if max_abs is not None and max(-lo, hi) > max_abs:
+        check_preprocessed(x, name)  # raw pixels: say so
         raise ValueError(
-            f"{name}: input values outside [-{max_abs:g}, {max_abs:g}] (min {float(x.min()):.4g}, max "
-            f"{float(x.max()):.4g}){hint}; preprocess 8-bit images with invflow.data.preprocess"
+            f"{name}: input values outside [-{max_abs:g}, {max_abs:g}] (min {lo:.4g}, max {hi:.4g}); "
+            f"this model takes preprocessed 8-bit images only (invflow.data.preprocess)"
         )

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..data import standard_normal_log_prob
 from ..layers import warn_if_uninitialized
-from ..validation import IMAGE_RANGE, check_model_input, check_number
+from ..validation import check_model_input, check_number
 from .memory import memory_free_applies
 
 # the checks this module re-exported before invflow.validation was public (one release)
@@ -178,7 +178,10 @@ class FlowModel(nn.Module, metaclass=abc.ABCMeta):
     def check_input(self, x) -> None:
         """docs/design.md error rules: TypeError for non-tensors, integer dtypes and a dtype other
         than the parameters'; ValueError for wrong rank, channels or size, mixed devices,
-        non-finite values and, for image models, values outside [-0.5, 0.5] (IMAGE_RANGE).
+        non-finite values and, for image models, images that look unpreprocessed (no negative
+        value and a maximum above 0.5: 0..255 or ToTensor 0..1 floats; the rule is
+        ``invflow.validation.unpreprocessed_hint``).  Any other finite values are accepted: the
+        density is defined on all of R^D, and the model's own samples leave [-0.5, 0.5].
         No input is altered."""
         # CUDA training: the values of the first batch only, so that a training step has no host
         # sync (a data pipeline that forgets preprocessing fails at its first batch)
@@ -188,7 +191,7 @@ class FlowModel(nn.Module, metaclass=abc.ABCMeta):
             self._name,
             self.input_shape,
             self._any_param(),
-            max_abs=IMAGE_RANGE if self.is_image_model else None,
+            images=self.is_image_model,
             values=not (cuda_training and self._values_checked),
         )
         if cuda_training:

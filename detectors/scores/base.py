@@ -18,6 +18,9 @@ difference is taken (Schirrmeister et al. 2020 S4.5).
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
+import math
 import warnings
 
 import numpy as np
@@ -96,6 +99,56 @@ def log_prob(model, x: torch.Tensor) -> torch.Tensor:
     return model(x).log_prob
 
 
+def _checks_models_after(init):
+    """Wraps a detector constructor: once the outermost ``__init__`` has run, the detector's
+    models are checked against each other (``Detector._check_models``)."""
+
+    @functools.wraps(init)
+    def checked_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        if type(self).__init__ is checked_init:  # the outermost constructor only
+            self._check_models()
+
+    return checked_init
+
+
+def _resizes_input(method):
+    """Wraps fit / calibrate / score / predict: with ``resize=True`` images of any size and
+    colour mode (any input kind of ``detectors.inputs``) are first brought to the size and
+    mode the detector's models take, with the policy detector bundles use
+    (``detectors.data.ImagePolicy``: shorter side resized with Lanczos, centre crop, grey or
+    RGB).  Batches that already have the right shape pass unchanged."""
+    takes_y = "y" in inspect.signature(method).parameters
+
+    @functools.wraps(method)
+    def wrapper(self, x, *args, **kwargs):
+        target = self._resize_target() if getattr(self, "resize", False) else None
+        if target is not None and not (
+            isinstance(x, torch.Tensor) and (x.dim() != 4 or tuple(x.shape[1:]) == target)
+        ):
+            from ..data import ImagePolicy
+            from ..inputs import as_images_with_labels
+
+            where = f"{self.name}.{method.__name__}"
+            images, labels = as_images_with_labels(x, where, progress=self.progress)
+            x = ImagePolicy(target[1], target[0]).apply(images, progress=self.progress)
+            if takes_y and labels is not None and kwargs.get("y") is None:
+                kwargs["y"] = labels
+        return method(self, x, *args, **kwargs)
+
+    wrapper._accepts_any_input = True
+    return wrapper
+
+
+def describe_model(attr: str, model) -> str:
+    """``"model (Glow, input [1, 28, 28], grey)"``: how errors name a detector's model."""
+    shape = getattr(model, "input_shape", None)
+    if shape is None:
+        return f"{attr} ({type(model).__name__})"
+    mode = {1: ", grey", 3: ", RGB"}.get(shape[0], "") if len(shape) == 3 else ""
+    return f"{attr} ({type(model).__name__}, input [{', '.join(map(str, shape))}]{mode})"
+
+
 class Detector:
     """Base class: subclasses implement ``_score_batch(x) -> [B]`` and optionally ``_fit``.
 
@@ -115,17 +168,89 @@ class Detector:
         super().__init_subclass__(**kw)
         for name in ("fit", "calibrate", "score", "predict"):
             if name in vars(cls):
-                setattr(cls, name, accepts_any_input(vars(cls)[name]))
+                setattr(cls, name, _resizes_input(accepts_any_input(vars(cls)[name])))
+        if "__init__" in vars(cls):
+            cls.__init__ = _checks_models_after(vars(cls)["__init__"])
 
     #: whether the state ``_fit`` learns leaves the fitting data's scores typical of fresh
     #: in-distribution data (then ``fit`` calibrates on them directly, without cross-fitting)
     calibrate_on_fit_data = False
 
-    def __init__(self, batch_size: int = 256, progress: bool = False):
+    def __init__(self, batch_size: int = 256, progress: bool = False, resize: bool = False):
         self.batch_size = check_number(batch_size, "batch_size", type(self).__name__, low=1, integer=True)
         self.progress = progress
-        self.threshold: float | None = None
-        self.fpr: float | None = None
+        if not isinstance(resize, bool):
+            raise TypeError(f"{type(self).__name__}: resize must be True or False, got {resize!r}")
+        self.resize = resize
+        self.threshold = None
+        self.fpr = None
+
+    # -- state -------------------------------------------------------------------------
+    @property
+    def threshold(self) -> float | None:
+        """The score above which ``predict`` flags an input: a finite float, or None before
+        ``fit`` / ``calibrate``.  Setting NaN or +-inf raises ValueError (a NaN threshold
+        never flags anything, +inf neither)."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value) -> None:
+        self._threshold = check_number(value, "threshold", self.name, optional=True)
+
+    @property
+    def fpr(self) -> float | None:
+        """The fraction of in-distribution data the threshold was set to flag, in [0, 1), or None."""
+        return self._fpr
+
+    @fpr.setter
+    def fpr(self, value) -> None:
+        self._fpr = check_number(value, "fpr", self.name, low=0, high=1, high_open=True, optional=True)
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether the detector's own state is fitted, so that ``score`` can run.  Detectors
+        without a state (the likelihoods of a given model) always are; the threshold is
+        separate (``threshold``)."""
+        return True
+
+    def _models(self) -> dict[str, nn.Module]:
+        """The detector's models by attribute name (the modules among its attributes)."""
+        return {k: v for k, v in vars(self).items() if isinstance(v, nn.Module)}
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        """The per-sample shape every input must have, e.g. (1, 28, 28): the shape the
+        detector's models take when it feeds them its inputs directly (no ``transform``);
+        None when any shape is taken."""
+        if getattr(self, "transform", None) is not None:
+            return None
+        shapes = [tuple(m.input_shape) for m in self._models().values() if hasattr(m, "input_shape")]
+        return shapes[0] if shapes else None
+
+    def _resize_target(self) -> tuple[int, int, int] | None:
+        """(C, H, W) that ``resize=True`` brings images to; None when the detector takes no
+        fixed image shape."""
+        shape = self.input_shape
+        return shape if shape is not None and len(shape) == 3 else None
+
+    def _check_models(self) -> None:
+        """At construction: the detector's models take the same inputs (else ValueError naming
+        them), and ``resize=True`` has a square grey or RGB image shape to resize to."""
+        shaped = {k: m for k, m in self._models().items() if hasattr(m, "input_shape")}
+        if len({tuple(m.input_shape) for m in shaped.values()}) > 1:
+            named = " and ".join(describe_model(k, m) for k, m in shaped.items())
+            raise ValueError(
+                f"{self.name}: its models take different inputs: {named}; give models trained on "
+                f"images of the same size and colour mode"
+            )
+        if self.resize:
+            target = self._resize_target()
+            if target is None or target[0] not in (1, 3) or target[1] != target[2]:
+                raise ValueError(
+                    f"{self.name}: resize=True needs models that take square grey or RGB images "
+                    f"[1 or 3, S, S], got input shape {list(self.input_shape or []) or 'any'}; "
+                    f"resize the inputs yourself and pass resize=False"
+                )
 
     # -- API -------------------------------------------------------------------------
     @accepts_any_input
@@ -179,8 +304,18 @@ class Detector:
     def _set_threshold(self, in_scores: torch.Tensor, fpr: float) -> Detector:
         """Threshold = the (1 - fpr) quantile of in-distribution scores (an observed score)."""
         s = in_scores.numpy()
-        self.threshold = float(np.quantile(s, 1.0 - fpr, method="higher")) if fpr > 0 else float(s.max())
-        self.fpr = fpr
+        if np.isnan(s).any():
+            raise ValueError(
+                f"{self.name}: {int(np.isnan(s).sum())} of {len(s)} in-distribution scores are NaN; "
+                f"no threshold can be set (check the model's weights)"
+            )
+        t = float(np.quantile(s, 1.0 - fpr, method="higher")) if fpr > 0 else float(s.max())
+        if not math.isfinite(t):
+            raise ValueError(
+                f"{self.name}: the threshold at fpr={fpr:g} would be {t} ({int(np.isinf(s).sum())} of "
+                f"{len(s)} in-distribution scores are infinite); check the model and the data"
+            )
+        self.threshold, self.fpr = t, fpr
         return self
 
     @accepts_any_input
@@ -210,7 +345,18 @@ class Detector:
         out = torch.cat(parts)
         if out.shape[0] != n:
             raise RuntimeError(f"{self.name}: produced {out.shape[0]} scores for {n} inputs")
+        self._check_scores(out)
         return out
+
+    def _check_scores(self, scores: torch.Tensor) -> None:
+        """ValueError when finite inputs got NaN scores (a model with NaN weights, a transform
+        that gives NaN): a NaN score is never above a threshold, so it would pass silently."""
+        bad = torch.isnan(scores)
+        if bool(bad.any()):
+            raise ValueError(
+                f"{self.name}.score: {int(bad.sum())} of {len(scores)} scores are NaN for finite inputs "
+                f"(first at index {int(bad.nonzero()[0, 0])}); check the model's weights and the transform"
+            )
 
     @accepts_any_input
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -255,7 +401,14 @@ class Detector:
         if len(x) == 0:
             raise ValueError(f"{self.name}.{where}: empty batch")
         if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{self.name}.{where}: input contains NaN or Inf")
+            bad = (~torch.isfinite(x)).flatten(1).any(1)
+            raise ValueError(
+                f"{self.name}.{where}: {int(bad.sum())} of {len(x)} inputs contain NaN or Inf (first at "
+                f"index {int(bad.nonzero()[0, 0])}); drop or repair them before scoring"
+            )
+        shape = self.input_shape
+        if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+            self._wrong_shape(x, shape, where)
         # float images go to models that take [-0.5, 0.5]; a user's ``transform`` sets its own convention
         if (
             x.is_floating_point()
@@ -269,6 +422,28 @@ class Detector:
                 f"torchvision's 0..1?); pass uint8 images, or preprocess them with "
                 f"invflow.data.preprocess"
             )
+
+    def _wrong_shape(self, x: torch.Tensor, shape: tuple[int, ...], where: str) -> None:
+        """ValueError naming the model whose input shape ``x`` does not have, and how to fix it."""
+        models = self._models()
+        attr, model = next(((k, m) for k, m in models.items() if hasattr(m, "input_shape")), ("model", None))
+        named = describe_model(attr, model) if model is not None else f"inputs [{', '.join(map(str, shape))}]"
+        got = list(x.shape[1:])
+        if len(shape) == 3 and x.dim() == 4:
+            c, h, w = shape
+            mode = {1: "grey", 3: "RGB"}.get(c, f"{c}-channel")
+            fix = (
+                f"pass resize=True to {self.name}(...) to resize them as detector bundles do (shorter "
+                f"side to {h}, centre crop, {mode}), or resize them first with "
+                f"detectors.data.ImagePolicy({h}, {c}).apply(images)"
+                if h == w and c in (1, 3)
+                else f"resize them to {h}x{w} with {c} channel(s) first"
+            )
+            raise ValueError(f"{self.name}.{where}: {named} takes images [{c}, {h}, {w}], got {got}; {fix}")
+        raise ValueError(
+            f"{self.name}.{where}: {named} takes inputs [B, {', '.join(map(str, shape))}], got "
+            f"{list(x.shape)}; give inputs of that shape (or a transform= that maps them to it)"
+        )
 
     def __repr__(self) -> str:
         t = "uncalibrated" if self.threshold is None else f"threshold={self.threshold:.4g} at fpr={self.fpr}"

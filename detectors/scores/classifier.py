@@ -146,6 +146,10 @@ class Mahalanobis(Detector):
         self.means_: torch.Tensor | None = None  # [K, F] float64
         self.precision_: torch.Tensor | None = None  # [F, F] float64
 
+    @property
+    def is_fitted(self) -> bool:
+        return self.means_ is not None
+
     # -- fitting -------------------------------------------------------------------------
     def fit(self, x: torch.Tensor, fpr: float = 0.05, *, y=None) -> Mahalanobis:
         """Fits class means and the tied precision on ``model.features(x)`` with labels ``y``
@@ -206,7 +210,14 @@ class Mahalanobis(Detector):
                         f"{list(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__}"
                     )
                 parts.append(f.to("cpu", torch.float64))
-        return torch.cat(parts)
+        feats = torch.cat(parts)
+        bad = ~torch.isfinite(feats).all(1)
+        if bool(bad.any()):
+            raise ValueError(
+                f"Mahalanobis.fit: model.features gave NaN or Inf for {int(bad.sum())} of {len(feats)} "
+                f"finite inputs (first at index {int(bad.nonzero()[0, 0])}); check the model's weights"
+            )
+        return feats
 
     # -- scoring -------------------------------------------------------------------------
     def distances(self, x: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ vector flow (``invflow.VectorFlow``) trained on the features.
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -31,16 +32,28 @@ from invflow.validation import IMAGE_RANGE, check_number
 from .base import Detector
 
 
-def _vectors(x: torch.Tensor, transform: Callable | None) -> np.ndarray:
+def _vectors(
+    x: torch.Tensor, transform: Callable | None, where: str = "feature-space detector"
+) -> np.ndarray:
+    """Feature vectors float64 [B, D] of x (through ``transform`` if given); ValueError for
+    another shape or for non-finite features."""
     if transform is not None:
         x = transform(x)
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
         shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(
-            f"feature-space detectors expect feature vectors [B, D] or images [B, C, H, W] "
+            f"{where}: expected feature vectors [B, D] or images [B, C, H, W] "
             f"(run through EfficientNet-Lite0, or a given transform=), got {shape}"
         )
-    return x.detach().to("cpu", torch.float64).numpy()
+    f = x.detach().to("cpu", torch.float64).numpy()
+    bad = ~np.isfinite(f).all(1)
+    if bad.any():
+        source = "the transform gave" if transform is not None else "got"
+        raise ValueError(
+            f"{where}: {source} NaN or Inf features for {int(bad.sum())} of {len(f)} inputs (first at "
+            f"index {int(np.flatnonzero(bad)[0])}); drop or repair them"
+        )
+    return f
 
 
 class _FeatureDetector(Detector):
@@ -66,8 +79,16 @@ class _FeatureDetector(Detector):
                     f"uint8 images, preprocess them with invflow.data.preprocess, or give a transform"
                 )
 
-            return _vectors(image_features(x, self.feature_size, progress=self.progress), None)
-        return _vectors(x, self.transform)
+            return _vectors(image_features(x, self.feature_size, progress=self.progress), None, self.name)
+        return _vectors(x, self.transform, self.name)
+
+    @property
+    def is_fitted(self) -> bool:
+        return self._fitted
+
+    def _resize_target(self):
+        """Without a transform, images go to EfficientNet-Lite0 at ``feature_size`` (RGB)."""
+        return (3, self.feature_size, self.feature_size) if self.transform is None else None
 
     def _fit(self, x):
         self._fit_features(self._vectors(x))
@@ -199,7 +220,22 @@ class KDE(_FeatureDetector):
 
 class PCA(_FeatureDetector):
     """s(f) = squared reconstruction error of f from the in-distribution principal subspace
-    (``n_components``: an int, or a float in (0, 1) = fraction of variance kept)."""
+    (``n_components``: an int, or a float in (0, 1) = the smallest number of components whose
+    explained variance reaches that fraction, as scikit-learn counts them).
+
+    The subspace always leaves a residual of real size: at most r - 1 components are kept,
+    where r is the number of directions in which the fitting vectors vary (their numerical
+    rank after centring: singular values with squared value above ``RANK_TOL`` times the
+    largest; r <= min(n - 1, d)).  Keeping all r (isotropic data, where a fraction of 0.9
+    needs every direction; n <= d; constant features) reconstructs in-distribution data
+    exactly, so the score is rounding noise and a threshold calibrated on it does not hold
+    (``fit(x, fpr=0.1)`` flagged 0.13% of fresh data).  When ``n_components`` asks for more,
+    it is capped at r - 1 with a ``UserWarning``; ``n_components_`` is the number kept.
+    ``ValueError`` when the vectors vary in fewer than 2 directions (use ``MSEToMean``)."""
+
+    #: squared singular values below RANK_TOL x the largest count as no variation (float64
+    #: rounding of centred data is ~1e-16 relative; float32 features ~1e-14)
+    RANK_TOL = 1e-10
 
     def __init__(self, n_components: int | float = 0.9, transform: Callable | None = None, **kw):
         super().__init__(transform=transform, **kw)
@@ -216,10 +252,46 @@ class PCA(_FeatureDetector):
                 high_open=True,
             )
         self.n_components = n_components
+        self.n_components_: int | None = None
 
-    def _fit_features(self, f):
-        self.pca_ = _SkPCA(n_components=self.n_components, svd_solver="full").fit(f)
+    def _fit_features(self, f, k: int | None = None):
+        """Fits the subspace on features [N, D]: ``k`` components (capped silently at the
+        data's rank - 1, for the cross-fitting folds), or ``n_components`` resolved and capped
+        with a warning when None."""
+        pca = _SkPCA(n_components=None, svd_solver="full").fit(f)
+        var = pca.explained_variance_
+        rank = int((var > var[0] * self.RANK_TOL).sum()) if len(var) and var[0] > 0 else 0
+        if rank < 2:
+            raise ValueError(
+                f"PCA.fit: the {len(f)} fitting vectors vary in {rank} direction(s); a principal "
+                f"subspace with a residual needs at least 2; give more varied data or use MSEToMean"
+            )
+        if k is None:
+            if isinstance(self.n_components, int):
+                k = self.n_components
+            else:
+                ratio = np.cumsum(pca.explained_variance_ratio_)
+                k = int(np.searchsorted(ratio, self.n_components, side="right")) + 1
+            if k > rank - 1:
+                warnings.warn(
+                    f"PCA: n_components={self.n_components!r} keeps {min(k, rank)} of the {rank} "
+                    f"directions in which the {len(f)} fitting vectors vary, which would leave only "
+                    f"rounding noise as reconstruction error; keeping {rank - 1}",
+                    UserWarning,
+                    stacklevel=5,
+                )
+        k = min(k, rank - 1)
+        self.pca_, self.n_components_ = pca, k
+        self.mean_, self.components_ = pca.mean_, pca.components_[:k]
+
+    def _held_out_scores(self, f):
+        k = self.n_components_  # each fold keeps the subspace size of the full fit
+        return self._cross_fitted_scores(
+            len(f),
+            lambda det, idx: det._fit_features(f[idx.numpy()], k=k),
+            lambda det, idx: det._score_features(f[idx.numpy()]),
+        ).numpy()
 
     def _score_features(self, f):
-        recon = self.pca_.inverse_transform(self.pca_.transform(f))
-        return ((f - recon) ** 2).sum(1)
+        r = f - self.mean_
+        return ((r - (r @ self.components_.T) @ self.components_) ** 2).sum(1)

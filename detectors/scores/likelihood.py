@@ -17,8 +17,16 @@ Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _prepare(x: torch.Tensor, model, transform: Transform | None) -> torch.Tensor:
+    """The model's input for x: ``transform(x)`` if given (ValueError when it gives NaN or Inf:
+    the score would silently be the floor), as ``as_model_input`` makes it."""
     if transform is not None:
         x = transform(x)
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            bad = (~torch.isfinite(x)).flatten(1).any(1)
+            raise ValueError(
+                f"transform= gave NaN or Inf for {int(bad.sum())} of {len(x)} inputs (first at index "
+                f"{int(bad.nonzero()[0, 0])}); the likelihood would be the floor: repair the transform"
+            )
     return as_model_input(x, model)
 
 

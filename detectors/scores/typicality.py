@@ -34,6 +34,10 @@ class Typicality(Detector):
         self.model, self.test_batch, self.bootstrap, self.seed = model, batch_size, bootstrap, seed
         self.entropy: float | None = None
 
+    @property
+    def is_fitted(self) -> bool:
+        return self.entropy is not None
+
     def _nll(self, x: torch.Tensor) -> torch.Tensor:
         """-log p per input (floored), batched like every detector's scores."""
         return Likelihood(self.model, batch_size=self.batch_size, progress=self.progress).score(x)

@@ -37,6 +37,7 @@ import signal
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -95,17 +96,75 @@ def augment(images: torch.Tensor, generator: torch.Generator, flip: bool, transl
 
 
 # -------------------------------------------------------------------- objectives
+class NonFiniteGradientWarning(UserWarning):
+    """``finite_mean`` got non-finite values that carry a graph to parameters: their backward
+    (0 * inf) may make every gradient NaN; compute them with ``drop_non_finite``."""
+
+
+_warned_nan_gradients = False
+
+#: the autograd-node metadata key that marks ``drop_non_finite``'s output
+_DROPPED_MARK = "invflow.drop_non_finite"
+
+
 def finite_mean(values: torch.Tensor, max_dropped: float = 0.75) -> torch.Tensor:
-    """Mean over the finite entries (Schirrmeister et al. 2020 S4.3: examples whose log-likelihood is not
-    finite are dropped); NaN when more than ``max_dropped`` of the batch is non-finite, which
-    makes the trainer skip (and count) the step.  For a gradient that is that of the kept
-    samples only, compute the values with ``drop_non_finite`` (a dropped sample's backward
-    through the network would otherwise multiply 0 by its inf and make every gradient NaN)."""
+    """Mean over the finite entries of ``values`` (any shape; a scalar), dropping the non-finite
+    ones (Schirrmeister et al. 2020 S4.3: examples whose log-likelihood is not finite are
+    dropped); NaN when more than ``max_dropped`` (a fraction in [0, 1]) of the entries are
+    non-finite, which makes the trainer skip (and count) the step.
+
+    The value is right whatever ``values`` came from, the gradient only when the dropped
+    entries carry no graph: a dropped sample's backward through the network multiplies its
+    zero gradient by the inf / NaN inside and may make every parameter gradient NaN.  So in a
+    training loop compute the values with ``drop_non_finite`` /
+    ``log_prob_dropping_non_finite``, whose non-finite entries are cut from the graph::
+
+        loss = finite_mean(-log_prob_dropping_non_finite(model, x))   # not -model.log_prob(x)
+
+    Warns once (``NonFiniteGradientWarning``) when it gets non-finite values whose graph reaches
+    parameters other than through ``drop_non_finite``.  Raises ValueError for ``max_dropped``
+    outside [0, 1] and TypeError for a non-tensor."""
     check_number(max_dropped, "max_dropped", "finite_mean", low=0, high=1)
+    if not isinstance(values, torch.Tensor):
+        raise TypeError(f"finite_mean: expected a torch.Tensor of values, got {type(values).__name__}")
     finite = torch.isfinite(values)
-    if finite.float().mean() < 1 - max_dropped:
+    kept = int(finite.sum())
+    if kept < (1 - max_dropped) * finite.numel():
         return values.new_tensor(float("nan"))
+    if values.requires_grad and 0 < kept < finite.numel():
+        _warn_nan_gradients(values)
     return values[finite].mean()
+
+
+def _warn_nan_gradients(values: torch.Tensor) -> None:
+    global _warned_nan_gradients
+    if _warned_nan_gradients or not _graph_reaches_leaves(values):
+        return
+    _warned_nan_gradients = True
+    warnings.warn(
+        "finite_mean: some values are non-finite and carry a graph to parameters, so their backward "
+        "(0 * inf) may make every gradient NaN; compute them with invflow.train.drop_non_finite or "
+        "log_prob_dropping_non_finite (finite_mean(-log_prob_dropping_non_finite(model, x)))",
+        NonFiniteGradientWarning,
+        stacklevel=3,
+    )
+
+
+def _graph_reaches_leaves(values: torch.Tensor) -> bool:
+    """Whether the autograd graph of ``values`` reaches a leaf that requires grad other than
+    through an output of ``drop_non_finite`` (whose non-finite rows have no graph)."""
+    stack, seen = [values.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node.metadata.get(_DROPPED_MARK):
+            continue
+        if type(node).__name__ == "AccumulateGrad":
+            return True
+        stack.extend(fn for fn, _ in node.next_functions)
+    return False
 
 
 def drop_non_finite(
@@ -120,7 +179,8 @@ def drop_non_finite(
     gradient of any loss that ignores the non-finite rows (``finite_mean``, the outlier or
     margin loss) is then exactly that of the batch without the bad samples (Schirrmeister et al. 2020 S4.3's
     dropping); without the recomputation the bad samples' backward (0 * inf) makes every
-    parameter gradient NaN."""
+    parameter gradient NaN.  When every row is non-finite the rows are returned as they are
+    (``finite_mean`` then gives NaN and the trainer skips the step)."""
     out = fn(x)
     if not torch.is_grad_enabled() or not out.requires_grad:
         return out
@@ -128,7 +188,9 @@ def drop_non_finite(
     if not bool(bad.any()) or bool(bad.all()):
         return out
     keep = (~bad).nonzero().squeeze(1)
-    return out.detach().index_put((keep,), (again or fn)(x[keep]))
+    out = out.detach().index_put((keep,), (again or fn)(x[keep]))
+    out.grad_fn.metadata[_DROPPED_MARK] = True
+    return out
 
 
 def log_prob_dropping_non_finite(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,16 @@ from .validation import check_number
 #: instead of the -log(eps) = 13.8 (scale 1e6) that dividing by its zero spread would give.
 CONSTANT_STD = 1e-5
 
+#: The smallest standard deviation a data-dependent initialisation divides by: a channel whose
+#: spread on the initialisation batch is below it (but above the constant tolerance) gets the
+#: scale 1 / MIN_INIT_STD = 1000 (log_scale -log(1e-3 + eps) = 6.9), not 1 / std (4.4e4 for
+#: std 2.3e-5, which turns a fresh input's deviation of 0.01 into 440).  1e-3 lies just below
+#: the spread of pure dequantisation noise on a constant 8-bit pixel (1 / (256 sqrt 12) =
+#: 1.13e-3), so every channel of preprocessed image data, and every st-net activation of a
+#: normal spread, is normalised exactly; only near-constant channels are bounded.  Learning
+#: moves the scale from there.  Standardise vector data of a tinier scale before a flow.
+MIN_INIT_STD = 1e-3
+
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -60,6 +70,8 @@ def data_init(x: torch.Tensor, eps: float, where: str = "ActNorm") -> tuple[torc
       over all processes, so every replica gets the statistics of the global batch and the
       same parameters: every process must run the initialising forward (as DDP requires).
     * Constant channels (std <= CONSTANT_STD * (1 + |mean|)) get log_scale = 0.
+    * Near-constant channels are bounded: the std divided by is at least MIN_INIT_STD (1e-3),
+      so log_scale <= -log(MIN_INIT_STD + eps) = 6.9 (scale <= 1000).
     * Raises ValueError when the (global) batch has fewer than 2 values per channel (B = 1
       for [B, C], or B = 1 with a 1 x 1 spatial size): no variance can be estimated, as
       BatchNorm refuses such a batch in training.
@@ -79,7 +91,7 @@ def data_init(x: torch.Tensor, eps: float, where: str = "ActNorm") -> tuple[torc
     centred = xd - mean.view((1, -1) + (1,) * (x.dim() - 2))
     var = _all_reduce(centred.square().sum(dim=dims)) / n
     std = var.sqrt()
-    log_scale = -torch.log(std + eps)
+    log_scale = -torch.log(std.clamp(min=MIN_INIT_STD) + eps)
     log_scale = torch.where(std <= CONSTANT_STD * (1 + mean.abs()), torch.zeros_like(log_scale), log_scale)
     return (-mean).to(x.dtype), log_scale.to(x.dtype)
 
@@ -139,10 +151,12 @@ class ActNorm2d(DataInitFlag, nn.Module):
     same actnorm op (fused kernel or reference) and initialisation as ``invflow.ActNorm``.
 
     Data-dependent initialisation: the first forward in training mode (or an explicit
-    ``initialize(x)``) sets bias = -mean, logs = -log(std + eps) per channel, so that the
+    ``initialize(x)``) sets bias = -mean, logs = -log(max(std, 1e-3) + eps) per channel, so that the
     output of that batch has zero mean and unit variance per channel (``data_init``:
     global-batch statistics under torch.distributed, ValueError for a batch with one value
-    per channel, logs = 0 for constant channels such as dead ReLU units).  Afterwards both
+    per channel, logs = 0 for constant channels such as dead ReLU units, and logs <= 6.9, a
+    scale <= 1000, for near-constant ones: the std divided by is at least ``MIN_INIT_STD``
+    = 1e-3).  Afterwards both
     are ordinary learned parameters.  Returns only the tensor: this is a network layer, not an
     ``invflow.Flow`` (see ``invflow.ActNorm`` for the invertible one)."""
 

@@ -64,7 +64,9 @@ class ActNorm(DataInitFlag, Flow):
     ``initialize(x)``) b and log_s are set so that the output has zero mean and unit
     variance per channel on that batch (``data_init``: statistics of the global batch under
     torch.distributed; ValueError for a batch with one value per channel; constant channels
-    keep log_s = 0).  Works on [B, C], [B, C, L] and [B, C, H, W].
+    keep log_s = 0; the scale is bounded: log_s = -log(max(std, MIN_INIT_STD) + eps) <= 6.9,
+    i.e. a near-constant channel (std below ``invflow.nets.MIN_INIT_STD`` = 1e-3) gets the
+    scale 1000, not 1 / std).  Works on [B, C], [B, C, L] and [B, C, H, W].
     """
 
     def __init__(self, num_channels: int, eps: float = 1e-6):
@@ -80,7 +82,7 @@ class ActNorm(DataInitFlag, Flow):
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
-        """Sets b = -mean(x) and log_s = -log(std(x) + eps) per channel (see ``data_init``)."""
+        """Sets b = -mean(x) and log_s = -log(max(std(x), 1e-3) + eps) per channel (see ``data_init``)."""
         check_input(x, "ActNorm.initialize", self.num_channels)
         bias, log_scale = data_init(x, self.eps, "ActNorm.initialize")
         self.bias.copy_(bias)

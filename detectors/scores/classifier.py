@@ -25,7 +25,7 @@ from sklearn.covariance import EmpiricalCovariance, LedoitWolf
 
 from invflow.validation import IMAGE_RANGE, check_number
 
-from .base import Detector, as_model_input, eval_mode
+from .base import FOLDS, Detector, as_model_input, eval_mode
 
 
 def _logits(model, x: torch.Tensor, where: str, min_classes: int = 1) -> torch.Tensor:
@@ -119,7 +119,8 @@ class Mahalanobis(Detector):
       singular; its pseudo-inverse then gives zero weight to exactly the directions in which an
       OOD input differs.  Shrinkage keeps P well-conditioned and costs nothing when N >> F.
     * ``covariance="empirical"``: ``EmpiricalCovariance`` as in Lee et al.'s code (pseudo-
-      inverse precision).
+      inverse precision); ``fit`` raises ValueError when a fit would have fewer samples than
+      feature dimensions (then the pseudo-inverse flagged most fresh in-distribution data).
 
     Only the penultimate layer is used (Lee et al.'s feature ensemble over several layers
     with a logistic-regression combination is not implemented)."""
@@ -179,6 +180,7 @@ class Mahalanobis(Detector):
             )
         labels = labels.cpu().numpy()
         feats = self._features(x).numpy()
+        self._check_sample_size(len(feats), feats.shape[1], len(np.unique(labels)))
         self._fit_state(feats, labels)
         held_out = self._cross_fitted_scores(
             len(x),
@@ -186,6 +188,26 @@ class Mahalanobis(Detector):
             lambda det, i: det.score(x[i]),
         )
         return self._set_threshold(held_out, fpr)
+
+    def _check_sample_size(self, n: int, n_features: int, n_classes: int) -> None:
+        """``covariance="empirical"`` needs more samples than feature dimensions in every fit
+        (the full one and each cross-fitting fold): with n - K < F the tied covariance is
+        singular and its pseudo-inverse blows up the directions with the least sampled variance
+        (fresh in-distribution data got flagged at 71-91% for fpr=0.1 with 40 samples of 60
+        features).  ``ledoit_wolf`` shrinkage has no such limit."""
+        fold_n = n - -(-n // min(FOLDS, n))
+        if self.covariance == "empirical" and fold_n - n_classes < n_features:
+            need = next(
+                m
+                for m in range(n, 10 * (n + n_features + n_classes))
+                if m - -(-m // FOLDS) - n_classes >= n_features
+            )
+            raise ValueError(
+                f"Mahalanobis.fit: covariance='empirical' needs more samples than feature "
+                f"dimensions in each cross-fitting fold ({fold_n} samples - {n_classes} classes < "
+                f"{n_features} features): the covariance is singular; use covariance='ledoit_wolf' "
+                f"(the default) or at least {need} samples"
+            )
 
     def _fit_state(self, feats: np.ndarray, labels: np.ndarray) -> None:
         """Class means and tied precision from features [N, F] and labels [N]."""

@@ -29,7 +29,7 @@ from sklearn.neighbors import KernelDensity, NearestNeighbors
 
 from invflow.validation import IMAGE_RANGE, check_number
 
-from .base import Detector
+from .base import FOLDS, Detector
 
 
 def _vectors(
@@ -226,7 +226,8 @@ class PCA(_FeatureDetector):
     The subspace always leaves a residual of real size: at most r - 1 components are kept,
     where r is the number of directions in which the fitting vectors vary (their numerical
     rank after centring: singular values with squared value above ``RANK_TOL`` times the
-    largest; r <= min(n - 1, d)).  Keeping all r (isotropic data, where a fraction of 0.9
+    largest; r <= min(n - 1, d)), and at most as many as the smallest cross-fitting fold
+    (``Detector.fit``) can keep, so that calibration and fresh scores have one distribution.  Keeping all r (isotropic data, where a fraction of 0.9
     needs every direction; n <= d; constant features) reconstructs in-distribution data
     exactly, so the score is rounding noise and a threshold calibrated on it does not hold
     (``fit(x, fpr=0.1)`` flagged 0.13% of fresh data).  When ``n_components`` asks for more,
@@ -258,29 +259,36 @@ class PCA(_FeatureDetector):
         """Fits the subspace on features [N, D]: ``k`` components (capped silently at the
         data's rank - 1, for the cross-fitting folds), or ``n_components`` resolved and capped
         with a warning when None."""
-        pca = _SkPCA(n_components=None, svd_solver="full").fit(f)
-        var = pca.explained_variance_
-        rank = int((var > var[0] * self.RANK_TOL).sum()) if len(var) and var[0] > 0 else 0
+        constant = len(f) < 2 or not bool((f.std(0) > 0).any())
+        pca = None if constant else _SkPCA(n_components=None, svd_solver="full").fit(f)
+        var = pca.explained_variance_ if pca is not None else np.zeros(1)
+        rank = int((var > var[0] * self.RANK_TOL).sum()) if var[0] > 0 else 0
         if rank < 2:
             raise ValueError(
                 f"PCA.fit: the {len(f)} fitting vectors vary in {rank} direction(s); a principal "
                 f"subspace with a residual needs at least 2; give more varied data or use MSEToMean"
             )
+        cap = rank - 1
         if k is None:
+            # the cross-fitting folds (Detector.fit) must keep as many components: at most the
+            # smallest fold's rank - 1, so that calibration and fresh data see one residual size
+            fold_n = len(f) - -(-len(f) // min(FOLDS, len(f)))
+            cap = min(cap, fold_n - 2) if fold_n >= 3 else cap
             if isinstance(self.n_components, int):
                 k = self.n_components
             else:
                 ratio = np.cumsum(pca.explained_variance_ratio_)
                 k = int(np.searchsorted(ratio, self.n_components, side="right")) + 1
-            if k > rank - 1:
+            if k > cap:
                 warnings.warn(
-                    f"PCA: n_components={self.n_components!r} keeps {min(k, rank)} of the {rank} "
-                    f"directions in which the {len(f)} fitting vectors vary, which would leave only "
-                    f"rounding noise as reconstruction error; keeping {rank - 1}",
+                    f"PCA: n_components={self.n_components!r} asks for {k} components, but the "
+                    f"{len(f)} fitting vectors vary in {rank} directions ({fold_n} per cross-fitting "
+                    f"fold): keeping that many leaves rounding noise as the reconstruction error and "
+                    f"a threshold that does not hold; keeping {cap}",
                     UserWarning,
                     stacklevel=5,
                 )
-        k = min(k, rank - 1)
+        k = min(k, cap)
         self.pca_, self.n_components_ = pca, k
         self.mean_, self.components_ = pca.mean_, pca.components_[:k]
 

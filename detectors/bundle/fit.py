@@ -9,12 +9,23 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
+import json
 import os
+import warnings
 
 import numpy as np
 import torch
 
-from ..data.folders import ImagePolicy, describe_skipped
+from ..data.files import printable
+from ..data.folders import (
+    MAX_IMAGE_SIZE,
+    ImageFiles,
+    ImagePolicy,
+    describe_skipped,
+    none_readable,
+    read_resized,
+)
 from .catalogue import (
     CATALOGUE,
     DEFAULT_DETECTORS,
@@ -73,6 +84,13 @@ class FitConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        for name in ("size", "max_size"):
+            v = getattr(self, name)
+            if isinstance(v, int) and v > MAX_IMAGE_SIZE:
+                raise ValueError(
+                    f"{name} {v} is above the limit of {MAX_IMAGE_SIZE} pixels (MAX_IMAGE_SIZE); "
+                    "use a smaller size, e.g. 32 to 256"
+                )
         if self.size is not None and (
             not isinstance(self.size, int) or self.size < 2**self.levels or self.size % 2**self.levels
         ):
@@ -113,11 +131,27 @@ def _glow(policy: ImagePolicy, cfg: FitConfig):
     return invflow.Glow(policy.channels, policy.size, levels=cfg.levels, steps=cfg.depth, hidden=cfg.hidden)
 
 
-def _train_or_reuse(model, data: torch.Tensor, run_dir: str, cfg: FitConfig, say, what: str, start: str):
+#: in a flow's run directory: the digests of the images it was trained on (:func:`image_digests`)
+TRAINED_ON_FILE = "trained-on.json"
+
+
+def image_digests(images: torch.Tensor) -> list[str]:
+    """One digest per image of uint8 [N, C, S, S]: the first 16 hex digits of the SHA-1 of its
+    bytes (equal images, equal digests; a chance collision between two of a million images
+    is about 3e-8)."""
+    return [hashlib.sha1(im.numpy().tobytes()).hexdigest()[:16] for im in images.contiguous()]
+
+
+def _train_or_reuse(
+    model, data: torch.Tensor, run_dir: str, cfg: FitConfig, say, what: str, start: str, images=None
+):
     """Trains ``model`` on ``data`` in the Trainer run directory ``run_dir`` (resuming a run
-    there, or reusing it when it already has ``cfg.steps`` steps) and returns it read back from
-    its latest checkpoint, in eval mode.  ``what`` names the model in messages, ``start`` is the
-    line printed before training."""
+    there, or reusing it when it already has ``cfg.steps`` steps) and returns (the model read
+    back from its latest checkpoint, in eval mode; the digests of the images it was trained
+    on).  ``images``: uint8 images whose content ``data`` is (default ``data``); their digests
+    are recorded in ``run_dir/trained-on.json`` when training, and read back when reusing a run
+    (the current ones when an older run has none).  ``what`` names the model in messages,
+    ``start`` is the line printed before training."""
     import invflow
     from invflow.train import Trainer
 
@@ -135,20 +169,28 @@ def _train_or_reuse(model, data: torch.Tensor, run_dir: str, cfg: FitConfig, say
         progress=cfg.progress,
         log_every=10,
     )
+    digests = image_digests(data if images is None else images)
+    record = os.path.join(run_dir, TRAINED_ON_FILE)
     if resume and trainer.load_latest() and trainer.step >= cfg.steps:
         say(f"{run_dir}: reusing the trained {what} (step {trainer.step})")
+        if os.path.isfile(record):
+            with open(record) as f:
+                digests = json.load(f).get("images", digests)
     else:
         say(start + (f", resuming at step {trainer.step}" if resume else ""))
+        os.makedirs(run_dir, exist_ok=True)
+        if resume and os.path.isfile(record):  # trained on the earlier images, then on these
+            with open(record) as f:
+                digests = list(dict.fromkeys(json.load(f).get("images", []) + digests))
+        write_json(record, {"images": digests})
         trainer.step = 0  # fit(resume=True) reloads the checkpoint itself
         trainer.fit(resume=resume)
-    return invflow.checkpoint.load(run_dir)
+    return invflow.checkpoint.load(run_dir), digests
 
 
-def _train_flow(
-    run_dir: str, images: torch.Tensor, policy: ImagePolicy, cfg: FitConfig, say
-) -> torch.nn.Module:
-    """Trains (or resumes, or reuses) a Glow in the Trainer run directory ``run_dir``; returns it
-    read back from its latest checkpoint, in eval mode."""
+def _train_flow(run_dir: str, images: torch.Tensor, policy: ImagePolicy, cfg: FitConfig, say):
+    """Trains (or resumes, or reuses) a Glow in the Trainer run directory ``run_dir``; returns
+    (it read back from its latest checkpoint, in eval mode; its training images' digests)."""
     torch.manual_seed(cfg.seed)
     model = _glow(policy, cfg)
     start = (
@@ -158,22 +200,21 @@ def _train_flow(
     return _train_or_reuse(model, images, run_dir, cfg, say, "model", start)
 
 
-def _train_vector_flow(run_dir: str, z: torch.Tensor, cfg: FitConfig, say) -> torch.nn.Module:
+def _train_vector_flow(run_dir: str, z: torch.Tensor, cfg: FitConfig, say, images=None):
     """A ``VectorFlow`` on projected features (Schmier et al. 2022's "Flow"), trained or resumed
-    in the run directory ``run_dir`` like the image flow."""
+    in the run directory ``run_dir`` like the image flow; ``images``: the uint8 images whose
+    features ``z`` are.  Returns (the flow, its training images' digests)."""
     import invflow
 
     torch.manual_seed(cfg.seed)
     model = invflow.VectorFlow(z.shape[1], blocks=4, hidden=64)
     start = f"training a feature flow ({z.shape[1]} PCA dimensions) for {cfg.steps} steps"
-    return _train_or_reuse(model, z, run_dir, cfg, say, "feature flow", start)
+    return _train_or_reuse(model, z, run_dir, cfg, say, "feature flow", start, images)
 
 
 def _cached_features(out: str, images: torch.Tensor, cfg: FitConfig) -> torch.Tensor:
     """EfficientNet-Lite0 features of ``images``, cached in ``out/features.safetensors``
     (keyed by the images' digest and the input size) so a re-run fit skips the extraction."""
-    import hashlib
-
     from ..features import image_features
 
     digest = hashlib.sha1(images.numpy().tobytes()).hexdigest()
@@ -211,8 +252,17 @@ def announce_members(cfg: FitConfig, say) -> tuple:
 
 def read_train(data, cfg: FitConfig, say) -> Train:
     """TRAIN (named sets from their training split), unreadable files reported on one line, and
-    a seeded random subset of ``cfg.max_images`` when set."""
+    a seeded random subset of ``cfg.max_images`` when set.  A folder's files are not decoded
+    here: only their headers are read (:meth:`~detectors.data.ImageFiles.headers`), and the
+    subset is drawn from the files whose header reads."""
     raw, labels, name, skipped = read_images(data, cfg.progress, split="train")
+    if isinstance(raw, ImageFiles):
+        n_files = len(raw) + len(skipped)
+        raw, _, unreadable = raw.headers(cfg.progress)
+        skipped = skipped + unreadable
+        labels = torch.tensor(raw.labels, dtype=torch.int64) if labels is not None else None
+        if not len(raw):
+            raise ValueError(none_readable(name, n_files, skipped))
     if skipped:
         say(describe_skipped(skipped))
     if cfg.max_images is not None and len(raw) > cfg.max_images:
@@ -220,17 +270,42 @@ def read_train(data, cfg: FitConfig, say) -> Train:
             : cfg.max_images
         ]
         keep = keep.sort().values
-        raw = [raw[int(i)] for i in keep] if isinstance(raw, (list, tuple)) else raw[keep]
+        if isinstance(raw, ImageFiles):
+            raw = raw.select(keep.tolist())
+        elif isinstance(raw, (list, tuple)):
+            raw = [raw[int(i)] for i in keep]
+        else:
+            raw = raw[keep]
         labels = labels[keep] if labels is not None else None
         say(f"{name}: using a seeded random subset of {cfg.max_images} images")
     return Train(raw, labels, name, skipped)
 
 
 def choose_policy(train: Train, cfg: FitConfig, say) -> ImagePolicy:
-    """The resize / colour policy of the bundle: from ``cfg`` or from the data."""
-    policy = ImagePolicy.from_images(
-        train.images, cfg.size, cfg.channels, multiple=2**cfg.levels, max_size=cfg.max_size
-    )
+    """The resize / colour policy of the bundle: from ``cfg`` or from the data.  Image files
+    are then decoded, resized and dropped one at a time (``train.images`` becomes the uint8
+    batch [N, C, S, S]): the policy comes from their headers, and is checked against the
+    decoded images (files that do not decode are skipped and reported, and a policy that the
+    decoded images change is applied again), so the result is that of decoding them all."""
+    kw = dict(size=cfg.size, channels=cfg.channels, multiple=2**cfg.levels, max_size=cfg.max_size)
+    policy = ImagePolicy.from_images(train.images, **kw)
+    if isinstance(train.images, ImageFiles):
+        files = train.images
+        x, kept, skipped, stats = read_resized(
+            files, policy, cfg.progress, desc=f"reading {printable(train.name)}"
+        )
+        if skipped:
+            say(describe_skipped(skipped))
+            train.skipped = train.skipped + skipped
+        if not kept:
+            raise ValueError(none_readable(train.name, len(files), skipped))
+        exact = ImagePolicy.from_stats(stats, **kw)
+        if exact != policy:  # a header told another size or mode than the decoded pixels
+            policy = exact
+            x, kept2, _, _ = read_resized(files.select(kept), policy, cfg.progress, desc="resizing again")
+            kept = [kept[i] for i in kept2]
+        train.images = x
+        train.labels = train.labels[kept] if train.labels is not None else None
     say(
         f"{train.name}: {len(train.images)} images -> {policy.channels}x{policy.size}x{policy.size} "
         f"({'grey' if policy.channels == 1 else 'RGB'}; resize the shorter side and centre-crop)"
@@ -304,13 +379,19 @@ def check_needs(names: tuple, split: Split, labels) -> set:
     return needs
 
 
-def train_flows(out: str, needs: set, x_fit: torch.Tensor, policy: ImagePolicy, cfg: FitConfig, say):
+def train_flows(
+    out: str, needs: set, x_fit: torch.Tensor, policy: ImagePolicy, cfg: FitConfig, say, trained_on=None
+):
     """The image flow (and the general-distribution flow of ``diff``, trained on natural photo
-    patches): (models by role, their run directories relative to ``out``)."""
+    patches): (models by role, their run directories relative to ``out``).  ``trained_on``: a
+    dict given the digests of each model's training images, by role (:func:`image_digests`)."""
     models, model_paths = {}, {}
+    trained_on = {} if trained_on is None else trained_on
     if needs & {"flow", "flow+general"}:
         model_paths["flow"] = os.path.join("models", "flow")
-        models["flow"] = _train_flow(os.path.join(out, model_paths["flow"]), x_fit, policy, cfg, say)
+        models["flow"], trained_on["flow"] = _train_flow(
+            os.path.join(out, model_paths["flow"]), x_fit, policy, cfg, say
+        )
     if "flow+general" in needs:
         from ..data.named import natural_patches
 
@@ -319,7 +400,9 @@ def train_flows(out: str, needs: set, x_fit: torch.Tensor, policy: ImagePolicy, 
         )
         model_paths["general"] = os.path.join("models", "general")
         say("general-distribution model: natural photo patches (scikit-image, scikit-learn, matplotlib)")
-        models["general"] = _train_flow(os.path.join(out, model_paths["general"]), general, policy, cfg, say)
+        models["general"], trained_on["general"] = _train_flow(
+            os.path.join(out, model_paths["general"]), general, policy, cfg, say
+        )
     return models, model_paths
 
 
@@ -337,9 +420,21 @@ def extract_features(out: str, needs: set, split: Split, labels, cfg: FitConfig,
     return f_fit, f_cal
 
 
-def train_feature_flow(out: str, needs: set, f_fit, cfg: FitConfig, models, model_paths, tensors, say):
+def train_feature_flow(
+    out: str,
+    needs: set,
+    f_fit,
+    cfg: FitConfig,
+    models,
+    model_paths,
+    tensors,
+    say,
+    x_fit=None,
+    trained_on=None,
+):
     """Schmier et al. 2022's "Flow": the PCA projection of the fit part's features (saved in
-    ``tensors``) and a vector flow trained on them with noise; returns the projection or None."""
+    ``tensors``) and a vector flow trained on them with noise; returns the projection or None.
+    ``x_fit``: the fit part's images (uint8), whose digests go into ``trained_on`` when given."""
     if "features-flow" not in needs:
         return None
     projection = Projection.fit(f_fit, FEATURE_FLOW_DIM)
@@ -347,9 +442,11 @@ def train_feature_flow(out: str, needs: set, f_fit, cfg: FitConfig, models, mode
     g = torch.Generator().manual_seed(cfg.seed + 2)
     z_fit = projection(f_fit + FEATURE_NOISE * torch.randn(f_fit.shape, generator=g))
     model_paths["feature-flow"] = os.path.join("models", "feature-flow")
-    models["feature-flow"] = _train_vector_flow(
-        os.path.join(out, model_paths["feature-flow"]), z_fit, cfg, say
+    models["feature-flow"], digests = _train_vector_flow(
+        os.path.join(out, model_paths["feature-flow"]), z_fit, cfg, say, x_fit
     )
+    if trained_on is not None and x_fit is not None:
+        trained_on["feature-flow"] = digests
     return projection
 
 
@@ -406,6 +503,44 @@ def fit_detectors(names, split: Split, labels, features, models, projection, cfg
     return {d: dets[d] for d in names}, entries
 
 
+class CalibrationOnTrainingDataWarning(UserWarning):
+    """Some calibration images are (equal to) images a model was trained on: the thresholds
+    that rest on them flag more than the chosen share of new in-distribution images."""
+
+
+#: which detectors' scores come from which trained model (by role)
+_ROLE_NEEDS = {
+    "flow": ("flow", "flow+general"),
+    "general": ("flow+general",),
+    "feature-flow": ("features-flow",),
+}
+
+
+def check_calibration_data(names, cal: torch.Tensor, trained_on: dict, cfg: FitConfig) -> list[str]:
+    """Warns (a :class:`CalibrationOnTrainingDataWarning`, one line per model) when images of
+    the held-out part ``cal`` (uint8 [M, C, S, S]) equal images a model was trained on
+    (``trained_on``: role -> digests, :func:`image_digests`): duplicates in TRAIN split across
+    both parts, or a reused model trained on other images.  A flow scores its own training
+    images as more likely than new ones, so a threshold set on them flags more than ``cfg.fpr``
+    of new in-distribution images.  Returns the messages."""
+    digests = image_digests(cal) if trained_on else []
+    said = []
+    for role, seen in trained_on.items():
+        dets = [d for d in names if CATALOGUE[d].needs in _ROLE_NEEDS.get(role, ())]
+        seen = set(seen)
+        k = sum(d in seen for d in digests)
+        if not k or not dets:
+            continue
+        msg = (
+            f"{k} of the {len(digests)} calibration images equal images the {role} model was trained on "
+            f"(duplicates in TRAIN, or a reused model): the thresholds of {', '.join(dets)} will flag "
+            f"more than {cfg.fpr:.0%} of new images; remove the duplicates, or fit into a new --out"
+        )
+        warnings.warn(msg, CalibrationOnTrainingDataWarning, stacklevel=3)
+        said.append(msg)
+    return said
+
+
 def write_bundle(out: str, train: Train, split: Split, policy, model_paths, entries, tensors, cfg, command):
     """Writes ``state.safetensors`` (when there are fitted arrays), then ``bundle.json`` last;
     returns the metadata written."""
@@ -451,7 +586,9 @@ def fit_bundle(
     that held-out part too (its state is a monotone map of each member's score, so the same
     images may set its threshold: ``Ensemble.calibrate_on_fit_data``); its members are
     fitted and reported as well, added after it when not listed (``with_members``).
-    Re-running resumes: trained flows and extracted features are reused.
+    Re-running resumes: trained flows and extracted features are reused.  Calibration images
+    equal to a model's training images give a :class:`CalibrationOnTrainingDataWarning`
+    (:func:`check_calibration_data`).
     """
     cfg = config or FitConfig()
     cfg.check()
@@ -462,10 +599,14 @@ def fit_bundle(
     start_run(out, train, policy, cfg, command)
     split = split_train(train, policy, cfg, say)
     needs = check_needs(names, split, train.labels)
-    models, model_paths = train_flows(out, needs, split.fit, policy, cfg, say)
+    trained_on = {}
+    models, model_paths = train_flows(out, needs, split.fit, policy, cfg, say, trained_on)
     tensors = {}
     features = extract_features(out, needs, split, train.labels, cfg, tensors, say)
-    projection = train_feature_flow(out, needs, features[0], cfg, models, model_paths, tensors, say)
+    projection = train_feature_flow(
+        out, needs, features[0], cfg, models, model_paths, tensors, say, split.fit, trained_on
+    )
+    check_calibration_data(names, split.cal, trained_on, cfg)
     dets, entries = fit_detectors(names, split, train.labels, features, models, projection, cfg, say)
     meta = write_bundle(out, train, split, policy, model_paths, entries, tensors, cfg, command)
     return Bundle(dets, policy, meta, cfg.feature_size, out)

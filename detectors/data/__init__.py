@@ -6,8 +6,9 @@
 * :mod:`~detectors.data.named`: the named offline sets (Fashion-MNIST, MNIST, natural photo
   patches; :func:`load_named`);
 * :mod:`~detectors.data.folders`: folders of image files of any size (:class:`ImageFolder`,
-  :func:`load_image_folder`), every kind of source by name (:func:`load_source`) and the
-  resize / colour policy of detector bundles (:class:`ImagePolicy`);
+  :func:`load_image_folder`; :class:`ImageFiles` and :func:`read_resized` read them one at a
+  time), every kind of source by name (:func:`load_source`) and the resize / colour policy of
+  detector bundles (:class:`ImagePolicy`);
 * :mod:`~detectors.data.photos`: the broad photo set of the general distribution (40 photos).
 
 Layers: ``files`` <- ``named`` <- ``folders``; ``photos`` uses ``named``. Nothing here imports
@@ -24,8 +25,11 @@ from .files import (
     load_svhn,
     open_image,
     read_idx,
+    to_8bit,
 )
 from .folders import (
+    MAX_IMAGE_SIZE,
+    ImageFiles,
     ImageFolder,
     ImagePolicy,
     Source,
@@ -33,6 +37,7 @@ from .folders import (
     describe_skipped,
     load_image_folder,
     load_source,
+    read_resized,
 )
 from .named import (
     FASHION_MNIST_CLASSES,
@@ -52,6 +57,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "DatasetUnavailable",
     "open_image",
+    "to_8bit",
     "read_idx",
     "load_idx_images",
     "load_cifar",
@@ -67,6 +73,8 @@ __all__ = [
     "load_named",
     "natural_patches",
     "natural_photos",
+    "MAX_IMAGE_SIZE",
+    "ImageFiles",
     "ImageFolder",
     "ImagePolicy",
     "Source",
@@ -74,4 +82,5 @@ __all__ = [
     "describe_skipped",
     "load_image_folder",
     "load_source",
+    "read_resized",
 ]

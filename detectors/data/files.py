@@ -12,6 +12,8 @@ import gzip
 import math
 import os
 import pickle
+import stat
+import zipfile
 import zlib
 
 import numpy as np
@@ -34,21 +36,105 @@ def rgb_to_grey(rgb: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
 
 
-def open_image(path: str):
+def printable(path) -> str:
+    """``path`` as text that prints anywhere: a name the file system gave as bytes that are not
+    UTF-8 (decoded by Python with surrogate escapes) shows its odd bytes as ``\\xe9``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def check_regular_file(path, expected: str = "a file") -> None:
+    """Refuses a path that exists but is not a regular file (a named pipe, socket, device or
+    folder): opening a named pipe waits forever for a writer.  ``ValueError`` naming what the
+    path is and ``expected``; ``FileNotFoundError`` for a missing path or a broken link."""
+    path = os.fspath(path)
+    mode = os.stat(path).st_mode  # follows links
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{path}: {file_kind(mode)}, not a regular file; expected {expected}")
+
+
+def file_kind(mode: int) -> str:
+    """What an ``os.stat`` mode is, in words: 'a named pipe (FIFO)', 'a folder', ..."""
+    for test, kind in (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+def to_8bit(im, name: str = "image"):
+    """A PIL image of more than 8 bits per pixel -> mode "L", scaled by its declared range.
+
+    16-bit integers (modes I;16*, and mode I with values above 255) keep their top 8 bits
+    (value >> 8: 0..65535 -> 0..255); mode I with values in 0..255 is taken as it is; 32-bit
+    floats (mode F) must lie in [0, 1] and become round(255 v).  ``ValueError`` naming ``name``
+    for a float image with values outside [0, 1] or not finite, and for a mode I image with
+    values outside 0..65535 (neither has a range to scale by; clipping them would read an
+    image and its negative alike).  Images in other modes are returned unchanged."""
+    from PIL import Image
+
+    if im.mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise ValueError(
+                f"{name}: 32-bit float image with NaN or infinite values; save it with values in [0, 1]"
+            )
+        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+        if lo < 0 or hi > 1:
+            raise ValueError(
+                f"{name}: 32-bit float image with values in [{lo:.4g}, {hi:.4g}], expected [0, 1]; "
+                "scale it to [0, 1] or save it as 8-bit"
+            )
+        return Image.fromarray(np.rint(arr * 255).astype(np.uint8), mode="L")
+    if im.mode.startswith("I;16") or im.mode == "I":
+        arr = np.asarray(im).astype(np.int64)
+        lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+        if lo < 0 or hi > 65535:
+            raise ValueError(
+                f"{name}: 32-bit integer image with values in [{lo}, {hi}], expected 0..255 or "
+                "0..65535; save it as 8-bit or 16-bit"
+            )
+        return Image.fromarray((arr if im.mode == "I" and hi <= 255 else arr >> 8).astype(np.uint8), mode="L")
+    return im
+
+
+def open_image(path):
     """The image at ``path``, fully decoded and turned upright (EXIF orientation), as a PIL
-    image in mode "L" (greyscale files) or "RGB" (everything else; alpha dropped).  16-bit
-    greyscale (TIFF / PNG modes I;16 and I with values above 255) keeps its top 8 bits.
-    Raises what Pillow raises for an unreadable file (``OSError``, ``ValueError``, ...)."""
+    image in mode "L" (greyscale files) or "RGB" (everything else; alpha dropped).  Images of
+    more than 8 bits per pixel are scaled by their declared range (:func:`to_8bit`: 16-bit
+    keeps its top 8 bits, 32-bit float in [0, 1] is multiplied by 255).  Only regular files
+    are opened (:func:`check_regular_file`: ``ValueError`` for a named pipe).  Raises what
+    Pillow raises for an unreadable file (``OSError``, ``ValueError``, ...)."""
     from PIL import Image, ImageOps
 
+    check_regular_file(path, "an image file")
     with Image.open(path) as im:
         im.seek(0)
         im.load()
-        im = ImageOps.exif_transpose(im)
-        if im.mode.startswith("I;16") or (im.mode == "I" and im.getextrema()[1] > 255):
-            arr = np.asarray(im).astype(np.int64)
-            return Image.fromarray(np.clip(arr >> 8, 0, 255).astype(np.uint8), mode="L")
+        im = to_8bit(ImageOps.exif_transpose(im), os.fspath(path))
         return im.convert("L") if im.mode in GREY_MODES else im.convert("RGB")
+
+
+def image_header(path) -> tuple[tuple[int, int], bool]:
+    """((H, W), is_colour) of the image :func:`open_image` returns, from the file's header
+    without decoding the pixels (EXIF orientations 5-8 swap H and W).  Only regular files;
+    raises what Pillow raises for an unreadable header.  An orientation Pillow finds only by
+    decoding (a PNG eXIf chunk after the pixel data) is not seen here: callers that need the
+    exact size check it on the decoded image."""
+    from PIL import Image
+
+    check_regular_file(path, "an image file")
+    with Image.open(path) as im:
+        (w, h), mode = im.size, im.mode
+        orientation = Image.Image.getexif(im).get(0x0112, 1)  # the base class's: never decodes
+    if orientation in (5, 6, 7, 8):
+        w, h = h, w
+    return (h, w), mode not in GREY_MODES
 
 
 # --------------------------------------------------------------------------------------
@@ -66,6 +152,7 @@ def read_idx(path) -> np.ndarray:
     magic, a truncated file or trailing bytes.
     """
     path = os.fspath(path)
+    check_regular_file(path, "an IDX file")
     with open(path, "rb") as f:
         raw = f.read()
     if raw[:2] == b"\x1f\x8b":
@@ -163,6 +250,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 
 def _safe_unpickle(path: str):
+    check_regular_file(path, "a CIFAR batch file")
     with open(path, "rb") as f:
         return _NumpyOnlyUnpickler(f, encoding="bytes").load()
 
@@ -200,6 +288,9 @@ def load_cifar(
     else:
         names, key = [split], f"{label}_labels"
     paths = [os.path.join(root, n) for n in names]
+    for p in paths:
+        if os.path.lexists(p):
+            check_regular_file(p, "a CIFAR batch file")
     missing = [n for n, p in zip(names, paths) if not os.path.isfile(p)]
     if missing:
         archive = "cifar-10-python.tar.gz" if which == 10 else "cifar-100-python.tar.gz"
@@ -231,7 +322,9 @@ def load_svhn(path) -> tuple[torch.Tensor, torch.Tensor]:
     import scipy.io
 
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if os.path.lexists(path):
+        check_regular_file(path, "an SVHN .mat file")
+    else:
         raise DatasetUnavailable(
             f"{path} not found; download train_32x32.mat / test_32x32.mat from "
             "http://ufldl.stanford.edu/housenumbers/"
@@ -268,24 +361,40 @@ def load_npz(
     [N, H, W, C] with C in {1, 3} (channels-last), or [N, C, H, W].
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise DatasetUnavailable(f"{path} not found")
-    with np.load(path, allow_pickle=False) as npz:
-        keys = list(npz.keys())
-        if images_key is None:
-            images_key = next((k for k in _NPZ_IMAGE_KEYS if k in keys), None)
+    check_regular_file(path, "a .npz file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise ValueError(
+            f"{path}: not a .npz file (a .npz is a zip archive of arrays, written by numpy.savez); "
+            "save the images with numpy.savez(path, images=uint8_array)"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            keys = list(npz.keys())
             if images_key is None:
-                raise ValueError(
-                    f"{path}: none of the keys {_NPZ_IMAGE_KEYS} present (keys: {keys}); pass images_key"
-                )
-        elif images_key not in keys:
-            raise ValueError(f"{path}: no key {images_key!r} (keys: {keys})")
-        if labels_key is None:
-            labels_key = next((k for k in _NPZ_LABEL_KEYS if k in keys), None)
-        elif labels_key not in keys:
-            raise ValueError(f"{path}: no key {labels_key!r} (keys: {keys})")
-        x = npz[images_key]
-        y = npz[labels_key] if labels_key is not None else None
+                images_key = next((k for k in _NPZ_IMAGE_KEYS if k in keys), None)
+                if images_key is None:
+                    raise KeyError(
+                        f"none of the keys {_NPZ_IMAGE_KEYS} present (keys: {keys}); pass images_key"
+                    )
+            elif images_key not in keys:
+                raise KeyError(f"no key {images_key!r} (keys: {keys})")
+            if labels_key is None:
+                labels_key = next((k for k in _NPZ_LABEL_KEYS if k in keys), None)
+            elif labels_key not in keys:
+                raise KeyError(f"no key {labels_key!r} (keys: {keys})")
+            x = npz[images_key]
+            y = npz[labels_key] if labels_key is not None else None
+    except KeyError as e:
+        raise ValueError(f"{path}: {e.args[0]}") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # numpy's own text may advise unpickling
+        raise ValueError(
+            f"{path}: not a readable .npz of numeric arrays ({type(e).__name__}: a corrupt archive or "
+            "an array of Python objects); save the images with numpy.savez(path, images=uint8_array)"
+        ) from None
     if x.dtype != np.uint8:
         raise TypeError(f"{path}: {images_key} has dtype {x.dtype}, expected uint8 (convert to uint8 0..255)")
     if x.ndim == 3:

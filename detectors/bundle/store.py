@@ -454,7 +454,9 @@ def check_out(out: str, settings: dict) -> None:
     if not os.path.exists(out):
         return
     if not os.path.isdir(out):
-        raise ValueError(f"--out {out} is a file; expected a directory for the detector bundle")
+        raise ValueError(
+            f"--out {out} exists and is not a directory; expected a directory for the detector bundle"
+        )
     fit_path = os.path.join(out, FIT_FILE)
     if not os.path.lexists(fit_path):
         if os.listdir(out):

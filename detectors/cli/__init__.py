@@ -10,8 +10,10 @@
     detectors zoo NAME [--export]
 
 Each subcommand module has ``add_parser(subparsers) -> argparse.ArgumentParser`` and
-``run(args) -> int``.  Errors in the input are one line on stderr with exit code 2
-(``DETECTORS_TRACEBACK=1`` shows the traceback instead).
+``run(args) -> int``; ``add_parser`` imports nothing heavy (torch, scikit-learn, matplotlib
+load in ``run``), so ``--help`` is quick.  Errors in the input, in the arguments as in the run,
+are one line on stderr with exit code 2 (``DETECTORS_TRACEBACK=1`` shows the traceback of an
+error in the run instead).
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ def _prog() -> str:
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The parser of every subcommand; each sets ``args.run`` to its module's ``run``."""
-    parser = argparse.ArgumentParser(
+    from .common import Parser
+
+    parser = Parser(
         prog=prog or _prog(),
         description="Anomaly / out-of-distribution detection with normalizing flows (invflow).",
         epilog="Errors in the input are one line with exit code 2; set "

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import argparse
 
+from .common import out_dir, seed
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """Adds the ``demo`` subcommand."""
     demo = sub.add_parser(
         "demo", help="Fashion-MNIST vs MNIST with every detector (zoo models); writes a report"
     )
-    demo.add_argument("--out", default="runs/demo", help="report directory (models, plots, results.json)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--out", type=out_dir, default="runs/demo", help="report directory (models, plots, results.json)"
+    )
+    demo.add_argument("--seed", type=seed, default=0)
     demo.add_argument("--smoke", action="store_true", help="tiny configuration (seconds; for tests)")
     demo.add_argument("--no-features", action="store_true", help="skip the EfficientNet feature detectors")
     demo.add_argument(

@@ -8,20 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 
-import torch
-
-import invflow
-
-from ..data import load_named as load_dataset
-from ..report import format_table, write_report
-from ..scores import (
-    ApproximateMass,
-    InputComplexity,
-    Likelihood,
-    LikelihoodRatio,
-    ScaleContribution,
-    ScaleRatio,
-)
+from .common import MAX_IMAGES, MAX_SEED, integer, out_dir
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -42,9 +29,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "--in-data", default="fashion-mnist-test", help="fashion-mnist[-train|-test], mnist, patches, .npz"
     )
     ev.add_argument("--ood-data", default="mnist")
-    ev.add_argument("--n", type=int, default=None, help="score a seeded random subset of this size")
-    ev.add_argument("--out", required=True, help="report directory")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument(
+        "--n",
+        type=integer(1, MAX_IMAGES, "MAX_IMAGES"),
+        default=None,
+        help="score a seeded random subset of this size",
+    )
+    ev.add_argument("--out", required=True, type=out_dir, help="report directory")
+    ev.add_argument(
+        "--seed",
+        type=integer(0, MAX_SEED - 1, "MAX_SEED"),
+        default=0,
+        help="seed (the OOD subset uses seed + 1)",
+    )
     return ev
 
 
@@ -54,7 +51,7 @@ def run(args) -> int:
     return 0
 
 
-def pad_to_model(x: torch.Tensor, model, name: str) -> torch.Tensor:
+def pad_to_model(x, model, name: str):
     """Pads uint8 images [N, C, H, W] at the bottom / right with 0 up to the model's input size,
     as the train command did; ValueError naming ``name`` when they cannot fit."""
     shape = getattr(model, "input_shape", None)
@@ -68,10 +65,25 @@ def pad_to_model(x: torch.Tensor, model, name: str) -> torch.Tensor:
             f"(channels must match; height and width at most the model's)"
         )
     print(f"{name}: padded images from {h}x{w} to {mh}x{mw} (as the train command did)")
+    import torch
+
     return torch.nn.functional.pad(x, (0, mw - w, 0, mh - h))
 
 
 def run_evaluate(args) -> dict:
+    import invflow
+
+    from ..data import load_named as load_dataset
+    from ..report import format_table, write_report
+    from ..scores import (
+        ApproximateMass,
+        InputComplexity,
+        Likelihood,
+        LikelihoodRatio,
+        ScaleContribution,
+        ScaleRatio,
+    )
+
     in_model = invflow.load(args.in_model)
     general = invflow.load(args.general_model) if args.general_model else None
     x_in = pad_to_model(load_dataset(args.in_data, args.n, args.seed), in_model, "--in-data")

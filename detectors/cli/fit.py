@@ -9,13 +9,78 @@ import shlex
 import sys
 import warnings
 
-from ..bundle import CATALOGUE, DEFAULT_DETECTORS, FitConfig, fit_bundle
+from .common import (
+    MAX_BATCH,
+    MAX_DEPTH,
+    MAX_FEATURE_SIZE,
+    MAX_HIDDEN,
+    MAX_IMAGE_SIZE,
+    MAX_IMAGES,
+    MAX_LEVELS,
+    MAX_STEPS,
+    MIN_FEATURE_SIZE,
+    integer,
+    number,
+    out_dir,
+    seed,
+)
+
+#: the defaults of ``detectors.bundle.FitConfig`` (a test checks they agree); kept here so that
+#: building the parser imports neither torch's models nor scikit-learn
+DEFAULTS = dict(
+    detectors=("png+pca", "png", "pca"),
+    steps=300,
+    batch_size=32,
+    lr=1e-3,
+    levels=2,
+    depth=4,
+    hidden=32,
+    max_size=32,
+    holdout=0.2,
+    fpr=0.05,
+    feature_size=96,
+    seed=0,
+)
+
+
+def detector_list() -> str:
+    """One line per catalogue detector: its name, what it needs beyond unlabelled
+    in-distribution images, and its source."""
+    from ..bundle.catalogue import CATALOGUE
+
+    width = max(map(len, CATALOGUE))
+    return "\n".join(
+        f"{name:<{width}}  {spec.source}" + ("" if spec.uses == "-" else f" [uses {spec.uses}]")
+        for name, spec in CATALOGUE.items()
+    )
+
+
+class _ListDetectors(argparse.Action):
+    """``--list-detectors``: prints :func:`detector_list` and exits 0 (like ``--help``)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(detector_list())
+        parser.exit(0)
+
+
+def detector_name(text: str) -> str:
+    """An argparse type: a name of the bundle catalogue."""
+    from ..bundle.catalogue import CATALOGUE
+
+    if text not in CATALOGUE:
+        raise argparse.ArgumentTypeError(
+            f"unknown detector {text!r}; choose from {', '.join(CATALOGUE)} (--list-detectors describes each)"
+        )
+    return text
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    """Adds the ``fit`` subcommand."""
-    defaults = FitConfig()
-    names = ", ".join(f"{k} ({v.source})" for k, v in CATALOGUE.items())
+    """Adds the ``fit`` subcommand; every size, width and count flag is bounded
+    (``detectors.cli.common``), so a bad value is refused before any work."""
+    d = DEFAULTS
     p = sub.add_parser(
         "fit",
         help="fit detectors on your images (a folder, .npz or named set); writes a bundle",
@@ -30,30 +95,37 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="in-distribution images: a folder of image files (PNG, JPEG, BMP, TIFF, WebP, any sizes, "
         "flat or nested class folders), a .npz of uint8 images, or a named set (fashion-mnist, mnist, ...)",
     )
-    p.add_argument("--out", required=True, metavar="DET", help="bundle directory to write (or resume)")
+    p.add_argument(
+        "--out", required=True, type=out_dir, metavar="DET", help="bundle directory to write (or resume)"
+    )
     p.add_argument(
         "--detectors",
         nargs="+",
-        default=list(DEFAULT_DETECTORS),
+        type=detector_name,
+        default=list(d["detectors"]),
         metavar="NAME",
-        choices=list(CATALOGUE),
-        help=f"detectors to fit (default: {' '.join(DEFAULT_DETECTORS)}: the ensemble of png "
-        "and pca plus both members, chosen by the worst case over the OOD suite of docs/results.md "
-        "section 6: every single detector collapses on some kind of OOD data (png on upside-down "
-        "Fashion-MNIST, pca on inverted Fashion-MNIST, last-scale on constant images), png+pca keeps "
-        "the best worst case without auxiliary data; an ensemble's members are always fitted and "
-        f"reported too); choose from: {names}",
+        help=f"detectors to fit (default: {' '.join(d['detectors'])}, the best worst case of the OOD "
+        "suite without auxiliary data, docs/results.md section 6); an ensemble's members are fitted "
+        "and reported too; --list-detectors names each with its source (docs/detectors.md)",
     )
     p.add_argument(
-        "--steps", type=int, default=defaults.steps, help="training steps per flow (default: %(default)s)"
+        "--list-detectors",
+        action=_ListDetectors,
+        help="list the detectors --detectors takes, one line each, and exit",
+    )
+    p.add_argument(
+        "--steps",
+        type=integer(1, MAX_STEPS, "MAX_STEPS"),
+        default=d["steps"],
+        help="training steps per flow (default: %(default)s)",
     )
     p.add_argument(
         "--size",
-        type=int,
+        type=integer(2, MAX_IMAGE_SIZE, "MAX_IMAGE_SIZE"),
         default=None,
-        help=f"image side S (images are resized, shorter side to S, and centre-cropped to SxS); "
-        f"default: the most common size in TRAIN, at most {defaults.max_size}, rounded down to a multiple "
-        f"of 2**levels",
+        help=f"image side S, at most {MAX_IMAGE_SIZE} (images are resized, shorter side to S, and "
+        f"centre-cropped to SxS); default: the most common size in TRAIN, at most {d['max_size']}, "
+        "rounded down to a multiple of 2**levels",
     )
     colour = p.add_mutually_exclusive_group()
     colour.add_argument(
@@ -65,48 +137,65 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     colour.add_argument("--rgb", dest="channels", action="store_const", const=3, help="convert to RGB")
     p.add_argument(
-        "--batch", type=int, default=defaults.batch_size, help="training batch size (default: %(default)s)"
+        "--batch",
+        type=integer(1, MAX_BATCH, "MAX_BATCH"),
+        default=d["batch_size"],
+        help="training batch size (default: %(default)s)",
     )
-    p.add_argument("--lr", type=float, default=defaults.lr, help="learning rate (default: %(default)s)")
-    p.add_argument("--levels", type=int, default=defaults.levels, help="Glow scales (default: %(default)s)")
     p.add_argument(
-        "--depth", type=int, default=defaults.depth, help="Glow steps per scale (default: %(default)s)"
+        "--lr",
+        type=number(0.0, 1.0, open_low=True),
+        default=d["lr"],
+        help="learning rate (default: %(default)s)",
+    )
+    p.add_argument(
+        "--levels",
+        type=integer(1, MAX_LEVELS, "MAX_LEVELS"),
+        default=d["levels"],
+        help="Glow scales (default: %(default)s)",
+    )
+    p.add_argument(
+        "--depth",
+        type=integer(1, MAX_DEPTH, "MAX_DEPTH"),
+        default=d["depth"],
+        help="Glow steps per scale (default: %(default)s)",
     )
     p.add_argument(
         "--hidden",
-        type=int,
-        default=defaults.hidden,
-        help="Glow st-net channels (default: %(default)s; 512 as in the Glow paper is impractical on a CPU)",
+        type=integer(1, MAX_HIDDEN, "MAX_HIDDEN"),
+        default=d["hidden"],
+        help=f"Glow st-net channels, at most {MAX_HIDDEN} (default: %(default)s; 512 as in the Glow "
+        "paper is impractical on a CPU)",
     )
     p.add_argument(
         "--holdout",
-        type=float,
-        default=defaults.holdout,
-        help="share of TRAIN held out to calibrate thresholds (default: %(default)s)",
+        type=number(0.0, 1.0, open_low=True, open_high=True),
+        default=d["holdout"],
+        help="share of TRAIN held out to calibrate thresholds, in (0, 1) (default: %(default)s)",
     )
     p.add_argument(
         "--fpr",
-        type=float,
-        default=defaults.fpr,
-        help="share of held-out TRAIN each threshold flags (default: %(default)s)",
+        type=number(0.0, 1.0, open_low=True, open_high=True),
+        default=d["fpr"],
+        help="share of held-out TRAIN each threshold flags, in (0, 1) (default: %(default)s)",
     )
     p.add_argument(
         "--feature-size",
-        type=int,
-        default=defaults.feature_size,
+        type=integer(MIN_FEATURE_SIZE, MAX_FEATURE_SIZE, "MAX_FEATURE_SIZE"),
+        default=d["feature_size"],
         help="EfficientNet-Lite0 input side for the feature detectors (default: %(default)s)",
     )
     p.add_argument(
         "--n",
-        type=int,
+        type=integer(3, MAX_IMAGES, "MAX_IMAGES"),
         default=None,
         metavar="N",
         help="fit on a seeded random subset of N images of TRAIN (default: all)",
     )
     p.add_argument(
         "--seed",
-        type=int,
-        default=defaults.seed,
+        type=seed,
+        default=d["seed"],
         help="seed of the split and the training (default: %(default)s)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -120,6 +209,7 @@ def run(args) -> int:
 
 
 def run_fit(args, argv=None) -> None:
+    from ..bundle import FitConfig, fit_bundle
     from ..data import UnreadableImagesWarning
 
     cfg = FitConfig(

@@ -5,17 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+from .common import MAX_FEATURE_SIZE, MAX_IMAGES, MIN_FEATURE_SIZE, integer, module_doc, number, out_dir, seed
+
 NAME = "ood-suite"
-
-
-def _positive_n(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--n must be a positive integer, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--n must be a positive integer, got {n}")
-    return n
 
 
 def _ensemble_spec(spec: str) -> str:
@@ -31,22 +23,35 @@ def _ensemble_spec(spec: str) -> str:
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Adds the ``ood-suite`` subcommand (same flags and defaults as the old
     ``python -m detectors.ood_suite``)."""
-    from ..experiments import ood_suite
-
     p = subparsers.add_parser(
         NAME,
         help="the zoo detectors on a broad offline OOD suite; recommends by the worst case",
-        description=ood_suite.__doc__,
+        description=module_doc("experiments/ood_suite.py"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", default="runs/ood-suite")
-    p.add_argument("--n", type=_positive_n, default=500, help="images per set (and in-distribution)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--floor", type=float, default=0.9, help="worst-case AUROC a recommended detector reaches")
+    p.add_argument("--out", type=out_dir, default="runs/ood-suite")
+    p.add_argument(
+        "--n",
+        type=integer(1, MAX_IMAGES, "MAX_IMAGES"),
+        default=500,
+        help="images per set (and in-distribution)",
+    )
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument(
+        "--floor",
+        type=number(0.0, 1.0),
+        default=0.9,
+        help="worst-case AUROC a recommended detector reaches, in [0, 1]",
+    )
     p.add_argument(
         "--features", action="store_true", help="add the EfficientNet feature detectors (slow on a CPU)"
     )
-    p.add_argument("--feature-size", type=int, default=64)
+    p.add_argument(
+        "--feature-size",
+        type=integer(MIN_FEATURE_SIZE, MAX_FEATURE_SIZE, "MAX_FEATURE_SIZE"),
+        default=64,
+        help="EfficientNet-Lite0 input side (default: %(default)s)",
+    )
     p.add_argument(
         "--ensemble",
         action="append",

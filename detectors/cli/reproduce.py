@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import MAX_THREADS, integer, out_dir, seed
+
 NAME = "reproduce"
 
 
@@ -14,10 +16,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "names", nargs="+", help="experiments: glow, architectures, features, baselines, one-vs-rest, or all"
     )
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--out", default="runs/reproduce", help="models, per-seed reports and summaries")
+    p.add_argument("--seeds", type=seed, nargs="+", default=[0, 1, 2])
+    p.add_argument(
+        "--out", type=out_dir, default="runs/reproduce", help="models, per-seed reports and summaries"
+    )
     p.add_argument("--smoke", action="store_true", help="tiny configuration (seconds; for tests)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument(
+        "--threads",
+        type=integer(1, MAX_THREADS, "MAX_THREADS"),
+        default=None,
+        help="torch intra-op threads (default: torch's)",
+    )
     p.add_argument(
         "--set",
         action="append",

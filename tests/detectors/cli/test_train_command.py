@@ -143,7 +143,7 @@ def test_train_reads_the_training_split(monkeypatch):
         calls.append((spec, kw))
         raise Stop
 
-    monkeypatch.setattr(cli_train, "load_named", fake_load)
+    monkeypatch.setattr("detectors.data.load_named", fake_load)  # run_train imports it when it runs
 
     class Args:
         data, out, resume, overwrite, seed = "fashion-mnist", "/nonexistent-run-dir", False, False, 0

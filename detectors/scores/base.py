@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from invflow.data import preprocess
 from invflow.layers import UninitializedWarning, warn_if_uninitialized
-from invflow.validation import IMAGE_RANGE, check_number
+from invflow.validation import check_number, check_preprocessed
 
 from ..inputs import accepts_any_input
 
@@ -118,6 +118,8 @@ def _resizes_input(method):
     mode the detector's models take, with the policy detector bundles use
     (``detectors.data.ImagePolicy``: shorter side resized with Lanczos, centre crop, grey or
     RGB).  Batches that already have the right shape pass unchanged."""
+    if getattr(method, "_resizes_input", False):
+        return method
     takes_y = "y" in inspect.signature(method).parameters
 
     @functools.wraps(method)
@@ -136,7 +138,7 @@ def _resizes_input(method):
                 kwargs["y"] = labels
         return method(self, x, *args, **kwargs)
 
-    wrapper._accepts_any_input = True
+    wrapper._accepts_any_input = wrapper._resizes_input = True
     return wrapper
 
 
@@ -234,8 +236,16 @@ class Detector:
         return shape if shape is not None and len(shape) == 3 else None
 
     def _check_models(self) -> None:
-        """At construction: the detector's models take the same inputs (else ValueError naming
-        them), and ``resize=True`` has a square grey or RGB image shape to resize to."""
+        """At construction: the detector's models have finite weights and take the same inputs
+        (else ValueError naming them), and ``resize=True`` has a square grey or RGB image
+        shape to resize to."""
+        for attr, model in self._models().items():
+            for pname, t in list(model.named_parameters()) + list(model.named_buffers()):
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    raise ValueError(
+                        f"{self.name}: {describe_model(attr, model)} has NaN or Inf in {pname!r}; every "
+                        f"score would be the floor: load or train a model with finite weights"
+                    )
         shaped = {k: m for k, m in self._models().items() if hasattr(m, "input_shape")}
         if len({tuple(m.input_shape) for m in shaped.values()}) > 1:
             named = " and ".join(describe_model(k, m) for k, m in shaped.items())
@@ -253,6 +263,7 @@ class Detector:
                 )
 
     # -- API -------------------------------------------------------------------------
+    @_resizes_input
     @accepts_any_input
     def fit(self, x: torch.Tensor, fpr: float = 0.05) -> Detector:
         """Fits the detector's own state on in-distribution ``x`` (if it has any) and sets the
@@ -295,6 +306,7 @@ class Detector:
     def _check_fpr(self, fpr, where: str) -> float:
         return check_number(fpr, "fpr", f"{self.name}.{where}", low=0, high=1, high_open=True)
 
+    @_resizes_input
     @accepts_any_input
     def calibrate(self, x: torch.Tensor, fpr: float = 0.05) -> Detector:
         """Sets the threshold so that a fraction ``fpr`` of in-distribution ``x`` scores above it."""
@@ -318,6 +330,7 @@ class Detector:
         self.threshold, self.fpr = t, fpr
         return self
 
+    @_resizes_input
     @accepts_any_input
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """Anomaly scores, float64 [B] on the CPU; higher = more anomalous."""
@@ -358,6 +371,7 @@ class Detector:
                 f"(first at index {int(bad.nonzero()[0, 0])}); check the model's weights and the transform"
             )
 
+    @_resizes_input
     @accepts_any_input
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """True where ``x`` is flagged anomalous (score above the calibrated threshold)."""
@@ -409,19 +423,10 @@ class Detector:
         shape = self.input_shape
         if shape is not None and tuple(x.shape[1:]) != tuple(shape):
             self._wrong_shape(x, shape, where)
-        # float images go to models that take [-0.5, 0.5]; a user's ``transform`` sets its own convention
-        if (
-            x.is_floating_point()
-            and x.dim() == 4
-            and getattr(self, "transform", None) is None
-            and bool((x.abs() > IMAGE_RANGE).any())
-        ):
-            raise ValueError(
-                f"{self.name}.{where}: floating images must be preprocessed into [-{IMAGE_RANGE:g}, "
-                f"{IMAGE_RANGE:g}] (got min {float(x.min()):.4g}, max {float(x.max()):.4g}: 0..255 or "
-                f"torchvision's 0..1?); pass uint8 images, or preprocess them with "
-                f"invflow.data.preprocess"
-            )
+        # raw pixel values given as floats (0..255, ToTensor's 0..1) are refused with the rule
+        # image models apply; a user's ``transform`` sets its own convention
+        if x.is_floating_point() and x.dim() == 4 and getattr(self, "transform", None) is None:
+            check_preprocessed(x, f"{self.name}.{where}")
 
     def _wrong_shape(self, x: torch.Tensor, shape: tuple[int, ...], where: str) -> None:
         """ValueError naming the model whose input shape ``x`` does not have, and how to fix it."""

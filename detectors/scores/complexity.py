@@ -19,7 +19,7 @@ from PIL import Image
 
 from invflow.validation import check_number
 
-from .base import Detector, as_model_input, floor_log_likelihood, log_prob
+from .base import Detector, as_model_input, describe_model, floor_log_likelihood, log_prob
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -55,6 +55,12 @@ class InputComplexity(Detector):
         self.compress_level = check_number(
             compress_level, "compress_level", "InputComplexity", low=0, high=9, integer=True
         )
+        shape = getattr(model, "input_shape", None)
+        if shape is not None and (len(shape) != 3 or shape[0] not in (1, 3)):
+            raise ValueError(
+                f"InputComplexity: needs a model of grey or RGB images [1 or 3, H, W] (the PNG code "
+                f"length is of images), got {describe_model('model', model)}"
+            )
 
     def _score_batch(self, x):
         xin = as_model_input(x, self.model)

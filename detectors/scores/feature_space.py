@@ -27,7 +27,7 @@ from scipy.special import logsumexp
 from sklearn.decomposition import PCA as _SkPCA
 from sklearn.neighbors import KernelDensity, NearestNeighbors
 
-from invflow.validation import IMAGE_RANGE, check_number
+from invflow.validation import IMAGE_RANGE, check_number, check_preprocessed
 
 from .base import FOLDS, Detector
 
@@ -58,7 +58,11 @@ def _vectors(
 
 class _FeatureDetector(Detector):
     """Images [B, C, H, W] given without a ``transform`` go through EfficientNet-Lite0 at
-    ``feature_size`` (``detectors.features``, unit-norm features) first."""
+    ``feature_size`` (``detectors.features``, unit-norm features) first: uint8, or floats
+    preprocessed into [-0.5, 0.5] (values beyond it, as a flow's samples take, are clamped
+    into it like ``invflow.data.to_images`` does; raw 0..255 or 0..1 floats raise ValueError).
+    Any image size is taken (EfficientNet resizes); ``resize=True`` also takes lists of
+    images of different sizes (resized to ``feature_size``, RGB)."""
 
     def __init__(self, transform: Callable | None = None, feature_size: int = 96, **kw):
         super().__init__(**kw)
@@ -72,13 +76,9 @@ class _FeatureDetector(Detector):
         if self.transform is None and isinstance(x, torch.Tensor) and x.dim() == 4:
             from ..features import image_features
 
-            if x.is_floating_point() and bool((x.abs() > IMAGE_RANGE).any()):
-                raise ValueError(
-                    f"{self.name}: floating images must be preprocessed into [-{IMAGE_RANGE:g}, "
-                    f"{IMAGE_RANGE:g}] (got min {float(x.min()):.4g}, max {float(x.max()):.4g}); pass "
-                    f"uint8 images, preprocess them with invflow.data.preprocess, or give a transform"
-                )
-
+            check_preprocessed(x, self.name)  # raw pixel values given as floats
+            if x.is_floating_point():  # e.g. a flow's samples: pixel intensities, as to_images clamps
+                x = x.clamp(-IMAGE_RANGE, IMAGE_RANGE)
             return _vectors(image_features(x, self.feature_size, progress=self.progress), None, self.name)
         return _vectors(x, self.transform, self.name)
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .base import Detector, as_model_input, floor_log_likelihood, log_prob
+from .base import Detector, as_model_input, describe_model, floor_log_likelihood, log_prob
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -105,6 +105,20 @@ def _contribution(model, x: torch.Tensor, idx: list[int]) -> torch.Tensor:
     return floor_log_likelihood(per_scale[:, idx]).sum(1)
 
 
+def _check_scales(det: Detector, idx: list[int]) -> None:
+    """The scale indices ``idx`` exist in each of the detector's models that states its scales
+    (``latent_shapes()``); ValueError naming the model otherwise."""
+    for attr, model in det._models().items():
+        if callable(getattr(model, "latent_shapes", None)):
+            n = len(model.latent_shapes())
+            bad = [i for i in idx if not -n <= i < n]
+            if bad:
+                raise ValueError(
+                    f"{det.name}: scale index {bad[0]} out of range for {describe_model(attr, model)} "
+                    f"with {n} scale(s); use indices in [-{n}, {n - 1}]"
+                )
+
+
 class ScaleContribution(Detector):
     """Per-scale likelihood contributions (Schirrmeister et al. 2020 Eq. 3, Sec. 4, Tab. 2):
     s(x) = -sum_{i in scales} c_i(x).  ``scales=-1`` is the last scale ("4x4" of Tab. 2),
@@ -113,6 +127,7 @@ class ScaleContribution(Detector):
     def __init__(self, model, scales: int | Sequence[int] = -1, **kw):
         super().__init__(**kw)
         self.model, self.scales = model, _scale_index(scales)
+        _check_scales(self, self.scales)
 
     def _score_batch(self, x):
         return -_contribution(self.model, as_model_input(x, self.model), self.scales)
@@ -134,6 +149,7 @@ class ScaleRatio(Detector):
     def __init__(self, in_model, general_model, scales: int | Sequence[int] = -1, **kw):
         super().__init__(**kw)
         self.in_model, self.general_model, self.scales = in_model, general_model, _scale_index(scales)
+        _check_scales(self, self.scales)
 
     def _score_batch(self, x):
         c_in = _contribution(self.in_model, as_model_input(x, self.in_model), self.scales)

@@ -722,8 +722,8 @@ def test_feature_detectors_need_vectors_or_a_transform(feats):
             with_tf.score(imgs_test), fitted.score(test[:, :4]), rtol=1e-12, atol=1e-12, msg=name
         )
         assert with_tf.threshold == pytest.approx(fitted.threshold)
-    with pytest.raises(ValueError):
-        MSERatio(aux_imgs)  # the aux set is mapped like the rest
+    with pytest.raises(ValueError, match="not preprocessed"):
+        MSERatio(aux_imgs.abs() * 100)  # the aux set is mapped like the rest: raw pixels refused
 
 
 def test_detector_base_is_abstract_and_shared():

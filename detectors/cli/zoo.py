@@ -11,11 +11,21 @@ from .common import MAX_STEPS, MAX_THREADS, integer, module_doc, out_dir
 NAME = "zoo"
 
 
+def zoo_name(text: str) -> str:
+    """An argparse type: a zoo recipe name or ``features`` (the recipes load only when a name is
+    parsed, so that ``--help`` imports no torch)."""
+    from ..zoo.recipes import RECIPES
+
+    if text not in RECIPES and text != "features":
+        raise argparse.ArgumentTypeError(
+            f"unknown zoo model {text!r}; choose from {', '.join(sorted(RECIPES))} or features"
+        )
+    return text
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Adds the ``zoo`` subcommand (same flags and defaults as the old
     ``python -m detectors.zoo.train``)."""
-    from ..zoo.recipes import RECIPES
-
     p = subparsers.add_parser(
         NAME,
         help="train or export a shipped zoo model (detectors.zoo)",
@@ -24,8 +34,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "name",
-        choices=sorted(RECIPES) + ["features"],
-        help="a zoo model, or 'features' (with --export: the demo's feature fit sets)",
+        type=zoo_name,
+        help="a zoo model (a recipe of detectors.zoo.recipes), or 'features' (with --export: the "
+        "demo's feature fit sets)",
     )
     p.add_argument(
         "--steps",

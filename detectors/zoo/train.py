@@ -46,10 +46,21 @@ def _objective(recipe, root: str):
 
 
 def _log_rows(path: str) -> list[dict]:
+    """The rows of a run's ``heldout.csv`` (step, heldout_bpd, wall_s), [] when there is none;
+    ValueError naming the file when a row lacks a field or holds a non-number."""
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        return list(csv.DictReader(f))
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for i, r in enumerate(rows):
+        try:
+            int(r["step"]), float(r["heldout_bpd"]), float(r["wall_s"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(
+                f"{path}: row {i + 1} is not 'step,heldout_bpd,wall_s' numbers ({r}); "
+                "delete the broken rows or the run"
+            ) from None
+    return rows
 
 
 def train(name: str, steps: int, eval_every: int, root: str, patience: int) -> None:
@@ -155,10 +166,15 @@ def export(name: str, root: str, status: str) -> dict:
     """Copies the latest checkpoint of ``root/name`` into the zoo (float32 weights) with its card."""
     recipe = RECIPES[name]
     out = os.path.join(root, name)
+    if not os.path.isdir(out):
+        raise FileNotFoundError(
+            f"{out}: no training run of {name} to export; train it first with "
+            f"python -m detectors zoo {name} --root {root}"
+        )
     rows = _log_rows(os.path.join(out, "heldout.csv"))
     # the latest checkpoint with a held-out evaluation (not one written on interruption)
     evaluated = {int(r["step"]): r for r in rows}
-    steps = sorted(int(d.split("-")[1]) for d in os.listdir(out) if d.startswith("step-"))
+    steps = sorted(int(d[5:]) for d in os.listdir(out) if d.startswith("step-") and d[5:].isdigit())
     step = max((s for s in steps if s in evaluated), default=None)
     if step is None:
         raise FileNotFoundError(f"{out}: no checkpoint with a held-out evaluation yet")

@@ -263,3 +263,45 @@ def test_building_the_parser_loads_neither_scikit_learn_nor_matplotlib():
 def test_subcommand_descriptions_are_read_without_importing_the_module():
     assert "suite" in common.module_doc("experiments/ood_suite.py")
     assert common.module_doc("zoo/train.py").startswith("Trains a zoo model")
+
+
+def test_the_cli_modules_add_no_heavy_import_to_the_package():
+    """What detectors.cli adds to ``import detectors`` when the parser is built: nothing of
+    torch, invflow, scikit-learn, matplotlib, scipy or Pillow (each subcommand loads them in run)."""
+    heavy = (
+        "torch",
+        "invflow",
+        "sklearn",
+        "matplotlib",
+        "scipy",
+        "PIL",
+        "detectors.bundle",
+        "detectors.zoo.recipes",
+    )
+    code = (
+        "import sys, detectors; before = set(sys.modules); import detectors.cli as c; "
+        "c.build_parser('detectors'); added = set(sys.modules) - before; "
+        f"print(sorted(m for m in added if m.split('.')[0] in {heavy!r} or m in {heavy!r}))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]", r.stdout
+
+
+def test_zoo_names_are_checked_when_parsed(capsys):
+    line = _parse_error(["zoo", "nope"], capsys)
+    assert "unknown zoo model 'nope'" in line and "fmnist-glow" in line
+
+
+def test_zoo_export_without_a_run_or_with_a_broken_log_says_what_to_do(tmp_path, capsys):
+    assert main(["zoo", "fmnist-glow", "--export", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no training run of fmnist-glow" in err and "python -m detectors zoo fmnist-glow" in err
+    run = tmp_path / "fmnist-glow"
+    run.mkdir()
+    (run / "heldout.csv").write_text("step,heldout_bpd,wall_s\n250,abc,1.0\n")
+    (run / "step-0000250").mkdir()
+    (run / "step-junk").mkdir()
+    assert main(["zoo", "fmnist-glow", "--export", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "heldout.csv: row 1 is not 'step,heldout_bpd,wall_s' numbers" in err and len(err.splitlines()) == 1

@@ -37,6 +37,7 @@ import torch
 from tqdm import tqdm
 
 from .data.files import GREY_MODES as _GREY_MODES
+from .data.files import to_8bit
 
 
 def _is_pil(x) -> bool:
@@ -48,7 +49,11 @@ def _is_pil(x) -> bool:
 
 
 def pil_to_tensor(image) -> torch.Tensor:
-    """A PIL image -> uint8 [C, H, W]: C = 1 for greyscale modes, else 3 (RGB, alpha dropped)."""
+    """A PIL image -> uint8 [C, H, W]: C = 1 for greyscale modes, else 3 (RGB, alpha dropped).
+    Images of more than 8 bits per pixel are scaled by their declared range
+    (``detectors.data.to_8bit``: 16-bit keeps its top 8 bits, 32-bit float in [0, 1] is
+    multiplied by 255); ``ValueError`` for a float image outside [0, 1] or not finite."""
+    image = to_8bit(image, "PIL image")
     if image.mode in _GREY_MODES:
         arr = np.array(image if image.mode == "L" else image.convert("L"))[None]
     else:
@@ -233,7 +238,12 @@ def floats_to_uint8(x: torch.Tensor) -> torch.Tensor:
     from invflow.data import to_images
     from invflow.validation import IMAGE_RANGE
 
-    if x.numel() and bool(torch.isfinite(x).all()) and bool((x.abs() > IMAGE_RANGE).any()):
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        raise ValueError(
+            "floating images hold NaN or infinite values; pass uint8 images, or finite floats "
+            "preprocessed with invflow.data.preprocess"
+        )
+    if x.numel() and bool((x.abs() > IMAGE_RANGE).any()):
         raise ValueError(
             f"floating images must be preprocessed into [-{IMAGE_RANGE:g}, {IMAGE_RANGE:g}] (got min "
             f"{float(x.min()):.4g}, max {float(x.max()):.4g}: 0..255 or torchvision's 0..1?); pass "
@@ -258,6 +268,8 @@ def as_images_with_labels(x, where: str = "images", progress: bool = False):
         items, labels = [], []
         for i in tqdm(range(len(x)), desc=f"{where}: reading", unit="img", disable=not progress, leave=False):
             im, label = _split_item(x[i])
+            if _is_pil(im):
+                im = to_8bit(im, f"{where}: item {i}")  # more than 8 bits: by its declared range
             if isinstance(im, np.ndarray):
                 im = _numpy_batch(im[None])[0]
             if isinstance(im, torch.Tensor) and im.is_floating_point():

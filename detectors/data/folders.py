@@ -37,6 +37,7 @@ from .files import (
     load_npz,
     printable,
     rgb_to_grey,
+    to_8bit,
 )
 from .files import open_image as _open
 
@@ -542,11 +543,12 @@ class ImagePolicy:
         return cls(int(size), int(channels))
 
     def one(self, image, i: int = 0) -> torch.Tensor:
-        """One PIL image or uint8 [C, H, W] -> uint8 [channels, size, size]."""
+        """One PIL image or uint8 [C, H, W] -> uint8 [channels, size, size] (PIL images of more
+        than 8 bits per pixel scaled by their range: ``detectors.data.to_8bit``)."""
         from PIL import Image
 
         s, mode = self.size, "L" if self.channels == 1 else "RGB"
-        im = _pil(image, i)
+        im = to_8bit(_pil(image, i), f"image {i}")  # more than 8 bits: by its declared range
         if im.mode != mode:
             im = im.convert(mode)
         w, h = im.size

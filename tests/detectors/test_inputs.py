@@ -148,3 +148,23 @@ def test_labels_of_a_dataset_reach_the_supervised_detector():
     assert torch.equal(via_dataset.means_, ref.means_)
     with pytest.raises(ValueError, match="labels are required"):
         detectors.Mahalanobis(model).fit([Image.fromarray(a[0]) for a in x.numpy()])  # PIL list: no labels
+
+
+def test_float_pil_images_are_scaled_by_their_range_and_non_finite_floats_refused():
+    from PIL import Image
+
+    from detectors.inputs import as_images_with_labels, pil_to_tensor
+
+    v = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+    t = pil_to_tensor(Image.fromarray(v, mode="F"))
+    assert t.dtype == torch.uint8 and t.shape == (1, 3, 4)
+    assert torch.equal(t[0], torch.from_numpy(np.rint(v * 255).astype(np.uint8)))  # not all black
+    assert not torch.equal(t, pil_to_tensor(Image.fromarray(1 - v, mode="F")))  # nor equal to its negative
+    with pytest.raises(ValueError, match=r"values in \[0, 200\], expected \[0, 1\]"):
+        as_images_with_labels([Image.fromarray(v * 200, mode="F")])
+    bad = torch.zeros(2, 1, 4, 4)
+    bad[1, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        as_images_with_labels(bad)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        as_images_with_labels([bad[1]])

@@ -39,13 +39,14 @@ HIST_IQR = 5.0
 
 
 # -- files ---------------------------------------------------------------------------------
-def new_figure(figsize=(6.0, 4.0)):
+def new_figure(figsize=(6.0, 4.0), layout: str | None = None):
     """A matplotlib Figure on the Agg canvas, outside pyplot's global state (nothing to
-    close, the user's interactive backend is untouched)."""
+    close, the user's interactive backend is untouched); ``layout`` as matplotlib's
+    ``Figure(layout=...)`` (e.g. "constrained", which makes room for legends outside axes)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=figsize)
+    fig = Figure(figsize=figsize, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -317,26 +318,109 @@ def load_results(path) -> dict:
 
 
 # -- plots ----------------------------------------------------------------------------------------
-def plot_roc(arrays: Mapping, metrics: Mapping, path: str, title: str | None = None) -> None:
-    """All detectors' ROC curves in one axes (OOD positive), legend with the AUROC."""
+#: most curves one ROC panel shows (the ten colours of matplotlib's tab10); a family with more
+#: shows its ROC_PER_PANEL best by AUROC and names how many more are in the table
+ROC_PER_PANEL = 10
+#: the family of detectors whose names have no "FAMILY: " prefix
+ROC_DEFAULT_FAMILY = "likelihood and model scores"
+
+
+def roc_families(names, families: Mapping | None = None) -> dict[str, list[str]]:
+    """Detector names grouped into ROC panels, in order of first appearance: by
+    ``families[name]`` when given, else by the prefix of a "FAMILY: detector" name (the demo's
+    "features: KDE", "ensemble: ...", "outlier loss: Diff"), else ``ROC_DEFAULT_FAMILY``."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        if families is not None and name in families:
+            family = str(families[name])
+        elif ": " in name:
+            family = name.split(": ", 1)[0]
+        else:
+            family = ROC_DEFAULT_FAMILY
+        groups.setdefault(family, []).append(name)
+    return groups
+
+
+def plot_roc(
+    arrays: Mapping,
+    metrics: Mapping,
+    path: str,
+    title: str | None = None,
+    families: Mapping | None = None,
+    per_panel: int = ROC_PER_PANEL,
+) -> None:
+    """ROC curves (OOD positive), one panel per detector family (``roc_families``), each
+    panel's legend below its axes so that it covers no curve.
+
+    Args:
+        arrays: NAME -> (s_in, s_out) scores, HIGHER = MORE ANOMALOUS (+-inf ranked at the ends).
+        metrics: NAME -> {"auroc": fraction in [0, 1], ...} (``detectors.metrics.evaluate``).
+        path: the PNG to write (atomically).
+        title: the figure's title (default "ROC").
+        families: NAME -> family, overriding the grouping by name prefix.
+        per_panel: at most this many curves per panel (the best by AUROC; the panel's title
+            counts the others, which are in the table).  ValueError unless an int >= 1.
+    """
+    save_figure(roc_figure(arrays, metrics, title, families, per_panel), path)
+
+
+def roc_figure(
+    arrays: Mapping,
+    metrics: Mapping,
+    title: str | None = None,
+    families: Mapping | None = None,
+    per_panel: int = ROC_PER_PANEL,
+):
+    """The matplotlib Figure that :func:`plot_roc` writes (same arguments, no path)."""
     from sklearn.metrics import roc_curve
 
-    fig = new_figure((5.5, 5.0))
-    ax = fig.add_subplot(1, 1, 1)
-    ax.plot([0, 1], [0, 1], color="0.7", lw=1, ls="--", label="chance")
-    for name, (s_in, s_out) in arrays.items():
-        a, b = _finite_for_ranking(s_in, s_out)
-        labels = np.concatenate([np.zeros(len(a)), np.ones(len(b))])
-        fpr, tpr, _ = roc_curve(labels, np.concatenate([a, b]))
-        ax.plot(fpr, tpr, lw=1.5, label=f"{name} (AUROC {100 * metrics[name]['auroc']:.1f}%)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_xlabel("false positive rate (in-distribution flagged)")
-    ax.set_ylabel("true positive rate (OOD flagged)")
-    ax.set_title(title or "ROC")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path)
+    if isinstance(per_panel, bool) or not isinstance(per_panel, int) or per_panel < 1:
+        raise ValueError(f"plot_roc: per_panel must be an int >= 1, got {per_panel!r}")
+    groups = roc_families(list(arrays), families)
+    cols = min(3, len(groups))
+    rows = math.ceil(len(groups) / cols)
+    longest = max(len(v) for v in groups.values())
+    legend_h = 0.22 * min(longest, per_panel) + 0.3
+    fig = new_figure((4.6 * cols, (3.6 + legend_h) * rows), layout="constrained")
+    colours = [f"C{i}" for i in range(10)]
+    for i, (family, names) in enumerate(groups.items()):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.plot([0, 1], [0, 1], color="0.7", lw=1, ls="--")
+        shown = sorted(names, key=lambda n: -metrics[n]["auroc"])[:per_panel]
+        shown = [n for n in names if n in shown]  # table order
+        for j, name in enumerate(shown):
+            a, b = _finite_for_ranking(*arrays[name])
+            labels = np.concatenate([np.zeros(len(a)), np.ones(len(b))])
+            fpr, tpr, _ = roc_curve(labels, np.concatenate([a, b]))
+            short = name.split(": ", 1)[1] if name.startswith(family + ": ") else name
+            ax.plot(
+                fpr,
+                tpr,
+                lw=1.4,
+                color=colours[j % len(colours)],
+                ls="-" if j < len(colours) else ":",
+                label=f"{short} ({100 * metrics[name]['auroc']:.1f}%)",
+            )
+        hidden = len(names) - len(shown)
+        ax.set_title(
+            family + (f" (best {len(shown)}; {hidden} more in the table)" if hidden else ""), fontsize=10
+        )
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+        ax.set_aspect("equal")
+        ax.tick_params(labelsize=8)
+        ax.set_xlabel("FPR (in-distribution flagged)", fontsize=8)
+        ax.set_ylabel("TPR (OOD flagged)", fontsize=8)
+        ax.legend(
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.18),
+            fontsize=7.5,
+            frameon=False,
+            title="detector (AUROC)",
+            title_fontsize=7.5,
+        )
+    fig.suptitle(title or "ROC", fontsize=11)
+    return fig
 
 
 def robust_range(groups, percentiles=HIST_PERCENTILES, iqr: float = HIST_IQR) -> tuple[float, float] | None:

@@ -197,3 +197,92 @@ def test_atomic_write_leaves_no_temp_files(tmp_path, monkeypatch):
     assert target.read_text() == before
     assert json.loads(before)["detectors"]
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp") or f.startswith(".")]
+
+
+DEMO_NAMES = [  # the demo's 27 detectors, in its table order
+    "likelihood",
+    "typicality (batch 1)",
+    "scale 1",
+    "last scale",
+    "Diff",
+    "Diff, last scale",
+    "Diff-dagger",
+    "PNG complexity",
+    "outlier loss: likelihood",
+    "outlier loss: last scale",
+    "outlier loss: Diff",
+    "outlier loss: Diff-dagger",
+    "approximate mass",
+    "penalised: likelihood",
+    "penalised: approximate mass",
+    "features: MSE to mean",
+    "features: MSE-ratio",
+    "features: KNN (k=5)",
+    "features: KDE",
+    "features: PCA",
+    "features: Flow",
+    "features: Flow-ratio",
+    "features: contrastive flow",
+    "ensemble: Diff-dagger + features: PCA",
+    "ensemble: outlier loss: Diff-dagger + features: PCA",
+    "ensemble: PNG complexity + features: PCA",
+    "ensemble: last scale + features: PCA",
+]
+
+
+def _demo_like_scores(names, n=300):
+    rng = np.random.default_rng(1)
+    arrays = {
+        name: (rng.normal(0, 1, n), rng.normal(0.1 * (i % 20) - 0.5, 1, n)) for i, name in enumerate(names)
+    }
+    return arrays, {name: evaluate(*pair) for name, pair in arrays.items()}
+
+
+def test_roc_families_group_by_name_prefix_or_by_the_given_mapping():
+    groups = R.roc_families(DEMO_NAMES)
+    assert list(groups) == [R.ROC_DEFAULT_FAMILY, "outlier loss", "penalised", "features", "ensemble"]
+    assert [len(v) for v in groups.values()] == [9, 4, 2, 8, 4]
+    assert sum(groups.values(), []) == sorted(DEMO_NAMES, key=[n for g in groups.values() for n in g].index)
+    assert R.roc_families(["a", "b: c"], families={"a": "mine"}) == {"mine": ["a"], "b": ["b: c"]}
+
+
+def _overlap(a, b) -> float:
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return max(w, 0) * max(h, 0)
+
+
+def test_roc_figure_shows_every_demo_curve_in_panels_whose_legends_cover_no_axes():
+    arrays, metrics = _demo_like_scores(DEMO_NAMES)
+    fig = R.roc_figure(arrays, metrics, title="demo")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == list(R.roc_families(DEMO_NAMES))
+    labels = [t.get_text() for ax in axes for t in ax.get_legend().get_texts()]
+    assert len(labels) == 27  # one legend entry per detector, no chance line
+    assert labels[0] == f"likelihood ({100 * metrics['likelihood']['auroc']:.1f}%)"
+    assert f"KDE ({100 * metrics['features: KDE']['auroc']:.1f}%)" in labels  # family prefix dropped
+    legends = [ax.get_legend().get_window_extent(renderer) for ax in axes]
+    for ax in axes:
+        assert len(ax.get_lines()) - 1 == len(ax.get_legend().get_texts())  # curves + the diagonal
+        box = ax.get_window_extent(renderer)
+        for legend in legends:
+            assert _overlap(box, legend) == 0  # no legend covers any panel
+    for i, a in enumerate(legends):
+        assert all(_overlap(a, b) == 0 for b in legends[i + 1 :])
+
+
+def test_plot_roc_keeps_its_signature_and_caps_crowded_panels(tmp_path):
+    arrays, metrics = _demo_like_scores([f"features: d{i}" for i in range(13)])
+    R.plot_roc(arrays, metrics, str(tmp_path / "roc.png"))  # positional, as write_report calls it
+    assert (tmp_path / "roc.png").read_bytes()[:8] == PNG
+    fig = R.roc_figure(arrays, metrics, per_panel=4)
+    (ax,) = fig.axes
+    assert ax.get_title() == "features (best 4; 9 more in the table)"
+    best = sorted(arrays, key=lambda n: -metrics[n]["auroc"])[:4]
+    shown = [t.get_text().split(" (")[0] for t in ax.get_legend().get_texts()]
+    assert shown == [n.split(": ")[1] for n in arrays if n in best]
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="per_panel must be an int >= 1"):
+            R.plot_roc(arrays, metrics, str(tmp_path / "x.png"), per_panel=bad)

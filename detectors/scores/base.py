@@ -7,12 +7,14 @@
                            # ``fpr`` of in-distribution data (default 5%)
 
 Inputs are image batches either as raw ``uint8`` (preprocessed here without noise, Schirrmeister et al. 2020
-S4.5 "noise-free evaluation") or as floats already preprocessed into [-0.5, 0.5]
-(``invflow.data.preprocess``), or feature / tabular vectors [B, D] for vector models, as
-tensors, numpy arrays, lists of PIL images, Datasets or DataLoaders (``detectors.inputs``);
-``det.decision_function(x)`` (PyOD) and ``det(x)`` are ``det.score(x)``.
-Non-finite log-likelihoods are set to ``LOG_LIKELIHOOD_FLOOR = -3e6`` before any
-difference is taken (Schirrmeister et al. 2020 S4.5).
+S4.5 "noise-free evaluation") or as preprocessed floats (``invflow.data.preprocess``; raw 0..255 or
+0..1 floats raise ValueError, ``invflow.validation.check_preprocessed``), or feature / tabular
+vectors [B, D] for vector models, as tensors, numpy arrays, lists of PIL images, Datasets or
+DataLoaders (``detectors.inputs``); ``det.decision_function(x)`` (PyOD) and ``det(x)`` are
+``det.score(x)``.  Inputs must have the shape the detector's models take (``input_shape``;
+ValueError naming the model otherwise), unless ``resize=True`` resizes them as detector bundles
+do.  NaN / Inf inputs raise ValueError.  Non-finite log-likelihoods of finite inputs are set to
+``LOG_LIKELIHOOD_FLOOR = -3e6`` before any difference is taken (Schirrmeister et al. 2020 S4.5).
 """
 
 from __future__ import annotations
@@ -154,7 +156,10 @@ def describe_model(attr: str, model) -> str:
 class Detector:
     """Base class: subclasses implement ``_score_batch(x) -> [B]`` and optionally ``_fit``.
 
-    ``batch_size`` bounds memory while scoring; ``progress`` shows a tqdm bar.
+    ``batch_size`` bounds memory while scoring; ``progress`` shows a tqdm bar; ``resize=True``
+    brings images of any size and colour mode to the models' ``input_shape`` (square grey or
+    RGB models; ``detectors.data.ImagePolicy``, as detector bundles do) instead of raising.
+    Constructors check the models (finite weights, one input shape; ValueError naming them).
     """
 
     #: the stated score direction (pytorch-ood convention)

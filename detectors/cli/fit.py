@@ -72,7 +72,7 @@ def detector_name(text: str) -> str:
 
     if text not in CATALOGUE:
         raise argparse.ArgumentTypeError(
-            f"unknown detector {text!r}; choose from {', '.join(CATALOGUE)} (--list-detectors describes each)"
+            f"invalid choice: {text!r} (not a detector of the catalogue); choose from {', '.join(CATALOGUE)} (--list-detectors describes each)"
         )
     return text
 

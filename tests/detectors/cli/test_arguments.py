@@ -65,7 +65,7 @@ FIT = ["fit", "--data", "x", "--out", "y"]
         (FIT + ["--holdout", "inf"], ["--holdout", "finite"]),
         (FIT + ["--lr", "0"], ["--lr", "(0, 1]"]),
         (FIT + ["--lr=-inf"], ["--lr", "finite"]),
-        (FIT + ["--detectors", "nope"], ["--detectors", "unknown detector 'nope'", "--list-detectors"]),
+        (FIT + ["--detectors", "nope"], ["--detectors", "invalid choice: 'nope'", "--list-detectors"]),
         (["train", "--out", "o", "--levels", "10"], ["--levels", "MAX_LEVELS"]),
         (["train", "--out", "o", "--hidden", "200000"], ["--hidden", "MAX_HIDDEN"]),
         (["train", "--out", "o", "--batch", "0"], ["--batch"]),

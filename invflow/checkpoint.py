@@ -15,15 +15,24 @@
 
 A checkpoint is ONE safetensors file holding ``model.state_dict()`` (parameters and
 persistent buffers) with the metadata ``{"format": "invflow", "version": "1",
-"class": <registered name>, "config": <json of model.config()>}``. Loading parses only the
-safetensors header (JSON) and raw tensor bytes: no pickle is ever read, and files written by
-``torch.save`` are refused with ``ValueError``.
+"class": <registered name>, "module": <the class's module>, "config": <json of
+model.config()>}``. Loading parses only the safetensors header (JSON) and raw tensor bytes: no
+pickle is ever read, and files written by ``torch.save`` are refused with ``ValueError``.
+
+Loading trusts nothing in the file: it opens regular files only (a named pipe or a device is
+refused, not waited on); it checks the stored config against the stored tensor shapes before
+allocating the model, so an edited config (``hidden`` 64 -> 200000) cannot make it allocate
+160 GB; it refuses NaN / Inf weights; a run directory's ``latest`` file may only name a
+checkpoint inside that directory; and a class that is not registered yet is imported only from
+a module under ``TRUSTED_PACKAGES`` (``invflow``, ``detectors``).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import re
 import stat
 import tempfile
 from typing import Any, Union
@@ -36,9 +45,24 @@ except ImportError:  # a torch-only machine (the GPU check): layers and models w
 import torch
 from torch import nn
 
-from .io import atomic_write  # noqa: F401  (re-exported: reports write atomically too)
+from .io import (
+    atomic_write,  # noqa: F401  (re-exported: reports write atomically too)
+    inside,
+    open_regular,
+    read_small_text,
+)
 
-__all__ = ["register", "save", "load", "load_run", "resolve", "model_from_config", "atomic_write"]
+__all__ = [
+    "register",
+    "save",
+    "load",
+    "load_run",
+    "resolve",
+    "latest_checkpoint",
+    "model_from_config",
+    "atomic_write",
+    "TRUSTED_PACKAGES",
+]
 
 FORMAT = "invflow"
 VERSION = "1"
@@ -46,6 +70,21 @@ VERSION = "1"
 # pickle protocol 2+ begins with the PROTO opcode (0x80); torch.save's zip format with "PK\3\4".
 _PICKLE_MAGICS = (b"\x80", b"PK\x03\x04")
 _REGISTRY: dict[str, type] = {}
+
+#: Packages whose modules ``load`` may import to register a checkpoint's class (the module the
+#: file names, e.g. ``detectors.objectives.supervised`` for ``ClassConditionalFlow``, which
+#: ``import detectors`` does not import by itself).  A module outside them is never imported:
+#: import it yourself before loading.  Add your own package's name to load its classes the same
+#: way.
+TRUSTED_PACKAGES: tuple[str, ...] = ("invflow", "detectors")
+
+#: The largest safetensors header read (the format's own limit is 100 MB).
+MAX_HEADER_BYTES = 100_000_000
+
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+# what a class's from_config raises for a config it cannot build
+_CONFIG_ERRORS = (TypeError, ValueError, KeyError, IndexError, AttributeError, RecursionError)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -149,7 +188,8 @@ def _metadata(model: nn.Module) -> dict[str, str]:
         config_json = json.dumps(config)
     except (TypeError, ValueError) as err:
         raise TypeError(f"{name}.config() must be JSON-serialisable: {err}") from err
-    return {"format": FORMAT, "version": VERSION, "class": name, "config": config_json}
+    module = type(model).__module__
+    return {"format": FORMAT, "version": VERSION, "class": name, "module": module, "config": config_json}
 
 
 def _tensors_for_saving(state: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -244,23 +284,33 @@ def load(path: PathLike, map_location: str | torch.device = "cpu", strict: bool 
     Only the safetensors header and raw tensor bytes are read; nothing is unpickled. The model
     is rebuilt with ``cls.from_config(config)`` for the registered class named in the file, its
     tensors take the checkpoint's dtypes (a float64 model loads as float64), and it is returned
-    in eval mode, ready for inference (call ``.train()`` to train it further).
+    in eval mode, ready for inference (call ``.train()`` to train it further).  A class not
+    registered yet is imported from the module the file names when that module lies under
+    ``TRUSTED_PACKAGES`` (so ``detectors``' classes load after ``import invflow, detectors``).
 
     ``path`` may also be a directory: a training run directory (``invflow.train.Trainer``'s
     ``out_dir``; its latest checkpoint is loaded) or one checkpoint directory holding
     ``model.safetensors`` (see :func:`resolve`). Loading only reads: nothing is trained,
     resumed or written.
 
+    Before any model is allocated, the stored config is checked against the stored tensor
+    shapes (the model is first built on the ``meta`` device, which allocates nothing), so a
+    file cannot ask for more memory than its own tensors hold.
+
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for anything that is not
     an invflow safetensors checkpoint (pickled / ``torch.save`` files are refused for safety),
-    an unknown class name, an unusable config, or (``strict=True``) state-dict keys that do not
-    match the model's.
+    a path that is not a regular file (a FIFO, a device), an unknown class name, an unusable
+    config, a config that does not match the stored tensor shapes, NaN / Inf in a stored tensor
+    (named), or (``strict=True``) state-dict keys that do not match the model's.
     """
     device = _device(map_location)
     path = resolve(path)
-    _refuse_non_safetensors(path)
-    metadata, tensors = _read(path)
-    cls, config = _parse_metadata(metadata, path)
+    with open_regular(path, "an invflow checkpoint (.safetensors)") as fh:
+        metadata, shapes = _read_header(fh, path)
+        cls, config = _parse_metadata(metadata, path)
+        _check_shapes(cls, config, shapes, strict, path)
+        tensors = _read_tensors(fh, path)
+    _check_finite(tensors, path)
     model = _build(cls, config)
     _adopt_dtypes(model, tensors)
     _load_state(model, tensors, strict, cls.__name__)
@@ -268,6 +318,7 @@ def load(path: PathLike, map_location: str | torch.device = "cpu", strict: bool 
 
 
 MODEL_FILE = "model.safetensors"
+LATEST_FILE = "latest"
 
 
 def resolve(path: PathLike) -> str:
@@ -276,9 +327,12 @@ def resolve(path: PathLike) -> str:
     * a file: itself;
     * a checkpoint directory (``step-NNNNNNN/`` of a run): its ``model.safetensors``;
     * a training run directory (``Trainer(out_dir=...)``): the ``model.safetensors`` of the
-      checkpoint its ``latest`` file names.
+      checkpoint its ``latest`` file names (:func:`latest_checkpoint`).
 
-    Raises ``FileNotFoundError`` naming what was expected when none of these exists.
+    A file found in a directory must lie inside that directory once symbolic links are
+    resolved.  Raises ``FileNotFoundError`` naming what was expected when none of these exists,
+    ``ValueError`` for a ``latest`` file or model file that leads outside the directory or is
+    not a regular file.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -288,20 +342,18 @@ def resolve(path: PathLike) -> str:
         )
     if not os.path.isdir(path):
         return path
-    latest = os.path.join(path, "latest")
-    if os.path.isfile(latest):
-        with open(latest) as fh:
-            name = fh.read().strip()
-        model = os.path.join(path, name, MODEL_FILE)
-        if not name or not os.path.isfile(model):
+    step = latest_checkpoint(path)
+    if step is not None:
+        model = os.path.join(step, MODEL_FILE)
+        if not os.path.exists(model):
             raise FileNotFoundError(
-                f"{latest} names checkpoint {name!r}, but {model} does not exist; "
-                f"the run directory is incomplete (pass a step-* directory or file)"
+                f"{os.path.join(path, LATEST_FILE)} names checkpoint {os.path.basename(step)!r}, but {model} "
+                f"does not exist; the run directory is incomplete (pass a step-* directory or file)"
             )
-        return model
+        return confined(path, model, "the run's model file")
     model = os.path.join(path, MODEL_FILE)
-    if os.path.isfile(model):
-        return model
+    if os.path.exists(model):  # a FIFO or device too: load refuses it by name
+        return confined(path, model, "the checkpoint directory's model file")
     steps = sorted(
         d
         for d in os.listdir(path)
@@ -312,6 +364,41 @@ def resolve(path: PathLike) -> str:
         f"{path} is a directory without a 'latest' file or {MODEL_FILE}; expected a "
         f"training run directory or a checkpoint directory{hint}"
     )
+
+
+def latest_checkpoint(run_dir: PathLike) -> str | None:
+    """The checkpoint directory that the ``latest`` file of the training run directory
+    ``run_dir`` names (``run_dir/step-NNNNNNN``), or None when there is no ``latest`` file.
+
+    The name is confined to the run: ``latest`` must be a small regular file inside ``run_dir``,
+    and the directory it names must lie inside ``run_dir`` after resolving symbolic links (not
+    ``..``, not an absolute path, not a link to another run's checkpoint); ``ValueError`` otherwise."""
+    run_dir = os.fspath(run_dir)
+    latest = os.path.join(run_dir, LATEST_FILE)
+    if not os.path.lexists(latest):
+        return None
+    confined(run_dir, latest, "the run's latest file")
+    name = read_small_text(latest, "a run's latest file naming its checkpoint (step-NNNNNNN)").strip()
+    target = os.path.join(run_dir, name)
+    real_run = os.path.realpath(run_dir)
+    if not name or not inside(run_dir, target) or os.path.realpath(target) == real_run:
+        raise ValueError(
+            f"{latest} names {name[:80]!r}, which resolves to {os.path.realpath(target)}, not a checkpoint "
+            f"inside the run directory {real_run}; a run's latest file names one of its own step-* "
+            f"directories (pass a checkpoint file to load another one)"
+        )
+    return target
+
+
+def confined(root: PathLike, path: PathLike, what: str) -> str:
+    """``path`` when it lies inside the directory ``root`` after resolving symbolic links
+    (``invflow.io.inside``), else ``ValueError`` naming where it leads."""
+    if not inside(root, path):
+        raise ValueError(
+            f"{os.fspath(path)} ({what}) resolves to {os.path.realpath(os.fspath(path))}, outside "
+            f"{os.path.realpath(os.fspath(root))}; files of a run or checkpoint directory must lie inside it"
+        )
+    return os.fspath(path)
 
 
 def load_run(run_dir: PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
@@ -334,68 +421,150 @@ def _require_safetensors() -> None:
         raise ImportError("invflow checkpoints need the safetensors package: pip install safetensors")
 
 
-def _refuse_non_safetensors(path: str) -> None:
-    """ValueError unless the file starts like a safetensors file (8-byte header length, '{')."""
-    with open(path, "rb") as fh:
-        head = fh.read(9)
-        size = os.fstat(fh.fileno()).st_size
-    if len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
-        return
-    if head.startswith(_PICKLE_MAGICS):
+def _read_header(fh, path: str) -> tuple[Any, dict[str, tuple[int, ...]]]:
+    """(metadata, {tensor name: shape}) from the safetensors header of the open file ``fh``,
+    without reading tensor data; ValueError for a pickle / ``torch.save`` file or anything else
+    that is not a safetensors file."""
+    size = os.fstat(fh.fileno()).st_size
+    head = fh.read(8)
+    n = int.from_bytes(head, "little") if len(head) == 8 else -1
+    raw = fh.read(n) if 0 < n <= min(MAX_HEADER_BYTES, size - 8) else b""
+    if not raw.startswith(b"{"):
+        if head.startswith(_PICKLE_MAGICS):
+            raise ValueError(
+                f"{path} looks like a pickled checkpoint (torch.save / pickle); pickled checkpoints are "
+                "not loaded for safety (unpickling can run arbitrary code). Expected a safetensors file "
+                "written by invflow.checkpoint.save"
+            )
         raise ValueError(
-            f"{path} looks like a pickled checkpoint (torch.save / pickle); pickled checkpoints are "
-            "not loaded for safety (unpickling can run arbitrary code). Expected a safetensors file "
-            "written by invflow.checkpoint.save"
+            f"{path} is not a safetensors file; expected a checkpoint written by invflow.checkpoint.save"
         )
-    raise ValueError(
-        f"{path} is not a safetensors file; expected a checkpoint written by invflow.checkpoint.save"
-    )
-
-
-def _read(path: str):
-    """(metadata, tensors on CPU) via safetensors; its parse errors become ValueError."""
-    _require_safetensors()
     try:
-        with safetensors.safe_open(path, framework="pt", device="cpu") as f:
-            metadata = f.metadata()
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
+        header = json.loads(raw)
+        metadata = header.pop("__metadata__", None) if isinstance(header, dict) else None
+        shapes = {key: tuple(int(d) for d in info["shape"]) for key, info in header.items()}
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as err:
+        raise ValueError(
+            f"{path} is not a valid safetensors file: unreadable header ({type(err).__name__})"
+        ) from None
+    return metadata, shapes
+
+
+def _read_tensors(fh, path: str) -> dict[str, torch.Tensor]:
+    """The tensors (CPU) of the open checkpoint ``fh``, read by safetensors from the same open
+    file where the platform names it (``/proc/self/fd``); its parse errors become ValueError."""
+    _require_safetensors()
+    same_file = f"/proc/self/fd/{fh.fileno()}"
+    source = same_file if os.path.exists(same_file) else path
+    try:
+        with safetensors.safe_open(source, framework="pt", device="cpu") as f:
+            return {key: f.get_tensor(key) for key in f.keys()}
     except safetensors.SafetensorError as err:
         raise ValueError(f"{path} is not a valid safetensors file: {err}") from err
-    return metadata, tensors
+
+
+def _check_finite(tensors: dict[str, torch.Tensor], path: str) -> None:
+    """ValueError naming the first stored floating tensor that holds NaN or Inf."""
+    for key, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(
+                f"{path}: tensor {key!r} holds {bad} NaN / Inf value(s) of {t.numel()}; the weights are "
+                f"unusable (a diverged run or a damaged file): load an earlier checkpoint"
+            )
 
 
 def _parse_metadata(metadata: Any, path: str):
     """(registered class, config dict) from the checkpoint metadata, or ValueError."""
-    if not metadata or metadata.get("format") != FORMAT:
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise ValueError(
             f"{path} is a safetensors file but not an invflow checkpoint: expected metadata "
-            f"format={FORMAT!r}, got {metadata!r}"
+            f"format={FORMAT!r}, got {str(metadata)[:200]}"
         )
     if metadata.get("version") != VERSION:
         raise ValueError(
-            f"{path}: unsupported invflow checkpoint version {metadata.get('version')!r}; "
+            f"{path}: unsupported invflow checkpoint version {str(metadata.get('version'))[:40]!r}; "
             f"expected {VERSION!r}"
         )
     name = metadata.get("class")
     if name not in _REGISTRY:
+        _import_trusted(metadata.get("module"), name)
+    if name not in _REGISTRY:
+        module = metadata.get("module")
+        where = f" (defined in {module[:100]})" if isinstance(module, str) else ""
         raise ValueError(
-            f"{path}: checkpoint class {name!r} is not registered; registered classes: {_registered_names()}"
+            f"{path}: checkpoint class {str(name)[:100]!r}{where} is not registered; registered classes: "
+            f"{_registered_names()}. Import the module that defines it first (modules under "
+            f"{', '.join(TRUSTED_PACKAGES)} are imported automatically)"
         )
     try:
         config = json.loads(metadata.get("config", ""))
-    except ValueError as err:
-        raise ValueError(f"{path}: checkpoint config is not valid JSON: {err}") from err
+    except (ValueError, RecursionError) as err:
+        raise ValueError(f"{path}: checkpoint config is not valid JSON: {type(err).__name__}") from None
     if not isinstance(config, dict):
-        raise ValueError(f"{path}: checkpoint config must be a JSON object, got {config!r}")
+        raise ValueError(f"{path}: checkpoint config must be a JSON object, got {str(config)[:100]}")
     return _REGISTRY[name], config
+
+
+def _import_trusted(module: Any, name: Any) -> None:
+    """Imports ``module`` (named by a checkpoint) when it is a module of a trusted package
+    (``TRUSTED_PACKAGES``), so that a class it registers on import becomes loadable; anything
+    else is left alone (never an arbitrary module named by a file)."""
+    if not (isinstance(module, str) and isinstance(name, str) and _MODULE_NAME.fullmatch(module)):
+        return
+    if module.split(".")[0] not in TRUSTED_PACKAGES:
+        return
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return
+
+
+def _check_shapes(
+    cls: type, config: dict, shapes: dict[str, tuple[int, ...]], strict: bool, path: str
+) -> None:
+    """Builds ``cls`` from ``config`` on the meta device (no memory) and compares its state-dict
+    shapes with the stored ones; ValueError for a config the class rejects, missing / unexpected
+    keys (``strict``) or a shape that differs (an edited config: the file's tensors, not its
+    config, bound what loading allocates).  A class that cannot be built on the meta device is
+    checked by ``load_state_dict`` after the build instead."""
+    try:
+        with torch.device("meta"):
+            skeleton = cls.from_config(config)
+    except _CONFIG_ERRORS as err:
+        raise ValueError(f"{path}: checkpoint config does not build a {cls.__name__}: {err}") from None
+    except Exception:  # noqa: BLE001  (not buildable on meta: the real build checks)
+        return
+    if not isinstance(skeleton, nn.Module):
+        return
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    if strict:
+        _check_keys(set(expected), set(shapes), cls.__name__)
+    for key, shape in expected.items():
+        if key in shapes and shapes[key] != shape:
+            raise ValueError(
+                f"{path}: the stored config does not match the stored tensors: {key} is {list(shapes[key])} "
+                f"in the file but {list(shape)} for the config; the file was edited or damaged"
+            )
+
+
+def _check_keys(expected: set, stored: set, name: str) -> None:
+    missing, unexpected = sorted(expected - stored), sorted(stored - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint tensors do not match {name}'s state_dict: missing keys {missing[:10]}, "
+            f"unexpected keys {unexpected[:10]}"
+        )
 
 
 def _build(cls: type, config: dict[str, Any]) -> nn.Module:
     """``cls.from_config(config)``; a config the class rejects becomes ValueError."""
     try:
         model = cls.from_config(config)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"checkpoint config {config!r} does not build a {cls.__name__}: {err}") from err
+    except _CONFIG_ERRORS as err:
+        raise ValueError(
+            f"checkpoint config {str(config)[:300]} does not build a {cls.__name__}: {err}"
+        ) from None
     if not isinstance(model, cls):
         raise TypeError(
             f"{cls.__name__}.from_config returned {type(model).__name__}, expected a {cls.__name__}"
@@ -433,13 +602,7 @@ def _needs_cast(current: Any, wanted: Any) -> bool:
 def _load_state(model: nn.Module, tensors: dict[str, torch.Tensor], strict: bool, name: str) -> None:
     """``load_state_dict`` with key / shape mismatches reported as ValueError."""
     if strict:
-        expected = set(model.state_dict())
-        missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-        if missing or unexpected:
-            raise ValueError(
-                f"checkpoint tensors do not match {name}'s state_dict: missing keys {missing}, "
-                f"unexpected keys {unexpected}"
-            )
+        _check_keys(set(model.state_dict()), set(tensors), name)
     try:
         model.load_state_dict(tensors, strict=strict)
     except RuntimeError as err:

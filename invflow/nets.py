@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from . import ops
 from ._backend import backend_for
-from .validation import check_number
+from .validation import check_limits, check_number
 
 #: A channel whose standard deviation on the initialisation batch is at most
 #: ``CONSTANT_STD * (1 + |mean|)`` counts as constant (a dead unit, a constant image channel,
@@ -116,8 +116,10 @@ class DataInitFlag:
 
 
 def _check_sizes(where: str, **sizes) -> None:
+    """Positive integers; ``hidden`` and ``latent_dim`` also within MAX_HIDDEN (invflow.validation)."""
     for name, v in sizes.items():
         check_number(v, name, where, low=1, integer=True)
+    check_limits(where, **{k: v for k, v in sizes.items() if k in ("hidden", "latent_dim")})
 
 
 #: Run the convolutional st-nets (GlowNet, ResNet) in channels_last on the CPU.  oneDNN's
@@ -393,6 +395,7 @@ class ResNet(nn.Module):
         super().__init__()
         _check_sizes("ResNet", in_channels=in_channels, out_channels=out_channels, hidden=hidden)
         check_number(blocks, "blocks", "ResNet", low=0, integer=True)
+        check_limits("ResNet", blocks=blocks)
         self.in_conv = _conv3x3(in_channels, hidden, weight_norm=weight_norm)
         self.blocks = nn.Sequential(*[ResidualBlock(hidden, weight_norm) for _ in range(blocks)])
         self.out_conv = zero_init(nn.Conv2d(hidden, out_channels, 3, padding=1))
@@ -454,6 +457,7 @@ class Bottleneck(nn.Module):
             latent_dim=latent_dim,
         )
         check_number(blocks, "blocks", "Bottleneck", low=0, integer=True)
+        check_limits("Bottleneck", blocks=blocks)
         self.in_channels, self.hidden, self.latent_dim = in_channels, hidden, latent_dim
         h, w = self.image_size
         flat = hidden * h * w

@@ -43,14 +43,14 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
 from . import checkpoint
 from .data import bits_per_dim, preprocess
-from .io import atomic_write
+from .io import atomic_write, check_regular, open_regular
 from .validation import check_number, unpreprocessed_hint
 
 Objective = Callable[[nn.Module, "Batch"], "torch.Tensor | tuple[torch.Tensor, dict]"]
@@ -572,12 +572,9 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------
     def latest_dir(self) -> str | None:
-        try:
-            with open(os.path.join(self.out_dir, "latest")) as f:
-                name = f.read().strip()
-        except FileNotFoundError:
-            return None
-        return os.path.join(self.out_dir, name)
+        """The checkpoint directory ``out_dir/latest`` names, None when there is none;
+        ValueError when it leads outside ``out_dir`` (``invflow.checkpoint.latest_checkpoint``)."""
+        return checkpoint.latest_checkpoint(self.out_dir)
 
     def save_checkpoint(self) -> None:
         """Writes ``out_dir/step-NNNNNNN/`` (model + trainer state) then points ``latest`` at it."""
@@ -609,16 +606,28 @@ class Trainer:
             shutil.rmtree(os.path.join(self.out_dir, d), ignore_errors=True)
 
     def load_latest(self) -> bool:
-        """Restores model, optimizer, scheduler, RNG and step from ``latest``; False if none."""
+        """Restores model, optimizer, scheduler, RNG and step from ``latest``; False if none.
+        Reads only regular files inside ``out_dir`` (symbolic links resolved): ValueError for a
+        ``latest`` that leads elsewhere, a FIFO or device, or a damaged trainer state."""
         path = self.latest_dir()
         if path is None:
             return False
-        saved = checkpoint.load(os.path.join(path, "model.safetensors"), map_location=self.device)
+        model_path = checkpoint.confined(self.out_dir, os.path.join(path, checkpoint.MODEL_FILE), "model")
+        saved = checkpoint.load(model_path, map_location=self.device)
         self.model.load_state_dict(saved.state_dict())
-        state_path = os.path.join(path, "state.safetensors")
-        with safe_open(state_path, framework="pt") as f:
-            meta = json.loads(f.metadata()["trainer"])
-        state = _unflatten_state(load_file(state_path), meta)
+        state_path = checkpoint.confined(
+            self.out_dir, os.path.join(path, "state.safetensors"), "trainer state"
+        )
+        check_regular(state_path, "the trainer state (state.safetensors)")
+        try:
+            with safe_open(state_path, framework="pt") as f:
+                meta = json.loads(f.metadata()["trainer"])
+            state = _unflatten_state(load_file(state_path), meta)
+        except (KeyError, TypeError, ValueError, RecursionError, SafetensorError) as err:
+            raise ValueError(
+                f"{state_path}: not a trainer state written by invflow.train ({type(err).__name__}); "
+                f"resume from another checkpoint or start again (--overwrite)"
+            ) from None
         self.optimizer.load_state_dict(state["optimizer"])
         for group in self.optimizer.param_groups:  # checkpoints written before foreach was set
             group["foreach"] = True
@@ -664,9 +673,12 @@ class _CsvLog:
 
     def __init__(self, path: str, append: bool):
         fields = None
+        if os.path.lexists(path):
+            check_regular(path, "the run's log.csv")  # a FIFO would block the open below
         if append and os.path.exists(path) and os.path.getsize(path) > 0:
-            with open(path, newline="") as f:
-                fields = next(csv.reader(f), None)
+            with open_regular(path, "the run's log.csv") as f:
+                first = f.readline(1 << 16).decode("utf-8", "replace")
+            fields = next(csv.reader([first]), None)
         self.file = open(path, "a" if fields else "w", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=fields, extrasaction="ignore") if fields else None
 

@@ -6,6 +6,7 @@ entry point, the argument and what was expected (docs/design.md, "Errors").
 
     check_number(value, name, where, low=, high=, integer=)   numeric arguments
     check_ints(where, **values)                                positive integer arguments
+    check_limits(where, **values)                              size bounds (MAX_HIDDEN, ...)
     check_input(x, layer, channels)                            layer inputs
     check_model_input(x, name, input_shape, param, images=)    model inputs
     unpreprocessed_hint(x) / check_preprocessed(x, where)       images not run through preprocess
@@ -25,6 +26,51 @@ import torch
 #: of the DATA, not of a model's domain: a flow's density is defined on all of R^D, and its own
 #: samples leave this cube (see ``unpreprocessed_hint`` for what image models refuse).
 IMAGE_RANGE = 0.5
+
+#: Upper bounds on model sizes, checked by the model constructors and the st-nets, so that a
+#: typo or an edited config (``hidden`` 64 -> 200000, ``--levels 10``) fails at once with a
+#: one-line error instead of asking for 100+ GB.  Each is several times the largest size the
+#: papers use (hidden 512, 3 levels of 32 steps on 32 x 32 images; Schirrmeister et al. 2020,
+#: S1.1).  For a model that really is larger, raise the bound first, e.g.
+#: ``invflow.validation.MAX_HIDDEN = 8192``.
+MAX_HIDDEN = 4096  # st-net width (hidden channels / units), bottleneck dimension
+MAX_LEVELS = 8  # scales of a multi-scale model
+MAX_STEPS = 256  # flow steps (or blocks) per scale
+MAX_BLOCKS = 64  # residual blocks of an st-net
+MAX_CHANNELS = 64  # input channels of an image model
+MAX_IMAGE_SIZE = 1024  # image height / width, patch size
+MAX_DIM = 8192  # input dimensions of a fully-connected flow (VectorFlow dim, DenseGlow C*H*W)
+
+_LIMIT_OF = {
+    "hidden": "MAX_HIDDEN",
+    "latent_dim": "MAX_HIDDEN",
+    "bottleneck_dim": "MAX_HIDDEN",
+    "levels": "MAX_LEVELS",
+    "steps": "MAX_STEPS",
+    "blocks": "MAX_BLOCKS",
+    "in_channels": "MAX_CHANNELS",
+    "image_size": "MAX_IMAGE_SIZE",
+    "patch_size": "MAX_IMAGE_SIZE",
+    "dim": "MAX_DIM",
+}
+
+
+def check_limits(where: str, **values) -> None:
+    """ValueError when a size argument exceeds its bound (``hidden`` -> MAX_HIDDEN, ``levels``
+    -> MAX_LEVELS, ``steps`` -> MAX_STEPS, ``blocks`` -> MAX_BLOCKS, ``in_channels`` ->
+    MAX_CHANNELS, ``image_size`` / ``patch_size`` -> MAX_IMAGE_SIZE, ``dim`` -> MAX_DIM; the
+    bounds are read when called, so raising one takes effect at once).  The message names the
+    bound and how to raise it.  Validate types first (``check_ints``)."""
+    for name, value in values.items():
+        const = _LIMIT_OF[name]
+        limit = globals()[const]
+        if value > limit:
+            raise ValueError(
+                f"{where}: {name}={value} is above invflow.validation.{const} = {limit}, a bound against "
+                f"sizes that would allocate far more memory than meant; if you really want a model "
+                f"this large, set invflow.validation.{const} = {value} first"
+            )
+
 
 #: dtypes whose log-determinants (and small linear algebra) are computed in float32
 LOW_PRECISION = (torch.float16, torch.bfloat16)

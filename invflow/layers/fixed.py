@@ -31,8 +31,8 @@ class FixedLinear(Flow):
         """The seed's rotation, computed in float64 and rounded once to ``dtype``."""
         g = torch.Generator().manual_seed(self.seed)
         w = torch.linalg.qr(
-            torch.randn(self.num_channels, self.num_channels, generator=g, dtype=torch.float64)
-        )[0]
+            torch.randn(self.num_channels, self.num_channels, generator=g, dtype=torch.float64, device="cpu")
+        )[0]  # on the CPU even under torch.device("meta") (checkpoint loading's shape check)
         return w.to(device=device, dtype=dtype)
 
     def _apply(self, fn, recurse=True):

@@ -22,7 +22,7 @@ from .. import masks, nets
 from .._backend import backend_for
 from ..data import standard_normal_log_prob
 from ..layers import ActNorm, AffineCoupling, InvConv1x1, Sequential, Squeeze
-from ..validation import as_size, check_ints
+from ..validation import as_size, check_ints, check_limits
 from .base import MultiScaleModel
 from .fused_scale import fused_glow_scale
 from .memory import run_memory_free
@@ -77,6 +77,10 @@ class Glow(MultiScaleModel):
         memory_free: recompute activations in backward instead of storing them (see
             invflow.models.memory; falls back to standard autograd when x requires grad).
         net: st-net, "glow" or "resnet".
+
+    Raises TypeError / ValueError for arguments that are not positive integers, sizes above the
+    bounds of ``invflow.validation`` (MAX_HIDDEN, MAX_LEVELS, ...) and an image size not divisible
+    by 2**levels.
     """
 
     def __init__(
@@ -95,6 +99,9 @@ class Glow(MultiScaleModel):
         super().__init__()
         h, w = as_size(image_size, "Glow")
         check_ints("Glow", in_channels=in_channels, levels=levels, steps=steps, hidden=hidden)
+        check_limits(
+            "Glow", in_channels=in_channels, image_size=max(h, w), levels=levels, steps=steps, hidden=hidden
+        )
         if h % 2**levels or w % 2**levels:
             raise ValueError(
                 f"Glow: image size {h}x{w} is not divisible by 2**levels = {2**levels}; "

@@ -14,7 +14,7 @@ from torch import nn
 
 from .. import masks, nets
 from ..layers import AffineCoupling, Sequential, Squeeze
-from ..validation import as_size, check_ints, check_number
+from ..validation import as_size, check_ints, check_limits, check_number
 from .base import MultiScaleModel
 from .memory import run_memory_free
 
@@ -59,6 +59,15 @@ class RealNVP(MultiScaleModel):
         check_ints(
             "RealNVP",
             in_channels=in_channels,
+            levels=levels,
+            blocks=blocks,
+            hidden=hidden,
+            bottleneck_dim=bottleneck_dim,
+        )
+        check_limits(
+            "RealNVP",
+            in_channels=in_channels,
+            image_size=max(h, w),
             levels=levels,
             blocks=blocks,
             hidden=hidden,

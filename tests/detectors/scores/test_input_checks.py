@@ -233,3 +233,14 @@ def test_resize_needs_square_grey_or_rgb_models_and_a_bool():
         Likelihood(_flow(), resize=True)
     with pytest.raises(TypeError, match="resize must be True or False"):
         Likelihood(_glow(), resize="yes")
+
+
+def test_a_models_own_samples_are_scored_and_raw_pixels_refused():
+    glow = _glow(1, 8)
+    samples = glow.sample(16, temperature=1.0, generator=torch.Generator().manual_seed(0)).double()
+    assert float(samples.abs().max()) > 0.5  # they leave the data's cube
+    for det in (Likelihood(glow), Typicality(glow).fit(_images(20)), InputComplexity(glow)):
+        assert bool(torch.isfinite(det.score(samples)).all())
+    with pytest.raises(ValueError, match=r"look like 0..255 pixel values.*invflow.data.preprocess") as err:
+        Likelihood(glow).score(_images(4).double())
+    _one_line(err)

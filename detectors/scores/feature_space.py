@@ -254,6 +254,7 @@ class PCA(_FeatureDetector):
             )
         self.n_components = n_components
         self.n_components_: int | None = None
+        self.capped_: str | None = None  # why n_components was capped at the last fit, if it was
 
     def _fit_features(self, f, k: int | None = None):
         """Fits the subspace on features [N, D]: ``k`` components (capped silently at the
@@ -279,18 +280,31 @@ class PCA(_FeatureDetector):
             else:
                 ratio = np.cumsum(pca.explained_variance_ratio_)
                 k = int(np.searchsorted(ratio, self.n_components, side="right")) + 1
-            if k > cap:
-                warnings.warn(
-                    f"PCA: n_components={self.n_components!r} asks for {k} components, but the "
-                    f"{len(f)} fitting vectors vary in {rank} directions ({fold_n} per cross-fitting "
-                    f"fold): keeping that many leaves rounding noise as the reconstruction error and "
-                    f"a threshold that does not hold; keeping {cap}",
-                    UserWarning,
-                    stacklevel=5,
-                )
+            self.capped_ = (
+                f"PCA: n_components={self.n_components!r} asks for {k} components, but the "
+                f"{len(f)} fitting vectors vary in {rank} directions ({fold_n} per cross-fitting "
+                f"fold): keeping that many leaves rounding noise as the reconstruction error and "
+                f"a threshold that does not hold; keeping {cap}"
+                if k > cap
+                else None
+            )
         k = min(k, cap)
         self.pca_, self.n_components_ = pca, k
         self.mean_, self.components_ = pca.mean_, pca.components_[:k]
+
+    def fit(self, x, fpr=0.05):
+        """``_FeatureDetector.fit``; warns (``UserWarning``) when the subspace was capped."""
+        super().fit(x, fpr)
+        self._warn_if_capped(stacklevel=5)  # the caller of fit (through the input wrappers)
+        return self
+
+    def _fit(self, x):
+        super()._fit(x)
+        self._warn_if_capped(stacklevel=3)
+
+    def _warn_if_capped(self, stacklevel: int) -> None:
+        if self.capped_:
+            warnings.warn(self.capped_, UserWarning, stacklevel=stacklevel)
 
     def _held_out_scores(self, f):
         k = self.n_components_  # each fold keeps the subspace size of the full fit

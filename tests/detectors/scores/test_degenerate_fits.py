@@ -79,6 +79,9 @@ def test_pca_caps_its_subspace_with_a_warning_and_leaves_a_real_residual():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning when the request leaves a residual
         assert PCA(2).fit(x).n_components_ == 2
+        restored = PCA(0.9)  # a stored state refitted on load (detector bundles) says it once, at fit
+        restored._fit_features(x.numpy())
+        assert restored.n_components_ == 3 and "keeping 3" in restored.capped_
 
 
 def test_pca_with_fewer_samples_than_dimensions_keeps_what_every_fold_can_keep():

@@ -150,6 +150,8 @@ def model_from_config(name: str, config: dict) -> nn.Module:
     nests another model's)."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown model class {name!r}; registered: {_registered_names()}")
+    if not isinstance(config, dict):
+        raise TypeError(f"model_from_config: config of {name} must be a dict, got {type(config).__name__}")
     return _REGISTRY[name].from_config(config)
 
 
@@ -173,9 +175,22 @@ def save(model: nn.Module, path: PathLike) -> None:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"save expects a torch.nn.Module, got {type(model).__name__}")
+    path = _fspath(path, "save")
+    if os.path.isdir(path):
+        raise IsADirectoryError(
+            f"{path} is a directory; expected a file path such as {path}/model.safetensors"
+        )
     metadata = _metadata(model)
     tensors = _tensors_for_saving(model.state_dict())
-    _atomic_write(tensors, metadata, os.fspath(path))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    _atomic_write(tensors, metadata, path)
+
+
+def _fspath(path: Any, where: str) -> str:
+    """``os.fspath(path)``, or TypeError naming ``where`` for anything but a str / PathLike."""
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{where}: path must be a str or os.PathLike, got {type(path).__name__}")
+    return os.fspath(path)
 
 
 def _metadata(model: nn.Module) -> dict[str, str]:
@@ -304,7 +319,7 @@ def load(path: PathLike, map_location: str | torch.device = "cpu", strict: bool 
     (named), or (``strict=True``) state-dict keys that do not match the model's.
     """
     device = _device(map_location)
-    path = resolve(path)
+    path = resolve(_fspath(path, "load"))
     with open_regular(path, "an invflow checkpoint (.safetensors)") as fh:
         metadata, shapes = _read_header(fh, path)
         cls, config = _parse_metadata(metadata, path)

@@ -22,6 +22,8 @@ def atomic_write(path, data: bytes | str) -> None:
     and no temporary file is left behind, even on error."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a directory; expected a file path to write")
     os.makedirs(directory, exist_ok=True)
     if isinstance(data, str):
         data = data.encode("utf-8")

@@ -7,10 +7,13 @@ entry point, the argument and what was expected (docs/design.md, "Errors").
     check_number(value, name, where, low=, high=, integer=)   numeric arguments
     check_ints(where, **values)                                positive integer arguments
     check_limits(where, **values)                              size bounds (MAX_HIDDEN, ...)
+    check_bools(where, **values)                               True / False flags
     check_input(x, layer, channels)                            layer inputs
     check_model_input(x, name, input_shape, param, images=)    model inputs
     unpreprocessed_hint(x) / check_preprocessed(x, where)       images not run through preprocess
     as_size(image_size)                                        int or (H, W) -> (H, W)
+    check_generator(generator, device, where)                  None or a Generator on device
+    check_float_dtype(dtype, name, where)                      a floating torch.dtype
     logdet_dtype(dtype)                                        float32 for half / bfloat16
 """
 
@@ -148,6 +151,35 @@ def check_number(
     return int(value) if integer else float(value)
 
 
+def check_generator(generator, device, where: str) -> None:
+    """``generator`` must be None or a ``torch.Generator`` on the device type of ``device``
+    (TypeError / ValueError naming ``where`` and how to make one), so that torch's own
+    "Expected a 'cuda' device type for generator" never reaches a user."""
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"{where}: generator must be a torch.Generator or None, got {type(generator).__name__} "
+            f"(e.g. torch.Generator().manual_seed(0))"
+        )
+    device = torch.device(device)
+    if generator.device.type != device.type:
+        raise ValueError(
+            f"{where}: generator is on {generator.device.type} but the values are drawn on {device.type}; "
+            f"use torch.Generator(device={device.type!r})"
+        )
+
+
+def check_float_dtype(dtype, name: str, where: str) -> torch.dtype:
+    """``dtype`` when it is a floating torch.dtype (float16 / bfloat16 / float32 / float64),
+    else TypeError naming ``where``."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(
+            f"{where}: {name} must be a floating torch.dtype such as torch.float32, got {dtype!r}"
+        )
+    return dtype
+
+
 def as_size(image_size, where: str = "model") -> tuple[int, int]:
     """image_size (an int or (H, W)) -> (H, W), each an integer >= 1 (ValueError / TypeError)."""
     if isinstance(image_size, torch.Size) or isinstance(image_size, (list, tuple)):
@@ -160,6 +192,14 @@ def as_size(image_size, where: str = "model") -> tuple[int, int]:
         check_number(h, "image_size", where, low=1, integer=True),
         check_number(w, "image_size", where, low=1, integer=True),
     )
+
+
+def check_bools(where: str, **values) -> None:
+    """Every keyword argument must be True or False (TypeError naming it): a flag given as
+    "no" or 0.5 would otherwise count as True."""
+    for name, v in values.items():
+        if not isinstance(v, bool):
+            raise TypeError(f"{where}: {name} must be True or False, got {v!r} ({type(v).__name__})")
 
 
 def check_ints(where: str, low: int = 1, **values) -> None:

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..data import standard_normal_log_prob
 from ..layers import warn_if_uninitialized
-from ..validation import check_model_input, check_number
+from ..validation import check_generator, check_model_input, check_number
 from .memory import memory_free_applies
 
 # the checks this module re-exported before invflow.validation was public (one release)
@@ -103,27 +103,54 @@ class FlowModel(nn.Module, metaclass=abc.ABCMeta):
         return self(x).log_prob
 
     def inverse(self, latents: Sequence[torch.Tensor]) -> torch.Tensor:
+        """x = f^{-1}(z_1, ..., z_L) from a list of latents shaped like ``out.latents``
+        ([B, *latent_shapes()[i]] each, one batch size B >= 1).  The latents must have the
+        model's dtype and device (TypeError / ValueError saying how to convert them: a float64
+        latent is not silently rounded into a float32 model) and be finite (ValueError: a NaN
+        latent would become a NaN image)."""
+        self._check_latents(latents, f"{self._name}.inverse")
+        return self._inverse(list(latents))
+
+    def _check_latents(self, latents, where: str) -> None:
         shapes = self.latent_shapes()
         if not isinstance(latents, (list, tuple)) or len(latents) != len(shapes):
+            got = f"{len(latents)} items" if isinstance(latents, (list, tuple)) else type(latents).__name__
             raise ValueError(
-                f"{self._name}.inverse: expected a list of {len(shapes)} latents with per-sample "
-                f"shapes {shapes}"
+                f"{where}: expected a list of {len(shapes)} latents with per-sample shapes {shapes}, got {got}"
             )
+        p = self._any_param()
         for i, (z, s) in enumerate(zip(latents, shapes)):
-            if not isinstance(z, torch.Tensor) or tuple(z.shape[1:]) != tuple(s):
+            if not isinstance(z, torch.Tensor) or tuple(z.shape[1:]) != tuple(s) or z.dim() != len(s) + 1:
                 got = list(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
                 raise ValueError(
-                    f"{self._name}.inverse: latent {i} must have shape [B, {', '.join(map(str, s))}], got {got}"
+                    f"{where}: latent {i} must have shape [B, {', '.join(map(str, s))}], got {got}"
                 )
-        return self._inverse(list(latents))
+            if z.dtype != p.dtype:
+                raise TypeError(
+                    f"{where}: latent {i} has dtype {z.dtype} but the model computes in {p.dtype}; convert "
+                    f"the latents ([z.to({p.dtype}) for z in latents]) or the model (model.to({z.dtype}))"
+                )
+            if z.device != p.device:
+                raise ValueError(f"{where}: latent {i} is on {z.device} but the model is on {p.device}")
+            if z.shape[0] != latents[0].shape[0] or z.shape[0] == 0:
+                sizes = [t.shape[0] for t in latents]
+                raise ValueError(f"{where}: the latents must share one batch size B >= 1, got {sizes}")
+        if p.is_cuda and torch.cuda.is_current_stream_capturing():
+            return
+        finite = torch.stack([torch.isfinite(z).all() for z in latents])
+        if not bool(finite.all()):  # one sync for all latents
+            i = int((~finite).nonzero()[0])
+            raise ValueError(f"{where}: latent {i} contains NaN or Inf; latents must be finite")
 
     @torch.no_grad()
     def sample(
         self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """n samples x = f^{-1}(z) with z_i ~ N(0, temperature^2 I) (Glow Sec. 5 'temperature').
-        Raises ValueError unless n is an integer >= 1 and temperature a finite number >= 0."""
-        n, temperature = self._check_sample_args(n, temperature)
+        """n samples x = f^{-1}(z) with z_i ~ N(0, temperature^2 I) (Glow Sec. 5 'temperature'),
+        [n, *input_shape] in the model's dtype and device.  Raises ValueError unless n is an
+        integer >= 1 and temperature a finite number >= 0, TypeError / ValueError for a
+        ``generator`` that is not a torch.Generator on the model's device type."""
+        n, temperature = self._check_sample_args(n, temperature, generator)
         p = self._any_param()
         latents = [
             temperature * torch.randn((n, *s), generator=generator, device=p.device, dtype=p.dtype)
@@ -157,10 +184,12 @@ class FlowModel(nn.Module, metaclass=abc.ABCMeta):
     def _name(self) -> str:
         return type(self).__name__
 
-    def _check_sample_args(self, n, temperature) -> tuple[int, float]:
+    def _check_sample_args(self, n, temperature, generator=None) -> tuple[int, float]:
+        where = f"{self._name}.sample"
+        check_generator(generator, self._any_param().device, where)
         return (
-            check_number(n, "n", f"{self._name}.sample", low=1, integer=True),
-            check_number(temperature, "temperature", f"{self._name}.sample", low=0),
+            check_number(n, "n", where, low=1, integer=True),
+            check_number(temperature, "temperature", where, low=0),
         )
 
     def _any_param(self) -> torch.Tensor:

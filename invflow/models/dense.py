@@ -8,7 +8,7 @@ from torch import nn
 
 from .. import masks, nets
 from ..layers import ActNorm, AffineCoupling, FixedLinear, Sequential
-from ..validation import as_size, check_ints, check_limits, check_number
+from ..validation import as_size, check_bools, check_ints, check_limits, check_number
 from .base import MultiScaleModel
 from .memory import run_memory_free
 
@@ -49,6 +49,7 @@ class VectorFlow(MultiScaleModel):
         check_ints("VectorFlow", low=2, dim=dim)
         check_ints("VectorFlow", low=0, seed=seed)
         check_limits("VectorFlow", dim=dim, steps=blocks, hidden=hidden)
+        check_bools("VectorFlow", memory_free=memory_free)
         clamp = check_number(clamp, "clamp", "VectorFlow", low=0, low_open=True)
         if dim < 2 or blocks < 1:
             raise ValueError(f"VectorFlow: needs dim >= 2 and blocks >= 1, got dim={dim}, blocks={blocks}")
@@ -101,6 +102,7 @@ class DenseGlow(MultiScaleModel):
         check_ints("DenseGlow", low=0, seed=seed)
         check_limits("DenseGlow", in_channels=in_channels, image_size=max(h, w), levels=levels, steps=steps)
         check_limits("DenseGlow", hidden=hidden)
+        check_bools("DenseGlow", memory_free=memory_free)
         dim = in_channels * h * w
         check_limits("DenseGlow", dim=dim)  # C * H * W: each step holds a dim x dim rotation
         if levels < 1 or steps < 1 or dim >> (levels - 1) < 2:

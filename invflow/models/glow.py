@@ -22,7 +22,7 @@ from .. import masks, nets
 from .._backend import backend_for
 from ..data import standard_normal_log_prob
 from ..layers import ActNorm, AffineCoupling, InvConv1x1, Sequential, Squeeze
-from ..validation import as_size, check_ints, check_limits
+from ..validation import as_size, check_bools, check_ints, check_limits
 from .base import MultiScaleModel
 from .fused_scale import fused_glow_scale
 from .memory import run_memory_free
@@ -99,6 +99,7 @@ class Glow(MultiScaleModel):
         super().__init__()
         h, w = as_size(image_size, "Glow")
         check_ints("Glow", in_channels=in_channels, levels=levels, steps=steps, hidden=hidden)
+        check_bools("Glow", lu=lu, split_prior=split_prior, memory_free=memory_free)
         check_limits(
             "Glow", in_channels=in_channels, image_size=max(h, w), levels=levels, steps=steps, hidden=hidden
         )
@@ -174,7 +175,7 @@ class Glow(MultiScaleModel):
     ) -> torch.Tensor:
         if not self.split_prior:
             return super().sample(n, temperature, generator)
-        n, temperature = self._check_sample_args(n, temperature)
+        n, temperature = self._check_sample_args(n, temperature, generator)
         p = self._any_param()
         g = dict(generator=generator, device=p.device, dtype=p.dtype)
 

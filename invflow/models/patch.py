@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..validation import as_size, check_ints, check_limits
+from ..validation import as_size, check_bools, check_ints, check_limits
 from .base import FlowModel, FlowOutput
 from .glow import Glow
 
@@ -36,6 +36,7 @@ class PatchGlow(FlowModel):
         check_ints("PatchGlow", low=2, patch_size=patch_size)
         check_limits("PatchGlow", in_channels=in_channels, image_size=max(h, w), levels=levels, steps=steps)
         check_limits("PatchGlow", hidden=hidden, patch_size=patch_size)
+        check_bools("PatchGlow", memory_free=memory_free)
         if patch_size < 2 or h % patch_size or w % patch_size:
             raise ValueError(f"PatchGlow: image size {h}x{w} must be divisible by patch_size {patch_size}")
         self._config = dict(

@@ -14,7 +14,7 @@ from torch import nn
 
 from .. import masks, nets
 from ..layers import AffineCoupling, Sequential, Squeeze
-from ..validation import as_size, check_ints, check_limits, check_number
+from ..validation import as_size, check_bools, check_ints, check_limits, check_number
 from .base import MultiScaleModel
 from .memory import run_memory_free
 
@@ -64,6 +64,7 @@ class RealNVP(MultiScaleModel):
             hidden=hidden,
             bottleneck_dim=bottleneck_dim,
         )
+        check_bools("RealNVP", memory_free=memory_free)
         check_limits(
             "RealNVP",
             in_channels=in_channels,

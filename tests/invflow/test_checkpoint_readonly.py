@@ -89,10 +89,36 @@ def test_to_images_inverts_preprocess():
 
 def test_save_grid(tmp_path):
     k = torch.arange(5 * 3 * 4 * 4, dtype=torch.int64).reshape(5, 3, 4, 4).remainder(256).to(torch.uint8)
-    invflow.data.save_grid(k, tmp_path / "g.png", nrow=3, padding=1)
+    invflow.data.save_grid(k, tmp_path / "g.png", nrow=3, padding=1, scale=1)  # 1:1
     arr = np.array(Image.open(tmp_path / "g.png"))
     assert arr.shape == (2 * 5 + 1, 3 * 5 + 1, 3)  # 2 rows x 3 columns of 4x4 with 1-pixel padding
     assert np.array_equal(arr[1:5, 1:5], k[0].permute(1, 2, 0).numpy())
     assert np.array_equal(arr[6:10, 1:5], k[3].permute(1, 2, 0).numpy())
     assert np.array_equal(arr[6:10, 6:10], k[4].permute(1, 2, 0).numpy())
     assert (arr[0] == 255).all() and (arr[6:10, 11:] == 255).all()  # padding, empty last cell
+
+
+@pytest.mark.parametrize("side, factor", [(16, 4), (28, 3), (32, 2), (64, 1), (100, 1)])
+def test_save_grid_enlarges_small_images_by_nearest_neighbour(tmp_path, side, factor):
+    k = torch.randint(
+        0, 256, (4, 1, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    invflow.data.save_grid(k, tmp_path / "g.png", padding=2)
+    arr = np.array(Image.open(tmp_path / "g.png"))
+    cell = side * factor
+    assert cell >= min(side, invflow.data.MIN_CELL) and arr.shape == (2 * cell + 3 * 2, 2 * cell + 3 * 2)
+    first = arr[2 : 2 + cell, 2 : 2 + cell]
+    want = k[0, 0].repeat_interleave(factor, 0).repeat_interleave(factor, 1).numpy()
+    assert np.array_equal(first, want)  # every pixel a factor x factor block
+
+
+def test_save_grid_scale_argument(tmp_path):
+    k = torch.zeros(1, 3, 16, 16, dtype=torch.uint8)
+    invflow.data.save_grid(k, tmp_path / "g.png", padding=0, scale=5)
+    assert np.array(Image.open(tmp_path / "g.png")).shape == (80, 80, 3)
+    for bad, err in ((0, ValueError), (2.5, TypeError), (65, ValueError)):
+        with pytest.raises(err, match="scale must be an integer"):
+            invflow.data.save_grid(k, tmp_path / "h.png", scale=bad)
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        invflow.data.save_grid(k, tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["g.png"]

@@ -144,6 +144,24 @@ def _resizes_input(method):
     return wrapper
 
 
+def check_model(model, where: str, attr: str = "model", needs: str = "log_prob"):
+    """``model`` if it can serve a detector, else TypeError naming ``where`` and ``attr``:
+    ``needs="log_prob"``: an object with a ``log_prob`` method or an ``nn.Module`` whose forward
+    returns ``.log_prob`` (invflow models, ``detectors.baselines.PixelCNNpp``);
+    ``needs="logits"``: a callable returning logits (a classifier module)."""
+    if needs == "log_prob":
+        ok = isinstance(model, nn.Module) or callable(getattr(model, "log_prob", None))
+    else:
+        ok = callable(model) and not isinstance(model, type)
+    if not ok:
+        kind = "a flow (an nn.Module with log_prob, e.g. invflow.load(path) or detectors.zoo.load(name))"
+        if needs != "log_prob":
+            kind = "a classifier (an nn.Module returning logits [B, K])"
+        hint = "; load it first" if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__") else ""
+        raise TypeError(f"{where}: {attr} must be {kind}, got {type(model).__name__}{hint}")
+    return model
+
+
 def describe_model(attr: str, model) -> str:
     """``"model (Glow, input [1, 28, 28], grey)"``: how errors name a detector's model."""
     shape = getattr(model, "input_shape", None)

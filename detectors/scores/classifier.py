@@ -25,7 +25,7 @@ from sklearn.covariance import EmpiricalCovariance, LedoitWolf
 
 from invflow.validation import IMAGE_RANGE, check_number
 
-from .base import FOLDS, Detector, as_model_input, eval_mode
+from .base import FOLDS, Detector, as_model_input, check_model, eval_mode
 
 
 def _logits(model, x: torch.Tensor, where: str, min_classes: int = 1) -> torch.Tensor:
@@ -59,7 +59,7 @@ class MaxSoftmax(Detector):
 
     def __init__(self, model, temperature: float = 1.0, **kw):
         super().__init__(**kw)
-        self.model = model
+        self.model = check_model(model, self.name, needs="logits")
         self.temperature = _check_temperature(temperature, "MaxSoftmax")
 
     def _score_batch(self, x):
@@ -81,7 +81,7 @@ class Energy(Detector):
 
     def __init__(self, model, temperature: float = 1.0, **kw):
         super().__init__(**kw)
-        self.model = model
+        self.model = check_model(model, self.name, needs="logits")
         self.temperature = _check_temperature(temperature, "Energy")
 
     def _score_batch(self, x):
@@ -279,7 +279,7 @@ class BinaryClassifierScore(Detector):
 
     def __init__(self, model, **kw):
         super().__init__(**kw)
-        self.model = model
+        self.model = check_model(model, self.name, needs="logits")
 
     def _score_batch(self, x):
         out = self.model(as_model_input(x, self.model))

@@ -19,7 +19,7 @@ from PIL import Image
 
 from invflow.validation import check_number
 
-from .base import Detector, as_model_input, describe_model, floor_log_likelihood, log_prob
+from .base import Detector, as_model_input, check_model, describe_model, floor_log_likelihood, log_prob
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -51,7 +51,7 @@ class InputComplexity(Detector):
 
     def __init__(self, model, compress_level: int = 9, **kw):
         super().__init__(**kw)
-        self.model = model
+        self.model = check_model(model, "InputComplexity")
         self.compress_level = check_number(
             compress_level, "compress_level", "InputComplexity", low=0, high=9, integer=True
         )

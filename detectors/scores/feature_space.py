@@ -116,7 +116,14 @@ class _FeatureDetector(Detector):
     def _score_batch(self, x):
         if not self._fitted:
             raise RuntimeError(f"{self.name}.score: call fit(x_in) first")
-        return torch.from_numpy(np.asarray(self._score_features(self._vectors(x)), dtype=np.float64))
+        f = self._vectors(x)
+        dim = len(self.mean_) if hasattr(self, "mean_") else self.train_.shape[1]
+        if f.shape[1] != dim:
+            raise ValueError(
+                f"{self.name}.score: fitted on {dim}-dimensional features, got {f.shape[1]}-dimensional "
+                f"ones; score inputs of the kind it was fitted on (same transform)"
+            )
+        return torch.from_numpy(np.asarray(self._score_features(f), dtype=np.float64))
 
     def _fit_features(self, f: np.ndarray) -> None:  # pragma: no cover - abstract
         raise NotImplementedError

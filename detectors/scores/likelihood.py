@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .base import Detector, as_model_input, describe_model, floor_log_likelihood, log_prob
+from .base import Detector, as_model_input, check_model, describe_model, floor_log_likelihood, log_prob
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -40,7 +40,7 @@ class Likelihood(Detector):
 
     def __init__(self, model, transform: Transform | None = None, **kw):
         super().__init__(**kw)
-        self.model, self.transform = model, transform
+        self.model, self.transform = check_model(model, self.name), transform
 
     def _score_batch(self, x):
         return -floor_log_likelihood(log_prob(self.model, _prepare(x, self.model, self.transform)))
@@ -73,7 +73,9 @@ class LikelihoodRatio(Detector):
 
     def __init__(self, in_model, general_model, transform: Transform | None = None, **kw):
         super().__init__(**kw)
-        self.in_model, self.general_model, self.transform = in_model, general_model, transform
+        self.in_model = check_model(in_model, self.name, "in_model")
+        self.general_model = check_model(general_model, self.name, "general_model")
+        self.transform = transform
 
     def _score_batch(self, x):
         xin = _prepare(x, self.in_model, self.transform)
@@ -126,7 +128,7 @@ class ScaleContribution(Detector):
 
     def __init__(self, model, scales: int | Sequence[int] = -1, **kw):
         super().__init__(**kw)
-        self.model, self.scales = model, _scale_index(scales)
+        self.model, self.scales = check_model(model, self.name), _scale_index(scales)
         _check_scales(self, self.scales)
 
     def _score_batch(self, x):
@@ -148,7 +150,9 @@ class ScaleRatio(Detector):
 
     def __init__(self, in_model, general_model, scales: int | Sequence[int] = -1, **kw):
         super().__init__(**kw)
-        self.in_model, self.general_model, self.scales = in_model, general_model, _scale_index(scales)
+        self.in_model = check_model(in_model, self.name, "in_model")
+        self.general_model = check_model(general_model, self.name, "general_model")
+        self.scales = _scale_index(scales)
         _check_scales(self, self.scales)
 
     def _score_batch(self, x):
@@ -182,7 +186,7 @@ class ApproximateMass(Detector):
 
     def __init__(self, model, **kw):
         super().__init__(**kw)
-        self.model = model
+        self.model = check_model(model, self.name)
 
     def _score_batch(self, x):
         mass = approximate_mass(self.model, as_model_input(x, self.model)).detach()

@@ -15,7 +15,7 @@ import torch
 
 from invflow.validation import check_number
 
-from .base import Detector
+from .base import Detector, check_model
 from .likelihood import Likelihood
 
 
@@ -31,7 +31,8 @@ class Typicality(Detector):
         bootstrap = check_number(bootstrap, "bootstrap", "Typicality", low=1, integer=True)
         seed = check_number(seed, "seed", "Typicality", low=0, integer=True)
         super().__init__(**kw)
-        self.model, self.test_batch, self.bootstrap, self.seed = model, batch_size, bootstrap, seed
+        self.model = check_model(model, "Typicality")
+        self.test_batch, self.bootstrap, self.seed = batch_size, bootstrap, seed
         self.entropy: float | None = None
 
     @property

@@ -244,3 +244,33 @@ def test_a_models_own_samples_are_scored_and_raw_pixels_refused():
     with pytest.raises(ValueError, match=r"look like 0..255 pixel values.*invflow.data.preprocess") as err:
         Likelihood(glow).score(_images(4).double())
     _one_line(err)
+
+
+def test_a_model_that_is_not_one_is_refused_at_construction():
+    for make in (
+        Likelihood,
+        Typicality,
+        InputComplexity,
+        ScaleContribution,
+        lambda m: LikelihoodRatio(_flow(), m),
+    ):
+        for bad in (None, "fmnist-glow", 3):
+            with pytest.raises(TypeError, match=r"must be a flow \(an nn.Module with log_prob") as err:
+                make(bad)
+            _one_line(err)
+    with pytest.raises(TypeError, match=r"model must be a flow .*got str; load it first"):
+        Likelihood("fmnist-glow")
+    with pytest.raises(TypeError, match=r"MaxSoftmax: model must be a classifier"):
+        MaxSoftmax(None)
+
+
+def test_features_of_another_dimension_than_fitted_are_refused():
+    x = torch.randn(50, 4, dtype=torch.float64)
+    for det in (PCA(2), KNN(3), MSERatio(x + 1)):
+        det.fit(x)
+        with pytest.raises(ValueError, match=r"fitted on 4-dimensional features, got 5-dimensional") as err:
+            det.score(torch.randn(3, 5, dtype=torch.float64))
+        _one_line(err)
+    ens = Ensemble({"pca": PCA(2)}).fit(x)
+    with pytest.raises(ValueError, match=r"PCA.score: fitted on 4-dimensional features"):
+        ens.score(torch.randn(3, 5, dtype=torch.float64))

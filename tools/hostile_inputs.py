@@ -107,7 +107,9 @@ class WrongResult(Exception):
 
 # ----------------------------------------------------------------------------- classifier
 
-#: (regex, label): messages that are a library's internals, not an answer to the user
+#: (regex, label): messages that are a library's internals, not an answer to the user.  Patterns
+#: anchored with ^ count only unwrapped (a parser's detail inside the project's own sentence,
+#: "bundle.json: not valid JSON (Expecting value: ...)", is fine); the others count anywhere
 INTERNAL_MESSAGES = [
     (r"allow_pickle|pickle\.load|load it .*with pickle|trust the file", "advice to unpickle"),
     (r"DefaultCPUAllocator|can't allocate memory|out of memory|Cannot allocate memory", "out of memory"),
@@ -120,16 +122,22 @@ INTERNAL_MESSAGES = [
     (r"Sizes of tensors must match|is invalid for input of size|negative dimension", "torch"),
     (r"check_uniform_bounds|expects floating point dtypes|result type \w+ can't be cast", "torch"),
     (r"Error\(s\) in loading state_dict|size mismatch for", "torch state_dict"),
-    (r"invalid literal for int\(\)|could not convert string to float", "int() / float() of a string"),
-    (r"cannot convert float (NaN|infinity) to integer|math domain error", "arithmetic on a bad value"),
-    (r"Expecting value: line|Expecting property name|Unterminated string|Extra data: line", "json"),
-    (r"codec can't (de|en)code", "text encoding"),
-    (r"maximum recursion depth", "recursion"),
-    (r"object has no attribute|object is not subscriptable|object is not iterable", "Python internals"),
-    (r"unsupported operand type|unhashable type|not supported between instances", "Python internals"),
-    (r"'NoneType' object|list indices must be|string indices must be|cannot unpack", "Python internals"),
-    (r"invalid load key|pickle data was truncated|could not find MARK|unpickling stack underflow", "pickle"),
-    (r"HeaderTooLarge|HeaderTooSmall|InvalidHeader|MetadataIncompleteBuffer|SafetensorError", "safetensors"),
+    (r"^(invalid literal for int\(\)|could not convert string to float)", "int() / float() of a string"),
+    (r"^(cannot convert float (NaN|infinity) to integer|math domain error)", "arithmetic on a bad value"),
+    (r"^(Expecting value: line|Expecting property name|Unterminated string|Extra data: line)", "json"),
+    (r"^'[\w-]+' codec can't (de|en)code", "text encoding"),
+    (r"^maximum recursion depth", "recursion"),
+    (r"^'?\w+'? object (has no attribute|is not subscriptable|is not iterable)", "Python internals"),
+    (r"^(unsupported operand type|unhashable type|'.+' not supported between instances)", "Python internals"),
+    (r"^('NoneType' object|list indices must be|string indices must be|cannot unpack)", "Python internals"),
+    (
+        r"^(invalid load key|pickle data was truncated|could not find MARK|unpickling stack underflow)",
+        "pickle",
+    ),
+    (
+        r"^(HeaderTooLarge|HeaderTooSmall|InvalidHeader|MetadataIncompleteBuffer|Error while deserializing)",
+        "safetensors",
+    ),
 ]
 #: exception classes that are a clear refusal when raised with a one-line, non-internal message
 CLEAR_TYPES = (
@@ -212,7 +220,7 @@ def judge_cli(rc: int, stderr: str) -> tuple[bool, str, str]:
         return False, f"exit {rc}: {last[:160] or '(no stderr)'}", last
     if "error:" not in last:
         return False, f"exit 2 without an error line: {last[:160]}", last
-    label = internal_label(last)
+    label = internal_label(last.split(": error: ", 1)[-1])
     if label:
         return False, f"internal message ({label})", last
     return True, "", last
@@ -703,6 +711,8 @@ def _finish(run: Running, timed_out: bool) -> dict:
         "seconds": round(elapsed, 2),
         "warnings": (res or {}).get("warnings", []),
         "exception": (res or {}).get("exception"),
+        "rc": (res or {}).get("rc"),
+        "stderr_tail": (res or {}).get("stderr", "")[-1500:],
     }
 
 

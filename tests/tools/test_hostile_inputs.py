@@ -55,6 +55,11 @@ def test_classifier_on_synthetic_cases(tmp_path):
             "pickle-advice", "raise ValueError('Object arrays cannot be loaded when allow_pickle=False')"
         ),
         synthetic("clear", "raise ValueError('n must be an integer >= 1, got -1')"),
+        synthetic("json-unwrapped", "import json\njson.loads('')"),
+        synthetic(
+            "json-wrapped",
+            "raise ValueError('x/bundle.json: not valid JSON (Expecting value: line 1 column 1)')",
+        ),
         synthetic("missing-file", "open(W + '/nope')"),
         synthetic("silent-return", "x = 1"),
         synthetic("silent-check", "expect(1 + 1 == 3, 'arithmetic is off')", expect="succeed"),
@@ -90,6 +95,8 @@ def test_classifier_on_synthetic_cases(tmp_path):
         "torch-like": "traceback",
         "pickle-advice": "traceback",
         "clear": "clear",
+        "json-unwrapped": "traceback",
+        "json-wrapped": "clear",
         "missing-file": "clear",
         "silent-return": "silent",
         "silent-check": "silent",
@@ -131,6 +138,8 @@ def test_fork_isolation_times_out_and_reports(tmp_path):
         (2, "Traceback (most recent call last):\n  ...\nFileExistsError: x\n", False),
         (0, "", False),
         (2, "python -m detectors fit: error: x.npz: allow_pickle=False; load it with pickle\n", False),
+        (2, "python -m detectors score: error: 'utf-8' codec can't encode character '\\udcff'\n", False),
+        (2, "python -m detectors score: error: b.json: not valid JSON (Expecting value: line 1)\n", True),
         (-9, "", False),
     ],
 )

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95", "tnr95")
 
@@ -56,6 +55,8 @@ def fpr_at_tpr(s_in: np.ndarray, s_out: np.ndarray, tpr: float = 0.95) -> float:
     threshold).  The threshold is the smallest in-distribution score quantile reaching ``tpr``."""
     # in-distribution positive: negate scores so that higher = more in-distribution.
     labels = np.concatenate([np.ones(len(s_in)), np.zeros(len(s_out))])
+    from sklearn.metrics import roc_curve
+
     fpr, tpr_curve, _ = roc_curve(labels, -np.concatenate([s_in, s_out]), drop_intermediate=False)
     return float(fpr[np.searchsorted(tpr_curve, tpr, side="left")])
 
@@ -78,6 +79,8 @@ def evaluate(s_in, s_out, balance: bool = False, seed: int = 0) -> dict[str, flo
     s_in, s_out = both[: len(s_in)], both[len(s_in) :]
     labels_out = np.concatenate([np.zeros(len(s_in)), np.ones(len(s_out))])
     fpr95 = fpr_at_tpr(s_in, s_out, 0.95)
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
     return {
         "auroc": float(roc_auc_score(labels_out, both)),
         "aupr_in": float(average_precision_score(1 - labels_out, -both)),

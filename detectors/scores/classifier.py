@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.covariance import EmpiricalCovariance, LedoitWolf
 
 from invflow.validation import IMAGE_RANGE, check_number
 
@@ -214,6 +213,8 @@ class Mahalanobis(Detector):
         classes = np.unique(labels)
         means = np.stack([feats[labels == k].mean(0) for k in classes])
         centred = feats - means[np.searchsorted(classes, labels)]
+        from sklearn.covariance import EmpiricalCovariance, LedoitWolf
+
         est = LedoitWolf if self.covariance == "ledoit_wolf" else EmpiricalCovariance
         precision = est(assume_centered=True).fit(centred).precision_
         self.classes_ = torch.from_numpy(classes)

@@ -23,9 +23,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from scipy.special import logsumexp
-from sklearn.decomposition import PCA as _SkPCA
-from sklearn.neighbors import KernelDensity, NearestNeighbors
 
 from invflow.validation import IMAGE_RANGE, check_number, check_preprocessed
 
@@ -171,6 +168,8 @@ class KNN(_FeatureDetector):
     def _fit_features(self, f):
         if len(f) <= self.k:
             raise ValueError(f"KNN: need more than k={self.k} training vectors, got {len(f)}")
+        from sklearn.neighbors import NearestNeighbors
+
         self.nn_ = NearestNeighbors(n_neighbors=self.k + 1).fit(f)
         self.train_ = f
 
@@ -199,11 +198,15 @@ class KDE(_FeatureDetector):
         self.bandwidth = bandwidth
 
     def _fit_features(self, f):
+        from sklearn.neighbors import KernelDensity
+
         self.kde_ = KernelDensity(kernel="gaussian", bandwidth=self.bandwidth).fit(f)
         self.bandwidth_ = float(self.kde_.bandwidth_)
         self.train_ = f
 
     def _score_features(self, f, leave_one_out: bool = False):
+        from scipy.special import logsumexp
+
         h, (n, d) = self.bandwidth_, self.train_.shape
         norm = np.log(n - leave_one_out) + 0.5 * d * np.log(2 * np.pi * h * h)
         sq_train = (self.train_**2).sum(1)
@@ -268,6 +271,8 @@ class PCA(_FeatureDetector):
         data's rank - 1, for the cross-fitting folds), or ``n_components`` resolved and capped
         with a warning when None."""
         constant = len(f) < 2 or not bool((f.std(0) > 0).any())
+        from sklearn.decomposition import PCA as _SkPCA
+
         pca = None if constant else _SkPCA(n_components=None, svd_solver="full").fit(f)
         var = pca.explained_variance_ if pca is not None else np.zeros(1)
         rank = int((var > var[0] * self.RANK_TOL).sum()) if var[0] > 0 else 0

@@ -20,6 +20,7 @@ import torch
 from .._backend import backend_for, current_backend
 from . import fused, reference
 from .reference import scale_terms
+from .spline import rq_spline, rq_spline_reference
 
 __all__ = [
     "actnorm",
@@ -29,6 +30,8 @@ __all__ = [
     "fused",
     "reference",
     "implementation",
+    "rq_spline",
+    "rq_spline_reference",
     "scale_terms",
 ]
 

@@ -225,13 +225,21 @@ def extractor(input_size: int = DEFAULT_INPUT_SIZE) -> EfficientNetLite0:
 def image_features(
     images: torch.Tensor, input_size: int = DEFAULT_INPUT_SIZE, progress: bool = False, batch_size: int = 64
 ) -> torch.Tensor:
-    """uint8 images or floats in [-0.5, 0.5], [N, C, H, W] with C in {1, 3} -> float32 [N, 1280]
-    unit vectors (:func:`normalize_features` with noise 0; Schmier et al. 2022 Sec. 5).
-    ValueError for another shape or an ``input_size`` below 32 (EfficientNet's stride)."""
+    """uint8 images or preprocessed floats (``invflow.data.preprocess``), [N, C, H, W] with C in
+    {1, 3} -> float32 [N, 1280] unit vectors (:func:`normalize_features` with noise 0; Schmier
+    et al. 2022 Sec. 5).  ValueError for another shape, an ``input_size`` below 32
+    (EfficientNet's stride), NaN / Inf, and floats that look unpreprocessed (0..255 or
+    torchvision's 0..1: ``invflow.validation.check_preprocessed``, judged over all N images)."""
     if not isinstance(input_size, int) or input_size < 32:
         raise ValueError(f"input_size must be an int >= 32 (EfficientNet's stride), got {input_size!r}")
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] not in (1, 3):
         shape = list(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"image_features: expected images [N, 1 or 3, H, W], got {shape}")
+    if images.is_floating_point():
+        from invflow.validation import check_preprocessed
+
+        if not bool(torch.isfinite(images).all()):
+            raise ValueError("image_features: images contain NaN or Inf")
+        check_preprocessed(images, "image_features")
     feats = extract_features(extractor(input_size), images, batch_size=batch_size, progress=progress)
     return normalize_features(feats, noise=0.0)

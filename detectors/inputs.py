@@ -231,24 +231,26 @@ def accepts_any_input(method):
     return wrapper
 
 
-def floats_to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Preprocessed float images (``invflow.data.preprocess``: [-0.5, 0.5]) back to uint8 with
-    ``invflow.data.to_images``; ``ValueError`` for any other range (0..255 or torchvision's 0..1
-    would be clamped into garbage), as every detector does."""
-    from invflow.data import to_images
-    from invflow.validation import IMAGE_RANGE
-
+def _check_finite_floats(x: torch.Tensor, where: str) -> None:
     if x.numel() and not bool(torch.isfinite(x).all()):
         raise ValueError(
-            "floating images hold NaN or infinite values; pass uint8 images, or finite floats "
-            "preprocessed with invflow.data.preprocess"
+            f"{where}: floating images hold NaN or infinite values; pass uint8 images, or finite "
+            f"floats preprocessed with invflow.data.preprocess"
         )
-    if x.numel() and bool((x.abs() > IMAGE_RANGE).any()):
-        raise ValueError(
-            f"floating images must be preprocessed into [-{IMAGE_RANGE:g}, {IMAGE_RANGE:g}] (got min "
-            f"{float(x.min()):.4g}, max {float(x.max()):.4g}: 0..255 or torchvision's 0..1?); pass "
-            f"uint8 images, or preprocess them with invflow.data.preprocess"
-        )
+
+
+def floats_to_uint8(x: torch.Tensor, where: str = "images") -> torch.Tensor:
+    """Preprocessed float images [B, C, H, W] back to uint8 with ``invflow.data.to_images``
+    (k = floor((x + 0.5) * 256) clamped to 0..255: a model's samples, which leave [-0.5, 0.5],
+    become the 8-bit images they stand for).  ``ValueError`` naming ``where`` for NaN / Inf
+    and for a batch that looks unpreprocessed (no negative value and a maximum above 0.5:
+    0..255 or torchvision's 0..1; ``invflow.validation.check_preprocessed``, the rule every
+    image model applies)."""
+    from invflow.data import to_images
+    from invflow.validation import check_preprocessed
+
+    _check_finite_floats(x, where)
+    check_preprocessed(x, where)
     return to_images(x)
 
 
@@ -259,13 +261,14 @@ def as_images_with_labels(x, where: str = "images", progress: bool = False):
     images are then a list of PIL images and uint8 [C, H, W] tensors (numpy images as
     :func:`as_batch` reads them, preprocessed float tensors mapped back to uint8).  Every
     other kind (tensors, numpy arrays, DataLoaders, one PIL image) becomes one uint8 batch
-    [N, C, H, W].  Floats outside [-0.5, 0.5] raise ``ValueError``, an empty input
+    [N, C, H, W].  Floats that look unpreprocessed (:func:`floats_to_uint8`, judged over all
+    float images together) or hold NaN / Inf raise ``ValueError``, an empty input
     ``ValueError``, anything that is not images ``TypeError``.
     """
     if (isinstance(x, (list, tuple)) or _is_dataset(x)) and not (
         _is_dataloader(x) or isinstance(x, (torch.Tensor, np.ndarray))
     ):
-        items, labels = [], []
+        items, labels, floats = [], [], []
         for i in tqdm(range(len(x)), desc=f"{where}: reading", unit="img", disable=not progress, leave=False):
             im, label = _split_item(x[i])
             if _is_pil(im):
@@ -273,16 +276,29 @@ def as_images_with_labels(x, where: str = "images", progress: bool = False):
             if isinstance(im, np.ndarray):
                 im = _numpy_batch(im[None])[0]
             if isinstance(im, torch.Tensor) and im.is_floating_point():
-                im = floats_to_uint8(im[None])[0]
+                floats.append(i)
             items.append(im)
             labels.append(label)
         if not items:
             raise ValueError(f"{where}: no images (empty {type(x).__name__})")
+        if floats:  # the one rule over all float images together, as for one batch
+            from invflow.validation import check_preprocessed
+
+            for i in floats:
+                _check_finite_floats(items[i], f"{where}: item {i}")
+            shown = [items[i] for i in floats if items[i].numel()]
+            if shown:
+                lo, hi = min(float(t.min()) for t in shown), max(float(t.max()) for t in shown)
+                check_preprocessed(torch.tensor([lo, hi], dtype=torch.float64), where)  # raw pixels
+            from invflow.data import to_images
+
+            for i in floats:
+                items[i] = to_images(items[i][None])[0]
         lab = torch.tensor(labels, dtype=torch.int64) if all(v is not None for v in labels) else None
         return items, lab
     batch, labels = as_batch_with_labels(x, where, progress)
     if batch.is_floating_point():
-        batch = floats_to_uint8(batch)
+        batch = floats_to_uint8(batch, where)
     if batch.dtype != torch.uint8 or batch.dim() != 4:
         raise TypeError(
             f"expected images (uint8 [N, C, H, W] or floats in [-0.5, 0.5]), got {batch.dtype} "

@@ -23,9 +23,11 @@ model accepts, as for the other models of the project.
 Input contract: floats from ``invflow.data.preprocess`` (values in [-0.5, 0.5]) in the
 model's dtype and on its device, [B, C, H, W].  Integer input raises ``TypeError`` (the
 detectors accept raw uint8 and preprocess it); wrong rank / channels / size, NaN / Inf and
-values far outside the preprocessed range (|x| > 1, e.g. raw 0..255 pixel values given as
-floats) raise ``ValueError``.  Values slightly outside [-0.5, 0.5] are accepted, so the
-input perturbation of the Mahalanobis detector (Lee et al. 2018) needs no clamping.
+batches that look unpreprocessed (no negative value and a maximum above 0.5: raw 0..255
+pixel values or torchvision's 0..1 given as floats; ``invflow.validation.check_preprocessed``,
+the rule every image model applies) raise ``ValueError``.  Any other values are accepted: a
+flow's samples, which leave [-0.5, 0.5], and the input perturbation of the Mahalanobis
+detector (Lee et al. 2018).
 
 Size and speed of the default ``ResNetClassifier()`` (1 x 28 x 28, width=32, blocks=(1, 1, 1),
 10 classes): 307,690 parameters; measured 1.7-2.5 training steps/s (forward + backward +
@@ -41,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from invflow import checkpoint
-from invflow.validation import IMAGE_RANGE, check_model_input
+from invflow.validation import check_model_input
 
 MIN_IMAGE_SIZE = 8
 
@@ -164,13 +166,14 @@ class ResNetClassifier(nn.Module):
     def check_input(self, x) -> None:
         """TypeError for non-tensors, integer dtypes and a dtype other than the parameters';
         ValueError for wrong rank, channels or size, another device, an empty batch, NaN / Inf
-        and values outside [-0.5, 0.5] (not preprocessed: 0..255 or torchvision's 0..1)."""
+        and batches that look unpreprocessed (``invflow.validation.check_preprocessed``: 0..255 or
+        torchvision's 0..1 floats); a flow's samples beyond [-0.5, 0.5] pass."""
         check_model_input(
             x,
             type(self).__name__,
             self.input_shape,
             self.stem.weight,
-            max_abs=IMAGE_RANGE,
+            images=True,
             integer_hint="; preprocess the images, or pass the raw uint8 images to a detector, "
             "which preprocesses them",
         )

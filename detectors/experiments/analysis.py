@@ -26,6 +26,7 @@ import torch
 
 import invflow
 from invflow.ops import scale_terms
+from invflow.validation import check_preprocessed
 
 from ..report import new_figure, save_figure
 
@@ -53,6 +54,7 @@ def _images(images, name: str) -> tuple[np.ndarray, bool]:
         raise TypeError(f"{name}: expected uint8 images or floats in [-0.5, 0.5], got dtype {arr.dtype}")
     if not np.isfinite(arr).all():
         raise ValueError(f"{name}: images contain non-finite values")
+    check_preprocessed(torch.from_numpy(arr), name)  # raw 0..255 or 0..1 floats
     return arr.astype(np.float64) * PIXEL_SCALE, False
 
 
@@ -259,6 +261,10 @@ def fourier_mix(
     uint8 = dtype == torch.uint8
     if not uint8 and not dtype.is_floating_point:
         raise TypeError(f"fourier_mix: expected uint8 images or floats in [-0.5, 0.5), got {dtype}")
+    for name, t in (("amplitude_images", amplitude_images), ("phase_images", phase_images)):
+        if not uint8 and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"fourier_mix: {name} contain NaN or Inf")
+        check_preprocessed(t, f"fourier_mix: {name}")  # raw 0..255 or 0..1 floats
 
     def pixels(t):
         t = t.detach().to(torch.float64)

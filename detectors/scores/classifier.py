@@ -104,9 +104,10 @@ class Mahalanobis(Detector):
 
     Input pre-processing (Lee et al. Eq. 4) with ``epsilon`` > 0: each input is moved towards
     its closest class before scoring, x' = x - epsilon * sign(d M_k*(x) / dx) with
-    k* = argmin_k M_k(x), and s(x') is the score (on the preprocessed scale, clamped back
-    into [-0.5, 0.5], the range every image model takes).  It needs input gradients (``needs_grad`` is then True).  ``epsilon = 0``
-    (default) is the plain distance.
+    k* = argmin_k M_k(x), and s(x') is the score (on the preprocessed scale; each x' is
+    clamped into [-0.5, 0.5] widened to its own x's range, so preprocessed images stay in the
+    cube and a flow's samples, which leave it, are not clipped).  It needs input gradients
+    (``needs_grad`` is then True).  ``epsilon = 0`` (default) is the plain distance.
 
     ``fit(x, fpr, y=labels)`` fits the class means and the precision on the features of the
     in-distribution training data x with their class labels (required), then calibrates the
@@ -260,7 +261,13 @@ class Mahalanobis(Detector):
             with torch.enable_grad():
                 closest = self.distances(xin).min(dim=1).values
                 (grad,) = torch.autograd.grad(closest.sum(), xin)
-            xin = (xin - self.epsilon * grad.sign()).clamp(-IMAGE_RANGE, IMAGE_RANGE).detach()
+            # each input kept within its own range or the preprocessed cube, whichever is
+            # wider: preprocessed images stay images, a flow's samples are not clipped
+            dims = tuple(range(1, xin.dim()))
+            shape = (-1,) + (1,) * len(dims)
+            lo = xin.detach().amin(dim=dims).clamp(max=-IMAGE_RANGE).reshape(shape)
+            hi = xin.detach().amax(dim=dims).clamp(min=IMAGE_RANGE).reshape(shape)
+            xin = torch.minimum(torch.maximum(xin - self.epsilon * grad.sign(), lo), hi).detach()
         with torch.no_grad():
             return self.distances(xin).min(dim=1).values
 

@@ -15,6 +15,7 @@ entry point, the argument and what was expected (docs/design.md, "Errors").
     check_generator(generator, device, where)                  None or a Generator on device
     check_float_dtype(dtype, name, where)                      a floating torch.dtype
     logdet_dtype(dtype)                                        float32 for half / bfloat16
+    assert_values(ok, message)                                 a value check torch.compile keeps
 """
 
 from __future__ import annotations
@@ -272,7 +273,11 @@ def check_model_input(
     |x| > max_abs.  ``integer_hint`` is appended to the integer-dtype message.
 
     The value checks (``values=True``) read x once (one host sync on CUDA); they are skipped
-    while a CUDA graph is being captured, where a sync is not allowed."""
+    while a CUDA graph is being captured, where a sync is not allowed.  Under ``torch.compile``
+    they cause no graph break: on the CPU they become ``torch._assert_async`` checks inside the
+    graph (a ``RuntimeError`` with the same message at run time, see ``assert_values``); on CUDA
+    they are skipped, as during graph capture (a failed device-side assert would poison the CUDA
+    context).  The type, dtype, device and shape checks run in both modes."""
     expected = "[B, " + ", ".join(map(str, input_shape)) + "]"
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor of shape {expected}, got {type(x).__name__}")
@@ -297,6 +302,9 @@ def check_model_input(
         raise ValueError(f"{name}: empty batch")
     if not values or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
         return
+    if torch.compiler.is_compiling():
+        _assert_model_input_values(x, name, max_abs, images)
+        return
     lo, hi = torch.stack(torch.aminmax(x.detach())).tolist()  # the one sync (NaN propagates)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{name}: input contains NaN or Inf")
@@ -308,3 +316,46 @@ def check_model_input(
             f"{name}: input values outside [-{max_abs:g}, {max_abs:g}] (min {lo:.4g}, max {hi:.4g}); "
             f"this model takes preprocessed 8-bit images only (invflow.data.preprocess)"
         )
+
+
+def _assert_model_input_values(x: torch.Tensor, name: str, max_abs: float | None, images: bool) -> None:
+    """The value checks of ``check_model_input`` inside a compiled graph (no host sync, no graph
+    break): NaN / Inf, and raw pixel values for image models or values beyond ``max_abs``."""
+    lo, hi = torch.aminmax(x.detach())
+    assert_values(torch.isfinite(lo) & torch.isfinite(hi), f"{name}: input contains NaN or Inf")
+    if images:
+        assert_values(
+            ~((lo >= 0) & (hi > IMAGE_RANGE)),
+            f"{name}: input has no negative value and a maximum above {IMAGE_RANGE:g}: it looks like raw "
+            f"pixel values (0..255 or ToTensor 0..1 floats), not preprocessed images; preprocess them "
+            f"with invflow.data.preprocess",
+        )
+    if max_abs is not None:
+        assert_values(
+            torch.maximum(-lo, hi) <= max_abs,
+            f"{name}: input values outside [-{max_abs:g}, {max_abs:g}]; this model takes preprocessed "
+            f"8-bit images only (invflow.data.preprocess)",
+        )
+
+
+def assert_values(ok: torch.Tensor, message: str) -> bool:
+    """A value check that ``torch.compile`` keeps in the graph: ``ok`` is a bool tensor of one
+    element (computed from the data), ``message`` the one-line error.
+
+    * eager: raises ``ValueError(message)`` when ``ok`` is False (one host sync);
+    * compiled (``torch.compiler.is_compiling()``) on the CPU: ``torch._assert_async(ok,
+      message)``, traced into the graph without a break; it raises ``RuntimeError`` carrying
+      ``message`` when the compiled code runs on bad values;
+    * compiled on CUDA, or while a CUDA graph is captured: skipped (a device-side assert would
+      poison the CUDA context, and a host sync is not allowed there).
+
+    Returns whether the check ran.  Use it instead of ``if not bool(ok): raise ...`` in code
+    that ``torch.compile`` traces (a model's ``forward`` / ``log_prob``)."""
+    if ok.is_cuda and (torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing()):
+        return False
+    if torch.compiler.is_compiling():
+        torch._assert_async(ok, message)
+        return True
+    if not bool(ok):
+        raise ValueError(message)
+    return True

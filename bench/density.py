@@ -55,7 +55,7 @@ import density_models
 import harness  # puts the repository root on sys.path
 import spline_kernel
 import torch
-from density_models import ARCHS, LIBRARIES, Unavailable, build, matched_width
+from density_models import ARCHS, LIBRARIES, Unavailable, build, matched_width, target_params
 
 CASES = ("density", "conditional", "kernels")
 
@@ -206,7 +206,11 @@ def run_density(cfg: Config, data, arch: str, lib: str, seed: int, base: dict) -
         return dict(rec, note=str(e))
     except Exception as e:  # noqa: BLE001 - a broken row says why and the run goes on
         return dict(rec, note=f"build failed: {type(e).__name__}: {e}".splitlines()[0])
-    rec.update(hidden=width, params=model.params())
+    rec.update(
+        hidden=width,
+        params=model.params(),
+        target_params=target_params(arch, data.dim, cfg.hidden, cfg.layers),
+    )
     try:
         out = train(
             model,
@@ -347,7 +351,8 @@ def size(rows: list) -> str:
     r = next((r for r in rows if r.get("params") is not None), None)
     if r is None:
         return (rows[0].get("note") or "-") if rows else "not run"
-    return f"{r['params']:,} (width {r['hidden']})"
+    target = f" of {r['target_params']:,}" if r.get("target_params") else ""
+    return f"{r['params']:,}{target} (width {r['hidden']})"
 
 
 def report(records: list, cfg: Config) -> str:

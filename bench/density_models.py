@@ -11,7 +11,7 @@ Every conditioner has two hidden ReLU layers of width ``hidden`` (for MADE: mask
 context (conditional rows) is concatenated to its input, and the base is N(0, I). The
 elementwise maps are each library's own: the spline normalisation of its spline code (the
 paper's: softmax widths / heights with a 1e-3 minimum; zuko's own soft clamp) and its affine
-scale (invflow "tanh": exp(2 tanh(s / 2)); zuko: its soft-clamped exp; nflows / normflows
+scale (invflow coupling and MAF "tanh": exp(2 tanh(s / 2)); zuko: its soft-clamped exp; nflows / normflows
 MAF: sigmoid(s + 2) + 1e-3; normflows coupling: exp; FrEIA: exp(2 * 0.636 atan(s / 2))).
 
 ``build(library, arch, dim, hidden, ...)`` returns a :class:`Density` (``log_prob(x, c)`` in
@@ -116,30 +116,28 @@ def target_params(arch: str, dim: int, hidden: int, layers: int, context: int = 
 
 
 def matched_hidden(build_fn: Callable[[int], Density], target: int, start: int) -> tuple[int, Density]:
-    """(width, model) whose parameter count is closest to ``target``, searching widths around
-    ``start`` (counts grow with the width, so a bisection over [2, 4 start] finds it)."""
+    """(width, model) whose parameter count is closest to ``target``, searching widths in
+    [2, 4 start] by bisection (counts grow with the width). A width the builder refuses with
+    ValueError (a MADE narrower than its features) counts as too small."""
+
+    def count(h: int) -> int:
+        try:
+            return build_fn(h).params()
+        except ValueError:
+            return -1
+
     lo, hi = 2, max(4 * start, 8)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if build_fn(mid).params() < target:
+        if count(mid) < target:
             lo = mid
         else:
             hi = mid
-    best = min((lo, hi), key=lambda h: abs(build_fn(h).params() - target))
+    best = min((h for h in (lo, hi) if count(h) >= 0), key=lambda h: abs(count(h) - target))
     return best, build_fn(best)
 
 
 # -------------------------------------------------------------------------------- invflow
-class Reverse(invflow.Flow):
-    """Reverses the order of the features [B, D] (a permutation: log-det 0)."""
-
-    def forward(self, x, context=None):
-        return x.flip(1), x.new_zeros(x.shape[0])
-
-    def inverse(self, y, context=None):
-        return y.flip(1), y.new_zeros(y.shape[0])
-
-
 def _invflow(arch: str, dim: int, hidden: int, layers: int, context: int) -> Density:
     flows: list[invflow.Flow] = []
     for k in range(layers):
@@ -149,7 +147,7 @@ def _invflow(arch: str, dim: int, hidden: int, layers: int, context: int) -> Den
             flows.append(
                 invflow.SplineCoupling(
                     dim,
-                    halves(dim, k),
+                    invflow.masks.Channel(k % 2),
                     net=partial(_net, hidden=hidden),
                     bins=BINS,
                     bound=BOUND,
@@ -159,10 +157,16 @@ def _invflow(arch: str, dim: int, hidden: int, layers: int, context: int) -> Den
         elif arch == "maf":
             if not hasattr(invflow, "MaskedAutoregressive"):
                 raise Unavailable("invflow.MaskedAutoregressive not in this checkout yet")
-            if k:
-                flows.append(Reverse())
             flows.append(
-                invflow.MaskedAutoregressive(dim, hidden=hidden, transform="affine", context_features=context)
+                invflow.MaskedAutoregressive(
+                    dim,
+                    hidden=hidden,
+                    transform="affine",
+                    context_features=context,
+                    scale="tanh",
+                    clamp=2.0,
+                    order="reverse" if k % 2 else None,
+                )
             )
         else:
             kw = {"context_channels": context} if context else {}
@@ -194,8 +198,12 @@ def _net(n_in: int, n_out: int, *args, hidden: int, **kwargs) -> nn.Module:
 # ----------------------------------------------------------------------------------- zuko
 def _zuko(arch: str, dim: int, hidden: int, layers: int, context: int) -> Density:
     zuko = need("zuko")
-    from zuko.flows import Flow, GeneralCouplingTransform, MaskedAutoregressiveTransform
-    from zuko.flows.core import UnconditionalDistribution
+    from zuko.flows import (
+        Flow,
+        GeneralCouplingTransform,
+        MaskedAutoregressiveTransform,
+        UnconditionalDistribution,
+    )
     from zuko.transforms import MonotonicRQSTransform
 
     kw = dict(hidden_features=(hidden, hidden))

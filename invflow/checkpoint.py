@@ -29,8 +29,12 @@ a module under ``TRUSTED_PACKAGES`` (``invflow``, ``detectors``).
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import json
+import math
+import numbers
 import os
 import re
 import stat
@@ -51,6 +55,7 @@ from .io import (
     open_regular,
     read_small_text,
 )
+from .masks import Mask
 
 __all__ = [
     "register",
@@ -60,6 +65,10 @@ __all__ = [
     "resolve",
     "latest_checkpoint",
     "model_from_config",
+    "config_of",
+    "encode_arguments",
+    "decode_arguments",
+    "TORCH_MODULES",
     "atomic_write",
     "TRUSTED_PACKAGES",
 ]
@@ -81,6 +90,7 @@ TRUSTED_PACKAGES: tuple[str, ...] = ("invflow", "detectors")
 #: The largest safetensors header read (the format's own limit is 100 MB).
 MAX_HEADER_BYTES = 100_000_000
 
+_CLASS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 # what a class's from_config raises for a config it cannot build
@@ -92,26 +102,57 @@ PathLike = Union[str, "os.PathLike[str]"]
 # --------------------------------------------------------------------------- registry
 
 
-def register(cls: type) -> type:
-    """Registers ``cls`` (an ``nn.Module`` subclass) as savable under ``cls.__name__``.
+def register(cls: type | None = None, *, name: str | None = None):
+    """Registers ``cls`` as savable under ``name`` (default ``cls.__name__``); returns ``cls``.
 
-    Usable as a class decorator; returns ``cls``. The class must define ``config(self) -> dict``
-    (JSON-serialisable constructor keyword arguments) and the classmethod
-    ``from_config(cls, config) -> instance``. Registering the same class twice is a no-op;
-    a *different* class under an already registered name raises ``ValueError``.
+    Usable as a class decorator, bare (``@register``) or with a name (``@register(name="MyNet")``,
+    for a class whose own name is taken).  ``cls`` is an ``nn.Module`` subclass (or an
+    ``invflow.masks.Mask`` subclass, for masks given to layers) in one of two forms:
+
+    * with ``config(self) -> dict`` (JSON-serialisable constructor keyword arguments) and the
+      classmethod ``from_config(cls, config) -> instance``: saved through them;
+    * with neither (a layer, an st-net, a mask): its **constructor arguments are recorded** when
+      an instance is built (the registered class's ``__init__`` is wrapped; instances built
+      before registration have none) and rebuild it.  They must be JSON values, tuples, small
+      tensors (``MAX_TENSOR_ARGUMENT`` elements: vector masks), masks, modules of registered
+      classes (nested layers, ``invflow.Sequential`` stacks, st-nets) or the ``torch.nn`` modules
+      of ``TORCH_MODULES``; ``save`` raises a one-line TypeError naming any other argument (a
+      function, e.g. an st-net factory: pass the st-net as a module instead).
+
+    Every layer, st-net, mask and prior of invflow is registered at import.  Registering the
+    same class twice is a no-op; a *different* class under an already registered name, or a
+    class with only one of ``config`` / ``from_config``, raises ``ValueError`` / ``TypeError``.
     """
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise TypeError(f"register expects a torch.nn.Module subclass, got {cls!r}")
-    _check_protocol(cls)
-    name = cls.__name__
+    if cls is None:
+        return lambda c: register(c, name=name)
+    if not (isinstance(cls, type) and issubclass(cls, (nn.Module, Mask))):
+        raise TypeError(
+            f"register expects a torch.nn.Module subclass (or an invflow.masks.Mask subclass), got {cls!r}"
+        )
+    recorded = _records_arguments(cls)
+    if not recorded:
+        _check_protocol(cls)
+    if name is None:
+        name = cls.__name__
+    elif not (isinstance(name, str) and _CLASS_NAME.fullmatch(name)):
+        raise ValueError(f"register: name must be a Python identifier such as 'MyNet', got {name!r}")
     existing = _REGISTRY.get(name)
     if existing is not None and existing is not cls:
         raise ValueError(
             f"a different class is already registered under the name {name!r} "
-            f"({existing.__module__}.{existing.__qualname__}); checkpoint class names must be unique"
+            f"({existing.__module__}.{existing.__qualname__}); checkpoint class names must be unique: "
+            f"register it under another one, @invflow.checkpoint.register(name='My{name}')"
         )
+    if recorded:
+        _record(cls)
     _REGISTRY[name] = cls
     return cls
+
+
+def _records_arguments(cls: type) -> bool:
+    """Whether ``cls`` is saved by its recorded constructor arguments: it defines neither
+    ``config`` nor ``from_config``."""
+    return getattr(cls, "config", None) is None and _getattr_static(cls, "from_config") is None
 
 
 def _check_protocol(cls: type) -> None:
@@ -134,15 +175,23 @@ def _getattr_static(cls: type, name: str) -> Any:
     return None
 
 
+def _name_of(cls: type) -> str | None:
+    """The name ``cls`` is registered under, or None."""
+    if _REGISTRY.get(cls.__name__) is cls:
+        return cls.__name__
+    return next((name for name, known in _REGISTRY.items() if known is cls), None)
+
+
 def _registered_name(model: nn.Module) -> str:
     """The name ``type(model)`` is registered under; TypeError when it is not registered."""
     cls = type(model)
-    if _REGISTRY.get(cls.__name__) is not cls:
+    name = _name_of(cls)
+    if name is None:
         raise TypeError(
             f"{cls.__module__}.{cls.__qualname__} is not registered for checkpoints; decorate it "
             "with @invflow.checkpoint.register (and give it config() / from_config())"
         )
-    return cls.__name__
+    return name
 
 
 def model_from_config(name: str, config: dict) -> nn.Module:
@@ -152,7 +201,7 @@ def model_from_config(name: str, config: dict) -> nn.Module:
         raise ValueError(f"unknown model class {name!r}; registered: {_registered_names()}")
     if not isinstance(config, dict):
         raise TypeError(f"model_from_config: config of {name} must be a dict, got {type(config).__name__}")
-    return _REGISTRY[name].from_config(config)
+    return _from_config(_REGISTRY[name], config)
 
 
 def _registered_names() -> str:
@@ -196,7 +245,7 @@ def _fspath(path: Any, where: str) -> str:
 def _metadata(model: nn.Module) -> dict[str, str]:
     """The safetensors metadata for ``model`` (str -> str)."""
     name = _registered_name(model)
-    config = model.config()
+    config = config_of(model)
     if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
         raise TypeError(f"{name}.config() must return a dict with str keys, got {config!r}")
     try:
@@ -316,7 +365,8 @@ def load(path: PathLike, map_location: str | torch.device = "cpu", strict: bool 
     an invflow safetensors checkpoint (pickled / ``torch.save`` files are refused for safety),
     a path that is not a regular file (a FIFO, a device), an unknown class name, an unusable
     config, a config that does not match the stored tensor shapes, NaN / Inf in a stored tensor
-    (named), or (``strict=True``) state-dict keys that do not match the model's.
+    (named), a stored tensor of another kind than the model's (integer weights for a float
+    parameter: named, never cast), or (``strict=True``) state-dict keys that do not match the model's.
     """
     device = _device(map_location)
     path = resolve(_fspath(path, "load"))
@@ -327,6 +377,7 @@ def load(path: PathLike, map_location: str | torch.device = "cpu", strict: bool 
         tensors = _read_tensors(fh, path)
     _check_finite(tensors, path)
     model = _build(cls, config)
+    _check_kinds(model, tensors, path)
     _adopt_dtypes(model, tensors)
     _load_state(model, tensors, strict, cls.__name__)
     return model.to(device).eval()
@@ -512,8 +563,18 @@ def _parse_metadata(metadata: Any, path: str):
             f"{_registered_names()}. Import the module that defines it first (modules under "
             f"{', '.join(TRUSTED_PACKAGES)} are imported automatically)"
         )
+    if not issubclass(_REGISTRY[name], nn.Module):
+        raise ValueError(
+            f"{path}: checkpoint class {name!r} is not a torch.nn.Module; expected a model or layer"
+        )
+    raw = metadata.get("config", "")
+    if isinstance(raw, str) and raw.count(_CLASS_KEY) > MAX_NESTED:
+        raise ValueError(
+            f"{path}: checkpoint config nests more than {MAX_NESTED} objects "
+            f"(invflow.checkpoint.MAX_NESTED); the file was edited or damaged"
+        )
     try:
-        config = json.loads(metadata.get("config", ""))
+        config = json.loads(raw)
     except (ValueError, RecursionError) as err:
         raise ValueError(f"{path}: checkpoint config is not valid JSON: {type(err).__name__}") from None
     if not isinstance(config, dict):
@@ -545,7 +606,7 @@ def _check_shapes(
     checked by ``load_state_dict`` after the build instead."""
     try:
         with torch.device("meta"):
-            skeleton = cls.from_config(config)
+            skeleton = _from_config(cls, config)
     except _CONFIG_ERRORS as err:
         raise ValueError(f"{path}: checkpoint config does not build a {cls.__name__}: {err}") from None
     except Exception:  # noqa: BLE001  (not buildable on meta: the real build checks)
@@ -575,7 +636,7 @@ def _check_keys(expected: set, stored: set, name: str) -> None:
 def _build(cls: type, config: dict[str, Any]) -> nn.Module:
     """``cls.from_config(config)``; a config the class rejects becomes ValueError."""
     try:
-        model = cls.from_config(config)
+        model = _from_config(cls, config)
     except _CONFIG_ERRORS as err:
         raise ValueError(
             f"checkpoint config {str(config)[:300]} does not build a {cls.__name__}: {err}"
@@ -585,6 +646,29 @@ def _build(cls: type, config: dict[str, Any]) -> nn.Module:
             f"{cls.__name__}.from_config returned {type(model).__name__}, expected a {cls.__name__}"
         )
     return model
+
+
+def _kind(dtype: torch.dtype) -> str:
+    """'bool', 'complex', 'floating' or 'integer': what a tensor holds, whatever its width."""
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_complex:
+        return "complex"
+    return "floating" if dtype.is_floating_point else "integer"
+
+
+def _check_kinds(model: nn.Module, tensors: dict[str, torch.Tensor], path: str) -> None:
+    """ValueError when a stored tensor holds another kind of number than the model's tensor of
+    that name (integer weights for a float parameter, floats for a bool flag): ``load_state_dict``
+    would cast them silently.  Floating widths may differ (``_adopt_dtypes`` takes the file's)."""
+    for key, current in model.state_dict().items():
+        stored = tensors.get(key)
+        if isinstance(stored, torch.Tensor) and _kind(stored.dtype) != _kind(current.dtype):
+            raise ValueError(
+                f"{path}: tensor {key!r} is stored as {stored.dtype} but the model holds {_kind(current.dtype)} "
+                f"values ({current.dtype}) there; the file was edited or written by another program: "
+                f"save the model again with invflow.save"
+            )
 
 
 def _adopt_dtypes(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
@@ -622,3 +706,348 @@ def _load_state(model: nn.Module, tensors: dict[str, torch.Tensor], strict: bool
         model.load_state_dict(tensors, strict=strict)
     except RuntimeError as err:
         raise ValueError(f"checkpoint tensors do not fit {name}: {err}") from err
+
+
+# --------------------------------------------------------------------------- recorded arguments
+#
+# A registered class without config() / from_config() is saved by the arguments its constructor
+# was called with: ``register`` wraps its ``__init__`` so that every instance keeps them (after
+# defaults are applied), and ``encode_arguments`` writes them as JSON, with typed values marked:
+#
+#   {"__invflow_class__": "AffineCoupling", "module": "invflow.layers.coupling", "config": {...}}
+#   {"__invflow_tuple__": [2, 3]}
+#   {"__invflow_tensor__": {"dtype": "bool", "shape": [4], "values": [true, false, true, false]}}
+#
+# Loading decodes them (registered classes only, trusted modules only) and calls the constructor,
+# inside the meta-device build that checks the config against the stored tensor shapes.
+
+#: The instance attribute that holds the recorded constructor arguments.
+_ARGUMENTS = "_invflow_arguments"
+_CLASS_KEY = "__invflow_class__"
+_TUPLE_KEY = "__invflow_tuple__"
+_TENSOR_KEY = "__invflow_tensor__"
+_RESERVED = (_CLASS_KEY, _TUPLE_KEY, _TENSOR_KEY)
+_TORCH_PREFIX = "torch.nn."
+
+#: The most elements of a tensor given as a constructor argument (a vector mask).
+MAX_TENSOR_ARGUMENT = 65536
+#: The most objects (layers, nets, masks) one checkpoint config may nest.
+MAX_NESTED = 10_000
+#: The deepest nesting of a config (Sequentials in Sequentials, lists in lists).
+MAX_DEPTH = 64
+
+_TENSOR_DTYPES = {
+    "bool": torch.bool,
+    "uint8": torch.uint8,
+    "int32": torch.int32,
+    "int64": torch.int64,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+
+
+def _record(cls: type) -> None:
+    """Wraps ``cls.__init__`` so that an instance of exactly ``cls`` keeps its constructor
+    arguments (defaults applied) in ``_invflow_arguments``."""
+    if getattr(vars(cls).get("__init__"), "_invflow_records", None) is cls:
+        return
+    target = cls.__init__
+    signature = inspect.signature(target)
+
+    @functools.wraps(target)
+    def __init__(self, *args, **kwargs):
+        target(self, *args, **kwargs)
+        if type(self) is cls:  # the outermost constructor records (not a parent's super().__init__)
+            bound = signature.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            object.__setattr__(self, _ARGUMENTS, tuple(bound.arguments.items())[1:])
+
+    __init__._invflow_records = cls
+    cls.__init__ = __init__
+
+
+def config_of(obj: nn.Module | Mask) -> dict:
+    """The JSON-serialisable config ``save`` writes for ``obj``, an instance of a registered
+    class: ``obj.config()``, or the encoded recorded constructor arguments.  TypeError for an
+    unregistered class, an instance built before its class was registered, or an argument a
+    checkpoint cannot record (named)."""
+    return _config_of(obj, set(), 0)
+
+
+def _config_of(obj, seen: set, depth: int) -> dict:
+    cls = type(obj)
+    if not _records_arguments(cls):
+        return obj.config()
+    arguments = obj.__dict__.get(_ARGUMENTS)
+    if arguments is None:
+        raise TypeError(
+            f"{cls.__qualname__}: this instance was built before its class was registered for checkpoints, "
+            f"so its constructor arguments were not recorded; build it again after @invflow.checkpoint.register"
+        )
+    return _encode_arguments(dict(arguments), cls.__qualname__, seen, depth)
+
+
+def encode_arguments(arguments: dict, where: str) -> dict:
+    """JSON config of constructor ``arguments`` (name -> value) for a class whose config nests
+    modules (a model wrapping a layer stack): JSON values stay as they are; tuples, small
+    tensors, masks and modules of registered classes are written as marked objects that
+    ``decode_arguments`` rebuilds.  TypeError, naming ``where`` and the argument, for anything
+    else (functions, unregistered modules, a module given twice: tied weights)."""
+    return _encode_arguments(arguments, where, set(), 0)
+
+
+def _encode_arguments(arguments: dict, where: str, seen: set, depth: int) -> dict:
+    return {name: _encode(v, f"{where} argument {name!r}", seen, depth) for name, v in arguments.items()}
+
+
+def _encode(value: Any, what: str, seen: set, depth: int) -> Any:
+    if depth > MAX_DEPTH:
+        raise TypeError(f"{what}: nested deeper than {MAX_DEPTH} levels")
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        if not math.isfinite(value):
+            raise TypeError(f"{what} is {value!r}; a checkpoint records finite numbers only")
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        items = [_encode(v, f"{what}[{i}]", seen, depth + 1) for i, v in enumerate(value)]
+        return items if isinstance(value, list) else {_TUPLE_KEY: items}
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) and k not in _RESERVED for k in value):
+            raise TypeError(f"{what}: a dict argument needs str keys other than {', '.join(_RESERVED)}")
+        return {k: _encode(v, f"{what}[{k!r}]", seen, depth + 1) for k, v in value.items()}
+    if isinstance(value, torch.Tensor):
+        return _encode_tensor(value, what)
+    if isinstance(value, (nn.Module, Mask)):
+        return _encode_object(value, what, seen, depth)
+    if callable(value):
+        raise TypeError(
+            f"{what} is {getattr(value, '__qualname__', type(value).__name__)!r}, code that a checkpoint "
+            f"cannot record; pass a module instead (e.g. the st-net as an nn.Module of a registered class)"
+        )
+    raise TypeError(
+        f"{what} is a {type(value).__name__}, which a checkpoint cannot record; constructor arguments must "
+        f"be JSON values, tuples, small tensors, masks or modules of registered classes"
+    )
+
+
+def _encode_tensor(t: torch.Tensor, what: str) -> dict:
+    dtype = str(t.dtype).removeprefix("torch.")
+    if dtype not in _TENSOR_DTYPES or t.numel() > MAX_TENSOR_ARGUMENT:
+        raise TypeError(
+            f"{what}: a tensor argument must be a bool, integer or float32/64 tensor of at most "
+            f"{MAX_TENSOR_ARGUMENT} elements (a mask), got {t.dtype} of shape {list(t.shape)}"
+        )
+    values = t.detach().cpu().flatten().tolist()
+    if t.is_floating_point() and not all(math.isfinite(v) for v in values):
+        raise TypeError(f"{what}: a tensor argument must be finite")
+    return {_TENSOR_KEY: {"dtype": dtype, "shape": list(t.shape), "values": values}}
+
+
+def _encode_object(value, what: str, seen: set, depth: int) -> dict:
+    cls = type(value)
+    if isinstance(value, nn.Module):
+        if id(value) in seen:
+            raise TypeError(
+                f"{what} is a module given twice (tied weights); a checkpoint rebuilds every argument "
+                f"separately, so give each layer its own module"
+            )
+        seen.add(id(value))
+    torch_module = TORCH_MODULES.get(cls)
+    if torch_module is not None:
+        arguments = torch_module[0](value)
+        return {
+            _CLASS_KEY: _TORCH_PREFIX + cls.__name__,
+            "config": _encode_arguments(arguments, what, seen, depth + 1),
+        }
+    name = _name_of(cls)
+    if name is None:
+        raise TypeError(
+            f"{what} is a {cls.__module__}.{cls.__qualname__}, which is not registered for checkpoints; "
+            f"decorate its class with @invflow.checkpoint.register"
+        )
+    return {_CLASS_KEY: name, "module": cls.__module__, "config": _config_of(value, seen, depth + 1)}
+
+
+def decode_arguments(config: dict, where: str) -> dict:
+    """The constructor arguments that ``encode_arguments`` wrote (modules rebuilt, tuples and
+    tensors restored).  Only registered classes are built (a class not registered yet is
+    imported from a module under ``TRUSTED_PACKAGES``, never from elsewhere); ValueError /
+    TypeError naming ``where`` for anything malformed."""
+    if not isinstance(config, dict):
+        raise TypeError(f"{where}: config must be a dict, got {type(config).__name__}")
+    return {name: _decode(v, where, 0) for name, v in config.items()}
+
+
+def _decode(value: Any, where: str, depth: int) -> Any:
+    if depth > MAX_DEPTH:
+        raise ValueError(f"{where}: config nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, list):
+        return [_decode(v, where, depth + 1) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if _CLASS_KEY in value:
+        return _decode_object(value, where, depth)
+    if _TUPLE_KEY in value:
+        items = value[_TUPLE_KEY]
+        if not isinstance(items, list):
+            raise ValueError(f"{where}: a tuple in the config must hold a list, got {str(items)[:100]}")
+        return tuple(_decode(v, where, depth + 1) for v in items)
+    if _TENSOR_KEY in value:
+        return _decode_tensor(value[_TENSOR_KEY], where)
+    return {k: _decode(v, where, depth + 1) for k, v in value.items()}
+
+
+def _decode_tensor(spec: Any, where: str) -> torch.Tensor:
+    ok = isinstance(spec, dict) and spec.get("dtype") in _TENSOR_DTYPES
+    shape, values = (spec.get("shape"), spec.get("values")) if ok else (None, None)
+    ok = ok and isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)
+    ok = ok and isinstance(values, list) and len(values) <= MAX_TENSOR_ARGUMENT
+    ok = ok and math.prod(shape) == len(values) and all(isinstance(v, (int, float)) for v in values)
+    if not ok:
+        raise ValueError(f"{where}: a tensor in the config is malformed: {str(spec)[:100]}")
+    return torch.tensor(values, dtype=_TENSOR_DTYPES[spec["dtype"]]).reshape(shape)
+
+
+def _decode_object(value: dict, where: str, depth: int):
+    name, config = value.get(_CLASS_KEY), value.get("config", {})
+    if not isinstance(name, str) or not isinstance(config, dict):
+        raise ValueError(f"{where}: a nested object in the config is malformed: {str(value)[:100]}")
+    if name.startswith(_TORCH_PREFIX):
+        found = [(cls, spec) for cls, spec in TORCH_MODULES.items() if _TORCH_PREFIX + cls.__name__ == name]
+        if not found:
+            raise ValueError(f"{where}: {name[:100]} is not one of the torch.nn modules checkpoints rebuild")
+        cls, (_, build) = found[0]
+        return build(**_decode_kwargs(config, name, depth))
+    if name not in _REGISTRY:
+        _import_trusted(value.get("module"), name)
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        raise ValueError(
+            f"{where}: class {name[:100]!r} in the config is not registered; import the module that defines it "
+            f"first (modules under {', '.join(TRUSTED_PACKAGES)} are imported automatically)"
+        )
+    obj = _from_config(cls, config)
+    if not isinstance(obj, cls):
+        raise TypeError(f"{where}: {name}'s config built a {type(obj).__name__}")
+    return obj
+
+
+def _decode_kwargs(config: dict, where: str, depth: int) -> dict:
+    return {k: _decode(v, where, depth + 1) for k, v in config.items()}
+
+
+def _from_config(cls: type, config: dict):
+    """An instance of the registered ``cls`` from its config (``cls.from_config``, or its
+    recorded constructor arguments called back into the constructor)."""
+    if not isinstance(config, dict):
+        raise TypeError(f"the config of {cls.__name__} must be a dict, got {type(config).__name__}")
+    if not _records_arguments(cls):
+        return cls.from_config(config)
+    arguments = decode_arguments(config, cls.__name__)
+    args, kwargs, positional = [], {}, True
+    for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+        if p.name not in arguments:
+            positional = positional and p.kind is not p.POSITIONAL_OR_KEYWORD
+            continue
+        value = arguments.pop(p.name)
+        if p.kind is p.VAR_POSITIONAL:
+            if not isinstance(value, (list, tuple)):
+                raise TypeError(f"{cls.__name__}: *{p.name} must be a list in the config")
+            args.extend(value)
+        elif p.kind is p.VAR_KEYWORD:
+            if not isinstance(value, dict):
+                raise TypeError(f"{cls.__name__}: **{p.name} must be a dict in the config")
+            kwargs.update(value)
+        elif p.kind is p.KEYWORD_ONLY or not positional:
+            kwargs[p.name] = value
+        else:
+            args.append(value)
+    if arguments:
+        raise TypeError(f"{cls.__name__} takes no argument(s) {sorted(arguments)[:10]}")
+    return cls(*args, **kwargs)
+
+
+# torch.nn modules that st-nets are commonly built from (FrEIA's subnet constructors), saved by
+# their attributes: class -> (arguments of an instance, constructor)
+def _conv_arguments(m) -> dict:
+    return dict(
+        in_channels=m.in_channels,
+        out_channels=m.out_channels,
+        kernel_size=m.kernel_size,
+        stride=m.stride,
+        padding=m.padding,
+        dilation=m.dilation,
+        groups=m.groups,
+        bias=m.bias is not None,
+        padding_mode=m.padding_mode,
+    )
+
+
+def _sequential(**config):
+    from collections import OrderedDict
+
+    return nn.Sequential(OrderedDict((str(k), m) for k, m in config["modules"]))
+
+
+#: The ``torch.nn`` modules that ``save`` records as constructor arguments (st-nets built of
+#: them, e.g. ``nn.Sequential(nn.Linear(2, 64), nn.ReLU(), nn.Linear(64, 4))``); other torch
+#: modules need a registered class around them.
+TORCH_MODULES: dict[type, tuple] = {
+    nn.Sequential: (lambda m: {"modules": [[k, c] for k, c in m._modules.items()]}, _sequential),
+    nn.Linear: (
+        lambda m: dict(in_features=m.in_features, out_features=m.out_features, bias=m.bias is not None),
+        nn.Linear,
+    ),
+    nn.Conv1d: (_conv_arguments, nn.Conv1d),
+    nn.Conv2d: (_conv_arguments, nn.Conv2d),
+    nn.Conv3d: (_conv_arguments, nn.Conv3d),
+    nn.ReLU: (lambda m: dict(inplace=m.inplace), nn.ReLU),
+    nn.LeakyReLU: (lambda m: dict(negative_slope=m.negative_slope, inplace=m.inplace), nn.LeakyReLU),
+    nn.ELU: (lambda m: dict(alpha=m.alpha, inplace=m.inplace), nn.ELU),
+    nn.SiLU: (lambda m: dict(inplace=m.inplace), nn.SiLU),
+    nn.GELU: (lambda m: dict(approximate=m.approximate), nn.GELU),
+    nn.Softplus: (lambda m: dict(beta=m.beta, threshold=m.threshold), nn.Softplus),
+    nn.Tanh: (lambda m: {}, nn.Tanh),
+    nn.Sigmoid: (lambda m: {}, nn.Sigmoid),
+    nn.Identity: (lambda m: {}, nn.Identity),
+    nn.Dropout: (lambda m: dict(p=m.p, inplace=m.inplace), nn.Dropout),
+    nn.Flatten: (lambda m: dict(start_dim=m.start_dim, end_dim=m.end_dim), nn.Flatten),
+    nn.LayerNorm: (
+        lambda m: dict(
+            normalized_shape=tuple(m.normalized_shape),
+            eps=m.eps,
+            elementwise_affine=m.elementwise_affine,
+            bias=m.elementwise_affine and m.bias is not None,
+        ),
+        nn.LayerNorm,
+    ),
+}
+
+
+def _register_builtins() -> None:
+    """Registers every public layer, st-net, mask and prior class of invflow (the models
+    register themselves in invflow.models).  A class that cannot be registered (a partial
+    config protocol, a name taken) is left out: saving it then says it is not registered."""
+    from . import layers, masks, nets, priors
+
+    for module in (layers, nets, masks, priors):
+        names = getattr(module, "__all__", None) or [n for n in vars(module) if not n.startswith("_")]
+        for attr in names:
+            obj = getattr(module, attr, None)
+            if (
+                isinstance(obj, type)
+                and issubclass(obj, (nn.Module, Mask))
+                and obj.__module__.startswith("invflow.")
+                and not inspect.isabstract(obj)
+                and obj.__name__ not in _REGISTRY
+            ):
+                try:
+                    register(obj)
+                except (TypeError, ValueError):
+                    continue
+
+
+_register_builtins()

@@ -33,11 +33,13 @@ from .catalogue import (
     with_members,
 )
 from .fit import (
+    CalibrationOnTrainingDataWarning,
     FitConfig,
+    check_calibration_data,
     fit_bundle,
     holdout_split,  # the seeded fit / held-out split
 )
-from .scoring import Bundle, prepare, read_images, with_member_scores
+from .scoring import SCORE_CHUNK, Bundle, prepare, read_images, with_member_scores
 from .store import BUNDLE_FILE, FEATURES_FILE, FIT_FILE, FORMAT, STATE_FILE, VERSION, load
 
 __all__ = [
@@ -46,6 +48,8 @@ __all__ = [
     "holdout_split",
     "load",
     "FitConfig",
+    "CalibrationOnTrainingDataWarning",
+    "check_calibration_data",
     "CATALOGUE",
     "DEFAULT_DETECTORS",
     "Spec",
@@ -54,6 +58,7 @@ __all__ = [
     "prepare",
     "read_images",
     "with_member_scores",
+    "SCORE_CHUNK",
     "Projection",
     "FeatureVectors",
     "ENSEMBLE",

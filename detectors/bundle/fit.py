@@ -10,21 +10,33 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-import json
 import os
 import warnings
+from collections.abc import Mapping
 
-import numpy as np
 import torch
+
+from invflow.validation import check_bools, check_number
 
 from ..data.files import printable
 from ..data.folders import (
-    MAX_IMAGE_SIZE,
     ImageFiles,
     ImagePolicy,
     describe_skipped,
     none_readable,
     read_resized,
+)
+from ..limits import (
+    MAX_BATCH,
+    MAX_DEPTH,
+    MAX_FEATURE_SIZE,
+    MAX_HIDDEN,
+    MAX_IMAGE_SIZE,
+    MAX_IMAGES,
+    MAX_LEVELS,
+    MAX_SEED,
+    MAX_STEPS,
+    MIN_FEATURE_SIZE,
 )
 from .catalogue import (
     CATALOGUE,
@@ -47,6 +59,8 @@ from .store import (
     STATE_FILE,
     VERSION,
     check_out,
+    inside,
+    read_json,
     read_tensors,
     state,
     versions,
@@ -77,40 +91,58 @@ class FitConfig:
     progress: bool = True
 
     def check(self) -> None:
+        """ValueError / TypeError (one line, naming the setting) for a value the CLI's ``fit``
+        flags would refuse: sizes, widths and counts past the limits of ``detectors.limits``
+        (named in the error), unknown detectors, shares outside (0, 1)."""
+        if isinstance(self.detectors, (str, bytes)) or not isinstance(self.detectors, (tuple, list)):
+            raise TypeError(
+                f"FitConfig: detectors must be a tuple of catalogue names, got {self.detectors!r}"
+            )
         unknown = [d for d in self.detectors if d not in CATALOGUE]
         if unknown or not self.detectors:
             raise ValueError(f"detectors: unknown {unknown}; choose from {', '.join(CATALOGUE)}")
-        for name in ("steps", "batch_size", "levels", "depth", "hidden", "max_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        for name in ("size", "max_size"):
-            v = getattr(self, name)
-            if isinstance(v, int) and v > MAX_IMAGE_SIZE:
-                raise ValueError(
-                    f"{name} {v} is above the limit of {MAX_IMAGE_SIZE} pixels (MAX_IMAGE_SIZE); "
-                    "use a smaller size, e.g. 32 to 256"
-                )
-        if self.size is not None and (
-            not isinstance(self.size, int) or self.size < 2**self.levels or self.size % 2**self.levels
-        ):
+        for name, (low, high, limit) in _LIMITS.items():
+            _check_limit(getattr(self, name), name, low, high, limit, optional=name in ("size", "max_images"))
+        if self.size is not None and self.size % 2**self.levels:
             raise ValueError(
-                f"size must be a positive multiple of {2**self.levels} (2**levels), got {self.size!r}"
+                f"FitConfig: size must be a positive multiple of {2**self.levels} (2**levels), got {self.size!r}"
             )
-        if self.channels not in (None, 1, 3):
+        if self.channels not in (None, 1, 3) or isinstance(self.channels, bool):
             raise ValueError(
-                f"channels must be 1 (grey), 3 (RGB) or None (from the data), got {self.channels!r}"
+                f"FitConfig: channels must be 1 (grey), 3 (RGB) or None (from the data), got {self.channels!r}"
             )
-        if not 0.0 < self.holdout < 1.0:
-            raise ValueError(f"holdout must be in (0, 1), got {self.holdout!r}")
-        if not 0.0 < self.fpr < 1.0:
-            raise ValueError(f"fpr must be in (0, 1), got {self.fpr!r}")
-        if not np.isfinite(self.lr) or self.lr <= 0:
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        if self.max_images is not None and (not isinstance(self.max_images, int) or self.max_images < 3):
-            raise ValueError(f"max_images must be an int >= 3 or None, got {self.max_images!r}")
-        if not isinstance(self.feature_size, int) or self.feature_size < 32:
-            raise ValueError(f"feature_size must be an int >= 32, got {self.feature_size!r}")
+        check_number(self.holdout, "holdout", "FitConfig", low=0, high=1, low_open=True, high_open=True)
+        check_number(self.fpr, "fpr", "FitConfig", low=0, high=1, low_open=True, high_open=True)
+        check_number(self.lr, "lr", "FitConfig", low=0, high=1, low_open=True)
+        check_bools("FitConfig", progress=self.progress)
+
+
+#: FitConfig's integer settings: (lowest, highest, the limit's name), as the CLI's ``fit`` flags
+_LIMITS = {
+    "steps": (1, MAX_STEPS, "MAX_STEPS"),
+    "batch_size": (1, MAX_BATCH, "MAX_BATCH"),
+    "levels": (1, MAX_LEVELS, "MAX_LEVELS"),
+    "depth": (1, MAX_DEPTH, "MAX_DEPTH"),
+    "hidden": (1, MAX_HIDDEN, "MAX_HIDDEN"),
+    "size": (2, MAX_IMAGE_SIZE, "MAX_IMAGE_SIZE"),
+    "max_size": (2, MAX_IMAGE_SIZE, "MAX_IMAGE_SIZE"),
+    "feature_size": (MIN_FEATURE_SIZE, MAX_FEATURE_SIZE, "MAX_FEATURE_SIZE"),
+    "seed": (0, MAX_SEED, "MAX_SEED"),
+    "max_images": (3, MAX_IMAGES, "MAX_IMAGES"),
+}
+
+
+def _check_limit(value, name: str, low: int, high: int, limit: str, optional: bool = False) -> None:
+    """An integer setting in [low, high]; past ``high`` the error names the limit."""
+    try:
+        check_number(value, name, "FitConfig", low=low, integer=True, optional=optional)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{e} (at most {high})") from None
+    if value is not None and value > high:
+        raise ValueError(
+            f"FitConfig: {name} {value} is above the limit of {high} ({limit} in detectors.limits, as the "
+            f"command line's flags); use a smaller value"
+        )
 
 
 def holdout_split(n: int, holdout: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,6 +172,24 @@ def image_digests(images: torch.Tensor) -> list[str]:
     bytes (equal images, equal digests; a chance collision between two of a million images
     is about 3e-8)."""
     return [hashlib.sha1(im.numpy().tobytes()).hexdigest()[:16] for im in images.contiguous()]
+
+
+def _read_trained_on(run_dir: str, default: list) -> list:
+    """The image digests recorded in ``run_dir/trained-on.json`` (``default`` when an older run
+    has none); the file is read only when it is a regular file inside ``run_dir`` after
+    resolving links (``store.inside``) and holds a list of digests (else ValueError)."""
+    path = os.path.join(run_dir, TRAINED_ON_FILE)
+    if not os.path.lexists(path):
+        return default
+    real = inside(run_dir, TRAINED_ON_FILE, TRAINED_ON_FILE)
+    found = read_json(real, f"{TRAINED_ON_FILE} (the digests of the images the model was trained on)")
+    images = found.get("images", default)
+    if not isinstance(images, list) or not all(isinstance(d, str) for d in images):
+        raise ValueError(
+            f"{real}: 'images' must be a list of image digests (strings); remove the file or fit into "
+            "a new --out"
+        )
+    return images
 
 
 def _train_or_reuse(
@@ -173,15 +223,12 @@ def _train_or_reuse(
     record = os.path.join(run_dir, TRAINED_ON_FILE)
     if resume and trainer.load_latest() and trainer.step >= cfg.steps:
         say(f"{run_dir}: reusing the trained {what} (step {trainer.step})")
-        if os.path.isfile(record):
-            with open(record) as f:
-                digests = json.load(f).get("images", digests)
+        digests = _read_trained_on(run_dir, digests)
     else:
         say(start + (f", resuming at step {trainer.step}" if resume else ""))
         os.makedirs(run_dir, exist_ok=True)
-        if resume and os.path.isfile(record):  # trained on the earlier images, then on these
-            with open(record) as f:
-                digests = list(dict.fromkeys(json.load(f).get("images", []) + digests))
+        if resume:  # trained on the earlier images, then on these
+            digests = list(dict.fromkeys(_read_trained_on(run_dir, []) + digests))
         write_json(record, {"images": digests})
         trainer.step = 0  # fit(resume=True) reloads the checkpoint itself
         trainer.fit(resume=resume)
@@ -214,15 +261,31 @@ def _train_vector_flow(run_dir: str, z: torch.Tensor, cfg: FitConfig, say, image
 
 def _cached_features(out: str, images: torch.Tensor, cfg: FitConfig) -> torch.Tensor:
     """EfficientNet-Lite0 features of ``images``, cached in ``out/features.safetensors``
-    (keyed by the images' digest and the input size) so a re-run fit skips the extraction."""
+    (keyed by the images' digest and the input size) so a re-run fit skips the extraction.
+    The cache is read only when it is a regular file inside ``out`` after resolving links
+    (``store.inside``: ValueError otherwise); one that is unreadable or does not match
+    is extracted again and replaced."""
     from ..features import image_features
 
     digest = hashlib.sha1(images.numpy().tobytes()).hexdigest()
     path = os.path.join(out, FEATURES_FILE)
-    if os.path.isfile(path):
-        tensors, meta = read_tensors(path)
-        if meta.get("digest") == digest and meta.get("feature_size") == str(cfg.feature_size):
-            return tensors["features"]
+    if os.path.lexists(path):  # a regular file inside ``out`` only (a link out of it: ValueError)
+        real = inside(out, FEATURES_FILE, FEATURES_FILE)
+        try:
+            tensors, meta = read_tensors(real)
+        except ValueError:  # not one the fit wrote: extracted again and replaced
+            tensors, meta = {}, {}
+        feats = tensors.get("features")
+        if (
+            meta.get("digest") == digest
+            and meta.get("feature_size") == str(cfg.feature_size)
+            and isinstance(feats, torch.Tensor)
+            and feats.dim() == 2
+            and len(feats) == len(images)
+            and feats.is_floating_point()
+            and bool(torch.isfinite(feats).all())
+        ):
+            return feats
     feats = image_features(images, cfg.feature_size, progress=cfg.progress)
     write_tensors(path, {"features": feats}, {"digest": digest, "feature_size": str(cfg.feature_size)})
     return feats
@@ -573,8 +636,32 @@ def write_bundle(out: str, train: Train, split: Split, policy, model_paths, entr
     return meta
 
 
+def as_config(config) -> FitConfig:
+    """``config`` as a :class:`FitConfig`: None gives the defaults, a FitConfig passes, a dict
+    (or any mapping) of its settings is turned into one (``detectors`` as a tuple).  TypeError
+    in one line for anything else or for a setting FitConfig does not have."""
+    if config is None:
+        return FitConfig()
+    if isinstance(config, FitConfig):
+        return config
+    if not isinstance(config, Mapping):
+        raise TypeError(
+            f"fit_bundle: config must be a FitConfig or a dict of its settings, got {type(config).__name__}"
+        )
+    known = [f.name for f in dataclasses.fields(FitConfig)]
+    unknown = sorted(repr(k) for k in config if k not in known)
+    if unknown:
+        raise TypeError(
+            f"fit_bundle: config has unknown settings {', '.join(unknown)}; FitConfig takes {', '.join(known)}"
+        )
+    settings = dict(config)
+    if isinstance(settings.get("detectors"), list):
+        settings["detectors"] = tuple(settings["detectors"])
+    return FitConfig(**settings)
+
+
 def fit_bundle(
-    data, out: str, config: FitConfig | None = None, command: str | None = None, say=print
+    data, out: str, config: FitConfig | Mapping | None = None, command: str | None = None, say=print
 ) -> Bundle:
     """Fits the detectors of ``config`` on ``data`` (a path / named set, a ``Source``, or any
     input kind with images) and writes the bundle directory ``out`` (``detectors.bundle.store``).
@@ -590,7 +677,7 @@ def fit_bundle(
     equal to a model's training images give a :class:`CalibrationOnTrainingDataWarning`
     (:func:`check_calibration_data`).
     """
-    cfg = config or FitConfig()
+    cfg = as_config(config)
     cfg.check()
     names = announce_members(cfg, say)
     out = os.fspath(out)

@@ -32,6 +32,7 @@ import torch
 from invflow.io import atomic_write
 
 from ..data.folders import ImagePolicy
+from ..limits import MAX_FEATURE_SIZE, MIN_FEATURE_SIZE
 from .catalogue import CATALOGUE, ENSEMBLE, Projection, Spec, build
 from .scoring import Bundle
 
@@ -80,8 +81,6 @@ def read_tensors(path: str) -> tuple[dict, dict]:
 MAX_JSON_BYTES = 64 * 2**20
 #: the largest ``latest`` file of a model's run directory read (bytes): it names one checkpoint
 MAX_LATEST_BYTES = 4096
-#: the EfficientNet-Lite0 input side a bundle may ask for (``feature_size``; 96 by default)
-MIN_FEATURE_SIZE, MAX_FEATURE_SIZE = 32, 512
 #: the model roles a bundle's ``models`` may name, and the role each detector kind needs
 MODEL_ROLES = {
     "flow": ("flow",),
@@ -462,7 +461,7 @@ def check_out(out: str, settings: dict) -> None:
         if os.listdir(out):
             raise ValueError(f"--out {out} exists and is not a detector bundle; choose a new directory")
         return
-    old = read_json(fit_path, f"{FIT_FILE} (the settings of the fit in progress)")
+    old = read_json(inside(out, FIT_FILE, FIT_FILE), f"{FIT_FILE} (the settings of the fit in progress)")
     changed = [
         k
         for k in ("data", "n_images", "preprocessing", "model", "holdout", "seed")

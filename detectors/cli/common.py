@@ -3,8 +3,9 @@ the argument types that bound every size, width and count flag before any work i
 
 ``DETECTORS_TRACEBACK=1`` in the environment shows the full traceback instead (for bug reports).
 
-This module imports only the standard library, so that building the parser (``--help``) stays
-fast; the limits below are named in the errors of the flags they bound.
+This module imports only the standard library (and ``detectors.limits``, which does too), so
+that building the parser (``--help``) stays fast; the limits are named in the errors of the
+flags they bound.
 """
 
 from __future__ import annotations
@@ -14,6 +15,22 @@ import errno
 import math
 import os
 import sys
+
+#: bounds of the size / width / count flags (``detectors fit``, ``train`` ...), from
+#: ``detectors.limits`` (shared with ``FitConfig.check`` and ``reproduce --set``)
+from ..limits import (  # noqa: F401 - the flags' modules import them from here
+    MAX_BATCH,
+    MAX_DEPTH,
+    MAX_FEATURE_SIZE,
+    MAX_HIDDEN,
+    MAX_IMAGE_SIZE,
+    MAX_IMAGES,
+    MAX_LEVELS,
+    MAX_SEED,
+    MAX_STEPS,
+    MAX_THREADS,
+    MIN_FEATURE_SIZE,
+)
 
 #: exceptions that mean bad input (a missing path, an empty folder, a corrupt file, a bad value,
 #: a file where a directory is expected, input nested too deeply, a number too large)
@@ -35,20 +52,6 @@ USER_OS_ERRNOS = frozenset(
     for name in ("ELOOP", "ENAMETOOLONG", "ENOSPC", "EROFS", "EDQUOT", "EMFILE", "EXDEV")
     if hasattr(errno, name)
 )
-
-#: bounds of the size / width / count flags (``detectors fit``, ``train`` ...): past them a
-#: model or a batch asks for more memory than a workstation has (``--size 100000`` or
-#: ``--hidden 1000000000`` ask for 100+ GB)
-MAX_IMAGE_SIZE = 256  # image side in pixels (fit --size; the fit's own default is at most 32)
-MAX_HIDDEN = 1024  # st-net channels (512 in Kingma & Dhariwal 2018)
-MAX_LEVELS = 8  # scales of a multi-scale flow (an image side of 2**8 = 256 at least)
-MAX_DEPTH = 128  # flow steps per scale / residual blocks (32 in Kingma & Dhariwal 2018)
-MAX_BATCH = 4096  # images per batch
-MAX_STEPS = 10_000_000  # optimisation steps
-MIN_FEATURE_SIZE, MAX_FEATURE_SIZE = 32, 512  # EfficientNet-Lite0 input side (224 native)
-MAX_IMAGES = 100_000_000  # images in a subset (--n)
-MAX_THREADS = 1024  # torch intra-op threads
-MAX_SEED = 2**32 - 1  # seeds (numpy's generators take 0 .. 2**32 - 1 in every form)
 
 
 def user_errors() -> tuple:

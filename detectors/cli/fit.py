@@ -208,8 +208,22 @@ def run(args) -> int:
     return 0
 
 
+def _print_one_line(category, show):
+    """A ``warnings.showwarning`` that prints warnings of ``category`` as one line,
+    ``warning: MESSAGE`` on stdout with the fit's other output (no file name, no source line),
+    and passes every other warning to ``show``."""
+
+    def showwarning(message, cat, filename, lineno, file=None, line=None):
+        if issubclass(cat, category):
+            print(f"warning: {' '.join(str(message).split())}", flush=True)
+        else:
+            show(message, cat, filename, lineno, file, line)
+
+    return showwarning
+
+
 def run_fit(args, argv=None) -> None:
-    from ..bundle import FitConfig, fit_bundle
+    from ..bundle import CalibrationOnTrainingDataWarning, FitConfig, fit_bundle
     from ..data import UnreadableImagesWarning
 
     cfg = FitConfig(
@@ -232,8 +246,10 @@ def run_fit(args, argv=None) -> None:
     if not os.path.exists(args.data) and (os.sep in args.data or "." in os.path.basename(args.data)):
         raise FileNotFoundError(f"--data {args.data}: no such file or folder")
     command = shlex.join(["python", "-m", "detectors"] + list(sys.argv[1:] if argv is None else argv))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # restores showwarning too
         warnings.simplefilter("ignore", UnreadableImagesWarning)  # fit_bundle prints them on one line
+        warnings.simplefilter("always", CalibrationOnTrainingDataWarning)
+        warnings.showwarning = _print_one_line(CalibrationOnTrainingDataWarning, warnings.showwarning)
         fit_bundle(args.data, args.out, cfg, command=command)
     print(
         f"bundle: {args.out}  (score with: python -m detectors score {shlex.quote(args.out)} --data TEST "

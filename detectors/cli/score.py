@@ -16,6 +16,8 @@ import os
 import sys
 import warnings
 
+from .common import MAX_IMAGES, integer, out_dir
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """Adds the ``score`` subcommand."""
@@ -38,9 +40,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="known out-of-distribution images (same kinds); adds report.md, results.json and plots "
         "with TEST as in-distribution",
     )
-    p.add_argument("--out", required=True, metavar="REPORT", help="report directory")
+    p.add_argument("--out", required=True, type=out_dir, metavar="REPORT", help="report directory")
     p.add_argument(
-        "--n", type=int, default=None, help="score a seeded random subset of a named set of this size"
+        "--n",
+        type=integer(1, MAX_IMAGES, "MAX_IMAGES"),
+        default=None,
+        metavar="N",
+        help="score a seeded random subset of N images of a named set",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -59,12 +65,17 @@ def printable(path) -> str:
     return printable(path)
 
 
-def _check_out(out: str) -> None:
-    """Refuses an ``--out`` that is an existing file (before any scoring)."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(
-            f"--out {printable(out)} is a file; expected a directory for the report (a new or existing one)"
-        )
+def _check_args(args) -> None:
+    """The checks of the parser's types (``--out``: :func:`~detectors.cli.common.out_dir`,
+    ``--n``: 1 .. MAX_IMAGES), again for a ``run_score`` called without the parser:
+    ValueError before any scoring."""
+    checks = (("--out", out_dir, args.out), ("--n", integer(1, MAX_IMAGES, "MAX_IMAGES"), args.n))
+    for flag, check, value in checks:
+        try:
+            if value is not None:
+                check(os.fspath(value) if flag == "--out" else str(value))
+        except (argparse.ArgumentTypeError, TypeError) as e:
+            raise ValueError(f"argument {flag}: {e}") from None
 
 
 def csv_header(names) -> list[str]:
@@ -149,9 +160,7 @@ def run_score(args) -> dict:
     from ..data import UnreadableImagesWarning
     from ..report import format_table, write_report
 
-    if args.n is not None and args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
-    _check_out(args.out)
+    _check_args(args)
     progress = not args.no_progress
     bundle = bundle_mod.load(args.bundle, progress=progress)
     print(

@@ -396,8 +396,16 @@ def test_ensemble_in_a_bundle_is_detectors_ensemble_of_its_members(tmp_path, cap
     assert all(torch.equal(loaded.score(pre)[n], s[n]) for n in s)
     for bad in (test_x.float() / 255, test_x.float()):
         for form in (bad, list(bad), torch.utils.data.TensorDataset(bad)):
-            with pytest.raises(ValueError, match=r"preprocessed into \[-0.5, 0.5\].*torchvision"):
+            with pytest.raises(ValueError, match=r"look like (torchvision's ToTensor 0..1|0..255 pixel)"):
                 loaded.score(form)
+    # a flow's samples leave [-0.5, 0.5]: scored as the 8-bit images to_images makes of them
+    samples = loaded["last-scale"].model.sample(
+        4, temperature=1.0, generator=torch.Generator().manual_seed(0)
+    )
+    assert float(samples.min()) < -0.5 or float(samples.max()) > 0.5
+    as_images = invflow.data.to_images(samples)
+    assert all(torch.equal(loaded.score(samples)[n], loaded.score(as_images)[n]) for n in s)
+    assert all(torch.equal(loaded.score(list(samples))[n], loaded.score(as_images)[n]) for n in s)
 
     # the score CLI writes the ensemble's column like any other
     assert (

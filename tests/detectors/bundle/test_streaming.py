@@ -95,5 +95,5 @@ def test_warns_when_calibration_images_are_the_flows_training_images(tmp_path):
 
 
 def test_fit_size_beyond_the_limit_is_refused_before_reading(tmp_path):
-    with pytest.raises(ValueError, match="above the limit of 1024 pixels"):
+    with pytest.raises(ValueError, match=r"size 100000 is above the limit of 256 \(MAX_IMAGE_SIZE"):
         bundle_mod.fit_bundle(str(tmp_path / "missing"), tmp_path / "d", bundle_mod.FitConfig(size=100000))

@@ -76,6 +76,9 @@ FIT = ["fit", "--data", "x", "--out", "y"]
         (["reproduce", "glow", "--threads", "0"], ["--threads", f"[1, {MAX_THREADS}]"]),
         (["reproduce", "glow", "--seeds", "0", "-3"], ["--seeds", "got -3"]),
         (["ood-suite", "--n", "0"], ["--n", "got 0"]),
+        (["score", "d", "--data", "x", "--out", "o", "--n", "0"], ["--n", "got 0"]),
+        (["score", "d", "--data", "x", "--out", "o", "--n", "1e9"], ["--n", "expected an integer"]),
+        (["score", "d", "--data", "x", "--out", "o", "--n", str(10**12)], ["--n", "MAX_IMAGES"]),
         (["ood-suite", "--floor", "2"], ["--floor", "[0, 1]"]),
         (["ood-suite", "--feature-size", "100000"], ["--feature-size", "MAX_FEATURE_SIZE"]),
         (["zoo", "fmnist-glow", "--eval-every", "0"], ["--eval-every"]),
@@ -98,6 +101,7 @@ def test_bad_sizes_widths_and_counts_are_refused_by_the_parser(argv, words, caps
         ["demo", "--out", "{file}"],
         ["reproduce", "glow", "--out", "{file}"],
         ["ood-suite", "--out", "{file}"],
+        ["score", "d", "--data", "x", "--out", "{file}"],
         ["zoo", "fmnist-glow", "--root", "{file}"],
     ],
 )

@@ -80,12 +80,25 @@ def test_a_failing_report_keeps_scores_csv_and_says_so(det, tmp_path, capsys, mo
 def test_out_naming_an_existing_file_is_one_line_exit_2(det, tmp_path, capsys):
     (tmp_path / "taken").write_text("x")
     data = _folder(str(tmp_path / "d"), ["a.png"])
-    code = main(
-        ["score", str(det / "det"), "--data", data, "--out", str(tmp_path / "taken"), "--no-progress"]
-    )
+    with pytest.raises(SystemExit) as exit_:  # refused by the parser, before the bundle is read
+        main(["score", str(det / "det"), "--data", data, "--out", str(tmp_path / "taken"), "--no-progress"])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "is a file; expected a directory" in err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "exists and is not a directory" in err
     assert "Traceback" not in err
+
+
+def test_run_score_without_the_parser_checks_out_and_n(det, tmp_path):
+    import argparse
+
+    from detectors.cli.score import run_score
+
+    (tmp_path / "taken").write_text("x")
+    base = dict(bundle=str(det / "det"), data="x", ood=None, no_progress=True)
+    with pytest.raises(ValueError, match=r"argument --out: .*taken exists and is not a directory"):
+        run_score(argparse.Namespace(**base, out=str(tmp_path / "taken"), n=None))
+    with pytest.raises(ValueError, match=r"argument --n: expected an integer in \[1, 100000000\]"):
+        run_score(argparse.Namespace(**base, out=str(tmp_path / "r"), n=0))
+    assert not os.path.exists(tmp_path / "r")
 
 
 def test_a_text_file_named_npz_is_one_line_exit_2_without_pickle_advice(det, tmp_path, capsys):
@@ -103,3 +116,18 @@ def test_a_named_pipe_among_the_images_is_skipped_not_waited_on(det, tmp_path, c
     out = capsys.readouterr().out
     assert code == 0 and "x.png (a named pipe (FIFO), not a regular file)" in out
     assert len((tmp_path / "r" / "scores.csv").read_text().splitlines()) == 3
+
+
+def test_fit_prints_the_calibration_on_training_data_warning_as_one_line(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    distinct = rng.integers(0, 256, (10, 1, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "twice.npz", images=np.concatenate([distinct, distinct]))  # copies in both parts
+    argv = ["fit", "--data", str(tmp_path / "twice.npz"), "--out", str(tmp_path / "det"), "--no-progress"]
+    argv += ["--detectors", "likelihood", "--steps", "2", "--depth", "1", "--hidden", "8", "--levels", "1"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", bundle_mod.CalibrationOnTrainingDataWarning)  # the CLI shows it
+        assert main(argv) == 0
+    out, err = capsys.readouterr()
+    said = [line for line in out.splitlines() if "calibration images equal images" in line]
+    assert len(said) == 1 and said[0].startswith("warning: ") and "flow model was trained on" in said[0]
+    assert "CalibrationOnTrainingDataWarning" not in out + err and "warnings.warn" not in out + err

@@ -25,7 +25,16 @@ from .layers import (
     Sequential,
     Squeeze,
 )
-from .models import DenseGlow, FlowModel, FlowOutput, Glow, PatchGlow, RealNVP, VectorFlow
+from .models import (
+    DenseGlow,
+    FlowModel,
+    FlowOutput,
+    Glow,
+    NormalizingFlow,
+    PatchGlow,
+    RealNVP,
+    VectorFlow,
+)
 
 __version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it)
 
@@ -44,6 +53,7 @@ __all__ = [
     "DenseGlow",
     "VectorFlow",
     "FlowModel",
+    "NormalizingFlow",
     "FlowOutput",
     "save",
     "load",

@@ -774,8 +774,9 @@ def config_of(obj: nn.Module | Mask) -> dict:
     return _config_of(obj, set(), 0)
 
 
-def _config_of(obj, seen: set, depth: int) -> dict:
+def _config_of(obj, seen: set, depth: int, where: str | None = None) -> dict:
     cls = type(obj)
+    where = where or cls.__qualname__
     if not _records_arguments(cls):
         return obj.config()
     arguments = obj.__dict__.get(_ARGUMENTS)
@@ -784,7 +785,7 @@ def _config_of(obj, seen: set, depth: int) -> dict:
             f"{cls.__qualname__}: this instance was built before its class was registered for checkpoints, "
             f"so its constructor arguments were not recorded; build it again after @invflow.checkpoint.register"
         )
-    return _encode_arguments(dict(arguments), cls.__qualname__, seen, depth)
+    return _encode_arguments(dict(arguments), where, seen, depth)
 
 
 def encode_arguments(arguments: dict, where: str) -> dict:
@@ -868,7 +869,8 @@ def _encode_object(value, what: str, seen: set, depth: int) -> dict:
             f"{what} is a {cls.__module__}.{cls.__qualname__}, which is not registered for checkpoints; "
             f"decorate its class with @invflow.checkpoint.register"
         )
-    return {_CLASS_KEY: name, "module": cls.__module__, "config": _config_of(value, seen, depth + 1)}
+    config = _config_of(value, seen, depth + 1, f"{what} ({cls.__qualname__})")
+    return {_CLASS_KEY: name, "module": cls.__module__, "config": config}
 
 
 def decode_arguments(config: dict, where: str) -> dict:

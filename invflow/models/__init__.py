@@ -4,11 +4,21 @@
 from ..checkpoint import register
 from .base import FlowModel, FlowOutput
 from .dense import DenseGlow, VectorFlow
+from .generic import NormalizingFlow
 from .glow import Glow
 from .patch import PatchGlow
 from .realnvp import RealNVP
 
-for _cls in (Glow, RealNVP, PatchGlow, DenseGlow, VectorFlow):
+for _cls in (Glow, RealNVP, PatchGlow, DenseGlow, VectorFlow, NormalizingFlow):
     register(_cls)
 
-__all__ = ["FlowModel", "FlowOutput", "Glow", "RealNVP", "PatchGlow", "DenseGlow", "VectorFlow"]
+__all__ = [
+    "FlowModel",
+    "FlowOutput",
+    "Glow",
+    "RealNVP",
+    "PatchGlow",
+    "DenseGlow",
+    "VectorFlow",
+    "NormalizingFlow",
+]

@@ -13,8 +13,19 @@ sizes, features, baselines) and the stages each run has of its own.  ``DemoConfi
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import ClassVar
+
+from ..limits import (
+    MAX_BATCH,
+    MAX_DEPTH,
+    MAX_FEATURE_SIZE,
+    MAX_HIDDEN,
+    MAX_IMAGES,
+    MAX_STEPS,
+    MIN_FEATURE_SIZE,
+)
 
 #: the fields of the demo, in the order its report lists them
 DEMO_FIELDS = (
@@ -135,10 +146,82 @@ class RunConfig:
     @classmethod
     def field_types(cls) -> dict[str, type]:
         """{field: int / float / bool / str} of the settings ``--set KEY=VALUE`` may change."""
-        kinds = {"int": int, "float": float}
+        kinds = {"int": int, "float": float, "bool": bool}
         names = cls.REPORTED or tuple(f.name for f in dataclasses.fields(cls))
         types = {f.name: kinds.get(str(f.type), str) for f in dataclasses.fields(cls)}
         return {k: types[k] for k in names}
+
+
+_STEPS = (1, MAX_STEPS, "MAX_STEPS")
+_IMAGES = (1, MAX_IMAGES, "MAX_IMAGES")
+_RATE = (0.0, 1.0, None)  # learning rates: in (0, 1] (OPEN_LOW)
+
+#: the range of every numeric setting, [low, high] (those of OPEN_LOW: (low, high]), with the name of
+#: the limit (``detectors.limits``) that sets ``high``: past it a run asks for more memory or
+#: time than a workstation has, as the command line's flags refuse
+SETTING_RANGES = {
+    "flow_steps": (1, MAX_DEPTH, "MAX_DEPTH"),
+    "hidden": (1, MAX_HIDDEN, "MAX_HIDDEN"),
+    "batch_size": (1, MAX_BATCH, "MAX_BATCH"),
+    "lr": _RATE,
+    "warmup": (0, MAX_STEPS, "MAX_STEPS"),
+    "translate": (0, 27, "the 28-pixel side of the images (reflection padding)"),
+    "steps_general": _STEPS,
+    "steps_in": _STEPS,
+    "steps_outlier": _STEPS,
+    "steps_dagger": _STEPS,
+    "steps": _STEPS,
+    "steps_finetune": _STEPS,
+    "approx_mass_alpha": (0.0, 1e6, None),
+    "steps_arch": _STEPS,
+    "lr_finetune": _RATE,
+    "n_general": _IMAGES,
+    "n_eval": _IMAGES,
+    "feature_size": (MIN_FEATURE_SIZE, MAX_FEATURE_SIZE, "MAX_FEATURE_SIZE"),
+    "n_feature_train": _IMAGES,
+    "n_feature_test": _IMAGES,
+    "n_ensemble_val": _IMAGES,
+    "feature_dim": (1, 1280, "the 1280 EfficientNet-Lite0 features"),
+    "feature_flow_steps": _STEPS,
+    "feature_noise": (0.0, 1.0, None),
+    "pcnn_filters": (1, MAX_HIDDEN, "MAX_HIDDEN"),
+    "pcnn_steps": _STEPS,
+    "pcnn_batch": (1, MAX_BATCH, "MAX_BATCH"),
+    "clf_width": (1, MAX_HIDDEN, "MAX_HIDDEN"),
+    "clf_steps": _STEPS,
+    "ovr_train_per_class": _IMAGES,
+    "ovr_flow_steps": _STEPS,
+}
+#: the settings whose lowest value is excluded (a learning rate of 0 trains nothing)
+OPEN_LOW = frozenset({"lr", "lr_finetune"})
+
+
+def parse_setting(key: str, text: str, where: str):
+    """The value of the RunConfig setting ``key`` written as ``text`` (``--set KEY=VALUE``):
+    an int, a finite float or a bool (true / false, 1 / 0, yes / no) in the range of
+    :data:`SETTING_RANGES` (past the top, the error names the limit).  ValueError naming
+    ``where`` otherwise."""
+    kind = RunConfig.field_types()[key]
+    if kind is bool:
+        word = text.strip().lower()
+        if word in ("true", "1", "yes", "false", "0", "no"):
+            return word in ("true", "1", "yes")
+        raise ValueError(f"{where}: {key} takes true or false, got {text!r}")
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ValueError(
+            f"{where}: {key} takes {'an int' if kind is int else 'a ' + kind.__name__}"
+        ) from None
+    if kind is not float and kind is not int:
+        return value
+    low, high, limit = SETTING_RANGES[key]
+    open_low = key in OPEN_LOW
+    if not math.isfinite(value) or value < low or (open_low and value <= low) or value > high:
+        interval = f"({low:g}, {high:g}]" if open_low else f"[{low:g}, {high:g}]"
+        named = f" ({high:g} is the limit {limit})" if limit and math.isfinite(value) and value > high else ""
+        raise ValueError(f"{where}: {key} must be in {interval}{named}, got {text}")
+    return value
 
 
 @dataclass
@@ -163,4 +246,12 @@ class ReproduceConfig(RunConfig):
     REPORTED: ClassVar[tuple[str, ...]] = REPRODUCE_FIELDS
 
 
-__all__ = ["RunConfig", "DemoConfig", "ReproduceConfig", "DEMO_FIELDS", "REPRODUCE_FIELDS"]
+__all__ = [
+    "RunConfig",
+    "DemoConfig",
+    "ReproduceConfig",
+    "DEMO_FIELDS",
+    "REPRODUCE_FIELDS",
+    "SETTING_RANGES",
+    "parse_setting",
+]

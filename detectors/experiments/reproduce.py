@@ -68,7 +68,7 @@ from ..scores import (
     Typicality,
 )
 from . import analysis
-from .config import ReproduceConfig
+from .config import ReproduceConfig, parse_setting
 from .runs import Memoized, feature_flows
 from .runs import train_model as _train
 
@@ -103,7 +103,9 @@ SMOKE = dict(
 
 
 def parse_overrides(items) -> dict:
-    """["steps=100", "lr=1e-3"] -> {"steps": 100, "lr": 0.001}, typed by ReproduceConfig's fields."""
+    """["steps=100", "lr=1e-3"] -> {"steps": 100, "lr": 0.001}, typed by ReproduceConfig's fields
+    and bounded like the command line's flags (``config.parse_setting``: ValueError naming the
+    item, and the limit past the top of a range)."""
     fields = ReproduceConfig.field_types()
     out = {}
     for item in items:
@@ -113,11 +115,7 @@ def parse_overrides(items) -> dict:
                 f"--set {item!r}: expected KEY=VALUE with KEY one of "
                 f"{sorted(k for k in fields if k != 'seed')}"
             )
-        kind = fields[key]
-        try:
-            out[key] = kind(value)
-        except ValueError as e:
-            raise ValueError(f"--set {item!r}: {key} takes a {kind.__name__}") from e
+        out[key] = parse_setting(key, value, f"--set {item!r}")
     return out
 
 

@@ -312,3 +312,43 @@ def test_parse_overrides_types_and_errors():
     for bad in (["nope=1"], ["steps"], ["seed=3"], ["steps=ten"]):
         with pytest.raises(ValueError):
             parse_overrides(bad)
+
+
+@pytest.mark.parametrize(
+    "item, words",
+    [
+        ("hidden=1000000000", "hidden must be in [1, 1024] (1024 is the limit MAX_HIDDEN), got 1000000000"),
+        ("batch_size=0", "batch_size must be in [1, 4096], got 0"),
+        ("flow_steps=100000", "the limit MAX_DEPTH"),
+        ("n_eval=1000000000000", "the limit MAX_IMAGES"),
+        ("feature_size=8", "feature_size must be in [32, 512]"),
+        ("translate=28", "the limit the 28-pixel side of the images"),
+        ("lr=0", "lr must be in (0, 1], got 0"),
+        ("lr=nan", "lr must be in (0, 1], got nan"),
+        ("lr_finetune=inf", "lr_finetune must be in (0, 1]"),
+        ("feature_noise=-1", "feature_noise must be in [0, 1]"),
+        ("steps=2.5", "steps takes an int"),
+    ],
+)
+def test_set_values_are_bounded_like_the_flags(item, words):
+    from detectors.experiments.reproduce import parse_overrides
+
+    with pytest.raises(ValueError) as err:
+        parse_overrides([item])
+    assert words in str(err.value) and str(err.value).startswith(f"--set {item!r}: ")
+
+
+def test_set_takes_the_ends_of_each_range_and_bools_as_words():
+    from detectors.experiments.config import SETTING_RANGES
+    from detectors.experiments.reproduce import ReproduceConfig, parse_overrides
+
+    fields = ReproduceConfig.field_types()
+    for key, (low, high, _) in SETTING_RANGES.items():
+        if key in fields and key not in ("lr", "lr_finetune"):
+            assert parse_overrides([f"{key}={low}", f"{key}={high}"]) == {key: high}
+    assert parse_overrides(["feature_noise=0", "lr=1"]) == {"feature_noise": 0.0, "lr": 1.0}
+    from detectors.experiments.config import parse_setting
+
+    assert parse_setting("features", "False", "x") is False and parse_setting("baselines", "yes", "x") is True
+    with pytest.raises(ValueError, match=r"x: features takes true or false, got .maybe."):
+        parse_setting("features", "maybe", "x")

@@ -31,7 +31,7 @@ def run(script: str, *args: str, cwd) -> str:
 
 
 def test_every_example_is_tested():
-    assert EXAMPLES == ["custom_flow.py", "detector_on_a_flow.py", "own_images.py"]
+    assert EXAMPLES == ["conditional_2d.py", "custom_flow.py", "detector_on_a_flow.py", "own_images.py"]
 
 
 def test_custom_flow(tmp_path):
@@ -56,3 +56,14 @@ def test_own_images(tmp_path):
     assert "png: mean score" in out
     assert (tmp_path / "w" / "report" / "report.md").exists()
     assert (tmp_path / "w" / "report" / "scores.csv").exists()
+
+
+def test_conditional_2d(tmp_path):
+    out = run("conditional_2d.py", "--steps", "150", cwd=tmp_path)
+    right, wrong = out.split("held-out NLL ")[1].split(" nats given the true moon, ")
+    assert float(right) < float(wrong.split()[0])
+    assert float(out.split("log p(x | c): ")[1].split("%")[0]) > 90.0
+    assert float(out.split("inverse error ")[1].split()[0]) < 1e-10
+    upper = float(out.split("upper moon ")[1].split(",")[0])
+    lower = float(out.split("lower moon ")[1].split()[0])
+    assert upper > lower + 0.3  # each context samples its own moon

@@ -9,6 +9,12 @@ constant initial scale (sigmoid(2) for Glow's scale function; Glow Sec. 3.3).
     Bottleneck(in, out, image_size, ...)          Kirichenko et al. 2020 Sec. 7, "st-networks with bottleneck"
     MLP(in, out, hidden=512, layers=2)            vectors [B, D]
 
+Conditional nets: built with ``context_channels=K`` (``context_features=K`` for the MLP) they
+are called ``net(h, context=c)`` and see ``[h, c]`` concatenated along dim 1
+(``invflow.conditioning.concat_context``: a vector context [B, K] broadcast over space, an
+image context [B, K, H', W'] average-pooled to h's size; Winkler et al. 2019; CFLOW-AD,
+Gudovskiy et al. 2022).  Without a context size they are called ``net(h)`` and refuse one.
+
 Helpers: ``zero_init``, ``ActNorm2d`` (activation normalisation inside a net, not a flow),
 ``ZeroConv2d`` (Glow's zero-initialised, learned-scale output conv), and the data-dependent
 initialisation ``data_init`` / ``DataInitFlag`` (Glow Sec. 3.1) that ``invflow.ActNorm``
@@ -27,6 +33,7 @@ from torch.nn import functional as F
 
 from . import ops
 from ._backend import backend_for
+from .conditioning import check_context, concat_context
 from .validation import check_limits, check_number
 
 #: A channel whose standard deviation on the initialisation batch is at most
@@ -229,6 +236,8 @@ class GlowNet(nn.Sequential):
 
     ``actnorm=True`` puts an ``ActNorm2d`` after each of the first two convs (which then
     have no bias), as in Glow's official code: conv -> actnorm -> ReLU, twice.
+    ``context_channels=K``: ``forward(x, context)`` with the context concatenated to x
+    (the first conv takes in_channels + K channels; see the module docstring).
 
     Under the fused backend the net runs as three convolutions with bias: each ActNorm2d is
     folded into the weight and bias of the conv before it, (conv(x; W) + a) * exp(logs) =
@@ -237,10 +246,18 @@ class GlowNet(nn.Sequential):
     gradients as the layer-by-layer reference, up to float rounding).  The layer-by-layer
     path runs while an ActNorm2d awaits its data-dependent initialisation."""
 
-    def __init__(self, in_channels: int, out_channels: int, hidden: int = 512, actnorm: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden: int = 512,
+        actnorm: bool = False,
+        context_channels: int = 0,
+    ):
         _check_sizes("GlowNet", in_channels=in_channels, out_channels=out_channels, hidden=hidden)
+        context_channels = check_number(context_channels, "context_channels", "GlowNet", low=0, integer=True)
         bias = not actnorm
-        mods: list[nn.Module] = [nn.Conv2d(in_channels, hidden, 3, padding=1, bias=bias)]
+        mods: list[nn.Module] = [nn.Conv2d(in_channels + context_channels, hidden, 3, padding=1, bias=bias)]
         if actnorm:
             mods.append(ActNorm2d(hidden))
         mods += [nn.ReLU(), nn.Conv2d(hidden, hidden, 1, bias=bias)]
@@ -248,8 +265,12 @@ class GlowNet(nn.Sequential):
             mods.append(ActNorm2d(hidden))
         mods += [nn.ReLU(), ZeroConv2d(hidden, out_channels)]
         super().__init__(*mods)
+        self.context_channels = context_channels
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if context is not None or self.context_channels:
+            check_context(context, "GlowNet", self.context_channels, x.shape[0], tuple(x.shape[2:]))
+            x = concat_context(x, context)
         # folding reorders rounding: only in float32/64 outside autocast, where it is exact to
         # the precision (under autocast and in half precision the layers run as written)
         foldable = x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(x.device.type)
@@ -382,7 +403,8 @@ class ResNet(nn.Module):
     zero-initialised 3x3 conv out, on [B, C, H, W].
 
     No BatchNorm (the output must not depend on the batch at evaluation); set
-    ``weight_norm=True`` for weight-normalised hidden convs as in Dinh et al."""
+    ``weight_norm=True`` for weight-normalised hidden convs as in Dinh et al.
+    ``context_channels=K``: ``forward(x, context)`` with the context concatenated to x."""
 
     def __init__(
         self,
@@ -391,16 +413,23 @@ class ResNet(nn.Module):
         hidden: int = 64,
         blocks: int = 8,
         weight_norm: bool = False,
+        context_channels: int = 0,
     ):
         super().__init__()
         _check_sizes("ResNet", in_channels=in_channels, out_channels=out_channels, hidden=hidden)
         check_number(blocks, "blocks", "ResNet", low=0, integer=True)
         check_limits("ResNet", blocks=blocks)
-        self.in_conv = _conv3x3(in_channels, hidden, weight_norm=weight_norm)
+        self.context_channels = check_number(
+            context_channels, "context_channels", "ResNet", low=0, integer=True
+        )
+        self.in_conv = _conv3x3(in_channels + self.context_channels, hidden, weight_norm=weight_norm)
         self.blocks = nn.Sequential(*[ResidualBlock(hidden, weight_norm) for _ in range(blocks)])
         self.out_conv = zero_init(nn.Conv2d(hidden, out_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if context is not None or self.context_channels:
+            check_context(context, "ResNet", self.context_channels, x.shape[0], tuple(x.shape[2:]))
+            x = concat_context(x, context)
         return _channels_last_forward(self._forward, x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -435,7 +464,8 @@ class Bottleneck(nn.Module):
 
     ``image_size`` = (H, W) (or an int for square inputs) of the input feature map; other
     spatial sizes raise ValueError.  Kirichenko et al. 2020 uses l in {10, 50, 100} (FashionMNIST) and
-    {30, 80, 150} (CelebA)."""
+    {30, 80, 150} (CelebA).  ``context_channels=K``: ``forward(x, context)`` with the context
+    concatenated to x before the first conv."""
 
     def __init__(
         self,
@@ -446,6 +476,7 @@ class Bottleneck(nn.Module):
         latent_dim: int = 50,
         blocks: int = 8,
         weight_norm: bool = False,
+        context_channels: int = 0,
     ):
         super().__init__()
         self.image_size = _pair(image_size)
@@ -459,9 +490,12 @@ class Bottleneck(nn.Module):
         check_number(blocks, "blocks", "Bottleneck", low=0, integer=True)
         check_limits("Bottleneck", blocks=blocks)
         self.in_channels, self.hidden, self.latent_dim = in_channels, hidden, latent_dim
+        self.context_channels = check_number(
+            context_channels, "context_channels", "Bottleneck", low=0, integer=True
+        )
         h, w = self.image_size
         flat = hidden * h * w
-        self.in_conv = _conv3x3(in_channels, hidden, weight_norm=weight_norm)
+        self.in_conv = _conv3x3(in_channels + self.context_channels, hidden, weight_norm=weight_norm)
         self.blocks_in = nn.Sequential(*[ResidualBlock(hidden, weight_norm) for _ in range(blocks // 2)])
         self.project = nn.Linear(flat, latent_dim)
         self.unproject = nn.Linear(latent_dim, flat)
@@ -469,7 +503,7 @@ class Bottleneck(nn.Module):
         self.blocks_out = nn.Sequential(*[ResidualBlock(hidden, weight_norm) for _ in range(n_out)])
         self.out_conv = zero_init(nn.Conv2d(hidden, out_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             h, w = self.image_size
             raise ValueError(
@@ -480,6 +514,9 @@ class Bottleneck(nn.Module):
                 f"Bottleneck: expected spatial size (H, W) = {self.image_size} (set by image_size), "
                 f"got {tuple(x.shape[2:])}"
             )
+        if context is not None or self.context_channels:
+            check_context(context, "Bottleneck", self.context_channels, x.shape[0], self.image_size)
+            x = concat_context(x, context)
         h = self.blocks_in(self.in_conv(x))
         u = self.project(h.flatten(1))
         h = self.unproject(u).view_as(h)
@@ -488,15 +525,32 @@ class Bottleneck(nn.Module):
 
 class MLP(nn.Sequential):
     """Fully-connected st-net for vectors [B, D]: ``layers`` hidden ReLU layers of width
-    ``hidden`` and a zero-initialised output layer."""
+    ``hidden`` and a zero-initialised output layer.  ``context_features=K``:
+    ``forward(x, context)`` with the context [B, K] concatenated to x (the first layer takes
+    in_features + K inputs)."""
 
-    def __init__(self, in_features: int, out_features: int, hidden: int = 512, layers: int = 2):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        hidden: int = 512,
+        layers: int = 2,
+        context_features: int = 0,
+    ):
         _check_sizes("MLP", in_features=in_features, out_features=out_features, hidden=hidden)
         check_number(layers, "layers", "MLP", low=0, integer=True)
+        context_features = check_number(context_features, "context_features", "MLP", low=0, integer=True)
         mods: list[nn.Module] = []
-        width = in_features
+        width = in_features + context_features
         for _ in range(layers):
             mods += [nn.Linear(width, hidden), nn.ReLU()]
             width = hidden
         mods.append(zero_init(nn.Linear(width, out_features)))
         super().__init__(*mods)
+        self.context_features = context_features
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if context is not None or self.context_features:
+            check_context(context, "MLP", self.context_features, x.shape[0])
+            x = concat_context(x, context)
+        return super().forward(x)

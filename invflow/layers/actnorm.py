@@ -90,13 +90,13 @@ class ActNorm(DataInitFlag, Flow):
         self.initialized.fill_(True)
         self._ready = True
 
-    def forward(self, x):
+    def forward(self, x, context=None):  # context: ignored (unconditional layer)
         check_input(x, "ActNorm", self.num_channels)
         if self.training and self.needs_init():
             self.initialize(x)
         return ops.actnorm(x, *self._params(x))
 
-    def inverse(self, y):
+    def inverse(self, y, context=None):
         check_input(y, "ActNorm.inverse", self.num_channels)
         return ops.actnorm(y, *self._params(y), inverse=True)
 

@@ -4,8 +4,10 @@ composition add up).
 
     y, logdet = flow(x)          # logdet: [B], log|det dy/dx| per sample
     x, logdet = flow.inverse(y)  # logdet: log|det dx/dy| = -(forward logdet)
+    y, logdet = flow(x, context=c)   # a conditional flow: c [B, K] (or [B, K, H, W] for images)
 
-No log-determinant is ever stored on a module.
+No log-determinant is ever stored on a module.  Layers that need no context ignore it;
+``check_context`` is the shape check the conditional layers share.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..conditioning import check_context  # noqa: F401  (the shared check of conditional layers)
 from ..validation import logdet_dtype
 
 #: What a fast path returns: (y, logdet [B]) or None where it does not apply.
@@ -43,14 +46,21 @@ def __getattr__(name: str):
 
 
 class Flow(nn.Module, metaclass=abc.ABCMeta):
-    """An invertible map with a tractable log-determinant (see the module docstring)."""
+    """An invertible map with a tractable log-determinant (see the module docstring).
+
+    ``context`` (a tensor of per-sample conditioning values, or None) is passed to every layer;
+    layers that need none ignore it."""
 
     @abc.abstractmethod
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (y, log|det dy/dx|) with the log-det of shape [B]."""
 
     @abc.abstractmethod
-    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def inverse(
+        self, y: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (x, log|det dx/dy|) with the log-det of shape [B]."""
 
 
@@ -58,7 +68,9 @@ class Sequential(Flow):
     """Composition of flows; log-determinants add up, the inverse runs in reverse order.
 
     ``forward`` first offers the whole composition to the registered fast paths (see
-    ``register_fast_path``); when none applies it runs the flows one by one.
+    ``register_fast_path``; only without a context); when none applies it runs the flows one
+    by one.  A context is passed to every flow (``f(x, context=c)``); without one each flow
+    is called as ``f(x)``, so a user layer written as ``forward(self, x)`` still composes.
     """
 
     def __init__(self, *flows: Flow):
@@ -94,20 +106,21 @@ class Sequential(Flow):
     def __getitem__(self, i):
         return self.flows[i]
 
-    def forward(self, x):
-        for fast in _FAST_PATHS:
-            out = fast(self, x)
-            if out is not None:
-                return out
+    def forward(self, x, context=None):
+        if context is None:
+            for fast in _FAST_PATHS:
+                out = fast(self, x)
+                if out is not None:
+                    return out
         logdet = x.new_zeros(x.shape[0], dtype=logdet_dtype(x.dtype))
         for f in self.flows:
-            x, ld = f(x)
+            x, ld = f(x) if context is None else f(x, context=context)
             logdet = logdet + ld
         return x, logdet
 
-    def inverse(self, y):
+    def inverse(self, y, context=None):
         logdet = y.new_zeros(y.shape[0], dtype=logdet_dtype(y.dtype))
         for f in reversed(self.flows):
-            y, ld = f.inverse(y)
+            y, ld = f.inverse(y) if context is None else f.inverse(y, context=context)
             logdet = logdet + ld
         return y, logdet

@@ -49,10 +49,10 @@ class FixedLinear(Flow):
         # 0 (a rotation), in float32 for low-precision inputs (docs/design.md)
         return per_sample(sign * self.logdet.to(logdet_dtype(x.dtype)) * inner_size(x), x.shape[0])
 
-    def forward(self, x):
+    def forward(self, x, context=None):  # context: ignored (unconditional layer)
         check_input(x, "FixedLinear", self.num_channels)
         return ops.channel_mix(x, self.weight.to(x.dtype)), self._logdet(x, 1.0)
 
-    def inverse(self, y):
+    def inverse(self, y, context=None):
         check_input(y, "FixedLinear.inverse", self.num_channels)
         return ops.channel_mix(y, self.weight.t().to(y.dtype)), self._logdet(y, -1.0)

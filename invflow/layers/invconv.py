@@ -73,10 +73,10 @@ class InvConv1x1(Flow):
         ld = per_sample(logdet.to(logdet_dtype(x.dtype)) * inner_size(x), x.shape[0])
         return ops.channel_mix(x, w.to(x.dtype)), ld
 
-    def forward(self, x):
+    def forward(self, x, context=None):  # context: ignored (unconditional layer)
         check_input(x, "InvConv1x1", self.num_channels)
         return self._mix(x, inverse=False)
 
-    def inverse(self, y):
+    def inverse(self, y, context=None):
         check_input(y, "InvConv1x1.inverse", self.num_channels)
         return self._mix(y, inverse=True)

@@ -12,7 +12,7 @@ class Squeeze(Flow):
     Output channel c * 4 + 2 * i + j holds input channel c at offset (i, j) of each block.
     """
 
-    def forward(self, x):
+    def forward(self, x, context=None):  # context: ignored (unconditional layer)
         check_input(x, "Squeeze", ranks=(4,))
         b, c, h, w = x.shape
         if h % 2 or w % 2:
@@ -20,7 +20,7 @@ class Squeeze(Flow):
         y = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
         return y.reshape(b, c * 4, h // 2, w // 2), x.new_zeros(b)
 
-    def inverse(self, y):
+    def inverse(self, y, context=None):
         check_input(y, "Squeeze.inverse", ranks=(4,))
         b, c, h, w = y.shape
         if c % 4:

@@ -3,18 +3,20 @@
 
 from ..checkpoint import register
 from .base import FlowModel, FlowOutput
+from .conditional import ClassEmbeddingFlow
 from .dense import DenseGlow, VectorFlow
 from .generic import NormalizingFlow
 from .glow import Glow
 from .patch import PatchGlow
 from .realnvp import RealNVP
 
-for _cls in (Glow, RealNVP, PatchGlow, DenseGlow, VectorFlow, NormalizingFlow):
+for _cls in (Glow, RealNVP, PatchGlow, DenseGlow, VectorFlow, ClassEmbeddingFlow, NormalizingFlow):
     register(_cls)
 
 __all__ = [
     "FlowModel",
     "FlowOutput",
+    "ClassEmbeddingFlow",
     "Glow",
     "RealNVP",
     "PatchGlow",

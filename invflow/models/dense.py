@@ -9,12 +9,16 @@ from torch import nn
 from .. import masks, nets
 from ..layers import ActNorm, AffineCoupling, FixedLinear, Sequential
 from ..validation import as_size, check_bools, check_ints, check_limits, check_number
-from .base import MultiScaleModel
+from .base import MultiScaleModel, check_context_size
 from .memory import run_memory_free
 
 
-def dense_step(dim: int, k: int, hidden: int, scale: str, clamp: float, seed: int) -> Sequential:
-    """actnorm -> fixed random rotation -> affine coupling with an MLP st-net, on [B, dim]."""
+def dense_step(
+    dim: int, k: int, hidden: int, scale: str, clamp: float, seed: int, context_dim: int = 0
+) -> Sequential:
+    """actnorm -> fixed random rotation -> affine coupling with an MLP st-net, on [B, dim]; the
+    coupling conditional on a context [B, context_dim] (concatenated to the MLP's input) when
+    context_dim > 0."""
     return Sequential(
         ActNorm(dim),
         FixedLinear(dim, seed=seed),
@@ -24,6 +28,7 @@ def dense_step(dim: int, k: int, hidden: int, scale: str, clamp: float, seed: in
             net=lambda i, o: nets.MLP(i, o, hidden=hidden),
             scale=scale,
             clamp=clamp,
+            context_channels=context_dim,
         ),
     )
 
@@ -32,7 +37,11 @@ class VectorFlow(MultiScaleModel):
     """Flow on vectors [B, dim] (Schmier et al. 2022 A.1): ``blocks`` coupling blocks, each actnorm, a
     fixed soft permutation and an affine coupling with an MLP st-net of width ``hidden``
     and soft-clamped scales (s = exp(clamp * tanh(raw / clamp)), clamp 3).  One scale:
-    per_scale is [B, 1]."""
+    per_scale is [B, 1].
+
+    ``context_dim=K > 0`` makes it a conditional flow p(x | c) (Winkler et al. 2019, Sec. 3):
+    every coupling's MLP sees [x_cond, c] with c [B, K]; ``model(x, context=c)``,
+    ``model.log_prob(x, context=c)``, ``model.sample(n, context=c)`` (c of batch n or 1)."""
 
     def __init__(
         self,
@@ -43,8 +52,10 @@ class VectorFlow(MultiScaleModel):
         scale: str = "tanh",
         memory_free: bool = False,
         seed: int = 0,
+        context_dim: int = 0,
     ):
         super().__init__()
+        self.context_size = check_context_size(context_dim, "context_dim", "VectorFlow")
         check_ints("VectorFlow", blocks=blocks, hidden=hidden)
         check_ints("VectorFlow", low=2, dim=dim)
         check_ints("VectorFlow", low=0, seed=seed)
@@ -61,21 +72,25 @@ class VectorFlow(MultiScaleModel):
             scale=scale,
             memory_free=memory_free,
             seed=seed,
+            context_dim=self.context_size,
         )
         self.input_shape = (dim,)
         self.memory_free = memory_free
         self.flow = Sequential(
-            *[dense_step(dim, k, hidden, scale, clamp, seed * 1000 + k) for k in range(blocks)]
+            *[
+                dense_step(dim, k, hidden, scale, clamp, seed * 1000 + k, self.context_size)
+                for k in range(blocks)
+            ]
         )
 
     def latent_shapes(self):
         return [self.input_shape]
 
-    def _run_scale(self, i: int, h: torch.Tensor, free: bool):
-        return run_memory_free(self.flow.flows, h) if free else self.flow(h)
+    def _run_scale(self, i: int, h: torch.Tensor, free: bool, context=None):
+        return run_memory_free(self.flow.flows, h, context) if free else self.flow(h, context)
 
-    def _invert_scale(self, i: int, h: torch.Tensor) -> torch.Tensor:
-        return self.flow.inverse(h)[0]
+    def _invert_scale(self, i: int, h: torch.Tensor, context=None):
+        return self.flow.inverse(h, context)
 
 
 class DenseGlow(MultiScaleModel):
@@ -144,9 +159,9 @@ class DenseGlow(MultiScaleModel):
     def _leave(self, h: torch.Tensor) -> torch.Tensor:
         return h.view(h.shape[0], *self.input_shape)
 
-    def _run_scale(self, i: int, h: torch.Tensor, free: bool):
+    def _run_scale(self, i: int, h: torch.Tensor, free: bool, context=None):
         seq = self.scales[i]
         return run_memory_free(seq.flows, h) if free else seq(h)
 
-    def _invert_scale(self, i: int, h: torch.Tensor) -> torch.Tensor:
-        return self.scales[i].inverse(h)[0]
+    def _invert_scale(self, i: int, h: torch.Tensor, context=None):
+        return self.scales[i].inverse(h)

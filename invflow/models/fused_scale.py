@@ -42,7 +42,7 @@ def _step_parts(step):
     an, conv, cp = step.flows
     if type(an) is not ActNorm or type(conv) is not InvConv1x1 or type(cp) is not AffineCoupling:
         return None
-    if cp.split is None:
+    if cp.split is None or cp.context_channels:  # a conditional coupling takes the layer path
         return None
     return an, conv, cp
 

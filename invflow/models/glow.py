@@ -23,14 +23,16 @@ from .._backend import backend_for
 from ..data import standard_normal_log_prob
 from ..layers import ActNorm, AffineCoupling, InvConv1x1, Sequential, Squeeze
 from ..validation import as_size, check_bools, check_ints, check_limits
-from .base import MultiScaleModel
+from .base import MultiScaleModel, check_context_size
 from .fused_scale import fused_glow_scale
 from .memory import run_memory_free
 
 
 def make_st_net(kind: str | Callable, hidden: int) -> Callable[[int, int], nn.Module]:
     """st-net factory for a coupling: "glow" (GlowNet with actnorm, as in Glow's code),
-    "resnet" (ResNet) or a callable (in_channels, out_channels) -> nn.Module."""
+    "resnet" (ResNet) or a callable (in_channels, out_channels) -> nn.Module (FrEIA's
+    ``subnet_constructor``; a conditional coupling calls it with in_channels + K and feeds it
+    [x_cond, context])."""
     if callable(kind):
         return kind
     if kind == "glow":
@@ -40,12 +42,15 @@ def make_st_net(kind: str | Callable, hidden: int) -> Callable[[int, int], nn.Mo
     raise ValueError(f"st-net must be 'glow', 'resnet' or a callable (in, out) -> nn.Module, got {kind!r}")
 
 
-def glow_step(channels: int, k: int, net, scale: str, lu: bool) -> Sequential:
-    """One Glow step: actnorm -> invertible 1x1 conv -> affine coupling (Glow Fig. 2a)."""
+def glow_step(channels: int, k: int, net, scale: str, lu: bool, context_channels: int = 0) -> Sequential:
+    """One Glow step: actnorm -> invertible 1x1 conv -> affine coupling (Glow Fig. 2a); the
+    coupling conditional on a context of ``context_channels`` when > 0."""
     return Sequential(
         ActNorm(channels),
         InvConv1x1(channels, lu=lu),
-        AffineCoupling(channels, masks.Channel(k % 2), net=net, scale=scale),
+        AffineCoupling(
+            channels, masks.Channel(k % 2), net=net, scale=scale, context_channels=context_channels
+        ),
     )
 
 
@@ -76,7 +81,14 @@ class Glow(MultiScaleModel):
         split_prior: learned conditional prior for the split latents instead of N(0, I).
         memory_free: recompute activations in backward instead of storing them (see
             invflow.models.memory; falls back to standard autograd when x requires grad).
-        net: st-net, "glow" or "resnet".
+        net: st-net, "glow", "resnet" or a callable (in_channels, out_channels) -> nn.Module
+            (FrEIA's ``subnet_constructor``; such a model saves its weights but not the
+            callable: ``config()`` raises TypeError, rebuild it and ``load_state_dict``).
+        context_channels: K > 0 makes the flow conditional, log p(x | c) (Winkler et al.
+            2019): every coupling's st-net sees the context c concatenated to its input, a
+            vector [B, K] broadcast over space or an image [B, K, H, W] (the input's size)
+            average-pooled to each scale's size (as CFLOW-AD, Gudovskiy et al. 2022, feeds its
+            positional encoding); ``model(x, context=c)``, ``model.sample(n, context=c)``.
 
     Raises TypeError / ValueError for arguments that are not positive integers, sizes above the
     bounds of ``invflow.validation`` (MAX_HIDDEN, MAX_LEVELS, ...) and an image size not divisible
@@ -94,10 +106,13 @@ class Glow(MultiScaleModel):
         lu: bool = True,
         split_prior: bool = False,
         memory_free: bool = False,
-        net: str = "glow",
+        net: str | Callable[[int, int], nn.Module] = "glow",
+        context_channels: int = 0,
     ):
         super().__init__()
         h, w = as_size(image_size, "Glow")
+        self.context_size = check_context_size(context_channels, "context_channels", "Glow")
+        self._context_arg = "context_channels"
         check_ints("Glow", in_channels=in_channels, levels=levels, steps=steps, hidden=hidden)
         check_bools("Glow", lu=lu, split_prior=split_prior, memory_free=memory_free)
         check_limits(
@@ -119,6 +134,7 @@ class Glow(MultiScaleModel):
             split_prior=split_prior,
             memory_free=memory_free,
             net=net,
+            context_channels=self.context_size,
         )
         self.input_shape = (in_channels, h, w)
         self.memory_free = memory_free
@@ -130,7 +146,9 @@ class Glow(MultiScaleModel):
         c = in_channels
         for i in range(levels):
             c, h, w = c * 4, h // 2, w // 2
-            self.scales.append(Sequential(*[glow_step(c, k, factory, scale, lu) for k in range(steps)]))
+            self.scales.append(
+                Sequential(*[glow_step(c, k, factory, scale, lu, self.context_size) for k in range(steps)])
+            )
             if i < levels - 1:
                 self._latent_shapes.append((c - c // 2, h, w))
                 if split_prior:
@@ -143,11 +161,20 @@ class Glow(MultiScaleModel):
     def latent_shapes(self):
         return list(self._latent_shapes)
 
-    def _run_scale(self, i: int, h: torch.Tensor, free: bool):
+    def config(self) -> dict:
+        if callable(self._config["net"]):
+            raise TypeError(
+                "Glow: a model built with net=<callable> cannot be saved (the callable is code, not data); "
+                "rebuild it with the same net and load_state_dict(), or build it with net='glow' / 'resnet'"
+            )
+        return super().config()
+
+    def _run_scale(self, i: int, h: torch.Tensor, free: bool, context=None):
         # the channels-last fused scale: float32/64 outside autocast (under autocast and in half
         # precision the layer path keeps the flow's maps in float32, see invflow.ops)
         if (
-            not free
+            context is None
+            and not free
             and backend_for(h) == "fused"
             and h.dtype in (torch.float32, torch.float64)
             and not torch.is_autocast_enabled(h.device.type)
@@ -157,25 +184,22 @@ class Glow(MultiScaleModel):
                 h, logdet = res
                 return (h.contiguous() if i == len(self.scales) - 1 else h), logdet
         h, _ = self.squeeze(h)
-        return run_memory_free(self.scales[i].flows, h) if free else self.scales[i](h)
+        context = self.scale_context(context, h)
+        return run_memory_free(self.scales[i].flows, h, context) if free else self.scales[i](h, context)
 
-    def _invert_scale(self, i: int, h: torch.Tensor) -> torch.Tensor:
-        h, _ = self.scales[i].inverse(h)
+    def _invert_scale(self, i: int, h: torch.Tensor, context=None):
+        h, logdet = self.scales[i].inverse(h, self.scale_context(context, h))
         h, _ = self.squeeze.inverse(h)
-        return h
+        return h, logdet
 
     def _latent_log_prob(self, i: int, z: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
         if self.split_prior and h is not None:
             return self.priors[i].log_prob(z, h)
         return standard_normal_log_prob(z)
 
-    @torch.no_grad()
-    def sample(
-        self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
+    def _sample(self, n: int, temperature: float, generator, context, log_prob: bool):
         if not self.split_prior:
-            return super().sample(n, temperature, generator)
-        n, temperature = self._check_sample_args(n, temperature, generator)
+            return super()._sample(n, temperature, generator, context, log_prob)
         p = self._any_param()
         g = dict(generator=generator, device=p.device, dtype=p.dtype)
 
@@ -183,4 +207,5 @@ class Glow(MultiScaleModel):
             mean, log_sigma = self.priors[i](h)
             return mean + temperature * torch.exp(log_sigma) * torch.randn(mean.shape, **g)
 
-        return self._unwind(temperature * torch.randn((n, *self.latent_shapes()[-1]), **g), latent)
+        z_last = temperature * torch.randn((n, *self.latent_shapes()[-1]), **g)
+        return self._unwind(z_last, latent, context, log_prob)

@@ -24,19 +24,25 @@ from .._backend import backend, backend_for
 from ..layers.base import Flow
 
 
+def _call(block, x, context, inverse: bool = False):
+    f = block.inverse if inverse else block
+    return f(x) if context is None else f(x, context=context)
+
+
 class _MemoryFreeChain(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, blocks, backend_name, x, *params):
+    def forward(ctx, blocks, backend_name, x, context, *params):
         with torch.no_grad():
             logdet = x.new_zeros(x.shape[0])
             y = x
             for block in blocks:
-                y, ld = block(y)
+                y, ld = _call(block, y, context)
                 logdet = logdet + ld
         ctx.blocks = blocks
         ctx.backend_name = backend_name
         ctx.params = params
-        ctx.save_for_backward(y)
+        ctx.has_context = context is not None
+        ctx.save_for_backward(y, *([context] if context is not None else []))
         return y, logdet
 
     @staticmethod
@@ -46,7 +52,9 @@ class _MemoryFreeChain(torch.autograd.Function):
                 "invflow: memory-free backprop does not support double backward (create_graph=True); "
                 "build the model with memory_free=False or give it an input that requires grad"
             )
-        (y,) = ctx.saved_tensors
+        y, *saved = ctx.saved_tensors
+        context = saved[0] if ctx.has_context else None
+        context_grad = None
         grads = {id(p): None for p in ctx.params}
         if grad_y is None:
             grad_y = torch.zeros_like(y)
@@ -55,20 +63,24 @@ class _MemoryFreeChain(torch.autograd.Function):
         with backend(ctx.backend_name):
             for block in reversed(ctx.blocks):
                 with torch.no_grad():
-                    x_in, _ = block.inverse(y)
+                    x_in, _ = _call(block, y, context, inverse=True)
                 params = [p for p in block.parameters() if p.requires_grad]
+                ctx_in = [] if context is None else [context.detach().requires_grad_(True)]
                 with torch.enable_grad():
                     x_in = x_in.detach().requires_grad_(True)
-                    y_re, ld_re = block(x_in)
+                    y_re, ld_re = _call(block, x_in, ctx_in[0] if ctx_in else None)
                     found = torch.autograd.grad(
-                        (y_re, ld_re), [x_in, *params], (grad_y, grad_logdet), allow_unused=True
+                        (y_re, ld_re), [x_in, *ctx_in, *params], (grad_y, grad_logdet), allow_unused=True
                     )
                 grad_y = found[0]
+                if ctx_in and found[1] is not None:
+                    context_grad = found[1] if context_grad is None else context_grad + found[1]
+                found = found[:1] + found[1 + len(ctx_in) :]
                 for p, g in zip(params, found[1:]):
                     if g is not None and id(p) in grads:
                         grads[id(p)] = g if grads[id(p)] is None else grads[id(p)] + g
                 y = x_in.detach()
-        return (None, None, grad_y, *[grads[id(p)] for p in ctx.params])
+        return (None, None, grad_y, context_grad, *[grads[id(p)] for p in ctx.params])
 
 
 def memory_free_applies(model: torch.nn.Module, x: torch.Tensor) -> bool:
@@ -84,9 +96,13 @@ def memory_free_applies(model: torch.nn.Module, x: torch.Tensor) -> bool:
     )
 
 
-def run_memory_free(blocks: Sequence[Flow], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Runs ``blocks`` on x like ``invflow.Sequential`` but stores no activations for backward
-    (ActNorm's data-dependent initialisation runs inside the no-grad forward as usual)."""
+def run_memory_free(
+    blocks: Sequence[Flow], x: torch.Tensor, context: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Runs ``blocks`` on x (given ``context``, passed to every block) like
+    ``invflow.Sequential`` but stores no activations for backward (ActNorm's data-dependent
+    initialisation runs inside the no-grad forward as usual); the context gets its gradient
+    too (a learned embedding)."""
     blocks = list(blocks)
     params = [p for b in blocks for p in b.parameters() if p.requires_grad]
-    return _MemoryFreeChain.apply(blocks, backend_for(x), x, *params)
+    return _MemoryFreeChain.apply(blocks, backend_for(x), x, context, *params)

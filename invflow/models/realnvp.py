@@ -9,13 +9,15 @@ spatial mask: "checkerboard" (standard), "horizontal" (Sec. 6.2) or "cycle" (App
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from .. import masks, nets
 from ..layers import AffineCoupling, Sequential, Squeeze
 from ..validation import as_size, check_bools, check_ints, check_limits, check_number
-from .base import MultiScaleModel
+from .base import MultiScaleModel, check_context_size
 from .memory import run_memory_free
 
 SPATIAL_MASKS = {"checkerboard": masks.Checkerboard, "horizontal": masks.Horizontal, "cycle": masks.Cycle}
@@ -34,10 +36,16 @@ class RealNVP(MultiScaleModel):
         in_channels, image_size: input [B, C, H, W]; H, W divisible by 2**(levels - 1).
         levels: scales (2 for greyscale, 3 for colour images in Kirichenko et al. 2020).
         blocks, hidden: residual blocks and feature maps of the "resnet" st-net.
-        net: "resnet" | "bottleneck" | "glow".  bottleneck_dim: l of Kirichenko et al. 2020 Sec. 7.
+        net: "resnet" | "bottleneck" | "glow", or a callable (in_channels, out_channels) ->
+            nn.Module (FrEIA's ``subnet_constructor``; such a model saves its weights but not
+            the callable: ``config()`` raises TypeError).  bottleneck_dim: l of Kirichenko et
+            al. 2020 Sec. 7.
         mask: "checkerboard" | "horizontal" | "cycle" for the spatial couplings.
         scale: coupling scale function ("tanh": exp(clamp * tanh(raw / clamp)), bounded as in
             flows_ood; "exp" is Dinh et al.'s unbounded form).
+        context_channels: K > 0 makes the flow conditional (as ``invflow.Glow``): every
+            coupling's st-net sees a vector context [B, K] broadcast over space or an image
+            context [B, K, H, W] average-pooled to the coupling's size.
     """
 
     def __init__(
@@ -47,14 +55,17 @@ class RealNVP(MultiScaleModel):
         levels: int = 2,
         blocks: int = 8,
         hidden: int = 64,
-        net: str = "resnet",
+        net: str | Callable[[int, int], nn.Module] = "resnet",
         bottleneck_dim: int = 50,
         mask: str = "checkerboard",
         scale: str = "tanh",
         clamp: float = 2.0,
         memory_free: bool = False,
+        context_channels: int = 0,
     ):
         super().__init__()
+        self.context_size = check_context_size(context_channels, "context_channels", "RealNVP")
+        self._context_arg = "context_channels"
         h, w = as_size(image_size, "RealNVP")
         check_ints(
             "RealNVP",
@@ -81,8 +92,11 @@ class RealNVP(MultiScaleModel):
             )
         if mask not in SPATIAL_MASKS:
             raise ValueError(f"RealNVP: mask must be one of {sorted(SPATIAL_MASKS)}, got {mask!r}")
-        if net not in ("resnet", "bottleneck", "glow"):
-            raise ValueError(f"RealNVP: net must be 'resnet', 'bottleneck' or 'glow', got {net!r}")
+        if not callable(net) and net not in ("resnet", "bottleneck", "glow"):
+            raise ValueError(
+                f"RealNVP: net must be 'resnet', 'bottleneck', 'glow' or a callable (in, out) -> nn.Module, "
+                f"got {net!r}"
+            )
         self._config = dict(
             in_channels=in_channels,
             image_size=[h, w],
@@ -95,11 +109,14 @@ class RealNVP(MultiScaleModel):
             scale=scale,
             clamp=clamp,
             memory_free=memory_free,
+            context_channels=self.context_size,
         )
         self.input_shape = (in_channels, h, w)
         self.memory_free = memory_free
 
         def factory(size):
+            if callable(net):
+                return net
             if net == "resnet":
                 return lambda i, o: nets.ResNet(i, o, hidden=hidden, blocks=blocks)
             if net == "bottleneck":
@@ -109,7 +126,9 @@ class RealNVP(MultiScaleModel):
             return lambda i, o: nets.GlowNet(i, o, hidden)
 
         def coupling(c, m, size):
-            return AffineCoupling(c, m, net=factory(size), scale=scale, clamp=clamp)
+            return AffineCoupling(
+                c, m, net=factory(size), scale=scale, clamp=clamp, context_channels=self.context_size
+            )
 
         self.squeeze = Squeeze()
         self.pre = nn.ModuleList()  # spatial couplings of each scale
@@ -133,22 +152,31 @@ class RealNVP(MultiScaleModel):
     def latent_shapes(self):
         return list(self._latent_shapes)
 
-    @staticmethod
-    def _run(seq: Sequential, h, free: bool):
-        return run_memory_free(seq.flows, h) if free else seq(h)
+    def config(self) -> dict:
+        if callable(self._config["net"]):
+            raise TypeError(
+                "RealNVP: a model built with net=<callable> cannot be saved (the callable is code, not data); "
+                "rebuild it with the same net and load_state_dict(), or build it with a named net"
+            )
+        return super().config()
 
-    def _run_scale(self, i: int, h: torch.Tensor, free: bool):
+    def _run(self, seq: Sequential, h, free: bool, context):
+        context = self.scale_context(context, h)
+        return run_memory_free(seq.flows, h, context) if free else seq(h, context)
+
+    def _run_scale(self, i: int, h: torch.Tensor, free: bool, context=None):
         # spatial couplings, then (all but the last scale) squeeze and channel couplings
-        h, logdet = self._run(self.pre[i], h, free)
+        h, logdet = self._run(self.pre[i], h, free, context)
         if i < len(self.post):
             h, _ = self.squeeze(h)
-            h, ld = self._run(self.post[i], h, free)
+            h, ld = self._run(self.post[i], h, free, context)
             logdet = logdet + ld
         return h, logdet
 
-    def _invert_scale(self, i: int, h: torch.Tensor) -> torch.Tensor:
+    def _invert_scale(self, i: int, h: torch.Tensor, context=None):
+        logdet = 0
         if i < len(self.post):
-            h, _ = self.post[i].inverse(h)
+            h, logdet = self.post[i].inverse(h, self.scale_context(context, h))
             h, _ = self.squeeze.inverse(h)
-        h, _ = self.pre[i].inverse(h)
-        return h
+        h, ld = self.pre[i].inverse(h, self.scale_context(context, h))
+        return h, ld + logdet

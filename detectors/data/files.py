@@ -12,12 +12,14 @@ import gzip
 import math
 import os
 import pickle
-import stat
+import struct
 import zipfile
 import zlib
 
 import numpy as np
 import torch
+
+from invflow.io import check_regular, open_regular
 
 #: file name endings (lower case) read as images, by folders and single-file sources
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -40,31 +42,6 @@ def printable(path) -> str:
     """``path`` as text that prints anywhere: a name the file system gave as bytes that are not
     UTF-8 (decoded by Python with surrogate escapes) shows its odd bytes as ``\\xe9``."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def check_regular_file(path, expected: str = "a file") -> None:
-    """Refuses a path that exists but is not a regular file (a named pipe, socket, device or
-    folder): opening a named pipe waits forever for a writer.  ``ValueError`` naming what the
-    path is and ``expected``; ``FileNotFoundError`` for a missing path or a broken link."""
-    path = os.fspath(path)
-    mode = os.stat(path).st_mode  # follows links
-    if not stat.S_ISREG(mode):
-        raise ValueError(f"{path}: {file_kind(mode)}, not a regular file; expected {expected}")
-
-
-def file_kind(mode: int) -> str:
-    """What an ``os.stat`` mode is, in words: 'a named pipe (FIFO)', 'a folder', ..."""
-    for test, kind in (
-        (stat.S_ISREG, "a regular file"),
-        (stat.S_ISDIR, "a folder"),
-        (stat.S_ISFIFO, "a named pipe (FIFO)"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-    ):
-        if test(mode):
-            return kind
-    return "a special file"
 
 
 def to_8bit(im, name: str = "image"):
@@ -108,11 +85,11 @@ def open_image(path):
     image in mode "L" (greyscale files) or "RGB" (everything else; alpha dropped).  Images of
     more than 8 bits per pixel are scaled by their declared range (:func:`to_8bit`: 16-bit
     keeps its top 8 bits, 32-bit float in [0, 1] is multiplied by 255).  Only regular files
-    are opened (:func:`check_regular_file`: ``ValueError`` for a named pipe).  Raises what
+    are opened (``invflow.io.check_regular``: ``ValueError`` for a named pipe).  Raises what
     Pillow raises for an unreadable file (``OSError``, ``ValueError``, ...)."""
     from PIL import Image, ImageOps
 
-    check_regular_file(path, "an image file")
+    check_regular(path, "an image file")
     with Image.open(path) as im:
         im.seek(0)
         im.load()
@@ -128,7 +105,7 @@ def image_header(path) -> tuple[tuple[int, int], bool]:
     exact size check it on the decoded image."""
     from PIL import Image
 
-    check_regular_file(path, "an image file")
+    check_regular(path, "an image file")
     with Image.open(path) as im:
         (w, h), mode = im.size, im.mode
         orientation = Image.Image.getexif(im).get(0x0112, 1)  # the base class's: never decodes
@@ -152,8 +129,7 @@ def read_idx(path) -> np.ndarray:
     magic, a truncated file or trailing bytes.
     """
     path = os.fspath(path)
-    check_regular_file(path, "an IDX file")
-    with open(path, "rb") as f:
+    with open_regular(path, "an IDX file") as f:
         raw = f.read()
     if raw[:2] == b"\x1f\x8b":
         try:
@@ -249,10 +225,36 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
             ) from None
 
 
+#: what a damaged or forged pickle makes the unpickler raise (besides refusing a global)
+_UNPICKLE_ERRORS = (
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    IndexError,
+    KeyError,
+    OverflowError,
+    MemoryError,
+    RecursionError,
+    UnicodeDecodeError,
+    struct.error,
+)
+
+
 def _safe_unpickle(path: str):
-    check_regular_file(path, "a CIFAR batch file")
-    with open(path, "rb") as f:
-        return _NumpyOnlyUnpickler(f, encoding="bytes").load()
+    """The object in the CIFAR batch pickle ``path`` (a regular file), built by
+    :class:`_NumpyOnlyUnpickler`; ``ValueError`` in one line for anything that is not such a
+    pickle (a payload, a truncated file, text), naming the parser's reason."""
+    with open_regular(path, "a CIFAR batch file") as f:
+        try:
+            return _NumpyOnlyUnpickler(f, encoding="bytes").load()
+        except _UNPICKLE_ERRORS as e:
+            reason = " ".join(str(e).split()) or "no detail"
+            raise ValueError(
+                f"{path}: not a CIFAR batch file as the dataset ships it ({type(e).__name__}: {reason}); "
+                "extract cifar-10-python.tar.gz / cifar-100-python.tar.gz again"
+            ) from None
 
 
 def _get(d: dict, key: str, path: str):
@@ -290,7 +292,7 @@ def load_cifar(
     paths = [os.path.join(root, n) for n in names]
     for p in paths:
         if os.path.lexists(p):
-            check_regular_file(p, "a CIFAR batch file")
+            check_regular(p, "a CIFAR batch file")
     missing = [n for n, p in zip(names, paths) if not os.path.isfile(p)]
     if missing:
         archive = "cifar-10-python.tar.gz" if which == 10 else "cifar-100-python.tar.gz"
@@ -323,7 +325,7 @@ def load_svhn(path) -> tuple[torch.Tensor, torch.Tensor]:
 
     path = os.fspath(path)
     if os.path.lexists(path):
-        check_regular_file(path, "an SVHN .mat file")
+        check_regular(path, "an SVHN .mat file")
     else:
         raise DatasetUnavailable(
             f"{path} not found; download train_32x32.mat / test_32x32.mat from "
@@ -347,6 +349,73 @@ def load_svhn(path) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 0, 1))), torch.from_numpy(labels)
 
 
+#: deflate's largest expansion: a member cannot hold more bytes than this many per stored byte
+_DEFLATE_MAX_RATIO = 1032
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX
+        return None
+
+
+class _NpzRefused(ValueError):
+    """A ``.npz`` refused by :func:`_check_npy_header` (its message is the whole reason)."""
+
+
+def _check_npy_header(zf: zipfile.ZipFile, key: str, path: str) -> None:
+    """Reads the ``.npy`` header of the array ``key`` of an open ``.npz`` and refuses
+    (ValueError, one line) an array that numpy would allocate from the header alone: one
+    declaring more bytes than the archive holds for it (its uncompressed size, itself at most
+    :data:`_DEFLATE_MAX_RATIO` times its compressed size), or more than the machine's
+    memory; a header that is not a version 1 / 2 ``.npy`` header, an object dtype and a
+    compression numpy does not write are refused too."""
+    names = zf.namelist()
+    member = key + ".npy" if key + ".npy" in names else key
+    info = zf.getinfo(member)
+    what = f"{path}: array {key!r}"
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise _NpzRefused(
+            f"{what} uses zip compression method {info.compress_type}, which numpy.savez never writes"
+        )
+    stored_limit = info.compress_size * (
+        _DEFLATE_MAX_RATIO if info.compress_type == zipfile.ZIP_DEFLATED else 1
+    )
+    if info.file_size > stored_limit + 64:
+        raise _NpzRefused(
+            f"{what}: the archive claims {info.file_size:,} bytes from {info.compress_size:,} stored; "
+            "a forged .npz"
+        )
+    with zf.open(info) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise _NpzRefused(f"format version {version[0]}.{version[1]}, expected 1.0 or 2.0")
+        except (ValueError, EOFError, SyntaxError, TypeError) as e:
+            raise _NpzRefused(f"{what}: not a .npy array header ({' '.join(str(e).split())})") from None
+        header = f.tell()
+    if dtype.hasobject:
+        raise _NpzRefused(f"{what} holds Python objects; save numeric arrays (uint8 images)")
+    declared = math.prod(shape) * dtype.itemsize
+    held = info.file_size - header
+    if declared > held:
+        raise _NpzRefused(
+            f"{what} declares shape {tuple(shape)} of {dtype} ({declared:,} bytes), but the archive holds "
+            f"{max(held, 0):,} bytes for it; a truncated or forged .npz"
+        )
+    memory = _physical_memory()
+    if memory is not None and declared > memory:
+        raise _NpzRefused(
+            f"{what} is {declared:,} bytes, more than this machine's {memory:,} bytes of memory; "
+            "split it into smaller files"
+        )
+
+
 _NPZ_IMAGE_KEYS = ("images", "x", "X", "data")
 _NPZ_LABEL_KEYS = ("labels", "y", "Y", "targets")
 
@@ -363,8 +432,7 @@ def load_npz(
     path = os.fspath(path)
     if not os.path.lexists(path):
         raise DatasetUnavailable(f"{path} not found")
-    check_regular_file(path, "a .npz file")
-    with open(path, "rb") as f:
+    with open_regular(path, "a .npz file") as f:
         magic = f.read(4)
     if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
         raise ValueError(
@@ -386,10 +454,15 @@ def load_npz(
                 labels_key = next((k for k in _NPZ_LABEL_KEYS if k in keys), None)
             elif labels_key not in keys:
                 raise KeyError(f"no key {labels_key!r} (keys: {keys})")
+            for key in (images_key, labels_key):
+                if key is not None:
+                    _check_npy_header(npz.zip, key, path)  # before numpy allocates the array
             x = npz[images_key]
             y = npz[labels_key] if labels_key is not None else None
     except KeyError as e:
         raise ValueError(f"{path}: {e.args[0]}") from None
+    except _NpzRefused:
+        raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # numpy's own text may advise unpickling
         raise ValueError(
             f"{path}: not a readable .npz of numeric arrays ({type(e).__name__}: a corrupt archive or "

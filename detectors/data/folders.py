@@ -26,13 +26,14 @@ import warnings
 import numpy as np
 import torch
 
+from invflow.io import check_regular, file_kind
+from invflow.validation import check_number
+
 from . import named
 from .files import (
     GREY_MODES,
     IMAGE_EXTENSIONS,
     DatasetUnavailable,
-    check_regular_file,
-    file_kind,
     image_header,
     load_npz,
     printable,
@@ -313,7 +314,7 @@ def load_source(
             return Source(spec, images, paths, labels, folder.classes, skipped)
         return _lazy_source(spec, folder.files(), folder.classes, folder.skipped)
     if os.path.exists(spec) and not os.path.isfile(spec):
-        check_regular_file(spec, "a folder, an image file or a .npz")
+        check_regular(spec, "a folder, an image file or a .npz")
     if os.path.isfile(spec):
         if spec.lower().endswith(".npz"):
             x, y = load_npz(spec)
@@ -376,8 +377,9 @@ def load_image_folder(
 
     The files and classes of :class:`ImageFolder` (sorted class sub-folders, searched
     recursively; files with an extension in :data:`IMAGE_EXTENSIONS`, sorted), decoded by
-    :func:`~detectors.data.files.open_image`.  ``size`` (int or (H, W)) resizes every image
-    (Pillow LANCZOS); without it all images must share one size. ``channels``: 1 (grey, 0.2989
+    :func:`~detectors.data.files.open_image`.  ``size`` (int or (H, W), each side from 1 to
+    :data:`MAX_IMAGE_SIZE`; ValueError naming the limit past it) resizes every image (Pillow
+    LANCZOS); without it all images must share one size. ``channels``: 1 (grey, 0.2989
     r + 0.5870 g + 0.1140 b, Schirrmeister et al. 2020 S5.1), 3 (RGB), or None: 1 when every
     image is greyscale, else 3.  Raises ``DatasetUnavailable`` when ``root`` is not a folder and
     ``ValueError`` when it holds no class sub-folder of images.  Unlike
@@ -388,12 +390,18 @@ def load_image_folder(
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise DatasetUnavailable(f"{root} is not a directory; expected class sub-folders of images")
-    if channels not in (None, 1, 3):
-        raise ValueError(f"channels={channels!r}, expected 1, 3 or None")
+    if channels not in (None, 1, 3) or isinstance(channels, bool):
+        raise ValueError(f"load_image_folder: channels={channels!r}, expected 1, 3 or None")
     if size is not None:
-        size = (int(size), int(size)) if np.ndim(size) == 0 else tuple(int(s) for s in size)
-        if len(size) != 2 or min(size) < 1:
-            raise ValueError(f"size={size!r}, expected a positive int or (H, W)")
+        sides = [size, size] if np.ndim(size) == 0 else list(size)
+        if len(sides) != 2:
+            raise ValueError(f"load_image_folder: size={size!r}, expected an int or (H, W)")
+        size = tuple(check_number(s, "size", "load_image_folder", low=1, integer=True) for s in sides)
+        if max(size) > MAX_IMAGE_SIZE:
+            raise ValueError(
+                f"load_image_folder: size {max(size)} is above the limit of {MAX_IMAGE_SIZE} pixels "
+                f"(MAX_IMAGE_SIZE); use a smaller size"
+            )
     files, classes, skipped = _scan(root, IMAGE_EXTENSIONS)
     if skipped:
         raise ValueError(f"{printable(skipped[0][0])}: {skipped[0][1]}; expected an image file")

@@ -155,12 +155,12 @@ def test_load_cifar_refuses_code_in_pickles(tmp_path):
     marker = tmp_path / "pwned"
     with open(tmp_path / "test_batch", "wb") as f:
         pickle.dump({b"data": np.zeros((1, 3072), np.uint8), b"labels": [_Evil(marker)]}, f)
-    with pytest.raises(pickle.UnpicklingError, match="system"):
+    with pytest.raises(ValueError, match=r"not a CIFAR batch file .*refusing to unpickle global \w+\.system"):
         D.load_cifar(tmp_path, 10, "test")
     assert not marker.exists()
     with open(tmp_path / "test_batch", "wb") as f:  # a builtin with side effects
         f.write(b"cbuiltins\nexec\n(Vopen(%r, 'w')\ntR." % str(marker))
-    with pytest.raises(pickle.UnpicklingError, match="builtins.exec"):
+    with pytest.raises(ValueError, match="builtins.exec"):
         D.load_cifar(tmp_path, 10, "test")
     assert not marker.exists()
 

@@ -125,9 +125,118 @@ def test_text_file_named_npz_gives_no_advice_to_unpickle(tmp_path):
 
     with zipfile.ZipFile(tmp_path / "y.npz", "w") as z:
         z.writestr("images.npy", b"\x93NUMPY garbage")
-    with pytest.raises(ValueError, match="not a readable .npz") as e:
+    with pytest.raises(ValueError, match=r"array 'images': not a \.npy array header") as e:
         load_npz(tmp_path / "y.npz")
     assert "pickle" not in str(e.value).lower()
+
+
+def _npy_bomb(path, shape, held=16):
+    """A .npz whose images.npy header declares uint8 ``shape`` but holds ``held`` bytes."""
+    import zipfile
+
+    header = "{'descr': '|u1', 'fortran_order': False, 'shape': " + repr(tuple(shape)) + ", }"
+    header += " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
+    blob = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + b"\0" * held
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("images.npy", blob)
+    return path
+
+
+def test_a_npz_header_declaring_more_than_it_holds_is_refused_before_allocating(tmp_path):
+    with deadline(10), pytest.raises(ValueError) as e:
+        load_npz(_npy_bomb(tmp_path / "bomb.npz", (1000, 1000, 1000, 1000)))
+    msg = str(e.value)
+    assert "declares shape (1000, 1000, 1000, 1000) of uint8 (1,000,000,000,000 bytes)" in msg
+    assert "holds 16 bytes for it" in msg and "\n" not in msg and "pickle" not in msg
+    with pytest.raises(
+        ValueError, match=r"declares shape \(2, 4, 4\) of uint8 \(32 bytes\), but the archive holds 31"
+    ):
+        load_npz(_npy_bomb(tmp_path / "short.npz", (2, 4, 4), held=31))
+    x, _ = load_npz(_npy_bomb(tmp_path / "exact.npz", (2, 4, 4), held=32))  # the same, complete
+    assert x.shape == (2, 1, 4, 4) and int(x.sum()) == 0
+    with pytest.raises(ValueError, match=r"declares shape"):  # through every source reader
+        load_source(str(tmp_path / "bomb.npz"))
+
+
+def test_a_npz_of_python_objects_is_refused_by_its_header(tmp_path):
+    np.savez(tmp_path / "o.npz", images=np.array([object(), 1], dtype=object))
+    with pytest.raises(ValueError, match=r"array 'images' holds Python objects; save numeric arrays") as e:
+        load_npz(tmp_path / "o.npz")
+    assert "pickle" not in str(e.value).lower()
+
+
+def test_a_compressed_npz_is_read_and_a_forged_size_refused(tmp_path):
+    import zipfile
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (3, 5, 5), dtype=np.uint8)
+    np.savez_compressed(tmp_path / "c.npz", images=np.zeros((400, 28, 28), np.uint8), labels=np.arange(400))
+    assert load_npz(tmp_path / "c.npz")[0].shape == (400, 1, 28, 28)  # zeros: a high but real ratio
+    np.savez(tmp_path / "s.npz", images=x)
+    raw = bytearray((tmp_path / "s.npz").read_bytes())
+    info = zipfile.ZipFile(tmp_path / "s.npz").getinfo("images.npy")
+    # the central directory's uncompressed size (offset 24 of its entry) claims 10^9 bytes
+    entry = raw.rfind(b"PK\x01\x02")
+    raw[entry + 24 : entry + 28] = (10**9).to_bytes(4, "little")
+    (tmp_path / "forged.npz").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=rf"claims 1,000,000,000 bytes from {info.compress_size:,} stored"):
+        load_npz(tmp_path / "forged.npz")
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        ("payload", r"refusing to unpickle global \w+\.system"),
+        ("truncated", r"pickle data was truncated|EOFError"),
+        ("text", r"UnpicklingError"),
+    ],
+)
+def test_cifar_files_that_are_not_batches_are_one_line_value_errors(tmp_path, content, reason):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    if content == "payload":
+
+        class Evil:
+            def __reduce__(self):
+                return (os.system, (f"touch {marker}",))
+
+        blob = pickle.dumps({"data": Evil(), "labels": [0]}, protocol=2)
+    elif content == "truncated":
+        blob = pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1]})[:40]
+    else:
+        blob = b"these are not arrays, just some text\n" * 4
+    (tmp_path / "test_batch").write_bytes(blob)
+    with pytest.raises(
+        ValueError, match=rf"test_batch: not a CIFAR batch file as the dataset ships it .*{reason}"
+    ) as e:
+        load_cifar(tmp_path, 10, "test")
+    msg = str(e.value)
+    assert type(e.value) is ValueError and "\n" not in msg
+    assert "allow_pickle" not in msg and "pickle.load" not in msg and not marker.exists()
+
+
+def test_load_image_folder_bounds_the_size_and_names_the_limit(tmp_path):
+    _three_pngs(tmp_path / "a")
+    with pytest.raises(
+        ValueError, match=rf"size 1000000 is above the limit of {MAX_IMAGE_SIZE} pixels \(MAX_IMAGE_SIZE\)"
+    ):
+        load_image_folder(tmp_path, size=10**6)
+    with pytest.raises(ValueError, match=r"above the limit"):
+        load_image_folder(tmp_path, size=(4, MAX_IMAGE_SIZE + 1))
+    with pytest.raises(TypeError, match=r"load_image_folder: size must be an integer >= 1, got 2.5"):
+        load_image_folder(tmp_path, size=2.5)
+    with pytest.raises(ValueError, match=r"load_image_folder: size must be an integer >= 1, got 0"):
+        load_image_folder(tmp_path, size=0)
+    assert load_image_folder(tmp_path, size=(MAX_IMAGE_SIZE, 2))[0].shape == (3, 1, MAX_IMAGE_SIZE, 2)
+
+
+def test_data_readers_use_invflow_io_for_regular_files():
+    import invflow.io
+    from detectors.data import files, folders
+
+    assert not hasattr(files, "check_regular_file") and not hasattr(files, "file_kind")
+    assert files.check_regular is invflow.io.check_regular and folders.file_kind is invflow.io.file_kind
 
 
 def test_float_tiff_in_unit_range_is_scaled_and_its_negative_differs(tmp_path):

@@ -49,6 +49,7 @@ from .runs import (
     feature_flows,
     flow_detectors,
     mass_detectors,
+    read_cache,
     train_model,
     zoo_models,
 )
@@ -90,10 +91,13 @@ def _features(cfg: DemoConfig, images: dict[str, torch.Tensor], out: str) -> dic
 
     path = os.path.join(out, "features.pt")
     key = {k: list(v.shape) for k, v in images.items()} | {"size": cfg.feature_size, "seed": cfg.seed}
-    if os.path.exists(path):
-        cached = torch.load(path, weights_only=True)
-        if cached.get("key") == json.dumps(key):
-            return cached["features"]
+    cached = read_cache(path)
+    if (
+        cached is not None
+        and cached.get("key") == json.dumps(key)
+        and isinstance(cached.get("features"), dict)
+    ):
+        return cached["features"]
     extractor = EfficientNetLite0(input_size=cfg.feature_size)
     feats = shipped_features(images, cfg.feature_size)
     for name, x in images.items():

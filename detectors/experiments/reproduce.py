@@ -69,7 +69,7 @@ from ..scores import (
 )
 from . import analysis
 from .config import ReproduceConfig, parse_setting
-from .runs import Memoized, feature_flows
+from .runs import Memoized, feature_flows, read_cache
 from .runs import train_model as _train
 
 METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")
@@ -349,10 +349,9 @@ def _feature_cache(out: str, cfg: ReproduceConfig) -> dict:
             "n_general": cfg.n_general,
         }
     )
-    if os.path.exists(path):
-        cached = torch.load(path, weights_only=True)
-        if cached.get("key") == key:
-            return cached
+    cached = read_cache(path)
+    if cached is not None and cached.get("key") == key:
+        return cached
     extractor = EfficientNetLite0(input_size=cfg.feature_size)
     images = {
         "train": fm_train[:n_train],

@@ -11,7 +11,8 @@ Public (used by demo, reproduce and the OOD suite):
 * :func:`mass_detectors` -- approximate mass (Chali et al. 2023) of a vanilla and a penalised flow;
 * :func:`feature_detectors`, :func:`feature_flows` -- Schmier et al. 2022 Sec. 4-5 on image features;
 * :func:`zoo_models` -- the shipped models (``detectors.zoo``) under the roles above;
-* :class:`Memoized` -- runs a model once for several detectors scoring the same batch.
+* :class:`Memoized` -- runs a model once for several detectors scoring the same batch;
+* :func:`read_cache` -- a run's cached features (``torch.save`` dicts of tensors), read safely.
 """
 
 from __future__ import annotations
@@ -71,6 +72,27 @@ class Memoized(torch.nn.Module):
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         return self(x).log_prob
+
+
+def read_cache(path: str) -> dict | None:
+    """The dict a run cached at ``path`` with ``torch.save`` (features and their key), or None
+    when there is none or it is not such a dict (damaged, or written by something else: the
+    caller computes it again and replaces it).  Read with ``weights_only=True`` (tensors and
+    plain containers only, no code) from a regular file only: a named pipe or a device at
+    ``path`` raises ValueError in one line (``invflow.io.open_regular``) instead of hanging."""
+    import pickle
+    import zipfile
+
+    from invflow.io import open_regular
+
+    if not os.path.lexists(path):
+        return None
+    with open_regular(path, "a feature cache written by torch.save") as f:
+        try:
+            cached = torch.load(f, map_location="cpu", weights_only=True)
+        except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, zipfile.BadZipFile, OSError):
+            return None
+    return cached if isinstance(cached, dict) else None
 
 
 def train_model(

@@ -352,3 +352,21 @@ def test_set_takes_the_ends_of_each_range_and_bools_as_words():
     assert parse_setting("features", "False", "x") is False and parse_setting("baselines", "yes", "x") is True
     with pytest.raises(ValueError, match=r"x: features takes true or false, got .maybe."):
         parse_setting("features", "maybe", "x")
+
+
+def test_feature_caches_are_read_from_regular_files_and_damaged_ones_recomputed(tmp_path):
+    from detectors.experiments.runs import read_cache
+
+    path = str(tmp_path / "features.pt")
+    assert read_cache(path) is None
+    torch.save({"key": "k", "features": {"train": torch.ones(2, 3)}}, path)
+    assert torch.equal(read_cache(path)["features"]["train"], torch.ones(2, 3))
+    for damaged in (b"", b"not a torch file", b"PK\x03\x04 cut"):
+        (tmp_path / "features.pt").write_bytes(damaged)
+        assert read_cache(path) is None  # computed again by the caller
+    torch.save(torch.zeros(3), path)  # not a dict
+    assert read_cache(path) is None
+    os.remove(path)
+    os.mkfifo(path)  # would hang torch.load
+    with pytest.raises(ValueError, match=r"features.pt is a named pipe \(FIFO\), not a regular file"):
+        read_cache(path)

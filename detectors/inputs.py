@@ -17,8 +17,8 @@ Accepted kinds (pytorch-ood / PyOD / torchvision conventions):
 
 PIL images become uint8 [C, H, W]: greyscale modes (1, L, I, F, ...) one channel, every other
 mode RGB (an alpha channel is dropped).  A list mixing greyscale and RGB images is returned
-as RGB (grey replicated).  Images of different sizes raise ``ValueError``: resize them first
-(``detectors.bundle`` does it with a stored policy).  Values are never rescaled: floats must
+as RGB (grey replicated).  Images of different sizes raise ``ValueError``: resize them first,
+or pass ``resize=True`` to the detector (``detectors.bundle`` does it with a stored policy).  Values are never rescaled: floats must
 already be preprocessed (``invflow.data.preprocess``) and the detectors check their range.
 
 Detector bundles take images of any sizes: :func:`as_images_with_labels` turns every kind into
@@ -120,8 +120,8 @@ def _stack(images: list[torch.Tensor], where: str) -> torch.Tensor:
         ):
             raise ValueError(
                 f"{where}: item {i} has shape {list(im.shape)} but item 0 has "
-                f"{list(first.shape)}; resize the images to one size first "
-                "(or score them through a detector bundle, which resizes by its policy)"
+                f"{list(first.shape)}; resize the images to one size first, or pass resize=True to "
+                "the detector (or score them with a detector bundle: both resize as its policy does)"
             )
         if im.dtype != first.dtype:
             raise TypeError(f"{where}: item {i} has dtype {im.dtype} but item 0 has {first.dtype}")

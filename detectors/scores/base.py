@@ -163,12 +163,18 @@ def check_model(model, where: str, attr: str = "model", needs: str = "log_prob")
 
 
 def describe_model(attr: str, model) -> str:
-    """``"model (Glow, input [1, 28, 28], grey)"``: how errors name a detector's model."""
+    """``"model (Glow, input [1, 28, 28], grey)"``: how errors name a detector's model; a zoo
+    model by its name too (``"model (Glow 'fmnist-glow', input ...)"``, ``detectors.zoo.load``
+    sets ``zoo_name``)."""
+    kind = type(model).__name__
+    zoo_name = getattr(model, "zoo_name", None)
+    if isinstance(zoo_name, str):
+        kind += f" {zoo_name!r}"
     shape = getattr(model, "input_shape", None)
     if shape is None:
-        return f"{attr} ({type(model).__name__})"
+        return f"{attr} ({kind})"
     mode = {1: ", grey", 3: ", RGB"}.get(shape[0], "") if len(shape) == 3 else ""
-    return f"{attr} ({type(model).__name__}, input [{', '.join(map(str, shape))}]{mode})"
+    return f"{attr} ({kind}, input [{', '.join(map(str, shape))}]{mode})"
 
 
 class Detector:

@@ -56,11 +56,14 @@ def available() -> dict[str, str]:
 
 def load(name: str):
     """The zoo model ``name`` in eval mode (``invflow.load`` of its safetensors weights; no
-    network, no pickle).  ValueError for an unknown name (listing the available ones)."""
+    network, no pickle), with ``model.zoo_name = name``: detectors name it by it in their
+    errors (``detectors.scores.base.describe_model``).  ValueError for an unknown name
+    (listing the available ones)."""
     import invflow
 
     card(name)  # validates the name
     model = invflow.load(os.path.join(ZOO_DIR, "weights", f"{name}.safetensors"))
+    model.zoo_name = name
     return model.eval()
 
 

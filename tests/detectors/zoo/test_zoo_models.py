@@ -85,3 +85,21 @@ def test_shipped_features_are_the_fit_sets_features():
     changed[0, 0, 0, 0] ^= 1
     assert shipped_features({"train": changed}, cfg.feature_size) == {}
     assert shipped_features(images, 64) == {}
+
+
+def test_a_zoo_model_is_named_by_detectors_errors():
+    import numpy as np
+
+    from detectors import Likelihood
+    from detectors.scores.base import describe_model
+
+    model = zoo.load("fmnist-glow")
+    assert model.zoo_name == "fmnist-glow"
+    assert describe_model("model", model) == "model (Glow 'fmnist-glow', input [1, 28, 28], grey)"
+    with pytest.raises(
+        ValueError, match=r"Likelihood.score: model \(Glow 'fmnist-glow', input \[1, 28, 28\], grey\) takes"
+    ):
+        Likelihood(model).score(np.zeros((2, 32, 32), np.uint8))
+    # images of two sizes in a list: say both ways to resize
+    with pytest.raises(ValueError, match=r"resize the images to one size first, or pass resize=True"):
+        Likelihood(model).score([np.zeros((28, 28), np.uint8), np.zeros((30, 30), np.uint8)])

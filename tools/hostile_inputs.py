@@ -1362,6 +1362,7 @@ def _bundle_cases() -> list:
         _api(BS, "uint8-other-size", "size", "either", "uint8 images of another size are resized (or a clear refusal)", _B + "s = b.score(images(4, 20)); expect(all(v.shape == (4,) for v in s.values()), str(s))", needs=bn),
         _api(BS, "float-nan", "non-finite", "refuse", "refuse NaN images", _B + "x = torch.full((2, 1, 8, 8), float('nan'))\nb.score(x)", needs=bn),
         _api(BS, "float-0-255", "range", "refuse", "refuse unpreprocessed floats", _B + "b.score(images(2).float())", needs=bn),
+        _api(BS, "flow-own-samples", "range", "succeed", "the bundle flow's own samples (beyond [-0.5, 0.5]) are scored, as a batch and as a list", _B + "m = next(d.model for d in b.detectors.values() if hasattr(d, 'model'))\nx = m.sample(6, generator=torch.Generator().manual_seed(0))\nexpect(float(x.abs().max()) > 0.5, 'samples inside the cube')\ns, t = b.score(x), b.score(list(x))\nexpect(all(v.shape == (6,) and bool(torch.isfinite(v).all()) and torch.equal(v, t[k]) for k, v in s.items()), str(s))", needs=bn),
         _api(BS, "missing-path", "missing", "refuse", "FileNotFoundError for a missing folder", _B + "b.score(W + '/nope')", needs=bn),
         _api(BS, "fifo-path", "fifo", "refuse", "a FIFO named .png must not block", _B + "b.score(fifo(W + '/x.png'))", needs=bn),
         _api(BS, "folder-with-symlink-loop", "symlink-loop", "succeed", "3 PNGs and a -> . score 3 rows", _B + "s = b.score(d); expect(all(len(v) == 3 for v in s.values()), f'{len(next(iter(s.values())))} rows for 3 files')", setup=_LOOP3 + "os.symlink('.', d + '/a')", needs=bn + ("files",)),
@@ -1520,7 +1521,11 @@ def _data_cases() -> list:
     out += [
         _api(FB, "out-a-file", "path-kind", "refuse", "--out must be a directory", "detectors.fit_bundle(F.three, F.npz)", needs=fl),
         _api(FB, "data-fifo", "fifo", "refuse", "a FIFO as data must not block", "detectors.fit_bundle(fifo(W + '/x.npz'), W + '/det')", needs=()),
-        _api(FB, "config-a-dict", "wrong-type", "refuse", "TypeError: a FitConfig", "detectors.fit_bundle(F.three, W + '/det', config={'steps': 1})", needs=fl),
+        _api(FB, "config-a-dict", "wrong-type", "succeed", "a dict of FitConfig settings is taken", "b = detectors.fit_bundle(F.three, W + '/det', config={'detectors': ['likelihood'], 'steps': 1, 'depth': 1, 'hidden': 4, 'levels': 1, 'max_size': 8, 'progress': False}, say=lambda *a: None); expect(list(b) == ['likelihood'], str(list(b)))", needs=fl, timeout=60.0),
+        _api(FB, "config-unknown-key", "wrong-type", "refuse", "TypeError naming the unknown setting", "detectors.fit_bundle(F.three, W + '/det', config={'hiden': 4})", needs=fl, message="unknown settings 'hiden'"),
+        _api(FB, "config-an-int", "wrong-type", "refuse", "TypeError: a FitConfig or a dict", "detectors.fit_bundle(F.three, W + '/det', config=3)", needs=fl),
+        _api(FB, "config-hidden-1e9", "memory", "refuse", "the limit of the --hidden flag, named", "detectors.fit_bundle(F.three, W + '/det', config={'hidden': 10**9})", needs=fl, message="MAX_HIDDEN"),
+        _api(FB, "config-size-100000", "memory", "refuse", "the limit of the --size flag, named", "detectors.fit_bundle(F.three, W + '/det', config=detectors.bundle.FitConfig(size=100000))", needs=fl, message="MAX_IMAGE_SIZE"),
     ]
     return out
 
@@ -1594,6 +1599,7 @@ def _cli_cases() -> list:
         _cli("score", "data-float-tiffs", "float-image", "either", "float TIFFs: scaled or refused; an image and its negative score differently", _replace(sc, "--data", "{W}/d"), setup="d = W + '/d'; os.mkdir(d); r = np.linspace(0, 1, 144).reshape(12, 12)\nfloat_tiff(d + '/a.tif', r); float_tiff(d + '/b.tif', 1 - r)", check="r = csv_rows(W + '/rep/scores.csv'); expect(len(r) == 2 and r[0][2] != r[1][2], f'same scores: {r}')", needs=bn, timeout=60.0),
         _cli("score", "out-a-file", "path-kind", "refuse", "--out names an existing file: one line, exit 2", _replace(sc, "--out", "{F.npz}"), needs=bn),
         _cli("score", "n-zero", "edge", "refuse", "--n >= 1", sc + ("--n", "0"), needs=bn),
+        _cli("score", "n-1e12", "memory", "refuse", "--n bounded (MAX_IMAGES)", sc + ("--n", str(10**12)), needs=bn, message="MAX_IMAGES"),
     ]
     tr = _TRAIN_ARGS
     npz = ("files",)
@@ -1641,6 +1647,8 @@ def _cli_cases() -> list:
         _cli("ood-suite", "feature-size-zero", "edge", "refuse", "--feature-size >= 1, up front", ("ood-suite", "--features", "--feature-size", "0", "--n", "8", "--out", "{W}/o"), needs=(), on_timeout="silent"),
         _cli("reproduce", "unknown-experiment", "bad-argument", "refuse", "name the experiments", ("reproduce", "banana", "--smoke", "--out", "{W}/r"), needs=(), on_timeout="silent"),
         _cli("reproduce", "set-garbage", "bad-argument", "refuse", "--set KEY=VALUE of a known key", ("reproduce", "glow", "--smoke", "--set", "no_such_key=1", "--out", "{W}/r"), needs=(), on_timeout="silent"),
+        _cli("reproduce", "set-hidden-1e9", "memory", "refuse", "--set values bounded like the flags (MAX_HIDDEN)", ("reproduce", "glow", "--smoke", "--set", "hidden=1000000000", "--out", "{W}/r"), needs=(), on_timeout="silent", message="MAX_HIDDEN"),
+        _cli("reproduce", "set-lr-nan", "non-finite", "refuse", "--set lr finite, in (0, 1]", ("reproduce", "glow", "--smoke", "--set", "lr=nan", "--out", "{W}/r"), needs=(), on_timeout="silent"),
     ]
     return out
 

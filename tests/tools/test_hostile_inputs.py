@@ -175,6 +175,17 @@ def test_case_list_is_well_formed():
         "non-utf8",
     ):
         assert kind in kinds
+    # what the inputs must give now: a dict config and a flow's own samples are taken,
+    # sizes and counts past the flags' limits are refused naming the limit
+    by_name = {c.name: c for c in cases}
+    assert by_name["detectors.fit_bundle/config-a-dict"].expect == "succeed"
+    assert by_name["Bundle.score/flow-own-samples"].expect == "succeed"
+    for name, limit in (
+        ("detectors.fit_bundle/config-hidden-1e9", "MAX_HIDDEN"),
+        ("cli reproduce/set-hidden-1e9", "MAX_HIDDEN"),
+        ("cli score/n-1e12", "MAX_IMAGES"),
+    ):
+        assert by_name[name].expect == "refuse" and by_name[name].message == limit, name
 
 
 def test_real_cases_through_the_command_line(tmp_path):

@@ -31,7 +31,13 @@ def run(script: str, *args: str, cwd) -> str:
 
 
 def test_every_example_is_tested():
-    assert EXAMPLES == ["conditional_2d.py", "custom_flow.py", "detector_on_a_flow.py", "own_images.py"]
+    assert EXAMPLES == [
+        "conditional_2d.py",
+        "custom_flow.py",
+        "detector_on_a_flow.py",
+        "nsf_tabular.py",
+        "own_images.py",
+    ]
 
 
 def test_custom_flow(tmp_path):
@@ -67,3 +73,13 @@ def test_conditional_2d(tmp_path):
     upper = float(out.split("upper moon ")[1].split(",")[0])
     lower = float(out.split("lower moon ")[1].split()[0])
     assert upper > lower + 0.3  # each context samples its own moon
+
+
+def test_nsf_tabular(tmp_path):
+    out = run("nsf_tabular.py", "--epochs", "10", cwd=tmp_path)
+    nsf = float(out.split("test NLL: NSF ")[1].split(",")[0])
+    standard = float(out.split("N(0, I) ")[1].split()[0])
+    assert nsf < standard - 5.0  # the trained flow beats its starting point, the identity
+    assert float(out.split("inverse error ")[1].split()[0]) < 1e-10
+    logdet, brute = out.split("log-det ")[1].split(" vs brute force ")
+    assert abs(float(logdet) - float(brute.split()[0])) < 1e-8

@@ -61,12 +61,15 @@ Objective = Callable[[nn.Module, "Batch"], "torch.Tensor | tuple[torch.Tensor, d
 class Batch:
     """A training batch handed to the objective: ``x`` preprocessed into [-0.5, 0.5)
     (dequantised when the data are 8-bit images), ``y`` labels when the data have them,
-    ``generator`` for any further randomness the objective needs (seeded per step)."""
+    ``generator`` for any further randomness the objective needs (seeded per step),
+    ``context`` the conditioning values of a conditional model (``model(x, context=...)``;
+    integer labels of an ``invflow.ClassEmbeddingFlow`` are also given as ``y``)."""
 
     x: torch.Tensor
     y: torch.Tensor | None = None
     generator: torch.Generator | None = None
     extra: dict = field(default_factory=dict)
+    context: torch.Tensor | None = None
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, flip: bool, translate: int) -> torch.Tensor:
@@ -168,9 +171,10 @@ def _graph_reaches_leaves(values: torch.Tensor) -> bool:
 
 
 def drop_non_finite(
-    fn: Callable[[torch.Tensor], torch.Tensor],
+    fn: Callable[..., torch.Tensor],
     x: torch.Tensor,
-    again: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    again: Callable[..., torch.Tensor] | None = None,
+    context: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``fn(x)`` (per-sample rows [B, ...], e.g. log p(x)) whose non-finite rows are cut out of
     the autograd graph: when some but not all rows are non-finite (NaN / inf) and gradients are
@@ -180,38 +184,49 @@ def drop_non_finite(
     margin loss) is then exactly that of the batch without the bad samples (Schirrmeister et al. 2020 S4.3's
     dropping); without the recomputation the bad samples' backward (0 * inf) makes every
     parameter gradient NaN.  When every row is non-finite the rows are returned as they are
-    (``finite_mean`` then gives NaN and the trainer skips the step)."""
-    out = fn(x)
+    (``finite_mean`` then gives NaN and the trainer skips the step).  With a ``context`` (a
+    tensor with one row per sample) the functions are called ``fn(x, context)`` and the
+    recomputation gets the kept rows of both."""
+    out = fn(x) if context is None else fn(x, context)
     if not torch.is_grad_enabled() or not out.requires_grad:
         return out
     bad = ~torch.isfinite(out.detach()).reshape(len(out), -1).all(1)
     if not bool(bad.any()) or bool(bad.all()):
         return out
     keep = (~bad).nonzero().squeeze(1)
-    out = out.detach().index_put((keep,), (again or fn)(x[keep]))
+    rerun = again or fn
+    kept = rerun(x[keep]) if context is None else rerun(x[keep], context[keep])
+    out = out.detach().index_put((keep,), kept)
     out.grad_fn.metadata[_DROPPED_MARK] = True
     return out
 
 
-def log_prob_dropping_non_finite(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """log p(x) [B] through ``drop_non_finite``: the non-finite samples carry no gradient.  A
-    DistributedDataParallel model recomputes through its ``module`` (DDP's per-forward buffer
-    broadcast is a collective the other processes would not join)."""
+def log_prob_dropping_non_finite(
+    model: nn.Module, x: torch.Tensor, context: torch.Tensor | None = None
+) -> torch.Tensor:
+    """log p(x) [B] (log p(x | context) for a conditional model) through ``drop_non_finite``:
+    the non-finite samples carry no gradient.  A DistributedDataParallel model recomputes
+    through its ``module`` (DDP's per-forward buffer broadcast is a collective the other
+    processes would not join)."""
     inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
-    def first(t):
-        return model.log_prob(t) if model is inner and hasattr(model, "log_prob") else model(t).log_prob
+    def call(m, t, c, log_prob):
+        kw = {} if c is None else {"context": c}
+        return m.log_prob(t, **kw) if log_prob else m(t, **kw).log_prob
 
-    def again(t):
-        return inner.log_prob(t) if hasattr(inner, "log_prob") else inner(t).log_prob
+    def first(t, c=None):
+        return call(model, t, c, model is inner and hasattr(model, "log_prob"))
 
-    return drop_non_finite(first, x, again)
+    def again(t, c=None):
+        return call(inner, t, c, hasattr(inner, "log_prob"))
+
+    return drop_non_finite(first, x, again, context=context)
 
 
 def nll(model: nn.Module, batch: Batch):
     """Maximum likelihood: mean bits/dim of the batch (non-finite samples dropped, with the
     gradient of the kept ones only: ``drop_non_finite``)."""
-    log_p = log_prob_dropping_non_finite(model, batch.x)
+    log_p = log_prob_dropping_non_finite(model, batch.x, batch.context)
     bpd = bits_per_dim(log_p, batch.x[0].numel())
     loss = finite_mean(bpd)
     return loss, {"bpd": loss.detach()}
@@ -297,6 +312,12 @@ class Trainer:
 
     ``data`` is a tensor of examples (uint8 images are preprocessed with uniform
     dequantisation; floating data are used as they are) or a tuple ``(examples, labels)``.
+    For a conditional model (``model.is_conditional``: built with ``context_dim`` /
+    ``context_channels``, or an ``invflow.ClassEmbeddingFlow``) it must be
+    ``(examples, context)`` with one context row per example (floating contexts are cast to
+    the model's dtype; integer labels are kept), and every batch is scored as
+    ``model(x, context=c)``; an image context [N, K, H, W] cannot be combined with ``flip`` /
+    ``translate`` (the augmentation would move x but not its context).
     ``finetune_from`` is a checkpoint path whose weights initialise the model (Schirrmeister et al. 2020:
     in-distribution models start from the general-distribution model).
     """
@@ -335,6 +356,9 @@ class Trainer:
         if not isinstance(self.examples, torch.Tensor) or len(self.examples) == 0:
             raise ValueError("Trainer: data must be a non-empty tensor of examples (or (examples, labels))")
         self._check_range(model)
+        self.context = None
+        if getattr(model, "is_conditional", False):
+            self.context, self.labels = self._check_context_data(model, self.labels), None
         if self.labels is not None and len(self.labels) != len(self.examples):
             raise ValueError("Trainer: examples and labels differ in length")
         self.out_dir = out_dir
@@ -377,6 +401,28 @@ class Trainer:
         if hint is not None:
             raise ValueError(f"Trainer: floating images {hint}, or pass the uint8 images (dequantised here)")
 
+    def _check_context_data(self, model: nn.Module, context) -> torch.Tensor:
+        """The context column of a conditional model's data (see the class docstring)."""
+        name = type(model).__name__
+        if context is None:
+            raise ValueError(
+                f"Trainer: {name} is conditional: data must be (examples, context) with one context row "
+                f"per example"
+            )
+        if not isinstance(context, torch.Tensor) or len(context) != len(self.examples):
+            got = len(context) if isinstance(context, torch.Tensor) else type(context).__name__
+            raise ValueError(
+                f"Trainer: the context must be a tensor with one row per example ({len(self.examples)}), got {got}"
+            )
+        if context.is_floating_point() and not bool(torch.isfinite(context).all()):
+            raise ValueError("Trainer: the context contains NaN or Inf")
+        if context.dim() == 4 and (self.config.flip or self.config.translate):
+            raise ValueError(
+                "Trainer: flip / translate would move the images but not their image context; "
+                "augment both yourself, or train without flip and translate"
+            )
+        return context
+
     # -- data ------------------------------------------------------------------------
     def _examples(self, idx: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Examples ``idx`` augmented and preprocessed with the randomness of ``g``."""
@@ -401,7 +447,17 @@ class Trainer:
         part = slice(0, c.batch_size) if whole else slice(self.rank * share, (self.rank + 1) * share)
         x = x[part].to(self.device)
         y = y[part].to(self.device) if y is not None else None
-        return Batch(x=x, y=y, generator=g)
+        context = self._context(idx[part])
+        if context is not None and not context.is_floating_point():
+            y = context  # class labels: the supervised objectives read them as y
+        return Batch(x=x, y=y, generator=g, context=context)
+
+    def _context(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """The context rows ``idx`` on the model's device (floating ones in its dtype)."""
+        if self.context is None:
+            return None
+        c = self.context[idx]
+        return c.to(device=self.device, dtype=self._dtype() if c.is_floating_point() else None)
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         """The data order of ``epoch`` (a function of seed and epoch), cached for the epoch."""
@@ -422,12 +478,14 @@ class Trainer:
         self.model.train()
         c = self.config
         if c.init_batch is None:
-            x = self._batch(0, whole=True).x
+            batch = self._batch(0, whole=True)
+            x, context = batch.x, batch.context
         else:
             idx = self._epoch_order(0)[torch.arange(c.init_batch) % len(self.examples)]
             x = self._examples(idx, torch.Generator().manual_seed(c.seed * 7_919 + 13))[0].to(self.device)
+            context = self._context(idx)
         try:
-            self.model(x)
+            self.model(x) if context is None else self.model(x, context=context)
         except ValueError as e:
             if "value per channel" not in str(e):
                 raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.autograd.functional import jacobian
+from helpers import brute_force_logdet, perturb_
 
 import invflow
 from invflow import masks, nets
@@ -15,37 +15,25 @@ from invflow.models.glow import glow_step
 D64 = torch.float64
 
 
-def _perturb(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> torch.nn.Module:
-    """Random non-zero weights everywhere (the st-nets' last layers start at zero)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return module
-
-
 def vector_coupling(d=5, k=3, scale="tanh"):
     layer = invflow.AffineCoupling(
         d, masks.Channel(0), net=lambda i, o: nets.MLP(i, o, hidden=8), scale=scale, context_channels=k
     )
-    return _perturb(layer.double())
+    return perturb_(layer.double(), 0.3)
 
 
 def image_coupling(mask, c=2, k=3):
-    return _perturb(invflow.AffineCoupling(c, mask, hidden=6, context_channels=k).double(), 0.2)
+    return perturb_(invflow.AffineCoupling(c, mask, hidden=6, context_channels=k).double(), 0.2)
 
 
 def _brute_logdet(layer, x, context):
-    """log|det dy/dx| per sample from the full Jacobian of one sample at a time."""
-    out = []
-    for i in range(x.shape[0]):
-
-        def f(v, i=i):
-            return layer(v.view(1, *x.shape[1:]), context=context[i : i + 1])[0].flatten()
-
-        j = jacobian(f, x[i].flatten())
-        out.append(torch.linalg.slogdet(j)[1])
-    return torch.stack(out)
+    """log|det dy/dx| per sample (``helpers.brute_force_logdet``) at each sample's context."""
+    return torch.cat(
+        [
+            brute_force_logdet(lambda v, i=i: layer(v, context=context[i : i + 1]), x[i : i + 1])
+            for i in range(len(x))
+        ]
+    )
 
 
 @pytest.mark.parametrize("scale", ["tanh", "sigmoid", "exp"])
@@ -119,9 +107,9 @@ def test_a_factory_gets_the_context_channels_and_a_context_aware_net_concatenate
         seen.append(i)
         return nets.MLP(i, o, hidden=8)
 
-    layer = _perturb(cls(6, masks.Channel(0), net=factory, context_channels=4).double())
+    layer = perturb_(cls(6, masks.Channel(0), net=factory, context_channels=4).double())
     assert seen == [3 + 4]  # FrEIA's subnet_constructor convention: in_channels + context
-    aware = _perturb(
+    aware = perturb_(
         cls(
             6,
             masks.Channel(0),
@@ -166,7 +154,7 @@ def test_a_conditional_glow_step_takes_the_layer_path_on_both_backends(backend):
     if backend == "fused" and not invflow.fused_available():
         pytest.skip("the extension is not built")
     torch.manual_seed(0)
-    step = _perturb(glow_step(4, 0, lambda i, o: nets.GlowNet(i, o, 6), "sigmoid", True, 3).double(), 0.1)
+    step = perturb_(glow_step(4, 0, lambda i, o: nets.GlowNet(i, o, 6), "sigmoid", True, 3).double(), 0.1)
     step[0].initialize(torch.randn(4, 4, 4, 4, dtype=D64))
     x, c = torch.randn(2, 4, 4, 4, dtype=D64), torch.randn(2, 3, dtype=D64)
     with invflow.backend("reference"):
@@ -189,7 +177,7 @@ def test_a_conditional_glow_step_takes_the_layer_path_on_both_backends(backend):
     ids=["MLP", "GlowNet", "ResNet", "Bottleneck"],
 )
 def test_st_nets_see_the_context(make):
-    net = _perturb(make(2).double(), 0.2)
+    net = perturb_(make(2).double(), 0.2)
     plain = make(0).double()
     shape = (2, 3) if isinstance(net, nets.MLP) else (2, 3, 4, 4)
     h, c = torch.randn(*shape, dtype=D64), torch.randn(2, 2, dtype=D64)

@@ -9,6 +9,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import perturb_
 from torch.autograd.functional import jacobian
 
 import invflow
@@ -17,19 +18,11 @@ from invflow.data import standard_normal_log_prob
 D64 = torch.float64
 
 
-def _perturb(module, scale=0.1, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return module
-
-
 def _ready(model, x, context, scale=0.1):
     """ActNorm initialised on (x, context), then random weights everywhere, eval mode."""
     model.train()
     model(x, context=context)
-    return _perturb(model, scale).eval()
+    return perturb_(model, scale)
 
 
 def vector_flow(k=3, **kw):
@@ -77,7 +70,7 @@ def test_glow_with_a_vector_or_image_context(image_context, split_prior):
 
 def test_realnvp_with_an_image_context():
     torch.manual_seed(0)
-    m = _perturb(invflow.RealNVP(1, 4, levels=2, blocks=1, hidden=8, context_channels=2).double(), 0.05)
+    m = perturb_(invflow.RealNVP(1, 4, levels=2, blocks=1, hidden=8, context_channels=2).double(), 0.05)
     x, c = torch.rand(2, 1, 4, 4, dtype=D64) - 0.5, torch.randn(2, 2, 4, 4, dtype=D64)
     out = m(x, context=c)
     torch.testing.assert_close(m.inverse(out.latents, context=c), x)
@@ -141,7 +134,7 @@ def test_memory_free_conditional_gradients_equal_standard_autograd():
         m = invflow.VectorFlow(4, blocks=2, hidden=8, context_dim=3, memory_free=free).double()
         m.train()
         m(x, context=c0)  # ActNorm init
-        _perturb(m)
+        perturb_(m, 0.1).train()
         c = c0.clone().requires_grad_(True)
         m.log_prob(x, context=c).sum().backward()
         grads.append([c.grad] + [p.grad for p in m.parameters()])
@@ -174,7 +167,7 @@ def class_flow(num_classes=3):
     x, y = torch.randn(30, 4, dtype=D64), torch.arange(30) % num_classes
     flow.train()
     flow(x, context=y)
-    return _perturb(flow).eval()
+    return perturb_(flow, 0.1)
 
 
 def test_class_embedding_flow_conditional_and_marginal_log_probs():

@@ -187,12 +187,9 @@ class FlowModel(nn.Module, metaclass=abc.ABCMeta):
 
     @staticmethod
     def _check_finite(t: torch.Tensor, where: str, what: str) -> None:
-        """ValueError for NaN / Inf in ``t`` (one host sync; skipped under CUDA graph capture
-        and torch.compile tracing, where a value cannot be read)."""
-        if torch.compiler.is_compiling() or (t.is_cuda and torch.cuda.is_current_stream_capturing()):
-            return
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{where}: {what} contains NaN or Inf")
+        """ValueError for NaN / Inf in ``t`` (one host sync; traced by torch.compile without a
+        graph break: ``invflow.validation.assert_values``)."""
+        validation.assert_values(torch.isfinite(t).all(), f"{where}: {what} contains NaN or Inf")
 
     def _load_from_state_dict(self, *args, **kwargs):
         self._all_initialized = False

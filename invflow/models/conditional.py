@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from .. import checkpoint
+from .. import checkpoint, validation
 from ..validation import check_number
 from .base import FlowModel, FlowOutput
 
@@ -105,14 +105,12 @@ class ClassEmbeddingFlow(FlowModel):
         if labels.dim() != 1 or (labels.shape[0] != batch and not (broadcast and labels.shape[0] == 1)):
             one = " (or one label for all)" if broadcast else ""
             raise ValueError(f"{where}: expected labels of shape [{batch}]{one}, got {list(labels.shape)}")
-        if not (
-            torch.compiler.is_compiling() or (labels.is_cuda and torch.cuda.is_current_stream_capturing())
-        ):
-            lo, hi = int(labels.min()), int(labels.max())
-            if lo < 0 or hi >= self.num_classes:
-                raise ValueError(
-                    f"{where}: labels must lie in [0, {self.num_classes - 1}], got values in [{lo}, {hi}]"
-                )
+        ok = ((labels >= 0) & (labels < self.num_classes)).all()
+        msg = f"{where}: labels must lie in [0, {self.num_classes - 1}]"
+        if torch.compiler.is_compiling() or (labels.is_cuda and torch.cuda.is_current_stream_capturing()):
+            validation.assert_values(ok, msg)  # traced without a graph break
+        elif not bool(ok):
+            raise ValueError(f"{msg}, got values in [{int(labels.min())}, {int(labels.max())}]")
         return labels.long().expand(batch)
 
     def _embed(self, labels: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' 2>/dev/nu
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
 
-.PHONY: all setup build cuda-check gpu-check gpu-check-dry test lint demo bench data clean
+.PHONY: all setup build cuda-check gpu-check gpu-check-dry test lint demo bench bench-density data clean
 
 all: test
 
@@ -100,8 +100,12 @@ COMPARE_ARGS ?= --quick
 
 # peers for bench/compare.py (bench-only extras; --no-deps keeps the pinned torch)
 $(VENV)/.bench-peers: | $(STAMP)
-	$(PY) -m pip install $(FIND_LINKS) --no-deps "FrEIA>=0.2" "normflows>=1.7"
+	$(PY) -m pip install $(FIND_LINKS) --no-deps "FrEIA>=0.2" "normflows>=1.7" "zuko>=1.6" "nflows>=0.14"
 	touch $@
+
+# density estimation against zuko, nflows, normflows and FrEIA (resumable; bench/README.md)
+bench-density: build $(VENV)/.bench-peers
+	$(BENCH_ENV) $(PY) bench/density.py --json bench/density-cpu.json --resume
 
 bench: build $(VENV)/.bench-peers
 	$(BENCH_ENV) $(PY) -m pytest -q bench --benchmark-only --benchmark-columns=median,iqr,rounds \

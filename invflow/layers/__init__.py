@@ -3,6 +3,8 @@
 
 from ..validation import check_input
 from .actnorm import ActNorm, UninitializedWarning, warn_if_uninitialized
+from .all_in_one import AllInOneBlock
+from .autoregressive import MADE, MaskedAutoregressive
 from .base import Flow, Sequential
 from .coupling import AdditiveCoupling, AffineCoupling
 from .fixed import FixedLinear
@@ -18,6 +20,9 @@ __all__ = [
     "AdditiveCoupling",
     "FixedLinear",
     "Squeeze",
+    "MaskedAutoregressive",
+    "MADE",
+    "AllInOneBlock",
     "check_input",
     "UninitializedWarning",
     "warn_if_uninitialized",

@@ -124,8 +124,10 @@ class FlowModel(nn.Module, metaclass=abc.ABCMeta):
         """FlowOutput of x (given ``context`` for a conditional model; see ``check_context``).
         In eval mode, warns (``invflow.layers.actnorm.UninitializedWarning``) when the model's
         ActNorm layers were never initialised: it is untrained."""
+        # CUDA training reads the values of the first batch only (no host sync per step)
+        values = not (isinstance(x, torch.Tensor) and x.is_cuda and self.training and self._values_checked)
         self.check_input(x)
-        context = self.check_context(context, x.shape[0], f"{self._name}.forward")
+        context = self.check_context(context, x.shape[0], f"{self._name}.forward", values=values)
         if not self.training and not self._all_initialized:
             self._all_initialized = not warn_if_uninitialized(self, f"{self._name}.forward")
         return self._call_forward(x, context)
@@ -136,14 +138,15 @@ class FlowModel(nn.Module, metaclass=abc.ABCMeta):
     def _call_inverse(self, latents: list[torch.Tensor], context) -> torch.Tensor:
         return self._inverse(latents) if context is None else self._inverse(latents, context)
 
-    def check_context(self, context, batch: int, where: str, broadcast: bool = False):
+    def check_context(self, context, batch: int, where: str, broadcast: bool = False, values: bool = True):
         """Validates the ``context`` of a call with ``batch`` samples and returns it (expanded
         from batch 1 to ``batch`` when ``broadcast``: sampling and inverse take one context
         for all samples).  A conditional model (context_size K > 0) takes a floating tensor of
         the model's dtype and device, [batch, K], or for image models also [batch, K, H, W]
         at the input's H, W (pooled to each scale's size).  Raises ValueError for a missing
         context, a context given to a model built without one, a wrong shape or batch size,
-        another device, NaN / Inf values; TypeError for a non-tensor or another dtype."""
+        another device, NaN / Inf values (read only when ``values``); TypeError for a non-tensor
+        or another dtype."""
         k, arg = self.context_size, self._context_arg
         if k == 0:
             if context is not None:
@@ -182,7 +185,8 @@ class FlowModel(nn.Module, metaclass=abc.ABCMeta):
                 one = " or 1" if broadcast else ""
                 raise ValueError(f"{where}: context batch size {context.shape[0]} must be {batch}{one}")
             context = context.expand(batch, *context.shape[1:])
-        self._check_finite(context, where, "context")
+        if values:
+            self._check_finite(context, where, "context")
         return context
 
     @staticmethod

@@ -83,11 +83,11 @@ class ClassEmbeddingFlow(FlowModel):
     def latent_shapes(self):
         return self.model.latent_shapes()
 
-    def check_context(self, context, batch: int, where: str, broadcast: bool = False):
+    def check_context(self, context, batch: int, where: str, broadcast: bool = False, values: bool = True):
         """The labels of a call with ``batch`` samples as a long tensor [batch] (None stays None):
         integer class indices [batch] in [0, num_classes), or, when ``broadcast`` (sampling,
         inverse), [1] or a Python int for all samples.  TypeError for non-integer labels,
-        ValueError for another shape, device or range."""
+        ValueError for another shape, device or range (the range read only when ``values``)."""
         if context is None:
             return None
         dev = self._any_param().device
@@ -105,6 +105,8 @@ class ClassEmbeddingFlow(FlowModel):
         if labels.dim() != 1 or (labels.shape[0] != batch and not (broadcast and labels.shape[0] == 1)):
             one = " (or one label for all)" if broadcast else ""
             raise ValueError(f"{where}: expected labels of shape [{batch}]{one}, got {list(labels.shape)}")
+        if not values:
+            return labels.long().expand(batch)
         ok = ((labels >= 0) & (labels < self.num_classes)).all()
         msg = f"{where}: labels must lie in [0, {self.num_classes - 1}]"
         if torch.compiler.is_compiling() or (labels.is_cuda and torch.cuda.is_current_stream_capturing()):

@@ -178,3 +178,17 @@ def test_custom_net_factory_gets_freia_sizes():
 def test_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         invflow.AllInOneBlock(**kwargs)
+
+
+def test_save_and_load_a_stack_of_both_layers(tmp_path):
+    flow = invflow.Sequential(
+        invflow.MaskedAutoregressive(4, hidden=8, transform="spline", context_features=2, order="reverse"),
+        invflow.AllInOneBlock(4, hidden=8, context_features=2, permute_soft=True, householder=1),
+        invflow.AllInOneBlock(4, hidden=8, context_features=2),
+    )
+    perturb_(flow, 0.3)
+    invflow.save(flow, tmp_path / "flow.safetensors")
+    back = invflow.load(tmp_path / "flow.safetensors")
+    x, c = torch.randn(3, 4), torch.randn(3, 2)
+    torch.testing.assert_close(back(x, context=c), flow(x, context=c), rtol=0, atol=0)
+    torch.testing.assert_close(back.inverse(x, context=c), flow.inverse(x, context=c), rtol=0, atol=0)

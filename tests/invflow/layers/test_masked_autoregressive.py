@@ -250,3 +250,25 @@ def test_bad_inputs_of_the_vector_layers(cls):
         layer(torch.randn(3, 4, 2), context=torch.randn(3, 2))
     plain = cls(4, hidden=4)
     torch.testing.assert_close(plain(x, context=torch.randn(3, 9)), plain(x))  # ignored
+
+
+@pytest.mark.parametrize("name", ["maf-affine", "maf-spline", "iaf-spline", "all-in-one"])
+def test_device_and_backends_agree_with_the_cpu_reference(name, device):
+    if name == "all-in-one":
+        block = invflow.AllInOneBlock(D, hidden=8, context_features=K, permute_soft=True, householder=1)
+        layer = perturb_(block.double(), 0.5)
+    else:
+        kind, transform = name.split("-")
+        layer = make(transform, context=K, inverse_direction=kind == "iaf")
+    x, c = inputs(K)
+    with invflow.backend("reference"):
+        y_ref, ld_ref = layer(x, context=c)
+    layer = layer.to(device)
+    for backend in ("fused", "reference"):
+        with invflow.backend(backend):
+            y, ld = layer(x.to(device), context=c.to(device))
+            x_back, inv_ld = layer.inverse(y, context=c.to(device))
+        torch.testing.assert_close(y.cpu(), y_ref, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(ld.cpu(), ld_ref, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(x_back.cpu(), x, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(inv_ld, -ld, rtol=1e-9, atol=1e-9)

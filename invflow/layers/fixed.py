@@ -7,7 +7,7 @@ import torch
 
 from .. import ops
 from ..ops.reference import inner_size, per_sample
-from ..validation import check_input, check_number, logdet_dtype
+from ..validation import check_input, check_limits, check_number, logdet_dtype
 from .base import Flow
 
 
@@ -22,6 +22,7 @@ class FixedLinear(Flow):
         super().__init__()
         check_number(num_channels, "num_channels", "FixedLinear", low=1, integer=True)
         check_number(seed, "seed", "FixedLinear", low=0, integer=True)
+        check_limits("FixedLinear", dim=num_channels)  # C^2 floats, built before any shape check
         self.num_channels = num_channels
         self.seed = seed
         self.register_buffer("weight", self._rotation(torch.float32, "cpu"), persistent=False)

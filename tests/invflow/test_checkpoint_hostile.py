@@ -232,6 +232,7 @@ def test_a_config_the_class_rejects_and_damaged_headers(tmp_path):
         (lambda v: invflow.VectorFlow(4, hidden=v), "hidden", "MAX_HIDDEN"),
         (lambda v: invflow.nets.GlowNet(2, 4, hidden=v), "hidden", "MAX_HIDDEN"),
         (lambda v: invflow.nets.ResNet(2, 4, blocks=v), "blocks", "MAX_BLOCKS"),
+        (lambda v: invflow.FixedLinear(v), "dim", "MAX_DIM"),
     ],
 )
 def test_constructor_size_bounds_name_the_limit(make, arg, const):

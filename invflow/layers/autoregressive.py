@@ -73,7 +73,7 @@ class MADE(nn.Module):
     context feature (context features have degree 0, so degree-0 units see the context only and
     the first dimension's outputs still depend on it); output unit p * D + i has degree m(i) and
     sees the hidden units of degree < m(i).  ``hidden >= D - lo`` so every degree occurs (else
-    some conditionals could not see all their predecessors: ValueError).
+    some conditionals could not see all their predecessors: ValueError naming ``where``).
 
     forward(x [B, D], context [B, K] or None) -> [B, params * D], laid out parameter-major
     (unit p * D + i is parameter p of dimension i).  ReLU hidden layers; the output layer's
@@ -87,13 +87,14 @@ class MADE(nn.Module):
         layers: int,
         order: Sequence[int],
         context_features: int = 0,
+        where: str = "MADE",
     ):
         super().__init__()
         D, K = features, context_features
         lo = 0 if K else 1
         if hidden < D - lo:
             raise ValueError(
-                f"MADE: hidden must be >= {D - lo} for {D} features"
+                f"{where}: hidden must be >= {D - lo} for {D} features"
                 f"{' with a context' if K else ''} (Germain et al. 2015: one hidden unit per degree), got {hidden}"
             )
         d_in = _degrees(list(order))
@@ -221,7 +222,7 @@ class MaskedAutoregressive(Flow):
         self.order = _order(order, features)
         self.inverse_direction = inverse_direction
         params = 2 if transform == "affine" else 3 * bins - 1
-        self.made = MADE(features, params, hidden, layers, self.order, context_features)
+        self.made = MADE(features, params, hidden, layers, self.order, context_features, where)
         if transform == "spline":  # unit inner derivatives: the identity map at initialisation
             with torch.no_grad():
                 self.made.output.bias[2 * bins * features :] = _UNIT_DERIVATIVE

@@ -217,7 +217,7 @@ def test_float32_and_the_conditioner_outputs():
         (dict(features=4, bound=float("inf")), ValueError, "bound"),
         (dict(features=4, scale="softplus"), ValueError, "scale"),
         (dict(features=4, clamp=-1.0), ValueError, "clamp"),
-        (dict(features=4, hidden=2), ValueError, "hidden must be >= 3"),
+        (dict(features=4, hidden=2), ValueError, "MaskedAutoregressive: hidden must be >= 3"),
         (dict(features=4, hidden=3, context_features=2), ValueError, "hidden must be >= 4"),
         (dict(features=4, layers=0), ValueError, "layers"),
         (dict(features=4, context_features=-1), ValueError, "context_features"),

@@ -50,6 +50,29 @@ at::ScalarType logdet_dtype(at::ScalarType input);
 void check_grad_args(const char* op, const at::Tensor& grad_y, const c10::optional<at::Tensor>& grad_logdet,
                      const at::Tensor& x);
 
+// Argument checks of the rational-quadratic spline ops (defined in cpu/spline.cpp, used by
+// both backends): x any shape S of a floating dtype, widths / heights S + [K] with 2 <= K <=
+// 999, derivatives S + [K - 1], all of x's dtype and device, bound positive and finite; the
+// backward's grad_out like x and grad_logabsdet (when given) of shape S in logdet_dtype.
+void check_spline_args(const char* op, const at::Tensor& x, const at::Tensor& widths, const at::Tensor& heights,
+                       const at::Tensor& derivatives, double bound);
+void check_spline_grad_args(const at::Tensor& grad_out, const c10::optional<at::Tensor>& grad_logabsdet,
+                            const at::Tensor& in);
+// The arguments of a spline op, checked and laid out for its kernels: the input contiguous,
+// each parameter tensor as rows of one stride (as_rows: a column block of a wider st-net
+// output is read in place), n entries of K bins.
+struct SplineArgs {
+  at::Tensor in, widths, heights, derivatives;
+  int64_t ws, hs, ds, n;
+  int K;
+};
+SplineArgs prepare_spline_args(const char* op, const at::Tensor& in, const at::Tensor& widths,
+                               const at::Tensor& heights, const at::Tensor& derivatives, double bound);
+// The empty outputs of a spline op: (output like the input, logabsdet of its shape in logdet_dtype).
+std::tuple<at::Tensor, at::Tensor> spline_outputs(const SplineArgs& a);
+// The empty, contiguous gradients of spline_backward: (input, widths, heights, derivatives).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> spline_grads(const SplineArgs& a);
+
 // ---------------------------------------- shared by both backends (common/channel_mix_gemm.cpp)
 // GEMM forms of the 1x1 convolution for channel counts above the direct kernels' range
 // (ATen GEMMs, any device): y = W x as one GEMM when N = 1 (vectors), and
@@ -97,11 +120,28 @@ at::Tensor weight_grad_gemm(const at::Tensor& gc, const at::Tensor& xc);
       const at::Tensor& grad_logdet, const at::Tensor& x, const at::Tensor& h,                      \
       const std::string& scale, double clamp);
 
+// ------------------------------------------------- spline (cpu/spline.cpp, cuda/spline.cu)
+// The elementwise rational-quadratic spline: x any shape S, widths / heights S + [K],
+// derivatives S + [K - 1]; (output, logabsdet of shape S); the backward of either direction
+// returns the gradients of (input, widths, heights, derivatives).
+#define INVFLOW_SPLINE_KERNELS                                                                      \
+  std::tuple<at::Tensor, at::Tensor> spline_forward(const at::Tensor& x, const at::Tensor& widths,  \
+                                                    const at::Tensor& heights,                      \
+                                                    const at::Tensor& derivatives, double bound);   \
+  std::tuple<at::Tensor, at::Tensor> spline_inverse(const at::Tensor& y, const at::Tensor& widths,  \
+                                                    const at::Tensor& heights,                      \
+                                                    const at::Tensor& derivatives, double bound);   \
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> spline_backward(                       \
+      const at::Tensor& grad_out, const c10::optional<at::Tensor>& grad_logabsdet, const at::Tensor& in, \
+      const at::Tensor& widths, const at::Tensor& heights, const at::Tensor& derivatives, double bound, \
+      bool inverse);
+
 #define INVFLOW_DECLARE_KERNELS \
   INVFLOW_ACTNORM_KERNELS       \
   INVFLOW_CHANNEL_MIX_KERNELS   \
   INVFLOW_COUPLING_KERNELS      \
-  INVFLOW_COUPLING_CL_KERNELS
+  INVFLOW_COUPLING_CL_KERNELS   \
+  INVFLOW_SPLINE_KERNELS
 
 // CPU kernels (csrc/cpu/), always built.
 namespace cpu {

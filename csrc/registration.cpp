@@ -41,4 +41,15 @@ TORCH_LIBRARY(invflow, m) {
   m.def(
       "coupling_cl_double_backward(Tensor u_x, Tensor u_h, Tensor grad_y, Tensor grad_logdet, "
       "Tensor x, Tensor h, str scale, float clamp) -> (Tensor, Tensor, Tensor, Tensor)");
+  // spline: the elementwise rational-quadratic spline, x any shape S, widths / heights S + [K],
+  // derivatives S + [K - 1] (unnormalised); (y, logabsdet of shape S)
+  m.def(
+      "spline_forward(Tensor x, Tensor widths, Tensor heights, Tensor derivatives, float bound) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "spline_inverse(Tensor y, Tensor widths, Tensor heights, Tensor derivatives, float bound) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "spline_backward(Tensor grad_out, Tensor? grad_logabsdet, Tensor input, Tensor widths, "
+      "Tensor heights, Tensor derivatives, float bound, bool inverse) -> (Tensor, Tensor, Tensor, Tensor)");
 }

@@ -149,6 +149,15 @@ def call_all(device: str, dtype: torch.dtype, small: bool) -> set[str]:
             run("coupling_cl_forward", x_cl, h_cl, scale, 2.0)
             run("coupling_cl_backward", gy_cl, gl, x_cl, h_cl, scale, 2.0)
             run("coupling_cl_double_backward", gy_cl, uh_cl, gy_cl, gl, x_cl, h_cl, scale, 2.0)
+        # the rational-quadratic spline on every entry of x (some in the tails), its K = 5 bins'
+        # parameters as column blocks of one st-net-like tensor (strided rows)
+        theta = torch.randn((*shape, 14), **g)
+        sw, sh, sd, xs = theta[..., :5], theta[..., 5:10], theta[..., 10:], 2 * x
+        gls = torch.randn(shape, device=device, dtype=gl_dtype)
+        for inverse in (False, True):
+            run("spline_inverse" if inverse else "spline_forward", xs, sw, sh, sd, 3.0)
+            run("spline_backward", gy, gls, xs, sw, sh, sd, 3.0, inverse)
+            run("spline_backward", gy, None, xs, sw, sh, sd, 3.0, inverse)
     # second order through the registered autograd (the backward ops' own backward)
     if dtype in (torch.float32, torch.float64):
         x = torch.randn(2, 6, 4, 4, **g, requires_grad=True)

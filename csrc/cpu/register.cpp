@@ -15,4 +15,7 @@ TORCH_LIBRARY_IMPL(invflow, CPU, m) {
   m.impl("coupling_cl_forward", &invflow::cpu::coupling_cl_forward);
   m.impl("coupling_cl_backward", &invflow::cpu::coupling_cl_backward);
   m.impl("coupling_cl_double_backward", &invflow::cpu::coupling_cl_double_backward);
+  m.impl("spline_forward", &invflow::cpu::spline_forward);
+  m.impl("spline_inverse", &invflow::cpu::spline_inverse);
+  m.impl("spline_backward", &invflow::cpu::spline_backward);
 }

@@ -15,4 +15,7 @@ TORCH_LIBRARY_IMPL(invflow, CUDA, m) {
   m.impl("coupling_cl_forward", &invflow::cuda::coupling_cl_forward);
   m.impl("coupling_cl_backward", &invflow::cuda::coupling_cl_backward);
   m.impl("coupling_cl_double_backward", &invflow::cuda::coupling_cl_double_backward);
+  m.impl("spline_forward", &invflow::cuda::spline_forward);
+  m.impl("spline_inverse", &invflow::cuda::spline_inverse);
+  m.impl("spline_backward", &invflow::cuda::spline_backward);
 }

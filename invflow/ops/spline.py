@@ -121,10 +121,115 @@ def rq_spline_reference(x, widths, heights, derivatives, bound: float, inverse: 
     return y, lad
 
 
+# ------------------------------------------------------------------------ the fused op
+# torch.ops.invflow.spline_forward / spline_inverse (csrc/cpu/spline.cpp, csrc/cuda/spline.cu)
+# and spline_backward, the gradient of either with respect to (input, widths, heights,
+# derivatives).  The backward op's own autograd is the second derivative of the reference
+# (differentiable PyTorch, recorded when a higher order is asked for, so every order is exact):
+# the approximate-mass penalty of Chali et al. 2023 differentiates through the log-det's
+# gradient.
 def _fused_registered() -> bool:
     from . import fused
 
-    return fused.AVAILABLE and hasattr(torch.ops.invflow, "rq_spline_forward")
+    return fused.AVAILABLE and hasattr(torch.ops.invflow, "spline_forward")
+
+
+def _apply_setup(ctx, inputs, output):
+    x, widths, heights, derivatives, bound = inputs
+    ctx.bound = bound
+    ctx.save_for_backward(x, widths, heights, derivatives)
+
+
+def _apply_backward(inverse: bool):
+    def backward(ctx, grad_out, grad_logabsdet):
+        x, widths, heights, derivatives = ctx.saved_tensors
+        if grad_out is None:
+            grad_out = torch.zeros_like(x)
+        grads = torch.ops.invflow.spline_backward(
+            grad_out, grad_logabsdet, x, widths, heights, derivatives, ctx.bound, inverse
+        )
+        return (*grads, None)
+
+    return backward
+
+
+def _backward_setup(ctx, inputs, output):
+    grad_out, grad_logabsdet, x, widths, heights, derivatives, bound, inverse = inputs
+    ctx.bound, ctx.inverse = bound, inverse
+    ctx.has_grad_logabsdet = grad_logabsdet is not None
+    if grad_logabsdet is None:
+        grad_logabsdet = x.new_zeros(x.shape, dtype=logdet_dtype(x.dtype))
+    ctx.save_for_backward(grad_out, grad_logabsdet, x, widths, heights, derivatives)
+
+
+def _reference_vjp(bound: float, inverse: bool):
+    """(grad_out, grad_logabsdet, x, widths, heights, derivatives) -> the reference's vjp."""
+
+    def vjp(grad_out, grad_logabsdet, *inputs):
+        _, pullback = torch.func.vjp(lambda *a: rq_spline_reference(*a, bound, inverse), *inputs)
+        return pullback((grad_out, grad_logabsdet))
+
+    return vjp
+
+
+def _backward_backward(ctx, *cotangents):
+    # The vjp of the first-order vjp (Hessian-vector products of the reference), with every
+    # saved tensor an independent variable (grad_out itself may depend on widths, e.g. in the
+    # approximate-mass penalty).  When a higher order is recorded, torch.func composes with the
+    # outer graph; else detached leaves and two autograd.grad calls give the same values faster.
+    saved = ctx.saved_tensors
+    cotangents = tuple(torch.zeros_like(t) if u is None else u for u, t in zip(cotangents, saved[2:]))
+    if torch.is_grad_enabled():
+        _, pullback = torch.func.vjp(_reference_vjp(ctx.bound, ctx.inverse), *saved)
+        second = pullback(cotangents)
+    else:
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_() for t in saved]
+            grad_out, grad_logabsdet, *inputs = leaves
+            outputs = rq_spline_reference(*inputs, ctx.bound, ctx.inverse)
+            first = torch.autograd.grad(
+                outputs, inputs, (grad_out, grad_logabsdet), create_graph=True, materialize_grads=True
+            )
+            pairs = [(g, u) for g, u in zip(first, cotangents) if g.requires_grad]
+            second = (
+                torch.autograd.grad(
+                    [g for g, _ in pairs],
+                    leaves,
+                    [u for _, u in pairs],
+                    allow_unused=True,
+                    materialize_grads=True,
+                )
+                if pairs
+                else [torch.zeros_like(t) for t in leaves]
+            )
+    d_gout, d_gl, d_x, d_w, d_h, d_d = second
+    return d_gout, (d_gl if ctx.has_grad_logabsdet else None), d_x, d_w, d_h, d_d, None, None
+
+
+def _contiguous_like(t):
+    return torch.empty_like(t, memory_format=torch.contiguous_format)
+
+
+def _register() -> None:
+    lib = "invflow::"
+
+    def fake_apply(x, widths, heights, derivatives, bound):
+        return _contiguous_like(x), x.new_empty(x.shape, dtype=logdet_dtype(x.dtype))
+
+    def fake_backward(grad_out, grad_logabsdet, x, widths, heights, derivatives, bound, inverse):
+        return tuple(_contiguous_like(t) for t in (x, widths, heights, derivatives))
+
+    torch.library.register_fake(lib + "spline_forward")(fake_apply)
+    torch.library.register_fake(lib + "spline_inverse")(fake_apply)
+    torch.library.register_fake(lib + "spline_backward")(fake_backward)
+    autograd = torch.library.register_autograd
+    autograd(lib + "spline_forward", _apply_backward(False), setup_context=_apply_setup)
+    autograd(lib + "spline_inverse", _apply_backward(True), setup_context=_apply_setup)
+    autograd(lib + "spline_backward", _backward_backward, setup_context=_backward_setup)
+
+
+if _fused_registered():
+    _register()
 
 
 def _check(x, widths, heights, derivatives, bound, inverse) -> None:
@@ -185,6 +290,6 @@ def rq_spline(x, widths, heights, derivatives, bound: float, inverse: bool = Fal
     )
     x, widths, heights, derivatives = (t.to(dtype) for t in (x, widths, heights, derivatives))
     if backend_for(x) == "fused" and _fused_registered():
-        op = torch.ops.invflow.rq_spline_inverse if inverse else torch.ops.invflow.rq_spline_forward
+        op = torch.ops.invflow.spline_inverse if inverse else torch.ops.invflow.spline_forward
         return op(x, widths, heights, derivatives, float(bound))
     return rq_spline_reference(x, widths, heights, derivatives, float(bound), inverse)

@@ -25,6 +25,7 @@ from .layers import (
     InvConv1x1,
     MaskedAutoregressive,
     Sequential,
+    SplineCoupling,
     Squeeze,
 )
 from .models import (
@@ -48,6 +49,7 @@ __all__ = [
     "InvConv1x1",
     "AffineCoupling",
     "AdditiveCoupling",
+    "SplineCoupling",
     "FixedLinear",
     "Squeeze",
     "MaskedAutoregressive",

@@ -206,6 +206,14 @@ def _op_args(device: str, seed: int) -> list[tuple[str, str, tuple]]:
                 (u_x, u_h, gy_cl, gl, x_cl, h_cl, scale, 2.0),
             ),
         ]
+    # the rational-quadratic spline, K = 5 bins as column blocks of one parameter tensor
+    theta, gls = rand(2, 12, 8, 8, 14), rand(2, 12, 8, 8)
+    spline = (2 * x, theta[..., :5], theta[..., 5:10], theta[..., 10:], 3.0)
+    for inverse, name in ((False, "spline_forward"), (True, "spline_inverse")):
+        calls += [
+            (name, name, spline),
+            (f"spline_backward inverse={inverse}", "spline_backward", (gy, gls, *spline, inverse)),
+        ]
     return calls
 
 

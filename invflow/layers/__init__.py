@@ -9,6 +9,7 @@ from .base import Flow, Sequential
 from .coupling import AdditiveCoupling, AffineCoupling
 from .fixed import FixedLinear
 from .invconv import InvConv1x1
+from .spline import SplineCoupling
 from .squeeze import Squeeze
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "InvConv1x1",
     "AffineCoupling",
     "AdditiveCoupling",
+    "SplineCoupling",
     "FixedLinear",
     "Squeeze",
     "MaskedAutoregressive",

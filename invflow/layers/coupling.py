@@ -113,7 +113,7 @@ class AffineCoupling(Flow):
             h = self.net(concat_context(cond, context))
         if h.shape[0] != batch or h.shape[1] != self.out_channels or h.shape[2:] != cond.shape[2:]:
             raise ValueError(
-                f"AffineCoupling: the st-net must return [B, {self.out_channels}, ...] matching "
+                f"{type(self).__name__}: the st-net must return [B, {self.out_channels}, ...] matching "
                 f"its input {list(cond.shape)}, got {list(h.shape)}"
             )
         return h

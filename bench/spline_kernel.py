@@ -2,7 +2,7 @@
 --cases kernels; also ``python bench/spline_kernel.py``):
 
   invflow-fused      ``invflow.ops.rq_spline`` under ``invflow.backend("fused")`` (the op
-                     ``torch.ops.invflow.rq_spline_forward``; its row says so when the
+                     ``torch.ops.invflow.spline_forward``; its row says so when the
                      extension lacks it)
   invflow-reference  the same call under ``invflow.backend("reference")`` (eager PyTorch)
   zuko               ``zuko.transforms.MonotonicRQSTransform(w, h, d, bound).call_and_ladj(x)``
@@ -53,7 +53,7 @@ def bytes_moved(pass_: str, numel: int, bins: int) -> int:
 def fused_missing() -> str | None:
     if not invflow.fused_available():
         return "the extension invflow._C is not built"
-    if not hasattr(torch.ops.invflow, "rq_spline_forward"):
+    if not hasattr(torch.ops.invflow, "spline_forward"):
         return "the extension has no rq_spline op yet"
     return None
 

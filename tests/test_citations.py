@@ -1,5 +1,6 @@
-"""Papers are cited by author and year, never by their file-name prefix ("004 Tab. 1",
-"seed 003"): the prefixes mean nothing to a reader. Checks the docs, README and the code."""
+"""Papers are cited by author and year, never by the three-digit prefix of their text file
+(a prefix before "Tab." or "Sec.", or after "seed"): it means nothing to a reader. Checks the
+docs, README and the code."""
 
 from __future__ import annotations
 

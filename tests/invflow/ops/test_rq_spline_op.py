@@ -98,7 +98,9 @@ def test_fused_float32_is_as_accurate_as_the_reference(inverse, device):
         assert g.dtype == torch.float32
         err, ref_err = (g.double() - t).abs().max(), (r.double() - t).abs().max()
         assert err <= 2 * ref_err + 1e-6, (err, ref_err)
-        torch.testing.assert_close(g.double(), t, rtol=1e-4, atol=5e-4)
+        # no gross error either; the bound is loose because float32 log|dy/dx| of a narrow bin
+        # loses digits to cancellation (7e-4 seen on an H200 with a reference error of 4e-4)
+        torch.testing.assert_close(g.double(), t, rtol=1e-4, atol=5e-3)
 
 
 @needs_fused
@@ -315,18 +317,32 @@ def test_raw_op_rejects_bad_arguments():
 @needs_fused
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
 def test_cuda_kernels_equal_cpu_kernels(dtype):
+    """float64: equal to the CPU kernels to 1e-10.  float32 / float16: as accurate as the CPU
+    kernels against the float64 truth (twice their largest error, plus a few ulps): the CUDA
+    build contracts multiply-adds, so the two round differently, and log|dy/dx| of a narrow
+    bin cancels digits (6.7e-5 apart in float32 on an H200)."""
     x = 2.0 * torch.randn(257, 5, dtype=dtype)
     w, h, d = (t.to(dtype) for t in params((257, 5), 9))
     gy, gl = (
         torch.randn(257, 5, dtype=dtype),
         torch.randn(257, 5, dtype=torch.promote_types(dtype, torch.float32)),
     )
-    tol = dict(rtol=1e-3, atol=1e-3) if dtype == torch.float16 else dict(rtol=1e-5, atol=1e-5)
+    eps = {torch.float64: 0.0, torch.float32: 1e-6, torch.float16: 2e-3}[dtype]
+
+    def check(gpu, cpu, truth):
+        for b, a, t in zip(gpu, cpu, truth):
+            b = b.cpu()
+            assert b.dtype == a.dtype and b.shape == a.shape
+            if dtype == torch.float64:
+                torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+                continue
+            err, cpu_err = (b.double() - t).abs().max(), (a.double() - t).abs().max()
+            assert err <= 2 * cpu_err + eps, (err, cpu_err)
+
+    wide = [t.double() for t in (x, w, h, d)]
     for inverse in (False, True):
         op = OP.spline_inverse if inverse else OP.spline_forward
-        for a, b in zip(op(x, w, h, d, 3.0), op(x.cuda(), w.cuda(), h.cuda(), d.cuda(), 3.0)):
-            torch.testing.assert_close(b.cpu(), a, **tol)
+        check(op(*(t.cuda() for t in (x, w, h, d)), 3.0), op(x, w, h, d, 3.0), op(*wide, 3.0))
         cpu = OP.spline_backward(gy, gl, x, w, h, d, 3.0, inverse)
         gpu = OP.spline_backward(*(t.cuda() for t in (gy, gl, x, w, h, d)), 3.0, inverse)
-        for a, b in zip(cpu, gpu):
-            torch.testing.assert_close(b.cpu(), a, **tol)
+        check(gpu, cpu, OP.spline_backward(gy.double(), gl.double(), *wide, 3.0, inverse))

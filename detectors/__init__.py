@@ -55,6 +55,7 @@ from .scores import (
     MSEToMean,
     ScaleContribution,
     ScaleRatio,
+    TransformationClassifier,
     Typicality,
 )
 
@@ -127,6 +128,7 @@ __all__ = [
     "ApproximateMass",
     "InputComplexity",
     "Typicality",
+    "TransformationClassifier",
     "MSEToMean",
     "MSERatio",
     "KNN",

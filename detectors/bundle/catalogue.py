@@ -21,7 +21,8 @@ import torch
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
-    """A detector the bundle can fit: what it needs ("flow", "flow+general", "features",
+    """A detector the bundle can fit: what it needs ("flow", "flow+general", "flow+dagger",
+    "features", "images+features" (fitted on images, scored on their features),
     "features+labels", "features-flow", or "ensemble": other catalogue detectors, named in
     ``params["members"]``, that score the bundle's images), its class, its constructor
     parameters, what it uses beyond unlabelled in-distribution data, and its source."""
@@ -59,7 +60,17 @@ CATALOGUE: dict[str, Spec] = {
         "LikelihoodRatio",
         {},
         "aux data",
-        "Schirrmeister et al. 2020, Eq. 1: -(log p_in - log p_general), general = natural photo patches",
+        "Schirrmeister et al. 2020, Eq. 1: -(log p_in - log p_general); general = the shipped "
+        "general-distribution model of the data's colour mode and size (detectors.zoo), else one "
+        "trained on natural photo patches",
+    ),
+    "diff-dagger": Spec(
+        "flow+dagger",
+        "LikelihoodRatio",
+        {},
+        "aux data",
+        "Schirrmeister et al. 2020 (Diff-dagger): Diff to the general model finetuned with TRAIN as "
+        "outliers (the outlier loss with the roles swapped; --dagger-steps)",
     ),
     "mse": Spec(
         "features",
@@ -72,6 +83,14 @@ CATALOGUE: dict[str, Spec] = {
     "kde": Spec("features", "KDE", {}, "-", "-log Gaussian KDE on EfficientNet features"),
     "pca": Spec(
         "features", "PCA", {"n_components": 0.9}, "-", "PCA reconstruction error on EfficientNet features"
+    ),
+    "transforms": Spec(
+        "images+features",
+        "TransformationClassifier",
+        {"max_fit": 1000},
+        "-",
+        "Golan & El-Yaniv 2018, Hendrycks et al. 2019: -log p(identity | EfficientNet features) of a "
+        "classifier of vertical flips, 90/270-degree rotations and inversions of TRAIN",
     ),
     "feature-flow": Spec(
         "features-flow",
@@ -96,6 +115,23 @@ CATALOGUE: dict[str, Spec] = {
         "detectors.Ensemble: the z-scores of png and pca summed, each standardised on the held-out "
         "part of TRAIN; the best worst case of the OOD suite without aux data (docs/results.md section 6)",
     ),
+    "diff-dagger+pca+transforms": Spec(
+        "ensemble",
+        "Ensemble",
+        {"members": ["diff-dagger", "pca", "transforms"]},
+        "aux data",
+        "detectors.Ensemble of Diff-dagger (pixel statistics), feature PCA (semantics) and the "
+        "transformation classifier (orientation, polarity): the best worst case of the OOD suite "
+        "(docs/results.md section 6); the default when a shipped general model fits the data",
+    ),
+    "png+pca+transforms": Spec(
+        "ensemble",
+        "Ensemble",
+        {"members": ["png", "pca", "transforms"]},
+        "-",
+        "detectors.Ensemble of PNG complexity, feature PCA and the transformation classifier: the "
+        "best worst case of the OOD suite without a general-distribution model (docs/results.md section 6)",
+    ),
     "last-scale+pca": Spec(
         "ensemble",
         "Ensemble",
@@ -105,7 +141,7 @@ CATALOGUE: dict[str, Spec] = {
         "the held-out part of TRAIN (its OOD suite worst case: docs/results.md section 6)",
     ),
 }
-FEATURE_NEEDS = ("features", "features+labels", "features-flow")
+FEATURE_NEEDS = ("features", "features+labels", "features-flow", "images+features")
 ENSEMBLE = "ensemble"
 #: PCA dimensions before the vector flow; training noise (Schmier et al. 2022, Sec. 5)
 FEATURE_FLOW_DIM, FEATURE_NOISE = 32, 1e-2
@@ -183,7 +219,10 @@ class FeatureVectors(torch.nn.Module):
         return self.features(x)
 
 
-DEFAULT_DETECTORS = ("png+pca", "png", "pca")
+#: the default set when no shipped general model fits the data (members are added)
+DEFAULT_DETECTORS = ("png+pca+transforms",)
+#: the default set when one does (``detectors.zoo.general_for``)
+DEFAULT_WITH_GENERAL = ("diff-dagger+pca+transforms", "diff", "png")
 
 
 def build(
@@ -212,8 +251,10 @@ def build(
         return cls(models["feature-flow"], transform=projection, progress=progress, **kw)
     if spec.needs == "features+labels":
         return cls(FeatureVectors(feature_size), progress=progress, **kw)
-    if spec.needs == "features":
+    if spec.needs in ("features", "images+features"):
         return cls(feature_size=feature_size, progress=progress, **kw)
     if spec.needs == "flow+general":
         return cls(models["flow"], models["general"], progress=progress, **kw)
+    if spec.needs == "flow+dagger":
+        return cls(models["flow"], models["dagger"], progress=progress, **kw)
     return cls(models["flow"], progress=progress, **kw)

@@ -41,6 +41,7 @@ from ..limits import (
 from .catalogue import (
     CATALOGUE,
     DEFAULT_DETECTORS,
+    DEFAULT_WITH_GENERAL,
     ENSEMBLE,
     FEATURE_FLOW_DIM,
     FEATURE_NEEDS,
@@ -73,7 +74,8 @@ from .store import (
 class FitConfig:
     """Settings of :func:`fit_bundle` (the CLI's ``fit`` options)."""
 
-    detectors: tuple = DEFAULT_DETECTORS
+    detectors: tuple | None = None  # None: DEFAULT_WITH_GENERAL when a shipped general model
+    # fits the data (detectors.zoo.general_for), else DEFAULT_DETECTORS
     steps: int = 300  # optimisation steps per flow (a few minutes on 2 CPU cores at 32x32)
     batch_size: int = 32
     lr: float = 1e-3
@@ -88,18 +90,24 @@ class FitConfig:
     feature_size: int = 96  # EfficientNet-Lite0 input side for the feature detectors
     seed: int = 0
     max_images: int | None = None  # a seeded random subset of TRAIN of this size (default: all)
+    feature_cap: int = 5000  # feature detectors fit on at most this many images (stratified by class)
+    calibration_cap: int = 2000  # thresholds and ensembles calibrate on at most this many images
+    dagger_steps: int = 300  # steps of the Diff-dagger finetune of the general model
+    zoo: bool = True  # use the shipped zoo models (general models; a named set's trained models)
     progress: bool = True
 
     def check(self) -> None:
         """ValueError / TypeError (one line, naming the setting) for a value the CLI's ``fit``
         flags would refuse: sizes, widths and counts past the limits of ``detectors.limits``
         (named in the error), unknown detectors, shares outside (0, 1)."""
-        if isinstance(self.detectors, (str, bytes)) or not isinstance(self.detectors, (tuple, list)):
+        if self.detectors is None:
+            pass
+        elif isinstance(self.detectors, (str, bytes)) or not isinstance(self.detectors, (tuple, list)):
             raise TypeError(
                 f"FitConfig: detectors must be a tuple of catalogue names, got {self.detectors!r}"
             )
-        unknown = [d for d in self.detectors if d not in CATALOGUE]
-        if unknown or not self.detectors:
+        unknown = [d for d in self.detectors or () if d not in CATALOGUE]
+        if unknown or (self.detectors is not None and not self.detectors):
             raise ValueError(f"detectors: unknown {unknown}; choose from {', '.join(CATALOGUE)}")
         for name, (low, high, limit) in _LIMITS.items():
             _check_limit(getattr(self, name), name, low, high, limit, optional=name in ("size", "max_images"))
@@ -114,7 +122,7 @@ class FitConfig:
         check_number(self.holdout, "holdout", "FitConfig", low=0, high=1, low_open=True, high_open=True)
         check_number(self.fpr, "fpr", "FitConfig", low=0, high=1, low_open=True, high_open=True)
         check_number(self.lr, "lr", "FitConfig", low=0, high=1, low_open=True)
-        check_bools("FitConfig", progress=self.progress)
+        check_bools("FitConfig", progress=self.progress, zoo=self.zoo)
 
 
 #: FitConfig's integer settings: (lowest, highest, the limit's name), as the CLI's ``fit`` flags
@@ -129,6 +137,9 @@ _LIMITS = {
     "feature_size": (MIN_FEATURE_SIZE, MAX_FEATURE_SIZE, "MAX_FEATURE_SIZE"),
     "seed": (0, MAX_SEED, "MAX_SEED"),
     "max_images": (3, MAX_IMAGES, "MAX_IMAGES"),
+    "feature_cap": (3, MAX_IMAGES, "MAX_IMAGES"),
+    "calibration_cap": (2, MAX_IMAGES, "MAX_IMAGES"),
+    "dagger_steps": (1, MAX_STEPS, "MAX_STEPS"),
 }
 
 
@@ -193,7 +204,18 @@ def _read_trained_on(run_dir: str, default: list) -> list:
 
 
 def _train_or_reuse(
-    model, data: torch.Tensor, run_dir: str, cfg: FitConfig, say, what: str, start: str, images=None
+    model,
+    data: torch.Tensor,
+    run_dir: str,
+    cfg: FitConfig,
+    say,
+    what: str,
+    start: str,
+    images=None,
+    objective=None,
+    steps: int | None = None,
+    lr: float | None = None,
+    warmup: int | None = None,
 ):
     """Trains ``model`` on ``data`` in the Trainer run directory ``run_dir`` (resuming a run
     there, or reusing it when it already has ``cfg.steps`` steps) and returns (the model read
@@ -201,27 +223,33 @@ def _train_or_reuse(
     on).  ``images``: uint8 images whose content ``data`` is (default ``data``); their digests
     are recorded in ``run_dir/trained-on.json`` when training, and read back when reusing a run
     (the current ones when an older run has none).  ``what`` names the model in messages,
-    ``start`` is the line printed before training."""
+    ``start`` is the line printed before training.  ``objective`` (default: maximum
+    likelihood), ``steps``, ``lr``, ``warmup``: a finetune's settings (a model given with an
+    objective is already trained: no data-dependent initialisation)."""
     import invflow
-    from invflow.train import Trainer
+    from invflow.train import Trainer, nll
 
+    steps = cfg.steps if steps is None else steps
     resume = os.path.isfile(os.path.join(run_dir, "latest"))
     trainer = Trainer(
         model,
         data,
         out_dir=run_dir,
-        steps=cfg.steps,
+        objective=nll if objective is None else objective,
+        steps=steps,
         batch_size=min(cfg.batch_size, len(data)),
-        lr=cfg.lr,
-        warmup=max(1, min(100, cfg.steps // 5)),
+        lr=cfg.lr if lr is None else lr,
+        warmup=max(1, min(100, steps // 5)) if warmup is None else warmup,
         seed=cfg.seed,
-        checkpoint_every=max(10, cfg.steps // 10),
+        checkpoint_every=max(10, steps // 10),
         progress=cfg.progress,
         log_every=10,
     )
+    if objective is not None:
+        trainer.initialize = lambda: None
     digests = image_digests(data if images is None else images)
     record = os.path.join(run_dir, TRAINED_ON_FILE)
-    if resume and trainer.load_latest() and trainer.step >= cfg.steps:
+    if resume and trainer.load_latest() and trainer.step >= steps:
         say(f"{run_dir}: reusing the trained {what} (step {trainer.step})")
         digests = _read_trained_on(run_dir, digests)
     else:
@@ -303,14 +331,53 @@ class Train:
     skipped: list
 
 
-def announce_members(cfg: FitConfig, say) -> tuple:
-    """The detectors to fit: ``cfg.detectors`` with each ensemble's members (``with_members``),
+#: why the default detectors are these (recorded in a bundle fitted with the defaults)
+DEFAULTS_REASON = (
+    "the best worst case over the OOD suite (docs/results.md section 6, 'The defaults of fit'): "
+    "Diff-dagger + feature PCA + transformation classifier when a shipped general-distribution "
+    "model fits the data (each member collapses on some kind of OOD data, the three together "
+    "on none), else PNG complexity + feature PCA + transformation classifier"
+)
+
+
+def choose_zoo(train, policy: ImagePolicy, cfg: FitConfig, say) -> dict:
+    """{role: zoo model} this fit uses (``cfg.zoo``): a named set's own trained models when TRAIN
+    is that set, whole, at the models' size (``detectors.zoo.models_for``; the fit then trains
+    no flow), else the general-distribution model of the data's colour mode and size
+    (``detectors.zoo.general_for``), else {}."""
+    from .. import zoo
+
+    if not cfg.zoo:
+        return {}
+    named = zoo.models_for(train.name) if isinstance(train.name, str) else None
+    if named and cfg.max_images is None:
+        shape = tuple(zoo.load(named["flow"]).input_shape)
+        if shape == (policy.channels, policy.size, policy.size):
+            say(
+                f"{train.name}: using the zoo's models trained on it ({', '.join(named.values())}); "
+                "--no-zoo trains new ones"
+            )
+            return named
+    general = zoo.general_for(policy.channels, policy.size)
+    return {"general": general} if general else {}
+
+
+def resolve_detectors(cfg: FitConfig, zoo_names: dict) -> tuple:
+    """``cfg.detectors``, or the default set: :data:`DEFAULT_WITH_GENERAL` when a shipped
+    general model fits the data, else :data:`DEFAULT_DETECTORS` (:data:`DEFAULTS_REASON`)."""
+    if cfg.detectors is not None:
+        return tuple(cfg.detectors)
+    return DEFAULT_WITH_GENERAL if "general" in zoo_names else DEFAULT_DETECTORS
+
+
+def announce_members(detectors: tuple, say) -> tuple:
+    """The detectors to fit: ``detectors`` with each ensemble's members (``with_members``),
     saying which members were added."""
-    for ens in (d for d in cfg.detectors if members(d)):
-        added = [m for m in members(ens) if m not in cfg.detectors]
+    for ens in (d for d in detectors if members(d)):
+        added = [m for m in members(ens) if m not in detectors]
         if added:
             say(f"{ens} combines {', '.join(members(ens))}: also fitting and reporting {', '.join(added)}")
-    return with_members(cfg.detectors)
+    return with_members(detectors)
 
 
 def read_train(data, cfg: FitConfig, say) -> Train:
@@ -380,7 +447,7 @@ def model_config(cfg: FitConfig) -> dict:
     return {"class": "Glow", "levels": cfg.levels, "depth": cfg.depth, "hidden": cfg.hidden}
 
 
-def start_run(out: str, train: Train, policy: ImagePolicy, cfg: FitConfig, command) -> None:
+def start_run(out: str, train: Train, policy: ImagePolicy, cfg: FitConfig, command, zoo_names=None) -> None:
     """Refuses an ``out`` holding something else or a fit with other settings, then writes
     ``fit.json`` (the settings a re-run must match to resume)."""
     settings = {
@@ -391,6 +458,7 @@ def start_run(out: str, train: Train, policy: ImagePolicy, cfg: FitConfig, comma
         "model": model_config(cfg),
         "holdout": cfg.holdout,
         "seed": cfg.seed,
+        "zoo": dict(zoo_names or {}),
     }
     check_out(out, settings)
     os.makedirs(out, exist_ok=True)
@@ -401,11 +469,18 @@ def start_run(out: str, train: Train, policy: ImagePolicy, cfg: FitConfig, comma
 
 @dataclasses.dataclass
 class Split:
-    """TRAIN by the policy (uint8 [N, C, S, S]) and its seeded split: fit part, held-out part."""
+    """TRAIN by the policy (uint8 [N, C, S, S]) and its seeded split: the fit part, the
+    held-out (calibration) part, and the sample of the fit part the feature detectors fit on
+    (``feat_idx``, at most ``FitConfig.feature_cap``).  ``cal_x``: calibration images from
+    elsewhere (a named set's test split, when the zoo's models saw all of TRAIN), used
+    instead of ``x[cal_idx]``; ``calibration``: where the calibration images come from."""
 
     x: torch.Tensor
     fit_idx: torch.Tensor
     cal_idx: torch.Tensor
+    feat_idx: torch.Tensor | None = None
+    cal_x: torch.Tensor | None = None
+    calibration: str = "held-out part of TRAIN"
 
     @property
     def fit(self) -> torch.Tensor:
@@ -413,25 +488,76 @@ class Split:
 
     @property
     def cal(self) -> torch.Tensor:
-        return self.x[self.cal_idx]
+        return self.cal_x if self.cal_x is not None else self.x[self.cal_idx]
+
+    @property
+    def feat(self) -> torch.Tensor:
+        return self.x[self.fit_idx if self.feat_idx is None else self.feat_idx]
 
 
-def split_train(train: Train, policy: ImagePolicy, cfg: FitConfig, say) -> Split:
-    """Applies the policy and holds out ``cfg.holdout`` of TRAIN for calibration (:func:`holdout_split`)."""
+def capped_sample(idx: torch.Tensor, labels, cap: int, seed: int) -> torch.Tensor:
+    """At most ``cap`` of the indices ``idx`` (sorted), seeded: all when there are no more;
+    with ``labels`` (of all images) a stratified sample, each class keeping its share
+    (rounded, at least one image per class when the cap allows)."""
+    if len(idx) <= cap:
+        return idx
+    g = torch.Generator().manual_seed(seed + 3)
+    if labels is None:
+        return idx[torch.randperm(len(idx), generator=g)[:cap]].sort().values
+    lab = labels[idx]
+    classes, counts = lab.unique(return_counts=True)
+    quota = (counts.double() * cap / len(idx)).floor().long().clamp(min=1 if len(classes) <= cap else 0)
+    order = torch.argsort(-(counts.double() * cap / len(idx) - quota.double()))  # largest remainders
+    for i in order[: max(0, cap - int(quota.sum()))]:
+        quota[i] += 1
+    picked = []
+    for c, q in zip(classes, quota):
+        members = idx[lab == c]
+        picked.append(members[torch.randperm(len(members), generator=g)[: int(q)]])
+    return torch.cat(picked)[:cap].sort().values
+
+
+def split_train(train: Train, policy: ImagePolicy, cfg: FitConfig, say, zoo_names=None) -> Split:
+    """Applies the policy and holds out ``cfg.holdout`` of TRAIN for calibration
+    (:func:`holdout_split`), at most ``cfg.calibration_cap`` of it used; the feature detectors'
+    sample of the fit part (:func:`capped_sample`, ``cfg.feature_cap``).  When the zoo's
+    in-distribution models of a named set are reused (``zoo_names`` has a "flow"), they saw
+    every training image: all of TRAIN is the fit part and the calibration images are the last
+    ``cfg.calibration_cap`` of the set's test split."""
     x = policy.apply(train.images, cfg.progress)
-    fit_idx, cal_idx = holdout_split(len(x), cfg.holdout, cfg.seed)
-    split = Split(x, fit_idx, cal_idx)
-    say(f"fit part: {len(fit_idx)} images; calibration part (held out): {len(cal_idx)} images")
+    g = torch.Generator().manual_seed(cfg.seed + 4)
+    if zoo_names and "flow" in zoo_names:
+        test, _, _, _ = read_images(train.name, cfg.progress, split="test")
+        test = policy.apply(test, cfg.progress)
+        n_cal = min(cfg.calibration_cap, len(test))
+        split = Split(
+            x,
+            torch.arange(len(x)),
+            torch.arange(0),
+            cal_x=test[len(test) - n_cal :],
+            calibration=f"the last {n_cal} images of the {train.name} test split (the zoo models saw all of TRAIN)",
+        )
+    else:
+        fit_idx, cal_idx = holdout_split(len(x), cfg.holdout, cfg.seed)
+        if len(cal_idx) > cfg.calibration_cap:
+            cal_idx = cal_idx[torch.randperm(len(cal_idx), generator=g)[: cfg.calibration_cap]].sort().values
+        split = Split(x, fit_idx, cal_idx)
+    split.feat_idx = capped_sample(split.fit_idx, train.labels, cfg.feature_cap, cfg.seed)
+    say(
+        f"fit part: {len(split.fit_idx)} images (feature detectors: {len(split.feat_idx)}"
+        f"{', stratified by class' if train.labels is not None and len(split.feat_idx) < len(split.fit_idx) else ''}); "
+        f"calibration: {len(split.cal)} images ({split.calibration})"
+    )
     return split
 
 
 def check_needs(names: tuple, split: Split, labels) -> set:
     """What the detectors need (``Spec.needs``); ValueError when TRAIN cannot provide it."""
     needs = {CATALOGUE[d].needs for d in names}
-    if ENSEMBLE in needs and len(split.cal_idx) < 2:
+    if ENSEMBLE in needs and len(split.cal) < 2:
         raise ValueError(
             f"{[d for d in names if members(d)]} standardise their members on the held-out part of "
-            f"TRAIN, which has {len(split.cal_idx)} image(s); use more images or a larger --holdout"
+            f"TRAIN, which has {len(split.cal)} image(s); use more images or a larger --holdout"
         )
     if "features+labels" in needs and labels is None:
         supervised = [d for d in names if CATALOGUE[d].needs == "features+labels"]
@@ -442,45 +568,160 @@ def check_needs(names: tuple, split: Split, labels) -> set:
     return needs
 
 
+#: broadened photo patches the Diff-dagger finetune keeps the general model on
+DAGGER_PATCHES = 20000
+
+
+def _from_zoo(out: str, role: str, name: str, models: dict, model_paths: dict, say) -> None:
+    """Copies the zoo model ``name`` into ``out/models/<role>.safetensors`` (the bundle stays
+    self-contained) and loads it as ``models[role]``."""
+    import shutil
+
+    from .. import zoo
+
+    rel = os.path.join("models", f"{role}.safetensors")
+    dst = os.path.join(out, rel)
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    shutil.copyfile(os.path.join(zoo.ZOO_DIR, "weights", f"{name}.safetensors"), dst + ".tmp")
+    os.replace(dst + ".tmp", dst)
+    models[role], model_paths[role] = zoo.load(name), rel
+    say(f"{role} model: the zoo's {name} ({zoo.card(name)['summary']})")
+
+
+def _general_patches(policy: ImagePolicy) -> torch.Tensor:
+    """The general model's data for the Diff-dagger finetune: broadened photo patches of the
+    policy's size and colour mode (the zoo's general models were trained on them)."""
+    from ..data import broaden
+    from ..data.files import DatasetUnavailable
+    from ..data.named import natural_patches
+    from ..data.photos import photo_patches
+
+    try:
+        patches = photo_patches(DAGGER_PATCHES, policy.size, "train", seed=0, channels=policy.channels)
+    except DatasetUnavailable:  # without the wallpaper packages: the scikit-image / -learn photos
+        patches = natural_patches(DAGGER_PATCHES, policy.size, policy.channels, seed=0)
+    return broaden(patches, seed=0)
+
+
+def _finetune_dagger(run_dir: str, general_name: str, in_model, x_fit, policy, cfg: FitConfig, say):
+    """Diff-dagger (Schirrmeister et al. 2020 Sec. 5.3): the zoo's general model ``general_name``
+    finetuned for ``cfg.dagger_steps`` steps on broadened photo patches with the fit part as
+    outliers, scored by the in-distribution flow (``objectives.diff_dagger_objective``);
+    resumable in ``run_dir``.  Returns (the finetuned model in eval mode, digests)."""
+    from .. import zoo
+    from ..objectives import diff_dagger_objective
+
+    model = zoo.load(general_name).train()
+    start = (
+        f"Diff-dagger: finetuning the zoo's {general_name} with the fit part as outliers for "
+        f"{cfg.dagger_steps} steps"
+    )
+    return _train_or_reuse(
+        model,
+        _general_patches(policy),
+        run_dir,
+        cfg,
+        say,
+        "Diff-dagger general model",
+        start,
+        images=x_fit,
+        objective=diff_dagger_objective(in_model, x_fit),
+        steps=cfg.dagger_steps,
+        lr=5e-4,
+        warmup=min(50, max(1, cfg.dagger_steps // 5)),
+    )
+
+
 def train_flows(
-    out: str, needs: set, x_fit: torch.Tensor, policy: ImagePolicy, cfg: FitConfig, say, trained_on=None
+    out: str,
+    needs: set,
+    x_fit: torch.Tensor,
+    policy: ImagePolicy,
+    cfg: FitConfig,
+    say,
+    trained_on=None,
+    zoo_names=None,
 ):
-    """The image flow (and the general-distribution flow of ``diff``, trained on natural photo
-    patches): (models by role, their run directories relative to ``out``).  ``trained_on``: a
-    dict given the digests of each model's training images, by role (:func:`image_digests`)."""
+    """The image flow, the general-distribution flow of ``diff`` / ``diff-dagger`` and the
+    Diff-dagger finetune: (models by role, their paths relative to ``out``).  A role named in
+    ``zoo_names`` ({role: zoo model}) is the zoo's model, copied into the bundle; else the flow
+    trains on the fit part, the general model (``diff`` only) on natural photo patches, and
+    the Diff-dagger model is the zoo's general model finetuned (:func:`_finetune_dagger`).
+    ``trained_on``: a dict given the digests of each trained model's images, by role
+    (:func:`image_digests`)."""
     models, model_paths = {}, {}
     trained_on = {} if trained_on is None else trained_on
-    if needs & {"flow", "flow+general"}:
-        model_paths["flow"] = os.path.join("models", "flow")
-        models["flow"], trained_on["flow"] = _train_flow(
-            os.path.join(out, model_paths["flow"]), x_fit, policy, cfg, say
-        )
-    if "flow+general" in needs:
-        from ..data.named import natural_patches
+    zoo_names = zoo_names or {}
+    if needs & {"flow", "flow+general", "flow+dagger"}:
+        if "flow" in zoo_names:
+            _from_zoo(out, "flow", zoo_names["flow"], models, model_paths, say)
+        else:
+            model_paths["flow"] = os.path.join("models", "flow")
+            models["flow"], trained_on["flow"] = _train_flow(
+                os.path.join(out, model_paths["flow"]), x_fit, policy, cfg, say
+            )
+    if needs & {"flow+general", "flow+dagger"}:
+        if "general" in zoo_names:
+            _from_zoo(out, "general", zoo_names["general"], models, model_paths, say)
+        elif "flow+dagger" in needs:
+            from ..zoo import GENERAL_MODELS
 
-        general = natural_patches(
-            max(1000, len(x_fit)), size=policy.size, channels=policy.channels, seed=cfg.seed, split="train"
-        )
-        model_paths["general"] = os.path.join("models", "general")
-        say("general-distribution model: natural photo patches (scikit-image, scikit-learn, matplotlib)")
-        models["general"], trained_on["general"] = _train_flow(
-            os.path.join(out, model_paths["general"]), general, policy, cfg, say
-        )
+            have = ", ".join(f"{'grey' if c == 1 else 'RGB'} {s}x{s}" for c, s in GENERAL_MODELS)
+            raise ValueError(
+                f"diff-dagger finetunes a shipped general-distribution model, and the zoo has none for "
+                f"{'grey' if policy.channels == 1 else 'RGB'} {policy.size}x{policy.size} images (it has "
+                f"{have}); pass --size / --grey / --rgb to match one, or choose other --detectors"
+            )
+        else:
+            from ..data.named import natural_patches
+
+            general = natural_patches(
+                max(1000, len(x_fit)),
+                size=policy.size,
+                channels=policy.channels,
+                seed=cfg.seed,
+                split="train",
+            )
+            model_paths["general"] = os.path.join("models", "general")
+            say("general-distribution model: natural photo patches (scikit-image, scikit-learn, matplotlib)")
+            models["general"], trained_on["general"] = _train_flow(
+                os.path.join(out, model_paths["general"]), general, policy, cfg, say
+            )
+    if "flow+dagger" in needs:
+        if "dagger" in zoo_names:
+            _from_zoo(out, "dagger", zoo_names["dagger"], models, model_paths, say)
+        else:
+            model_paths["dagger"] = os.path.join("models", "dagger")
+            models["dagger"], _ = _finetune_dagger(
+                os.path.join(out, model_paths["dagger"]),
+                zoo_names["general"],
+                models["flow"],
+                x_fit,
+                policy,
+                cfg,
+                say,
+            )
     return models, model_paths
 
 
 def extract_features(out: str, needs: set, split: Split, labels, cfg: FitConfig, tensors: dict, say):
-    """EfficientNet-Lite0 features of the fit and held-out parts ((None, None) when no detector
-    needs them); the fit part's features (and labels) go into ``tensors`` for the state file."""
-    f_fit = f_cal = None
-    if needs & set(FEATURE_NEEDS):
-        say(f"EfficientNet-Lite0 features at {cfg.feature_size}x{cfg.feature_size}")
-        feats = _cached_features(out, split.x, cfg)
-        f_fit, f_cal = feats[split.fit_idx], feats[split.cal_idx]
-        tensors["features.fit"] = f_fit.float()
+    """EfficientNet-Lite0 features of the feature sample of the fit part (``split.feat``) and of
+    the calibration images: (f_fit, f_cal, the sample's images), Nones when no detector needs
+    them; the sample's features (and labels) go into ``tensors`` for the state file.  Memory
+    grows with the capped sample, not with TRAIN."""
+    if not needs & set(FEATURE_NEEDS):
+        return None, None, None
+    x_feat, cal = split.feat, split.cal
+    say(
+        f"EfficientNet-Lite0 features at {cfg.feature_size}x{cfg.feature_size} of {len(x_feat)} + "
+        f"{len(cal)} images"
+    )
+    feats = _cached_features(out, torch.cat([x_feat, cal]), cfg)
+    f_fit, f_cal = feats[: len(x_feat)], feats[len(x_feat) :]
+    tensors["features.fit"] = f_fit.float()
     if "features+labels" in needs:
-        tensors["labels.fit"] = labels[split.fit_idx].long()
-    return f_fit, f_cal
+        tensors["labels.fit"] = labels[split.feat_idx].long()
+    return f_fit, f_cal, x_feat
 
 
 def train_feature_flow(
@@ -513,11 +754,16 @@ def train_feature_flow(
     return projection
 
 
-def fit_detectors(names, split: Split, labels, features, models, projection, cfg: FitConfig, say):
-    """Fits each detector on the fit part and sets its threshold on the held-out part (members
-    before ensembles; an ensemble standardises its members' held-out scores): (detectors by
-    name, their ``bundle.json`` entries), both in the order of ``names``."""
-    f_fit, f_cal = features
+def fit_detectors(
+    names, split: Split, labels, features, models, projection, cfg: FitConfig, say, tensors=None
+):
+    """Fits each detector on the fit part (feature detectors on its feature sample) and sets
+    its threshold on the calibration images (members before ensembles; an ensemble
+    standardises its members' calibration scores): (detectors by name, their ``bundle.json``
+    entries), both in the order of ``names``.  ``tensors``: gets fitted arrays that go into
+    the state file (the transformation classifier's)."""
+    f_fit, f_cal, x_feat = features
+    tensors = {} if tensors is None else tensors
     x_fit, x_cal = split.fit, split.cal
     entries, dets = [], {}
     member_cal = {}  # ensemble members' scores on the held-out part
@@ -535,7 +781,11 @@ def fit_detectors(names, split: Split, labels, features, models, projection, cfg
             det._stats, det.threshold, det.fpr = known._stats, known.threshold, known.fpr
         else:
             if spec.needs == "features+labels":  # the detector's own state, from the fit part only
-                det._fit_state(f_fit.double().numpy(), labels[split.fit_idx].numpy())
+                det._fit_state(f_fit.double().numpy(), labels[split.feat_idx].numpy())
+            elif spec.needs == "images+features":  # transformed copies of the sample's images
+                det._fit(x_feat, features=f_fit.double().numpy())
+                for k, t in det.tensors().items():
+                    tensors[f"{dname}.{k}"] = t
             else:
                 det._fit(fit_in)
             det.calibrate(cal_in, cfg.fpr)  # the threshold, from the held-out part
@@ -551,11 +801,11 @@ def fit_detectors(names, split: Split, labels, features, models, projection, cfg
                 "source": spec.source,
                 "threshold": det.threshold,
                 "fpr": det.fpr,
-                "state": state(det, spec),
+                "state": state(det, spec, dname),
             }
         )
-        say(f"  {dname:<11} threshold {det.threshold:.5g} (flags {cfg.fpr:.0%} of held-out TRAIN)")
-    n_cal = len(split.cal_idx)
+        say(f"  {dname:<11} threshold {det.threshold:.5g} (flags {cfg.fpr:.0%} of the calibration images)")
+    n_cal = len(split.cal)
     if n_cal * cfg.fpr < 5:
         say(
             f"warning: the thresholds rest on {n_cal} held-out image(s), about {n_cal * cfg.fpr:.1f} "
@@ -604,9 +854,12 @@ def check_calibration_data(names, cal: torch.Tensor, trained_on: dict, cfg: FitC
     return said
 
 
-def write_bundle(out: str, train: Train, split: Split, policy, model_paths, entries, tensors, cfg, command):
+def write_bundle(
+    out: str, train: Train, split: Split, policy, model_paths, entries, tensors, cfg, command, zoo_names=None
+):
     """Writes ``state.safetensors`` (when there are fitted arrays), then ``bundle.json`` last;
-    returns the metadata written."""
+    returns the metadata written (``zoo``: the zoo models used, by role; ``defaults``: why
+    the default detectors are these, when they were not chosen)."""
     if tensors:
         write_tensors(os.path.join(out, STATE_FILE), tensors, {"format": FORMAT})
     meta = {
@@ -623,15 +876,20 @@ def write_bundle(out: str, train: Train, split: Split, policy, model_paths, entr
             "train": str(train.name),
             "n_images": len(split.x),
             "n_fit": len(split.fit_idx),
-            "n_calibration": len(split.cal_idx),
+            "n_features": len(split.feat_idx) if split.feat_idx is not None else len(split.fit_idx),
+            "n_calibration": len(split.cal),
+            "calibration": split.calibration,
             "holdout": cfg.holdout,
             "seed": cfg.seed,
             "skipped": [p for p, _ in train.skipped],
         },
         "fit": dataclasses.asdict(cfg),
+        "zoo": dict(zoo_names or {}),
         "detectors": entries,
     }
-    meta["fit"]["detectors"] = list(cfg.detectors)
+    if cfg.detectors is None:
+        meta["defaults"] = DEFAULTS_REASON
+    meta["fit"]["detectors"] = list(resolve_detectors(cfg, zoo_names or {}))
     write_json(os.path.join(out, BUNDLE_FILE), meta)
     return meta
 
@@ -679,21 +937,22 @@ def fit_bundle(
     """
     cfg = as_config(config)
     cfg.check()
-    names = announce_members(cfg, say)
     out = os.fspath(out)
     train = read_train(data, cfg, say)
     policy = choose_policy(train, cfg, say)
-    start_run(out, train, policy, cfg, command)
-    split = split_train(train, policy, cfg, say)
+    zoo_names = choose_zoo(train, policy, cfg, say)
+    names = announce_members(resolve_detectors(cfg, zoo_names), say)
+    start_run(out, train, policy, cfg, command, zoo_names)
+    split = split_train(train, policy, cfg, say, zoo_names)
     needs = check_needs(names, split, train.labels)
     trained_on = {}
-    models, model_paths = train_flows(out, needs, split.fit, policy, cfg, say, trained_on)
+    models, model_paths = train_flows(out, needs, split.fit, policy, cfg, say, trained_on, zoo_names)
     tensors = {}
     features = extract_features(out, needs, split, train.labels, cfg, tensors, say)
     projection = train_feature_flow(
-        out, needs, features[0], cfg, models, model_paths, tensors, say, split.fit, trained_on
+        out, needs, features[0], cfg, models, model_paths, tensors, say, features[2], trained_on
     )
     check_calibration_data(names, split.cal, trained_on, cfg)
-    dets, entries = fit_detectors(names, split, train.labels, features, models, projection, cfg, say)
-    meta = write_bundle(out, train, split, policy, model_paths, entries, tensors, cfg, command)
+    dets, entries = fit_detectors(names, split, train.labels, features, models, projection, cfg, say, tensors)
+    meta = write_bundle(out, train, split, policy, model_paths, entries, tensors, cfg, command, zoo_names)
     return Bundle(dets, policy, meta, cfg.feature_size, out)

@@ -85,6 +85,7 @@ MAX_LATEST_BYTES = 4096
 MODEL_ROLES = {
     "flow": ("flow",),
     "flow+general": ("flow", "general"),
+    "flow+dagger": ("flow", "dagger"),
     "features-flow": ("feature-flow",),
 }
 
@@ -377,8 +378,9 @@ def load(path, progress: bool = False) -> Bundle:
     return Bundle(dets, policy, meta, feature_size, path)
 
 
-def state(det, spec: Spec) -> dict:
-    """The JSON part of a fitted detector's state."""
+def state(det, spec: Spec, name: str = "") -> dict:
+    """The JSON part of a fitted detector's state (``name``: the detector's, whose arrays the
+    state file holds under ``name.*``)."""
     if spec.needs == ENSEMBLE:
         return {"standardisation": {name: list(det._stats[name]) for name in det.members}}
     if spec.cls == "Typicality":
@@ -389,6 +391,8 @@ def state(det, spec: Spec) -> dict:
         return {"features": "features.fit", "labels": "labels.fit"}
     if spec.needs == "features-flow":
         return {"projection": "projection.*"}
+    if spec.needs == "images+features":
+        return {"coef": f"{name}.coef", "intercept": f"{name}.intercept", "feature_size": det.feature_size}
     return {}
 
 
@@ -418,6 +422,15 @@ def restore(det, spec: Spec, state: dict, tensors: dict, where: str) -> None:
             raise ValueError(f"{where}: state.standardisation: every std must be > 0, got {stats!r}")
     elif spec.cls == "Typicality":
         det.entropy = _number(state.get("entropy"), "state.entropy", where)
+    elif spec.needs == "images+features":
+        keys = [state.get("coef"), state.get("intercept")]
+        missing = [k for k in keys if not isinstance(k, str) or k not in tensors]
+        if missing:
+            raise ValueError(f"{where} needs {missing} in {STATE_FILE}, which lacks them; re-run the fit")
+        try:
+            det.load_tensors(tensors[keys[0]], tensors[keys[1]])
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}; re-run the fit") from None
     elif spec.needs in ("features", "features+labels"):
         keys = [state.get("features", "features.fit")] + (
             [state.get("labels", "labels.fit")] if spec.needs == "features+labels" else []
@@ -464,7 +477,7 @@ def check_out(out: str, settings: dict) -> None:
     old = read_json(inside(out, FIT_FILE, FIT_FILE), f"{FIT_FILE} (the settings of the fit in progress)")
     changed = [
         k
-        for k in ("data", "n_images", "preprocessing", "model", "holdout", "seed")
+        for k in ("data", "n_images", "preprocessing", "model", "holdout", "seed", "zoo")
         if old.get(k) != settings.get(k)
     ]
     if changed:

@@ -28,7 +28,7 @@ from .common import (
 #: the defaults of ``detectors.bundle.FitConfig`` (a test checks they agree); kept here so that
 #: building the parser imports neither torch's models nor scikit-learn
 DEFAULTS = dict(
-    detectors=("png+pca", "png", "pca"),
+    detectors=None,
     steps=300,
     batch_size=32,
     lr=1e-3,
@@ -40,7 +40,12 @@ DEFAULTS = dict(
     fpr=0.05,
     feature_size=96,
     seed=0,
+    feature_cap=5000,
+    calibration_cap=2000,
+    dagger_steps=300,
 )
+#: the default sets (``detectors.bundle.catalogue``; a test checks they agree)
+DEFAULT_SETS = (("diff-dagger+pca+transforms", "diff", "png"), ("png+pca+transforms",))
 
 
 def detector_list() -> str:
@@ -102,11 +107,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "--detectors",
         nargs="+",
         type=detector_name,
-        default=list(d["detectors"]),
+        default=None,
         metavar="NAME",
-        help=f"detectors to fit (default: {' '.join(d['detectors'])}, the best worst case of the OOD "
-        "suite without auxiliary data, docs/results.md section 6); an ensemble's members are fitted "
-        "and reported too; --list-detectors names each with its source (docs/detectors.md)",
+        help=f"detectors to fit (default: {' '.join(DEFAULT_SETS[0])} with a shipped general model "
+        f"for the data's mode and size, else {' '.join(DEFAULT_SETS[1])}: the best worst cases of "
+        "the OOD suite, docs/results.md section 6); ensembles bring their members; "
+        "--list-detectors names each",
     )
     p.add_argument(
         "--list-detectors",
@@ -198,6 +204,33 @@ def add_parser(sub) -> argparse.ArgumentParser:
         default=d["seed"],
         help="seed of the split and the training (default: %(default)s)",
     )
+    p.add_argument(
+        "--feature-cap",
+        type=integer(3, MAX_IMAGES, "MAX_IMAGES"),
+        default=d["feature_cap"],
+        metavar="N",
+        help="feature detectors fit on at most N images, a seeded sample stratified by class "
+        "folder (default: %(default)s)",
+    )
+    p.add_argument(
+        "--calibration-cap",
+        type=integer(2, MAX_IMAGES, "MAX_IMAGES"),
+        default=d["calibration_cap"],
+        metavar="N",
+        help="thresholds and ensembles calibrate on at most N held-out images (default: %(default)s)",
+    )
+    p.add_argument(
+        "--dagger-steps",
+        type=integer(1, MAX_STEPS, "MAX_STEPS"),
+        default=d["dagger_steps"],
+        help="steps of the Diff-dagger finetune of the shipped general model (default: %(default)s)",
+    )
+    p.add_argument(
+        "--no-zoo",
+        action="store_true",
+        help="train every flow here; by default fashion-mnist reuses its zoo models and diff / "
+        "diff-dagger use the shipped general model for the data",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -227,7 +260,7 @@ def run_fit(args, argv=None) -> None:
     from ..data import UnreadableImagesWarning
 
     cfg = FitConfig(
-        detectors=tuple(dict.fromkeys(args.detectors)),
+        detectors=None if args.detectors is None else tuple(dict.fromkeys(args.detectors)),
         steps=args.steps,
         batch_size=args.batch,
         lr=args.lr,
@@ -241,6 +274,10 @@ def run_fit(args, argv=None) -> None:
         feature_size=args.feature_size,
         seed=args.seed,
         max_images=args.n,
+        feature_cap=args.feature_cap,
+        calibration_cap=args.calibration_cap,
+        dagger_steps=args.dagger_steps,
+        zoo=not args.no_zoo,
         progress=not args.no_progress,
     )
     if not os.path.exists(args.data) and (os.sep in args.data or "." in os.path.basename(args.data)):

@@ -90,65 +90,93 @@ def _name(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
+def _read_wallpaper(rel: str) -> np.ndarray:
+    """The wallpaper ``rel`` (under BACKGROUNDS) as uint8 RGB [H, W, 3], at most 1024 px on its
+    long side (Pillow draft + box filter).  DatasetUnavailable names the package to install."""
+    from PIL import Image
+
+    path = os.path.join(BACKGROUNDS, rel)
+    if not os.path.isfile(path):
+        raise DatasetUnavailable(f"{path} is missing: make data (apt-get install -y {' '.join(PACKAGES)})")
+    with Image.open(path) as im:
+        im.draft("RGB", (_MAX_SIDE, _MAX_SIDE))
+        im = im.convert("RGB")
+        scale = _MAX_SIDE / max(im.size)
+        if scale < 1:
+            im = im.resize((round(im.width * scale), round(im.height * scale)), Image.BOX)
+        return np.array(im, dtype=np.uint8)
+
+
 @functools.lru_cache(maxsize=1)
 def grey_photos() -> tuple[tuple[str, np.ndarray], ...]:
     """All 40 photos as (name, read-only uint8 [H, W]) in a fixed order; wallpapers reduced to
     at most 1024 px on their long side.  DatasetUnavailable names the package to install."""
-    from PIL import Image
-
     out = [(_name(name), arr) for (_, name), arr in zip(NATURAL_PHOTOS, natural_photos(grey=True))]
     for _package, rel in WALLPAPER_PHOTOS:
-        path = os.path.join(BACKGROUNDS, rel)
-        if not os.path.isfile(path):
-            raise DatasetUnavailable(
-                f"{path} is missing: make data (apt-get install -y {' '.join(PACKAGES)})"
-            )
-        with Image.open(path) as im:
-            im.draft("RGB", (_MAX_SIDE, _MAX_SIDE))
-            im = im.convert("RGB")
-            scale = _MAX_SIDE / max(im.size)
-            if scale < 1:
-                im = im.resize((round(im.width * scale), round(im.height * scale)), Image.BOX)
-            rgb = np.asarray(im, dtype=np.float64)
+        rgb = _read_wallpaper(rel).astype(np.float64)
         grey = np.rint(rgb @ np.array([0.2989, 0.5870, 0.1140])).clip(0, 255).astype(np.uint8)
         grey.setflags(write=False)
         out.append((_name(rel), grey))
     return tuple(out)
 
 
-def split_photos(split: str) -> list[tuple[str, np.ndarray]]:
-    """The photos of ``split`` ("train": 32, "test": the 8 of TEST_PHOTOS)."""
+@functools.lru_cache(maxsize=1)
+def rgb_photos() -> tuple[tuple[str, np.ndarray], ...]:
+    """The photos of :func:`grey_photos`, same order, in colour: (name, read-only uint8
+    [H, W, 3]); the grey scikit-image photos replicated."""
+    out = [(_name(name), arr) for (_, name), arr in zip(NATURAL_PHOTOS, natural_photos(grey=False))]
+    for _package, rel in WALLPAPER_PHOTOS:
+        rgb = _read_wallpaper(rel)
+        rgb.setflags(write=False)
+        out.append((_name(rel), rgb))
+    return tuple(out)
+
+
+def split_photos(split: str, channels: int = 1) -> list[tuple[str, np.ndarray]]:
+    """The photos of ``split`` ("train": 32, "test": the 8 of TEST_PHOTOS): grey [H, W] for
+    ``channels=1``, RGB [H, W, 3] for ``channels=3``."""
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r}, expected 'train' or 'test'")
-    return [(n, a) for n, a in grey_photos() if (n in TEST_PHOTOS) == (split == "test")]
+    if channels not in (1, 3):
+        raise ValueError(f"channels={channels!r}, expected 1 (grey) or 3 (RGB)")
+    photos = grey_photos() if channels == 1 else rgb_photos()
+    return [(n, a) for n, a in photos if (n in TEST_PHOTOS) == (split == "test")]
 
 
 def photo_patches(
-    n: int, size: int = 28, split: str = "train", seed: int = 0, min_side: int | None = None
+    n: int,
+    size: int = 28,
+    split: str = "train",
+    seed: int = 0,
+    min_side: int | None = None,
+    channels: int = 1,
 ) -> torch.Tensor:
-    """``n`` grey patches uint8 [n, 1, size, size] of the photos of ``split``.
+    """``n`` patches uint8 [n, channels, size, size] of the photos of ``split``: grey for
+    ``channels=1``, RGB for ``channels=3``.
 
     Each patch picks a photo uniformly, a square window with side log-uniform between
     ``min_side`` (default ``size``) and the photo's smaller side (fine textures up to whole-photo
     thumbnails), box-filters it to ``size`` with Pillow and flips it horizontally with
-    probability 1/2.  Deterministic in (n, size, split, seed, min_side)."""
+    probability 1/2.  Deterministic in (n, size, split, seed, min_side); the windows do not
+    depend on ``channels`` (an RGB patch is the colour version of the grey one)."""
     from PIL import Image
 
     if int(n) != n or n < 1:
         raise ValueError(f"n={n}, expected a positive integer")
     if int(size) != size or size < 1:
         raise ValueError(f"size={size}, expected a positive integer")
-    photos = split_photos(split)
+    photos = split_photos(split, channels)
     lo = int(min_side or size)
     rng = np.random.default_rng([seed, size, 0 if split == "train" else 1])
     pil = [Image.fromarray(a) for _, a in photos]
-    out = np.empty((int(n), size, size), dtype=np.uint8)
+    out = np.empty((int(n), size, size, channels), dtype=np.uint8)
     for k in range(int(n)):
         i = int(rng.integers(len(photos)))
-        h, w = photos[i][1].shape
+        h, w = photos[i][1].shape[:2]
         hi = min(h, w)
         s = int(round(math.exp(rng.uniform(math.log(min(lo, hi)), math.log(hi)))))
         x, y = int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))
         patch = np.asarray(pil[i].resize((size, size), Image.BOX, box=(x, y, x + s, y + s)))
+        patch = patch.reshape(size, size, channels)
         out[k] = patch[:, ::-1] if rng.random() < 0.5 else patch
-    return torch.from_numpy(out).unsqueeze(1)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()

@@ -105,15 +105,19 @@ def score_suite(detectors: dict, x_in: torch.Tensor, sets: dict[str, torch.Tenso
     out = {}
     for name, det in detectors.items():
         s_in = det.score(x_in)
-        per = {k: float(evaluate(s_in, det.score(x))["auroc"]) for k, x in sets.items()}
-        worst = min(per, key=per.get)
-        out[name] = {
-            "per_set": per,
-            "worst": per[worst],
-            "worst_set": worst,
-            "mean": float(np.mean(list(per.values()))),
-        }
+        out[name] = summarise({k: float(evaluate(s_in, det.score(x))["auroc"]) for k, x in sets.items()})
     return out
+
+
+def summarise(per: dict) -> dict:
+    """{"per_set": per, "worst": its smallest AUROC, "worst_set": that set, "mean": the mean}."""
+    worst = min(per, key=per.get)
+    return {
+        "per_set": per,
+        "worst": per[worst],
+        "worst_set": worst,
+        "mean": float(np.mean(list(per.values()))),
+    }
 
 
 def recommend(results: dict, floor: float = 0.9) -> list[str]:

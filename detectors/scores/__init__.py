@@ -17,6 +17,7 @@ from .likelihood import (
     ScaleRatio,
     approximate_mass,
 )
+from .transformations import TransformationClassifier
 from .typicality import Typicality
 
 __all__ = [
@@ -46,4 +47,5 @@ __all__ = [
     "KNN",
     "KDE",
     "PCA",
+    "TransformationClassifier",
 ]

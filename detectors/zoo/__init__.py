@@ -67,4 +67,46 @@ def load(name: str):
     return model.eval()
 
 
-__all__ = ["available", "card", "load", "ZOO_DIR"]
+#: the general-distribution model for images of (channels, size): broadened photo patches
+GENERAL_MODELS = {
+    (1, 28): "photos-glow-broad",
+    (1, 32): "photos-glow-broad-32",
+    (3, 32): "photos-rgb-glow-broad-32",
+}
+#: named sets with trained zoo models, by role: the in-distribution flow (trained with the
+#: outlier loss), the general model and its Diff-dagger finetune against that set
+DATASET_MODELS = {
+    "fashion-mnist": {
+        "flow": "fmnist-glow-outlier",
+        "general": "photos-glow-broad",
+        "dagger": "photos-glow-dagger",
+    },
+}
+
+
+def general_for(channels: int, size: int) -> str | None:
+    """The name of the shipped general-distribution model for images of ``channels`` x
+    ``size`` x ``size``, or None when the zoo has none (:data:`GENERAL_MODELS`)."""
+    name = GENERAL_MODELS.get((channels, size))
+    return name if name in _names() else None
+
+
+def models_for(dataset: str) -> dict[str, str] | None:
+    """{role: zoo name} of the shipped models trained on the named set ``dataset``
+    (:data:`DATASET_MODELS`), or None when some are not shipped."""
+    names = DATASET_MODELS.get(str(dataset).lower())
+    if names is None or not all(n in _names() for n in names.values()):
+        return None
+    return dict(names)
+
+
+__all__ = [
+    "available",
+    "card",
+    "load",
+    "general_for",
+    "models_for",
+    "GENERAL_MODELS",
+    "DATASET_MODELS",
+    "ZOO_DIR",
+]

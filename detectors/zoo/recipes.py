@@ -34,6 +34,8 @@ class Recipe:
     warmup: int = 200
     batch: int = 64
     translate: int = 0
+    channels: int = 1  # 1 grey, 3 RGB (photo data only; Fashion-MNIST is grey)
+    size: int = 28  # image side
     extra: dict = field(default_factory=dict)
 
 
@@ -92,6 +94,23 @@ RECIPES = {
             translate=1,
         ),
         Recipe(
+            "photos-glow-broad-32",
+            "general-distribution Glow on photometrically broadened grey 32x32 photo patches "
+            "(detectors.data.broaden), for fit on grey 32x32 data",
+            "glow",
+            "photos-broad",
+            size=32,
+        ),
+        Recipe(
+            "photos-rgb-glow-broad-32",
+            "general-distribution Glow on photometrically broadened RGB 32x32 photo patches "
+            "(detectors.data.broaden), for fit on RGB data",
+            "glow",
+            "photos-broad",
+            channels=3,
+            size=32,
+        ),
+        Recipe(
             "fmnist-realnvp-mass",
             "RealNVP on Fashion-MNIST with the approximate-mass penalty from the start "
             "(Chali et al. 2023 Eq. 2, alpha=2)",
@@ -113,20 +132,20 @@ RECIPES = {
 
 def build(recipe: Recipe) -> torch.nn.Module:
     if recipe.arch == "glow":
-        return invflow.Glow(1, 28, **GLOW)
-    return invflow.RealNVP(1, 28, **REALNVP)
+        return invflow.Glow(recipe.channels, recipe.size, **GLOW)
+    return invflow.RealNVP(recipe.channels, recipe.size, **REALNVP)
 
 
 def training_data(recipe: Recipe, n_photos: int = 60000) -> torch.Tensor:
-    """uint8 [N, 1, 28, 28]: Fashion-MNIST training split, or patches of the training photos
-    (broadened for "photos-broad")."""
+    """uint8 [N, C, S, S]: Fashion-MNIST training split, or patches of the training photos
+    at the recipe's size and colour mode (broadened for "photos-broad")."""
     if recipe.data == "fashion-mnist":
         from ..data import load_fashion_mnist
 
         return load_fashion_mnist("train")[0]
     from ..data.photos import photo_patches
 
-    patches = photo_patches(n_photos, 28, split="train", seed=0)
+    patches = photo_patches(n_photos, recipe.size, split="train", seed=0, channels=recipe.channels)
     return _broaden(patches, 0) if recipe.data == "photos-broad" else patches
 
 
@@ -136,9 +155,9 @@ def _broaden(images: torch.Tensor, seed: int) -> torch.Tensor:
     return broaden(images, seed=seed)
 
 
-def heldout_data(data: str, n: int = HELDOUT_N) -> torch.Tensor:
+def heldout_data(data: str, n: int = HELDOUT_N, size: int = 28, channels: int = 1) -> torch.Tensor:
     """The held-out images of ``data`` ("fashion-mnist", "photos" or "photos-broad"), uint8
-    [n, 1, 28, 28]."""
+    [n, C, S, S] (photo patches at ``size`` and ``channels``; Fashion-MNIST is 1x28x28)."""
     if data == "fashion-mnist":
         from ..data import load_fashion_mnist
 
@@ -146,7 +165,7 @@ def heldout_data(data: str, n: int = HELDOUT_N) -> torch.Tensor:
     if data in ("photos", "photos-broad"):
         from ..data.photos import photo_patches
 
-        patches = photo_patches(HELDOUT_N, 28, split="test", seed=1)
+        patches = photo_patches(HELDOUT_N, size, split="test", seed=1, channels=channels)
         return (_broaden(patches, 1) if data == "photos-broad" else patches)[:n]
     raise ValueError(f"data={data!r}, expected 'fashion-mnist', 'photos' or 'photos-broad'")
 

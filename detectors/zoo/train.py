@@ -87,7 +87,7 @@ def train(name: str, steps: int, eval_every: int, root: str, patience: int) -> N
                 f,
             )
     data = training_data(recipe)
-    held = heldout_data(recipe.data)
+    held = heldout_data(recipe.data, size=recipe.size, channels=recipe.channels)
     trainer = Trainer(
         model,
         data,
@@ -146,7 +146,8 @@ def _commit() -> str:
         return "unknown"
 
 
-def _data_card(data: str, n_train: int) -> dict:
+def _data_card(recipe, n_train: int) -> dict:
+    data = recipe.data
     if data == "fashion-mnist":
         return {
             "train": "Fashion-MNIST training split (60000)",
@@ -154,9 +155,10 @@ def _data_card(data: str, n_train: int) -> dict:
         }
     broad = data == "photos-broad"
     how = ", photometrically broadened (detectors.data.broaden, seed {})" if broad else ""
+    mode = "grey" if recipe.channels == 1 else "RGB"
     return {
-        "train": f"{n_train} grey 28x28 patches of the 32 training photos (detectors.data.photos, seed 0)"
-        + how.format(0),
+        "train": f"{n_train} {mode} {recipe.size}x{recipe.size} patches of the 32 training photos "
+        "(detectors.data.photos, seed 0)" + how.format(0),
         "heldout": f"{HELDOUT_N} patches of the 8 test photos (detectors.data.photos.TEST_PHOTOS, seed 1)"
         + how.format(1),
     }
@@ -181,7 +183,7 @@ def export(name: str, root: str, status: str) -> dict:
     model = invflow.checkpoint.load(os.path.join(out, f"step-{step:07d}", "model.safetensors")).float().eval()
     row = evaluated[step]
     rows = [r for r in rows if int(r["step"]) <= step]
-    held = heldout_data(recipe.data)
+    held = heldout_data(recipe.data, size=recipe.size, channels=recipe.channels)
     n_train = 60000
     init = json.load(open(os.path.join(out, "init.json"))) if recipe.init else None
     card = {
@@ -192,7 +194,7 @@ def export(name: str, root: str, status: str) -> dict:
             "config": model.config(),
             "parameters": sum(p.numel() for p in model.parameters()),
         },
-        "data": _data_card(recipe.data, n_train),
+        "data": _data_card(recipe, n_train),
         "objective": recipe.objective,
         "init": init,
         "reference": recipe.reference,

@@ -16,7 +16,10 @@ def test_catalogue_strings_carry_no_result_numbers():
 
 
 def test_default_set_and_ensembles_name_catalogue_detectors():
-    assert set(DEFAULT_DETECTORS) <= set(CATALOGUE) and FitConfig().detectors == DEFAULT_DETECTORS
+    from detectors.bundle.catalogue import DEFAULT_WITH_GENERAL
+
+    assert set(DEFAULT_DETECTORS) | set(DEFAULT_WITH_GENERAL) <= set(CATALOGUE)
+    assert FitConfig().detectors is None  # chosen from the data: fit.resolve_detectors
     for name, spec in CATALOGUE.items():
         assert (spec.needs == ENSEMBLE) == bool(members(name))
         assert set(members(name)) <= set(CATALOGUE)

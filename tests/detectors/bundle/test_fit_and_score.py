@@ -293,25 +293,42 @@ def test_feature_flow_saves_its_pca_projection(tmp_path):
     assert np.allclose(np.abs(got), np.abs(expected), atol=1e-4)  # component signs are arbitrary
 
 
-def test_default_set_is_the_ensemble_of_png_and_pca_and_its_members():
-    """The default of fit is what the OOD suite recommends by the worst case
-    without aux data (docs/results.md section 6): the ensemble png+pca plus its members."""
+def test_default_set_depends_on_a_shipped_general_model():
+    """The default of fit is what the OOD suite recommends by the worst case (docs/results.md
+    section 6): Diff-dagger + PCA + transformation classifier when the zoo has a general model
+    for the data, PNG complexity + PCA + transformation classifier otherwise."""
     import argparse
 
+    from detectors.bundle import fit as fit_mod
     from detectors.cli import fit as cli_fit
 
-    assert bundle_mod.DEFAULT_DETECTORS == ("png+pca", "png", "pca")
-    assert bundle_mod.FitConfig().detectors == bundle_mod.DEFAULT_DETECTORS
+    assert bundle_mod.DEFAULT_DETECTORS == ("png+pca+transforms",)
+    assert bundle_mod.FitConfig().detectors is None
+    cfg = bundle_mod.FitConfig()
+    assert fit_mod.resolve_detectors(cfg, {}) == ("png+pca+transforms",)
+    assert fit_mod.resolve_detectors(cfg, {"general": "photos-glow-broad"})[0] == "diff-dagger+pca+transforms"
+    assert fit_mod.resolve_detectors(bundle_mod.FitConfig(detectors=("pca",)), {"general": "x"}) == ("pca",)
+    assert cli_fit.DEFAULT_SETS == (fit_mod.DEFAULT_WITH_GENERAL, fit_mod.DEFAULT_DETECTORS)
     parser = argparse.ArgumentParser()
     cli_fit.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["fit", "--data", "x", "--out", "y"])
-    assert args.detectors == ["png+pca", "png", "pca"]
+    assert args.detectors is None and args.no_zoo is False
     assert bundle_mod.CATALOGUE["png+pca"].params == {"members": ["png", "pca"]}
     assert bundle_mod.CATALOGUE["last-scale+pca"].params == {"members": ["last-scale", "pca"]}
+    assert bundle_mod.CATALOGUE["diff-dagger+pca+transforms"].params == {
+        "members": ["diff-dagger", "pca", "transforms"]
+    }
     # every ensemble's members are catalogue detectors that score the bundle's images
     for name in bundle_mod.CATALOGUE:
         for m in bundle_mod.members(name):
-            assert bundle_mod.CATALOGUE[m].needs in ("flow", "flow+general", "features", "features+labels"), (
+            assert bundle_mod.CATALOGUE[m].needs in (
+                "flow",
+                "flow+general",
+                "flow+dagger",
+                "features",
+                "features+labels",
+                "images+features",
+            ), (
                 name,
                 m,
             )

@@ -45,8 +45,9 @@ def test_model_loads_offline_in_eval_mode_and_matches_its_card(name, offline):
     )
     assert len(card["commit"]) == 40 and card["data"]["train"] and card["data"]["heldout"]
     # the held-out bits/dim of the card, re-evaluated on a subset (same images, same noise)
-    held = heldout_data(RECIPES[name].data, CHECK_N)
-    assert held.shape == (CHECK_N, 1, 28, 28) and held.dtype == torch.uint8
+    r = RECIPES[name]
+    held = heldout_data(r.data, CHECK_N, size=r.size, channels=r.channels)
+    assert held.shape == (CHECK_N, r.channels, r.size, r.size) and held.dtype == torch.uint8
     bpd = heldout_bpd(model, held)
     assert abs(bpd - card["check"]["bpd"]) < 1e-3, (bpd, card["check"])
     # a trained model, not an initial one (uniform noise over 256 levels is 8 bits/dim)

@@ -1,0 +1,139 @@
+"""How a bundle fitted with ``detectors fit`` defaults does on OOD data of every kind: the 12
+sets of the OOD suite plus 7 kinds nobody tuned on (rotations by 180 and 45 degrees, shifted,
+blurred, darkened (gamma 2) and noisy garments, and letters rendered with Pillow's font).
+
+    python -m detectors.experiments.fit_defaults DET [--n 1000] [--out runs/fit-defaults]
+
+scores the first ``n`` Fashion-MNIST test images (in-distribution) and ``n`` images of each
+set with the bundle ``DET`` (``detectors.load``, the same scores as ``detectors score``) and
+writes ``auroc.json`` and ``table.md`` (AUROC % per detector and set, worst case and mean).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .ood_suite import KINDS, _u8, in_and_base, ood_sets, summarise
+
+#: the kinds added to the suite's (none of them is a transformation the detectors train on)
+EXTRA_KINDS = {
+    "FMNIST rotated 180": "transform",
+    "FMNIST rotated 45": "transform",
+    "FMNIST shifted 7 px": "transform",
+    "FMNIST blurred": "transform",
+    "FMNIST gamma 2": "transform",
+    "FMNIST Gaussian noise": "transform",
+    "rendered letters": "dataset",
+}
+
+
+def _rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
+    t = torch.tensor(np.deg2rad(degrees))
+    theta = torch.tensor([[torch.cos(t), -torch.sin(t), 0.0], [torch.sin(t), torch.cos(t), 0.0]])
+    grid = F.affine_grid(theta.expand(len(x), 2, 3).float(), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False)
+
+
+def _letters(n: int, seed: int) -> torch.Tensor:
+    """``n`` 28x28 grey images of one random letter or digit each, drawn in white on black
+    with Pillow's default font at a random size, position and stroke."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789&?%#@"
+    out = np.zeros((n, 28, 28), dtype=np.uint8)
+    for i in range(n):
+        size = int(rng.integers(16, 26))
+        font = ImageFont.load_default(size=size)
+        im = Image.new("L", (28, 28))
+        d = ImageDraw.Draw(im)
+        c = chars[int(rng.integers(len(chars)))]
+        d.text(
+            (int(rng.integers(2, 10)), int(rng.integers(-2, 6))),
+            c,
+            fill=int(rng.integers(180, 256)),
+            font=font,
+            stroke_width=int(rng.integers(0, 2)),
+            stroke_fill=255,
+        )
+        out[i] = np.asarray(im)
+    return torch.from_numpy(out).unsqueeze(1)
+
+
+def extra_sets(n: int = 1000, seed: int = 0) -> dict[str, torch.Tensor]:
+    """{name: uint8 [n, 1, 28, 28]} of :data:`EXTRA_KINDS`, transformations of the suite's
+    base images (Fashion-MNIST test images not among the scored ones)."""
+    _, base = in_and_base(n, seed)
+    b = base.float()
+    g = torch.Generator().manual_seed(seed + 200)
+    kernel = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0])
+    kernel = (kernel[:, None] * kernel[None, :] / 256).view(1, 1, 5, 5)
+    return {
+        "FMNIST rotated 180": base.rot90(2, (-2, -1)).contiguous(),
+        "FMNIST rotated 45": _u8(_rotate(b, 45)),
+        "FMNIST shifted 7 px": F.pad(base, (7, 0, 7, 0))[..., :28, :28].contiguous(),
+        "FMNIST blurred": _u8(F.conv2d(F.pad(b, (2, 2, 2, 2), mode="replicate"), kernel)),
+        "FMNIST gamma 2": _u8(255 * (b / 255) ** 2),
+        "FMNIST Gaussian noise": _u8(b + 40 * torch.randn(b.shape, generator=g)),
+        "rendered letters": _letters(n, seed + 300),
+    }
+
+
+def evaluate(bundle, n: int = 1000, seed: int = 0, progress: bool = True) -> dict:
+    """{detector: {"per_set": {set: AUROC %}, "worst": ..., "worst_set": ..., "mean": ...}} of
+    the bundle's detectors: the first ``n`` Fashion-MNIST test images against ``n`` images of
+    each set of the suite and of :func:`extra_sets`."""
+    from sklearn.metrics import roc_auc_score
+
+    from ..data import load_fashion_mnist
+
+    x_in = load_fashion_mnist("test")[0][:n]
+    sets = {**ood_sets(n, seed), **extra_sets(n, seed)}
+    s_in = bundle.score(x_in, progress=progress)
+    per = {d: {} for d in s_in}
+    for name, x in sets.items():
+        s_out = bundle.score(x, progress=progress)
+        for d in s_in:
+            y = np.r_[np.zeros(len(s_in[d])), np.ones(len(s_out[d]))]
+            per[d][name] = 100 * roc_auc_score(y, np.r_[s_in[d].numpy(), s_out[d].numpy()])
+    return {d: summarise(res) for d, res in per.items()}
+
+
+def markdown(results: dict) -> str:
+    sets = list(next(iter(results.values()))["per_set"])
+    kinds = {**KINDS, **EXTRA_KINDS}
+    head = "| detector | " + " | ".join(f"{s} ({kinds[s]})" for s in sets) + " | worst | mean |"
+    lines = [head, "| --- " * (len(sets) + 3) + "|"]
+    for d, r in sorted(results.items(), key=lambda kv: -kv[1]["worst"]):
+        cells = " | ".join(f"{r['per_set'][s]:.1f}" for s in sets)
+        lines.append(f"| {d} | {cells} | **{r['worst']:.1f}** ({r['worst_set']}) | {r['mean']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("bundle")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--out", default="runs/fit-defaults")
+    args = p.parse_args(argv)
+    from .. import load
+
+    results = evaluate(load(args.bundle), args.n)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "auroc.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    table = markdown(results)
+    with open(os.path.join(args.out, "table.md"), "w") as f:
+        f.write(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -124,13 +124,20 @@ CATALOGUE: dict[str, Spec] = {
         "transformation classifier (orientation, polarity): the best worst case of the OOD suite "
         "(docs/results.md section 6); the default when a shipped general model fits the data",
     ),
+    "diff+pca+transforms": Spec(
+        "ensemble",
+        "Ensemble",
+        {"members": ["diff", "pca", "transforms"]},
+        "aux data",
+        "detectors.Ensemble of Diff to the general model, feature PCA and the transformation "
+        "classifier (no finetune: for a general model without a Diff-dagger finetune)",
+    ),
     "png+pca+transforms": Spec(
         "ensemble",
         "Ensemble",
         {"members": ["png", "pca", "transforms"]},
         "-",
-        "detectors.Ensemble of PNG complexity, feature PCA and the transformation classifier: the "
-        "best worst case of the OOD suite without a general-distribution model (docs/results.md section 6)",
+        "detectors.Ensemble of PNG complexity, feature PCA and the transformation classifier",
     ),
     "last-scale+pca": Spec(
         "ensemble",
@@ -220,7 +227,7 @@ class FeatureVectors(torch.nn.Module):
 
 
 #: the default set when no shipped general model fits the data (members are added)
-DEFAULT_DETECTORS = ("png+pca+transforms",)
+DEFAULT_DETECTORS = ("png+pca",)
 #: the default set when one does (``detectors.zoo.general_for``)
 DEFAULT_WITH_GENERAL = ("diff-dagger+pca+transforms", "diff", "png")
 

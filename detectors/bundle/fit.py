@@ -336,7 +336,7 @@ DEFAULTS_REASON = (
     "the best worst case over the OOD suite (docs/results.md section 6, 'The defaults of fit'): "
     "Diff-dagger + feature PCA + transformation classifier when a shipped general-distribution "
     "model fits the data (each member collapses on some kind of OOD data, the three together "
-    "on none), else PNG complexity + feature PCA + transformation classifier"
+    "on none of the suite's sets), else PNG complexity + feature PCA"
 )
 
 

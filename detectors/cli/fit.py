@@ -45,7 +45,7 @@ DEFAULTS = dict(
     dagger_steps=300,
 )
 #: the default sets (``detectors.bundle.catalogue``; a test checks they agree)
-DEFAULT_SETS = (("diff-dagger+pca+transforms", "diff", "png"), ("png+pca+transforms",))
+DEFAULT_SETS = (("diff-dagger+pca+transforms", "diff", "png"), ("png+pca",))
 
 
 def detector_list() -> str:

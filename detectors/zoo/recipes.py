@@ -120,6 +120,44 @@ RECIPES = {
             translate=1,
         ),
         Recipe(
+            "fmnist-glow-from-general",
+            "in-distribution Glow finetuned from the general model photos-glow-broad on "
+            "Fashion-MNIST (Schirrmeister et al. 2020 S7.2: in-distribution models start from the "
+            "general one), maximum likelihood: the outlier loss's control",
+            "glow",
+            "fashion-mnist",
+            init="photos-glow-broad",
+            lr=5e-4,
+            warmup=50,
+            translate=1,
+        ),
+        Recipe(
+            "fmnist-glow-from-general-outlier",
+            "the same finetune from photos-glow-broad with the outlier loss against it "
+            "(Schirrmeister et al. 2020 Eq. 2, T=1000, lambda=6000, S4.4)",
+            "glow",
+            "fashion-mnist",
+            objective="outlier",
+            init="photos-glow-broad",
+            reference="photos-glow-broad",
+            lr=5e-4,
+            warmup=50,
+            translate=1,
+        ),
+        Recipe(
+            "fmnist-realnvp-mass-ft",
+            "fmnist-realnvp finetuned with the approximate-mass penalty (Chali et al. 2023 Eq. 2, "
+            "alpha=2): the alternative protocol to penalising from the start (the paper trains "
+            "penalised from scratch for 200 epochs, Sec. 4.1)",
+            "realnvp",
+            "fashion-mnist",
+            objective="approx_mass",
+            init="fmnist-realnvp",
+            lr=5e-4,
+            warmup=50,
+            translate=1,
+        ),
+        Recipe(
             "fmnist-realnvp",
             "vanilla RealNVP on Fashion-MNIST, the same budget as fmnist-realnvp-mass",
             "realnvp",

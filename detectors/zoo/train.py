@@ -30,6 +30,24 @@ from . import ZOO_DIR
 from .recipes import CHECK_N, HELDOUT_N, RECIPES, build, heldout_bpd, heldout_data, training_data
 
 
+def _run_or_shipped(root: str, name: str):
+    """The latest checkpoint of the run ``root/name``, or the shipped zoo weights of ``name``
+    when there is no such run here."""
+    run = os.path.join(root, name)
+    if os.path.isdir(run):
+        return invflow.checkpoint.load_run(run)
+    from . import load as load_shipped
+
+    return load_shipped(name)
+
+
+def _run_or_shipped_path(root: str, name: str) -> str:
+    run = os.path.join(root, name)
+    if os.path.isdir(run):
+        return invflow.checkpoint.resolve(run)
+    return f"shipped detectors/zoo/weights/{name}.safetensors"
+
+
 def _objective(recipe, root: str):
     if recipe.objective == "nll":
         from invflow.train import nll
@@ -37,7 +55,7 @@ def _objective(recipe, root: str):
         return nll
     if recipe.objective == "approx_mass":
         return objectives.approx_mass_objective(2.0)
-    ref = invflow.checkpoint.load_run(os.path.join(root, recipe.reference))
+    ref = _run_or_shipped(root, recipe.reference)
     if recipe.objective == "outlier":  # outliers: the general distribution's training photos
         return objectives.outlier_objective(ref, training_data(RECIPES[recipe.reference]))
     if recipe.objective == "dagger":  # outliers: Fashion-MNIST training images, p_in the reference
@@ -70,18 +88,16 @@ def train(name: str, steps: int, eval_every: int, root: str, patience: int) -> N
     model = build(recipe)
     init_note = os.path.join(out, "init.json")
     if recipe.init and not os.path.exists(os.path.join(out, "latest")):
-        init_dir = os.path.join(root, recipe.init)
-        model.load_state_dict(invflow.checkpoint.load_run(init_dir).state_dict())
+        model.load_state_dict(_run_or_shipped(root, recipe.init).state_dict())
+        init_checkpoint = _run_or_shipped_path(root, recipe.init)
         with open(init_note, "w") as f:
             json.dump(
                 {
                     "init": recipe.init,
-                    "checkpoint": invflow.checkpoint.resolve(init_dir),
+                    "checkpoint": init_checkpoint,
                     "reference": recipe.reference,
                     "reference_checkpoint": (
-                        invflow.checkpoint.resolve(os.path.join(root, recipe.reference))
-                        if recipe.reference
-                        else None
+                        _run_or_shipped_path(root, recipe.reference) if recipe.reference else None
                     ),
                 },
                 f,

@@ -296,16 +296,16 @@ def test_feature_flow_saves_its_pca_projection(tmp_path):
 def test_default_set_depends_on_a_shipped_general_model():
     """The default of fit is what the OOD suite recommends by the worst case (docs/results.md
     section 6): Diff-dagger + PCA + transformation classifier when the zoo has a general model
-    for the data, PNG complexity + PCA + transformation classifier otherwise."""
+    for the data, PNG complexity + PCA otherwise."""
     import argparse
 
     from detectors.bundle import fit as fit_mod
     from detectors.cli import fit as cli_fit
 
-    assert bundle_mod.DEFAULT_DETECTORS == ("png+pca+transforms",)
+    assert bundle_mod.DEFAULT_DETECTORS == ("png+pca",)
     assert bundle_mod.FitConfig().detectors is None
     cfg = bundle_mod.FitConfig()
-    assert fit_mod.resolve_detectors(cfg, {}) == ("png+pca+transforms",)
+    assert fit_mod.resolve_detectors(cfg, {}) == ("png+pca",)
     assert fit_mod.resolve_detectors(cfg, {"general": "photos-glow-broad"})[0] == "diff-dagger+pca+transforms"
     assert fit_mod.resolve_detectors(bundle_mod.FitConfig(detectors=("pca",)), {"general": "x"}) == ("pca",)
     assert cli_fit.DEFAULT_SETS == (fit_mod.DEFAULT_WITH_GENERAL, fit_mod.DEFAULT_DETECTORS)

@@ -19,8 +19,6 @@ AUROC % of ``n`` Fashion-MNIST test images against ``n`` images of each OOD-suit
 from __future__ import annotations
 
 import argparse
-import json
-import os
 
 #: (row name, detector class, zoo models it takes)
 ROWS = (
@@ -54,17 +52,11 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--out", default="runs/findings")
     args = p.parse_args(argv)
-    from .ood_suite import in_and_base, markdown, ood_sets, score_suite
+    from .ood_suite import in_and_base, markdown, ood_sets, save, score_suite
 
     x_in, _ = in_and_base(args.n)
     results = score_suite(detectors_of(), x_in, ood_sets(args.n))
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "auroc.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    table = markdown(results)
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(table)
-    print(table)
+    print(save(results, markdown(results), args.out))
     return 0
 
 

@@ -12,14 +12,12 @@ writes ``auroc.json`` and ``table.md`` (AUROC % per detector and set, worst case
 from __future__ import annotations
 
 import argparse
-import json
-import os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .ood_suite import KINDS, _u8, in_and_base, ood_sets, summarise
+from .ood_suite import KINDS, _u8, in_and_base, ood_sets, save, summarise
 
 #: the kinds added to the suite's (none of them is a transformation the detectors train on)
 EXTRA_KINDS = {
@@ -125,13 +123,7 @@ def main(argv=None) -> int:
     from .. import load
 
     results = evaluate(load(args.bundle), args.n)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "auroc.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    table = markdown(results)
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(table)
-    print(table)
+    print(save(results, markdown(results), args.out))
     return 0
 
 

@@ -109,6 +109,19 @@ def score_suite(detectors: dict, x_in: torch.Tensor, sets: dict[str, torch.Tenso
     return out
 
 
+def save(results: dict, table: str, out: str) -> str:
+    """Writes ``out/auroc.json`` (``results``) and ``out/table.md`` (``table``); returns the table."""
+    import json
+    import os
+
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "auroc.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(table)
+    return table
+
+
 def summarise(per: dict) -> dict:
     """{"per_set": per, "worst": its smallest AUROC, "worst_set": that set, "mean": the mean}."""
     worst = min(per, key=per.get)

@@ -351,8 +351,8 @@ def choose_zoo(train, policy: ImagePolicy, cfg: FitConfig, say) -> dict:
         return {}
     named = zoo.models_for(train.name) if isinstance(train.name, str) else None
     if named and cfg.max_images is None:
-        shape = tuple(zoo.load(named["flow"]).input_shape)
-        if shape == (policy.channels, policy.size, policy.size):
+        config = zoo.card(named["flow"])["model"]["config"]  # its card: no second load
+        if (config["in_channels"], *config["image_size"]) == (policy.channels, policy.size, policy.size):
             say(
                 f"{train.name}: using the zoo's models trained on it ({', '.join(named.values())}); "
                 "--no-zoo trains new ones"

@@ -115,14 +115,24 @@ CATALOGUE: dict[str, Spec] = {
         "detectors.Ensemble: the z-scores of png and pca summed, each standardised on the held-out "
         "part of TRAIN; the best worst case of the OOD suite without aux data (docs/results.md section 6)",
     ),
+    "diff-dagger+pca+transforms+diff+png": Spec(
+        "ensemble",
+        "Ensemble",
+        {"members": ["diff-dagger", "pca", "transforms", "diff", "png"]},
+        "aux data",
+        "detectors.Ensemble of every member that needs no labels: Diff-dagger and Diff (pixel "
+        "statistics against the general model), PNG complexity, feature PCA (semantics) and the "
+        "transformation classifier (orientation, polarity): the best worst case over the OOD "
+        "suite, the added kinds and the RGB example (docs/results.md section 6); the default "
+        "when a shipped general model fits the data",
+    ),
     "diff-dagger+pca+transforms": Spec(
         "ensemble",
         "Ensemble",
         {"members": ["diff-dagger", "pca", "transforms"]},
         "aux data",
         "detectors.Ensemble of Diff-dagger (pixel statistics), feature PCA (semantics) and the "
-        "transformation classifier (orientation, polarity): the best worst case of the OOD suite "
-        "(docs/results.md section 6); the default when a shipped general model fits the data",
+        "transformation classifier (orientation, polarity)",
     ),
     "diff+pca+transforms": Spec(
         "ensemble",
@@ -229,7 +239,7 @@ class FeatureVectors(torch.nn.Module):
 #: the default set when no shipped general model fits the data (members are added)
 DEFAULT_DETECTORS = ("png+pca",)
 #: the default set when one does (``detectors.zoo.general_for``)
-DEFAULT_WITH_GENERAL = ("diff-dagger+pca+transforms", "diff", "png")
+DEFAULT_WITH_GENERAL = ("diff-dagger+pca+transforms+diff+png",)
 
 
 def build(

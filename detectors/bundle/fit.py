@@ -334,9 +334,10 @@ class Train:
 #: why the default detectors are these (recorded in a bundle fitted with the defaults)
 DEFAULTS_REASON = (
     "the best worst case over the OOD suite (docs/results.md section 6, 'The defaults of fit'): "
-    "Diff-dagger + feature PCA + transformation classifier when a shipped general-distribution "
-    "model fits the data (each member collapses on some kind of OOD data, the three together "
-    "on none of the suite's sets), else PNG complexity + feature PCA"
+    "the ensemble of Diff-dagger, feature PCA, the transformation classifier, Diff and PNG "
+    "complexity when a shipped general-distribution model fits the data (each member collapses "
+    "on some kind of OOD data, the five together on none of the suite's sets), else PNG "
+    "complexity + feature PCA"
 )
 
 

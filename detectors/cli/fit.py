@@ -45,7 +45,7 @@ DEFAULTS = dict(
     dagger_steps=300,
 )
 #: the default sets (``detectors.bundle.catalogue``; a test checks they agree)
-DEFAULT_SETS = (("diff-dagger+pca+transforms", "diff", "png"), ("png+pca",))
+DEFAULT_SETS = (("diff-dagger+pca+transforms+diff+png",), ("png+pca",))
 
 
 def detector_list() -> str:
@@ -109,10 +109,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         type=detector_name,
         default=None,
         metavar="NAME",
-        help=f"detectors to fit (default: {' '.join(DEFAULT_SETS[0])} with a shipped general model "
-        f"for the data's mode and size, else {' '.join(DEFAULT_SETS[1])}: the best worst cases of "
-        "the OOD suite, docs/results.md section 6); ensembles bring their members; "
-        "--list-detectors names each",
+        help=f"detectors to fit; --list-detectors names each (default: {' '.join(DEFAULT_SETS[0])} "
+        f"with a shipped general model of the data's mode and size, else {' '.join(DEFAULT_SETS[1])}: "
+        "the best worst cases, docs/results.md section 6); ensembles bring their members",
     )
     p.add_argument(
         "--list-detectors",

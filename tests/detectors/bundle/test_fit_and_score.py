@@ -306,7 +306,17 @@ def test_default_set_depends_on_a_shipped_general_model():
     assert bundle_mod.FitConfig().detectors is None
     cfg = bundle_mod.FitConfig()
     assert fit_mod.resolve_detectors(cfg, {}) == ("png+pca",)
-    assert fit_mod.resolve_detectors(cfg, {"general": "photos-glow-broad"})[0] == "diff-dagger+pca+transforms"
+    assert fit_mod.resolve_detectors(cfg, {"general": "photos-glow-broad"}) == (
+        "diff-dagger+pca+transforms+diff+png",
+    )
+    assert bundle_mod.with_members(fit_mod.DEFAULT_WITH_GENERAL) == (
+        "diff-dagger+pca+transforms+diff+png",
+        "diff-dagger",
+        "pca",
+        "transforms",
+        "diff",
+        "png",
+    )
     assert fit_mod.resolve_detectors(bundle_mod.FitConfig(detectors=("pca",)), {"general": "x"}) == ("pca",)
     assert cli_fit.DEFAULT_SETS == (fit_mod.DEFAULT_WITH_GENERAL, fit_mod.DEFAULT_DETECTORS)
     parser = argparse.ArgumentParser()

@@ -182,7 +182,7 @@ def run(out: str, n: int = 2000, n_eval: int = 500, config=None, progress: bool 
 
     cfg = as_config(config if config is not None else FitConfig(progress=progress))
     written = write_pngs(patches(read_image("tissue"), n, "train"), os.path.join(out, "train"))
-    say(f"writing {written} tissue patches")
+    say(f"wrote {written} tissue patches")
     bundle = fit_bundle(os.path.join(out, "train"), os.path.join(out, "det"), cfg, say=say)
     results = evaluate(bundle, n_eval, progress=progress)
     save(results, markdown(results), out)

@@ -120,8 +120,8 @@ CATALOGUE: dict[str, Spec] = {
         "Ensemble",
         {"members": ["diff-dagger", "pca", "transforms", "diff", "png"]},
         "aux data",
-        "detectors.Ensemble of every member that needs no labels: Diff-dagger and Diff (pixel "
-        "statistics against the general model), PNG complexity, feature PCA (semantics) and the "
+        "detectors.Ensemble of Diff-dagger and Diff (pixel statistics against the general "
+        "model), PNG complexity, feature PCA (semantics) and the "
         "transformation classifier (orientation, polarity): the best worst case over the OOD "
         "suite, the added kinds and the RGB example (docs/results.md section 6); the default "
         "when a shipped general model fits the data",

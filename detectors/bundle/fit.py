@@ -552,13 +552,56 @@ def split_train(train: Train, policy: ImagePolicy, cfg: FitConfig, say, zoo_name
     return split
 
 
+def _min_images_for_calibration(holdout: float, n_cal: int = 2) -> int:
+    """The fewest images from which :func:`holdout_split` holds out ``n_cal`` and keeps 2 to fit."""
+    n = 3
+    while max(1, int(round(holdout * n))) < n_cal or n - max(1, int(round(holdout * n))) < 2:
+        n += 1
+    return n
+
+
+def check_plan(names: tuple, n_images: int, policy: ImagePolicy, cfg: FitConfig, zoo_names: dict) -> None:
+    """ValueError, before anything is trained or written, when the detectors ``names`` cannot be
+    fitted on ``n_images`` images of ``policy`` with ``zoo_names``: Diff-dagger without a shipped
+    general model (``--no-zoo``, or none for the data's mode and size), ensembles with fewer
+    than 2 held-out images to standardise their members on."""
+    from ..zoo import GENERAL_MODELS
+
+    dagger = [d for d in names if CATALOGUE[d].needs == "flow+dagger"]
+    if dagger and not ({"general", "dagger"} & set(zoo_names)):
+        using = [d for d in names if set(members(d)) & set(dagger)]
+        which = ", ".join(dagger) + (f" (in {', '.join(using)})" if using else "")
+        if not cfg.zoo:
+            raise ValueError(
+                f"{which} finetunes a shipped general-distribution model, which --no-zoo turns off; "
+                "drop --no-zoo, or choose detectors without diff-dagger (e.g. --detectors png+pca)"
+            )
+        mode = f"{'grey' if policy.channels == 1 else 'RGB'} {policy.size}x{policy.size}"
+        have = ", ".join(f"{'grey' if c == 1 else 'RGB'} {s}x{s}" for c, s in GENERAL_MODELS)
+        raise ValueError(
+            f"{which} finetunes a shipped general-distribution model, and the zoo has none for "
+            f"{mode} images (it has {have}); pass --size / --grey / --rgb to match one, or "
+            "choose detectors without diff-dagger (e.g. --detectors png+pca)"
+        )
+    ensembles = [d for d in names if members(d)]
+    n_cal = max(1, int(round(cfg.holdout * n_images)))
+    if ensembles and "flow" not in zoo_names and n_cal < 2:
+        raise ValueError(
+            f"{', '.join(ensembles)} standardise each member's score on the held-out part of TRAIN "
+            f"and need at least 2 held-out images: {n_images} images with --holdout {cfg.holdout:g} "
+            f"hold out {n_cal}; give at least {_min_images_for_calibration(cfg.holdout)} images "
+            "(100+ recommended) or a larger --holdout"
+        )
+
+
 def check_needs(names: tuple, split: Split, labels) -> set:
     """What the detectors need (``Spec.needs``); ValueError when TRAIN cannot provide it."""
     needs = {CATALOGUE[d].needs for d in names}
     if ENSEMBLE in needs and len(split.cal) < 2:
         raise ValueError(
-            f"{[d for d in names if members(d)]} standardise their members on the held-out part of "
-            f"TRAIN, which has {len(split.cal)} image(s); use more images or a larger --holdout"
+            f"{', '.join(d for d in names if members(d))} standardise each member's score on the "
+            f"held-out part of TRAIN, which has {len(split.cal)} image(s); use more images or a "
+            "larger --holdout"
         )
     if "features+labels" in needs and labels is None:
         supervised = [d for d in names if CATALOGUE[d].needs == "features+labels"]
@@ -664,15 +707,8 @@ def train_flows(
     if needs & {"flow+general", "flow+dagger"}:
         if "general" in zoo_names:
             _from_zoo(out, "general", zoo_names["general"], models, model_paths, say)
-        elif "flow+dagger" in needs:
-            from ..zoo import GENERAL_MODELS
-
-            have = ", ".join(f"{'grey' if c == 1 else 'RGB'} {s}x{s}" for c, s in GENERAL_MODELS)
-            raise ValueError(
-                f"diff-dagger finetunes a shipped general-distribution model, and the zoo has none for "
-                f"{'grey' if policy.channels == 1 else 'RGB'} {policy.size}x{policy.size} images (it has "
-                f"{have}); pass --size / --grey / --rgb to match one, or choose other --detectors"
-            )
+        elif "flow+dagger" in needs:  # fit_bundle's check_plan says why, before any training
+            raise ValueError("diff-dagger needs a shipped general-distribution model (see check_plan)")
         else:
             from ..data.named import natural_patches
 
@@ -943,6 +979,7 @@ def fit_bundle(
     policy = choose_policy(train, cfg, say)
     zoo_names = choose_zoo(train, policy, cfg, say)
     names = announce_members(resolve_detectors(cfg, zoo_names), say)
+    check_plan(names, len(train.images), policy, cfg, zoo_names)
     start_run(out, train, policy, cfg, command, zoo_names)
     split = split_train(train, policy, cfg, say, zoo_names)
     needs = check_needs(names, split, train.labels)

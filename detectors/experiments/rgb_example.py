@@ -81,6 +81,11 @@ def patches(image: np.ndarray, n: int, split: str = "all", seed: int = 0, size: 
 
     if split not in ("train", "test", "all"):
         raise ValueError(f"split={split!r}, expected 'train', 'test' or 'all'")
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        what = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(f"image: expected a uint8 RGB array [H, W, 3], got {what}")
+    if int(n) != n or n < 0:
+        raise ValueError(f"n={n}, expected a non-negative integer")
     h, w = image.shape[:2]
     cut = int(round(0.75 * w))
     x0, width = {"train": (0, cut), "test": (cut, w - cut), "all": (0, w)}[split]
@@ -133,10 +138,15 @@ def ood_sets(n: int = 500, seed: int = 0) -> dict[str, torch.Tensor]:
 
 def write_pngs(images: torch.Tensor, folder: str) -> int:
     """Writes uint8 [N, 3, H, W] as ``folder/00000.png``, ...; files already there are kept
-    (a re-run resumes).  Returns N."""
+    (a re-run resumes) and numbered PNGs past N (from a run with more images) are removed, so
+    the folder holds exactly these N.  Returns N."""
     from PIL import Image
 
     os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(folder):
+        stem, ext = os.path.splitext(name)
+        if ext == ".png" and stem.isdigit() and int(stem) >= len(images):
+            os.remove(os.path.join(folder, name))
     for i, x in enumerate(images):
         path = os.path.join(folder, f"{i:05d}.png")
         if not os.path.exists(path):
@@ -176,16 +186,24 @@ def markdown(results: dict) -> str:
 def run(out: str, n: int = 2000, n_eval: int = 500, config=None, progress: bool = True, say=print) -> dict:
     """Writes ``out/train`` (``n`` tissue training patches as PNGs), fits ``out/det`` with
     ``config`` (a ``FitConfig`` or mapping; default: fit's defaults), evaluates it
-    (:func:`evaluate`) and writes ``out/auroc.json`` and ``out/table.md``.  Returns the results."""
-    from ..bundle.fit import FitConfig, as_config, fit_bundle
+    (:func:`evaluate`) and writes ``out/auroc.json`` and ``out/table.md``.  Returns the results.
+    ``progress`` switches the fit's and the evaluation's progress bars (it overrides
+    ``config``'s ``progress``)."""
+    import dataclasses
+
+    from ..bundle.fit import as_config, fit_bundle
     from .ood_suite import save
 
-    cfg = as_config(config if config is not None else FitConfig(progress=progress))
+    cfg = dataclasses.replace(as_config(config), progress=progress)
     written = write_pngs(patches(read_image("tissue"), n, "train"), os.path.join(out, "train"))
     say(f"wrote {written} tissue patches")
     bundle = fit_bundle(os.path.join(out, "train"), os.path.join(out, "det"), cfg, say=say)
     results = evaluate(bundle, n_eval, progress=progress)
-    save(results, markdown(results), out)
+    caption = (
+        f"`fit` on {n} tissue patches (steps {cfg.steps}, Diff-dagger steps {cfg.dagger_steps}); "
+        f"{n_eval} test patches against {n_eval} images of each set; AUROC %\n\n"
+    )
+    save(results, caption + markdown(results), out)
     return results
 
 

@@ -476,9 +476,9 @@ def test_bad_detector_names_and_too_few_held_out_images(tmp_path, capsys):
     assert exit_.value.code == 2 and "invalid choice: 'last-scale+knn'" in capsys.readouterr().err
     _patches(tmp_path / "three", [skimage_data.astronaut()], [16] * 3, 0)
     cfg = bundle_mod.FitConfig(progress=False)
-    with pytest.raises(ValueError, match=r"held-out part of TRAIN, which has 1 image\(s\); use more images"):
+    with pytest.raises(ValueError, match=r"3 images with --holdout 0.2 hold out 1; give at least 8 images"):
         bundle_mod.fit_bundle(str(tmp_path / "three"), tmp_path / "d3", cfg, say=lambda *_: None)
-    assert not os.path.exists(tmp_path / "d3" / "models")  # refused before any training
+    assert not os.path.exists(tmp_path / "d3")  # refused before anything is trained or written
 
 
 def test_fit_reads_training_splits_of_named_sets(monkeypatch, tmp_path):

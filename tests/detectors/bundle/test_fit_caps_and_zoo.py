@@ -65,3 +65,27 @@ def test_a_subset_of_fashion_mnist_gets_the_general_model_and_a_dagger_finetune(
     x = detectors.data.load_fashion_mnist("test")[0][:8]
     for name, s in bundle.score(x).items():
         torch.testing.assert_close(again.score(x)[name], s)
+
+
+def test_plans_that_cannot_work_fail_before_anything_is_trained_or_written(tmp_path):
+    import pytest
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8, generator=g)
+    out = tmp_path / "det"
+    with pytest.raises(ValueError, match="--no-zoo turns off; drop --no-zoo") as err:
+        cfg = FitConfig(
+            detectors=("diff-dagger+pca+transforms+diff+png",), zoo=False, steps=1, progress=False
+        )
+        fit_bundle(x, out, cfg, say=lambda *a: None)
+    assert "diff-dagger (in diff-dagger+pca+transforms+diff+png)" in str(err.value) and not out.exists()
+    # a mode and size without a shipped general model: the message names what the zoo has
+    cfg = FitConfig(detectors=("diff-dagger",), size=16, steps=1, progress=False)
+    with pytest.raises(ValueError, match=r"none for grey 16x16 images \(it has grey 28x28"):
+        fit_bundle(x, out, cfg, say=lambda *a: None)
+    assert not out.exists()
+    # an ensemble needs 2 held-out images: at --holdout 0.2 that is 8 images, not 3
+    cfg = FitConfig(detectors=("png+pca",), steps=1, progress=False)
+    with pytest.raises(ValueError, match=r"7 images with --holdout 0.2 hold out 1; give at least 8 images"):
+        fit_bundle(x[:7], out, cfg, say=lambda *a: None)
+    assert not out.exists()

@@ -30,6 +30,19 @@ def test_patches_are_deterministic_and_train_test_disjoint():
         ex.patches(tissue[:20], 2, "train")
     with pytest.raises(ValueError, match="unknown image"):
         ex.read_image("cat")
+    with pytest.raises(ValueError, match=r"uint8 RGB array \[H, W, 3\], got uint8 \(512, 512\)"):
+        ex.patches(tissue[..., 0], 2, "train")
+    with pytest.raises(ValueError, match="n=-1"):
+        ex.patches(tissue, -1, "train")
+
+
+def test_write_pngs_leaves_exactly_the_images_given(tmp_path):
+    x = ex.patches(ex.read_image("tissue"), 6, "train")
+    folder = str(tmp_path / "train")
+    assert ex.write_pngs(x, folder) == 6
+    (tmp_path / "train" / "notes.txt").write_text("kept")
+    assert ex.write_pngs(x[:4], folder) == 4  # a smaller run: the PNGs past 4 go
+    assert sorted(os.listdir(folder)) == ["00000.png", "00001.png", "00002.png", "00003.png", "notes.txt"]
 
 
 def test_ood_sets_are_the_named_changes():
@@ -60,4 +73,5 @@ def test_small_run_writes_an_rgb_bundle_and_its_table(tmp_path):
         assert json.load(f)["preprocessing"]["channels"] == 3
     with open(os.path.join(out, "auroc.json")) as f:
         assert json.load(f)["png"]["worst_set"] in ex.KINDS
-    assert "| png |" in open(os.path.join(out, "table.md")).read()
+    table = open(os.path.join(out, "table.md")).read()
+    assert table.startswith("`fit` on 24 tissue patches (steps 2, ") and "| png |" in table

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .ood_suite import KINDS, _u8, in_and_base, ood_sets, save, summarise
+from .ood_suite import KINDS, _u8, in_and_base, kinds_table, ood_sets, save, score_bundle
 
 #: the kinds added to the suite's (none of them is a transformation the detectors train on)
 EXTRA_KINDS = {
@@ -87,31 +87,14 @@ def evaluate(bundle, n: int = 1000, seed: int = 0, progress: bool = True) -> dic
     """{detector: {"per_set": {set: AUROC %}, "worst": ..., "worst_set": ..., "mean": ...}} of
     the bundle's detectors: the first ``n`` Fashion-MNIST test images against ``n`` images of
     each set of the suite and of :func:`extra_sets`."""
-    from sklearn.metrics import roc_auc_score
-
     from ..data import load_fashion_mnist
 
     x_in = load_fashion_mnist("test")[0][:n]
-    sets = {**ood_sets(n, seed), **extra_sets(n, seed)}
-    s_in = bundle.score(x_in, progress=progress)
-    per = {d: {} for d in s_in}
-    for name, x in sets.items():
-        s_out = bundle.score(x, progress=progress)
-        for d in s_in:
-            y = np.r_[np.zeros(len(s_in[d])), np.ones(len(s_out[d]))]
-            per[d][name] = 100 * roc_auc_score(y, np.r_[s_in[d].numpy(), s_out[d].numpy()])
-    return {d: summarise(res) for d, res in per.items()}
+    return score_bundle(bundle, x_in, {**ood_sets(n, seed), **extra_sets(n, seed)}, progress)
 
 
 def markdown(results: dict) -> str:
-    sets = list(next(iter(results.values()))["per_set"])
-    kinds = {**KINDS, **EXTRA_KINDS}
-    head = "| detector | " + " | ".join(f"{s} ({kinds[s]})" for s in sets) + " | worst | mean |"
-    lines = [head, "| --- " * (len(sets) + 3) + "|"]
-    for d, r in sorted(results.items(), key=lambda kv: -kv[1]["worst"]):
-        cells = " | ".join(f"{r['per_set'][s]:.1f}" for s in sets)
-        lines.append(f"| {d} | {cells} | **{r['worst']:.1f}** ({r['worst_set']}) | {r['mean']:.1f} |")
-    return "\n".join(lines) + "\n"
+    return kinds_table(results, {**KINDS, **EXTRA_KINDS})
 
 
 def main(argv=None) -> int:

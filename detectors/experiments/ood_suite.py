@@ -109,6 +109,33 @@ def score_suite(detectors: dict, x_in: torch.Tensor, sets: dict[str, torch.Tenso
     return out
 
 
+def score_bundle(bundle, x_in: torch.Tensor, sets: dict[str, torch.Tensor], progress: bool = True) -> dict:
+    """:func:`score_suite` for a fitted bundle (``detectors.load``): every detector of the bundle
+    in one ``bundle.score`` call per set, the same scores as ``detectors score``; AUROC in %."""
+    from sklearn.metrics import roc_auc_score
+
+    s_in = bundle.score(x_in, progress=progress)
+    per = {d: {} for d in s_in}
+    for name, x in sets.items():
+        s_out = bundle.score(x, progress=progress)
+        for d in s_in:
+            y = np.r_[np.zeros(len(s_in[d])), np.ones(len(s_out[d]))]
+            per[d][name] = 100 * roc_auc_score(y, np.r_[s_in[d].numpy(), s_out[d].numpy()])
+    return {d: summarise(res) for d, res in per.items()}
+
+
+def kinds_table(results: dict, kinds: dict[str, str]) -> str:
+    """Markdown of :func:`score_bundle` results: one row per detector (best worst case first),
+    one column per set labelled with its kind, then the worst case and the mean."""
+    sets = list(next(iter(results.values()))["per_set"])
+    head = "| detector | " + " | ".join(f"{s} ({kinds[s]})" for s in sets) + " | worst | mean |"
+    lines = [head, "| --- " * (len(sets) + 3) + "|"]
+    for d, r in sorted(results.items(), key=lambda kv: -kv[1]["worst"]):
+        cells = " | ".join(f"{r['per_set'][s]:.1f}" for s in sets)
+        lines.append(f"| {d} | {cells} | **{r['worst']:.1f}** ({r['worst_set']}) | {r['mean']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def save(results: dict, table: str, out: str) -> str:
     """Writes ``out/auroc.json`` (``results``) and ``out/table.md`` (``table``); returns the table."""
     import json

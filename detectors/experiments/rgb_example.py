@@ -158,29 +158,15 @@ def write_pngs(images: torch.Tensor, folder: str) -> int:
 def evaluate(bundle, n: int = 500, seed: int = 0, progress: bool = True) -> dict:
     """{detector: {"per_set", "worst", "worst_set", "mean"}}: ``n`` tissue test patches
     against ``n`` images of each of :func:`ood_sets`, scored by ``bundle``."""
-    from sklearn.metrics import roc_auc_score
+    from .ood_suite import score_bundle
 
-    from .ood_suite import summarise
-
-    x_in = patches(read_image("tissue"), n, "test", seed)
-    s_in = bundle.score(x_in, progress=progress)
-    per = {d: {} for d in s_in}
-    for name, x in ood_sets(n, seed).items():
-        s_out = bundle.score(x, progress=progress)
-        for d in s_in:
-            y = np.r_[np.zeros(len(s_in[d])), np.ones(len(s_out[d]))]
-            per[d][name] = 100 * roc_auc_score(y, np.r_[s_in[d].numpy(), s_out[d].numpy()])
-    return {d: summarise(res) for d, res in per.items()}
+    return score_bundle(bundle, patches(read_image("tissue"), n, "test", seed), ood_sets(n, seed), progress)
 
 
 def markdown(results: dict) -> str:
-    sets = list(next(iter(results.values()))["per_set"])
-    head = "| detector | " + " | ".join(f"{s} ({KINDS[s]})" for s in sets) + " | worst | mean |"
-    lines = [head, "| --- " * (len(sets) + 3) + "|"]
-    for d, r in sorted(results.items(), key=lambda kv: -kv[1]["worst"]):
-        cells = " | ".join(f"{r['per_set'][s]:.1f}" for s in sets)
-        lines.append(f"| {d} | {cells} | **{r['worst']:.1f}** ({r['worst_set']}) | {r['mean']:.1f} |")
-    return "\n".join(lines) + "\n"
+    from .ood_suite import kinds_table
+
+    return kinds_table(results, KINDS)
 
 
 def run(out: str, n: int = 2000, n_eval: int = 500, config=None, progress: bool = True, say=print) -> dict:

@@ -53,6 +53,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--root", type=out_dir, default="runs/zoo")
     p.add_argument("--threads", type=integer(1, MAX_THREADS, "MAX_THREADS"), default=1)
+    p.add_argument(
+        "--seed",
+        type=integer(0, 2**31 - 1),
+        default=0,
+        help="training seed; K >= 1 trains a replicate in ROOT/NAME-seedK for experiments "
+        "(never exported; the zoo ships seed 0)",
+    )
     p.add_argument("--export", action="store_true", help="export the latest checkpoint into detectors/zoo")
     p.add_argument("--status", default="training continues")
     return p
@@ -68,7 +75,12 @@ def run(args) -> int:
     if args.name == "features":
         export_features()
     elif args.export:
+        if args.seed:
+            raise ValueError(
+                f"--export ships the seed-0 training only; the replicate with --seed {args.seed} "
+                "stays in its run for experiments (detectors.zoo.train.load_replicate)"
+            )
         export(args.name, args.root, args.status)
     else:
-        train(args.name, args.steps, args.eval_every, args.root, args.patience)
+        train(args.name, args.steps, args.eval_every, args.root, args.patience, args.seed)
     return 0

@@ -8,17 +8,25 @@ zoo models (same data, same steps budget, one difference):
   model;
 * penalised approximate mass > vanilla (Chali et al. 2023 Tab. 1): ``fmnist-realnvp`` vs
   ``fmnist-realnvp-mass`` (penalised from the start, the paper's protocol, Sec. 4.1) and
-  ``fmnist-realnvp-mass-ft`` (the vanilla model finetuned with the penalty).
+  ``fmnist-realnvp-mass-ft*`` (the vanilla model finetuned with the penalty at alpha = 2, 0.5
+  and 0.1).
 
-    python -m detectors.experiments.findings [--n 500] [--out runs/findings]
+    python -m detectors.experiments.findings [--n 500] [--seeds 0 1 2] [--out runs/findings]
 
 AUROC % of ``n`` Fashion-MNIST test images against ``n`` images of each OOD-suite set
-(``ood_suite.ood_sets``); writes ``auroc.json`` and ``table.md``.
+(``ood_suite.ood_sets``); writes ``auroc.json`` and ``table.md``.  Seeds: seed 0 scores the
+shipped zoo models; seed K >= 1 scores the replicates of the finetunes (:data:`REPLICATED`,
+trained with ``python -m detectors zoo NAME --seed K``, kept in ``runs/zoo/NAME-seedK``) with
+the other models (the general model, the vanilla RealNVP, the RealNVP penalised from the start)
+at seed 0.  With several seeds the table holds the mean over seeds, and a second table each
+seed's AUROC on MNIST and mean over the sets.
 """
 
 from __future__ import annotations
 
 import argparse
+
+import numpy as np
 
 #: (row name, detector class, zoo models it takes)
 ROWS = (
@@ -30,33 +38,102 @@ ROWS = (
     ("outlier loss: Diff", "LikelihoodRatio", ("fmnist-glow-from-general-outlier", "photos-glow-broad")),
     ("approximate mass (vanilla)", "ApproximateMass", ("fmnist-realnvp",)),
     ("approximate mass (penalised from the start)", "ApproximateMass", ("fmnist-realnvp-mass",)),
-    ("approximate mass (vanilla finetuned with the penalty)", "ApproximateMass", ("fmnist-realnvp-mass-ft",)),
+    (
+        "approximate mass (vanilla finetuned with the penalty, alpha 2)",
+        "ApproximateMass",
+        ("fmnist-realnvp-mass-ft",),
+    ),
+    (
+        "approximate mass (vanilla finetuned with the penalty, alpha 0.5)",
+        "ApproximateMass",
+        ("fmnist-realnvp-mass-ft-a0.5",),
+    ),
+    (
+        "approximate mass (vanilla finetuned with the penalty, alpha 0.1)",
+        "ApproximateMass",
+        ("fmnist-realnvp-mass-ft-a0.1",),
+    ),
+)
+
+#: the finetunes whose training a seed replicates (each starts from a seed-0 model)
+REPLICATED = frozenset(
+    {
+        "fmnist-glow-from-general",
+        "fmnist-glow-from-general-outlier",
+        "fmnist-realnvp-mass-ft",
+        "fmnist-realnvp-mass-ft-a0.5",
+        "fmnist-realnvp-mass-ft-a0.1",
+    }
 )
 
 
-def detectors_of(rows=ROWS) -> dict:
-    """{row name: detector} of the zoo models each row names (Memoized: one pass per model)."""
-    from .. import scores, zoo
+def detectors_of(rows=ROWS, seed: int = 0, root: str = "runs/zoo") -> dict:
+    """{row name: detector} of the zoo models each row names (Memoized: one pass per model);
+    for ``seed`` >= 1 only the rows that use a :data:`REPLICATED` model, with its replicate.
+    FileNotFoundError naming the training command when a replicate is missing."""
+    from .. import scores
+    from ..zoo.train import load_replicate
     from .runs import Memoized
 
     models = {}
     out = {}
     for name, cls, needs in rows:
-        ms = [models.setdefault(m, Memoized(zoo.load(m))) for m in needs]
+        if seed and not REPLICATED.intersection(needs):
+            continue
+        ms = []
+        for m in needs:
+            s = seed if m in REPLICATED else 0
+            if (m, s) not in models:
+                models[m, s] = Memoized(load_replicate(m, s, root))
+            ms.append(models[m, s])
         out[name] = getattr(scores, cls)(*ms)
     return out
+
+
+def over_seeds(per_seed: dict[int, dict]) -> dict:
+    """Combines ``{seed: score_suite results}``: each row's per-set AUROC averaged over the seeds
+    that have the row (rows of fixed models have seed 0 only), with ``"seeds"``: {seed: per_set}."""
+    from .ood_suite import summarise
+
+    rows = dict.fromkeys(r for res in per_seed.values() for r in res)
+    out = {}
+    for r in rows:
+        runs = {s: res[r]["per_set"] for s, res in per_seed.items() if r in res}
+        sets = next(iter(runs.values()))
+        out[r] = summarise({k: float(np.mean([p[k] for p in runs.values()])) for k in sets})
+        out[r]["seeds"] = runs
+    return out
+
+
+def seeds_table(results: dict) -> str:
+    """Markdown: per row, each seed's AUROC % on MNIST and mean over the sets."""
+    lines = ["| detector | seed: MNIST (mean over the sets) |", "| --- | --- |"]
+    for r, res in results.items():
+        cells = ", ".join(
+            f"{s}: {100 * p['MNIST']:.1f} ({100 * np.mean(list(p.values())):.1f})"
+            for s, p in res["seeds"].items()
+        )
+        lines.append(f"| {r} | {cells} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=500)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default: 0)")
+    p.add_argument("--root", default="runs/zoo", help="where the seed replicates were trained")
     p.add_argument("--out", default="runs/findings")
     args = p.parse_args(argv)
     from .ood_suite import in_and_base, markdown, ood_sets, save, score_suite
 
     x_in, _ = in_and_base(args.n)
-    results = score_suite(detectors_of(), x_in, ood_sets(args.n))
-    print(save(results, markdown(results), args.out))
+    sets = ood_sets(args.n)
+    per_seed = {s: score_suite(detectors_of(seed=s, root=args.root), x_in, sets) for s in args.seeds}
+    results = over_seeds(per_seed)
+    table = markdown(results)
+    if len(args.seeds) > 1:
+        table += "\n" + seeds_table(results)
+    print(save(results, table, args.out))
     return 0
 
 

@@ -2,6 +2,7 @@
 
     python -m detectors zoo NAME [--steps 20000] [--eval-every 250] [--root runs/zoo]
     python -m detectors zoo NAME --export        # weights + card into detectors/zoo/
+    python -m detectors zoo NAME --seed 1        # a replicate in ROOT/NAME-seed1 (not shipped)
 
 (``python -m detectors.zoo.train ...`` runs the same command.)
 
@@ -54,7 +55,7 @@ def _objective(recipe, root: str):
 
         return nll
     if recipe.objective == "approx_mass":
-        return objectives.approx_mass_objective(2.0)
+        return objectives.approx_mass_objective(recipe.alpha)
     ref = _run_or_shipped(root, recipe.reference)
     if recipe.objective == "outlier":  # outliers: the general distribution's training photos
         return objectives.outlier_objective(ref, training_data(RECIPES[recipe.reference]))
@@ -81,9 +82,37 @@ def _log_rows(path: str) -> list[dict]:
     return rows
 
 
-def train(name: str, steps: int, eval_every: int, root: str, patience: int) -> None:
+def run_dir(root: str, name: str, seed: int = 0) -> str:
+    """Where ``train`` keeps the run of ``name``: ``root/name`` for seed 0 (the shipped
+    training), ``root/name-seedK`` for a seed replicate K >= 1."""
+    return os.path.join(root, name if seed == 0 else f"{name}-seed{seed}")
+
+
+def load_replicate(name: str, seed: int, root: str = "runs/zoo"):
+    """The model of ``name`` trained with ``seed``: the shipped zoo model for seed 0, else the
+    latest checkpoint of the replicate run ``root/name-seedK``; FileNotFoundError with the
+    command that trains it when that run is missing."""
+    if seed == 0:
+        from . import load as load_shipped
+
+        return load_shipped(name)
+    out = run_dir(root, name, seed)
+    if not os.path.exists(os.path.join(out, "latest")):
+        raise FileNotFoundError(
+            f"{out}: no trained replicate of {name} with seed {seed}; train it with "
+            f"python -m detectors zoo {name} --seed {seed} --root {root}"
+        )
+    return invflow.checkpoint.load_run(out)
+
+
+def train(name: str, steps: int, eval_every: int, root: str, patience: int, seed: int = 0) -> None:
+    """Trains ``name`` in :func:`run_dir` (resuming there), ``eval_every`` steps at a time, up
+    to ``steps`` or until the held-out bits/dim has not improved for ``patience``
+    evaluations.  ``seed`` sets the data order, augmentation and noise of the Trainer; a
+    finetune's init and reference models are the seed-0 ones for every seed (the replicates
+    measure the spread of the finetune, not of its starting point)."""
     recipe = RECIPES[name]
-    out = os.path.join(root, name)
+    out = run_dir(root, name, seed)
     os.makedirs(out, exist_ok=True)
     model = build(recipe)
     init_note = os.path.join(out, "init.json")
@@ -116,7 +145,7 @@ def train(name: str, steps: int, eval_every: int, root: str, patience: int) -> N
         translate=recipe.translate,
         checkpoint_every=eval_every,
         keep_checkpoints=2,
-        seed=0,
+        seed=seed,
         log_every=25,
         progress=False,
     )
@@ -232,6 +261,8 @@ def export(name: str, root: str, status: str) -> dict:
         "status": status,
         "commit": _commit(),
     }
+    if recipe.objective == "approx_mass":
+        card["alpha"] = recipe.alpha
     os.makedirs(os.path.join(ZOO_DIR, "weights"), exist_ok=True)
     os.makedirs(os.path.join(ZOO_DIR, "cards"), exist_ok=True)
     invflow.save(model, os.path.join(ZOO_DIR, "weights", f"{name}.safetensors"))

@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from detectors.cli import build_parser, common, main
 from detectors.cli.common import (
@@ -309,3 +310,41 @@ def test_zoo_export_without_a_run_or_with_a_broken_log_says_what_to_do(tmp_path,
     assert main(["zoo", "fmnist-glow", "--export", "--root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "heldout.csv: row 1 is not 'step,heldout_bpd,wall_s' numbers" in err and len(err.splitlines()) == 1
+
+
+def test_zoo_export_of_a_seed_replicate_is_refused(tmp_path, capsys):
+    assert main(["zoo", "fmnist-glow", "--export", "--seed", "1", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "ships the seed-0 training only" in err and len(err.splitlines()) == 1
+    line = _parse_error(["zoo", "fmnist-glow", "--seed", "-1"], capsys)
+    assert "--seed" in line
+
+
+def test_zoo_seed_replicate_trains_in_its_own_run_and_loads_back(tmp_path):
+    from detectors.zoo.train import load_replicate
+
+    assert (
+        main(
+            [
+                "zoo",
+                "fmnist-realnvp",
+                "--steps",
+                "2",
+                "--eval-every",
+                "1",
+                "--seed",
+                "3",
+                "--root",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fmnist-realnvp-seed3"]
+    rows = (tmp_path / "fmnist-realnvp-seed3" / "heldout.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["step", "1", "2"]
+    model, shipped = load_replicate("fmnist-realnvp", 3, str(tmp_path)), load_replicate("fmnist-realnvp", 0)
+    a, b = model.state_dict(), shipped.state_dict()
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)  # 2 steps, not the zoo's
+    with pytest.raises(FileNotFoundError, match="--seed 4"):
+        load_replicate("fmnist-realnvp", 4, str(tmp_path))

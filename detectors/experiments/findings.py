@@ -128,7 +128,11 @@ def main(argv=None) -> int:
 
     x_in, _ = in_and_base(args.n)
     sets = ood_sets(args.n)
-    per_seed = {s: score_suite(detectors_of(seed=s, root=args.root), x_in, sets) for s in args.seeds}
+    try:
+        dets = {s: detectors_of(seed=s, root=args.root) for s in args.seeds}
+    except FileNotFoundError as err:  # a replicate not trained yet: say which, and how
+        p.exit(2, f"{p.prog}: error: {err}\n")
+    per_seed = {s: score_suite(d, x_in, sets) for s, d in dets.items()}
     results = over_seeds(per_seed)
     table = markdown(results)
     if len(args.seeds) > 1:

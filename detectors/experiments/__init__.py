@@ -10,6 +10,13 @@
 * :mod:`.ood_suite` -- ``python -m detectors ood-suite``: the zoo detectors on many OOD kinds;
 * :mod:`.analysis` -- the analyses and plots of the papers (pixel differences, Fourier mixes,
   correlations, latents, coupling scales and shifts).
+* :mod:`.findings` -- the papers' last two findings on paired zoo models, over seeds;
+* :mod:`.fit_defaults` -- a ``detectors fit`` bundle against the suite and 7 more OOD kinds;
+* :mod:`.rgb_example` -- ``fit`` with its defaults on colour tissue patches, end to end;
+* :mod:`.photometric` -- why darkened (gamma 2) garments stay undetected.
+
+The last four run as ``python -m detectors.experiments.NAME``; each reports a user error in one
+line with exit status 2.
 
 ``detectors.experiments`` was one module; its names now live in :mod:`.runs` and stay
 importable from here for one release with a ``DeprecationWarning``.

@@ -127,10 +127,7 @@ def main(argv=None) -> int:
 
     x_in, _ = in_and_base(args.n)
     sets = ood_sets(args.n)
-    try:
-        dets = {s: detectors_of(seed=s, root=args.root) for s in args.seeds}
-    except FileNotFoundError as err:  # a replicate not trained yet: say which, and how
-        p.exit(2, f"{p.prog}: error: {err}\n")
+    dets = {s: detectors_of(seed=s, root=args.root) for s in args.seeds}  # all before any scoring
     per_seed = {s: score_suite(d, x_in, sets) for s, d in dets.items()}
     results = over_seeds(per_seed)
     table = markdown(results)
@@ -140,5 +137,7 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # user errors (a missing file, a bad value) as one line, exit 2
+    from ..cli.common import run_guarded
+
+    raise SystemExit(run_guarded("python -m detectors.experiments.findings", main))

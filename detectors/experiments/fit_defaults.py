@@ -110,5 +110,7 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # user errors (a missing file, a bad value) as one line, exit 2
+    from ..cli.common import run_guarded
+
+    raise SystemExit(run_guarded("python -m detectors.experiments.fit_defaults", main))

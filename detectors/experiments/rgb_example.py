@@ -177,9 +177,13 @@ def run(out: str, n: int = 2000, n_eval: int = 500, config=None, progress: bool 
     ``config``'s ``progress``)."""
     import dataclasses
 
+    from invflow.validation import check_number
+
     from ..bundle.fit import as_config, fit_bundle
     from .ood_suite import save
 
+    check_number(n, "n", "rgb_example.run", low=1, integer=True)  # before anything is written
+    check_number(n_eval, "n_eval", "rgb_example.run", low=1, integer=True)
     cfg = dataclasses.replace(as_config(config), progress=progress)
     written = write_pngs(patches(read_image("tissue"), n, "train"), os.path.join(out, "train"))
     say(f"wrote {written} tissue patches")
@@ -208,5 +212,7 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # user errors (a missing file, a bad value) as one line, exit 2
+    from ..cli.common import run_guarded
+
+    raise SystemExit(run_guarded("python -m detectors.experiments.rgb_example", main))

@@ -58,14 +58,3 @@ def test_over_seeds_averages_each_row_over_the_seeds_that_have_it():
     assert list(out["fixed"]["seeds"]) == [0] and out["fixed"]["worst"] == pytest.approx(0.2)
     table = seeds_table(out)
     assert "| r | 0: 60.0 (80.0), 1: 80.0 (85.0) |" in table
-
-
-def test_a_missing_replicate_is_one_line_naming_the_command(tmp_path, capsys):
-    from detectors.experiments.findings import main
-
-    with pytest.raises(SystemExit) as exit_:
-        main(["--n", "5", "--seeds", "0", "7", "--root", str(tmp_path), "--out", str(tmp_path / "out")])
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "python -m detectors zoo fmnist-glow-from-general --seed 7" in err
-    assert not (tmp_path / "out").exists()

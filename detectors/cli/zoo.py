@@ -42,26 +42,42 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--steps",
         type=integer(1, MAX_STEPS, "MAX_STEPS"),
         default=20000,
-        help="upper bound; early stop on the held-out bits/dim",
+        help="upper bound; early stop on the held-out bits/dim (default: %(default)s)",
     )
-    p.add_argument("--eval-every", type=integer(1, MAX_STEPS, "MAX_STEPS"), default=250)
+    p.add_argument(
+        "--eval-every",
+        type=integer(1, MAX_STEPS, "MAX_STEPS"),
+        default=250,
+        help="steps between held-out evaluations and checkpoints (default: %(default)s)",
+    )
     p.add_argument(
         "--patience",
         type=integer(1, MAX_STEPS, "MAX_STEPS"),
         default=4,
         help="evaluations without improvement before stopping (default: %(default)s)",
     )
-    p.add_argument("--root", type=out_dir, default="runs/zoo")
-    p.add_argument("--threads", type=integer(1, MAX_THREADS, "MAX_THREADS"), default=1)
+    p.add_argument(
+        "--root", type=out_dir, default="runs/zoo", help="where the runs live (default: %(default)s)"
+    )
+    p.add_argument(
+        "--threads",
+        type=integer(1, MAX_THREADS, "MAX_THREADS"),
+        default=1,
+        help="torch threads (default: %(default)s)",
+    )
     p.add_argument(
         "--seed",
         type=integer(0, 2**31 - 1),
         default=0,
         help="training seed; K >= 1 trains a replicate in ROOT/NAME-seedK for experiments "
-        "(never exported; the zoo ships seed 0)",
+        "(never exported; the zoo ships seed 0) (default: %(default)s)",
     )
     p.add_argument("--export", action="store_true", help="export the latest checkpoint into detectors/zoo")
-    p.add_argument("--status", default="training continues")
+    p.add_argument(
+        "--status",
+        default="training continues",
+        help="with --export: the card's note on why training stopped (default: %(default)r)",
+    )
     return p
 
 
@@ -73,6 +89,10 @@ def run(args) -> int:
 
     torch.set_num_threads(args.threads)
     if args.name == "features":
+        if not args.export or args.seed:
+            raise ValueError(
+                "'features' is exported, not trained: run python -m detectors zoo features --export"
+            )
         export_features()
     elif args.export:
         if args.seed:

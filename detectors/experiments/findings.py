@@ -89,6 +89,29 @@ def detectors_of(rows=ROWS, seed: int = 0, root: str = "runs/zoo") -> dict:
     return out
 
 
+def check_replicates(seeds, root: str = "runs/zoo") -> dict:
+    """{model: {seed: training step}} of every :data:`REPLICATED` model at ``seeds`` (seed 0: the
+    shipped card's).  One ValueError listing every replicate that is missing or was trained for
+    a different number of steps than the shipped seed-0 model, with the commands that fix it."""
+    from ..zoo.train import replicate_step
+
+    steps = {m: {s: replicate_step(m, s, root) for s in sorted({0, *seeds})} for m in sorted(REPLICATED)}
+    wrong = []
+    for m, by_seed in steps.items():
+        for s, step in by_seed.items():
+            if s and step != by_seed[0]:
+                state = "missing" if step is None else f"at step {step}"
+                wrong.append(
+                    f"{m} seed {s}: {state}; run python -m detectors zoo {m} --seed {s} --root {root} "
+                    f"--steps {by_seed[0]}"
+                )
+    if wrong:
+        raise ValueError(
+            f"{len(wrong)} seed replicate(s) do not match the shipped seed-0 training: " + "; ".join(wrong)
+        )
+    return steps
+
+
 def over_seeds(per_seed: dict[int, dict]) -> dict:
     """Combines ``{seed: score_suite results}``: each row's per-set AUROC averaged over the seeds
     that have the row (rows of fixed models have seed 0 only), with ``"seeds"``: {seed: per_set}."""
@@ -117,23 +140,40 @@ def seeds_table(results: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=500)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default: 0)")
+    from ..cli.common import Parser, integer, out_dir
+
+    p = Parser(
+        prog="python -m detectors.experiments.findings",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--n", type=integer(1, 1797), default=500, help="images per set (sklearn digits has 1797)")
+    p.add_argument("--seeds", type=integer(0, 2**31 - 1), nargs="+", default=[0], help="training seeds")
     p.add_argument("--root", default="runs/zoo", help="where the seed replicates were trained")
-    p.add_argument("--out", default="runs/findings")
+    p.add_argument(
+        "--out", type=out_dir, default="runs/findings", help="auroc.json, replicates.json, table.md"
+    )
     args = p.parse_args(argv)
+    import json
+    import os
+
     from .ood_suite import in_and_base, markdown, ood_sets, save, score_suite
 
+    steps = check_replicates(args.seeds, args.root)  # before any scoring
     x_in, _ = in_and_base(args.n)
     sets = ood_sets(args.n)
-    dets = {s: detectors_of(seed=s, root=args.root) for s in args.seeds}  # all before any scoring
+    dets = {s: detectors_of(seed=s, root=args.root) for s in args.seeds}
     per_seed = {s: score_suite(d, x_in, sets) for s, d in dets.items()}
     results = over_seeds(per_seed)
     table = markdown(results)
-    if len(args.seeds) > 1:
-        table += "\n" + seeds_table(results)
+    if len(args.seeds) > 1 or args.seeds != [0]:
+        table += (
+            f"\nRows of {', '.join(sorted(REPLICATED))} are means over seeds {args.seeds}; the other "
+            "rows are the shipped single trainings (seed 0 only).\n\n" + seeds_table(results)
+        )
     print(save(results, table, args.out))
+    with open(os.path.join(args.out, "replicates.json"), "w") as f:
+        json.dump(steps, f, indent=1)
     return 0
 
 

@@ -4,7 +4,8 @@ blurred, darkened (gamma 2) and noisy garments, and letters rendered with Pillow
 
     python -m detectors.experiments.fit_defaults DET [--n 1000] [--out runs/fit-defaults]
 
-scores the first ``n`` Fashion-MNIST test images (in-distribution) and ``n`` images of each
+scores ``n`` Fashion-MNIST test images (in-distribution; a seeded sample disjoint from the
+images the transformed sets start from) and ``n`` images of each
 set with the bundle ``DET`` (``detectors.load``, the same scores as ``detectors score``) and
 writes ``auroc.json`` and ``table.md`` (AUROC % per detector and set, worst case and mean).
 """
@@ -85,11 +86,10 @@ def extra_sets(n: int = 1000, seed: int = 0) -> dict[str, torch.Tensor]:
 
 def evaluate(bundle, n: int = 1000, seed: int = 0, progress: bool = True) -> dict:
     """{detector: {"per_set": {set: AUROC %}, "worst": ..., "worst_set": ..., "mean": ...}} of
-    the bundle's detectors: the first ``n`` Fashion-MNIST test images against ``n`` images of
-    each set of the suite and of :func:`extra_sets`."""
-    from ..data import load_fashion_mnist
-
-    x_in = load_fashion_mnist("test")[0][:n]
+    the bundle's detectors: ``n`` Fashion-MNIST test images (``ood_suite.in_and_base``, a
+    seeded sample disjoint from the images the sets transform) against ``n`` images of each
+    set of the suite and of :func:`extra_sets`."""
+    x_in, _ = in_and_base(n, seed)  # the scored images; the sets start from disjoint ones
     return score_bundle(bundle, x_in, {**ood_sets(n, seed), **extra_sets(n, seed)}, progress)
 
 
@@ -98,10 +98,18 @@ def markdown(results: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("bundle")
-    p.add_argument("--n", type=int, default=1000)
-    p.add_argument("--out", default="runs/fit-defaults")
+    from ..cli.common import Parser, integer, out_dir
+
+    p = Parser(
+        prog="python -m detectors.experiments.fit_defaults",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("bundle", help="a bundle directory written by python -m detectors fit")
+    p.add_argument(
+        "--n", type=integer(1, 1797), default=1000, help="images per set (sklearn digits has 1797)"
+    )
+    p.add_argument("--out", type=out_dir, default="runs/fit-defaults", help="auroc.json and table.md")
     args = p.parse_args(argv)
     from .. import load
 

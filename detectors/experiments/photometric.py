@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from invflow.validation import check_number
+
 #: photometric transformations of uint8-valued float images [N, 1, H, W] (no rounding)
 PHOTOMETRIC = {
     "gamma 0.5": lambda x: 255 * (x / 255) ** 0.5,
@@ -69,11 +71,13 @@ def cnn(n_out: int) -> nn.Module:
     )
 
 
-def _train(net: nn.Module, batch, steps: int, seed: int, desc: str, progress: bool) -> nn.Module:
-    """Adam (lr 1e-3) on the cross-entropy of ``batch(generator) -> (x, labels)`` for ``steps``."""
+def _train(n_out: int, batch, steps: int, seed: int, desc: str, progress: bool) -> nn.Module:
+    """A :func:`cnn` with ``n_out`` outputs (its initial weights seeded by ``seed``) trained by
+    Adam (lr 1e-3) on the cross-entropy of ``batch(generator) -> (x, labels)`` for ``steps``."""
     from tqdm.auto import tqdm
 
     torch.manual_seed(seed)
+    net = cnn(n_out)
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), 1e-3)
     net.train()
@@ -110,11 +114,12 @@ def supervised(
     images (each class half of the 10000; 8 epochs over 2 x ``n_train`` training images)."""
     from ..data import load_fashion_mnist
 
+    check_number(n_train, "n_train", "photometric.supervised", low=1, high=30000, integer=True)
+    check_number(epochs, "epochs", "photometric.supervised", low=1, integer=True)
+    _transform(kind, torch.zeros(1, 1, 2, 2))
     g = torch.Generator().manual_seed(seed)
     train = load_fashion_mnist("train")[0].float()
     test = load_fashion_mnist("test")[0].float()
-    if not 1 <= n_train <= len(train) // 2:
-        raise ValueError(f"n_train={n_train}, expected 1..{len(train) // 2}")
 
     def make(x, idx_clean, idx_ood, gen):
         ood = _transform(kind, x[idx_ood])
@@ -134,7 +139,7 @@ def supervised(
         j = torch.randint(0, len(x), (128,), generator=gen)
         return x[j] / 255 - 0.5, y[j]
 
-    net = _train(cnn(2), batch, epochs * len(x) // 128, seed, f"supervised {kind}", progress)
+    net = _train(2, batch, epochs * len(x) // 128, seed, f"supervised {kind}", progress)
     logit = _logits(net, xt)
     score = logit[:, 1] - logit[:, 0]
     return _auroc(score[yt == 0], score[yt == 1])
@@ -162,6 +167,8 @@ def self_supervised(
     from .fit_defaults import extra_sets
     from .ood_suite import in_and_base, ood_sets
 
+    check_number(n_fit, "n_fit", "photometric.self_supervised", low=1, high=60000, integer=True)
+    check_number(epochs, "epochs", "photometric.self_supervised", low=1, integer=True)
     for c in classes:
         _transform(c, torch.zeros(1, 1, 2, 2))
     g = torch.Generator().manual_seed(seed)
@@ -180,7 +187,7 @@ def self_supervised(
         return out / 255 - 0.5, k
 
     steps = epochs * n_fit * (len(classes) + 1) // 128
-    net = _train(cnn(len(classes) + 1), batch, steps, seed, "self-supervised", progress)
+    net = _train(len(classes) + 1, batch, steps, seed, "self-supervised", progress)
 
     def score(x):
         return -F.log_softmax(_logits(net, x.float()), 1)[:, 0]
@@ -191,12 +198,20 @@ def self_supervised(
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n-train", type=int, default=20000, help="images per class of the supervised CNN")
-    p.add_argument("--epochs", type=int, default=8, help="epochs of the supervised CNN")
-    p.add_argument("--n-fit", type=int, default=10000, help="images of the self-supervised CNN")
-    p.add_argument("--ss-epochs", type=int, default=3, help="epochs of the self-supervised CNN")
-    p.add_argument("--out", default="runs/photometric")
+    from ..cli.common import Parser, integer, out_dir
+
+    p = Parser(
+        prog="python -m detectors.experiments.photometric",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--n-train", type=integer(1, 30000), default=20000, help="images per class of the supervised CNN"
+    )
+    p.add_argument("--epochs", type=integer(1, 1000), default=8, help="epochs of the supervised CNN")
+    p.add_argument("--n-fit", type=integer(1, 60000), default=10000, help="images of the self-supervised CNN")
+    p.add_argument("--ss-epochs", type=integer(1, 1000), default=3, help="epochs of the self-supervised CNN")
+    p.add_argument("--out", type=out_dir, default="runs/photometric", help="auroc.json and table.md")
     args = p.parse_args(argv)
     from .ood_suite import save, summarise
 

@@ -198,13 +198,21 @@ def run(out: str, n: int = 2000, n_eval: int = 500, config=None, progress: bool 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=2000, help="training patches (default 2000)")
-    p.add_argument(
-        "--n-eval", type=int, default=500, help="test patches and images per OOD set (default 500)"
+    from ..cli.common import Parser, integer, out_dir
+
+    p = Parser(
+        prog="python -m detectors.experiments.rgb_example",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--out", default="runs/rgb-example")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--n", type=integer(1, 100000), default=2000, help="training patches")
+    p.add_argument(
+        "--n-eval", type=integer(1, 10000), default=500, help="test patches and images per OOD set"
+    )
+    p.add_argument(
+        "--out", type=out_dir, default="runs/rgb-example", help="patches, bundle, auroc.json, table.md"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     run(args.out, args.n, args.n_eval, progress=not args.no_progress)
     with open(os.path.join(args.out, "table.md")) as f:

@@ -10,8 +10,11 @@ Training runs through ``invflow.train.Trainer`` in ``ROOT/NAME`` and always resu
 every ``--eval-every`` steps it writes the held-out bits/dim and the cumulative training wall
 time to ``ROOT/NAME/heldout.csv``, and it stops early once the held-out bits/dim has not
 improved for ``--patience`` evaluations.  Finetuned models (outlier loss, Diff-dagger) start
-from the latest checkpoint of their ``init`` run, and use the latest checkpoint of their
-``reference`` run as the frozen second model.
+from the latest checkpoint of their ``init`` run in ROOT, and use the latest checkpoint of
+their ``reference`` run as the frozen second model; without such a run, the shipped weights.
+``--seed K`` (K >= 1) trains a replicate in ``ROOT/NAME-seedK``: its initial weights, data
+order and noise come from K, and a finetune replicate always starts from the *shipped* init
+and reference models.  Replicates are never exported (the zoo ships seed 0).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import subprocess
 import sys
 import time
 
+import torch
+
 import invflow
 from invflow.train import Trainer
 
@@ -31,32 +36,32 @@ from . import ZOO_DIR
 from .recipes import CHECK_N, HELDOUT_N, RECIPES, build, heldout_bpd, heldout_data, training_data
 
 
-def _run_or_shipped(root: str, name: str):
+def _run_or_shipped(root: str, name: str, shipped: bool = False):
     """The latest checkpoint of the run ``root/name``, or the shipped zoo weights of ``name``
-    when there is no such run here."""
+    when there is no such run here (always, with ``shipped``)."""
     run = os.path.join(root, name)
-    if os.path.isdir(run):
+    if os.path.isdir(run) and not shipped:
         return invflow.checkpoint.load_run(run)
     from . import load as load_shipped
 
     return load_shipped(name)
 
 
-def _run_or_shipped_path(root: str, name: str) -> str:
+def _run_or_shipped_path(root: str, name: str, shipped: bool = False) -> str:
     run = os.path.join(root, name)
-    if os.path.isdir(run):
+    if os.path.isdir(run) and not shipped:
         return invflow.checkpoint.resolve(run)
     return f"shipped detectors/zoo/weights/{name}.safetensors"
 
 
-def _objective(recipe, root: str):
+def _objective(recipe, root: str, shipped: bool = False):
     if recipe.objective == "nll":
         from invflow.train import nll
 
         return nll
     if recipe.objective == "approx_mass":
         return objectives.approx_mass_objective(recipe.alpha)
-    ref = _run_or_shipped(root, recipe.reference)
+    ref = _run_or_shipped(root, recipe.reference, shipped)
     if recipe.objective == "outlier":  # outliers: the general distribution's training photos
         return objectives.outlier_objective(ref, training_data(RECIPES[recipe.reference]))
     if recipe.objective == "dagger":  # outliers: Fashion-MNIST training images, p_in the reference
@@ -105,20 +110,44 @@ def load_replicate(name: str, seed: int, root: str = "runs/zoo"):
     return invflow.checkpoint.load_run(out)
 
 
+def replicate_step(name: str, seed: int, root: str = "runs/zoo") -> int | None:
+    """The training step of the latest checkpoint of the replicate ``root/name-seedK`` (of the
+    shipped model's card for seed 0); None when there is no such run."""
+    if seed == 0:
+        from . import card
+
+        return int(card(name)["training"]["steps"])
+    try:
+        path = invflow.checkpoint.resolve(run_dir(root, name, seed))
+    except FileNotFoundError:
+        return None
+    return int(os.path.basename(os.path.dirname(path)).removeprefix("step-"))
+
+
 def train(name: str, steps: int, eval_every: int, root: str, patience: int, seed: int = 0) -> None:
     """Trains ``name`` in :func:`run_dir` (resuming there), ``eval_every`` steps at a time, up
     to ``steps`` or until the held-out bits/dim has not improved for ``patience``
-    evaluations.  ``seed`` sets the data order, augmentation and noise of the Trainer; a
-    finetune's init and reference models are the seed-0 ones for every seed (the replicates
-    measure the spread of the finetune, not of its starting point)."""
+    evaluations.  ``seed`` sets the initial weights, data order, augmentation and noise; a
+    replicate (``seed`` >= 1) of a finetune starts from, and scores against, the *shipped*
+    init and reference models, whatever runs ``root`` holds, so that every replicate pairs
+    with the models the shipped seed-0 finetune started from."""
     recipe = RECIPES[name]
     out = run_dir(root, name, seed)
+    rows = _log_rows(os.path.join(out, "heldout.csv"))
+    done = int(rows[-1]["step"]) if rows else 0
+    if done + eval_every > steps:
+        print(
+            f"[{name}] {out} is at step {done}; --steps {steps} leaves no --eval-every {eval_every} steps to train"
+        )
+        return
     os.makedirs(out, exist_ok=True)
+    torch.manual_seed(seed)  # the initial weights of a model trained from scratch
     model = build(recipe)
     init_note = os.path.join(out, "init.json")
+    shipped = seed != 0
     if recipe.init and not os.path.exists(os.path.join(out, "latest")):
-        model.load_state_dict(_run_or_shipped(root, recipe.init).state_dict())
-        init_checkpoint = _run_or_shipped_path(root, recipe.init)
+        model.load_state_dict(_run_or_shipped(root, recipe.init, shipped).state_dict())
+        init_checkpoint = _run_or_shipped_path(root, recipe.init, shipped)
         with open(init_note, "w") as f:
             json.dump(
                 {
@@ -126,7 +155,7 @@ def train(name: str, steps: int, eval_every: int, root: str, patience: int, seed
                     "checkpoint": init_checkpoint,
                     "reference": recipe.reference,
                     "reference_checkpoint": (
-                        _run_or_shipped_path(root, recipe.reference) if recipe.reference else None
+                        _run_or_shipped_path(root, recipe.reference, shipped) if recipe.reference else None
                     ),
                 },
                 f,
@@ -137,7 +166,7 @@ def train(name: str, steps: int, eval_every: int, root: str, patience: int, seed
         model,
         data,
         out_dir=out,
-        objective=_objective(recipe, root),
+        objective=_objective(recipe, root, shipped),
         steps=eval_every,
         batch_size=recipe.batch,
         lr=recipe.lr,
@@ -152,7 +181,6 @@ def train(name: str, steps: int, eval_every: int, root: str, patience: int, seed
     if recipe.init:  # the init weights are already trained: no data-dependent ActNorm init
         trainer.initialize = lambda: None
     log_path = os.path.join(out, "heldout.csv")
-    rows = _log_rows(log_path)
     wall = float(rows[-1]["wall_s"]) if rows else 0.0
     target = (int(rows[-1]["step"]) if rows else 0) + eval_every
     while target <= steps:

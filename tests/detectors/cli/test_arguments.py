@@ -348,3 +348,31 @@ def test_zoo_seed_replicate_trains_in_its_own_run_and_loads_back(tmp_path):
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)  # 2 steps, not the zoo's
     with pytest.raises(FileNotFoundError, match="--seed 4"):
         load_replicate("fmnist-realnvp", 4, str(tmp_path))
+
+
+def test_zoo_replicates_start_from_the_shipped_models_and_features_need_export(tmp_path, capsys):
+    import json
+
+    root = str(tmp_path)
+    # a 2-step run of the base model in ROOT must not become the replicate's starting point
+    assert main(["zoo", "fmnist-realnvp", "--steps", "2", "--eval-every", "2", "--root", root]) == 0
+    args = [
+        "zoo",
+        "fmnist-realnvp-mass-ft-a0.1",
+        "--seed",
+        "1",
+        "--steps",
+        "1",
+        "--eval-every",
+        "1",
+        "--root",
+        root,
+    ]
+    assert main(args) == 0
+    init = json.loads((tmp_path / "fmnist-realnvp-mass-ft-a0.1-seed1" / "init.json").read_text())
+    assert init["checkpoint"].startswith("shipped ")
+    capsys.readouterr()
+    assert main(args) == 0  # already at step 1: says so, trains nothing
+    assert "leaves no --eval-every 1 steps to train" in capsys.readouterr().out
+    assert main(["zoo", "features"]) == 2
+    assert "run python -m detectors zoo features --export" in capsys.readouterr().err

@@ -11,8 +11,12 @@ import pytest
     "module, args, says",
     [
         ("fit_defaults", ["{tmp}/no-bundle"], "no such detector bundle"),
-        ("rgb_example", ["--n", "0", "--out", "{tmp}/out"], "n must be an integer >= 1, got 0"),
-        ("photometric", ["--n-train", "0", "--out", "{tmp}/out"], "n_train=0"),
+        ("rgb_example", ["--n", "0", "--out", "{tmp}/out"], "--n: expected an integer in [1, 100000], got 0"),
+        (
+            "photometric",
+            ["--n-train", "0", "--out", "{tmp}/out"],
+            "--n-train: expected an integer in [1, 30000], got 0",
+        ),
         (
             "findings",
             ["--seeds", "5", "--root", "{tmp}", "--out", "{tmp}/out"],

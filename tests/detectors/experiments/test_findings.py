@@ -58,3 +58,20 @@ def test_over_seeds_averages_each_row_over_the_seeds_that_have_it():
     assert list(out["fixed"]["seeds"]) == [0] and out["fixed"]["worst"] == pytest.approx(0.2)
     table = seeds_table(out)
     assert "| r | 0: 60.0 (80.0), 1: 80.0 (85.0) |" in table
+
+
+def test_check_replicates_lists_every_missing_replicate_in_one_error(tmp_path):
+    from detectors import zoo
+    from detectors.experiments.findings import check_replicates
+
+    with pytest.raises(ValueError) as err:
+        check_replicates([0, 3], str(tmp_path))
+    msg = str(err.value)
+    assert msg.startswith(f"{len(REPLICATED)} seed replicate(s) do not match")
+    for name in REPLICATED:
+        steps = zoo.card(name)["training"]["steps"]
+        assert f"run python -m detectors zoo {name} --seed 3 --root {tmp_path} --steps {steps}" in msg
+    # seed 0 alone needs no replicate: the shipped cards' steps
+    assert check_replicates([0], str(tmp_path)) == {
+        name: {0: zoo.card(name)["training"]["steps"]} for name in sorted(REPLICATED)
+    }

@@ -31,3 +31,16 @@ def test_tiny_runs_score_every_set():
     per = self_supervised(n_fit=64, epochs=1, n=40, progress=False)
     assert list(per) == [*KINDS, *EXTRA_KINDS]
     assert all(0 <= v <= 100 for v in per.values())
+
+
+def test_the_same_seed_gives_the_same_result():
+    a = supervised(n_train=64, epochs=1, seed=3, progress=False)
+    b = supervised(n_train=64, epochs=1, seed=3, progress=False)
+    assert a == b
+
+
+def test_counts_are_checked_before_training():
+    with pytest.raises(ValueError, match="epochs"):
+        supervised(n_train=64, epochs=0, progress=False)
+    with pytest.raises(ValueError, match="n_fit"):
+        self_supervised(n_fit=0, progress=False)

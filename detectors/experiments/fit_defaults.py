@@ -4,8 +4,8 @@ blurred, darkened (gamma 2) and noisy garments, and letters rendered with Pillow
 
     python -m detectors.experiments.fit_defaults DET [--n 1000] [--out runs/fit-defaults]
 
-scores ``n`` Fashion-MNIST test images (in-distribution; a seeded sample disjoint from the
-images the transformed sets start from) and ``n`` images of each
+scores ``n`` Fashion-MNIST test images (in-distribution; none of them an image the
+transformed sets start from or one the bundle calibrated on) and ``n`` images of each
 set with the bundle ``DET`` (``detectors.load``, the same scores as ``detectors score``) and
 writes ``auroc.json`` and ``table.md`` (AUROC % per detector and set, worst case and mean).
 """
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .ood_suite import KINDS, _u8, in_and_base, kinds_table, ood_sets, save, score_bundle
+from .ood_suite import KINDS, _u8, in_and_base, kinds_table, ood_sets, save, score_bundle, test_order
 
 #: the kinds added to the suite's (none of them is a transformation the detectors train on)
 EXTRA_KINDS = {
@@ -86,11 +86,31 @@ def extra_sets(n: int = 1000, seed: int = 0) -> dict[str, torch.Tensor]:
 
 def evaluate(bundle, n: int = 1000, seed: int = 0, progress: bool = True) -> dict:
     """{detector: {"per_set": {set: AUROC %}, "worst": ..., "worst_set": ..., "mean": ...}} of
-    the bundle's detectors: ``n`` Fashion-MNIST test images (``ood_suite.in_and_base``, a
-    seeded sample disjoint from the images the sets transform) against ``n`` images of each
-    set of the suite and of :func:`extra_sets`."""
-    x_in, _ = in_and_base(n, seed)  # the scored images; the sets start from disjoint ones
-    return score_bundle(bundle, x_in, {**ood_sets(n, seed), **extra_sets(n, seed)}, progress)
+    the bundle's detectors: ``n`` Fashion-MNIST test images (:func:`scored_images`: neither
+    images the sets transform nor the bundle's calibration images) against ``n`` images of
+    each set of the suite and of :func:`extra_sets`."""
+    return score_bundle(
+        bundle, scored_images(n, seed), {**ood_sets(n, seed), **extra_sets(n, seed)}, progress
+    )
+
+
+def scored_images(n: int, seed: int = 0, calibration: int = 2000) -> torch.Tensor:
+    """uint8 [n, 1, 28, 28]: the first ``n`` Fashion-MNIST test images that are neither base
+    images of the transformed sets (``ood_suite.in_and_base``) nor among the last
+    ``calibration`` test images, on which ``fit --data fashion-mnist`` calibrates its bundle.
+    ValueError when fewer than ``n`` remain."""
+    from ..data import load_fashion_mnist
+
+    test = load_fashion_mnist("test")[0]
+    taken = torch.zeros(len(test), dtype=torch.bool)
+    taken[test_order(seed)[n : 2 * n]] = True
+    taken[len(test) - calibration :] = True
+    free = (~taken).nonzero().flatten()
+    if len(free) < n:
+        raise ValueError(
+            f"n={n}: only {len(free)} test images are neither OOD base images nor calibration images"
+        )
+    return test[free[:n]]
 
 
 def markdown(results: dict) -> str:

@@ -47,12 +47,18 @@ def _u8(x: torch.Tensor) -> torch.Tensor:
     return x.round().clamp(0, 255).to(torch.uint8)
 
 
+def test_order(seed: int = 0) -> torch.Tensor:
+    """The seeded permutation of the 10000 Fashion-MNIST test images that :func:`in_and_base`
+    splits: positions [0, n) are scored, [n, 2n) are the transformations' base images."""
+    return torch.randperm(10000, generator=torch.Generator().manual_seed(seed))
+
+
 def in_and_base(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(scored in-distribution test images, disjoint test images the transformations start from)."""
     from ..data import load_fashion_mnist
 
     test = load_fashion_mnist("test")[0]
-    perm = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
+    perm = test_order(seed)
     return test[perm[:n]], test[perm[n : 2 * n]]
 
 

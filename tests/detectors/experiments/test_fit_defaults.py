@@ -29,3 +29,16 @@ def test_markdown_sorts_by_the_worst_case():
     lines = markdown(results).splitlines()
     assert lines[2].startswith("| b |") and "**95.0** (rendered letters)" in lines[2]
     assert "**80.0** (rendered letters) | 85.0 |" in lines[3]
+
+
+def test_scored_images_are_neither_base_nor_calibration_images():
+    from detectors.data import load_fashion_mnist
+    from detectors.experiments.fit_defaults import scored_images
+    from detectors.experiments.ood_suite import test_order
+
+    test = load_fashion_mnist("test")[0].flatten(1)
+    x = scored_images(1000).flatten(1)
+    assert len(x) == 1000
+    index = {bytes(t.numpy()): i for i, t in enumerate(test)}  # duplicates in the test set: any index
+    used = {index[bytes(r.numpy())] for r in x}
+    assert used.isdisjoint(set(test_order(0)[1000:2000].tolist())) and max(used) < 8000

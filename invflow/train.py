@@ -240,6 +240,8 @@ class TrainConfig:
     lr: float = 5e-4
     weight_decay: float = 5e-5
     warmup: int = 100  # linear learning-rate warm-up steps
+    decay_start: int | None = None  # the step from which the learning rate falls linearly ...
+    decay_steps: int | None = None  # ... reaching 0 this many steps later (both or neither)
     grad_clip: float | None = None  # max gradient norm
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
@@ -258,6 +260,8 @@ _CONFIG_RULES = [
     ("lr", False, 0, True, False),
     ("weight_decay", False, 0, False, False),
     ("warmup", True, 0, False, False),
+    ("decay_start", True, 0, False, True),
+    ("decay_steps", True, 1, False, True),
     ("grad_clip", False, 0, True, True),
     ("checkpoint_every", True, 1, False, False),
     ("keep_checkpoints", True, 1, False, False),
@@ -380,12 +384,27 @@ class Trainer:
         self.optimizer = torch.optim.Adamax(
             model.parameters(), lr=c.lr, weight_decay=c.weight_decay, foreach=True
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda i: min(1.0, (i + 1) / max(1, c.warmup))
-        )
+        if (c.decay_start is None) != (c.decay_steps is None):
+            raise ValueError(
+                "Trainer: decay_start and decay_steps go together (the step the learning rate starts "
+                f"falling at, and how many steps it takes to reach 0); got {c.decay_start} and {c.decay_steps}"
+            )
         self.step = 0
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda i: min(1.0, (i + 1) / max(1, c.warmup)) * self.decay_factor(self.step)
+        )
         self.skipped = 0
         self._order: tuple[int, torch.Tensor] | None = None
+
+    def decay_factor(self, step: int) -> float:
+        """The factor on the learning rate of the update at ``step`` (0-based): 1 before
+        ``decay_start``, then falling linearly to 0 at ``decay_start + decay_steps`` (the
+        constant-then-anneal schedule: a final low-rate phase settles the weights that a
+        constant rate keeps moving)."""
+        c = self.config
+        if c.decay_start is None or step < c.decay_start:
+            return 1.0
+        return max(0.0, 1.0 - (step - c.decay_start) / c.decay_steps)
 
     def _check_range(self, model: nn.Module) -> None:
         """Floating image data must not look like raw pixels (0..255 or ToTensor 0..1 floats:
@@ -560,9 +579,9 @@ class Trainer:
             while self.step < c.steps:
                 taken, logs = self.train_step(self._batch(self.step))
                 self.skipped += not taken
+                self.step += 1  # before the scheduler: the decay factor is that of the next update
                 if taken:  # the warm-up counts optimiser updates
                     self.scheduler.step()
-                self.step += 1
                 bar.update(1)
                 if self.step % c.log_every == 0 or self.step == c.steps:
                     shown = {k: f"{v:.4g}" for k, v in logs.items()}
@@ -587,7 +606,7 @@ class Trainer:
                     signum = caught.signum or signal.SIGTERM
                     self._say(
                         f"{signal.Signals(signum).name} at step {self.step}: checkpoint written to "
-                        f"{self.latest_dir()}; continue with resume (python -m detectors train --resume)"
+                        f"{self.latest_dir()}; fit(resume=True) continues from it"
                     )
                     raise TrainingInterrupted(signum, self.step, self.latest_dir())
         finally:

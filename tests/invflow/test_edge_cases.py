@@ -396,6 +396,8 @@ TRAINER_FIELDS = {
     "lr": "pos",
     "weight_decay": "nonneg",
     "warmup": "nonneg_int",
+    "decay_start": "nonneg_int",
+    "decay_steps": "pos_int",
     "grad_clip": "pos",
     "checkpoint_every": "pos_int",
     "keep_checkpoints": "pos_int",
@@ -403,7 +405,12 @@ TRAINER_FIELDS = {
     "translate": "nonneg_int",
     "init_batch": "pos_int",
 }
-OPTIONAL = {("Trainer", "grad_clip"), ("Trainer", "init_batch")}
+OPTIONAL = {
+    ("Trainer", "grad_clip"),
+    ("Trainer", "init_batch"),
+    ("Trainer", "decay_start"),
+    ("Trainer", "decay_steps"),
+}
 
 
 def _cases(entry):

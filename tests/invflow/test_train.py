@@ -281,3 +281,29 @@ def test_multi_tensor_adamax_equals_the_per_parameter_update_and_stays_on_after_
     resumed = tiny(tmp_path, steps=6)
     assert resumed.load_latest()
     assert all(g["foreach"] is True for g in resumed.optimizer.param_groups)
+
+
+def test_learning_rate_warms_up_then_decays_linearly_to_zero_and_resumes_exactly(tmp_path):
+    seen = []
+
+    def record(model, batch):
+        seen.append(trainer.optimizer.param_groups[0]["lr"])
+        return nll(model, batch)
+
+    opts = dict(steps=10, lr=1e-2, warmup=2, decay_start=4, decay_steps=4)
+    trainer = tiny(tmp_path, objective=record, **opts)
+    trainer.fit()
+    expected = [0.5, 1, 1, 1, 1, 0.75, 0.5, 0.25, 0, 0]
+    assert seen == pytest.approx([1e-2 * f for f in expected])
+    straight = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    # interrupted inside the decay (checkpoint at step 6), resumed by a new trainer
+    seen.clear()
+    trainer = tiny(tmp_path / "again", objective=record, **{**opts, "steps": 6})
+    trainer.fit()
+    trainer = tiny(tmp_path / "again", objective=record, **opts)
+    trainer.fit(resume=True)
+    assert seen == pytest.approx([1e-2 * f for f in expected])
+    for k, v in trainer.model.state_dict().items():
+        torch.testing.assert_close(v, straight[k], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="decay_start and decay_steps go together"):
+        tiny(tmp_path / "bad", decay_start=3)

@@ -72,6 +72,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="training seed; K >= 1 trains a replicate in ROOT/NAME-seedK for experiments "
         "(never exported; the zoo ships seed 0) (default: %(default)s)",
     )
+    p.add_argument(
+        "--from-shipped",
+        action="store_true",
+        help="start a new run from the shipped weights at the card's step instead of from scratch "
+        "(to train a shipped model on; the optimizer restarts with the recipe's warm-up; --steps "
+        "counts from the original step 0)",
+    )
+    p.add_argument(
+        "--anneal",
+        type=integer(0, MAX_STEPS, "MAX_STEPS"),
+        default=0,
+        help="once the constant learning rate stops (--steps or --patience), N more steps with the "
+        "rate falling linearly to 0; a re-run finishes them (default: %(default)s, none)",
+    )
     p.add_argument("--export", action="store_true", help="export the latest checkpoint into detectors/zoo")
     p.add_argument(
         "--status",
@@ -95,6 +109,10 @@ def run(args) -> int:
             )
         export_features()
     elif args.export:
+        if args.from_shipped:
+            raise ValueError(
+                "--from-shipped starts a training; export its run afterwards with --export alone"
+            )
         if args.seed:
             raise ValueError(
                 f"--export ships the seed-0 training only; the replicate with --seed {args.seed} "
@@ -102,5 +120,14 @@ def run(args) -> int:
             )
         export(args.name, args.root, args.status)
     else:
-        train(args.name, args.steps, args.eval_every, args.root, args.patience, args.seed)
+        train(
+            args.name,
+            args.steps,
+            args.eval_every,
+            args.root,
+            args.patience,
+            args.seed,
+            args.from_shipped,
+            args.anneal,
+        )
     return 0

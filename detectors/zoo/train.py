@@ -3,6 +3,7 @@
     python -m detectors zoo NAME [--steps 20000] [--eval-every 250] [--root runs/zoo]
     python -m detectors zoo NAME --export        # weights + card into detectors/zoo/
     python -m detectors zoo NAME --seed 1        # a replicate in ROOT/NAME-seed1 (not shipped)
+    python -m detectors zoo NAME --from-shipped  # train the shipped model on, from its card's step
 
 (``python -m detectors.zoo.train ...`` runs the same command.)
 
@@ -15,6 +16,9 @@ their ``reference`` run as the frozen second model; without such a run, the ship
 ``--seed K`` (K >= 1) trains a replicate in ``ROOT/NAME-seedK``: its initial weights, data
 order and noise come from K, and a finetune replicate always starts from the *shipped* init
 and reference models.  Replicates are never exported (the zoo ships seed 0).
+``--from-shipped`` starts a run that ROOT does not hold yet from the shipped weights, at the step
+of the card (the optimizer state is not shipped: Adamax restarts with the recipe's warm-up); its
+export's card joins the shipped held-out curve and records the continuation.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import time
 import torch
 
 import invflow
+from invflow.io import atomic_write
 from invflow.train import Trainer
 
 from .. import objectives
@@ -87,6 +92,24 @@ def _log_rows(path: str) -> list[dict]:
     return rows
 
 
+def _init_note(out: str) -> dict:
+    """The run's init.json (how it started: init model, continuation), {} when there is none."""
+    path = os.path.join(out, "init.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_rows(path: str, rows: list[dict]) -> None:
+    """Replaces a run's ``heldout.csv`` with ``rows`` atomically."""
+    with open(path + ".tmp", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["step", "heldout_bpd", "wall_s"])
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(path + ".tmp", path)
+
+
 def run_dir(root: str, name: str, seed: int = 0) -> str:
     """Where ``train`` keeps the run of ``name``: ``root/name`` for seed 0 (the shipped
     training), ``root/name-seedK`` for a seed replicate K >= 1."""
@@ -124,18 +147,81 @@ def replicate_step(name: str, seed: int, root: str = "runs/zoo") -> int | None:
     return int(os.path.basename(os.path.dirname(path)).removeprefix("step-"))
 
 
-def train(name: str, steps: int, eval_every: int, root: str, patience: int, seed: int = 0) -> None:
+def _continuation(name: str) -> dict:
+    """What a run continued from the shipped ``name`` records in its init.json: the card's
+    init record (finetunes) and, under "continued_from", the card's steps, held-out bits/dim,
+    wall time, commit and held-out curve."""
+    from . import card
+
+    c = card(name)
+    t = c["training"]
+    return {
+        **(c["init"] or {}),
+        "continued_from": {
+            "steps": int(t["steps"]),
+            "heldout_bpd": c["heldout_bpd"],
+            "wall_s": float(t["wall_s"]),
+            "commit": c["commit"],
+            "heldout_curve": c["heldout_curve"],
+            "optimizer": "not shipped: Adamax restarts, with the recipe's warm-up",
+        },
+    }
+
+
+def train(
+    name: str,
+    steps: int,
+    eval_every: int,
+    root: str,
+    patience: int,
+    seed: int = 0,
+    from_shipped: bool = False,
+    anneal: int = 0,
+) -> None:
     """Trains ``name`` in :func:`run_dir` (resuming there), ``eval_every`` steps at a time, up
     to ``steps`` or until the held-out bits/dim has not improved for ``patience``
     evaluations.  ``seed`` sets the initial weights, data order, augmentation and noise; a
     replicate (``seed`` >= 1) of a finetune starts from, and scores against, the *shipped*
     init and reference models, whatever runs ``root`` holds, so that every replicate pairs
-    with the models the shipped seed-0 finetune started from."""
+    with the models the shipped seed-0 finetune started from.  ``from_shipped`` starts a run
+    that does not exist yet from the shipped weights at the card's step (the optimizer state
+    is not shipped, so Adamax restarts with the recipe's warm-up); ``steps`` then counts from
+    step 0 of the original training.  ValueError with ``seed`` >= 1 (a replicate is its own
+    training) or when ``root`` holds a run of ``name`` that started otherwise (a continuation
+    resumes with or without the flag).  ``anneal`` > 0
+    adds a final phase once the constant learning rate stops (``steps`` or patience): the rate
+    falls linearly to 0 over ``anneal`` more steps (``invflow.train.TrainConfig.decay_start``),
+    recorded in ``ROOT/NAME/anneal.json`` so that a re-run finishes it."""
     recipe = RECIPES[name]
     out = run_dir(root, name, seed)
     rows = _log_rows(os.path.join(out, "heldout.csv"))
-    done = int(rows[-1]["step"]) if rows else 0
-    if done + eval_every > steps:
+    continued = None
+    if from_shipped:
+        if seed:
+            raise ValueError(
+                "--from-shipped continues the shipped seed-0 training; a --seed replicate trains from scratch"
+            )
+        if not rows and not os.path.exists(os.path.join(out, "latest")):
+            continued = _continuation(name)
+        elif "continued_from" not in _init_note(out):  # a continuation resumes with or without the flag
+            raise ValueError(
+                f"{out} holds a run of {name} that did not start from the shipped weights: "
+                "resume it without --from-shipped, or choose another --root"
+            )
+    done = int(rows[-1]["step"]) if rows else (continued["continued_from"]["steps"] if continued else 0)
+    anneal_path = os.path.join(out, "anneal.json")
+    phase = json.load(open(anneal_path)) if os.path.exists(anneal_path) else None
+    if phase:
+        end = phase["start"] + phase["steps"]
+        if anneal and anneal != phase["steps"]:
+            raise ValueError(
+                f"{out} is annealing over {phase['steps']} steps (from step {phase['start']}); "
+                f"drop --anneal {anneal} to finish it"
+            )
+        if done >= end:
+            print(f"[{name}] {out} has finished its {phase['steps']}-step anneal at step {end}")
+            return
+    elif done + eval_every > steps and not anneal:
         print(
             f"[{name}] {out} is at step {done}; --steps {steps} leaves no --eval-every {eval_every} steps to train"
         )
@@ -145,7 +231,13 @@ def train(name: str, steps: int, eval_every: int, root: str, patience: int, seed
     model = build(recipe)
     init_note = os.path.join(out, "init.json")
     shipped = seed != 0
-    if recipe.init and not os.path.exists(os.path.join(out, "latest")):
+    if continued:
+        from . import load as load_shipped
+
+        model.load_state_dict(load_shipped(name).state_dict())
+        with open(init_note, "w") as f:
+            json.dump(continued, f)
+    elif recipe.init and not os.path.exists(os.path.join(out, "latest")):
         model.load_state_dict(_run_or_shipped(root, recipe.init, shipped).state_dict())
         init_checkpoint = _run_or_shipped_path(root, recipe.init, shipped)
         with open(init_note, "w") as f:
@@ -178,32 +270,71 @@ def train(name: str, steps: int, eval_every: int, root: str, patience: int, seed
         log_every=25,
         progress=False,
     )
-    if recipe.init:  # the init weights are already trained: no data-dependent ActNorm init
+    if recipe.init or continued:  # the weights are already trained: no data-dependent ActNorm init
         trainer.initialize = lambda: None
     log_path = os.path.join(out, "heldout.csv")
+    if continued:  # the shipped weights become the run's first checkpoint, at the card's step
+        start = continued["continued_from"]
+        trainer.step = start["steps"]
+        trainer.save_checkpoint()
+        rows = [
+            {
+                "step": start["steps"],
+                "heldout_bpd": f"{start['heldout_bpd']:.5f}",
+                "wall_s": f"{start['wall_s']:.1f}",
+            }
+        ]
+        _write_rows(log_path, rows)
     wall = float(rows[-1]["wall_s"]) if rows else 0.0
-    target = (int(rows[-1]["step"]) if rows else 0) + eval_every
-    while target <= steps:
-        trainer.config.steps = target
+    pending = os.path.join(out, "unlogged_wall_s")  # training time of a chunk cut short
+    if os.path.exists(pending):
+        with open(pending) as f:
+            wall += float(f.read())
+
+    def evaluate_after(to: int) -> None:
+        nonlocal wall
+        trainer.config.steps = to
         t0 = time.perf_counter()
-        trainer.fit(resume=True)
+        try:
+            trainer.fit(resume=True)
+        except KeyboardInterrupt:  # keep the time trained so far for the next logged row
+            atomic_write(
+                pending, f"{wall - float(rows[-1]['wall_s'] if rows else 0) + time.perf_counter() - t0:.1f}"
+            )
+            raise
         wall += time.perf_counter() - t0
         bpd = heldout_bpd(model, held)
         rows.append({"step": trainer.step, "heldout_bpd": f"{bpd:.5f}", "wall_s": f"{wall:.1f}"})
-        with open(log_path + ".tmp", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["step", "heldout_bpd", "wall_s"])
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(log_path + ".tmp", log_path)
+        _write_rows(log_path, rows)
+        if os.path.exists(pending):
+            os.remove(pending)
         print(f"[{name}] step {trainer.step}: held-out {bpd:.4f} bits/dim, {wall:.0f} s", flush=True)
-        best = min(range(len(rows)), key=lambda i: float(rows[i]["heldout_bpd"]))
-        if len(rows) - 1 - best >= patience:
+
+    if not phase:  # the constant learning rate, until --steps or the patience rule
+        while not _stalled(rows, patience) and int(rows[-1]["step"] if rows else 0) + eval_every <= steps:
+            evaluate_after(int(rows[-1]["step"] if rows else 0) + eval_every)
+        if _stalled(rows, patience):
             print(
                 f"[{name}] held-out bits/dim has not improved for {patience} evaluations: stopping",
                 flush=True,
             )
-            break
-        target += eval_every
+        if not anneal:
+            return
+        phase = {"start": int(rows[-1]["step"]), "steps": anneal}
+        atomic_write(anneal_path, json.dumps(phase))
+        print(f"[{name}] annealing: the learning rate falls linearly to 0 over {anneal} steps", flush=True)
+    trainer.config.decay_start, trainer.config.decay_steps = phase["start"], phase["steps"]
+    end = phase["start"] + phase["steps"]
+    while int(rows[-1]["step"]) < end:
+        evaluate_after(min(int(rows[-1]["step"]) + eval_every, end))
+
+
+def _stalled(rows: list[dict], patience: int) -> bool:
+    """Whether the held-out bits/dim of ``rows`` has not improved for ``patience`` evaluations."""
+    if not rows:
+        return False
+    best = min(range(len(rows)), key=lambda i: float(rows[i]["heldout_bpd"]))
+    return len(rows) - 1 - best >= patience
 
 
 def _commit() -> str:
@@ -258,7 +389,15 @@ def export(name: str, root: str, status: str) -> dict:
     rows = [r for r in rows if int(r["step"]) <= step]
     held = heldout_data(recipe.data, size=recipe.size, channels=recipe.channels)
     n_train = 60000
-    init = json.load(open(os.path.join(out, "init.json"))) if recipe.init else None
+    init = _init_note(out)
+    continued = init.pop("continued_from", None)
+    if continued:  # the curve of the shipped training, then this run's from its last step on
+        rows = [
+            {"step": s, "heldout_bpd": b, "wall_s": None}
+            for s, b in continued.pop("heldout_curve")
+            if s < continued["steps"]
+        ] + rows
+    init = (init or None) if recipe.init else None
     card = {
         "name": name,
         "summary": recipe.summary,
@@ -282,7 +421,14 @@ def export(name: str, root: str, status: str) -> dict:
             "wall_s": float(row["wall_s"]),
             "machine": "2 shared CPU cores, 1 torch thread, nice 19 (other jobs running)",
         },
-        "command": f"python -m detectors zoo {name} --root {root}  (resumable; then --export)",
+        "command": f"python -m detectors zoo {name} --root {root}"
+        + (" --from-shipped" if continued else "")
+        + (
+            " --anneal {}".format(json.load(open(os.path.join(out, "anneal.json")))["steps"])
+            if os.path.exists(os.path.join(out, "anneal.json"))
+            else ""
+        )
+        + "  (resumable; then --export)",
         "heldout_bpd": round(heldout_bpd(model, held), 5),
         "check": {"n": CHECK_N, "bpd": heldout_bpd(model, held[:CHECK_N])},
         "heldout_curve": [[int(r["step"]), float(r["heldout_bpd"])] for r in rows],
@@ -291,6 +437,16 @@ def export(name: str, root: str, status: str) -> dict:
     }
     if recipe.objective == "approx_mass":
         card["alpha"] = recipe.alpha
+    if continued:
+        card["continued_from"] = continued
+    anneal_path = os.path.join(out, "anneal.json")
+    if os.path.exists(anneal_path):
+        with open(anneal_path) as f:
+            phase = json.load(f)
+        card["training"]["anneal"] = {
+            **phase,
+            "schedule": "the learning rate falls linearly from lr to 0 over these steps",
+        }
     os.makedirs(os.path.join(ZOO_DIR, "weights"), exist_ok=True)
     os.makedirs(os.path.join(ZOO_DIR, "cards"), exist_ok=True)
     invflow.save(model, os.path.join(ZOO_DIR, "weights", f"{name}.safetensors"))

@@ -141,13 +141,16 @@ def seeds_table(results: dict) -> str:
 
 def main(argv=None) -> int:
     from ..cli.common import Parser, integer, out_dir
+    from .ood_suite import MAX_N
 
     p = Parser(
         prog="python -m detectors.experiments.findings",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--n", type=integer(1, 1797), default=500, help="images per set (sklearn digits has 1797)")
+    p.add_argument(
+        "--n", type=integer(1, MAX_N), default=500, help="images per set (sklearn digits has 1797)"
+    )
     p.add_argument("--seeds", type=integer(0, 2**31 - 1), nargs="+", default=[0], help="training seeds")
     p.add_argument("--root", default="runs/zoo", help="where the seed replicates were trained")
     p.add_argument(

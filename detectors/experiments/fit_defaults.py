@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .ood_suite import KINDS, _u8, in_and_base, kinds_table, ood_sets, save, score_bundle, test_order
+from .ood_suite import KINDS, MAX_N, _u8, in_and_base, kinds_table, ood_sets, save, score_bundle, test_order
 
 #: the kinds added to the suite's (none of them is a transformation the detectors train on)
 EXTRA_KINDS = {
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("bundle", help="a bundle directory written by python -m detectors fit")
     p.add_argument(
-        "--n", type=integer(1, 1797), default=1000, help="images per set (sklearn digits has 1797)"
+        "--n", type=integer(1, MAX_N), default=1000, help="images per set (sklearn digits has 1797)"
     )
     p.add_argument("--out", type=out_dir, default="runs/fit-defaults", help="auroc.json and table.md")
     args = p.parse_args(argv)

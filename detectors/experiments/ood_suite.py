@@ -43,6 +43,10 @@ KINDS = {
 }
 
 
+#: the most images per set :func:`ood_sets` can give (scikit-learn's digits has 1797)
+MAX_N = 1797
+
+
 def _u8(x: torch.Tensor) -> torch.Tensor:
     return x.round().clamp(0, 255).to(torch.uint8)
 
@@ -63,15 +67,17 @@ def in_and_base(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def ood_sets(n: int = 1000, seed: int = 0) -> dict[str, torch.Tensor]:
-    """{name: uint8 [n, 1, 28, 28]} of every set of :data:`KINDS` (n at most 1797 for sklearn
-    digits, 5000 for MNIST)."""
+    """{name: uint8 [n, 1, 28, 28]} of every set of :data:`KINDS`; ValueError for n outside
+    [1, :data:`MAX_N`] (the smallest source, scikit-learn's digits)."""
     from sklearn.datasets import load_digits
 
     from ..data import load_mnist_5k
     from ..data.photos import photo_patches
 
-    if int(n) != n or n < 1:
-        raise ValueError(f"n={n}, expected a positive integer")
+    if int(n) != n or not 1 <= n <= MAX_N:
+        raise ValueError(
+            f"n={n}, expected an integer in [1, {MAX_N}] (scikit-learn's digits has {MAX_N} images)"
+        )
     g = torch.Generator().manual_seed(seed + 100)
     _, base = in_and_base(n, seed)
     b = base.float()

@@ -212,21 +212,26 @@ def main(argv=None) -> int:
     p.add_argument("--n-fit", type=integer(1, 60000), default=10000, help="images of the self-supervised CNN")
     p.add_argument("--ss-epochs", type=integer(1, 1000), default=3, help="epochs of the self-supervised CNN")
     p.add_argument("--out", type=out_dir, default="runs/photometric", help="auroc.json and table.md")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     args = p.parse_args(argv)
+    progress = not args.no_progress
     from .ood_suite import save, summarise
 
     sup = {
-        "gamma 2, rounded to uint8": supervised(n_train=args.n_train, epochs=args.epochs),
-        "gamma 2, dithered": supervised(n_train=args.n_train, epochs=args.epochs, dither=True),
+        "gamma 2, rounded to uint8": supervised(n_train=args.n_train, epochs=args.epochs, progress=progress),
+        "gamma 2, dithered": supervised(
+            n_train=args.n_train, epochs=args.epochs, dither=True, progress=progress
+        ),
     }
     ss = {
         "gamma 0.5, gamma 1.5 + geometric + inversion": self_supervised(
-            n_fit=args.n_fit, epochs=args.ss_epochs
+            n_fit=args.n_fit, epochs=args.ss_epochs, progress=progress
         ),
         "gamma 0.5, scaled 0.6 + geometric + inversion": self_supervised(
             ("gamma 0.5", "scaled 0.6", "vertical flip", "rotation 90", "rotation 270", "inversion"),
             n_fit=args.n_fit,
             epochs=args.ss_epochs,
+            progress=progress,
         ),
     }
     lines = [

@@ -4,7 +4,15 @@ case and the recommendation follow the per-set AUROCs."""
 import pytest
 import torch
 
-from detectors.experiments.ood_suite import KINDS, in_and_base, markdown, ood_sets, recommend, score_suite
+from detectors.experiments.ood_suite import (
+    KINDS,
+    MAX_N,
+    in_and_base,
+    markdown,
+    ood_sets,
+    recommend,
+    score_suite,
+)
 from detectors.scores import Detector
 
 
@@ -23,6 +31,12 @@ def test_sets_are_offline_uint8_and_deterministic():
     # shuffling keeps each image's pixel values, only their places change
     assert torch.equal(a["FMNIST pixels shuffled"].flatten(1).sort(1).values, base.flatten(1).sort(1).values)
     assert (a["constant"].float().flatten(1).std(1) == 0).all() and a["constant"].float().std() > 10
+
+
+@pytest.mark.parametrize("n", [0, MAX_N + 1, 2.5])
+def test_set_size_outside_what_every_source_has_is_refused(n):
+    with pytest.raises(ValueError, match=f"expected an integer in \\[1, {MAX_N}\\]"):
+        ood_sets(n)
 
 
 class MeanBrightness(Detector):

@@ -118,6 +118,16 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
+def script_parser(module: str, doc: str) -> Parser:
+    """The :class:`Parser` of a ``python -m MODULE`` script: ``prog`` that command, the first
+    paragraph of the module's ``doc`` as description, defaults shown in ``--help``."""
+    return Parser(
+        prog=f"python -m {module}",
+        description=doc.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+
+
 def integer(low: int, high: int, limit: str | None = None):
     """An argparse type: an integer in [low, high]; past ``high`` the error names ``limit``
     (the constant that sets it).  argparse prefixes the error with the flag."""

@@ -24,8 +24,6 @@ seed's AUROC on MNIST and mean over the sets.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
 #: (row name, detector class, zoo models it takes)
@@ -140,14 +138,10 @@ def seeds_table(results: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from ..cli.common import Parser, integer, out_dir
+    from ..cli.common import integer, out_dir, script_parser
     from .ood_suite import MAX_N
 
-    p = Parser(
-        prog="python -m detectors.experiments.findings",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = script_parser("detectors.experiments.findings", __doc__)
     p.add_argument(
         "--n", type=integer(1, MAX_N), default=500, help="images per set (sklearn digits has 1797)"
     )

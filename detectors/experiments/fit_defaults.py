@@ -12,8 +12,6 @@ writes ``auroc.json`` and ``table.md`` (AUROC % per detector and set, worst case
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -118,13 +116,9 @@ def markdown(results: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from ..cli.common import Parser, integer, out_dir
+    from ..cli.common import integer, out_dir, script_parser
 
-    p = Parser(
-        prog="python -m detectors.experiments.fit_defaults",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = script_parser("detectors.experiments.fit_defaults", __doc__)
     p.add_argument("bundle", help="a bundle directory written by python -m detectors fit")
     p.add_argument(
         "--n", type=integer(1, MAX_N), default=1000, help="images per set (sklearn digits has 1797)"

@@ -21,8 +21,6 @@ writes ``auroc.json`` and ``table.md``.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import torch
 import torch.nn as nn
@@ -198,13 +196,9 @@ def self_supervised(
 
 
 def main(argv=None) -> int:
-    from ..cli.common import Parser, integer, out_dir
+    from ..cli.common import integer, out_dir, script_parser
 
-    p = Parser(
-        prog="python -m detectors.experiments.photometric",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = script_parser("detectors.experiments.photometric", __doc__)
     p.add_argument(
         "--n-train", type=integer(1, 30000), default=20000, help="images per class of the supervised CNN"
     )

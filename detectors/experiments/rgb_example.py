@@ -26,7 +26,6 @@ Re-running resumes the fit.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 
@@ -198,13 +197,9 @@ def run(out: str, n: int = 2000, n_eval: int = 500, config=None, progress: bool 
 
 
 def main(argv=None) -> int:
-    from ..cli.common import Parser, integer, out_dir
+    from ..cli.common import integer, out_dir, script_parser
 
-    p = Parser(
-        prog="python -m detectors.experiments.rgb_example",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = script_parser("detectors.experiments.rgb_example", __doc__)
     p.add_argument("--n", type=integer(1, 100000), default=2000, help="training patches")
     p.add_argument(
         "--n-eval", type=integer(1, 10000), default=500, help="test patches and images per OOD set"

@@ -384,11 +384,7 @@ class Trainer:
         self.optimizer = torch.optim.Adamax(
             model.parameters(), lr=c.lr, weight_decay=c.weight_decay, foreach=True
         )
-        if (c.decay_start is None) != (c.decay_steps is None):
-            raise ValueError(
-                "Trainer: decay_start and decay_steps go together (the step the learning rate starts "
-                f"falling at, and how many steps it takes to reach 0); got {c.decay_start} and {c.decay_steps}"
-            )
+        self._check_decay()
         self.step = 0
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda i: min(1.0, (i + 1) / max(1, c.warmup)) * self.decay_factor(self.step)
@@ -396,11 +392,20 @@ class Trainer:
         self.skipped = 0
         self._order: tuple[int, torch.Tensor] | None = None
 
+    def _check_decay(self) -> None:
+        c = self.config
+        if (c.decay_start is None) != (c.decay_steps is None):
+            raise ValueError(
+                "Trainer: decay_start and decay_steps go together (the step the learning rate starts "
+                f"falling at, and how many steps it takes to reach 0); got {c.decay_start} and {c.decay_steps}"
+            )
+
     def decay_factor(self, step: int) -> float:
         """The factor on the learning rate of the update at ``step`` (0-based): 1 before
         ``decay_start``, then falling linearly to 0 at ``decay_start + decay_steps`` (the
         constant-then-anneal schedule: a final low-rate phase settles the weights that a
-        constant rate keeps moving)."""
+        constant rate keeps moving).  It multiplies the warm-up factor; a run resumed with
+        other decay settings follows the new ones from its next update."""
         c = self.config
         if c.decay_start is None or step < c.decay_start:
             return 1.0
@@ -551,6 +556,7 @@ class Trainer:
         in ``out_dir`` (saying so and starting from scratch if there is none).  SIGINT / SIGTERM
         (when fit runs in the main thread) end the current step, write a checkpoint and raise
         ``TrainingInterrupted``; a second Ctrl-C stops at once.  Returns a summary."""
+        self._check_decay()  # the config may have changed since construction
         if self.rank == 0:
             os.makedirs(self.out_dir, exist_ok=True)
         if resume and self.load_latest():

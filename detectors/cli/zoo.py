@@ -109,10 +109,9 @@ def run(args) -> int:
             )
         export_features()
     elif args.export:
-        if args.from_shipped:
-            raise ValueError(
-                "--from-shipped starts a training; export its run afterwards with --export alone"
-            )
+        if args.from_shipped or args.anneal:
+            flag = "--from-shipped" if args.from_shipped else "--anneal"
+            raise ValueError(f"{flag} is a training option; export the run afterwards with --export alone")
         if args.seed:
             raise ValueError(
                 f"--export ships the seed-0 training only; the replicate with --seed {args.seed} "

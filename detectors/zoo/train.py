@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -164,6 +165,8 @@ def _continuation(name: str) -> dict:
             "commit": c["commit"],
             "heldout_curve": c["heldout_curve"],
             "optimizer": "not shipped: Adamax restarts, with the recipe's warm-up",
+            **({"anneal": t["anneal"]} if "anneal" in t else {}),
+            **({"continued_from": c["continued_from"]} if "continued_from" in c else {}),
         },
     }
 
@@ -195,35 +198,43 @@ def train(
     recipe = RECIPES[name]
     out = run_dir(root, name, seed)
     rows = _log_rows(os.path.join(out, "heldout.csv"))
-    continued = None
-    if from_shipped:
-        if seed:
-            raise ValueError(
-                "--from-shipped continues the shipped seed-0 training; a --seed replicate trains from scratch"
-            )
-        if not rows and not os.path.exists(os.path.join(out, "latest")):
-            continued = _continuation(name)
-        elif "continued_from" not in _init_note(out):  # a continuation resumes with or without the flag
-            raise ValueError(
-                f"{out} holds a run of {name} that did not start from the shipped weights: "
-                "resume it without --from-shipped, or choose another --root"
-            )
-    done = int(rows[-1]["step"]) if rows else (continued["continued_from"]["steps"] if continued else 0)
+    fresh = not rows and not os.path.exists(os.path.join(out, "latest"))
+    # a continuation: asked for, or one whose set-up was cut short before its first checkpoint
+    resumed_continuation = "continued_from" in _init_note(out)
+    if from_shipped and seed:
+        raise ValueError(
+            "--from-shipped continues the shipped seed-0 training; a --seed replicate trains from scratch"
+        )
+    if from_shipped and not fresh and not resumed_continuation:
+        raise ValueError(
+            f"{out} holds a run of {name} that did not start from the shipped weights: "
+            "resume it without --from-shipped, or choose another --root"
+        )
+    continued = _continuation(name) if fresh and (from_shipped or resumed_continuation) else None
+    if rows:
+        done, where = int(rows[-1]["step"]), f"{out} is"
+    elif continued:
+        done, where = continued["continued_from"]["steps"], f"the shipped {name} is"
+    else:
+        done, where = 0, f"{out} is"
     anneal_path = os.path.join(out, "anneal.json")
     phase = json.load(open(anneal_path)) if os.path.exists(anneal_path) else None
     if phase:
         end = phase["start"] + phase["steps"]
+        if done >= end:
+            print(
+                f"[{name}] {out} has finished its {phase['steps']}-step anneal at step {end}: export it "
+                "(--export), or train it on in another --root (after the export, with --from-shipped)"
+            )
+            return
         if anneal and anneal != phase["steps"]:
             raise ValueError(
                 f"{out} is annealing over {phase['steps']} steps (from step {phase['start']}); "
                 f"drop --anneal {anneal} to finish it"
             )
-        if done >= end:
-            print(f"[{name}] {out} has finished its {phase['steps']}-step anneal at step {end}")
-            return
     elif done + eval_every > steps and not anneal:
         print(
-            f"[{name}] {out} is at step {done}; --steps {steps} leaves no --eval-every {eval_every} steps to train"
+            f"[{name}] {where} at step {done}; --steps {steps} leaves no --eval-every {eval_every} steps to train"
         )
         return
     os.makedirs(out, exist_ok=True)
@@ -231,6 +242,8 @@ def train(
     model = build(recipe)
     init_note = os.path.join(out, "init.json")
     shipped = seed != 0
+    if continued or resumed_continuation:  # a shipped model trained on scores against the shipped reference
+        shipped = True
     if continued:
         from . import load as load_shipped
 
@@ -265,7 +278,7 @@ def train(
         warmup=recipe.warmup,
         translate=recipe.translate,
         checkpoint_every=eval_every,
-        keep_checkpoints=2,
+        keep_checkpoints=10**9,  # pruned here, never the last evaluated one (:func:`_prune`)
         seed=seed,
         log_every=25,
         progress=False,
@@ -297,17 +310,17 @@ def train(
         t0 = time.perf_counter()
         try:
             trainer.fit(resume=True)
+            bpd = heldout_bpd(model, held)
         except KeyboardInterrupt:  # keep the time trained so far for the next logged row
-            atomic_write(
-                pending, f"{wall - float(rows[-1]['wall_s'] if rows else 0) + time.perf_counter() - t0:.1f}"
-            )
+            unlogged = wall - float(rows[-1]["wall_s"] if rows else 0) + time.perf_counter() - t0
+            atomic_write(pending, f"{unlogged:.1f}")
             raise
         wall += time.perf_counter() - t0
-        bpd = heldout_bpd(model, held)
         rows.append({"step": trainer.step, "heldout_bpd": f"{bpd:.5f}", "wall_s": f"{wall:.1f}"})
         _write_rows(log_path, rows)
         if os.path.exists(pending):
             os.remove(pending)
+        _prune(out, rows)
         print(f"[{name}] step {trainer.step}: held-out {bpd:.4f} bits/dim, {wall:.0f} s", flush=True)
 
     if not phase:  # the constant learning rate, until --steps or the patience rule
@@ -329,6 +342,18 @@ def train(
         evaluate_after(min(int(rows[-1]["step"]) + eval_every, end))
 
 
+def _prune(out: str, rows: list[dict], keep: int = 2) -> None:
+    """Deletes the checkpoints of ``out`` older than its last ``keep`` evaluated ones (those
+    written on interruption between evaluations included), so that the latest evaluated
+    checkpoint, the one ``export`` ships, always survives."""
+    kept = sorted(int(r["step"]) for r in rows)[-keep:]
+    if not kept:
+        return
+    for d in os.listdir(out):
+        if d.startswith("step-") and d[5:].isdigit() and int(d[5:]) < kept[0]:
+            shutil.rmtree(os.path.join(out, d), ignore_errors=True)
+
+
 def _stalled(rows: list[dict], patience: int) -> bool:
     """Whether the held-out bits/dim of ``rows`` has not improved for ``patience`` evaluations."""
     if not rows:
@@ -348,6 +373,17 @@ def _commit() -> str:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def _command(name: str, root: str, continued: bool, phase: dict | None, rows: list[dict]) -> str:
+    """The command line that trains the exported run again: with an anneal, ``--steps`` is the
+    step it started at and ``--eval-every`` the run's evaluation interval."""
+    cmd = f"python -m detectors zoo {name} --root {root}" + (" --from-shipped" if continued else "")
+    if phase:
+        steps = [int(r["step"]) for r in rows]
+        every = steps[-1] - steps[-2] if len(steps) > 1 else phase["steps"]
+        cmd += f" --steps {phase['start']} --eval-every {every} --anneal {phase['steps']}"
+    return cmd + "  (resumable; then --export)"
 
 
 def _data_card(recipe, n_train: int) -> dict:
@@ -398,6 +434,11 @@ def export(name: str, root: str, status: str) -> dict:
             if s < continued["steps"]
         ] + rows
     init = (init or None) if recipe.init else None
+    anneal_path = os.path.join(out, "anneal.json")
+    phase = None
+    if os.path.exists(anneal_path):
+        with open(anneal_path) as f:
+            phase = json.load(f)
     card = {
         "name": name,
         "summary": recipe.summary,
@@ -421,14 +462,7 @@ def export(name: str, root: str, status: str) -> dict:
             "wall_s": float(row["wall_s"]),
             "machine": "2 shared CPU cores, 1 torch thread, nice 19 (other jobs running)",
         },
-        "command": f"python -m detectors zoo {name} --root {root}"
-        + (" --from-shipped" if continued else "")
-        + (
-            " --anneal {}".format(json.load(open(os.path.join(out, "anneal.json")))["steps"])
-            if os.path.exists(os.path.join(out, "anneal.json"))
-            else ""
-        )
-        + "  (resumable; then --export)",
+        "command": _command(name, root, bool(continued), phase, rows),
         "heldout_bpd": round(heldout_bpd(model, held), 5),
         "check": {"n": CHECK_N, "bpd": heldout_bpd(model, held[:CHECK_N])},
         "heldout_curve": [[int(r["step"]), float(r["heldout_bpd"])] for r in rows],
@@ -439,13 +473,11 @@ def export(name: str, root: str, status: str) -> dict:
         card["alpha"] = recipe.alpha
     if continued:
         card["continued_from"] = continued
-    anneal_path = os.path.join(out, "anneal.json")
-    if os.path.exists(anneal_path):
-        with open(anneal_path) as f:
-            phase = json.load(f)
+    if phase:
         card["training"]["anneal"] = {
             **phase,
-            "schedule": "the learning rate falls linearly from lr to 0 over these steps",
+            "schedule": "from step start the learning rate falls linearly to 0 over these steps "
+            "(times the warm-up factor while a restarted warm-up lasts)",
         }
     os.makedirs(os.path.join(ZOO_DIR, "weights"), exist_ok=True)
     os.makedirs(os.path.join(ZOO_DIR, "cards"), exist_ok=True)

@@ -307,3 +307,7 @@ def test_learning_rate_warms_up_then_decays_linearly_to_zero_and_resumes_exactly
         torch.testing.assert_close(v, straight[k], rtol=0, atol=0)
     with pytest.raises(ValueError, match="decay_start and decay_steps go together"):
         tiny(tmp_path / "bad", decay_start=3)
+    trainer = tiny(tmp_path / "changed")
+    trainer.config.decay_steps = 4  # set after construction, without decay_start
+    with pytest.raises(ValueError, match="decay_start and decay_steps go together"):
+        trainer.fit()

@@ -48,8 +48,8 @@ def test_from_shipped_continues_at_the_card_step_anneals_and_exports_the_joined_
     assert _zoo(tmp_path / "other", "--steps", "1", "--eval-every", "1") == 0  # from scratch
     assert _zoo(tmp_path / "other", "--from-shipped") == 2
     assert "did not start from the shipped weights" in capsys.readouterr().err
-    assert _zoo(tmp_path, "--anneal", "5") == 2
-    assert "drop --anneal 5" in capsys.readouterr().err
+    assert _zoo(tmp_path, "--anneal", "5") == 0  # finished: says so rather than refusing
+    assert "finished its 2-step anneal" in capsys.readouterr().out
 
     monkeypatch.setattr(zoo_train, "ZOO_DIR", str(tmp_path / "zoo"))
     exported = zoo_train.export(NAME, str(tmp_path), "test")
@@ -58,14 +58,15 @@ def test_from_shipped_continues_at_the_card_step_anneals_and_exports_the_joined_
     assert [c[0] for c in exported["heldout_curve"][len(shipped_curve) :]] == [start, start + 2, start + 4]
     assert exported["continued_from"]["steps"] == start and exported["init"] is None
     assert exported["training"]["anneal"]["start"] == start + 2
-    assert "--from-shipped --anneal 2" in exported["command"]
+    assert f"--from-shipped --steps {start + 2} --eval-every 2 --anneal 2" in exported["command"]
 
 
 def test_from_shipped_is_refused_for_replicates_and_exports(tmp_path, capsys):
     assert _zoo(tmp_path, "--from-shipped", "--seed", "1") == 2
     assert "a --seed replicate trains from scratch" in capsys.readouterr().err
-    assert _zoo(tmp_path, "--from-shipped", "--export") == 2
-    assert "export its run afterwards with --export alone" in capsys.readouterr().err
+    for flag in (["--from-shipped"], ["--anneal", "3"]):
+        assert _zoo(tmp_path, *flag, "--export") == 2
+        assert "export the run afterwards with --export alone" in capsys.readouterr().err
     assert not (tmp_path / NAME).exists()
 
 
@@ -88,3 +89,51 @@ def test_time_of_an_interrupted_chunk_reaches_the_next_logged_row(tmp_path, monk
     first, second = _rows(run)
     assert float(second["wall_s"]) - float(first["wall_s"]) >= 0.3
     assert not (run / "unlogged_wall_s").exists()
+
+
+def test_a_continuation_cut_short_before_its_first_checkpoint_restarts_from_the_shipped_weights(
+    tmp_path, monkeypatch
+):
+    start = zoo.card(NAME)["training"]["steps"]
+    run = tmp_path / NAME
+    run.mkdir()
+    (run / "init.json").write_text(json.dumps(zoo_train._continuation(NAME)))  # nothing else written yet
+    seen = []
+    real = zoo_train._objective
+    monkeypatch.setattr(
+        zoo_train, "_objective", lambda r, root, shipped: seen.append(shipped) or real(r, root, shipped)
+    )
+    assert _zoo(tmp_path, "--steps", str(start + 1), "--eval-every", "1") == 0  # without the flag
+    assert [int(r["step"]) for r in _rows(run)] == [start, start + 1]
+    assert seen == [True]  # a shipped model trained on scores against shipped references
+
+
+def test_interruptions_between_evaluations_never_delete_the_exportable_checkpoint(tmp_path, monkeypatch):
+    start = zoo.card(NAME)["training"]["steps"]
+
+    def one_step_then_ctrl_c(self, resume=False):
+        self.load_latest()
+        self.step += 1
+        self.save_checkpoint()  # as Trainer.fit does on SIGINT
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zoo_train.Trainer, "fit", one_step_then_ctrl_c)
+    for _ in range(3):
+        assert _zoo(tmp_path, "--from-shipped", "--steps", str(start + 10), "--eval-every", "10") == 130
+    run = tmp_path / NAME
+    assert (run / f"step-{start:07d}").is_dir() and (run / f"step-{start + 3:07d}").is_dir()
+    monkeypatch.setattr(zoo_train, "ZOO_DIR", str(tmp_path / "zoo"))
+    assert zoo_train.export(NAME, str(tmp_path), "test")["training"]["steps"] == start
+
+
+def test_time_of_an_interrupted_evaluation_is_kept(tmp_path, monkeypatch):
+    import time
+
+    def slow_then_ctrl_c(model, images):
+        time.sleep(0.3)
+        raise KeyboardInterrupt
+
+    start = zoo.card(NAME)["training"]["steps"]
+    monkeypatch.setattr(zoo_train, "heldout_bpd", slow_then_ctrl_c)
+    assert _zoo(tmp_path, "--from-shipped", "--steps", str(start + 1), "--eval-every", "1") == 130
+    assert float((tmp_path / NAME / "unlogged_wall_s").read_text()) >= 0.3

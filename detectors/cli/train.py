@@ -35,6 +35,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     train.add_argument("--lr", type=number(0.0, 1.0, open_low=True), default=5e-4)
     train.add_argument(
+        "--anneal",
+        type=integer(0, MAX_STEPS, "MAX_STEPS"),
+        default=0,
+        help="the last N of --steps with the learning rate falling linearly to 0 (a constant rate "
+        "keeps moving the weights; the zoo's Glows gained 0.15 bits/dim from a 2000-step anneal) "
+        "(default: %(default)s, none)",
+    )
+    train.add_argument(
         "--levels",
         type=integer(1, MAX_LEVELS, "MAX_LEVELS"),
         default=2,
@@ -104,6 +112,10 @@ def padded_size(h: int, w: int, multiple: int, levels: int) -> tuple[int, int]:
 
 
 def run_train(args) -> dict:
+    if args.anneal > args.steps:
+        raise ValueError(
+            f"--anneal {args.anneal} is longer than --steps {args.steps}; it is the last part of them"
+        )
     import torch
     import torch.distributed as dist
 
@@ -159,6 +171,7 @@ def run_train(args) -> dict:
     if (mh, mw) != (h, w):  # pad with the background value so the size fits the scales
         images = torch.nn.functional.pad(images, (0, mw - w, 0, mh - h))
         print(f"padded images from {h}x{w} to {mh}x{mw} to fit {args.levels} scales")
+    decay = {"decay_start": args.steps - args.anneal, "decay_steps": args.anneal} if args.anneal else {}
     trainer = Trainer(
         model.to(device),
         images,
@@ -168,6 +181,7 @@ def run_train(args) -> dict:
         lr=args.lr,
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,
+        **decay,
     )
     if trainer.rank == 0:
         print(

@@ -162,3 +162,21 @@ def test_evaluate_takes_the_run_directory_train_wrote(tmp_path, capsys):
     assert "padded images from 28x28 to 32x32" in capsys.readouterr().out
     results = json.loads((tmp_path / "rep" / "results.json").read_text())
     assert "likelihood" in results["detectors"] and results["counts"]["likelihood"] == {"in": 12, "ood": 12}
+
+
+def test_train_anneal_lets_the_learning_rate_fall_to_zero_over_the_last_steps(tmp_path, capsys):
+    import csv
+
+    torch.set_num_threads(1)
+    run = tmp_path / "run"
+    args = ["train", "--data", "mnist", "--out", str(run), "--levels", "2", "--depth", "1", "--hidden", "8"]
+    args += ["--batch", "8", "--lr", "1e-3"]
+    assert main([*args, "--steps", "3", "--anneal", "4"]) == 2
+    assert "--anneal 4 is longer than --steps 3" in capsys.readouterr().err
+    assert not run.exists()  # refused before any work
+    assert main([*args, "--steps", "40", "--anneal", "20"]) == 0
+    with open(run / "log.csv", newline="") as f:
+        lr = {int(r["step"]): float(r["lr"]) for r in csv.DictReader(f)}
+    # the rate of the next update: warm-up ((step + 1) / 100, the Trainer's default) x anneal
+    assert lr[20] == pytest.approx(1e-3 * 0.21) and lr[30] == pytest.approx(1e-3 * 0.31 * 0.5)
+    assert lr[40] == 0.0

@@ -81,6 +81,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     """Trains, then names the model file written (rank 0)."""
+    if args.anneal > args.steps:
+        raise ValueError(
+            f"--anneal {args.anneal} is longer than --steps {args.steps}; it is the last part of them"
+        )
     summary = run_train(args)
     say_model_file(args.out, summary)
     return 0
@@ -112,10 +116,6 @@ def padded_size(h: int, w: int, multiple: int, levels: int) -> tuple[int, int]:
 
 
 def run_train(args) -> dict:
-    if args.anneal > args.steps:
-        raise ValueError(
-            f"--anneal {args.anneal} is longer than --steps {args.steps}; it is the last part of them"
-        )
     import torch
     import torch.distributed as dist
 
@@ -171,7 +171,8 @@ def run_train(args) -> dict:
     if (mh, mw) != (h, w):  # pad with the background value so the size fits the scales
         images = torch.nn.functional.pad(images, (0, mw - w, 0, mh - h))
         print(f"padded images from {h}x{w} to {mh}x{mw} to fit {args.levels} scales")
-    decay = {"decay_start": args.steps - args.anneal, "decay_steps": args.anneal} if args.anneal else {}
+    anneal = getattr(args, "anneal", 0)  # callers of run_train from before the flag
+    decay = {"decay_start": args.steps - anneal, "decay_steps": anneal} if anneal else {}
     trainer = Trainer(
         model.to(device),
         images,

@@ -39,7 +39,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         type=integer(0, MAX_STEPS, "MAX_STEPS"),
         default=0,
         help="the last N of --steps with the learning rate falling linearly to 0 (a constant rate "
-        "keeps moving the weights; the zoo's Glows gained 0.15 bits/dim from a 2000-step anneal) "
+        "keeps moving the weights; docs/results.md section 6 measures the gain) "
         "(default: %(default)s, none)",
     )
     train.add_argument(
